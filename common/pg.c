@@ -1,0 +1,191 @@
+#include "pg.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *pg_url_default(void)
+{
+	const char *url = getenv("LAB_PG_URL");
+	return url && *url ? url : PG_DEFAULT_URL;
+}
+
+/* Copies msg into err as one line: libpq ends messages with "\n" and may hold several lines. */
+static void set_err(char *err, size_t errlen, const char *msg)
+{
+	if (!err || errlen == 0)
+		return;
+	snprintf(err, errlen, "%s", msg && *msg ? msg : "unknown error");
+	for (char *p = err; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	size_t n = strlen(err);
+	while (n > 0 && err[n - 1] == ' ')
+		err[--n] = '\0';
+}
+
+void pg_conn_error(PGconn *conn, char *err, size_t errlen)
+{
+	set_err(err, errlen, conn ? PQerrorMessage(conn) : "out of memory");
+}
+
+static void result_error(PGconn *conn, PGresult *res, char *err, size_t errlen)
+{
+	const char *msg = res ? PQresultErrorMessage(res) : NULL;
+	if (msg && *msg)
+		set_err(err, errlen, msg);
+	else if (res)
+		snprintf(err, errlen, "unexpected result status %s", PQresStatus(PQresultStatus(res)));
+	else
+		pg_conn_error(conn, err, errlen);
+}
+
+void pg_url_redact(const char *url, char *out, size_t outlen)
+{
+	char *perr = NULL;
+	PQconninfoOption *opts = PQconninfoParse(url, &perr);
+	if (!opts) {
+		PQfreemem(perr);
+		snprintf(out, outlen, "(unparsable URL)");
+		return;
+	}
+	const char *user = NULL, *host = NULL, *hostaddr = NULL, *port = NULL, *db = NULL;
+	for (PQconninfoOption *o = opts; o->keyword; o++) {
+		if (!o->val || !*o->val)
+			continue;
+		if (!strcmp(o->keyword, "user"))
+			user = o->val;
+		else if (!strcmp(o->keyword, "host"))
+			host = o->val;
+		else if (!strcmp(o->keyword, "hostaddr"))
+			hostaddr = o->val;
+		else if (!strcmp(o->keyword, "port"))
+			port = o->val;
+		else if (!strcmp(o->keyword, "dbname"))
+			db = o->val;
+	}
+	if (!host)
+		host = hostaddr ? hostaddr : "localhost";
+	snprintf(out, outlen, "postgres://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "", host, port ? ":" : "",
+		 port ? port : "", db ? db : "");
+	PQconninfoFree(opts);
+}
+
+PGconn *pg_connect(const char *url, char *err, size_t errlen)
+{
+	/* connect_timeout as a separate keyword: libpq takes the later value, so the URL's own wins */
+	const char *keys[] = {"connect_timeout", "dbname", NULL};
+	const char *vals[] = {"5", url, NULL};
+	PGconn *conn = PQconnectdbParams(keys, vals, 1);
+	if (!conn || PQstatus(conn) != CONNECTION_OK) {
+		pg_conn_error(conn, err, errlen);
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+int pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)
+{
+	PGresult *res = PQexec(conn, sql);
+	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		result_error(conn, res, err, errlen);
+		PQclear(res);
+		return -1;
+	}
+	PQclear(res);
+	return 0;
+}
+
+PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
+		   size_t errlen)
+{
+	PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		result_error(conn, res, err, errlen);
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+int pg_query_int64(PGconn *conn, const char *sql, int nparams, const char *const *params, int64_t *out,
+		   char *err, size_t errlen)
+{
+	PGresult *res = pg_query(conn, sql, nparams, params, err, errlen);
+	if (!res)
+		return -1;
+	int ret = -1;
+	if (PQntuples(res) < 1 || PQnfields(res) < 1) {
+		snprintf(err, errlen, "expected one row, got %d", PQntuples(res));
+		goto out;
+	}
+	if (PQgetisnull(res, 0, 0)) {
+		snprintf(err, errlen, "expected an integer, got NULL");
+		goto out;
+	}
+	const char *v = PQgetvalue(res, 0, 0);
+	char *end;
+	errno = 0;
+	long long n = strtoll(v, &end, 10);
+	if (errno || end == v || *end) {
+		snprintf(err, errlen, "expected an integer, got \"%.64s\"", v);
+		goto out;
+	}
+	*out = n;
+	ret = 0;
+out:
+	PQclear(res);
+	return ret;
+}
+
+static int schema_sql(PGconn *conn, const char *fmt1, const char *fmt2, const char *schema, char *err,
+		      size_t errlen)
+{
+	char *ident = PQescapeIdentifier(conn, schema, strlen(schema));
+	if (!ident) {
+		pg_conn_error(conn, err, errlen);
+		return -1;
+	}
+	char sql[512];
+	int n = snprintf(sql, sizeof(sql), fmt1, ident);
+	if (fmt2 && n > 0 && (size_t)n < sizeof(sql))
+		snprintf(sql + n, sizeof(sql) - (size_t)n, fmt2, ident);
+	PQfreemem(ident);
+	return pg_exec(conn, sql, err, errlen);
+}
+
+int pg_schema_create(PGconn *conn, const char *schema, char *err, size_t errlen)
+{
+	/* quiet: a NOTICE that the schema did not exist is not news */
+	return schema_sql(conn, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE; ",
+			  "CREATE SCHEMA %s", schema, err, errlen);
+}
+
+int pg_schema_drop(PGconn *conn, const char *schema, char *err, size_t errlen)
+{
+	return schema_sql(conn, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE", NULL,
+			  schema, err, errlen);
+}
+
+int pg_statements_calls(PGconn *conn, const char *like, int64_t *calls, char *err, size_t errlen)
+{
+	const char *params[] = {like};
+	int64_t present = 0;
+	if (pg_query_int64(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'", 0,
+			   NULL, &present, err, errlen) < 0)
+		return -1;
+	if (!present) {
+		snprintf(err, errlen,
+			 "pg_stat_statements is not installed in this database: preload it "
+			 "(shared_preload_libraries) and CREATE EXTENSION pg_stat_statements");
+		return -1;
+	}
+	return pg_query_int64(conn,
+			      "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements "
+			      "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+			      "AND query LIKE $1",
+			      1, params, calls, err, errlen);
+}

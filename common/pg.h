@@ -1,0 +1,70 @@
+/*
+ * pg.h — PostgreSQL for the labs: connect with a clear error, checked exec and query helpers,
+ * a lab's own schema, and what the server itself counted (pg_stat_statements).
+ *
+ * Every function checks the result against the exact PGRES_* status it expects. On failure it
+ * returns -1 (or NULL) and writes one line into err (errlen bytes, always NUL-terminated): the
+ * server's or libpq's message, without libpq's trailing newline. Blocking libpq only: the
+ * asynchronous path lives in pool.h.
+ */
+#ifndef LAB_PG_H
+#define LAB_PG_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PG_DEFAULT_URL "postgres://lab:lab@127.0.0.1:55432/lab"
+
+/* LAB_PG_URL when set and not empty, else PG_DEFAULT_URL. */
+const char *pg_url_default(void);
+
+/*
+ * Writes url without its password into out: "postgres://lab@127.0.0.1:55432/lab". Accepts a
+ * URI or a key=value conninfo; on a string libpq cannot parse, writes "(unparsable URL)".
+ * This function can't fail.
+ */
+void pg_url_redact(const char *url, char *out, size_t outlen);
+
+/*
+ * Connects (blocking, connect_timeout 5 s unless the URL sets one). NULL and err on failure;
+ * the connection is never left half-open.
+ */
+PGconn *pg_connect(const char *url, char *err, size_t errlen);
+
+/* Copies PQerrorMessage(conn), trimmed to one line, into err. */
+void pg_conn_error(PGconn *conn, char *err, size_t errlen);
+
+/* Runs sql (no parameters, may hold several statements); expects COMMAND_OK or TUPLES_OK. */
+int pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
+
+/*
+ * Runs one statement with text parameters; expects TUPLES_OK. The caller PQclear()s the result.
+ * NULL and err on failure.
+ */
+PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
+		   size_t errlen);
+
+/*
+ * Runs one statement with text parameters that returns one row; parses its first column as an
+ * integer into *out. -1 when the statement fails, returns no row, or the value is NULL or not
+ * an integer.
+ */
+int pg_query_int64(PGconn *conn, const char *sql, int nparams, const char *const *params, int64_t *out,
+		   char *err, size_t errlen);
+
+/* DROP SCHEMA IF EXISTS schema CASCADE, then CREATE SCHEMA schema. schema is quoted as an identifier. */
+int pg_schema_create(PGconn *conn, const char *schema, char *err, size_t errlen);
+
+/* DROP SCHEMA IF EXISTS schema CASCADE. */
+int pg_schema_drop(PGconn *conn, const char *schema, char *err, size_t errlen);
+
+/*
+ * Statements the server ran: the sum of pg_stat_statements.calls in this database over the
+ * entries whose query text matches the LIKE pattern. Take it before and after and subtract;
+ * never reset the view (other labs may be running beside this one). -1 when the extension
+ * is missing (the message says how to load it).
+ */
+int pg_statements_calls(PGconn *conn, const char *like, int64_t *calls, char *err, size_t errlen);
+
+#endif

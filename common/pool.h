@@ -1,0 +1,163 @@
+/*
+ * pool.h — a PostgreSQL connection pool on libevent, with asynchronous libpq, so that an API
+ * waiting for a connection never blocks its event loop.
+ *
+ * The pool lives on one event_base and is used from that base's thread only (no locks). Every
+ * connection is in exactly one state, and the pool keeps one list per state, as PgBouncer does:
+ *
+ *   opening  PQconnectStart was called; PQconnectPoll is driven by socket events until the
+ *            connection is ready (it then goes to the first waiter, else to idle) or fails
+ *            (the server's message is kept in stats.last_error; a waiter is not failed by it,
+ *            it keeps waiting until its own timeout or another connection frees up).
+ *   idle     open and unused. Its socket is watched: PostgreSQL writes a FATAL message and
+ *            closes the socket when the backend is terminated (pg_terminate_backend, a
+ *            restart, idle_session_timeout), so a broken idle connection is seen at once,
+ *            closed with a reason and replaced, instead of failing the next request.
+ *            Idle connections are handed out most recently used first (as PgBouncer does by
+ *            default), so a pool that is larger than its load keeps the rest cold.
+ *   active   lent to a holder (a name such as "orders_handler", copied). A timer per
+ *            connection reports a leak once when it is held past leak_threshold_ms, naming
+ *            the holder, the backend pid and when it was acquired.
+ *
+ * Callers that find no idle connection wait in one FIFO queue, each with its own timeout
+ * (acquire_timeout_ms). A waiter causes a new connection to be opened when the pool is below
+ * max_size. Released connections go to the oldest waiter first. When the timeout fires, the
+ * waiter's callback gets NULL and an error, and the pool is otherwise unchanged.
+ *
+ * A housekeeping timer (every 500 ms) closes idle connections past max_lifetime_ms or, above
+ * min_idle, past idle_timeout_ms, and opens connections to get back to min_idle.
+ *
+ * Errors: functions that can fail return NULL or -1 and write one line into err (errlen bytes).
+ * Every disconnect carries a reason, counted in stats.
+ */
+#ifndef LAB_POOL_H
+#define LAB_POOL_H
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hist.h"
+
+#define POOL_HOLDER_LEN 64
+#define POOL_ERRLEN 256
+
+struct pool;
+struct pool_conn;
+
+struct pool_leak {
+	char holder[POOL_HOLDER_LEN]; /* who acquired it and has not released it */
+	uint64_t held_us;	      /* how long, when reported */
+	uint64_t acquired_at_us;      /* hist_now_us() at acquire */
+	int backend_pid;
+};
+
+struct pool_config {
+	const char *conninfo;	  /* libpq URI or key=value string; copied */
+	int min_idle;		  /* opened at start and kept open */
+	int max_size;		  /* cap on opening + idle + active */
+	int acquire_timeout_ms;	  /* a waiter fails after this; 0 waits forever (node-postgres' default) */
+	int max_lifetime_ms;	  /* retired when released or idle past this age; 0 = never */
+	int idle_timeout_ms;	  /* idle connections above min_idle closed after this; 0 = never */
+	int leak_threshold_ms;	  /* report a connection held longer; 0 = off */
+	int connect_timeout_ms;	  /* an opening connection fails after this; 0 = 5000 */
+	/* Called once per leak, on the loop thread; may be NULL (stats.leaks still counts). */
+	void (*leak_cb)(const struct pool_leak *leak, void *arg);
+	void *leak_arg;
+};
+
+struct pool_stats {
+	/* now, as PgBouncer's SHOW POOLS: cl_waiting ~ waiting, sv_active ~ active, sv_idle ~ idle */
+	int active;
+	int idle;
+	int opening;
+	int waiting;
+	uint64_t oldest_wait_us; /* how long the first waiter has waited now (PgBouncer's maxwait) */
+	/* since the pool was created */
+	uint64_t acquired;	 /* acquires served with a connection */
+	uint64_t timeouts;	 /* acquires that failed after acquire_timeout_ms */
+	uint64_t released;
+	uint64_t opened;	 /* connections that became ready */
+	uint64_t connect_errors; /* connection attempts that failed */
+	uint64_t closed_broken;	 /* found dead (idle watch or a failed query) and replaced */
+	uint64_t closed_lifetime;
+	uint64_t closed_idle;
+	uint64_t closed_discarded; /* pool_discard */
+	uint64_t leaks;		   /* leak reports */
+	uint64_t max_wait_us;	   /* longest wait of any acquire, served or timed out */
+	struct hist wait;	   /* wait of every acquire, served or timed out */
+	char last_error[POOL_ERRLEN]; /* the last connect or query error, "" if none */
+};
+
+/*
+ * Creates a pool on base and starts opening min_idle connections (asynchronously: the base
+ * must run for them to open). NULL and err when the config is invalid (max_size < 1,
+ * min_idle > max_size, negative times) or libpq rejects the conninfo.
+ */
+struct pool *pool_new(struct event_base *base, const struct pool_config *cfg, char *err, size_t errlen);
+
+/*
+ * Runs the base (from the calling thread, which must be the base's thread and the base not
+ * running elsewhere) until min_idle connections are open. -1 and err (the server's own message,
+ * e.g. "FATAL: remaining connection slots are reserved...") when a connection attempt fails
+ * before that or timeout_ms passes.
+ */
+int pool_wait_ready(struct pool *p, int timeout_ms, char *err, size_t errlen);
+
+/*
+ * Called once per acquire: with a connection, or with conn NULL and err set ("timed out after
+ * 100 ms waiting for a connection (pool max 5)", "pool closed").
+ */
+typedef void (*pool_acquire_cb)(struct pool_conn *conn, const char *err, void *arg);
+
+/*
+ * Asks for a connection for holder (copied, for leak reports). When one is idle, cb runs before
+ * pool_acquire returns; otherwise the caller joins the FIFO queue and cb runs later on the loop.
+ */
+void pool_acquire(struct pool *p, const char *holder, pool_acquire_cb cb, void *arg);
+
+/* The libpq connection of an active pooled connection. Use it with pool_query, or blocking. */
+PGconn *pool_conn_pg(struct pool_conn *c);
+
+/* The backend's process id (PQbackendPID). */
+int pool_conn_pid(const struct pool_conn *c);
+
+/*
+ * Gives the connection back: to the oldest waiter, else to idle; closed and replaced instead
+ * when it is broken (PQstatus not OK, or a pool_query saw the connection fail), past
+ * max_lifetime_ms, or still inside a transaction or a query. This function can't fail.
+ */
+void pool_release(struct pool_conn *c);
+
+/* Closes the connection instead of reusing it (reason is counted as discarded). Can't fail. */
+void pool_discard(struct pool_conn *c, const char *reason);
+
+/*
+ * Runs one statement asynchronously on an active connection (PQsendQueryParams, text
+ * parameters, socket events on the pool's base). cb gets the final result, or res NULL and err
+ * when sending failed or the connection broke (the connection is then marked broken, and
+ * pool_release replaces it). res is freed when cb returns; a result with an error status is
+ * passed as it is, for the caller to check. Returns -1 and calls nothing if a query is
+ * already running on c.
+ */
+typedef void (*pool_query_cb)(struct pool_conn *c, PGresult *res, const char *err, void *arg);
+int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
+	       void *arg);
+
+/* A snapshot of the counters and the wait distribution. Can't fail. */
+void pool_stats(const struct pool *p, struct pool_stats *out);
+
+/*
+ * Connections held past leak_threshold_ms right now, longest first, at most max of them into
+ * out. Returns how many were written.
+ */
+int pool_leaks(const struct pool *p, struct pool_leak *out, int max);
+
+/*
+ * Closes every connection, active ones included (their holders must not use them after this),
+ * and fails every waiter with "pool closed". NULL is a no-op.
+ */
+void pool_free(struct pool *p);
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * redis.h — Redis for the labs: connect from a redis:// URL, checked commands, key prefixes.
+ *
+ * Errors are carried as in hiredis (c->err, c->errstr) and copied into err (errlen bytes, one
+ * line) by every function here: NULL or -1 on failure. A reply of type REDIS_REPLY_ERROR is a
+ * failure too, and its text is the message.
+ */
+#ifndef LAB_REDIS_H
+#define LAB_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+
+#define REDIS_DEFAULT_URL "redis://127.0.0.1:56379/0"
+
+/* LAB_REDIS_URL when set and not empty, else REDIS_DEFAULT_URL. */
+const char *redis_url_default(void);
+
+/* url without its password ("redis://127.0.0.1:56379/0"); "(unparsable URL)" if it is not one. */
+void redis_url_redact(const char *url, char *out, size_t outlen);
+
+/*
+ * Connects to redis://[[user]:password@]host[:port][/db] (URL parsed by libevent's
+ * evhttp_uri_parse), with timeout_ms for the connect and for every command after it; sends
+ * AUTH when the URL has a password and SELECT when it names a database other than 0.
+ * NULL and err on failure (a bad URL, a refused connection, a failed AUTH).
+ */
+redisContext *redis_connect_url(const char *url, int timeout_ms, char *err, size_t errlen);
+
+/*
+ * redisCommand with every check: NULL and err when the connection failed (c->err) or the reply
+ * is an error reply (which is freed). The caller freeReplyObject()s a non-NULL reply.
+ */
+redisReply *redis_cmd(redisContext *c, char *err, size_t errlen, const char *fmt, ...);
+
+/* Deletes every key that starts with prefix (SCAN MATCH + DEL in batches). *deleted may be NULL. */
+int redis_del_prefix(redisContext *c, const char *prefix, long long *deleted, char *err, size_t errlen);
+
+#endif
