@@ -1,0 +1,108 @@
+# backend-labs front door. CMake builds; this file only strings the steps together in the
+# order a person would type them: install what is missing, configure, build, start the
+# servers, run.
+#
+#   make lab-<name> [ARGS="--step"]   build and run one lab against the servers
+#   make labs                         every lab with --quick, stopping at the first failure
+#   make test                         unit + integration tests, normal and ASan/UBSan builds
+#   make up | down | status           the local PostgreSQL and Redis (scripts/labenv)
+#   make bench                        every benchmark (built, servers up)
+#   make format                       clang-format -i every .c/.h
+#   make clean                        stop the servers, remove the build trees
+#
+# Steps are prerequisites in the order they must run; .NOTPARALLEL keeps that order under
+# `make -j` (the parallelism is inside cmake --build and ctest, -j$(JOBS)).
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= 2
+ARGS       ?=
+CMAKE      ?= cmake
+CTEST      ?= ctest
+
+LABS := $(sort $(patsubst labs/%/main.c,%,$(wildcard labs/*/main.c)))
+
+# The sanitizer run: leaks count as failures, and any UB stops the test with a stack.
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+.NOTPARALLEL:
+# cmake --build runs make too: without this, every line of it says which directory it entered.
+MAKEFLAGS += --no-print-directory
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap configure build configure-asan build-asan up down status labs test \
+	bench clean format
+
+help:
+	@sed -n '5,11p' Makefile | sed 's/^# //'
+	@echo "labs: $(or $(LABS),(none yet))"
+
+bootstrap:
+	@scripts/bootstrap
+
+# Configure only once per tree: later builds re-run CMake by themselves when a CMakeLists.txt
+# or a globbed folder changes (CONFIGURE_DEPENDS).
+configure: bootstrap
+	@test -f $(BUILD)/CMakeCache.txt || \
+		$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAB_SANITIZE=OFF
+
+build: configure
+	$(CMAKE) --build $(BUILD) -j$(JOBS)
+
+configure-asan: bootstrap
+	@test -f $(ASAN_BUILD)/CMakeCache.txt || \
+		$(CMAKE) -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLAB_SANITIZE=ON
+
+build-asan: configure-asan
+	$(CMAKE) --build $(ASAN_BUILD) -j$(JOBS)
+
+up: bootstrap
+	@scripts/labenv up
+
+down:
+	@scripts/labenv down
+
+status:
+	@scripts/labenv status
+
+# One pattern rule for every lab: a new labs/<name>/ folder is a new target. The name is
+# checked before anything is built, so a typo costs nothing.
+lab-%:
+	@test -f labs/$*/main.c || { echo "no lab '$*' (labs: $(or $(LABS),none yet))" >&2; exit 2; }
+	@$(MAKE) --no-print-directory build up
+	$(BUILD)/lab-$* $(ARGS)
+
+labs: build up
+	@set -e; \
+	if [ -z "$(LABS)" ]; then echo "no labs yet (labs/<name>/main.c)"; exit 0; fi; \
+	for lab in $(LABS); do \
+		echo "== lab-$$lab --quick"; \
+		$(BUILD)/lab-$$lab --quick $(ARGS) || { echo "lab-$$lab failed (exit $$?)" >&2; exit 1; }; \
+	done; \
+	echo "== all $(words $(LABS)) labs demonstrated their concept"
+
+# Both suites always run, so one report shows every failure; the target fails if either did.
+test: build build-asan up
+	@rc=0; \
+	echo "== tests ($(BUILD), RelWithDebInfo)"; \
+	$(CTEST) --test-dir $(BUILD) --output-on-failure -j$(JOBS) || rc=1; \
+	echo "== tests ($(ASAN_BUILD), Debug + ASan/UBSan)"; \
+	$(ASAN_ENV) $(CTEST) --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS) || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see above)" >&2; fi; \
+	exit $$rc
+
+bench: build up
+	@set -e; ran=0; \
+	for b in $(BUILD)/bench_* scripts/bench-*; do \
+		if [ -f "$$b" ] && [ -x "$$b" ]; then echo "== $$b"; "$$b" $(ARGS); ran=1; fi; \
+	done; \
+	[ $$ran -eq 1 ] || echo "no benchmarks yet (bench/bench_*.c, scripts/bench-*)"
+
+# down first: the embedded servers keep their data under $(BUILD)/labenv.
+clean: down
+	rm -rf $(BUILD) $(ASAN_BUILD)
+
+format:
+	@command -v clang-format >/dev/null || \
+		{ echo "no clang-format: scripts/bootstrap --with-clang-format" >&2; exit 2; }
+	find . \( -path ./.git -o -path './$(BUILD)' -o -path './$(ASAN_BUILD)' -o -path './build-*' \) \
+		-prune -o \( -name '*.c' -o -name '*.h' \) -type f -print | xargs -r clang-format -i
