@@ -18,7 +18,9 @@ struct http_thread;
 
 /*
  * A new event_base whose loop may be broken and called into from other threads (libevent's
- * pthreads locking is switched on once, before the first base). NULL on failure.
+ * pthreads locking is switched on once, before the first base). SIGPIPE is ignored from then on
+ * (unless the program set a handler of its own): a client that hangs up must not kill the lab.
+ * NULL on failure.
  */
 struct event_base *http_base_new(void);
 

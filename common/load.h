@@ -6,7 +6,8 @@
  *
  * load_run runs its own event_base in the calling thread and returns when the run is over and
  * every request in flight has been answered or has timed out. The server under test must be in
- * another thread or process.
+ * another thread or process. SIGPIPE is ignored from the first run on (unless the program set
+ * a handler of its own), so a server that hangs up on a write costs an error, not the process.
  */
 #ifndef LAB_LOAD_H
 #define LAB_LOAD_H
@@ -74,8 +75,10 @@ struct load_result {
 };
 
 /*
- * Runs the load. -1 and err when the config is invalid or the event machinery fails; a server
- * that refuses or never answers is not an error of load_run: it shows in res->errors.
+ * Runs the load. -1 and err when the config is invalid (no client, a path without a leading /,
+ * neither duration_ms nor max_requests: a run that would never end) or the event machinery
+ * fails. A server that refuses or never answers is not an error of load_run: it shows in
+ * res->errors.
  */
 int load_run(const struct load_config *cfg, struct load_result *res, char *err, size_t errlen);
 

@@ -1,0 +1,410 @@
+/*
+ * http.c — evhttp server helpers: a loopback-only listener, JSON in and out through jansson,
+ * strict query parameters, and a loop thread that other threads can break and call into.
+ *
+ * Only libevent parses HTTP here and only jansson parses JSON: the labs teach what a server
+ * does under load, not how to write a parser.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+/* 1 MiB: the largest body an API lab accepts; evhttp itself answers 413 above it. */
+#define HTTP_MAX_BODY (1024 * 1024)
+
+struct http_server {
+	struct evhttp *http;
+	struct evhttp_bound_socket *sock;
+	int port; /* read back from the socket, so port 0 becomes the one the kernel chose */
+};
+
+struct http_thread {
+	struct event_base *base;
+	pthread_t tid;
+	/* start waits on these until the loop has run started_ev, its first callback */
+	struct event *started_ev;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int running;
+};
+
+/* What http_thread_call hands to the loop thread: lives on the caller's stack until done. */
+struct http_call {
+	void (*fn)(void *);
+	void *arg;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done;
+};
+
+static pthread_once_t http_threads_once = PTHREAD_ONCE_INIT;
+static int http_threads_rc = -1;
+
+static void http_threads_init_cb(void)
+{
+	http_threads_rc = evthread_use_pthreads();
+	/*
+	 * A peer that closes while we write (a client that timed out, a server that answered 413
+	 * and hung up) must cost an EPIPE on that socket, not the whole process. A handler the
+	 * program installed itself is left alone.
+	 */
+	struct sigaction old;
+	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+		signal(SIGPIPE, SIG_IGN);
+}
+
+struct event_base *http_base_new(void)
+{
+	if (pthread_once(&http_threads_once, http_threads_init_cb) != 0 || http_threads_rc != 0)
+		return NULL;
+	return event_base_new();
+}
+
+/* Requests no route claimed: the same JSON error shape as every other reply. */
+static void http_not_found_cb(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	http_reply_error(req, HTTP_NOTFOUND, "no route for %s", path && *path ? path : "/");
+}
+
+struct http_server *http_server_start(struct event_base *base, int port, char *err, size_t errlen)
+{
+	struct http_server *s = NULL;
+
+	if (!base) {
+		snprintf(err, errlen, "http_server_start: no event base");
+		goto err;
+	}
+	if (port < 0 || port > 65535) {
+		snprintf(err, errlen, "port %d is not in 0..65535", port);
+		goto err;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		goto err;
+	}
+	s->http = evhttp_new(base);
+	if (!s->http) {
+		snprintf(err, errlen, "evhttp_new failed");
+		goto err;
+	}
+	evhttp_set_max_body_size(s->http, HTTP_MAX_BODY);
+	/* REST labs update with PATCH; evhttp's default set leaves it out */
+	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+	                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+	                                            EVHTTP_REQ_OPTIONS);
+	evhttp_set_gencb(s->http, http_not_found_cb, NULL);
+
+	/* 127.0.0.1 only: a lab's API has no authentication and must not be reachable from outside */
+	s->sock = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", (ev_uint16_t)port);
+	if (!s->sock) {
+		snprintf(err, errlen, "cannot listen on 127.0.0.1:%d: %s", port,
+		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		goto err;
+	}
+	struct sockaddr_in addr;
+	socklen_t addrlen = sizeof(addr);
+	if (getsockname(evhttp_bound_socket_get_fd(s->sock), (struct sockaddr *)&addr, &addrlen) != 0) {
+		snprintf(err, errlen, "getsockname on the listening socket: %s", strerror(errno));
+		goto err;
+	}
+	s->port = ntohs(addr.sin_port);
+	return s;
+
+err:
+	http_server_free(s);
+	return NULL;
+}
+
+int http_server_port(const struct http_server *s)
+{
+	return s->port;
+}
+
+void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
+                       void *arg)
+{
+	/* evhttp_set_cb refuses a path it already has (-1): drop the old route so the new one wins */
+	if (evhttp_set_cb(s->http, path, cb, arg) == -1) {
+		evhttp_del_cb(s->http, path);
+		evhttp_set_cb(s->http, path, cb, arg);
+	}
+}
+
+void http_server_free(struct http_server *s)
+{
+	if (!s)
+		return;
+	if (s->http)
+		evhttp_free(s->http); /* closes the listener and every connection with its requests */
+	free(s);
+}
+
+void http_reply_json(struct evhttp_request *req, int code, json_t *body)
+{
+	struct evbuffer *out = evhttp_request_get_output_buffer(req);
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+	if (text) {
+		evbuffer_add(out, text, strlen(text));
+		free(text);
+		evhttp_send_reply(req, code, NULL, out);
+	} else {
+		/* no body or no memory to print it: the client still gets its status, and valid JSON */
+		evbuffer_add(out, "null", 4);
+		evhttp_send_reply(req, body ? HTTP_INTERNAL : code, NULL, out);
+	}
+	json_decref(body);
+}
+
+void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	json_t *text = json_string(msg);
+	if (!text) {
+		/* not UTF-8 (a query value echoed back): the client still gets an error it can read */
+		for (char *p = msg; *p; p++)
+			if ((unsigned char)*p >= 0x80)
+				*p = '?';
+		text = json_string(msg);
+	}
+	http_reply_json(req, code, json_pack("{s:o}", "error", text));
+}
+
+int http_query_long(struct evhttp_request *req, const char *name, long min, long max, long *out, char *err,
+                    size_t errlen)
+{
+	struct evkeyvalq params;
+	int ret = -1;
+
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	if (!query)
+		return 0;
+	/* initialises params, and empties it again when it fails */
+	if (evhttp_parse_query_str(query, &params) != 0) {
+		snprintf(err, errlen, "malformed query string");
+		return -1;
+	}
+	const char *value = evhttp_find_header(&params, name);
+	if (!value) {
+		ret = 0;
+		goto err;
+	}
+	/* strtol alone accepts " 12", "12x" and "": a parameter is a whole number or it is wrong */
+	char *end = NULL;
+	errno = 0;
+	long v = strtol(value, &end, 10);
+	if (*value == '\0' || isspace((unsigned char)*value) || end == value || *end != '\0') {
+		snprintf(err, errlen, "%s must be a whole number, got \"%.64s\"", name, value);
+		goto err;
+	}
+	if (errno == ERANGE || v < min || v > max) {
+		snprintf(err, errlen, "%s must be in %ld..%ld, got %.64s", name, min, max, value);
+		goto err;
+	}
+	*out = v;
+	ret = 1;
+
+err:
+	evhttp_clear_headers(&params);
+	return ret;
+}
+
+static const char *http_json_kind(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_ARRAY:
+		return "an array";
+	case JSON_STRING:
+		return "a string";
+	case JSON_INTEGER:
+	case JSON_REAL:
+		return "a number";
+	case JSON_TRUE:
+	case JSON_FALSE:
+		return "a boolean";
+	case JSON_NULL:
+		return "null";
+	default:
+		return "something else";
+	}
+}
+
+json_t *http_read_json(struct evhttp_request *req, size_t max_bytes, char *err, size_t errlen)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	json_t *doc = NULL;
+	json_error_t jerr;
+
+	if (len == 0) {
+		snprintf(err, errlen, "empty body: a JSON object is required");
+		goto err;
+	}
+	if (len > max_bytes) {
+		snprintf(err, errlen, "body too large: %zu bytes, at most %zu", len, max_bytes);
+		goto err;
+	}
+	const char *text = (const char *)evbuffer_pullup(in, -1);
+	if (!text) {
+		snprintf(err, errlen, "out of memory reading the body");
+		goto err;
+	}
+	/*
+	 * Duplicate keys are rejected: {"amount":1,"amount":1000} must not mean whichever came last.
+	 * Any value is decoded, so a body of 42 is told it is not an object, not that it is not JSON.
+	 */
+	doc = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (!doc) {
+		snprintf(err, errlen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+		         jerr.text);
+		goto err;
+	}
+	if (!json_is_object(doc)) {
+		snprintf(err, errlen, "body must be a JSON object, got %s", http_json_kind(doc));
+		goto err;
+	}
+	return doc;
+
+err:
+	json_decref(doc);
+	return NULL;
+}
+
+/* The loop's first callback: from here on, event_base_loopbreak cannot be lost. */
+static void http_thread_running_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct http_thread *t = arg;
+	pthread_mutex_lock(&t->mu);
+	t->running = 1;
+	pthread_cond_signal(&t->cond);
+	pthread_mutex_unlock(&t->mu);
+}
+
+static void *http_thread_main(void *arg)
+{
+	struct http_thread *t = arg;
+	event_base_loop(t->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+struct http_thread *http_thread_start(struct event_base *base, char *err, size_t errlen)
+{
+	const struct timeval now = {0, 0};
+	struct http_thread *t = calloc(1, sizeof(*t));
+
+	if (!t) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	t->base = base;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cond, NULL);
+	/*
+	 * event_base_loop clears a pending break when it starts, so a stop that came before the
+	 * thread reached the loop would be lost and the join would hang: wait for the loop to run.
+	 */
+	t->started_ev = evtimer_new(base, http_thread_running_cb, t);
+	if (!t->started_ev || evtimer_add(t->started_ev, &now) != 0) {
+		snprintf(err, errlen, "cannot add the start event to the loop");
+		goto err;
+	}
+	int rc = pthread_create(&t->tid, NULL, http_thread_main, t);
+	if (rc != 0) {
+		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+		goto err;
+	}
+	pthread_mutex_lock(&t->mu);
+	while (!t->running)
+		pthread_cond_wait(&t->cond, &t->mu);
+	pthread_mutex_unlock(&t->mu);
+	return t;
+
+err:
+	if (t->started_ev)
+		event_free(t->started_ev);
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+	return NULL;
+}
+
+static void http_call_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct http_call *c = arg;
+	c->fn(c->arg);
+	pthread_mutex_lock(&c->mu);
+	c->done = 1;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+}
+
+int http_thread_call(struct http_thread *t, void (*fn)(void *), void *arg)
+{
+	const struct timeval now = {0, 0};
+	struct http_call c = {.fn = fn, .arg = arg};
+	int ret = -1;
+
+	if (!t || !fn)
+		return -1;
+	/* from the loop thread itself, waiting for the loop would wait forever */
+	if (pthread_equal(pthread_self(), t->tid)) {
+		fn(arg);
+		return 0;
+	}
+	pthread_mutex_init(&c.mu, NULL);
+	pthread_cond_init(&c.cond, NULL);
+	if (event_base_once(t->base, -1, EV_TIMEOUT, http_call_cb, &c, &now) != 0)
+		goto err;
+	pthread_mutex_lock(&c.mu);
+	while (!c.done)
+		pthread_cond_wait(&c.cond, &c.mu);
+	pthread_mutex_unlock(&c.mu);
+	ret = 0;
+
+err:
+	pthread_cond_destroy(&c.cond);
+	pthread_mutex_destroy(&c.mu);
+	return ret;
+}
+
+void http_thread_stop(struct http_thread *t)
+{
+	if (!t)
+		return;
+	event_base_loopbreak(t->base);
+	pthread_join(t->tid, NULL);
+	event_free(t->started_ev);
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}
