@@ -1,0 +1,564 @@
+/*
+ * test_lab.c — the runner every lab shares: its flags, what it prints and where, the --json
+ * document and the exit codes. Pure: no servers.
+ *
+ * What the runner prints is captured by pointing file descriptors 1 and 2 at temporary files
+ * for the length of one call, and compared after they are restored, so a failed assertion is
+ * never swallowed by the capture.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lab.h"
+#include "pg.h"
+#include "redis.h"
+
+#define NAME     "test"
+#define QUESTION "Why is the sky blue?"
+
+/* One call to the runner: its argv in, what it returned and printed out. */
+struct run {
+	const char *argv[12];
+	struct lab lab;
+	int ret;
+	char *out; /* what reached stdout */
+	char *err; /* what reached stderr */
+};
+
+static char *slurp(FILE *f)
+{
+	long n;
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	n = ftell(f);
+	assert_true(n >= 0);
+	rewind(f);
+	char *s = calloc(1, (size_t)n + 1);
+	assert_non_null(s);
+	assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	return s;
+}
+
+/* Runs fn(r) with stdout and stderr going to temporary files, then reads them into r. */
+static void capture(struct run *r, void (*fn)(struct run *))
+{
+	FILE *out = tmpfile(), *err = tmpfile();
+	assert_non_null(out);
+	assert_non_null(err);
+	fflush(stdout);
+	fflush(stderr);
+	int saved_out = dup(STDOUT_FILENO), saved_err = dup(STDERR_FILENO);
+	assert_true(saved_out >= 0 && saved_err >= 0);
+	dup2(fileno(out), STDOUT_FILENO);
+	dup2(fileno(err), STDERR_FILENO);
+
+	fn(r);
+
+	fflush(stdout);
+	fflush(stderr);
+	dup2(saved_out, STDOUT_FILENO);
+	dup2(saved_err, STDERR_FILENO);
+	close(saved_out);
+	close(saved_err);
+	r->out = slurp(out);
+	r->err = slurp(err);
+}
+
+static void run_free(struct run *r)
+{
+	free(r->out);
+	free(r->err);
+	lab_free(&r->lab);
+}
+
+static int argc_of(const struct run *r)
+{
+	int n = 0;
+	while (r->argv[n])
+		n++;
+	return n;
+}
+
+static void init_cb(struct run *r)
+{
+	r->ret = lab_init(&r->lab, NAME, QUESTION, 2, argc_of(r), (char **)r->argv);
+}
+
+/* lab_init with these arguments after the program name; fails the test if it prints anything. */
+static void init_quiet(struct run *r, const char *const *args)
+{
+	memset(r, 0, sizeof(*r));
+	r->argv[0] = "lab-" NAME;
+	for (int i = 0; args[i]; i++)
+		r->argv[i + 1] = args[i];
+	capture(r, init_cb);
+	assert_string_equal(r->out, "");
+	assert_string_equal(r->err, "");
+	assert_int_equal(r->ret, 0);
+}
+
+static void test_no_flags_give_the_defaults_and_the_env_urls(void **state)
+{
+	(void)state;
+	struct run r;
+	const char *none[] = {NULL};
+
+	setenv("LAB_PG_URL", "postgres://me@db.example:5432/x", 1);
+	setenv("LAB_REDIS_URL", "redis://cache.example:6380/3", 1);
+	init_quiet(&r, none);
+	assert_false(r.lab.opts.quick);
+	assert_false(r.lab.opts.json);
+	assert_false(r.lab.opts.step);
+	assert_false(r.lab.opts.serve);
+	assert_int_equal(r.lab.opts.port, 0);
+	assert_int_equal(r.lab.opts.seed, 1);
+	assert_string_equal(r.lab.opts.pg_url, "postgres://me@db.example:5432/x");
+	assert_string_equal(r.lab.opts.redis_url, "redis://cache.example:6380/3");
+	assert_ptr_equal(r.lab.term.out, stdout);
+	assert_int_equal(r.lab.phase_count, 2);
+	assert_true(json_is_object(r.lab.config));
+	assert_true(json_is_array(r.lab.phases));
+	run_free(&r);
+
+	unsetenv("LAB_PG_URL");
+	setenv("LAB_REDIS_URL", "", 1); /* empty counts as unset */
+	init_quiet(&r, none);
+	assert_string_equal(r.lab.opts.pg_url, PG_DEFAULT_URL);
+	assert_string_equal(r.lab.opts.redis_url, REDIS_DEFAULT_URL);
+	run_free(&r);
+	unsetenv("LAB_REDIS_URL");
+}
+
+static void test_each_flag_sets_its_option(void **state)
+{
+	(void)state;
+	struct run r;
+	const char *all[] = {"--quick", "--step", "--seed", "42", "--serve", "--port", "8080", NULL};
+	init_quiet(&r, all);
+	assert_true(r.lab.opts.quick);
+	assert_true(r.lab.opts.step);
+	assert_true(r.lab.opts.serve);
+	assert_false(r.lab.opts.json);
+	assert_int_equal(r.lab.opts.seed, 42);
+	assert_int_equal(r.lab.opts.port, 8080);
+	run_free(&r);
+
+	const char *eq[] = {"--seed=9223372036854775807", "--port=65535", NULL};
+	init_quiet(&r, eq);
+	assert_true(r.lab.opts.seed == INT64_MAX);
+	assert_int_equal(r.lab.opts.port, 65535);
+	assert_false(r.lab.opts.quick);
+	run_free(&r);
+}
+
+static void test_json_sends_narration_to_a_sink(void **state)
+{
+	(void)state;
+	struct run r;
+	const char *json[] = {"--json", NULL};
+	init_quiet(&r, json);
+	assert_true(r.lab.opts.json);
+	assert_non_null(r.lab.sink);
+	assert_ptr_equal(r.lab.term.out, r.lab.sink);
+	assert_ptr_not_equal(r.lab.term.out, stdout);
+	assert_false(r.lab.term.color);
+	run_free(&r);
+}
+
+static void test_bad_flag_exits_2_naming_it_with_usage_on_stderr_and_nothing_on_stdout(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *args[3];
+		const char *named; /* what the one line must name */
+	} cases[] = {
+	        {{"--bogus"}, "\"--bogus\""},
+	        {{"-q"}, "\"-q\""},
+	        {{"--quick=yes"}, "\"--quick=yes\""},
+	        {{"--port", "abc"}, "\"abc\""},
+	        {{"--port", "70000"}, "\"70000\""},
+	        {{"--port", "-1"}, "\"-1\""},
+	        {{"--port=8o"}, "\"8o\""},
+	        {{"--port"}, "--port needs a value"},
+	        {{"--seed", "-1"}, "\"-1\""},
+	        {{"--seed", " 7"}, "\" 7\""},
+	        {{"--seed", "9223372036854775808"}, "\"9223372036854775808\""},
+	        {{"--seed", "18446744073709551616"}, "\"18446744073709551616\""},
+	        {{"--seed"}, "--seed needs a value"},
+	        {{"stray"}, "\"stray\""},
+	        {{"--json", "extra"}, "\"extra\""},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct run r;
+		memset(&r, 0, sizeof(r));
+		r.argv[0] = "lab-" NAME;
+		for (int a = 0; a < 3 && cases[i].args[a]; a++)
+			r.argv[a + 1] = cases[i].args[a];
+		capture(&r, init_cb);
+		assert_int_equal(r.ret, -1);
+		assert_int_equal(r.lab.exit_code, LAB_EXIT_ENV);
+		assert_string_equal(r.out, "");
+		char *nl = strchr(r.err, '\n');
+		assert_non_null(nl);
+		*nl = '\0';
+		assert_true(strncmp(r.err, "lab-" NAME ": ", strlen("lab-" NAME ": ")) == 0);
+		if (!strstr(r.err, cases[i].named))
+			fail_msg("\"%s\" does not name %s", r.err, cases[i].named);
+		assert_true(strncmp(nl + 1, "usage: lab-" NAME, strlen("usage: lab-" NAME)) == 0);
+		run_free(&r);
+	}
+}
+
+static void test_help_prints_usage_on_stdout_and_exits_0(void **state)
+{
+	(void)state;
+	static const char *const lines[] = {
+	        "usage: lab-" NAME " ", "\n  --quick ",       "\n  --json ",   "\n  --step ",
+	        "\n  --seed N ",        "\n  --serve ",       "\n  --port N ", "\n  -h, --help ",
+	        "\n  LAB_PG_URL ",      "\n  LAB_REDIS_URL ",
+	};
+	setenv("LAB_PG_URL", "postgres://lab:secretpw@127.0.0.1:55432/lab", 1);
+	unsetenv("LAB_REDIS_URL");
+	const char *help[] = {"--help", "-h"};
+	for (int h = 0; h < 2; h++) {
+		struct run r;
+		memset(&r, 0, sizeof(r));
+		r.argv[0] = "lab-" NAME;
+		r.argv[1] = help[h];
+		capture(&r, init_cb);
+		assert_int_equal(r.ret, -1);
+		assert_int_equal(r.lab.exit_code, LAB_EXIT_OK);
+		assert_string_equal(r.err, "");
+		for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+			if (!strstr(r.out, lines[i]))
+				fail_msg("usage lacks \"%s\":\n%s", lines[i], r.out);
+		assert_non_null(strstr(r.out, "postgres://lab@127.0.0.1:55432/lab"));
+		assert_non_null(strstr(r.out, REDIS_DEFAULT_URL));
+		assert_null(strstr(r.out, "secretpw"));
+		run_free(&r);
+	}
+	unsetenv("LAB_PG_URL");
+}
+
+/* A whole --json run: narration, config, a phase with metrics, the verdict. */
+static void json_run_cb(struct run *r)
+{
+	init_cb(r);
+	if (r->ret < 0)
+		return;
+	lab_header(&r->lab, "PostgreSQL %s", "127.0.0.1:55432");
+	lab_config_set(&r->lab, "pool_max", json_integer(5));
+	lab_phase(&r->lab, "Exhaustion");
+	term_printf(&r->lab.term, "narration that must not reach stdout\n");
+	lab_phase_metrics(&r->lab, "exhaustion", json_pack("{s:f, s:i}", "rps", 248.1, "http_503", 17));
+	r->ret = lab_verdict(&r->lab, !strcmp(r->argv[2] ? r->argv[2] : "", "--quick"), "the claim",
+	                     "evidence %d", 17);
+}
+
+static json_t *parse_document(const char *out)
+{
+	json_error_t error;
+	/* the whole of stdout must be one document: trailing text fails the parse */
+	json_t *doc = json_loads(out, 0, &error);
+	if (!doc)
+		fail_msg("stdout is not one JSON document (%s): %s", error.text, out);
+	size_t len = strlen(out);
+	assert_true(len > 0 && out[len - 1] == '\n');
+	assert_ptr_equal(strchr(out, '\n'), out + len - 1);
+	return doc;
+}
+
+static void test_json_verdict_prints_one_document_of_the_agreed_shape(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--json";
+	r.argv[2] = "--quick";
+	capture(&r, json_run_cb);
+	assert_int_equal(r.ret, LAB_EXIT_OK);
+	assert_string_equal(r.err, "");
+	assert_null(strstr(r.out, "narration"));
+	assert_non_null(strstr(r.out, "248.1"));
+	assert_null(strstr(r.out, "248.09"));
+
+	json_t *doc = parse_document(r.out);
+	assert_true(json_is_object(doc));
+	assert_int_equal(json_object_size(doc), 4);
+	assert_string_equal(json_string_value(json_object_get(doc, "lab")), NAME);
+
+	json_t *config = json_object_get(doc, "config");
+	assert_true(json_is_object(config));
+	assert_int_equal(json_integer_value(json_object_get(config, "pool_max")), 5);
+	assert_true(json_is_true(json_object_get(config, "quick")));
+	assert_int_equal(json_integer_value(json_object_get(config, "seed")), 1);
+
+	json_t *phases = json_object_get(doc, "phases");
+	assert_true(json_is_array(phases));
+	assert_int_equal(json_array_size(phases), 1);
+	json_t *phase = json_array_get(phases, 0);
+	assert_int_equal(json_object_size(phase), 2);
+	assert_string_equal(json_string_value(json_object_get(phase, "name")), "exhaustion");
+	json_t *metrics = json_object_get(phase, "metrics");
+	assert_true(json_is_object(metrics));
+	assert_true(json_is_real(json_object_get(metrics, "rps")));
+	assert_true(json_real_value(json_object_get(metrics, "rps")) == 248.1);
+	assert_int_equal(json_integer_value(json_object_get(metrics, "http_503")), 17);
+
+	json_t *verdict = json_object_get(doc, "verdict");
+	assert_true(json_is_object(verdict));
+	assert_int_equal(json_object_size(verdict), 3);
+	assert_true(json_is_true(json_object_get(verdict, "demonstrated")));
+	assert_string_equal(json_string_value(json_object_get(verdict, "claim")), "the claim");
+	assert_string_equal(json_string_value(json_object_get(verdict, "evidence")), "evidence 17");
+
+	assert_null(r.lab.config);
+	assert_null(r.lab.phases);
+	assert_null(r.lab.sink);
+	json_decref(doc);
+	run_free(&r);
+}
+
+static void test_json_verdict_not_demonstrated_exits_1(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--json";
+	capture(&r, json_run_cb);
+	assert_int_equal(r.ret, LAB_EXIT_NOT_SHOWN);
+	assert_string_equal(r.err, "");
+	json_t *doc = parse_document(r.out);
+	json_t *verdict = json_object_get(doc, "verdict");
+	assert_true(json_is_false(json_object_get(verdict, "demonstrated")));
+	json_decref(doc);
+	run_free(&r);
+}
+
+static void narrated_run_cb(struct run *r)
+{
+	init_cb(r);
+	if (r->ret < 0)
+		return;
+	lab_header(&r->lab, "PostgreSQL %s · pool max %d", "127.0.0.1:55432", 5);
+	lab_phase(&r->lab, "First %s", "phase");
+	lab_phase(&r->lab, "Second");
+	r->ret = lab_verdict(&r->lab, r->argv[1] == NULL, "the claim", "evidence %d", 3);
+}
+
+static void test_narration_reads_title_phases_and_a_verdict_that_exits_0(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	capture(&r, narrated_run_cb);
+	assert_int_equal(r.ret, LAB_EXIT_OK);
+	assert_string_equal(r.err, "");
+	/* stdout is a file here: no colour codes */
+	assert_string_equal(r.out, "lab-" NAME " — \"" QUESTION "\"\n"
+	                           "PostgreSQL 127.0.0.1:55432 · pool max 5\n"
+	                           "\n[1/2] First phase\n"
+	                           "\n[2/2] Second\n"
+	                           "\n✔ demonstrated: the claim\n"
+	                           "  evidence 3\n");
+	run_free(&r);
+}
+
+static void test_verdict_not_demonstrated_says_so_and_exits_1(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--quick";
+	capture(&r, narrated_run_cb);
+	assert_int_equal(r.ret, LAB_EXIT_NOT_SHOWN);
+	const char *tail = "\n✘ not demonstrated: the claim\n  evidence 3\n";
+	size_t n = strlen(r.out), t = strlen(tail);
+	assert_true(n >= t);
+	assert_string_equal(r.out + n - t, tail);
+	run_free(&r);
+}
+
+static void step_cb(struct run *r)
+{
+	init_cb(r);
+	if (r->ret < 0)
+		return;
+	lab_phase(&r->lab, "One");
+}
+
+static void test_step_waits_for_one_line_on_stdin_before_a_phase(void **state)
+{
+	(void)state;
+	char path[] = "/tmp/test_lab_stdin_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "\nleft\n", 6), 6);
+	close(fd);
+	assert_non_null(freopen(path, "r", stdin));
+
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--step";
+	capture(&r, step_cb);
+	assert_string_equal(r.out, "  (Enter to go on)\n[1/2] One\n");
+	char rest[16] = "";
+	assert_non_null(fgets(rest, sizeof(rest), stdin));
+	assert_string_equal(rest, "left\n"); /* the phase took one line, not more */
+	run_free(&r);
+
+	/* at EOF (nobody to press Enter) it goes on */
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--step";
+	capture(&r, step_cb);
+	assert_string_equal(r.out, "  (Enter to go on)\n[1/2] One\n");
+	run_free(&r);
+
+	/* with --json nothing waits and nothing is read */
+	assert_non_null(freopen(path, "r", stdin));
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--step";
+	r.argv[2] = "--json";
+	capture(&r, step_cb);
+	assert_string_equal(r.out, "");
+	assert_non_null(fgets(rest, sizeof(rest), stdin));
+	assert_string_equal(rest, "\n");
+	run_free(&r);
+
+	unlink(path);
+	assert_non_null(freopen("/dev/null", "r", stdin));
+}
+
+static void pg_env_error_cb(struct run *r)
+{
+	init_cb(r);
+	r->ret = lab_env_error(&r->lab, "PostgreSQL", "postgres://lab:secretpw@127.0.0.1:1/lab",
+	                       "connection refused\n\tIs the server running?\n");
+}
+
+static void redis_env_error_cb(struct run *r)
+{
+	init_cb(r);
+	r->ret = lab_env_error(&r->lab, "Redis", "redis://:hunter2@127.0.0.1:1/0", "Connection refused");
+}
+
+static void test_env_error_names_the_url_without_password_and_how_to_start_it(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	capture(&r, pg_env_error_cb);
+	assert_int_equal(r.ret, LAB_EXIT_ENV);
+	assert_string_equal(r.out, "");
+	assert_string_equal(r.err,
+	                    "lab-" NAME ": cannot connect to PostgreSQL at postgres://lab@127.0.0.1:1/lab\n"
+	                    "  server said: connection refused Is the server running?\n"
+	                    "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n");
+	assert_null(r.lab.config); /* freed */
+	run_free(&r);
+
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--json";
+	capture(&r, redis_env_error_cb);
+	assert_int_equal(r.ret, LAB_EXIT_ENV);
+	assert_string_equal(r.out, "");
+	assert_string_equal(
+	        r.err, "lab-" NAME ": cannot connect to Redis at redis://127.0.0.1:1/0\n"
+	               "  server said: Connection refused\n"
+	               "  start it:    make up   (or docker compose up -d --wait, or set LAB_REDIS_URL)\n");
+	assert_null(r.lab.sink);
+	run_free(&r);
+}
+
+static void fail_cb(struct run *r)
+{
+	init_cb(r);
+	r->ret = lab_fail(&r->lab, "schema %s: %s", "lab_test", "permission denied");
+}
+
+static void test_fail_prints_one_line_on_stderr_and_exits_2(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	capture(&r, fail_cb);
+	assert_int_equal(r.ret, LAB_EXIT_ENV);
+	assert_string_equal(r.out, "");
+	assert_string_equal(r.err, "lab-" NAME ": schema lab_test: permission denied\n");
+	run_free(&r);
+}
+
+static void test_free_twice_after_a_verdict_is_harmless(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--json";
+	capture(&r, json_run_cb);
+	assert_int_equal(r.ret, LAB_EXIT_NOT_SHOWN);
+	/* the verdict freed the lab; a cleanup path that frees again must not free twice */
+	lab_free(&r.lab);
+	lab_free(&r.lab);
+	assert_null(r.lab.config);
+	assert_null(r.lab.phases);
+	assert_null(r.lab.sink);
+	run_free(&r);
+}
+
+static void test_blocked_signals_are_returned_by_wait_signal(void **state)
+{
+	(void)state;
+	lab_block_signals();
+	/* blocked, so these stay pending instead of ending the test process */
+	assert_int_equal(raise(SIGTERM), 0);
+	assert_int_equal(lab_wait_signal(), SIGTERM);
+	assert_int_equal(raise(SIGINT), 0);
+	assert_int_equal(lab_wait_signal(), SIGINT);
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_no_flags_give_the_defaults_and_the_env_urls),
+	        cmocka_unit_test(test_each_flag_sets_its_option),
+	        cmocka_unit_test(test_json_sends_narration_to_a_sink),
+	        cmocka_unit_test(test_bad_flag_exits_2_naming_it_with_usage_on_stderr_and_nothing_on_stdout),
+	        cmocka_unit_test(test_help_prints_usage_on_stdout_and_exits_0),
+	        cmocka_unit_test(test_json_verdict_prints_one_document_of_the_agreed_shape),
+	        cmocka_unit_test(test_json_verdict_not_demonstrated_exits_1),
+	        cmocka_unit_test(test_narration_reads_title_phases_and_a_verdict_that_exits_0),
+	        cmocka_unit_test(test_verdict_not_demonstrated_says_so_and_exits_1),
+	        cmocka_unit_test(test_step_waits_for_one_line_on_stdin_before_a_phase),
+	        cmocka_unit_test(test_env_error_names_the_url_without_password_and_how_to_start_it),
+	        cmocka_unit_test(test_fail_prints_one_line_on_stderr_and_exits_2),
+	        cmocka_unit_test(test_free_twice_after_a_verdict_is_harmless),
+	        cmocka_unit_test(test_blocked_signals_are_returned_by_wait_signal),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
