@@ -324,26 +324,6 @@ done:
 	return ret;
 }
 
-/* server_said on one line: libpq's "\n\tIs the server running" would break the three-line shape. */
-static void one_line(char *dst, size_t len, const char *src)
-{
-	size_t n = 0;
-	bool space = false;
-	if (!src || !*src)
-		src = "(no message)";
-	for (const char *p = src; *p && n + 1 < len; p++) {
-		if (*p == '\n' || *p == '\r' || *p == '\t' || *p == ' ') {
-			space = n > 0;
-			continue;
-		}
-		if (space && n + 2 < len)
-			dst[n++] = ' ';
-		space = false;
-		dst[n++] = *p;
-	}
-	dst[n] = '\0';
-}
-
 int lab_env_error(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
 	char shown[512], said[LAB_ERRLEN];
@@ -352,7 +332,8 @@ int lab_env_error(struct lab *lab, const char *what, const char *url, const char
 		redis_url_redact(url, shown, sizeof(shown));
 	else
 		pg_url_redact(url ? url : "", shown, sizeof(shown));
-	one_line(said, sizeof(said), server_said);
+	/* one line: libpq's "\n\tIs the server running" would break the three-line shape */
+	pg_message_line(said, sizeof(said), server_said);
 	fprintf(stderr,
 	        "lab-%s: cannot connect to %s at %s\n"
 	        "  server said: %s\n"

@@ -1,6 +1,7 @@
 #include "pg.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,30 +12,35 @@ const char *pg_url_default(void)
 	return url && *url ? url : PG_DEFAULT_URL;
 }
 
-/* Copies msg into err as one line: libpq ends messages with "\n" and may hold several lines. */
-static void set_err(char *err, size_t errlen, const char *msg)
+void pg_message_line(char *out, size_t outlen, const char *msg)
 {
-	if (!err || errlen == 0)
+	if (!out || outlen == 0)
 		return;
-	snprintf(err, errlen, "%s", msg && *msg ? msg : "unknown error");
-	for (char *p = err; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
-	size_t n = strlen(err);
-	while (n > 0 && err[n - 1] == ' ')
-		err[--n] = '\0';
+	size_t n = 0;
+	bool space = false;
+	for (const char *s = msg && *msg ? msg : "unknown error"; *s && n + 1 < outlen; s++) {
+		if (*s == '\n' || *s == '\r' || *s == '\t' || *s == ' ') {
+			space = n > 0;
+			continue;
+		}
+		if (space && n + 2 < outlen)
+			out[n++] = ' ';
+		space = false;
+		out[n++] = *s;
+	}
+	out[n] = '\0';
 }
 
 void pg_conn_error(PGconn *conn, char *err, size_t errlen)
 {
-	set_err(err, errlen, conn ? PQerrorMessage(conn) : "out of memory");
+	pg_message_line(err, errlen, conn ? PQerrorMessage(conn) : "out of memory");
 }
 
 static void result_error(PGconn *conn, PGresult *res, char *err, size_t errlen)
 {
 	const char *msg = res ? PQresultErrorMessage(res) : NULL;
 	if (msg && *msg)
-		set_err(err, errlen, msg);
+		pg_message_line(err, errlen, msg);
 	else if (res)
 		snprintf(err, errlen, "unexpected result status %s", PQresStatus(PQresultStatus(res)));
 	else

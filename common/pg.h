@@ -32,7 +32,15 @@ void pg_url_redact(const char *url, char *out, size_t outlen);
  */
 PGconn *pg_connect(const char *url, char *err, size_t errlen);
 
-/* Copies PQerrorMessage(conn), trimmed to one line, into err. */
+/*
+ * Copies msg into out (outlen bytes, always NUL-terminated) as one line: runs of newlines, tabs
+ * and spaces become one space, and none lead or trail. libpq's messages end in "\n" and may hold
+ * several lines ("...failed: Connection refused\n\tIs the server running..."). NULL or empty
+ * msg gives "unknown error". This function can't fail.
+ */
+void pg_message_line(char *out, size_t outlen, const char *msg);
+
+/* Copies PQerrorMessage(conn), as pg_message_line does, into err. */
 void pg_conn_error(PGconn *conn, char *err, size_t errlen);
 
 /* Runs sql (no parameters, may hold several statements); expects COMMAND_OK or TUPLES_OK. */

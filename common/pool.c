@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg.h"
+
 /* Often enough that a lifetime or idle limit is honoured within half a second; costs nothing. */
 #define POOL_HOUSEKEEPING_MS 500
 /* The same default as pg_connect: a server that has not answered in 5 s is not coming. */
@@ -130,26 +132,6 @@ static void conn_leak_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_query_fail_cb(evutil_socket_t fd, short what, void *arg);
 static void pool_fill(struct pool *p);
 
-/* Copies msg into out as one line: libpq's messages end in "\n" and may hold several lines. */
-static void one_line(char *out, size_t outlen, const char *msg)
-{
-	if (!out || outlen == 0)
-		return;
-	size_t n = 0;
-	bool space = false;
-	for (const char *s = msg && *msg ? msg : "unknown error"; *s && n + 1 < outlen; s++) {
-		if (*s == '\n' || *s == '\r' || *s == '\t' || *s == ' ') {
-			space = n > 0;
-			continue;
-		}
-		if (space && n + 2 < outlen)
-			out[n++] = ' ';
-		space = false;
-		out[n++] = *s;
-	}
-	out[n] = '\0';
-}
-
 static struct timeval ms_to_tv(int ms)
 {
 	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -219,7 +201,7 @@ static int pool_total(const struct pool *p)
 
 static void pool_set_error(struct pool *p, const char *msg)
 {
-	one_line(p->stats.last_error, sizeof(p->stats.last_error), msg);
+	pg_message_line(p->stats.last_error, sizeof(p->stats.last_error), msg);
 }
 
 static void pool_record_wait(struct pool *p, uint64_t waited_us)
@@ -289,7 +271,7 @@ static void conn_notice_cb(void *arg, const PGresult *res)
 	struct pool_conn *c = arg;
 	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	if (severity && (!strcmp(severity, "FATAL") || !strcmp(severity, "PANIC"))) {
-		one_line(c->server_fatal, sizeof(c->server_fatal), PQresultErrorMessage(res));
+		pg_message_line(c->server_fatal, sizeof(c->server_fatal), PQresultErrorMessage(res));
 		return;
 	}
 	if (c->default_notice)
@@ -382,7 +364,7 @@ static void conn_close_broken(struct pool_conn *c, const char *what)
 	const char *said = c->server_fatal[0] ? c->server_fatal : c->query_err[0] ? c->query_err : NULL;
 	char pq[POOL_ERRLEN];
 	if (!said) {
-		one_line(pq, sizeof(pq), PQerrorMessage(c->pg));
+		pg_message_line(pq, sizeof(pq), PQerrorMessage(c->pg));
 		said = pq;
 	}
 	snprintf(reason, sizeof(reason), "%s: %s", what, said);
@@ -546,7 +528,7 @@ static void query_done(struct pool_conn *c)
 		if (c->query_err[0])
 			snprintf(err, sizeof(err), "%s", c->query_err);
 		else if (res || c->broken)
-			one_line(err, sizeof(err), PQerrorMessage(c->pg));
+			pg_message_line(err, sizeof(err), PQerrorMessage(c->pg));
 		else
 			snprintf(err, sizeof(err), "the statement returned no result");
 		pool_set_error(p, err);
@@ -566,7 +548,7 @@ static void query_fail(struct pool_conn *c, const char *msg, bool broken)
 	if (broken)
 		c->broken = true;
 	if (!c->query_err[0])
-		one_line(c->query_err, sizeof(c->query_err), msg);
+		pg_message_line(c->query_err, sizeof(c->query_err), msg);
 }
 
 /* Socket events of a running query: flush what is left, read, collect results until NULL. */
@@ -607,7 +589,7 @@ static void query_step(struct pool_conn *c, short what)
 			return;
 		}
 		if (st == PGRES_FATAL_ERROR && !c->query_err[0])
-			one_line(c->query_err, sizeof(c->query_err), PQresultErrorMessage(res));
+			pg_message_line(c->query_err, sizeof(c->query_err), PQresultErrorMessage(res));
 		PQclear(c->query_last);
 		c->query_last = res;
 	}
@@ -735,7 +717,7 @@ struct pool *pool_new(struct event_base *base, const struct pool_config *cfg, ch
 	opts = PQconninfoParse(cfg->conninfo, &perr);
 	if (!opts) {
 		char msg[POOL_ERRLEN];
-		one_line(msg, sizeof(msg), perr ? perr : "out of memory");
+		pg_message_line(msg, sizeof(msg), perr ? perr : "out of memory");
 		snprintf(err, errlen, "pool_new: invalid conninfo: %s", msg);
 		goto err;
 	}
