@@ -161,7 +161,7 @@ void http_server_free(struct http_server *s)
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
 	struct evbuffer *out = evhttp_request_get_output_buffer(req);
-	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
 	if (text) {

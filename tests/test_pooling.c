@@ -29,7 +29,7 @@ static int group_setup(void **state)
 	pooling_config_default(&cfg, true);
 	if (pooling_setup(&cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "test_pooling: cannot set up against %s: %s (start the servers: make up)\n",
-			cfg.pg_url, err);
+		        cfg.pg_url, err);
 		return -1;
 	}
 	*state = &cfg;
@@ -73,8 +73,8 @@ static void test_throughput_is_capped_at_pool_size_over_hold_and_503s_only_past_
 	double cap = cfg.pool_size * 1000.0 / cfg.hold_ms;
 	for (int i = 0; i < 3; i++) {
 		const struct pooling_level *l = &e->levels[i];
-		print_message("clients %d: %.0f req/s (cap %.0f), 503s %llu, max queue %d\n", l->clients, l->rps, cap,
-			      (unsigned long long)l->http_503, l->max_waiting);
+		print_message("clients %d: %.0f req/s (cap %.0f), 503s %llu, max queue %d\n", l->clients,
+		              l->rps, cap, (unsigned long long)l->http_503, l->max_waiting);
 		assert_true(l->rps <= cap * 1.15);
 		assert_true(l->rps >= cap * 0.85);
 		assert_int_equal(l->errors, 0);
@@ -124,13 +124,13 @@ static void test_instances_past_max_connections_get_the_servers_own_error(void *
 	cfg.size_ms = 600;
 	assert_int_equal(pooling_maxconn_run(&cfg, m, err, sizeof(err)), 0);
 	print_message("failed instance %d after %d connections: %s\n", m->failed_instance, m->opened_total,
-		      m->server_error);
+	              m->server_error);
 	assert_true(m->failed_instance > 0);
 	assert_true(m->opened_total <= m->max_connections - m->reserved);
 	/* PostgreSQL's two words for it: the reserved-slot check at login, or no free process slot
 	 * when connections race past that check together */
 	assert_true(strstr(m->server_error, "connection slots are reserved") ||
-		    strstr(m->server_error, "too many clients already"));
+	            strstr(m->server_error, "too many clients already"));
 	/* the slots came back: the CPU phase after it opened its pools */
 	assert_int_equal(m->nsizes, 2);
 	assert_true(m->sizes[1].rps > 0);
@@ -141,8 +141,8 @@ static void test_instances_past_max_connections_get_the_servers_own_error(void *
 static int run_lab(const char *env, const char *args, char *out, size_t outlen, char *errout, size_t errlen)
 {
 	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "%s %s/lab-pooling %s 2>%s/pooling.stderr </dev/null", env ? env : "", LAB_BIN_DIR,
-		 args, LAB_BIN_DIR);
+	snprintf(cmd, sizeof(cmd), "%s %s/lab-pooling %s 2>%s/pooling.stderr </dev/null", env ? env : "",
+	         LAB_BIN_DIR, args, LAB_BIN_DIR);
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
 	size_t n = fread(out, 1, outlen - 1, p);
@@ -163,7 +163,7 @@ static void test_unreachable_server_exits_2_with_the_url_and_how_to_start_it(voi
 	(void)state;
 	static char out[4096], err[4096];
 	int rc = run_lab("LAB_PG_URL=postgres://lab:secret@127.0.0.1:1/lab", "--quick", out, sizeof(out), err,
-			 sizeof(err));
+	                 sizeof(err));
 	assert_int_equal(rc, 2);
 	assert_non_null(strstr(err, "cannot connect to PostgreSQL at postgres://lab@127.0.0.1:1/lab"));
 	assert_non_null(strstr(err, "make up"));
@@ -205,13 +205,13 @@ static void test_quick_json_run_demonstrates_the_claim(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_pooled_is_at_least_10x_a_new_connection_per_request),
-		cmocka_unit_test(test_throughput_is_capped_at_pool_size_over_hold_and_503s_only_past_it),
-		cmocka_unit_test(test_leak_drains_the_pool_and_is_named_where_a_small_pool_is_not),
-		cmocka_unit_test(test_instances_past_max_connections_get_the_servers_own_error),
-		cmocka_unit_test(test_unreachable_server_exits_2_with_the_url_and_how_to_start_it),
-		cmocka_unit_test(test_bad_flag_exits_2_with_usage),
-		cmocka_unit_test(test_quick_json_run_demonstrates_the_claim),
+	        cmocka_unit_test(test_pooled_is_at_least_10x_a_new_connection_per_request),
+	        cmocka_unit_test(test_throughput_is_capped_at_pool_size_over_hold_and_503s_only_past_it),
+	        cmocka_unit_test(test_leak_drains_the_pool_and_is_named_where_a_small_pool_is_not),
+	        cmocka_unit_test(test_instances_past_max_connections_get_the_servers_own_error),
+	        cmocka_unit_test(test_unreachable_server_exits_2_with_the_url_and_how_to_start_it),
+	        cmocka_unit_test(test_bad_flag_exits_2_with_usage),
+	        cmocka_unit_test(test_quick_json_run_demonstrates_the_claim),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

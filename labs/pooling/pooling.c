@@ -17,7 +17,7 @@
 
 #define SCHEMA "lab_pooling"
 /* 100 orders; ids above ORDERS are missing, and a missing id is the leaky handler's 404 path. */
-#define ORDERS 100
+#define ORDERS             100
 #define MISSING_ORDER_BASE 100000
 /* one client in four follows a stale link to missing orders: the leaky handler loses a
  * connection on each of their requests, so the pool drains after pool_size of them */
@@ -73,9 +73,9 @@ int pooling_setup(const struct pooling_config *cfg, char *err, size_t errlen)
 	if (pg_schema_create(conn, SCHEMA, err, errlen) < 0)
 		goto out;
 	if (pg_exec(conn,
-		    "CREATE TABLE " SCHEMA ".orders (id int PRIMARY KEY, total_cents int NOT NULL);"
-		    "INSERT INTO " SCHEMA ".orders SELECT i, 100 * i FROM generate_series(1, 100) i",
-		    err, errlen) < 0)
+	            "CREATE TABLE " SCHEMA ".orders (id int PRIMARY KEY, total_cents int NOT NULL);"
+	            "INSERT INTO " SCHEMA ".orders SELECT i, 100 * i FROM generate_series(1, 100) i",
+	            err, errlen) < 0)
 		goto out;
 	ret = 0;
 out:
@@ -98,10 +98,11 @@ int pooling_teardown(const struct pooling_config *cfg, char *err, size_t errlen)
 /* What each route runs once it holds a connection. */
 enum route { ROUTE_POOLED, ROUTE_DIRECT, ROUTE_ORDERS, ROUTE_ORDERS_LEAKY, ROUTE_CPU, ROUTE_COUNT };
 
-static const char *const route_paths[ROUTE_COUNT] = {"/pooled", "/direct", "/orders", "/orders-leaky", "/cpu"};
+static const char *const route_paths[ROUTE_COUNT] = {"/pooled", "/direct", "/orders", "/orders-leaky",
+                                                     "/cpu"};
 /* the holder a leak report names: the handler that acquired */
 static const char *const route_holders[ROUTE_COUNT] = {"pooled_handler", "direct_handler", "orders_handler",
-						       "leaky_orders_handler", "cpu_handler"};
+                                                       "leaky_orders_handler", "cpu_handler"};
 
 struct pooling_api;
 
@@ -124,7 +125,7 @@ struct pooling_api {
 	struct hist hold; /* acquire to release, for handlers that release */
 	uint64_t leaks;
 	struct pool_leak first_leak;
-	uint64_t leaked;	 /* connections the leaky handler kept (its bug, counted at the bug) */
+	uint64_t leaked;         /* connections the leaky handler kept (its bug, counted at the bug) */
 	uint64_t last_leaked_us; /* hist_now_us() of the last of them */
 };
 
@@ -192,8 +193,8 @@ static void orders_query_cb(struct pool_conn *c, PGresult *res, const char *err,
 		}
 	} else {
 		http_reply_json(ctx->req, 200,
-				json_pack("{s:I,s:I}", "id", (json_int_t)atol(PQgetvalue(res, 0, 0)), "total_cents",
-					  (json_int_t)atol(PQgetvalue(res, 0, 1))));
+		                json_pack("{s:I,s:I}", "id", (json_int_t)atol(PQgetvalue(res, 0, 0)),
+		                          "total_cents", (json_int_t)atol(PQgetvalue(res, 0, 1))));
 	}
 	finish(ctx);
 }
@@ -220,17 +221,19 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 		if (strcmp(ctx->hold_ms, "0") == 0)
 			rc = pool_query(conn, "SELECT 1", 0, NULL, simple_query_cb, ctx);
 		else
-			rc = pool_query(conn, "SELECT pg_sleep($1::float8 / 1000)", 1, hold, simple_query_cb, ctx);
+			rc = pool_query(conn, "SELECT pg_sleep($1::float8 / 1000)", 1, hold, simple_query_cb,
+			                ctx);
 		break;
 	case ROUTE_ORDERS:
 	case ROUTE_ORDERS_LEAKY:
 		rc = pool_query(conn,
-				"SELECT id, total_cents, pg_sleep($2::float8 / 1000) FROM " SCHEMA
-				".orders WHERE id = $1",
-				2, order, orders_query_cb, ctx);
+		                "SELECT id, total_cents, pg_sleep($2::float8 / 1000) FROM " SCHEMA
+		                ".orders WHERE id = $1",
+		                2, order, orders_query_cb, ctx);
 		break;
 	default:
-		rc = pool_query(conn, "SELECT sum(i) FROM generate_series(1, $1::int) i", 1, rows, simple_query_cb, ctx);
+		rc = pool_query(conn, "SELECT sum(i) FROM generate_series(1, $1::int) i", 1, rows,
+		                simple_query_cb, ctx);
 		break;
 	}
 	if (rc < 0) {
@@ -271,7 +274,8 @@ static void route_cb(struct evhttp_request *req, void *arg)
 		}
 		snprintf(ctx->order, sizeof(ctx->order), "%ld", ctx->order_id);
 	}
-	pool_acquire(rc->route == ROUTE_DIRECT ? api->direct : api->pool, route_holders[rc->route], acquired_cb, ctx);
+	pool_acquire(rc->route == ROUTE_DIRECT ? api->direct : api->pool, route_holders[rc->route],
+	             acquired_cb, ctx);
 	return;
 bad:
 	http_reply_error(req, 400, "%s", err);
@@ -280,14 +284,15 @@ bad:
 
 static json_t *stats_json(const struct pool_stats *s, int max_size)
 {
-	return json_pack("{s:i,s:i,s:i,s:i,s:i,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:s}", "max_size", max_size,
-			 "active", s->active, "idle", s->idle, "opening", s->opening, "waiting", s->waiting,
-			 "oldest_wait_ms", s->oldest_wait_us / 1000.0, "acquired", (json_int_t)s->acquired,
-			 "timeouts", (json_int_t)s->timeouts, "opened", (json_int_t)s->opened, "closed_broken",
-			 (json_int_t)s->closed_broken, "connect_errors", (json_int_t)s->connect_errors, "leaks",
-			 (json_int_t)s->leaks, "max_wait_ms", s->max_wait_us / 1000.0, "wait_p50_ms",
-			 hist_percentile(&s->wait, 50) / 1000.0, "wait_p99_ms",
-			 hist_percentile(&s->wait, 99) / 1000.0, "last_error", s->last_error);
+	return json_pack("{s:i,s:i,s:i,s:i,s:i,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:s}", "max_size",
+	                 max_size, "active", s->active, "idle", s->idle, "opening", s->opening, "waiting",
+	                 s->waiting, "oldest_wait_ms", s->oldest_wait_us / 1000.0, "acquired",
+	                 (json_int_t)s->acquired, "timeouts", (json_int_t)s->timeouts, "opened",
+	                 (json_int_t)s->opened, "closed_broken", (json_int_t)s->closed_broken,
+	                 "connect_errors", (json_int_t)s->connect_errors, "leaks", (json_int_t)s->leaks,
+	                 "max_wait_ms", s->max_wait_us / 1000.0, "wait_p50_ms",
+	                 hist_percentile(&s->wait, 50) / 1000.0, "wait_p99_ms",
+	                 hist_percentile(&s->wait, 99) / 1000.0, "last_error", s->last_error);
 }
 
 /* GET /stats: the pool as PgBouncer's SHOW POOLS would show it, and who holds too long. */
@@ -305,13 +310,15 @@ static void stats_cb(struct evhttp_request *req, void *arg)
 	int n = pool_leaks(api->pool, held, 16);
 	for (int i = 0; i < n; i++)
 		json_array_append_new(leaks, json_pack("{s:s,s:f,s:i}", "holder", held[i].holder, "held_ms",
-						       held[i].held_us / 1000.0, "backend_pid", held[i].backend_pid));
-	http_reply_json(req, 200, json_pack("{s:o,s:o}", "pool", stats_json(s, api->pool_size), "leaks", leaks));
+		                                       held[i].held_us / 1000.0, "backend_pid",
+		                                       held[i].backend_pid));
+	http_reply_json(req, 200,
+	                json_pack("{s:o,s:o}", "pool", stats_json(s, api->pool_size), "leaks", leaks));
 	free(s);
 }
 
 struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool_size, int port, char *err,
-				      size_t errlen)
+                                      size_t errlen)
 {
 	struct pooling_api *api = calloc(1, sizeof(*api));
 	if (!api) {
@@ -328,22 +335,22 @@ struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool
 	}
 	api->started_us = hist_now_us();
 	struct pool_config pc = {
-		.conninfo = cfg->pg_url,
-		.min_idle = pool_size,
-		.max_size = pool_size,
-		.acquire_timeout_ms = cfg->acquire_timeout_ms,
-		.leak_threshold_ms = cfg->leak_threshold_ms,
-		.leak_cb = leak_cb,
-		.leak_arg = api,
+	        .conninfo = cfg->pg_url,
+	        .min_idle = pool_size,
+	        .max_size = pool_size,
+	        .acquire_timeout_ms = cfg->acquire_timeout_ms,
+	        .leak_threshold_ms = cfg->leak_threshold_ms,
+	        .leak_cb = leak_cb,
+	        .leak_arg = api,
 	};
 	api->pool = pool_new(api->base, &pc, err, errlen);
 	if (!api->pool || pool_wait_ready(api->pool, 10000, err, errlen) < 0)
 		goto err;
 	struct pool_config dc = {
-		.conninfo = cfg->pg_url,
-		.min_idle = 0,
-		.max_size = DIRECT_MAX,
-		.acquire_timeout_ms = 10000,
+	        .conninfo = cfg->pg_url,
+	        .min_idle = 0,
+	        .max_size = DIRECT_MAX,
+	        .acquire_timeout_ms = 10000,
 	};
 	api->direct = pool_new(api->base, &dc, err, errlen);
 	if (!api->direct)
@@ -432,18 +439,19 @@ static void progress_cb(const struct load_progress *p, void *arg)
 {
 	struct run_ctx *rc = arg;
 	rc->snap.api = rc->api;
-	if (http_thread_call(rc->api->thread, snapshot_fn, &rc->snap) == 0 && rc->snap.stats.waiting > rc->max_waiting)
+	if (http_thread_call(rc->api->thread, snapshot_fn, &rc->snap) == 0 &&
+	    rc->snap.stats.waiting > rc->max_waiting)
 		rc->max_waiting = rc->snap.stats.waiting;
 	if (rc->cfg->progress_cb) {
 		double frac = rc->duration_ms ? p->elapsed_s * 1000.0 / rc->duration_ms
-					      : (double)p->completed / (double)rc->max_requests;
+		                              : (double)p->completed / (double)rc->max_requests;
 		rc->cfg->progress_cb(rc->what, frac > 1 ? 1 : frac, rc->cfg->progress_arg);
 	}
 }
 
 /* /orders ids: orders that exist, but for the stale clients (the 404 path). */
 static void orders_request_cb(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq,
-			      void *arg)
+                              void *arg)
 {
 	(void)req;
 	struct run_ctx *rc = arg;
@@ -452,7 +460,7 @@ static void orders_request_cb(struct load_request *r, struct evhttp_request *req
 }
 
 static void orders_response_cb(struct evhttp_request *req, int client, uint64_t seq, uint64_t latency_us,
-			       void *arg)
+                               void *arg)
 {
 	(void)client;
 	(void)seq;
@@ -476,17 +484,17 @@ static void orders_response_cb(struct evhttp_request *req, int client, uint64_t 
 }
 
 static int run_load(struct run_ctx *rc, const char *path, int clients, struct load_result *res, char *err,
-		    size_t errlen)
+                    size_t errlen)
 {
 	struct load_config lc = {
-		.port = pooling_api_port(rc->api),
-		.path = path,
-		.clients = clients,
-		.duration_ms = rc->duration_ms,
-		.max_requests = rc->max_requests,
-		.timeout_ms = 10000,
-		.progress_cb = progress_cb,
-		.arg = rc,
+	        .port = pooling_api_port(rc->api),
+	        .path = path,
+	        .clients = clients,
+	        .duration_ms = rc->duration_ms,
+	        .max_requests = rc->max_requests,
+	        .timeout_ms = 10000,
+	        .progress_cb = progress_cb,
+	        .arg = rc,
 	};
 	if (rc->route == ROUTE_ORDERS || rc->route == ROUTE_ORDERS_LEAKY) {
 		lc.request_cb = orders_request_cb;
@@ -498,7 +506,8 @@ static int run_load(struct run_ctx *rc, const char *path, int clients, struct lo
 
 /* ---- phase 1: a new connection per request against a pool ---- */
 
-int pooling_compare_run(const struct pooling_config *cfg, struct pooling_compare *res, char *err, size_t errlen)
+int pooling_compare_run(const struct pooling_config *cfg, struct pooling_compare *res, char *err,
+                        size_t errlen)
 {
 	memset(res, 0, sizeof(*res));
 	int ret = -1;
@@ -518,16 +527,22 @@ int pooling_compare_run(const struct pooling_config *cfg, struct pooling_compare
 		snprintf(err, errlen, "out of memory");
 		goto out;
 	}
-	*rc = (struct run_ctx){.cfg = cfg, .api = api, .what = "one connection at a time",
-			       .max_requests = CONNECT_SAMPLES, .route = ROUTE_DIRECT};
+	*rc = (struct run_ctx){.cfg = cfg,
+	                       .api = api,
+	                       .what = "one connection at a time",
+	                       .max_requests = CONNECT_SAMPLES,
+	                       .route = ROUTE_DIRECT};
 	int rl = run_load(rc, "/direct?hold_ms=0", 1, alone, err, errlen);
 	res->connect_alone_p50_us = hist_percentile(&alone->latency, 50);
 	free(alone);
 	if (rl < 0)
 		goto out;
 	/* the same requests both ways: SELECT 1, so the difference is the connection alone */
-	*rc = (struct run_ctx){.cfg = cfg, .api = api, .what = "connection per request",
-			       .max_requests = (uint64_t)cfg->compare_requests, .route = ROUTE_DIRECT};
+	*rc = (struct run_ctx){.cfg = cfg,
+	                       .api = api,
+	                       .what = "connection per request",
+	                       .max_requests = (uint64_t)cfg->compare_requests,
+	                       .route = ROUTE_DIRECT};
 	if (run_load(rc, "/direct?hold_ms=0", cfg->compare_clients, &res->direct, err, errlen) < 0)
 		goto out;
 	rc->what = "pooled";
@@ -551,7 +566,8 @@ out:
 
 /* ---- phase 2: exhaustion ---- */
 
-int pooling_exhaust_run(const struct pooling_config *cfg, struct pooling_exhaust *res, char *err, size_t errlen)
+int pooling_exhaust_run(const struct pooling_config *cfg, struct pooling_exhaust *res, char *err,
+                        size_t errlen)
 {
 	memset(res, 0, sizeof(*res));
 	int ret = -1;
@@ -572,8 +588,11 @@ int pooling_exhaust_run(const struct pooling_config *cfg, struct pooling_exhaust
 		struct pooling_api *api = pooling_api_start(cfg, cfg->pool_size, 0, err, errlen);
 		if (!api)
 			goto out;
-		*rc = (struct run_ctx){.cfg = cfg, .api = api, .what = what, .duration_ms = cfg->level_ms,
-				       .route = ROUTE_POOLED};
+		*rc = (struct run_ctx){.cfg = cfg,
+		                       .api = api,
+		                       .what = what,
+		                       .duration_ms = cfg->level_ms,
+		                       .route = ROUTE_POOLED};
 		int rl = run_load(rc, path, clients, load, err, errlen);
 		pooling_api_stop(api, totals);
 		if (rl < 0)
@@ -602,8 +621,8 @@ out:
 
 /* ---- phase 3: a leak against an undersized pool ---- */
 
-static int drain_run(const struct pooling_config *cfg, enum route route, int pool_size, struct pooling_drain *d,
-		     char *err, size_t errlen)
+static int drain_run(const struct pooling_config *cfg, enum route route, int pool_size,
+                     struct pooling_drain *d, char *err, size_t errlen)
 {
 	memset(d, 0, sizeof(*d));
 	d->pool_size = pool_size;
@@ -619,8 +638,11 @@ static int drain_run(const struct pooling_config *cfg, enum route route, int poo
 	api = pooling_api_start(cfg, pool_size, 0, err, errlen);
 	if (!api)
 		goto out;
-	*rc = (struct run_ctx){.cfg = cfg, .api = api, .duration_ms = cfg->leak_ms, .route = route,
-			       .what = route == ROUTE_ORDERS_LEAKY ? "leaky handler" : "undersized pool"};
+	*rc = (struct run_ctx){.cfg = cfg,
+	                       .api = api,
+	                       .duration_ms = cfg->leak_ms,
+	                       .route = route,
+	                       .what = route == ROUTE_ORDERS_LEAKY ? "leaky handler" : "undersized pool"};
 	if (run_load(rc, route_paths[route], cfg->leak_clients, load, err, errlen) < 0)
 		goto out;
 	/* the pool as the load left it, and who still holds a connection past the threshold */
@@ -666,18 +688,21 @@ int pooling_leak_run(const struct pooling_config *cfg, struct pooling_leak *res,
 
 /* ---- phase 4: too many connections, and what pool size buys ---- */
 
-static int server_limits(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err, size_t errlen)
+static int server_limits(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err,
+                         size_t errlen)
 {
 	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
 	if (!conn)
 		return -1;
 	int64_t max = 0, reserved = 0, in_use = 0;
 	int ret = -1;
-	if (pg_query_int64(conn, "SELECT current_setting('max_connections')::int", 0, NULL, &max, err, errlen) < 0 ||
-	    pg_query_int64(conn, "SELECT current_setting('superuser_reserved_connections')::int", 0, NULL, &reserved,
-			   err, errlen) < 0 ||
-	    pg_query_int64(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'", 0,
-			   NULL, &in_use, err, errlen) < 0)
+	if (pg_query_int64(conn, "SELECT current_setting('max_connections')::int", 0, NULL, &max, err,
+	                   errlen) < 0 ||
+	    pg_query_int64(conn, "SELECT current_setting('superuser_reserved_connections')::int", 0, NULL,
+	                   &reserved, err, errlen) < 0 ||
+	    pg_query_int64(conn,
+	                   "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'", 0,
+	                   NULL, &in_use, err, errlen) < 0)
 		goto out;
 	res->max_connections = (int)max;
 	res->reserved = (int)reserved;
@@ -688,7 +713,8 @@ out:
 	return ret;
 }
 
-static int instances_run(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err, size_t errlen)
+static int instances_run(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err,
+                         size_t errlen)
 {
 	struct event_base *base = event_base_new();
 	if (!base) {
@@ -706,9 +732,9 @@ static int instances_run(const struct pooling_config *cfg, struct pooling_maxcon
 	}
 	/* each instance opens its whole pool at start, as HikariCP does with minimumIdle = maximumPoolSize */
 	struct pool_config pc = {.conninfo = cfg->pg_url,
-				 .min_idle = cfg->instance_pool,
-				 .max_size = cfg->instance_pool,
-				 .acquire_timeout_ms = 1000};
+	                         .min_idle = cfg->instance_pool,
+	                         .max_size = cfg->instance_pool,
+	                         .acquire_timeout_ms = 1000};
 	for (int i = 0; i < n; i++) {
 		char perr[256];
 		pools[i] = pool_new(base, &pc, err, errlen);
@@ -734,7 +760,8 @@ out:
 	return ret;
 }
 
-int pooling_maxconn_run(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err, size_t errlen)
+int pooling_maxconn_run(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err,
+                        size_t errlen)
 {
 	memset(res, 0, sizeof(*res));
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -760,8 +787,11 @@ int pooling_maxconn_run(const struct pooling_config *cfg, struct pooling_maxconn
 		struct pooling_api *api = pooling_api_start(&sized, cfg->sizes[i], 0, err, errlen);
 		if (!api)
 			goto out;
-		*rc = (struct run_ctx){.cfg = cfg, .api = api, .what = what, .duration_ms = cfg->size_ms,
-				       .route = ROUTE_CPU};
+		*rc = (struct run_ctx){.cfg = cfg,
+		                       .api = api,
+		                       .what = what,
+		                       .duration_ms = cfg->size_ms,
+		                       .route = ROUTE_CPU};
 		int rl = run_load(rc, "/cpu", cfg->size_clients, load, err, errlen);
 		pooling_api_stop(api, NULL);
 		if (rl < 0)
