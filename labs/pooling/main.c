@@ -164,8 +164,10 @@ static void print_maxconn(struct lab *lab, const struct pooling_config *cfg, con
 {
 	const struct term *t = &lab->term;
 	char b[4][32];
-	term_printf(t, "  server: max_connections %d, %d reserved for superusers, %d in use before\n",
-	            m->max_connections, m->reserved, m->in_use_before);
+	term_printf(t,
+	            "  server: max_connections %d, %d reserved for superusers (%d for this role), %d in use "
+	            "before\n",
+	            m->max_connections, m->reserved, m->max_connections - m->reserved, m->in_use_before);
 	for (int i = 0; i < m->instances_ready; i++)
 		term_printf(t, "  instance %d: %d connections open\n", i + 1, cfg->instance_pool);
 	if (m->failed_instance)

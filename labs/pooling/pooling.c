@@ -41,7 +41,7 @@ void pooling_config_default(struct pooling_config *cfg, bool quick)
 	cfg->leak_threshold_ms = 500;
 	/* 8 clients: enough to overlap connects on 2 cores without queueing on the pool */
 	cfg->compare_clients = 8;
-	cfg->compare_requests = quick ? 200 : 1000;
+	cfg->compare_requests = quick ? 200 : 400;
 	/* below, at, twice and ten times the pool size */
 	int levels[] = {2, 5, 10, 50};
 	cfg->nlevels = 4;
