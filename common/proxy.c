@@ -300,10 +300,12 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 		budget = PROXY_QUEUE_MAX - queued;
 	if (p->bandwidth_bps > 0) {
 		proxy_pipe_refill(pp, p->bandwidth_bps, now);
-		if (pp->tokens < (double)budget)
-			budget = pp->tokens < 1.0 ? 0 : (size_t)pp->tokens;
-		if (budget == 0)
+		if (pp->tokens < 1.0) {
+			budget = 0;
 			pp->bw_paused = true;
+		} else if (pp->tokens < (double)budget) {
+			budget = (size_t)pp->tokens;
+		}
 	}
 	while (total < budget) {
 		size_t want = budget - total < sizeof(buf) ? budget - total : sizeof(buf);

@@ -75,7 +75,9 @@ static void *echo_conn_main(void *arg)
 	for (;;) {
 		ssize_t n = read(fd, buf, sizeof(buf));
 		if (n == 0) {
+			/* a half-close answered in kind: everything echoed, then our own FIN */
 			atomic_fetch_add(&e->eofs, 1);
+			shutdown(fd, SHUT_WR);
 			break;
 		}
 		if (n < 0) {
@@ -501,6 +503,108 @@ static void test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b(void **st
 	proxy_free(p);
 }
 
+/* Waits until the proxy reports want open connections or ms pass; returns the last count. */
+static uint64_t wait_active(struct proxy *p, uint64_t want, int ms)
+{
+	struct proxy_stats st;
+	for (int waited = 0;; waited += 5) {
+		proxy_stats(p, &st);
+		if (st.active == want || waited >= ms)
+			return st.active;
+		usleep(5000);
+	}
+}
+
+static void test_the_delay_costs_latency_not_throughput(void **state)
+{
+	struct echo *e = *state;
+	const int delay = 50000;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	unsigned char *out = malloc(BIG_BYTES), *in = calloc(1, BIG_BYTES);
+	uint64_t undelayed = 0, delayed = 0;
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, BIG_BYTES, 11);
+	assert_true(echo_transfer(proxy_port(p), out, in, BIG_BYTES, &undelayed));
+	assert_int_equal(proxy_set_delay(p, delay, delay), 0);
+	memset(in, 0, BIG_BYTES);
+	assert_true(echo_transfer(proxy_port(p), out, in, BIG_BYTES, &delayed));
+	assert_memory_equal(in, out, BIG_BYTES);
+	print_message("%d MiB there and back: %.1f ms undelayed, %.1f ms behind %d + %d ms\n",
+	              BIG_BYTES >> 20, undelayed / 1000.0, delayed / 1000.0, delay / 1000, delay / 1000);
+	assert_true(delayed >= (uint64_t)(2 * delay));
+	/*
+	 * Bytes in flight, not one chunk per delay: the transfer costs about one more round trip.
+	 * A proxy that held one read at a time would take 8 MiB / 256 KiB x 100 ms = 3.2 s.
+	 */
+	assert_true(delayed < 4 * (undelayed + 2 * (uint64_t)delay));
+	free(out);
+	free(in);
+	proxy_free(p);
+}
+
+static void test_a_half_close_flushes_what_is_queued_before_the_fin(void **state)
+{
+	struct echo *e = *state;
+	/* 20 ms up: the client's FIN reaches the proxy long before its bytes are due upstream */
+	struct proxy *p = start_proxy(e->port, 20000, 0, 0);
+	const size_t n = 100 * 1000;
+	unsigned char *out = malloc(n), *in = calloc(1, n);
+	struct proxy_stats st;
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, n, 3);
+	int eofs = atomic_load(&e->eofs);
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	assert_true(write_full(fd, out, n));
+	assert_int_equal(shutdown(fd, SHUT_WR), 0);
+	assert_true(read_full(fd, in, n)); /* the reverse direction stays open after our FIN */
+	assert_memory_equal(in, out, n);
+	char c;
+	assert_int_equal(recv(fd, &c, 1, 0), 0); /* then the upstream's FIN, passed on */
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + 1, RECV_TIMEOUT_S * 1000));
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	proxy_stats(p, &st);
+	assert_int_equal(st.bytes_up, n);
+	assert_int_equal(st.bytes_down, n);
+	assert_int_equal(st.cut, 0);
+	close(fd);
+	free(out);
+	free(in);
+	proxy_free(p);
+}
+
+static void test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client(void **state)
+{
+	(void)state;
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sin);
+	assert_true(ls >= 0);
+	assert_int_equal(bind(ls, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(ls, 4), 0);
+	assert_int_equal(getsockname(ls, (struct sockaddr *)&sin, &len), 0);
+	struct proxy *p = start_proxy(ntohs(sin.sin_port), 0, 5000, 0);
+
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	int up = accept(ls, NULL, NULL); /* the proxy's own connection upstream */
+	assert_true(up >= 0);
+	assert_true(write_full(up, "bye", 3));
+	close(up); /* a server that says goodbye and goes: its FIN follows its bytes */
+	char buf[4] = "";
+	assert_true(read_full(fd, buf, 3));
+	assert_memory_equal(buf, "bye", 3);
+	assert_true(read_sees_close(fd));
+	close(fd);
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	close(ls);
+	proxy_free(p);
+}
+
 static void test_cut_closes_both_sides_and_is_counted(void **state)
 {
 	struct echo *e = *state;
@@ -717,6 +821,9 @@ int main(void)
 	        cmocka_unit_test(test_zero_delay_adds_little_and_changing_the_delay_takes_effect),
 	        cmocka_unit_test(test_delays_apply_per_direction),
 	        cmocka_unit_test(test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b),
+	        cmocka_unit_test(test_the_delay_costs_latency_not_throughput),
+	        cmocka_unit_test(test_a_half_close_flushes_what_is_queued_before_the_fin),
+	        cmocka_unit_test(test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client),
 	        cmocka_unit_test(test_cut_closes_both_sides_and_is_counted),
 	        cmocka_unit_test(test_refuse_makes_new_connects_fail_at_once_and_is_counted),
 	        cmocka_unit_test(
