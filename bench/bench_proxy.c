@@ -291,8 +291,8 @@ int main(int argc, char **argv)
 	double pg_added = added_p50(&pd, &pp), echo_added = added_p50(&ed, &ep);
 	double delay_over = (double)hist_percentile(&edelay, 50) - (double)hist_percentile(&ep, 50) -
 	                    2.0 * DELAY_EACH_WAY_US;
-	printf("\n  added by the proxy at p50: %+.0f us a SELECT 1, %+.0f us an echo; p99: %+.0f us, %+.0f "
-	       "us\n",
+	printf("\n  added by the proxy at p50: %+.0f µs a SELECT 1, %+.0f µs an echo; p99: %+.0f µs, %+.0f "
+	       "µs\n",
 	       pg_added, echo_added, (double)hist_percentile(&pp, 99) - (double)hist_percentile(&pd, 99),
 	       (double)hist_percentile(&ep, 99) - (double)hist_percentile(&ed, 99));
 	printf("  a set delay of %d µs lands %+.0f µs from it at p50 (timer wake-up on a shared machine)\n",

@@ -785,10 +785,16 @@ static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 		assert_true(fds[i] >= 0);
 		assert_true(write_full(fds[i], "hello", 5));
 	}
-	usleep(10000);
+	/* all three forwarding and their bytes upstream: the echoes are what is in flight */
 	struct proxy_stats st;
-	proxy_stats(p, &st);
+	for (int waited = 0; waited < RECV_TIMEOUT_S * 1000; waited += 5) {
+		proxy_stats(p, &st);
+		if (st.active == 3 && st.bytes_up == 15)
+			break;
+		usleep(5000);
+	}
 	assert_int_equal(st.active, 3);
+	assert_int_equal(st.bytes_up, 15);
 	proxy_free(p);
 	for (int i = 0; i < 3; i++) {
 		assert_true(read_sees_close(fds[i]));
