@@ -40,6 +40,8 @@
 #define PROXY_READ_CHUNK (64 * 1024)
 /* A loopback connect is immediate; a numeric host that never answers must not hold a client forever. */
 #define PROXY_CONNECT_TIMEOUT_S 5
+/* Out of descriptors: try accepting again after this long, not in a busy loop. */
+#define PROXY_ACCEPT_PAUSE_MS 10
 /* The bucket holds 10 ms of the rate: smooth on a chart, and few wake-ups at high rates. */
 #define PROXY_BUCKET_MS 10
 /* ...but at most 64 KiB, so a fast limit still wakes often enough to stay smooth. */
@@ -93,6 +95,7 @@ struct proxy_conn {
 struct proxy {
 	struct event_base *base;
 	struct evconnlistener *listener;
+	struct event *accept_resume_ev; /* re-enables the listener after an accept error */
 	pthread_t tid;
 	bool thread_started;
 	int port;
@@ -503,11 +506,25 @@ upstream_err:
 	proxy_conn_close(c);
 }
 
+static void proxy_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct proxy *p = arg;
+	if (p->listener)
+		evconnlistener_enable(p->listener);
+}
+
 static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
 {
-	/* EMFILE and the like: the connection waits in the backlog; libevent's warning would only be noise */
-	(void)l;
-	(void)arg;
+	/*
+	 * Out of descriptors (EMFILE) or memory: the connection stays in the backlog, and the
+	 * listener, still readable, would spin the loop. Pause accepting for a moment instead.
+	 */
+	struct proxy *p = arg;
+	struct timeval tv = {.tv_sec = 0, .tv_usec = PROXY_ACCEPT_PAUSE_MS * 1000};
+	evconnlistener_disable(l);
+	evtimer_add(p->accept_resume_ev, &tv);
 }
 
 static void *proxy_thread_main(void *arg)
@@ -644,6 +661,11 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		goto err;
 	}
+	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
+	if (!p->accept_resume_ev) {
+		snprintf(err, errlen, "out of memory");
+		goto err;
+	}
 	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
 	struct sockaddr_in bound;
 	socklen_t boundlen = sizeof(bound);
@@ -672,6 +694,8 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 err:
 	if (ecfg)
 		event_config_free(ecfg);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
 	if (p->listener)
 		evconnlistener_free(p->listener);
 	if (p->base)
@@ -788,6 +812,8 @@ static int proxy_stop_fn(struct proxy *p, void *arg)
 		proxy_conn_close(p->conns);
 	evconnlistener_free(p->listener);
 	p->listener = NULL;
+	event_free(p->accept_resume_ev);
+	p->accept_resume_ev = NULL;
 	/* from inside the loop: a break cannot be lost the way one sent before the loop starts can */
 	event_base_loopbreak(p->base);
 	return 0;
@@ -804,6 +830,8 @@ void proxy_free(struct proxy *p)
 	}
 	while (p->conns)
 		proxy_conn_close(p->conns);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
 	if (p->listener)
 		evconnlistener_free(p->listener);
 	event_base_free(p->base);

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -802,6 +803,65 @@ static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 	}
 }
 
+static void test_out_of_descriptors_the_proxy_waits_and_then_accepts(void **state)
+{
+	struct echo *e = *state;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	struct proxy_stats st;
+	struct rlimit old, low;
+	int fillers[256], nfill = 0;
+
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	/* a low limit, then every descriptor taken: the proxy's accept gets EMFILE */
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = 256;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	while (nfill < 256) {
+		int d = dup(fd);
+		if (d < 0)
+			break;
+		fillers[nfill++] = d;
+	}
+	assert_true(nfill < 256);
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+	                          .sin_port = htons((uint16_t)proxy_port(p)),
+	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0); /* the kernel's backlog */
+	struct rusage r0, r1;
+	getrusage(RUSAGE_SELF, &r0);
+	usleep(500000);
+	getrusage(RUSAGE_SELF, &r1);
+	proxy_stats(p, &st);
+	double cpu_ms =
+	        (double)(r1.ru_utime.tv_sec - r0.ru_utime.tv_sec + r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) *
+	                1e3 +
+	        (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec + r1.ru_stime.tv_usec -
+	                 r0.ru_stime.tv_usec) /
+	                1e3;
+	print_message("no descriptors for 500 ms: %llu accepted, %.1f ms of CPU (a spinning loop would use "
+	              "up to 500)\n",
+	              (unsigned long long)st.accepted, cpu_ms);
+	assert_int_equal(st.accepted, 0);
+	/*
+	 * A pause, not a busy loop: a spinning thread burns most of a core even on a busy machine;
+	 * the margin leaves room for whatever else this process's threads did meanwhile.
+	 */
+	assert_true(cpu_ms < 100.0);
+
+	for (int i = 0; i < nfill; i++)
+		close(fillers[i]);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	struct timeval tv = {.tv_sec = RECV_TIMEOUT_S};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_true(ping(fd) > 0); /* the waiting connection goes through once descriptors are back */
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, 1);
+	close(fd);
+	proxy_free(p);
+}
+
 static void test_bad_config_is_refused_with_a_message(void **state)
 {
 	(void)state;
@@ -836,6 +896,7 @@ int main(void)
 	                test_an_upstream_that_refuses_closes_the_client_and_counts_an_upstream_error),
 	        cmocka_unit_test(test_libpq_through_the_proxy_runs_select_1_and_fails_cleanly_when_cut),
 	        cmocka_unit_test(test_free_with_connections_open_and_bytes_in_flight),
+	        cmocka_unit_test(test_out_of_descriptors_the_proxy_waits_and_then_accepts),
 	        cmocka_unit_test(test_bad_config_is_refused_with_a_message),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
