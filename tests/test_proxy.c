@@ -41,7 +41,7 @@
 #define RECV_TIMEOUT_S 5
 /* 8 MiB: well past every socket buffer and the proxy's 4 MiB queue, so back-pressure is exercised. */
 #define BIG_BYTES      (8 * 1024 * 1024)
-#define ECHO_MAX_CONNS 64
+#define ECHO_MAX_CONNS 128
 
 /*
  * The upstream: accepts on 127.0.0.1, one thread per connection echoing every byte back.
@@ -107,8 +107,12 @@ static void *echo_accept_main(void *arg)
 		if (poll(&pfd, 1, 50) <= 0)
 			continue;
 		int fd = accept(e->listen_fd, NULL, NULL);
-		if (fd < 0)
+		if (fd < 0) {
+			/* out of descriptors (a test fills the table on purpose): wait, do not spin */
+			if (errno == EMFILE || errno == ENFILE)
+				usleep(10000);
 			continue;
+		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		atomic_fetch_add(&e->connections, 1);
@@ -636,6 +640,47 @@ static void test_cut_closes_both_sides_and_is_counted(void **state)
 	proxy_free(p);
 }
 
+static void test_many_connections_stay_apart_and_cut_counts_every_one(void **state)
+{
+	struct echo *e = *state;
+	enum { NCONN = 40 };
+	struct proxy *p = start_proxy(e->port, 200, 200, 0);
+	int fds[NCONN];
+	struct proxy_stats st;
+
+	for (int i = 0; i < NCONN; i++) {
+		fds[i] = client_connect(proxy_port(p));
+		assert_true(fds[i] >= 0);
+	}
+	/* every connection's bytes come back on that connection and no other */
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < NCONN; i++) {
+			unsigned char msg[2] = {(unsigned char)i, (unsigned char)round};
+			assert_true(write_full(fds[i], msg, sizeof(msg)));
+		}
+		for (int i = 0; i < NCONN; i++) {
+			unsigned char back[2] = {0, 0};
+			assert_true(read_full(fds[i], back, sizeof(back)));
+			assert_int_equal(back[0], i);
+			assert_int_equal(back[1], round);
+		}
+	}
+	int eofs = atomic_load(&e->eofs);
+	assert_int_equal(proxy_cut(p), NCONN);
+	for (int i = 0; i < NCONN; i++) {
+		assert_true(read_sees_close(fds[i]));
+		close(fds[i]);
+	}
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + NCONN, RECV_TIMEOUT_S * 1000));
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, NCONN);
+	assert_int_equal(st.cut, NCONN);
+	assert_int_equal(st.active, 0);
+	assert_int_equal(st.bytes_up, NCONN * 2 * 3);
+	assert_int_equal(st.bytes_down, NCONN * 2 * 3);
+	proxy_free(p);
+}
+
 static void test_refuse_makes_new_connects_fail_at_once_and_is_counted(void **state)
 {
 	struct echo *e = *state;
@@ -864,7 +909,7 @@ static void test_out_of_descriptors_the_proxy_waits_and_then_accepts(void **stat
 
 static void test_bad_config_is_refused_with_a_message(void **state)
 {
-	(void)state;
+	struct echo *e = *state;
 	char err[256] = "";
 	struct proxy_config cfg = {.upstream_host = "db.example", .upstream_port = 5432};
 	assert_null(proxy_start(&cfg, err, sizeof(err)));
@@ -876,6 +921,21 @@ static void test_bad_config_is_refused_with_a_message(void **state)
 	cfg.upstream_port = 5432;
 	cfg.delay_up_us = -1;
 	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	cfg.delay_up_us = 0;
+	cfg.listen_port = 70000;
+	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "listen port"));
+	/* a port someone else listens on: the kernel's reason, not a crash */
+	cfg.listen_port = e->port;
+	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "cannot listen"));
+	print_message("listening on a taken port: %s\n", err);
+	/* numeric IPv6 is an address too */
+	cfg.listen_port = 0;
+	cfg.upstream_host = "::1";
+	struct proxy *p = proxy_start(&cfg, err, sizeof(err));
+	assert_non_null(p);
+	proxy_free(p);
 	proxy_free(NULL);
 }
 
@@ -891,6 +951,7 @@ int main(void)
 	        cmocka_unit_test(test_a_half_close_flushes_what_is_queued_before_the_fin),
 	        cmocka_unit_test(test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client),
 	        cmocka_unit_test(test_cut_closes_both_sides_and_is_counted),
+	        cmocka_unit_test(test_many_connections_stay_apart_and_cut_counts_every_one),
 	        cmocka_unit_test(test_refuse_makes_new_connects_fail_at_once_and_is_counted),
 	        cmocka_unit_test(
 	                test_an_upstream_that_refuses_closes_the_client_and_counts_an_upstream_error),
