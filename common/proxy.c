@@ -418,6 +418,27 @@ static void proxy_conn_close(struct proxy_conn *c)
 	free(c);
 }
 
+/* Makes the next close of fd a reset: the peer's next read or write fails at once. */
+static void proxy_set_reset_on_close(evutil_socket_t fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+static void proxy_close_reset(evutil_socket_t fd)
+{
+	proxy_set_reset_on_close(fd);
+	evutil_closesocket(fd);
+}
+
+/* The upstream refused or never answered: the client sees its server refuse, a reset. */
+static void proxy_conn_upstream_failed(struct proxy_conn *c)
+{
+	c->proxy->stats.upstream_errors++;
+	proxy_set_reset_on_close(c->client_fd);
+	proxy_conn_close(c);
+}
+
 static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct proxy_conn *c = arg;
@@ -425,8 +446,7 @@ static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 	socklen_t len = sizeof(soerr);
 
 	if ((what & EV_TIMEOUT) || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
-		c->proxy->stats.upstream_errors++;
-		proxy_conn_close(c); /* the client sees its server refuse: EOF right after connect */
+		proxy_conn_upstream_failed(c);
 		return;
 	}
 	event_free(c->connect_ev);
@@ -440,14 +460,6 @@ static void proxy_set_nodelay(evutil_socket_t fd)
 	/* the proxy writes what it has at once; Nagle would add 40 ms to a small reply */
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-/* Closes fd with a reset: the client's next read or write fails at once. */
-static void proxy_close_reset(evutil_socket_t fd)
-{
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	evutil_closesocket(fd);
 }
 
 static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
@@ -502,8 +514,7 @@ static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
 	return;
 
 upstream_err:
-	p->stats.upstream_errors++;
-	proxy_conn_close(c);
+	proxy_conn_upstream_failed(c);
 }
 
 static void proxy_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
