@@ -281,10 +281,21 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* Sends len bytes on fd while reading the echo back (a writer thread), so neither side stalls. */
+static bool echo_exchange(int fd, const unsigned char *out, unsigned char *in, size_t len)
+{
+	struct writer w = {.fd = fd, .buf = out, .len = len};
+	pthread_t tid;
+	if (pthread_create(&tid, NULL, writer_main, &w) != 0)
+		return false;
+	bool ok = read_full(fd, in, len);
+	pthread_join(tid, NULL);
+	return ok && w.ok;
+}
+
 /*
- * Sends len bytes through port and reads the echo back at the same time (a writer thread), so
- * neither side stalls on a full buffer. Returns whether all came back; *elapsed_us counts from
- * before the connect to the last byte read.
+ * echo_exchange on a new connection to port. *elapsed_us counts from before the connect to
+ * the last byte read.
  */
 static bool echo_transfer(int port, const unsigned char *out, unsigned char *in, size_t len,
                           uint64_t *elapsed_us)
@@ -293,17 +304,10 @@ static bool echo_transfer(int port, const unsigned char *out, unsigned char *in,
 	int fd = client_connect(port);
 	if (fd < 0)
 		return false;
-	struct writer w = {.fd = fd, .buf = out, .len = len};
-	pthread_t tid;
-	if (pthread_create(&tid, NULL, writer_main, &w) != 0) {
-		close(fd);
-		return false;
-	}
-	bool ok = read_full(fd, in, len);
+	bool ok = echo_exchange(fd, out, in, len);
 	*elapsed_us = hist_now_us() - t0;
-	pthread_join(tid, NULL);
 	close(fd);
-	return ok && w.ok;
+	return ok;
 }
 
 /* FNV-1a over the bytes: equal checksums both ways, as a person would check a copied file. */
@@ -518,6 +522,45 @@ static uint64_t wait_active(struct proxy *p, uint64_t want, int ms)
 			return st.active;
 		usleep(5000);
 	}
+}
+
+static void test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it(void **state)
+{
+	struct echo *e = *state;
+	/* 100 kB at 250 kB/s on a connection that was unlimited: at least 400 ms */
+	const size_t n = 100 * 1000;
+	const int64_t bps = 250 * 1000;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	unsigned char *out = malloc(n), *in = malloc(n);
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, n, 5);
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	assert_true(ping(fd) > 0);
+	/* timed from before the change: the bucket starts empty when the change takes effect */
+	uint64_t t0 = hist_now_us();
+	assert_int_equal(proxy_set_bandwidth(p, bps), 0);
+	assert_true(echo_exchange(fd, out, in, n));
+	uint64_t limited = hist_now_us() - t0;
+	assert_memory_equal(in, out, n);
+	print_message("limit set mid-connection: %zu bytes at %lld B/s in %.1f ms (at least %.1f ms)\n", n,
+	              (long long)bps, limited / 1000.0, (double)n * 1000.0 / (double)bps);
+	assert_true(limited >= (uint64_t)((double)n * 1e6 / (double)bps));
+
+	/* and lifted again: the same connection is no longer held back */
+	assert_int_equal(proxy_set_bandwidth(p, 0), 0);
+	t0 = hist_now_us();
+	assert_true(echo_exchange(fd, out, in, n));
+	uint64_t lifted = hist_now_us() - t0;
+	assert_memory_equal(in, out, n);
+	print_message("limit lifted: the same bytes in %.1f ms\n", lifted / 1000.0);
+	assert_true(lifted * 2 < limited);
+	close(fd);
+	free(out);
+	free(in);
+	proxy_free(p);
 }
 
 static void test_the_delay_costs_latency_not_throughput(void **state)
@@ -947,6 +990,7 @@ int main(void)
 	        cmocka_unit_test(test_zero_delay_adds_little_and_changing_the_delay_takes_effect),
 	        cmocka_unit_test(test_delays_apply_per_direction),
 	        cmocka_unit_test(test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b),
+	        cmocka_unit_test(test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it),
 	        cmocka_unit_test(test_the_delay_costs_latency_not_throughput),
 	        cmocka_unit_test(test_a_half_close_flushes_what_is_queued_before_the_fin),
 	        cmocka_unit_test(test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client),
