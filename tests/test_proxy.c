@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
@@ -41,7 +42,7 @@
 #define RECV_TIMEOUT_S 5
 /* 8 MiB: well past every socket buffer and the proxy's 4 MiB queue, so back-pressure is exercised. */
 #define BIG_BYTES      (8 * 1024 * 1024)
-#define ECHO_MAX_CONNS 128
+#define ECHO_MAX_CONNS 256
 
 /*
  * The upstream: accepts on 127.0.0.1, one thread per connection echoing every byte back.
@@ -653,6 +654,48 @@ static void test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_
 	proxy_free(p);
 }
 
+static int count_open_fds(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void test_connections_that_come_and_go_leave_nothing_open(void **state)
+{
+	struct echo *e = *state;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	struct proxy_stats st;
+	int eofs = atomic_load(&e->eofs);
+
+	/* the echo server keeps a thread per connection it saw: stay within its table */
+	const int n = 40;
+	int before = count_open_fds();
+	for (int i = 0; i < n; i++) {
+		int fd = client_connect(proxy_port(p));
+		assert_true(fd >= 0);
+		assert_true(ping(fd) > 0);
+		close(fd); /* the client goes first: its FIN goes up, the upstream's comes back, both close */
+	}
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + n, RECV_TIMEOUT_S * 1000));
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, n);
+	assert_int_equal(st.cut, 0);
+	assert_int_equal(st.upstream_errors, 0);
+	/* the proxy's two sockets per connection are closed; the echo server keeps its own until teardown */
+	int after = count_open_fds();
+	print_message("%d connections came and went: %d descriptors open before, %d after (echo side: %d)\n",
+	              n, before, after, n);
+	assert_true(after <= before + n);
+	proxy_free(p);
+}
+
 static void test_cut_closes_both_sides_and_is_counted(void **state)
 {
 	struct echo *e = *state;
@@ -994,6 +1037,7 @@ int main(void)
 	        cmocka_unit_test(test_the_delay_costs_latency_not_throughput),
 	        cmocka_unit_test(test_a_half_close_flushes_what_is_queued_before_the_fin),
 	        cmocka_unit_test(test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client),
+	        cmocka_unit_test(test_connections_that_come_and_go_leave_nothing_open),
 	        cmocka_unit_test(test_cut_closes_both_sides_and_is_counted),
 	        cmocka_unit_test(test_many_connections_stay_apart_and_cut_counts_every_one),
 	        cmocka_unit_test(test_refuse_makes_new_connects_fail_at_once_and_is_counted),
