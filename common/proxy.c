@@ -1,0 +1,850 @@
+/*
+ * proxy.c — the latency and fault proxy of proxy.h: raw non-blocking sockets and evbuffers on a
+ * libevent loop of its own, in a thread of its own.
+ *
+ * Each accepted connection is a struct proxy_conn with two pipes, up (client to upstream) and
+ * down (upstream to client). A pipe reads what its source sends, stamps each read with a due
+ * time (arrival + the delay in force when it was read) and writes the bytes to its destination,
+ * in order, once they are due: one queue and one timer per pipe, so a delay adds latency and
+ * costs no throughput. The bandwidth limit is a token bucket on the reading side, so a slow link
+ * pushes back on the sender through TCP as a real one does.
+ *
+ * Counting: accepted counts every connection accept() returned, refused ones included; active
+ * is what is open now (connecting to the upstream or forwarding).
+ */
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* 4 MiB held per direction at most: throughput stays above 400 MB/s behind a 10 ms delay. */
+#define PROXY_QUEUE_MAX (4 * 1024 * 1024)
+/* 256 KiB read per wake-up at most, so one busy connection cannot starve the others. */
+#define PROXY_READ_BUDGET (256 * 1024)
+/* 64 KiB: one read() into the stack. */
+#define PROXY_READ_CHUNK (64 * 1024)
+/* A loopback connect is immediate; a numeric host that never answers must not hold a client forever. */
+#define PROXY_CONNECT_TIMEOUT_S 5
+/* Out of descriptors: try accepting again after this long, not in a busy loop. */
+#define PROXY_ACCEPT_PAUSE_MS 10
+/* The bucket holds 10 ms of the rate: smooth on a chart, and few wake-ups at high rates. */
+#define PROXY_BUCKET_MS 10
+/* ...but at most 64 KiB, so a fast limit still wakes often enough to stay smooth. */
+#define PROXY_BUCKET_MAX (64 * 1024)
+
+struct proxy_conn;
+
+/* A run of bytes read at one wake-up, due for writing at due_us. */
+struct proxy_seg {
+	uint64_t due_us;
+	size_t len;
+};
+
+/*
+ * One direction of a connection.
+ *
+ * held:  bytes read and not yet due, described in order by the ring segs (head first).
+ * ready: bytes due and not yet accepted by the destination socket.
+ * tokens/tokens_at_us: the bandwidth bucket; starts empty, so a new connection's first second
+ * carries no more than the rate.
+ */
+struct proxy_pipe {
+	struct proxy_conn *conn;
+	evutil_socket_t src, dst;
+	struct event *read_ev;  /* src readable */
+	struct event *write_ev; /* dst writable, added while ready does not fit in the socket */
+	struct event *timer_ev; /* the head segment is due, or the bucket has refilled */
+	struct evbuffer *held;
+	struct evbuffer *ready;
+	struct proxy_seg *segs;
+	size_t seg_cap, seg_head, seg_count;
+	bool reading;     /* read_ev is added */
+	bool writing;     /* write_ev is added */
+	bool timer_armed; /* timer_ev is pending */
+	bool bw_paused;   /* not reading until the bucket refills */
+	bool src_eof;     /* the source sent FIN: flush, then shut the destination's write side */
+	bool dst_shut;    /* shutdown(dst, SHUT_WR) done: this direction is finished */
+	uint64_t *bytes;  /* the proxy's bytes_up or bytes_down */
+	double tokens;
+	uint64_t tokens_at_us;
+};
+
+struct proxy_conn {
+	struct proxy *proxy;
+	struct proxy_conn *prev, *next;
+	evutil_socket_t client_fd, upstream_fd;
+	struct event *connect_ev; /* upstream connect in progress; NULL once connected */
+	struct proxy_pipe up, down;
+};
+
+struct proxy {
+	struct event_base *base;
+	struct evconnlistener *listener;
+	struct event *accept_resume_ev; /* re-enables the listener after an accept error */
+	pthread_t tid;
+	bool thread_started;
+	int port;
+	struct sockaddr_storage upstream;
+	socklen_t upstream_len;
+	/* Read on the loop thread only; changed there by the control functions. */
+	int delay_up_us, delay_down_us;
+	int64_t bandwidth_bps;
+	bool refuse;
+	struct proxy_conn *conns; /* every open connection */
+	struct proxy_stats stats;
+};
+
+/* What a control function hands to the loop thread: lives on the caller's stack until done. */
+struct proxy_call {
+	struct proxy *p;
+	int (*fn)(struct proxy *, void *);
+	void *arg;
+	int ret;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool done;
+};
+
+static pthread_once_t proxy_threads_once = PTHREAD_ONCE_INIT;
+static int proxy_threads_rc = -1;
+
+static void proxy_threads_init_cb(void)
+{
+	/* The same callbacks http.c installs: a second call with identical ones is accepted. */
+	proxy_threads_rc = evthread_use_pthreads();
+	/* A peer that hangs up while we write costs an EPIPE on that socket, not the process. */
+	struct sigaction old;
+	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+		signal(SIGPIPE, SIG_IGN);
+}
+
+static uint64_t proxy_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static double proxy_bucket_cap(int64_t bps)
+{
+	double cap = (double)bps * PROXY_BUCKET_MS / 1000.0;
+	if (cap > PROXY_BUCKET_MAX)
+		cap = PROXY_BUCKET_MAX;
+	return cap < 1.0 ? 1.0 : cap;
+}
+
+static void proxy_conn_close(struct proxy_conn *c);
+static void proxy_pipe_pump(struct proxy_pipe *pp);
+
+static void proxy_pipe_set_reading(struct proxy_pipe *pp, bool on)
+{
+	if (on == pp->reading)
+		return;
+	if (on)
+		event_add(pp->read_ev, NULL);
+	else
+		event_del(pp->read_ev);
+	pp->reading = on;
+}
+
+static void proxy_pipe_set_writing(struct proxy_pipe *pp, bool on)
+{
+	if (on == pp->writing)
+		return;
+	if (on)
+		event_add(pp->write_ev, NULL);
+	else
+		event_del(pp->write_ev);
+	pp->writing = on;
+}
+
+static int proxy_pipe_push_seg(struct proxy_pipe *pp, uint64_t due_us, size_t len)
+{
+	if (pp->seg_count == pp->seg_cap) {
+		size_t cap = pp->seg_cap ? pp->seg_cap * 2 : 16;
+		struct proxy_seg *segs = malloc(cap * sizeof(*segs));
+		if (!segs)
+			return -1;
+		for (size_t i = 0; i < pp->seg_count; i++)
+			segs[i] = pp->segs[(pp->seg_head + i) % pp->seg_cap];
+		free(pp->segs);
+		pp->segs = segs;
+		pp->seg_cap = cap;
+		pp->seg_head = 0;
+	}
+	pp->segs[(pp->seg_head + pp->seg_count) % pp->seg_cap] = (struct proxy_seg){due_us, len};
+	pp->seg_count++;
+	return 0;
+}
+
+/* Refills the bucket up to now; a no-op without a limit. */
+static void proxy_pipe_refill(struct proxy_pipe *pp, int64_t bps, uint64_t now)
+{
+	if (bps <= 0)
+		return;
+	double cap = proxy_bucket_cap(bps);
+	if (now > pp->tokens_at_us)
+		pp->tokens += (double)(now - pp->tokens_at_us) * (double)bps / 1e6;
+	if (pp->tokens > cap)
+		pp->tokens = cap;
+	pp->tokens_at_us = now;
+}
+
+/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. */
+static void proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
+{
+	uint64_t wake = UINT64_MAX;
+	int64_t bps = pp->conn->proxy->bandwidth_bps;
+
+	if (pp->seg_count > 0)
+		wake = pp->segs[pp->seg_head].due_us;
+	if (pp->bw_paused && bps > 0) {
+		double missing = proxy_bucket_cap(bps) - pp->tokens;
+		uint64_t refill = now + (missing > 0 ? (uint64_t)(missing * 1e6 / (double)bps) + 1 : 0);
+		if (refill < wake)
+			wake = refill;
+	}
+	if (wake == UINT64_MAX) {
+		if (pp->timer_armed)
+			event_del(pp->timer_ev);
+		pp->timer_armed = false;
+		return;
+	}
+	uint64_t wait = wake > now ? wake - now : 0;
+	struct timeval tv = {.tv_sec = (time_t)(wait / 1000000u), .tv_usec = (suseconds_t)(wait % 1000000u)};
+	event_add(pp->timer_ev, &tv);
+	pp->timer_armed = true;
+}
+
+/*
+ * Moves what is due from held to ready, writes ready, shuts the destination when the source
+ * has finished and everything is out, and decides whether to read more. May close the whole
+ * connection (then pp is gone): callers return right after.
+ */
+static void proxy_pipe_pump(struct proxy_pipe *pp)
+{
+	struct proxy_conn *c = pp->conn;
+	uint64_t now = proxy_now_us();
+
+	while (pp->seg_count > 0 && pp->segs[pp->seg_head].due_us <= now) {
+		struct proxy_seg *s = &pp->segs[pp->seg_head];
+		evbuffer_remove_buffer(pp->held, pp->ready, s->len);
+		pp->seg_head = (pp->seg_head + 1) % pp->seg_cap;
+		pp->seg_count--;
+	}
+	while (evbuffer_get_length(pp->ready) > 0) {
+		int n = evbuffer_write(pp->ready, pp->dst);
+		if (n > 0) {
+			*pp->bytes += (uint64_t)n;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			break;
+		/* the destination went away (EPIPE, ECONNRESET): both sides close */
+		proxy_conn_close(c);
+		return;
+	}
+	proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0);
+
+	if (pp->src_eof && !pp->dst_shut && pp->seg_count == 0 && evbuffer_get_length(pp->ready) == 0) {
+		shutdown(pp->dst, SHUT_WR);
+		pp->dst_shut = true;
+		struct proxy_pipe *other = pp == &c->up ? &c->down : &c->up;
+		if (other->dst_shut) {
+			proxy_conn_close(c);
+			return;
+		}
+	}
+
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	int64_t bps = c->proxy->bandwidth_bps;
+	if (pp->bw_paused) {
+		proxy_pipe_refill(pp, bps, now);
+		if (bps <= 0 || pp->tokens >= proxy_bucket_cap(bps))
+			pp->bw_paused = false;
+	}
+	proxy_pipe_set_reading(pp, !pp->src_eof && !pp->bw_paused && queued < PROXY_QUEUE_MAX);
+	proxy_pipe_arm(pp, now);
+}
+
+static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct proxy_pipe *pp = arg;
+	struct proxy_conn *c = pp->conn;
+	struct proxy *p = c->proxy;
+	char buf[PROXY_READ_CHUNK];
+	uint64_t now = proxy_now_us();
+	int delay = pp == &c->up ? p->delay_up_us : p->delay_down_us;
+	/* zero delay and nothing waiting: straight to ready, the proxy's fastest path */
+	struct evbuffer *into = delay == 0 && pp->seg_count == 0 ? pp->ready : pp->held;
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	size_t budget = PROXY_READ_BUDGET;
+	size_t total = 0;
+
+	if (queued >= PROXY_QUEUE_MAX)
+		budget = 0;
+	else if (budget > PROXY_QUEUE_MAX - queued)
+		budget = PROXY_QUEUE_MAX - queued;
+	if (p->bandwidth_bps > 0) {
+		proxy_pipe_refill(pp, p->bandwidth_bps, now);
+		if (pp->tokens < 1.0) {
+			budget = 0;
+			pp->bw_paused = true;
+		} else if (pp->tokens < (double)budget) {
+			budget = (size_t)pp->tokens;
+		}
+	}
+	while (total < budget) {
+		size_t want = budget - total < sizeof(buf) ? budget - total : sizeof(buf);
+		ssize_t n = read(fd, buf, want);
+		if (n > 0) {
+			if (evbuffer_add(into, buf, (size_t)n) != 0) {
+				proxy_conn_close(c);
+				return;
+			}
+			total += (size_t)n;
+			if ((size_t)n < want)
+				break; /* drained: the next read would say EAGAIN */
+			continue;
+		}
+		if (n == 0) {
+			pp->src_eof = true;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			break;
+		proxy_conn_close(c); /* ECONNRESET and the like: the whole connection goes */
+		return;
+	}
+	if (p->bandwidth_bps > 0) {
+		pp->tokens -= (double)total;
+		if (pp->tokens < 1.0)
+			pp->bw_paused = true;
+	}
+	if (total > 0 && into == pp->held && proxy_pipe_push_seg(pp, now + (uint64_t)delay, total) != 0) {
+		proxy_conn_close(c);
+		return;
+	}
+	proxy_pipe_pump(pp);
+}
+
+static void proxy_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	proxy_pipe_pump(arg);
+}
+
+static void proxy_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct proxy_pipe *pp = arg;
+	pp->timer_armed = false;
+	proxy_pipe_pump(pp);
+}
+
+static void proxy_pipe_clear(struct proxy_pipe *pp)
+{
+	if (pp->read_ev)
+		event_free(pp->read_ev);
+	if (pp->write_ev)
+		event_free(pp->write_ev);
+	if (pp->timer_ev)
+		event_free(pp->timer_ev);
+	if (pp->held)
+		evbuffer_free(pp->held);
+	if (pp->ready)
+		evbuffer_free(pp->ready);
+	free(pp->segs);
+}
+
+static int proxy_pipe_init(struct proxy_pipe *pp, struct proxy_conn *c, evutil_socket_t src,
+                           evutil_socket_t dst, uint64_t *bytes)
+{
+	struct event_base *base = c->proxy->base;
+	pp->conn = c;
+	pp->src = src;
+	pp->dst = dst;
+	pp->bytes = bytes;
+	pp->tokens_at_us = proxy_now_us();
+	pp->read_ev = event_new(base, src, EV_READ | EV_PERSIST, proxy_read_cb, pp);
+	pp->write_ev = event_new(base, dst, EV_WRITE | EV_PERSIST, proxy_write_cb, pp);
+	pp->timer_ev = evtimer_new(base, proxy_timer_cb, pp);
+	pp->held = evbuffer_new();
+	pp->ready = evbuffer_new();
+	if (!pp->read_ev || !pp->write_ev || !pp->timer_ev || !pp->held || !pp->ready)
+		return -1;
+	return 0;
+}
+
+/* Closes both sockets and frees c. The only way a connection ends. */
+static void proxy_conn_close(struct proxy_conn *c)
+{
+	struct proxy *p = c->proxy;
+	if (c->connect_ev)
+		event_free(c->connect_ev);
+	proxy_pipe_clear(&c->up);
+	proxy_pipe_clear(&c->down);
+	if (c->client_fd >= 0)
+		evutil_closesocket(c->client_fd);
+	if (c->upstream_fd >= 0)
+		evutil_closesocket(c->upstream_fd);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		p->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	p->stats.active--;
+	free(c);
+}
+
+/* Makes the next close of fd a reset: the peer's next read or write fails at once. */
+static void proxy_set_reset_on_close(evutil_socket_t fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+static void proxy_close_reset(evutil_socket_t fd)
+{
+	proxy_set_reset_on_close(fd);
+	evutil_closesocket(fd);
+}
+
+/* The upstream refused or never answered: the client sees its server refuse, a reset. */
+static void proxy_conn_upstream_failed(struct proxy_conn *c)
+{
+	c->proxy->stats.upstream_errors++;
+	proxy_set_reset_on_close(c->client_fd);
+	proxy_conn_close(c);
+}
+
+static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_conn *c = arg;
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+
+	if ((what & EV_TIMEOUT) || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
+		proxy_conn_upstream_failed(c);
+		return;
+	}
+	event_free(c->connect_ev);
+	c->connect_ev = NULL;
+	proxy_pipe_set_reading(&c->up, true);
+	proxy_pipe_set_reading(&c->down, true);
+}
+
+static void proxy_set_nodelay(evutil_socket_t fd)
+{
+	/* the proxy writes what it has at once; Nagle would add 40 ms to a small reply */
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
+                            void *arg)
+{
+	(void)l;
+	(void)addr;
+	(void)addrlen;
+	struct proxy *p = arg;
+
+	p->stats.accepted++;
+	if (p->refuse) {
+		p->stats.refused++;
+		proxy_close_reset(fd);
+		return;
+	}
+	struct proxy_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		proxy_close_reset(fd);
+		return;
+	}
+	c->proxy = p;
+	c->client_fd = fd;
+	c->upstream_fd = -1;
+	c->next = p->conns;
+	if (p->conns)
+		p->conns->prev = c;
+	p->conns = c;
+	p->stats.active++;
+	proxy_set_nodelay(fd);
+
+	c->upstream_fd = socket(p->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->upstream_fd < 0)
+		goto upstream_err;
+	proxy_set_nodelay(c->upstream_fd);
+	if (proxy_pipe_init(&c->up, c, c->client_fd, c->upstream_fd, &p->stats.bytes_up) != 0 ||
+	    proxy_pipe_init(&c->down, c, c->upstream_fd, c->client_fd, &p->stats.bytes_down) != 0) {
+		proxy_conn_close(c);
+		return;
+	}
+	if (connect(c->upstream_fd, (struct sockaddr *)&p->upstream, p->upstream_len) == 0) {
+		proxy_pipe_set_reading(&c->up, true);
+		proxy_pipe_set_reading(&c->down, true);
+		return;
+	}
+	if (errno != EINPROGRESS)
+		goto upstream_err;
+	struct timeval tv = {.tv_sec = PROXY_CONNECT_TIMEOUT_S};
+	c->connect_ev = event_new(p->base, c->upstream_fd, EV_WRITE, proxy_connected_cb, c);
+	if (!c->connect_ev || event_add(c->connect_ev, &tv) != 0)
+		goto upstream_err;
+	return;
+
+upstream_err:
+	proxy_conn_upstream_failed(c);
+}
+
+static void proxy_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct proxy *p = arg;
+	if (p->listener)
+		evconnlistener_enable(p->listener);
+}
+
+static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	/*
+	 * Out of descriptors (EMFILE) or memory: the connection stays in the backlog, and the
+	 * listener, still readable, would spin the loop. Pause accepting for a moment instead.
+	 */
+	struct proxy *p = arg;
+	struct timeval tv = {.tv_sec = 0, .tv_usec = PROXY_ACCEPT_PAUSE_MS * 1000};
+	evconnlistener_disable(l);
+	evtimer_add(p->accept_resume_ev, &tv);
+}
+
+static void *proxy_thread_main(void *arg)
+{
+	struct proxy *p = arg;
+	event_base_loop(p->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+static void proxy_call_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct proxy_call *call = arg;
+	int ret = call->fn(call->p, call->arg);
+	pthread_mutex_lock(&call->mu);
+	call->ret = ret;
+	call->done = true;
+	pthread_cond_signal(&call->cond);
+	pthread_mutex_unlock(&call->mu);
+}
+
+/* Runs fn on the loop thread and returns its result; -1 when the loop cannot be reached. */
+static int proxy_call(struct proxy *p, int (*fn)(struct proxy *, void *), void *arg)
+{
+	const struct timeval now = {0, 0};
+	struct proxy_call call = {.p = p, .fn = fn, .arg = arg, .ret = -1};
+
+	if (!p->thread_started)
+		return -1;
+	if (pthread_equal(pthread_self(), p->tid))
+		return fn(p, arg);
+	pthread_mutex_init(&call.mu, NULL);
+	pthread_cond_init(&call.cond, NULL);
+	if (event_base_once(p->base, -1, EV_TIMEOUT, proxy_call_cb, &call, &now) == 0) {
+		pthread_mutex_lock(&call.mu);
+		while (!call.done)
+			pthread_cond_wait(&call.cond, &call.mu);
+		pthread_mutex_unlock(&call.mu);
+	}
+	pthread_cond_destroy(&call.cond);
+	pthread_mutex_destroy(&call.mu);
+	return call.ret;
+}
+
+static int proxy_noop_fn(struct proxy *p, void *arg)
+{
+	(void)p;
+	(void)arg;
+	return 0;
+}
+
+static int proxy_parse_upstream(struct proxy *p, const char *host, int port)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&p->upstream;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&p->upstream;
+
+	memset(&p->upstream, 0, sizeof(p->upstream));
+	if (evutil_inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+		p->upstream_len = sizeof(*in4);
+		return 0;
+	}
+	if (evutil_inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		p->upstream_len = sizeof(*in6);
+		return 0;
+	}
+	return -1;
+}
+
+struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
+{
+	struct proxy *p = NULL;
+	struct event_config *ecfg = NULL;
+	const char *host = cfg && cfg->upstream_host ? cfg->upstream_host : "127.0.0.1";
+
+	if (!cfg) {
+		snprintf(err, errlen, "proxy_start: no config");
+		return NULL;
+	}
+	if (cfg->upstream_port <= 0 || cfg->upstream_port > 65535) {
+		snprintf(err, errlen, "proxy: upstream port %d is not in 1..65535", cfg->upstream_port);
+		return NULL;
+	}
+	if (cfg->listen_port < 0 || cfg->listen_port > 65535) {
+		snprintf(err, errlen, "proxy: listen port %d is not in 0..65535", cfg->listen_port);
+		return NULL;
+	}
+	if (cfg->delay_up_us < 0 || cfg->delay_down_us < 0 || cfg->bandwidth_bps < 0) {
+		snprintf(err, errlen, "proxy: delays and bandwidth must not be negative");
+		return NULL;
+	}
+	if (pthread_once(&proxy_threads_once, proxy_threads_init_cb) != 0 || proxy_threads_rc != 0) {
+		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
+		return NULL;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (proxy_parse_upstream(p, host, cfg->upstream_port) != 0) {
+		snprintf(err, errlen, "proxy: upstream host \"%.64s\" is not a numeric address", host);
+		goto err;
+	}
+	p->delay_up_us = cfg->delay_up_us;
+	p->delay_down_us = cfg->delay_down_us;
+	p->bandwidth_bps = cfg->bandwidth_bps;
+
+	/* precise timers: a 100 us delay must not round up to the coarse clock's 4 ms tick */
+	ecfg = event_config_new();
+	if (!ecfg || event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER) != 0) {
+		snprintf(err, errlen, "proxy: event_config failed");
+		goto err;
+	}
+	p->base = event_base_new_with_config(ecfg);
+	if (!p->base) {
+		snprintf(err, errlen, "proxy: event_base_new failed");
+		goto err;
+	}
+
+	/* 127.0.0.1 only: the proxy forwards to a database with a known password */
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->listen_port)};
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	p->listener =
+	        evconnlistener_new_bind(p->base, proxy_accept_cb, p,
+	                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+	                                SOMAXCONN, (struct sockaddr *)&sin, sizeof(sin));
+	if (!p->listener) {
+		snprintf(err, errlen, "proxy: cannot listen on 127.0.0.1:%d: %s", cfg->listen_port,
+		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		goto err;
+	}
+	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
+	if (!p->accept_resume_ev) {
+		snprintf(err, errlen, "out of memory");
+		goto err;
+	}
+	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
+	struct sockaddr_in bound;
+	socklen_t boundlen = sizeof(bound);
+	if (getsockname(evconnlistener_get_fd(p->listener), (struct sockaddr *)&bound, &boundlen) != 0) {
+		snprintf(err, errlen, "proxy: getsockname on the listening socket: %s", strerror(errno));
+		goto err;
+	}
+	p->port = ntohs(bound.sin_port);
+
+	int rc = pthread_create(&p->tid, NULL, proxy_thread_main, p);
+	if (rc != 0) {
+		snprintf(err, errlen, "proxy: pthread_create: %s", strerror(rc));
+		goto err;
+	}
+	p->thread_started = true;
+	/* the loop answers before anyone may rely on it */
+	if (proxy_call(p, proxy_noop_fn, NULL) != 0) {
+		snprintf(err, errlen, "proxy: the loop thread did not answer");
+		event_config_free(ecfg);
+		proxy_free(p);
+		return NULL;
+	}
+	event_config_free(ecfg);
+	return p;
+
+err:
+	if (ecfg)
+		event_config_free(ecfg);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
+	if (p->listener)
+		evconnlistener_free(p->listener);
+	if (p->base)
+		event_base_free(p->base);
+	free(p);
+	return NULL;
+}
+
+int proxy_port(const struct proxy *p)
+{
+	return p->port;
+}
+
+struct proxy_delays {
+	int up_us, down_us;
+};
+
+static int proxy_set_delay_fn(struct proxy *p, void *arg)
+{
+	struct proxy_delays *d = arg;
+	p->delay_up_us = d->up_us;
+	p->delay_down_us = d->down_us;
+	return 0;
+}
+
+int proxy_set_delay(struct proxy *p, int delay_up_us, int delay_down_us)
+{
+	struct proxy_delays d = {delay_up_us, delay_down_us};
+	if (!p || delay_up_us < 0 || delay_down_us < 0)
+		return -1;
+	return proxy_call(p, proxy_set_delay_fn, &d);
+}
+
+static int proxy_set_bandwidth_fn(struct proxy *p, void *arg)
+{
+	int64_t bps = *(int64_t *)arg;
+	uint64_t now = proxy_now_us();
+	p->bandwidth_bps = bps;
+	for (struct proxy_conn *c = p->conns; c; c = c->next) {
+		if (c->connect_ev)
+			continue; /* not forwarding yet: proxy_connected_cb starts the pipes */
+		struct proxy_pipe *pipes[2] = {&c->up, &c->down};
+		for (int i = 0; i < 2; i++) {
+			struct proxy_pipe *pp = pipes[i];
+			size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+			/* for bytes read from now on: an empty bucket at the new rate, checked at the next
+			 * read */
+			pp->tokens = 0;
+			pp->tokens_at_us = now;
+			pp->bw_paused = false;
+			proxy_pipe_set_reading(pp, !pp->src_eof && queued < PROXY_QUEUE_MAX);
+			proxy_pipe_arm(pp, now);
+		}
+	}
+	return 0;
+}
+
+int proxy_set_bandwidth(struct proxy *p, int64_t bandwidth_bps)
+{
+	if (!p || bandwidth_bps < 0)
+		return -1;
+	return proxy_call(p, proxy_set_bandwidth_fn, &bandwidth_bps);
+}
+
+static int proxy_refuse_fn(struct proxy *p, void *arg)
+{
+	p->refuse = *(bool *)arg;
+	return 0;
+}
+
+int proxy_refuse(struct proxy *p, bool refuse)
+{
+	if (!p)
+		return -1;
+	return proxy_call(p, proxy_refuse_fn, &refuse);
+}
+
+static int proxy_cut_fn(struct proxy *p, void *arg)
+{
+	(void)arg;
+	int n = 0;
+	while (p->conns) {
+		proxy_conn_close(p->conns);
+		p->stats.cut++;
+		n++;
+	}
+	return n;
+}
+
+int proxy_cut(struct proxy *p)
+{
+	if (!p)
+		return -1;
+	return proxy_call(p, proxy_cut_fn, NULL);
+}
+
+static int proxy_stats_fn(struct proxy *p, void *arg)
+{
+	*(struct proxy_stats *)arg = p->stats;
+	return 0;
+}
+
+void proxy_stats(struct proxy *p, struct proxy_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (p)
+		proxy_call(p, proxy_stats_fn, out);
+}
+
+static int proxy_stop_fn(struct proxy *p, void *arg)
+{
+	(void)arg;
+	while (p->conns)
+		proxy_conn_close(p->conns);
+	evconnlistener_free(p->listener);
+	p->listener = NULL;
+	event_free(p->accept_resume_ev);
+	p->accept_resume_ev = NULL;
+	/* from inside the loop: a break cannot be lost the way one sent before the loop starts can */
+	event_base_loopbreak(p->base);
+	return 0;
+}
+
+void proxy_free(struct proxy *p)
+{
+	if (!p)
+		return;
+	if (p->thread_started) {
+		if (proxy_call(p, proxy_stop_fn, NULL) != 0)
+			event_base_loopbreak(p->base); /* no memory for the call: stop it the blunt way */
+		pthread_join(p->tid, NULL);
+	}
+	while (p->conns)
+		proxy_conn_close(p->conns);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
+	if (p->listener)
+		evconnlistener_free(p->listener);
+	event_base_free(p->base);
+	free(p);
+}
