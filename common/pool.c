@@ -1,12 +1,35 @@
 /*
  * pool.c — the connection pool of pool.h: asynchronous libpq driven by libevent.
  *
- * Every connection has one socket event (io_ev), re-created whenever the socket or the events
- * waited for change, and never persistent: it is added each time the pool wants to hear from
- * the socket, so nothing is registered when libpq closes or replaces the socket. It serves
- * the three states: PQconnectPoll while opening, the death watch while idle, a pool_query's
- * replies while active. An active connection without a query is not watched at all: its
- * holder may use it with blocking libpq.
+ * Socket events. A handover must not cost a system call, so a ready connection's socket is
+ * registered once, with one persistent EV_READ event (read_ev), and stays registered through
+ * idle and active: acquire and release only move the connection between lists. The callback
+ * reads the state to know what the bytes mean:
+ *
+ *   idle                  the death watch: PQconsumeInput; a FATAL from the server, or the
+ *                         connection gone bad, closes it with the server's words and replaces it.
+ *   active, pool_query    the query's replies (query_step).
+ *   active, no query      only what the server sends unasked: a NOTIFY or a notice (left for
+ *                         the holder), or a terminated backend's FATAL and end of file: the
+ *                         connection is then marked broken and unwatched, and pool_query fails
+ *                         at once and pool_release replaces it.
+ *
+ * read_ev is re-created only when the socket changes (PQsocket, or a new backend behind the
+ * same number after a PQreset), and deleted as soon as the connection is seen dead, since
+ * libpq has then closed the socket and its number may be reused; always before PQfinish.
+ * Writing is rarer and needs no persistent event: a second, one-shot event (io_ev) waits for
+ * writable while a large pool_query is flushed (PQflush returned 1), and drives PQconnectPoll
+ * (readable or writable, as it asks) while opening, before read_ev exists.
+ *
+ * The rule this sets for a holder: use pool_query, or blocking libpq (PQexec and friends, which
+ * wait on the socket themselves), not asynchronous libpq of its own: read_ev would take the
+ * holder's replies into libpq's buffer, and the holder's own socket event might never fire.
+ *
+ * Acquire does not read the socket of a connection that went idle less than
+ * POOL_ALIVE_BYPASS_MS ago: read_ev has watched it since. What it cannot cover is a backend
+ * terminated after the loop last polled, in a program that acquires again before the loop
+ * runs; that connection fails its first statement, is marked broken and is replaced on
+ * release, as one that dies while held.
  *
  * Re-entrancy: user callbacks (acquire, query, leak) may call any pool function, pool_free
  * included. So a callback is always the last thing the code that calls it does: nothing reads
@@ -29,6 +52,15 @@
 #define POOL_CONNECT_TIMEOUT_MS 5000
 /* Shown in pg_stat_activity unless the conninfo names its own application_name. */
 #define POOL_APPLICATION_NAME "backend-labs pool"
+/*
+ * 500 ms, HikariCP's aliveBypassWindowMs: a connection released less than this ago is handed
+ * out without reading its socket, which saves a recvfrom (EAGAIN) on nearly every acquire of a
+ * busy pool. Inside the window read_ev covers it: in a program that serves requests the loop
+ * usually runs between one request's release and the next one's acquire, and reads a terminated
+ * backend's FATAL then. Past it, the check costs nothing beside that long a pause, and it
+ * catches a program that let the connection sit without running the loop.
+ */
+#define POOL_ALIVE_BYPASS_MS 500
 
 enum pool_conn_state {
 	POOL_CONN_OPENING,
@@ -43,7 +75,16 @@ struct pool_conn {
 	enum pool_conn_state state;
 	struct pool_conn *prev;
 	struct pool_conn *next;
-	/* the one socket event, for io_fd and io_what; NULL until first needed */
+	/*
+	 * read_ev: persistent EV_READ on read_fd (the socket of backend read_pid), registered
+	 * when the connection becomes ready and kept through idle and active; NULL while opening
+	 * and once the connection is seen dead. io_ev: one-shot, for io_fd and io_what:
+	 * PQconnectPoll while opening, EV_WRITE while a query's output is flushed; NULL until
+	 * first needed.
+	 */
+	struct event *read_ev;
+	int read_fd;
+	int read_pid;
 	struct event *io_ev;
 	int io_fd;
 	short io_what;
@@ -127,6 +168,7 @@ struct pool {
 };
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_connect_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_leak_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_query_fail_cb(evutil_socket_t fd, short what, void *arg);
@@ -211,7 +253,7 @@ static void pool_record_wait(struct pool *p, uint64_t waited_us)
 		p->stats.max_wait_us = waited_us;
 }
 
-/* Waits for what on the connection's current socket (libpq may have replaced it). */
+/* Waits once for what on the connection's current socket (libpq may have replaced it). */
 static int conn_watch(struct pool_conn *c, short what)
 {
 	int fd = PQsocket(c->pg);
@@ -231,16 +273,67 @@ static int conn_watch(struct pool_conn *c, short what)
 	return event_add(c->io_ev, NULL);
 }
 
+/* Cancels the one-shot wait, if any (no system call when none is pending). */
 static void conn_unwatch(struct pool_conn *c)
 {
 	if (c->io_ev)
 		event_del(c->io_ev);
 }
 
+/*
+ * Stops watching the socket for reading: the connection is dead (libpq has closed the socket,
+ * whose number may be reused) or is being freed.
+ */
+static void conn_unwatch_reads(struct pool_conn *c)
+{
+	if (c->read_ev) {
+		event_free(c->read_ev);
+		c->read_ev = NULL;
+	}
+}
+
+/*
+ * Keeps read_ev registered on the connection's current socket. On the hot path (every release,
+ * every pool_query) it finds it so and returns 0 without a system call. -1 when the connection
+ * has no socket or libevent fails; the connection is then not watched.
+ */
+static int conn_watch_reads(struct pool_conn *c)
+{
+	int fd = PQsocket(c->pg);
+	int pid = PQbackendPID(c->pg);
+	if (c->read_ev && c->read_fd == fd && c->read_pid == pid)
+		return 0;
+	conn_unwatch_reads(c);
+	if (fd < 0)
+		return -1;
+	c->read_ev = event_new(c->pool->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
+	if (!c->read_ev)
+		return -1;
+	if (event_add(c->read_ev, NULL) < 0) {
+		conn_unwatch_reads(c);
+		return -1;
+	}
+	c->read_fd = fd;
+	c->read_pid = pid;
+	return 0;
+}
+
+/*
+ * The connection is broken: pool_release will replace it. Nothing is read from it any more, so a
+ * dead socket cannot wake the loop again and again.
+ */
+static void conn_mark_broken(struct pool_conn *c)
+{
+	c->broken = true;
+	conn_unwatch(c);
+	conn_unwatch_reads(c);
+}
+
 /* Frees c and everything it holds. Its events go before PQfinish closes the socket. */
 static void conn_free(struct pool_conn *c)
 {
 	list_remove(pool_list_of(c->pool, c->state), c);
+	conn_unwatch_reads(c);
 	if (c->io_ev)
 		event_free(c->io_ev);
 	if (c->connect_timer)
@@ -303,6 +396,7 @@ static int conn_open(struct pool *p)
 	}
 	c->pool = p;
 	c->io_fd = -1;
+	c->read_fd = -1;
 	c->pg = PQconnectStartParams(keys, vals, 1);
 	if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
 		p->stats.connect_errors++;
@@ -394,14 +488,13 @@ static void waiter_free(struct pool_waiter *w)
 	free(w);
 }
 
-/* Lends c (idle, opening or just released) to holder. */
-static void conn_activate(struct pool_conn *c, const char *holder)
+/* Lends c (idle, opening or just released) to holder, at now. read_ev stays registered. */
+static void conn_activate(struct pool_conn *c, const char *holder, uint64_t now)
 {
 	struct pool *p = c->pool;
-	conn_unwatch(c);
 	conn_move(c, POOL_CONN_ACTIVE, false);
 	snprintf(c->holder, sizeof(c->holder), "%s", holder);
-	c->acquired_at_us = hist_now_us();
+	c->acquired_at_us = now;
 	p->stats.acquired++;
 	if (p->cfg.leak_threshold_ms > 0) {
 		struct timeval tv = ms_to_tv(p->cfg.leak_threshold_ms);
@@ -413,16 +506,20 @@ static void conn_activate(struct pool_conn *c, const char *holder)
 static void conn_give(struct pool_conn *c, struct pool_waiter *w)
 {
 	struct pool *p = c->pool;
+	uint64_t now = hist_now_us();
 	waiter_remove(p, w);
-	pool_record_wait(p, hist_now_us() - w->enqueued_us);
-	conn_activate(c, w->holder);
+	pool_record_wait(p, now - w->enqueued_us);
+	conn_activate(c, w->holder, now);
 	pool_acquire_cb cb = w->cb;
 	void *arg = w->arg;
 	waiter_free(w);
 	cb(c, NULL, arg);
 }
 
-/* A ready connection goes to the oldest waiter, else to the head of idle, watched. */
+/*
+ * A ready connection, its read_ev registered, goes to the oldest waiter, else to the head of
+ * idle, where read_ev is its death watch.
+ */
 static void conn_hand_over(struct pool_conn *c)
 {
 	struct pool *p = c->pool;
@@ -433,8 +530,6 @@ static void conn_hand_over(struct pool_conn *c)
 	conn_move(c, POOL_CONN_IDLE, true);
 	c->idle_since_us = hist_now_us();
 	c->holder[0] = '\0';
-	if (conn_watch(c, EV_READ) < 0)
-		conn_close_broken(c, "cannot watch the idle socket");
 }
 
 static void conn_ready(struct pool_conn *c)
@@ -447,6 +542,11 @@ static void conn_ready(struct pool_conn *c)
 	}
 	c->backend_pid = PQbackendPID(c->pg);
 	c->opened_at_us = hist_now_us();
+	/* registered once, for the rest of the connection's life */
+	if (conn_watch_reads(c) < 0) {
+		conn_connect_failed(c, "cannot watch the socket of a new connection");
+		return;
+	}
 	p->stats.opened++;
 	conn_hand_over(c);
 }
@@ -485,27 +585,45 @@ static void conn_connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * Reads whatever the server sent an idle connection. 0 when it is alive; -1 when it is dead,
- * after closing and replacing it.
+ * Drops the NOTIFYs no holder will read. Parsing what libpq has buffered (in memory, no system
+ * call) also hands a FATAL the server sent between statements to conn_notice_cb.
  */
-static int conn_idle_check(struct pool_conn *c)
+static void conn_drop_notifies(struct pool_conn *c)
 {
-	if (!PQconsumeInput(c->pg) || PQstatus(c->pg) != CONNECTION_OK) {
-		conn_close_broken(c, "idle connection closed by the server");
-		return -1;
-	}
 	PGnotify *n;
 	while ((n = PQnotifies(c->pg)) != NULL)
 		PQfreemem(n);
+}
+
+/*
+ * Reads whatever the server sent an idle connection. 0 when it is alive; -1 when it is dead,
+ * after closing and replacing it. Dead is gone bad, or a FATAL received: the backend sends it
+ * as it exits, and the end of file may not have been read yet.
+ */
+static int conn_idle_check(struct pool_conn *c)
+{
+	bool alive = PQconsumeInput(c->pg) && PQstatus(c->pg) == CONNECTION_OK;
+	conn_drop_notifies(c);
+	if (!alive || c->server_fatal[0]) {
+		conn_close_broken(c, "idle connection closed by the server");
+		return -1;
+	}
 	return 0;
 }
 
-static void conn_idle_readable(struct pool_conn *c)
+/*
+ * Between a holder's statements the server sends only what it sends unasked: a NOTIFY or a
+ * notice (parsed and left for the holder), or a terminated backend's FATAL (kept in
+ * server_fatal: pool_release will replace the connection) and then end of file. Every call
+ * reads something, so the socket cannot stay readable; at end of file the connection is gone
+ * bad and is marked broken, which stops the watch.
+ */
+static void conn_active_readable(struct pool_conn *c)
 {
-	if (conn_idle_check(c) < 0)
-		return;
-	if (conn_watch(c, EV_READ) < 0)
-		conn_close_broken(c, "cannot watch the idle socket");
+	bool alive = PQconsumeInput(c->pg) && PQstatus(c->pg) == CONNECTION_OK;
+	PQisBusy(c->pg); /* parses without taking the holder's NOTIFYs */
+	if (!alive)
+		conn_mark_broken(c);
 }
 
 /* The query is over: the callback gets the last result, or NULL and an error. Last thing done. */
@@ -519,8 +637,9 @@ static void query_done(struct pool_conn *c)
 	c->query_running = false;
 	c->query_cb = NULL;
 	c->query_arg = NULL;
-	if (PQstatus(c->pg) != CONNECTION_OK)
-		c->broken = true;
+	if (!c->broken && PQstatus(c->pg) != CONNECTION_OK)
+		conn_mark_broken(c);
+	conn_unwatch(c); /* it may end with a wait for writable still pending */
 	if (!c->query_failed && !c->broken && res)
 		c->query_err[0] = '\0'; /* an SQL error is not a reason to close it later */
 	if (c->query_failed || c->broken || !res) {
@@ -546,7 +665,7 @@ static void query_fail(struct pool_conn *c, const char *msg, bool broken)
 {
 	c->query_failed = true;
 	if (broken)
-		c->broken = true;
+		conn_mark_broken(c);
 	if (!c->query_err[0])
 		pg_message_line(c->query_err, sizeof(c->query_err), msg);
 }
@@ -571,6 +690,8 @@ static void query_step(struct pool_conn *c, short what)
 			return;
 		}
 		c->query_flushing = r > 0;
+		if (!c->query_flushing)
+			conn_unwatch(c); /* PQconsumeInput may have flushed the rest */
 	}
 	for (;;) {
 		if (PQstatus(pg) == CONNECTION_OK && PQisBusy(pg))
@@ -593,7 +714,8 @@ static void query_step(struct pool_conn *c, short what)
 		PQclear(c->query_last);
 		c->query_last = res;
 	}
-	if (conn_watch(c, c->query_flushing ? EV_READ | EV_WRITE : EV_READ) < 0) {
+	/* read_ev hears the rest of the replies; only writing needs a new wait */
+	if (c->query_flushing && conn_watch(c, EV_WRITE) < 0) {
 		query_fail(c, "cannot watch the socket of a running query", true);
 		query_done(c);
 	}
@@ -606,6 +728,7 @@ static void conn_query_fail_cb(evutil_socket_t fd, short what, void *arg)
 	query_done(arg);
 }
 
+/* The one-shot event: PQconnectPoll while opening, writable for a query's output while active. */
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -615,11 +738,32 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 		conn_connect_step(c);
 		break;
 	case POOL_CONN_IDLE:
-		conn_idle_readable(c);
 		break;
 	case POOL_CONN_ACTIVE:
-		if (c->query_running)
+		if (c->query_running && !c->query_failed)
 			query_step(c, what);
+		break;
+	}
+}
+
+/* The persistent read event of a ready connection: what the bytes mean depends on the state. */
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct pool_conn *c = arg;
+	switch (c->state) {
+	case POOL_CONN_OPENING:
+		break; /* registered only once the connection is ready */
+	case POOL_CONN_IDLE:
+		conn_idle_check(c);
+		break;
+	case POOL_CONN_ACTIVE:
+		if (!c->query_running)
+			conn_active_readable(c);
+		else if (!c->query_failed)
+			query_step(c, EV_READ);
+		/* else pool_query could not send: query_fail_ev reports it on this pass of the loop */
 		break;
 	}
 }
@@ -830,13 +974,18 @@ void pool_acquire(struct pool *p, const char *holder, pool_acquire_cb cb, void *
 		cb(NULL, "pool closed", arg);
 		return;
 	}
+	uint64_t now = hist_now_us();
 	while (p->idle.head) {
 		struct pool_conn *c = p->idle.head;
-		/* a backend terminated since the loop last ran: read its FATAL now, not in a query */
-		if (conn_idle_check(c) < 0)
+		/*
+		 * Idle past the window: a backend terminated while the loop did not run is read now,
+		 * not in the holder's first statement. Within it, read_ev has been watching.
+		 */
+		if (now - c->idle_since_us >= (uint64_t)POOL_ALIVE_BYPASS_MS * 1000u &&
+		    conn_idle_check(c) < 0)
 			continue;
 		pool_record_wait(p, 0);
-		conn_activate(c, holder);
+		conn_activate(c, holder, now);
 		pool_fill(p);
 		cb(c, NULL, arg);
 		return;
@@ -850,7 +999,7 @@ void pool_acquire(struct pool *p, const char *holder, pool_acquire_cb cb, void *
 	snprintf(w->holder, sizeof(w->holder), "%s", holder);
 	w->cb = cb;
 	w->arg = arg;
-	w->enqueued_us = hist_now_us();
+	w->enqueued_us = now;
 	if (p->cfg.acquire_timeout_ms > 0) {
 		struct timeval tv = ms_to_tv(p->cfg.acquire_timeout_ms);
 		w->timeout_ev = evtimer_new(p->base, waiter_timeout_cb, w);
@@ -887,7 +1036,7 @@ void pool_release(struct pool_conn *c)
 	struct pool *p = c->pool;
 	p->stats.released++;
 	evtimer_del(c->leak_timer);
-	if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+	if (c->broken || PQstatus(c->pg) != CONNECTION_OK || c->server_fatal[0]) {
 		conn_close_broken(c, "released broken");
 		return;
 	}
@@ -910,6 +1059,17 @@ void pool_release(struct pool_conn *c)
 	if (reason) {
 		conn_close(c, reason, counter);
 		pool_replace(p);
+		return;
+	}
+	/* a NOTIFY the holder left unread is not the next holder's; this may parse a FATAL */
+	conn_drop_notifies(c);
+	if (c->server_fatal[0]) {
+		conn_close_broken(c, "released broken");
+		return;
+	}
+	/* normally registered since the connection opened: no system call */
+	if (conn_watch_reads(c) < 0) {
+		conn_close_broken(c, "cannot watch the socket of a released connection");
 		return;
 	}
 	conn_hand_over(c);
@@ -935,6 +1095,16 @@ int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *co
 	c->query_cb = cb;
 	c->query_arg = arg;
 	c->query_err[0] = '\0';
+	if (c->broken || c->server_fatal[0]) {
+		/* seen dying already: say why instead of trying */
+		const char *why = "the connection broke in an earlier statement";
+		if (c->server_fatal[0])
+			why = c->server_fatal;
+		else if (*PQerrorMessage(c->pg))
+			why = PQerrorMessage(c->pg);
+		query_fail(c, why, true);
+		goto fail_later;
+	}
 	if (!PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)) {
 		query_fail(c, PQerrorMessage(c->pg), PQstatus(c->pg) != CONNECTION_OK);
 		goto fail_later;
@@ -945,14 +1115,14 @@ int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *co
 		goto fail_later;
 	}
 	c->query_flushing = r > 0;
-	if (conn_watch(c, c->query_flushing ? EV_READ | EV_WRITE : EV_READ) < 0) {
+	/* read_ev is registered already (no system call); only unsent output needs a wait */
+	if (conn_watch_reads(c) < 0 || (c->query_flushing && conn_watch(c, EV_WRITE) < 0)) {
 		query_fail(c, "cannot watch the socket of a running query", true);
 		goto fail_later;
 	}
 	return 0;
 fail_later:
 	/* the callback runs on the loop, never before pool_query returns */
-	conn_unwatch(c);
 	event_active(c->query_fail_ev, EV_TIMEOUT, 1);
 	return 0;
 }

@@ -1,8 +1,9 @@
 /*
  * test_pool.c — the connection pool of pool.h against a real PostgreSQL, never a mock: acquire
- * and release, FIFO waiters, acquire timeouts, backends terminated while idle and while
- * active, leak reports, max lifetime, idle timeout, the max_size cap under load, bad config,
- * an unreachable server and a server that never answers.
+ * and release, FIFO waiters, acquire timeouts, backends terminated while idle (seen by the
+ * loop, or on acquire when the loop did not run), in a query and held between statements, leak
+ * reports, max lifetime, idle timeout, the max_size cap under load, bad config, an unreachable
+ * server and a server that never answers.
  *
  * needs: postgres
  *
@@ -509,6 +510,100 @@ static void test_a_backend_terminated_while_active_fails_the_query_and_is_replac
 	pool_free(p);
 }
 
+/* Runs the loop for ms, one pass per EVLOOP_ONCE, and counts the passes. */
+static int loop_passes_for(struct event_base *base, int ms)
+{
+	uint64_t end = hist_now_us() + (uint64_t)ms * 1000u;
+	struct event *tick = evtimer_new(base, tick_cb, NULL);
+	assert_non_null(tick);
+	int passes = 0;
+	for (uint64_t now = hist_now_us(); now < end; now = hist_now_us()) {
+		uint64_t left = end - now < 20000 ? end - now : 20000;
+		struct timeval tv = {.tv_sec = 0, .tv_usec = (suseconds_t)left};
+		evtimer_add(tick, &tv);
+		assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+		evtimer_del(tick);
+		passes++;
+	}
+	event_free(tick);
+	return passes;
+}
+
+static void test_a_backend_terminated_while_held_is_seen_on_the_loop_without_spinning_it(void **state)
+{
+	struct fixture *f = *state;
+	char conninfo[512];
+	conninfo_for(conninfo, sizeof(conninfo), "held_kill");
+	struct pool_config cfg = config_for(conninfo, 1, 1);
+	struct pool *p = pool_ready(f, &cfg);
+
+	struct pool_conn *c = acquire_now(f, p, "between_statements");
+	int old_pid = pool_conn_pid(c);
+	assert_int_equal(query_int(f, c, "SELECT 1"), 1);
+	terminate_backend(f, old_pid);
+
+	/*
+	 * The socket stays watched while held: the FATAL and the end of file are read on the loop
+	 * (so libpq knows), then the watch stops. 100 ms at one pass per 20 ms tick is about 5
+	 * passes; a dead socket left registered would make thousands.
+	 */
+	int passes = loop_passes_for(f->base, 100);
+	assert_true(passes < 50);
+	assert_int_equal(PQstatus(pool_conn_pg(c)), CONNECTION_BAD);
+	struct pool_stats s = stats_of(p);
+	assert_int_equal(s.closed_broken, 0); /* not taken from its holder */
+	assert_int_equal(s.active, 1);
+
+	/* a statement now fails at once, on the loop, with the server's words */
+	struct answer a = query_now(f, c, "SELECT 1", 0, NULL);
+	assert_false(a.has_result);
+	assert_non_null(strstr(a.err, "terminating connection"));
+
+	pool_release(c);
+	s = stats_of(p);
+	assert_int_equal(s.closed_broken, 1);
+	assert_non_null(strstr(s.last_error, "terminating connection"));
+	assert_true(run_until(f->base, broken_replaced, p, DEADLINE_MS));
+	c = acquire_now(f, p, "next");
+	assert_int_not_equal(pool_conn_pid(c), old_pid);
+	assert_int_equal(query_int(f, c, "SELECT 4"), 4);
+	pool_release(c);
+	pool_free(p);
+}
+
+/* Past the pool's 500 ms window in which a recently released connection is not checked. */
+#define PAST_ALIVE_BYPASS_MS 600
+
+static void test_an_idle_backend_terminated_while_the_loop_did_not_run_is_caught_on_acquire(void **state)
+{
+	struct fixture *f = *state;
+	char conninfo[512];
+	conninfo_for(conninfo, sizeof(conninfo), "stale_kill");
+	struct pool_config cfg = config_for(conninfo, 1, 1);
+	struct pool *p = pool_ready(f, &cfg);
+
+	struct pool_conn *c = acquire_now(f, p, "before");
+	int old_pid = pool_conn_pid(c);
+	pool_release(c);
+	/* the loop does not run: only the check on acquire can see the FATAL */
+	usleep(PAST_ALIVE_BYPASS_MS * 1000);
+	terminate_backend(f, old_pid);
+
+	struct grab g = {0};
+	pool_acquire(p, "after", grab_cb, &g);
+	assert_int_equal(g.calls, 0); /* found dead, so this acquire waits for the replacement */
+	struct pool_stats s = stats_of(p);
+	assert_int_equal(s.closed_broken, 1);
+	assert_non_null(strstr(s.last_error, "terminating connection"));
+	assert_true(run_until(f->base, grab_done, &g, DEADLINE_MS));
+	assert_non_null(g.conn);
+	assert_string_equal(g.err, "");
+	assert_int_not_equal(pool_conn_pid(g.conn), old_pid);
+	assert_int_equal(query_int(f, g.conn, "SELECT 5"), 5);
+	pool_release(g.conn);
+	pool_free(p);
+}
+
 struct leak_log {
 	int calls;
 	struct pool_leak last;
@@ -998,6 +1093,10 @@ int main(void)
 	                test_a_backend_terminated_while_idle_is_replaced_without_the_caller_seeing_an_error),
 	        cmocka_unit_test(
 	                test_a_backend_terminated_while_active_fails_the_query_and_is_replaced_on_release),
+	        cmocka_unit_test(
+	                test_a_backend_terminated_while_held_is_seen_on_the_loop_without_spinning_it),
+	        cmocka_unit_test(
+	                test_an_idle_backend_terminated_while_the_loop_did_not_run_is_caught_on_acquire),
 	        cmocka_unit_test(
 	                test_a_connection_held_past_the_threshold_is_reported_once_naming_its_holder),
 	        cmocka_unit_test(test_a_connection_past_max_lifetime_is_retired_on_release_and_replaced),
