@@ -3,8 +3,10 @@
  * needs: postgres max_connections (phase 4 fills the server's connection slots, so this test
  * runs alone: CMake gives it RUN_SERIAL)
  *
- * Margins: throughput is asserted within 15% of pool_size / hold (pg_sleep dominates a request,
- * so the prediction is tight even on a shared machine); nothing asserts an absolute time.
+ * Margins: no level beats pool_size / hold by more than 5% (timers), each reaches at least 75%
+ * of it (a request also pays HTTP and a round trip, on a shared 2-core machine), and from twice
+ * to ten times the pool size throughput stays flat within 15%: a ratio of two runs, which the
+ * machine's load moves together. Nothing asserts an absolute time.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,10 +77,13 @@ static void test_throughput_is_capped_at_pool_size_over_hold_and_503s_only_past_
 		const struct pooling_level *l = &e->levels[i];
 		print_message("clients %d: %.0f req/s (cap %.0f), 503s %llu, max queue %d\n", l->clients,
 		              l->rps, cap, (unsigned long long)l->http_503, l->max_waiting);
-		assert_true(l->rps <= cap * 1.15);
-		assert_true(l->rps >= cap * 0.85);
+		assert_true(l->rps <= cap * 1.05);
+		assert_true(l->rps >= cap * 0.75);
 		assert_int_equal(l->errors, 0);
 	}
+	/* flat: five times the clients, the same throughput */
+	assert_true(e->levels[2].rps >= e->levels[1].rps * 0.85);
+	assert_true(e->levels[2].rps <= e->levels[1].rps * 1.15);
 	/* no 503 while the queue wait stays under the acquire timeout */
 	assert_int_equal(e->levels[0].http_503, 0);
 	assert_int_equal(e->levels[1].http_503, 0);

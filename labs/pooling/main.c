@@ -22,8 +22,13 @@
 
 #define QUESTION "Walk me through how you'd handle database connection pooling in a high-throughput API."
 
-/* the cap on throughput must hold within 15%: loopback, but a shared 2-core machine */
-#define CAP_MARGIN 0.15
+/*
+ * The cap: no level may beat pool_size / hold by more than 5% (timer slack), and the top level
+ * must reach at least 75% of it (each request also pays HTTP, a round trip and pg_sleep's
+ * overshoot, and the machine is a shared 2-core one: below 75% it did not show the cap).
+ */
+#define CAP_OVER 0.05
+#define CAP_UNDER 0.25
 /* pooled against connection per request: at least this many times the throughput */
 #define MIN_SPEEDUP 10.0
 
@@ -362,7 +367,7 @@ int main(int argc, char **argv)
 		         "pooled was only %.1fx connection-per-request (expected %.0fx)", cmp->speedup,
 		         MIN_SPEEDUP);
 		why = whybuf;
-	} else if (top->rps > cap * (1 + CAP_MARGIN) || top->rps < cap * (1 - CAP_MARGIN)) {
+	} else if (top->rps > cap * (1 + CAP_OVER) || top->rps < cap * (1 - CAP_UNDER)) {
 		snprintf(whybuf, sizeof(whybuf),
 		         "at %d clients throughput was %.0f req/s, not the predicted cap %.0f", top->clients,
 		         top->rps, cap);
