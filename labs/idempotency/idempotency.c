@@ -48,6 +48,9 @@ void idempotency_config_default(struct idempotency_config *cfg, bool quick)
 	cfg->redis_url = NULL;
 	/* 8 connections: more than the 2 cores need, so duplicates race in the server, not the pool */
 	cfg->pool_size = 8;
+	/* two open at start: every phase starts its own API, and opening 8 would cost more than most
+	 * phases; the loads of phase 3 open all 8 first, so duplicates race in the server */
+	cfg->pool_min_idle = 2;
 	cfg->acquire_timeout_ms = 2000;
 	cfg->require_key = true;
 	/* 24 h: Stripe's window; published on every keyed response */
@@ -65,6 +68,8 @@ void idempotency_config_default(struct idempotency_config *cfg, bool quick)
 	/* long enough for the lab to find the paused backend and kill it */
 	cfg->pause_ms = 5000;
 	cfg->duplicates = quick ? 16 : 32;
+	/* 100 ms at the card network: the window in which duplicates find the key in flight */
+	cfg->bank_ms = 100;
 	cfg->mixed_keys = quick ? 20 : 40;
 	cfg->mixed_requests = quick ? 200 : 600;
 	cfg->mixed_clients = 8;
@@ -995,9 +1000,7 @@ struct idempotency_api *idempotency_api_start(const struct idempotency_config *c
 	}
 	struct pool_config pc = {
 	        .conninfo = cfg->pg_url,
-	        /* two open at start (each phase starts an API: opening 8 would cost more than the phase);
-	         * the pool grows to pool_size under load */
-	        .min_idle = 2,
+	        .min_idle = cfg->pool_min_idle,
 	        .max_size = cfg->pool_size,
 	        .acquire_timeout_ms = cfg->acquire_timeout_ms,
 	};
@@ -1253,6 +1256,8 @@ int idempotency_flaky_run(const struct idempotency_config *cfg, bool with_key, s
 		goto out;
 	/* the client's timeout fired: it retries at once, as most HTTP clients do */
 	rq.delay_ms = 0;
+	/* the retry waits longer, as clients that back off do: its answer must not be lost too */
+	rq.timeout_ms = 5000;
 	if (attempt(st, port, "retry", &rq, err, errlen) < 0)
 		goto out;
 	/* with a key, once more after the slow answer went out, to see that the replay holds */
@@ -1279,6 +1284,7 @@ struct load_ctx {
 	const char *client;
 	int keys;            /* 1: every request the same key (phase 3a) */
 	bool slow;           /* one in slow_every answered after the client gave up */
+	int pause_ms;        /* X-Lab-Pause-Ms on every request: the charge's time at the bank */
 	char (*bodies)[128]; /* one per key, alive until the load ends */
 	char (*key_names)[64];
 	struct idempotency_load *r;
@@ -1303,6 +1309,11 @@ static void load_request_cb(struct load_request *r, struct evhttp_request *req, 
 	evhttp_add_header(h, "Content-Type", "application/json");
 	evhttp_add_header(h, "X-Client-Id", lc->client);
 	evhttp_add_header(h, "Idempotency-Key", lc->key_names[k]);
+	if (lc->pause_ms > 0) {
+		char ms[24];
+		snprintf(ms, sizeof(ms), "%d", lc->pause_ms);
+		evhttp_add_header(h, "X-Lab-Pause-Ms", ms);
+	}
 	if (lc->slow && lc->cfg->slow_every > 0 && seq % (uint64_t)lc->cfg->slow_every == 0) {
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%d", lc->cfg->slow_ms);
@@ -1335,15 +1346,16 @@ static void load_response_cb(struct evhttp_request *req, int client, uint64_t se
 }
 
 static int load_keys(const struct idempotency_config *cfg, struct idempotency_api *api, const char *client,
-                     int keys, int requests, int clients, bool slow, struct idempotency_load *r, char *err,
-                     size_t errlen)
+                     int keys, int requests, int clients, bool slow, int pause_ms, struct idempotency_load *r,
+                     char *err, size_t errlen)
 {
 	memset(r, 0, sizeof(*r));
 	r->keys = keys;
 	r->requests = requests;
 	r->clients = clients;
 	int ret = -1;
-	struct load_ctx lc = {.cfg = cfg, .client = client, .keys = keys, .slow = slow, .r = r};
+	struct load_ctx lc = {
+	        .cfg = cfg, .client = client, .keys = keys, .slow = slow, .pause_ms = pause_ms, .r = r};
 	lc.bodies = calloc((size_t)keys, sizeof(*lc.bodies));
 	lc.key_names = calloc((size_t)keys, sizeof(*lc.key_names));
 	struct load_result *res = malloc(sizeof(*res));
@@ -1409,11 +1421,12 @@ int idempotency_mixed_run(const struct idempotency_config *cfg, const char *clie
 	struct idempotency_config c = *cfg;
 	c.test_knobs = true;
 	c.redis_url = NULL;
+	c.pool_min_idle = c.pool_size;
 	struct idempotency_api *api = idempotency_api_start(&c, 0, err, errlen);
 	if (!api)
 		return -1;
 	int ret = load_keys(cfg, api, client, cfg->mixed_keys, cfg->mixed_requests, cfg->mixed_clients, true,
-	                    r, err, errlen);
+	                    0, r, err, errlen);
 	/* slow answers still owed to clients that gave up are dropped with the API */
 	idempotency_api_stop(api);
 	return ret;
@@ -1425,14 +1438,15 @@ int idempotency_duplicates_run(const struct idempotency_config *cfg, struct idem
 	memset(d, 0, sizeof(*d));
 	struct idempotency_config c = *cfg;
 	c.redis_url = NULL;
+	c.pool_min_idle = c.pool_size;
 	struct idempotency_api *api = idempotency_api_start(&c, 0, err, errlen);
 	if (!api)
 		return -1;
 	char client[MAX_NAME + 1];
 	run_client(client, sizeof(client), "dups");
 	/* every client sends one request at the same instant, all with the same key */
-	int ret = load_keys(cfg, api, client, 1, cfg->duplicates, cfg->duplicates, false, &d->same_instant,
-	                    err, errlen);
+	int ret = load_keys(cfg, api, client, 1, cfg->duplicates, cfg->duplicates, false, cfg->bank_ms,
+	                    &d->same_instant, err, errlen);
 	idempotency_api_stop(api);
 	if (ret < 0)
 		return -1;

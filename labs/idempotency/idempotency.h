@@ -48,7 +48,8 @@
 struct idempotency_config {
 	const char *pg_url;
 	const char *redis_url;  /* NULL: the API serves no Redis routes */
-	int pool_size;          /* the API's connections */
+	int pool_size;          /* the API's connections at most ... */
+	int pool_min_idle;      /* ... and open from the start */
 	int acquire_timeout_ms; /* a request waiting longer for one gets 503 */
 	bool require_key;       /* false: POST /v1/charges without a key is executed (phase 1) */
 	int key_window_s;       /* keys are kept this long, then reaped (Stripe: 24 h) */
@@ -61,6 +62,7 @@ struct idempotency_config {
 	int slow_ms;           /* phases 1-2: the server answers this late (past the client's timeout) */
 	int pause_ms;          /* phases 5-6: the pause between charge and response that the lab kills */
 	int duplicates;        /* phase 3: clients sending one key at the same instant */
+	int bank_ms;           /* phase 3: a charge holds its key this long (the card network's answer) */
 	int mixed_keys;        /* phase 3: keys ... */
 	int mixed_requests;    /* ... requests over them ... */
 	int mixed_clients;     /* ... from this many clients, one in slow_every answered too late */

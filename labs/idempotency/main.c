@@ -133,13 +133,18 @@ static void print_duplicates(struct lab *lab, const struct idempotency_config *c
 	snprintf(l2, sizeof(l2), "%d keys, %d clients, retries", d->mixed.keys, d->mixed.clients);
 	print_load_row(t, cols, l1, &d->same_instant);
 	print_load_row(t, cols, l2, &d->mixed);
+	term_printf(
+	        t,
+	        "  first: each charge spends %d ms at the card network, so the duplicates find the key in\n",
+	        cfg->bank_ms);
 	term_printf(t,
-	            "  the second load: two requests per key race from two clients; one in %d is answered "
-	            "after the\n"
-	            "  client gave up (%d ms), and every key is retried after the load until it gets 201 "
-	            "(\"+ %llu\");\n"
-	            "  other = no answer or another status\n",
-	            cfg->slow_every, cfg->client_timeout_ms, (unsigned long long)d->mixed.settle_requests);
+	            "  flight and get 409 with Retry-After: 1. second: two requests per key race from two\n");
+	term_printf(t,
+	            "  clients, one in %d is answered after the client gave up (%d ms), and every key is "
+	            "retried\n",
+	            cfg->slow_every, cfg->client_timeout_ms);
+	term_printf(t, "  after the load until it gets 201 (+ %llu). other = no answer or another status\n",
+	            (unsigned long long)d->mixed.settle_requests);
 }
 
 static const char *guard_outcome(const struct idempotency_guard_row *r)
