@@ -49,8 +49,8 @@ static const char *body_text(char *buf, size_t len, const struct idempotency_res
 {
 	if (rs->status == 0)
 		snprintf(buf, len, "-");
-	else if (rs->body_len > 58)
-		snprintf(buf, len, "%.55s...", rs->body);
+	else if (rs->body_len > 44)
+		snprintf(buf, len, "%.41s...", rs->body);
 	else
 		snprintf(buf, len, "%s", rs->body);
 	return buf;
@@ -60,7 +60,7 @@ static void print_story(struct lab *lab, const struct idempotency_config *cfg,
                         const struct idempotency_story *st, int timeout_ms)
 {
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {{"request", 36, 'l'}, {"client saw", 28, 'l'}, {"body", 58, 'l'}};
+	struct term_col cols[] = {{"request", 40, 'l'}, {"client saw", 30, 'l'}, {"body", 44, 'l'}};
 	term_table_header(t, 2, cols, 3);
 	for (int i = 0; i < st->nattempts; i++) {
 		char s[64], b[80];
@@ -92,8 +92,8 @@ static json_t *story_json(const struct idempotency_story *st)
 static void print_load_row(const struct term *t, const struct term_col *cols, const char *label,
                            const struct idempotency_load *l)
 {
-	char b[8][48];
-	snprintf(b[0], sizeof(b[0]), "%d%s", l->requests, "");
+	char b[10][48];
+	snprintf(b[0], sizeof(b[0]), "%d", l->requests);
 	if (l->settle_requests)
 		snprintf(b[0], sizeof(b[0]), "%d + %llu", l->requests,
 		         (unsigned long long)l->settle_requests);
@@ -102,11 +102,12 @@ static void print_load_row(const struct term *t, const struct term_col *cols, co
 	                     term_fmt_num(b[1], 32, (double)l->fresh, 0),
 	                     term_fmt_num(b[2], 32, (double)l->replayed, 0),
 	                     term_fmt_num(b[3], 32, (double)l->conflict, 0),
-	                     term_fmt_num(b[4], 32, (double)(l->no_response + l->other), 0),
-	                     term_fmt_num(b[5], 32, (double)l->charges, 0),
-	                     money(b[6], l->cents),
-	                     money(b[7], l->expected_cents)};
-	term_table_row(t, 2, cols, 9, row);
+	                     term_fmt_num(b[4], 32, (double)l->no_response, 0),
+	                     term_fmt_num(b[5], 32, (double)l->other, 0),
+	                     term_fmt_num(b[6], 32, (double)l->charges, 0),
+	                     money(b[7], l->cents),
+	                     money(b[8], l->expected_cents)};
+	term_table_row(t, 2, cols, 10, row);
 }
 
 static json_t *load_json(const struct idempotency_load *l)
@@ -124,10 +125,10 @@ static void print_duplicates(struct lab *lab, const struct idempotency_config *c
 {
 	const struct term *t = &lab->term;
 	struct term_col cols[] = {
-	        {"", 30, 'l'},    {"requests", 9, 'r'}, {"201 new", 7, 'r'}, {"201 replayed", 12, 'r'},
-	        {"409", 4, 'r'},  {"other", 5, 'r'},    {"charges", 7, 'r'}, {"charged", 10, 'r'},
-	        {"owed", 10, 'r'}};
-	term_table_header(t, 2, cols, 9);
+	        {"", 30, 'l'},       {"requests", 9, 'r'},  {"201 new", 7, 'r'}, {"201 replayed", 12, 'r'},
+	        {"409", 4, 'r'},     {"no answer", 9, 'r'}, {"other", 5, 'r'},   {"charges", 7, 'r'},
+	        {"charged", 9, 'r'}, {"owed", 9, 'r'}};
+	term_table_header(t, 2, cols, 10);
 	char l1[64], l2[64];
 	snprintf(l1, sizeof(l1), "%d clients, 1 key, at once", d->same_instant.clients);
 	snprintf(l2, sizeof(l2), "%d keys, %d clients, retries", d->mixed.keys, d->mixed.clients);
@@ -143,7 +144,7 @@ static void print_duplicates(struct lab *lab, const struct idempotency_config *c
 	            "  clients, one in %d is answered after the client gave up (%d ms), and every key is "
 	            "retried\n",
 	            cfg->slow_every, cfg->client_timeout_ms);
-	term_printf(t, "  after the load until it gets 201 (+ %llu). other = no answer or another status\n",
+	term_printf(t, "  after the load until it gets 201 (+ %llu); other: any other status\n",
 	            (unsigned long long)d->mixed.settle_requests);
 }
 
