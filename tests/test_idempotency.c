@@ -326,6 +326,57 @@ static void test_crash_between_charge_and_response_completes_once(void **state)
 	assert_int_equal(st.cents, st.expected_cents);
 }
 
+static void test_completer_finishes_a_dead_request_and_the_late_retry_gets_the_replay(void **state)
+{
+	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	char err[512], client[64];
+	cfg.redis_url = NULL;
+	unique_client(client, sizeof(client), "completer");
+	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
+	assert_non_null(api);
+	int port = idempotency_api_port(api);
+	struct idempotency_request rq = {
+	        .client = client, .key = "late", .body = BODY, .pause_ms = 5000, .timeout_ms = 200};
+	struct idempotency_response rs;
+	assert_int_equal(idempotency_call(port, &rq, &rs, err, sizeof(err)), 0);
+	assert_int_equal(rs.status, 0);
+	/* kill the request between its charge and its response */
+	PGconn *conn = pg_connect(cfg.pg_url, err, sizeof(err));
+	assert_non_null(conn);
+	int64_t killed = 0;
+	for (int i = 0; i < 500 && !killed; i++) {
+		if (pg_query_int64(
+		            conn,
+		            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE state = "
+		            "'active'"
+		            " AND query LIKE '%between charge and response%' AND pid <> pg_backend_pid()",
+		            0, NULL, &killed, err, sizeof(err)) < 0)
+			fail_msg("%s", err);
+		if (!killed)
+			usleep(10 * 1000);
+	}
+	assert_int_equal(killed, 1);
+	PQfinish(conn);
+	/* before the lock timeout the completer leaves it alone (a retry may be resuming it) */
+	int64_t completed = -1;
+	assert_int_equal(idempotency_complete(&cfg, &completed, err, sizeof(err)), 0);
+	assert_int_equal(completed, 0);
+	usleep((useconds_t)(cfg.lock_timeout_ms + 100) * 1000);
+	assert_int_equal(idempotency_complete(&cfg, &completed, err, sizeof(err)), 0);
+	assert_int_equal(completed, 1);
+	/* the client comes back later: the stored answer, not a second charge */
+	rq.pause_ms = 0;
+	rq.timeout_ms = 0;
+	assert_int_equal(idempotency_call(port, &rq, &rs, err, sizeof(err)), 0);
+	assert_int_equal(rs.status, 201);
+	assert_true(rs.replayed);
+	idempotency_api_stop(api);
+	int64_t charges, cents;
+	count(&cfg, client, &charges, &cents);
+	assert_int_equal(charges, 1);
+	assert_int_equal(cents, 1999);
+}
+
 static void test_mismatch_is_422_and_bad_requests_400_with_one_charge(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
@@ -497,6 +548,7 @@ int main(void)
 	        cmocka_unit_test(test_bad_input_gets_400_and_writes_nothing),
 	        cmocka_unit_test(test_flaky_network_charges_twice_without_a_key_and_once_with_one),
 	        cmocka_unit_test(test_crash_between_charge_and_response_completes_once),
+	        cmocka_unit_test(test_completer_finishes_a_dead_request_and_the_late_retry_gets_the_replay),
 	        cmocka_unit_test(test_mismatch_is_422_and_bad_requests_400_with_one_charge),
 	        cmocka_unit_test(test_redis_guard_loses_and_doubles_where_the_key_in_postgres_charges_once),
 	        cmocka_unit_test(test_reaper_deletes_keys_past_the_window),

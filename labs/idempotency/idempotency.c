@@ -314,17 +314,24 @@ static void send_stored(struct charge_ctx *ctx)
 }
 
 /* The charge as the API answers it; built from the charges row, so a resumed request builds the same. */
+/* The charge as the API answers it, from the charges row: a resumed request builds the same bytes. */
+static char *charge_body(const char *charge_id, const char *amount, const char *currency,
+                         const char *customer, const char *created)
+{
+	json_t *doc = json_pack("{s:s+,s:s,s:I,s:s,s:s,s:I,s:b}", "id", "ch_", charge_id, "object", "charge",
+	                        "amount", (json_int_t)atoll(amount), "currency", currency, "customer",
+	                        customer, "created", (json_int_t)atoll(created), "livemode", 0);
+	if (!doc)
+		return NULL;
+	char *body = json_dumps(doc, JSON_COMPACT);
+	json_decref(doc);
+	return body;
+}
+
 static int build_body(struct charge_ctx *ctx)
 {
-	json_t *doc =
-	        json_pack("{s:s+,s:s,s:I,s:s,s:s,s:I,s:b}", "id", "ch_", ctx->charge_id, "object", "charge",
-	                  "amount", (json_int_t)atoll(ctx->amount), "currency", ctx->currency, "customer",
-	                  ctx->customer, "created", (json_int_t)atoll(ctx->created), "livemode", 0);
-	if (!doc)
-		return -1;
 	free(ctx->body);
-	ctx->body = json_dumps(doc, JSON_COMPACT);
-	json_decref(doc);
+	ctx->body = charge_body(ctx->charge_id, ctx->amount, ctx->currency, ctx->customer, ctx->created);
 	return ctx->body ? 0 : -1;
 }
 
@@ -924,6 +931,65 @@ int idempotency_reap(const struct idempotency_config *cfg, int64_t *deleted, cha
 	if (deleted)
 		*deleted = atoll(PQcmdTuples(res));
 	ret = 0;
+out:
+	PQclear(res);
+	PQfinish(conn);
+	return ret;
+}
+
+int idempotency_complete(const struct idempotency_config *cfg, int64_t *completed, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	int ret = -1;
+	PGresult *res = NULL;
+	int64_t done = 0;
+	char rollback_err[256];
+	if (pg_exec(conn, "BEGIN", err, errlen) < 0)
+		goto out;
+	char lock_ms[24];
+	snprintf(lock_ms, sizeof(lock_ms), "%d", cfg->lock_timeout_ms);
+	const char *p[] = {lock_ms};
+	/* keys whose request died after the charge; SKIP LOCKED leaves the ones a retry is resuming */
+	res = pg_query(
+	        conn,
+	        "SELECT k.id, c.id, extract(epoch FROM c.created_at)::bigint, c.amount_cents, c.currency,"
+	        " c.customer FROM " SCHEMA ".idempotency_keys k JOIN " SCHEMA
+	        ".charges c ON c.idempotency_key_id = k.id"
+	        " WHERE k.recovery_point = 'charge_created'"
+	        " AND (k.locked_at IS NULL OR k.locked_at < now() - make_interval(secs => $1::float8 / 1000))"
+	        " FOR UPDATE OF k SKIP LOCKED",
+	        1, p, err, errlen);
+	if (!res)
+		goto rollback;
+	for (int i = 0; i < PQntuples(res); i++) {
+		char *body = charge_body(PQgetvalue(res, i, 1), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+		                         PQgetvalue(res, i, 5), PQgetvalue(res, i, 2));
+		if (!body) {
+			snprintf(err, errlen, "out of memory");
+			goto rollback;
+		}
+		const char *sp[] = {PQgetvalue(res, i, 0), "201", body};
+		PGresult *u = PQexecParams(conn, SQL_STORE, 3, NULL, sp, NULL, NULL, 0);
+		free(body);
+		if (PQresultStatus(u) != PGRES_COMMAND_OK) {
+			pg_message_line(err, errlen, PQresultErrorMessage(u));
+			PQclear(u);
+			goto rollback;
+		}
+		done += atoll(PQcmdTuples(u));
+		PQclear(u);
+	}
+	if (pg_exec(conn, "COMMIT", err, errlen) < 0)
+		goto out;
+	if (completed)
+		*completed = done;
+	ret = 0;
+	goto out;
+rollback:
+	/* the error already in err is the one to report */
+	pg_exec(conn, "ROLLBACK", rollback_err, sizeof(rollback_err));
 out:
 	PQclear(res);
 	PQfinish(conn);

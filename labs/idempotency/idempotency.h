@@ -127,6 +127,13 @@ int idempotency_count_keys(const struct idempotency_config *cfg, const char *cli
 /* The reaper: deletes keys older than key_window_s; *deleted may be NULL. */
 int idempotency_reap(const struct idempotency_config *cfg, int64_t *deleted, char *err, size_t errlen);
 
+/*
+ * The completer: finishes the keys whose request died after the charge (recovery point
+ * charge_created, locked longer than lock_timeout_ms or not at all): stores the response built
+ * from the charge, so the client's next retry gets the replay. *completed may be NULL.
+ */
+int idempotency_complete(const struct idempotency_config *cfg, int64_t *completed, char *err, size_t errlen);
+
 /* ---- the phases ---- */
 
 /* One request as the lab sent it and what came back. */
