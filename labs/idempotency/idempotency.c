@@ -40,6 +40,8 @@
 #define MAX_KNOB_MS 60000
 /* the mark the lab finds in pg_stat_activity to kill the request between charge and response */
 #define PAUSE_MARK "lab_idempotency: between charge and response"
+/* a retry backs off this far past the lock timeout: the lock was taken a little after it was sent */
+#define LOCK_MARGIN_MS 300
 
 void idempotency_config_default(struct idempotency_config *cfg, bool quick)
 {
@@ -57,7 +59,7 @@ void idempotency_config_default(struct idempotency_config *cfg, bool quick)
 	cfg->key_window_s = 24 * 3600;
 	/* a request that holds its key this long is dead: hundreds of times a charge here, and well
 	 * past the client's timeout, so a retry at once still finds the key in flight */
-	cfg->lock_timeout_ms = quick ? 750 : 1000;
+	cfg->lock_timeout_ms = 1000;
 	/* 4 KiB: a charge is under 100 bytes */
 	cfg->max_body = 4096;
 	cfg->test_knobs = true;
@@ -1570,41 +1572,51 @@ out:
 }
 
 /*
- * Finds the backend paused between charge and response (PAUSE_MARK in pg_stat_activity) and
- * terminates it, as a crash or a failover would. Returns its pid, -1 with err.
+ * Finds the backends paused between charge and response (PAUSE_MARK in pg_stat_activity) and
+ * terminates them, as a crash or a failover would, until want of them were killed. Returns the
+ * pid of the first, -1 with err.
  */
-static int kill_paused(PGconn *side, char *err, size_t errlen)
+static int kill_paused(PGconn *side, int want, char *err, size_t errlen)
 {
-	for (int i = 0; i < 500; i++) {
-		int64_t pid = 0;
+	int killed = 0, first_pid = 0;
+	for (int i = 0; i < 500 && killed < want; i++) {
 		PGresult *res = pg_query(
 		        side,
-		        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%" PAUSE_MARK
-		        "%' AND pid <> pg_backend_pid() AND datname = current_database()",
+		        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'active'"
+		        " AND query LIKE '%" PAUSE_MARK "%' AND pid <> pg_backend_pid()"
+		        " AND datname = current_database()",
 		        0, NULL, err, errlen);
 		if (!res)
 			return -1;
-		if (PQntuples(res) > 0)
-			pid = atoll(PQgetvalue(res, 0, 0));
-		PQclear(res);
-		if (pid > 0) {
-			char p[24];
-			snprintf(p, sizeof(p), "%lld", (long long)pid);
-			const char *params[] = {p};
-			int64_t ok = 0;
-			if (pg_query_int64(side, "SELECT pg_terminate_backend($1::int)::int", 1, params, &ok,
-			                   err, errlen) < 0)
-				return -1;
-			if (!ok) {
-				snprintf(err, errlen, "pg_terminate_backend(%lld) refused", (long long)pid);
+		for (int r = 0; r < PQntuples(res); r++) {
+			if (strcmp(PQgetvalue(res, r, 1), "t") != 0) {
+				snprintf(err, errlen, "pg_terminate_backend(%s) refused",
+				         PQgetvalue(res, r, 0));
+				PQclear(res);
 				return -1;
 			}
-			return (int)pid;
+			if (!first_pid)
+				first_pid = atoi(PQgetvalue(res, r, 0));
+			killed++;
 		}
-		sleep_ms(10);
+		PQclear(res);
+		if (killed < want)
+			sleep_ms(10);
 	}
-	snprintf(err, errlen, "the paused request never showed in pg_stat_activity");
-	return -1;
+	if (killed < want) {
+		snprintf(err, errlen, "only %d of %d paused requests showed in pg_stat_activity", killed,
+		         want);
+		return -1;
+	}
+	return first_pid;
+}
+
+/* Sleeps until the lock taken by a request sent at t0_us has timed out, with a margin. */
+static void wait_lock_timeout(const struct idempotency_config *cfg, uint64_t t0_us)
+{
+	int64_t left_ms = cfg->lock_timeout_ms + LOCK_MARGIN_MS - (int64_t)(hist_now_us() - t0_us) / 1000;
+	if (left_ms > 0)
+		sleep_ms((int)left_ms);
 }
 
 int idempotency_crash_run(const struct idempotency_config *cfg, struct idempotency_story *st, char *err,
@@ -1632,7 +1644,7 @@ int idempotency_crash_run(const struct idempotency_config *cfg, struct idempoten
 	uint64_t t0 = hist_now_us();
 	if (attempt(st, port, "attempt 1: charge, then killed", &rq, err, errlen) < 0)
 		goto out;
-	st->killed_pid = kill_paused(side, err, errlen);
+	st->killed_pid = kill_paused(side, 1, err, errlen);
 	if (st->killed_pid < 0)
 		goto out;
 	const char *p[] = {client, "order-99-pay"};
@@ -1648,9 +1660,7 @@ int idempotency_crash_run(const struct idempotency_config *cfg, struct idempoten
 	rq.timeout_ms = 5000;
 	if (attempt(st, port, "retry at once", &rq, err, errlen) < 0)
 		goto out;
-	int64_t left_ms = cfg->lock_timeout_ms + 100 - (int64_t)(hist_now_us() - t0) / 1000;
-	if (left_ms > 0)
-		sleep_ms((int)left_ms);
+	wait_lock_timeout(cfg, t0);
 	snprintf(what, sizeof(what), "retry after the lock timeout (%d ms)", cfg->lock_timeout_ms);
 	if (attempt(st, port, what, &rq, err, errlen) < 0)
 		goto out;
@@ -1667,54 +1677,84 @@ out:
 	return ret;
 }
 
-/* One design under one fault: attempt, the fault, a retry after the lock timeout, one more retry. */
-static int guard_row(const struct idempotency_config *cfg, int port, PGconn *side, enum route route,
-                     bool kill, struct idempotency_guard_row *row, char *err, size_t errlen)
+static const char *const guard_designs[ROUTE_COUNT] = {"key in PostgreSQL (same txn)",
+                                                       "Redis SET NX, key kept", "Redis SET NX, key deleted"};
+
+/* The retries of one row after its faulty first attempt, then the charges PostgreSQL holds. */
+static int guard_retries(const struct idempotency_config *cfg, int port,
+                         const struct idempotency_request *first, struct idempotency_guard_row *row,
+                         char *err, size_t errlen)
 {
-	static const char *const designs[ROUTE_COUNT] = {
-	        "key in PostgreSQL (same txn)", "Redis SET NX, key kept", "Redis SET NX, key deleted"};
-	row->design = designs[route];
-	row->fault = kill ? "connection killed after the charge" : "database refuses the write";
-	char client[MAX_NAME + 1];
-	run_client(client, sizeof(client), "guard");
-	struct idempotency_request rq = {.path = route_paths[route],
-	                                 .client = client,
-	                                 .key = "order-5-pay",
-	                                 .body = CHARGE_BODY,
-	                                 .timeout_ms = 5000};
-	struct idempotency_response rs;
-	if (kill) {
-		rq.pause_ms = cfg->pause_ms;
-		rq.timeout_ms = cfg->client_timeout_ms;
-	} else if (pg_exec(side,
-	                   "ALTER TABLE " SCHEMA ".charges ADD CONSTRAINT outage CHECK (false) NOT VALID",
-	                   err, errlen) < 0) {
-		return -1;
-	}
-	uint64_t t0 = hist_now_us();
-	int rc = idempotency_call(port, &rq, &rs, err, errlen);
-	if (kill && rc == 0 && kill_paused(side, err, errlen) < 0)
-		return -1;
-	if (!kill && pg_exec(side, "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT outage", err, errlen) < 0)
-		return -1;
-	if (rc < 0)
-		return -1;
-	row->statuses[row->nattempts++] = rs.status;
-	/* the client backs off past the lock timeout, counted from its first attempt, then retries twice */
-	if (kill) {
-		int64_t left_ms = cfg->lock_timeout_ms + 100 - (int64_t)(hist_now_us() - t0) / 1000;
-		if (left_ms > 0)
-			sleep_ms((int)left_ms);
-	}
+	struct idempotency_request rq = *first;
 	rq.pause_ms = 0;
 	rq.timeout_ms = 5000;
 	for (int i = 0; i < 2; i++) {
+		struct idempotency_response rs;
 		if (idempotency_call(port, &rq, &rs, err, errlen) < 0)
 			return -1;
 		row->statuses[row->nattempts++] = rs.status;
 	}
 	int64_t cents;
-	return idempotency_count(cfg, client, &row->charges, &cents, err, errlen);
+	return idempotency_count(cfg, rq.client, &row->charges, &cents, err, errlen);
+}
+
+/*
+ * Each design under each fault: attempt 1 meets the fault, then two retries with the same key.
+ * Refused: a CHECK (false) constraint on charges for attempt 1 alone. Killed: attempt 1 pauses
+ * after its charge and the lab terminates its backend; the three designs' first attempts are
+ * killed together and retried after one wait past the lock timeout.
+ */
+static int guard_rows(const struct idempotency_config *cfg, int port, PGconn *side,
+                      struct idempotency_guard *g, char *err, size_t errlen)
+{
+	char clients[2][ROUTE_COUNT][MAX_NAME + 1];
+	struct idempotency_request rqs[2][ROUTE_COUNT];
+	for (int kill = 0; kill < 2; kill++)
+		for (int r = 0; r < ROUTE_COUNT; r++) {
+			run_client(clients[kill][r], sizeof(clients[kill][r]), "guard");
+			rqs[kill][r] = (struct idempotency_request){.path = route_paths[r],
+			                                            .client = clients[kill][r],
+			                                            .key = "order-5-pay",
+			                                            .body = CHARGE_BODY,
+			                                            .timeout_ms = 5000};
+		}
+	for (int r = 0; r < ROUTE_COUNT; r++) {
+		struct idempotency_guard_row *row = &g->rows[g->nrows++];
+		row->design = guard_designs[r];
+		row->fault = "database refuses the write";
+		struct idempotency_response rs;
+		if (pg_exec(side,
+		            "ALTER TABLE " SCHEMA ".charges ADD CONSTRAINT outage CHECK (false) NOT VALID",
+		            err, errlen) < 0)
+			return -1;
+		int rc = idempotency_call(port, &rqs[0][r], &rs, err, errlen);
+		if (pg_exec(side, "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT outage", err, errlen) < 0 ||
+		    rc < 0)
+			return -1;
+		row->statuses[row->nattempts++] = rs.status;
+		if (guard_retries(cfg, port, &rqs[0][r], row, err, errlen) < 0)
+			return -1;
+	}
+	uint64_t t0 = hist_now_us();
+	for (int r = 0; r < ROUTE_COUNT; r++) {
+		struct idempotency_guard_row *row = &g->rows[g->nrows + r];
+		row->design = guard_designs[r];
+		row->fault = "connection killed after the charge";
+		rqs[1][r].pause_ms = cfg->pause_ms;
+		rqs[1][r].timeout_ms = cfg->client_timeout_ms;
+		struct idempotency_response rs;
+		if (idempotency_call(port, &rqs[1][r], &rs, err, errlen) < 0)
+			return -1;
+		row->statuses[row->nattempts++] = rs.status;
+	}
+	if (kill_paused(side, ROUTE_COUNT, err, errlen) < 0)
+		return -1;
+	/* the clients back off past the lock timeout, counted from the first attempt, then retry */
+	wait_lock_timeout(cfg, t0);
+	for (int r = 0; r < ROUTE_COUNT; r++)
+		if (guard_retries(cfg, port, &rqs[1][r], &g->rows[g->nrows++], err, errlen) < 0)
+			return -1;
+	return 0;
 }
 
 int idempotency_guard_run(const struct idempotency_config *cfg, struct idempotency_guard *g, char *err,
@@ -1732,13 +1772,8 @@ int idempotency_guard_run(const struct idempotency_config *cfg, struct idempoten
 		return -1;
 	int ret = -1;
 	struct idempotency_api *api = idempotency_api_start(&c, 0, err, errlen);
-	if (!api)
+	if (!api || guard_rows(cfg, idempotency_api_port(api), side, g, err, errlen) < 0)
 		goto out;
-	for (int kill = 0; kill < 2; kill++)
-		for (int r = 0; r < ROUTE_COUNT; r++)
-			if (guard_row(cfg, idempotency_api_port(api), side, (enum route)r, kill,
-			              &g->rows[g->nrows++], err, errlen) < 0)
-				goto out;
 	redisContext *rc = redis_connect_url(cfg->redis_url, 2000, err, errlen);
 	if (!rc)
 		goto out;
