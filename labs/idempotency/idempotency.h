@@ -19,7 +19,8 @@
  * rocket-rides-atomic: (1) the key and the charge together (recovery point charge_created),
  * (2) the stored response (recovery point finished). A request that dies between them leaves the
  * key locked at charge_created; a retry after lock_timeout_ms takes the lock over and resumes
- * from there, so the charge is never made twice.
+ * from there, so the charge is never made twice, and the completer (idempotency_complete) finishes
+ * the keys of clients that never come back.
  *
  * Beside it, the Redis variant of phase 6 (POST /v1/charges-redis and /v1/charges-redis-release):
  * SET NX on lab:idempotency:<client>:<key>, then the charge in PostgreSQL; on a failed database
