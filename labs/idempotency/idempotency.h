@@ -24,7 +24,8 @@
  *
  * Beside it, the Redis variant of phase 6 (POST /v1/charges-redis and /v1/charges-redis-release):
  * SET NX on lab:idempotency:<client>:<key>, then the charge in PostgreSQL; on a failed database
- * write the first keeps the Redis key, the second deletes it so the client may retry.
+ * write the first keeps the Redis key, the second deletes it so the client may retry. It is the
+ * naive guard on purpose: no fingerprint, and nothing ties the Redis key to the charge.
  *
  * Test-only knobs, honoured when test_knobs is set: X-Lab-Delay-Ms delays the reply after
  * everything was committed (a response lost to the client's timeout); X-Lab-Pause-Ms pauses between
