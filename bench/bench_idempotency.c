@@ -1,0 +1,171 @@
+/*
+ * bench_idempotency — what an Idempotency-Key costs: keyed charges per second against the same
+ * endpoint without keys, the same clients, in the same run.
+ *
+ * POST /v1/charges of lab-idempotency at 16 closed-loop clients (common/load.h), alternating
+ * unkeyed and keyed runs (two of each, so a noisy neighbour hits both). Without a key a charge is
+ * one INSERT; with one it is the key and the charge in one statement plus the stored response in
+ * a second, and a SHA-256 of the request. Every 201 is checked against the charges PostgreSQL holds.
+ * Targets: the key costs at most 25% of throughput, and at least 2,000 keyed charges/s on this
+ * 2-core machine (load generator, API and PostgreSQL share the two cores).
+ * A benchmark, not a test: it reports, and exits 0 whether or not the targets are met (2 when a
+ * server is unreachable).
+ *
+ * Run it: make bench, or build/bench_idempotency [seconds per run, default 3].
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idempotency.h"
+#include "lab.h"
+#include "pg.h"
+#include "term.h"
+
+#define CLIENTS          16
+#define ROUNDS           2
+#define TARGET_COST      0.25
+#define TARGET_KEYED_RPS 2000.0
+#define BODY             "{\"amount\": 1250, \"currency\": \"usd\", \"customer\": \"cus_bench\"}"
+
+struct bench_ctx {
+	bool keyed;
+	int round;
+	const char *client;
+};
+
+static void request_cb(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq,
+                       void *arg)
+{
+	(void)client;
+	struct bench_ctx *bc = arg;
+	r->method = EVHTTP_REQ_POST;
+	r->body = BODY;
+	r->body_len = strlen(BODY);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "X-Client-Id", bc->client);
+	if (bc->keyed) {
+		/* a fresh key per request: every one is a first request, the path that writes */
+		char key[64];
+		snprintf(key, sizeof(key), "bench-%d-%llu", bc->round, (unsigned long long)seq);
+		evhttp_add_header(h, "Idempotency-Key", key);
+	}
+}
+
+struct side {
+	double rps_sum;
+	uint64_t created, other;
+	struct hist latency;
+};
+
+int main(int argc, char **argv)
+{
+	int seconds = argc > 1 ? atoi(argv[1]) : 3;
+	if (seconds < 1 || seconds > 600) {
+		fprintf(stderr, "bench_idempotency: seconds per run must be in 1..600\n");
+		return 2;
+	}
+	struct idempotency_config cfg;
+	idempotency_config_default(&cfg, false);
+	cfg.require_key = false;
+	cfg.test_knobs = false;
+	cfg.pool_min_idle = cfg.pool_size;
+	char err[LAB_ERRLEN], url[256];
+	pg_url_redact(cfg.pg_url, url, sizeof(url));
+	if (idempotency_setup(&cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr,
+		        "bench_idempotency: cannot connect to PostgreSQL at %s\n  server said: %s\n"
+		        "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n",
+		        url, err);
+		return 2;
+	}
+	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
+	if (!api) {
+		fprintf(stderr, "bench_idempotency: cannot start the API: %s\n", err);
+		idempotency_teardown(&cfg, err, sizeof(err));
+		return 2;
+	}
+	struct term t;
+	term_init(&t, stdout);
+	term_printf(
+	        &t,
+	        "bench_idempotency — keyed vs unkeyed POST /v1/charges, %d clients, %d s a run, %d rounds\n",
+	        CLIENTS, seconds, ROUNDS);
+	term_printf(&t, "PostgreSQL %s · pool %d · API, load generator and server on the same 2 cores\n\n",
+	            url, cfg.pool_size);
+	struct side sides[2];
+	memset(sides, 0, sizeof(sides));
+	hist_init(&sides[0].latency);
+	hist_init(&sides[1].latency);
+	struct load_result *res = malloc(sizeof(*res));
+	int ret = 2;
+	if (!res) {
+		fprintf(stderr, "bench_idempotency: out of memory\n");
+		goto out;
+	}
+	const char *clients[2] = {"bench-unkeyed", "bench-keyed"};
+	for (int round = 0; round < ROUNDS; round++) {
+		for (int keyed = 0; keyed < 2; keyed++) {
+			struct bench_ctx bc = {.keyed = keyed, .round = round, .client = clients[keyed]};
+			struct load_config lc = {.port = idempotency_api_port(api),
+			                         .path = "/v1/charges",
+			                         .method = EVHTTP_REQ_POST,
+			                         .clients = CLIENTS,
+			                         .duration_ms = seconds * 1000,
+			                         .timeout_ms = 10000,
+			                         .request_cb = request_cb,
+			                         .arg = &bc};
+			if (load_run(&lc, res, err, sizeof(err)) < 0) {
+				fprintf(stderr, "bench_idempotency: %s\n", err);
+				goto out;
+			}
+			struct side *s = &sides[keyed];
+			s->rps_sum += res->rps_2xx;
+			s->created += res->status_2xx;
+			s->other += res->completed - res->status_2xx + res->errors;
+			hist_merge(&s->latency, &res->latency);
+		}
+	}
+	struct term_col cols[] = {{"", 16, 'l'},      {"charges/s", 10, 'r'}, {"p50", 9, 'r'},
+	                          {"p99", 9, 'r'},    {"201s", 8, 'r'},       {"in PostgreSQL", 13, 'r'},
+	                          {"not 201", 8, 'r'}};
+	term_table_header(&t, 2, cols, 7);
+	double rps[2];
+	bool counted_ok = true;
+	for (int k = 0; k < 2; k++) {
+		int64_t charges = 0, cents = 0;
+		if (idempotency_count(&cfg, clients[k], &charges, &cents, err, sizeof(err)) < 0) {
+			fprintf(stderr, "bench_idempotency: %s\n", err);
+			goto out;
+		}
+		if ((uint64_t)charges != sides[k].created)
+			counted_ok = false;
+		rps[k] = sides[k].rps_sum / ROUNDS;
+		char b[6][32];
+		const char *row[] = {k ? "with a key" : "without a key",
+		                     term_fmt_num(b[0], 32, rps[k], 0),
+		                     term_fmt_us(b[1], 32, (double)hist_percentile(&sides[k].latency, 50)),
+		                     term_fmt_us(b[2], 32, (double)hist_percentile(&sides[k].latency, 99)),
+		                     term_fmt_num(b[3], 32, (double)sides[k].created, 0),
+		                     term_fmt_num(b[4], 32, (double)charges, 0),
+		                     term_fmt_num(b[5], 32, (double)sides[k].other, 0)};
+		term_table_row(&t, 2, cols, 7, row);
+	}
+	double cost = rps[0] > 0 ? 1.0 - rps[1] / rps[0] : 1.0;
+	bool cost_ok = cost <= TARGET_COST, rps_ok = rps[1] >= TARGET_KEYED_RPS;
+	char b[32];
+	term_printf(&t, "\n  the key costs %.0f%% of throughput: target at most %.0f%%   %s%s%s\n",
+	            cost * 100, TARGET_COST * 100, cost_ok ? term_green(&t) : term_red(&t),
+	            cost_ok ? "met" : "NOT met", term_reset(&t));
+	term_printf(&t, "  keyed charges/s %s: target at least %s   %s%s%s\n",
+	            term_fmt_num(b, sizeof(b), rps[1], 0), "2,000", rps_ok ? term_green(&t) : term_red(&t),
+	            rps_ok ? "met" : "NOT met", term_reset(&t));
+	term_printf(&t, "  every 201 is a charge in PostgreSQL: %s\n", counted_ok ? "yes" : "NO");
+	ret = 0;
+out:
+	free(res);
+	idempotency_api_stop(api);
+	idempotency_teardown(&cfg, err, sizeof(err));
+	return ret;
+}
