@@ -515,8 +515,9 @@ int main(int argc, char **argv)
 		why = "the loop was not slower than the JOIN even on loopback";
 	} else if (cr->loop_over_join < MIN_RATIO_GROWTH * c0->loop_over_join) {
 		snprintf(whybuf, sizeof(whybuf),
-		         "at +%s the loop was %.0fx the JOIN, not %.0fx the %.0fx of no added RTT",
-		         us(b[0], cr->rtt_us), cr->loop_over_join, MIN_RATIO_GROWTH, c0->loop_over_join);
+		         "at %s RTT the loop took %.0fx the JOIN's time, less than %.0f times its %.0fx with "
+		         "no added RTT",
+		         rtt(b[0], cr->rtt_us), cr->loop_over_join, MIN_RATIO_GROWTH, c0->loop_over_join);
 		why = whybuf;
 	} else if (width->direct[2].rows <= width->direct[3].rows ||
 	           received(&width->direct[0]) <= received(&width->direct[1])) {
@@ -529,11 +530,11 @@ int main(int argc, char **argv)
 	        "N+1 runs one statement per parent row where a JOIN runs 1 and a batched load 2, and each "
 	        "statement pays a round trip",
 	        "%s%sthe server counted %lld / %lld / %lld statements for the same data (digest %016llx); at "
-	        "+%s RTT and %d users the loop took %s against %s for the JOIN (%.0fx, %.0fx with no added "
+	        "%s RTT and %d users the loop took %s against %s for the JOIN (%.0fx, %.0fx with no added "
 	        "RTT); the detector flagged the loop and neither fix",
 	        why ? why : "", why ? ". " : "", (long long)loads[0].statements,
 	        (long long)loads[1].statements, (long long)loads[2].statements,
-	        (unsigned long long)loads[0].digest, us(b[1], cr->rtt_us), cr->users,
+	        (unsigned long long)loads[0].digest, rtt(b[1], cr->rtt_us), cr->users,
 	        us(b[2], (double)cr->load[NPO_LOOP].wall_us), us(b[3], (double)cr->load[NPO_JOIN].wall_us),
 	        cr->loop_over_join, c0->loop_over_join);
 	goto out;
