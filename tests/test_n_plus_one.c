@@ -230,9 +230,9 @@ static void test_through_the_proxy_the_loops_lead_grows_with_the_round_trip(void
 		assert_int_equal(c2->load[k].proxy_bytes, c2->load[k].wire_bytes);
 	}
 	/* each of the 101 statements waited out the 2 ms the proxy adds: a floor, whatever the machine */
-	assert_true(c2->load[NPO_LOOP].wall_min_us >= 101 * 2000);
-	assert_true(c2->load[NPO_JOIN].wall_min_us >= 2000);
-	assert_true(c2->load[NPO_BATCHED].wall_min_us >= 2 * 2000);
+	assert_true(c2->load[NPO_LOOP].wall_us >= 101 * 2000);
+	assert_true(c2->load[NPO_JOIN].wall_us >= 2000);
+	assert_true(c2->load[NPO_BATCHED].wall_us >= 2 * 2000);
 	/* 101 round trips against 1: the loop's lead over the JOIN grows with the RTT, by far */
 	assert_true(c2->loop_over_join > 2.0 * c0->loop_over_join);
 	free(n);
