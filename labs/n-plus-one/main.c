@@ -237,9 +237,9 @@ static void print_network(struct lab *lab, const struct n_plus_one_config *cfg,
 	term_printf(t,
 	            "  %smeasured: a bare round trip through the proxy (median of 21 SELECT 1). predicted: "
 	            "the loop with no\n  added delay + (N + 1) x what the delay added to that round trip. "
-	            "Best of %d loads a cell%s.%s\n",
-	            term_dim(t), cfg->net_repeats, cfg->net_repeats > 3 ? " (3 past 1 s of delay)" : "",
-	            term_reset(t));
+	            "Best of %d loads a cell\n  (%d for a load with under 20 ms of delay%s).%s\n",
+	            term_dim(t), cfg->net_repeats, cfg->net_repeats * 3,
+	            cfg->net_repeats > 3 ? ", 3 past 1 s" : "", term_reset(t));
 }
 
 static void print_width(struct lab *lab, const struct n_plus_one_config *cfg,
