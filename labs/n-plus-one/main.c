@@ -237,9 +237,9 @@ static void print_network(struct lab *lab, const struct n_plus_one_config *cfg,
 	term_printf(t,
 	            "  %smeasured: a bare round trip through the proxy (median of 21 SELECT 1). predicted: "
 	            "the loop with no\n  added delay + (N + 1) x what the delay added to that round trip. "
-	            "Best of %d loads a cell\n  (%d for a load with under 20 ms of delay%s).%s\n",
-	            term_dim(t), cfg->net_repeats, cfg->net_repeats * 3,
-	            cfg->net_repeats > 3 ? ", 3 past 1 s" : "", term_reset(t));
+	            "Best of %d loads a cell\n  (%d with under 20 ms of delay to wait out, 3 past 200 ms, 2 "
+	            "past 1 s).%s\n",
+	            term_dim(t), cfg->net_repeats, cfg->net_repeats * 3, term_reset(t));
 }
 
 static void print_width(struct lab *lab, const struct n_plus_one_config *cfg,
@@ -528,11 +528,11 @@ int main(int argc, char **argv)
 	        "N+1 runs one statement per parent row where a JOIN runs 1 and a batched load 2, and each "
 	        "statement pays a round trip",
 	        "%s%sthe server counted %lld / %lld / %lld statements for the same data (digest %016llx); at "
-	        "%s RTT and %d users the loop took %s against %s for the JOIN (%.0fx, %.0fx with no added "
+	        "%s RTT and %s users the loop took %s against %s for the JOIN (%.0fx, %.0fx with no added "
 	        "RTT); the detector flagged the loop and neither fix",
 	        why ? why : "", why ? ". " : "", (long long)loads[0].statements,
 	        (long long)loads[1].statements, (long long)loads[2].statements,
-	        (unsigned long long)loads[0].digest, rtt(b[1], cr->rtt_us), cr->users,
+	        (unsigned long long)loads[0].digest, rtt(b[1], cr->rtt_us), num(b[4], cr->users, 0),
 	        us(b[2], (double)cr->load[NPO_LOOP].wall_us), us(b[3], (double)cr->load[NPO_JOIN].wall_us),
 	        cr->loop_over_join, c0->loop_over_join);
 	goto out;

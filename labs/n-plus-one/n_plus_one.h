@@ -58,6 +58,7 @@ int64_t n_plus_one_predicted_statements(enum n_plus_one_strategy s, int users);
 struct n_plus_one_config {
 	const char *pg_url;
 	uint64_t seed;                   /* the data: order and address counts, totals, cities */
+	int data_users;                  /* users generated: at least every N below */
 	int users;                       /* N of phases 1-3, 5 and 6 */
 	int orders_max;                  /* each user has 0..orders_max orders (uniform): some have none */
 	int addresses_max;               /* and 1..addresses_max addresses */
@@ -79,7 +80,7 @@ struct n_plus_one_config {
 /* The defaults: full (N = 10, 100, 1000 through the proxy) or quick (N = 10, 100). */
 void n_plus_one_config_default(struct n_plus_one_config *cfg, bool quick);
 
-/* The most users any phase loads: the rows n_plus_one_setup creates. */
+/* The users n_plus_one_setup creates: data_users, or the largest N if that is more. */
 int n_plus_one_max_users(const struct n_plus_one_config *cfg);
 
 /*
