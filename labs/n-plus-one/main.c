@@ -81,8 +81,11 @@ static int64_t received(const struct n_plus_one_load *l)
 	return l->wire_bytes >= 0 ? l->wire_bytes : l->protocol_bytes;
 }
 
+/* One load in the --json document; the digest as hex (a JSON integer cannot hold all 64 bits). */
 static json_t *load_json(const struct n_plus_one_load *l)
 {
+	char hex[17];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)l->digest);
 	return json_pack("{s:s,s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:s,s:i}", "strategy",
 	                 n_plus_one_strategy_name(l->strategy), "users", l->users, "statements_server",
 	                 (json_int_t)l->statements, "statements_predicted", (json_int_t)l->predicted,
@@ -91,17 +94,7 @@ static json_t *load_json(const struct n_plus_one_load *l)
 	                 (json_int_t)l->protocol_bytes, "bytes_repeated", (json_int_t)l->repeated_bytes,
 	                 "bytes_proxy", (json_int_t)l->proxy_bytes, "wall_ms", l->wall_us / 1000.0,
 	                 "wall_median_ms", l->wall_median_us / 1000.0, "wall_max_ms", l->wall_max_us / 1000.0,
-	                 "digest", "", "repeats", l->repeats);
-}
-
-/* The digest as hex in the JSON (a JSON integer cannot hold all 64 bits). */
-static json_t *load_json_digest(const struct n_plus_one_load *l)
-{
-	json_t *o = load_json(l);
-	char hex[17];
-	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)l->digest);
-	json_object_set_new(o, "digest", json_string(hex));
-	return o;
+	                 "digest", hex, "repeats", l->repeats);
 }
 
 static const struct term_col load_cols[] = {{"", 16, 'l'},    {"statements", 10, 'r'}, {"predicted", 9, 'r'},
@@ -366,6 +359,7 @@ int main(int argc, char **argv)
 
 	char url[256], b[8][32];
 	pg_url_redact(cfg.pg_url, url, sizeof(url));
+	lab_config_set(&lab, "data_users", json_integer(n_plus_one_max_users(&cfg)));
 	lab_config_set(&lab, "users", json_integer(cfg.users));
 	lab_config_set(&lab, "seed", json_integer((json_int_t)cfg.seed));
 	lab_config_set(&lab, "orders_per_user", json_pack("[i,i]", 0, cfg.orders_max));
@@ -402,9 +396,9 @@ int main(int argc, char **argv)
 	if (n_plus_one_strategy_run(&cfg, NPO_LOOP, &loads[0], err, sizeof(err)) < 0)
 		goto failed;
 	print_phase1(&lab, &loads[0]);
-	lab_phase_metrics(&lab, "loop",
-	                  json_pack("{s:o,s:o}", "load", load_json_digest(&loads[0]), "server",
-	                            unit_json(&loads[0].unit)));
+	lab_phase_metrics(
+	        &lab, "loop",
+	        json_pack("{s:o,s:o}", "load", load_json(&loads[0]), "server", unit_json(&loads[0].unit)));
 
 	lab_phase(&lab, "The JOIN: users LEFT JOIN orders, one statement");
 	if (n_plus_one_strategy_run(&cfg, NPO_JOIN, &loads[1], err, sizeof(err)) < 0)
@@ -414,7 +408,7 @@ int main(int argc, char **argv)
 	            "  %s rows: one per order, and one for each of the %lld users without orders "
 	            "(LEFT JOIN)\n",
 	            num(b[0], (double)loads[1].rows, 0), (long long)page.users_without_orders);
-	lab_phase_metrics(&lab, "join", json_pack("{s:o}", "load", load_json_digest(&loads[1])));
+	lab_phase_metrics(&lab, "join", json_pack("{s:o}", "load", load_json(&loads[1])));
 
 	lab_phase(
 	        &lab,
@@ -424,7 +418,7 @@ int main(int argc, char **argv)
 	print_phase3(&lab, loads);
 	bool same = loads[0].digest == loads[1].digest && loads[1].digest == loads[2].digest;
 	lab_phase_metrics(&lab, "batched",
-	                  json_pack("{s:o,s:b}", "load", load_json_digest(&loads[2]), "same_data", same));
+	                  json_pack("{s:o,s:b}", "load", load_json(&loads[2]), "same_data", same));
 
 	char rtts_text[64] = "";
 	for (int i = 0; i < cfg.nrtts; i++)
@@ -465,7 +459,7 @@ int main(int argc, char **argv)
 	print_width(&lab, &cfg, width, &page);
 	json_t *wd = json_array(), *wn = json_array();
 	for (int i = 0; i < 4; i++) {
-		json_array_append_new(wd, load_json_digest(&width->direct[i]));
+		json_array_append_new(wd, load_json(&width->direct[i]));
 		json_array_append_new(wn, load_json(&width->network[i]));
 	}
 	lab_phase_metrics(&lab, "width",

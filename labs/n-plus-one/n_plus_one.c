@@ -289,6 +289,11 @@ int n_plus_one_setup(const struct n_plus_one_config *cfg, char *err, size_t errl
 		goto out;
 	ret = 0;
 out:
+	if (ret < 0) {
+		/* leave nothing half-made behind; the first error is the one to report */
+		char derr[256];
+		pg_schema_drop(conn, SCHEMA, derr, sizeof(derr));
+	}
 	free(ub.p);
 	free(ob.p);
 	free(ab.p);
