@@ -230,9 +230,9 @@ static void print_network(struct lab *lab, const struct n_plus_one_config *cfg,
 	term_printf(t,
 	            "  %smeasured: a bare round trip through the proxy (median of 21 SELECT 1). predicted: "
 	            "the loop with no\n  added delay + (N + 1) x what the delay added to that round trip. "
-	            "Best of %d loads a cell\n  (%d with under 20 ms of delay to wait out, 3 past 200 ms, 2 "
-	            "past 1 s).%s\n",
-	            term_dim(t), cfg->net_repeats, cfg->net_repeats * 3, term_reset(t));
+	            "Best of as many loads as\n  fit in %s a cell, 2 to %d.%s\n",
+	            term_dim(t), us((char[32]){0}, (double)cfg->net_budget_us), cfg->net_repeats,
+	            term_reset(t));
 }
 
 static void print_width(struct lab *lab, const struct n_plus_one_config *cfg,
@@ -366,6 +366,8 @@ int main(int argc, char **argv)
 	lab_config_set(&lab, "addresses_per_user", json_pack("[i,i]", 1, cfg.addresses_max));
 	lab_config_set(&lab, "bio_bytes", json_integer(cfg.bio_bytes));
 	lab_config_set(&lab, "repeats", json_integer(cfg.repeats));
+	lab_config_set(&lab, "network_repeats_max", json_integer(cfg.net_repeats));
+	lab_config_set(&lab, "network_budget_ms", json_real(cfg.net_budget_us / 1000.0));
 	json_t *sizes = json_array(), *rtts = json_array();
 	for (int i = 0; i < cfg.nsizes; i++)
 		json_array_append_new(sizes, json_integer(cfg.sizes[i]));

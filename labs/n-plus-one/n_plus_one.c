@@ -96,9 +96,11 @@ void n_plus_one_config_default(struct n_plus_one_config *cfg, bool quick)
 	int rtts[] = {0, 500, 2000};
 	cfg->nrtts = 3;
 	memcpy(cfg->rtts_us, rtts, sizeof(rtts));
-	/* the best of 5 a cell (3 quick): a short load (the JOIN) is at the mercy of a busy machine;
-	 * it gets 3 times as many, the loop's longest loads fewer (see LONG_LOAD_US) */
-	cfg->net_repeats = quick ? 3 : 5;
+	/* through the proxy, the best of as many loads as fit in 1 s (0.2 s quick), 2 to 15: a cheap
+	 * load (the JOIN) is the one a busy machine disturbs most, and gets the most tries; the loop
+	 * at N = 1000 and 2 ms waits out 2 s a load and gets 2 */
+	cfg->net_repeats = N_PLUS_ONE_MAX_REPEATS;
+	cfg->net_budget_us = quick ? 200000 : 1000000;
 	/* phase 5 through the proxy: 2 ms and 100 Mbit/s, a modest cross-zone link */
 	cfg->width_rtt_us = 2000;
 	cfg->width_bandwidth = 12500000;
@@ -816,8 +818,11 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-int n_plus_one_measure(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
-                       int repeats, int threshold, struct n_plus_one_load *out, char *err, size_t errlen)
+/* n_plus_one_measure, stopping early (after 2 loads at least) once the loads took budget_us in
+ * all; 0: no budget. out->repeats is the number of loads made. */
+static int measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
+                          int repeats, uint64_t budget_us, int threshold, struct n_plus_one_load *out,
+                          char *err, size_t errlen)
 {
 	memset(out, 0, sizeof(*out));
 	if (repeats < 1 || repeats > N_PLUS_ONE_MAX_REPEATS || users < 1) {
@@ -831,7 +836,7 @@ int n_plus_one_measure(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus
 	out->predicted = n_plus_one_predicted_statements(s, users);
 	out->statements = -1;
 	out->proxy_bytes = -1;
-	uint64_t walls[N_PLUS_ONE_MAX_REPEATS];
+	uint64_t walls[N_PLUS_ONE_MAX_REPEATS], spent = 0;
 	for (int r = 0; r < repeats; r++) {
 		struct fetch f;
 		uint64_t wall;
@@ -872,12 +877,24 @@ int n_plus_one_measure(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus
 		out->unit = unit;
 		walls[r] = wall;
 		fetch_free(&f);
+		spent += wall;
+		if (budget_us && r >= 1 && spent >= budget_us) {
+			repeats = r + 1;
+			break;
+		}
 	}
+	out->repeats = repeats;
 	qsort(walls, (size_t)repeats, sizeof(walls[0]), cmp_u64);
 	out->wall_us = walls[0];
 	out->wall_median_us = walls[repeats / 2];
 	out->wall_max_us = walls[repeats - 1];
 	return 0;
+}
+
+int n_plus_one_measure(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
+                       int repeats, int threshold, struct n_plus_one_load *out, char *err, size_t errlen)
+{
+	return measure_budget(conn, watch, s, users, repeats, 0, threshold, out, err, errlen);
 }
 
 PGconn *n_plus_one_connect_via(const char *pg_url, int port, char *err, size_t errlen)
@@ -1021,28 +1038,21 @@ static struct proxy *proxy_in_front(const struct n_plus_one_config *cfg, int del
 	return p;
 }
 
-/* n_plus_one_measure through proxy p, with the bytes the proxy delivered for one load. */
-static int measure_via(struct proxy *p, PGconn *conn, struct n_plus_one_watch *watch,
-                       enum n_plus_one_strategy s, int users, int repeats, int threshold,
+/* Up to net_repeats loads through proxy p within net_budget_us, with the bytes the proxy
+ * delivered for one load. */
+static int measure_via(const struct n_plus_one_config *cfg, struct proxy *p, PGconn *conn,
+                       struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
                        struct n_plus_one_load *out, char *err, size_t errlen)
 {
 	struct proxy_stats before, after;
 	proxy_stats(p, &before);
-	if (n_plus_one_measure(conn, watch, s, users, repeats, threshold, out, err, errlen) < 0)
+	if (measure_budget(conn, watch, s, users, cfg->net_repeats, cfg->net_budget_us, cfg->threshold, out,
+	                   err, errlen) < 0)
 		return -1;
 	proxy_stats(p, &after);
-	out->proxy_bytes = (int64_t)(after.bytes_down - before.bytes_down) / repeats;
+	out->proxy_bytes = (int64_t)(after.bytes_down - before.bytes_down) / out->repeats;
 	return 0;
 }
-
-/* A load whose added round trips alone pass 200 ms (the loop at N = 100 and 2 ms) is measured 3
- * times, past 1 s (N = 1000) twice: the delay it waits out is the same every time, a busy
- * machine moves it little, and the full run stays under half a minute */
-#define LONG_LOAD_US      200000.0
-#define VERY_LONG_LOAD_US 1000000.0
-/* A load that waits out at most 20 ms of delay (the JOIN, the batched load) is measured three
- * times as often: it is cheap, and its best time is the one a busy machine disturbs most */
-#define SHORT_LOAD_US 20000.0
 
 /* SELECT 1 this many times for a measured round trip: 21 x 2 ms is still only 42 ms */
 #define ROUNDTRIP_SAMPLES 21
@@ -1104,19 +1114,8 @@ int n_plus_one_network_run(const struct n_plus_one_config *cfg, struct n_plus_on
 				         n_plus_one_strategy_name((enum n_plus_one_strategy)k), cell->users,
 				         rtt / 1000.0);
 				progress(cfg, what, (double)done++ / total);
-				double delay = rtt * (double)n_plus_one_predicted_statements(
-				                             (enum n_plus_one_strategy)k, cell->users);
-				int repeats = cfg->net_repeats;
-				if (delay > VERY_LONG_LOAD_US && repeats > 2)
-					repeats = 2;
-				else if (delay > LONG_LOAD_US && repeats > 3)
-					repeats = 3;
-				else if (delay <= SHORT_LOAD_US)
-					repeats = repeats * 3 < N_PLUS_ONE_MAX_REPEATS
-					                  ? repeats * 3
-					                  : N_PLUS_ONE_MAX_REPEATS;
-				if (measure_via(p, conn, watch, (enum n_plus_one_strategy)k, cell->users,
-				                repeats, cfg->threshold, &cell->load[k], err, errlen) < 0)
+				if (measure_via(cfg, p, conn, watch, (enum n_plus_one_strategy)k, cell->users,
+				                &cell->load[k], err, errlen) < 0)
 					goto out;
 			}
 			const struct n_plus_one_cell *base = &res->cells[si][0];
@@ -1175,8 +1174,8 @@ int n_plus_one_width_run(const struct n_plus_one_config *cfg, struct n_plus_one_
 			goto out;
 		for (int i = 0; i < 4; i++) {
 			progress(cfg, n_plus_one_strategy_name(width_strategies[i]), (4 + i) / 8.0);
-			if (measure_via(p, conn, watch, width_strategies[i], cfg->users, cfg->net_repeats,
-			                cfg->threshold, &res->network[i], err, errlen) < 0)
+			if (measure_via(cfg, p, conn, watch, width_strategies[i], cfg->users,
+			                &res->network[i], err, errlen) < 0)
 				goto out;
 		}
 	}

@@ -68,7 +68,8 @@ struct n_plus_one_config {
 	int nsizes;
 	int rtts_us[N_PLUS_ONE_MAX_RTTS]; /* phase 4: round-trip times added by the proxy */
 	int nrtts;
-	int net_repeats;         /* phase 4: the best of this many loads per cell */
+	int net_repeats;         /* phases 4 and 5 through the proxy: the best of up to this many loads */
+	uint64_t net_budget_us;  /* ... or as many as fit in this time, 2 at least */
 	int width_rtt_us;        /* phase 5 through the proxy: this round trip ... */
 	int64_t width_bandwidth; /* ... and this bandwidth, bytes per second */
 	int threshold;           /* phase 6: more calls of one shape in one unit of work is N+1 */
