@@ -355,10 +355,15 @@ out:
 
 /* ---- the detector ---- */
 
+/*
+ * Reading pg_stat_statements with its texts costs the server a read of the whole texts file
+ * (tens of ms with a few thousand entries); without them, about a millisecond. So the snapshots
+ * are counts by queryid only, and a statement's text is fetched once, the first time its count
+ * moves, and kept: it tells whether the shape is ours (it names the lab's schema) and names it.
+ */
 struct snap_entry {
 	int64_t queryid;
 	int64_t calls;
-	char query[N_PLUS_ONE_QUERY_LEN];
 };
 
 struct snapshot {
@@ -366,9 +371,17 @@ struct snapshot {
 	int n;
 };
 
+struct shape_text {
+	int64_t queryid;
+	bool ours; /* the text names schema lab_n_plus_one: another lab's statements are not */
+	char query[N_PLUS_ONE_QUERY_LEN];
+};
+
 struct n_plus_one_watch {
 	PGconn *conn;
 	struct snapshot before;
+	struct shape_text *texts; /* every shape seen moving so far */
+	int ntexts, texts_cap;
 };
 
 static void snapshot_free(struct snapshot *s)
@@ -378,23 +391,16 @@ static void snapshot_free(struct snapshot *s)
 	s->n = 0;
 }
 
-/* Copies text into out as one line (pg_stat_statements keeps the statement's newlines). */
-static void copy_query(char *out, size_t outlen, const char *text)
-{
-	pg_message_line(out, outlen, text);
-}
-
 static int snapshot_take(PGconn *conn, struct snapshot *s, char *err, size_t errlen)
 {
-	const char *params[] = {SCHEMA_LIKE};
 	/* one row per queryid: with pg_stat_statements.track = all a statement may hold a top-level
 	 * and a nested entry */
 	PGresult *res =
 	        pg_query(conn,
-	                 "SELECT queryid, sum(calls)::bigint, min(query) FROM pg_stat_statements "
+	                 "SELECT queryid, sum(calls)::bigint FROM pg_stat_statements(false) "
 	                 "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-	                 "AND queryid IS NOT NULL AND query LIKE $1 GROUP BY queryid ORDER BY queryid",
-	                 1, params, err, errlen);
+	                 "AND queryid IS NOT NULL GROUP BY queryid ORDER BY queryid",
+	                 0, NULL, err, errlen);
 	if (!res)
 		return -1;
 	int n = PQntuples(res);
@@ -407,7 +413,6 @@ static int snapshot_take(PGconn *conn, struct snapshot *s, char *err, size_t err
 	for (int i = 0; i < n; i++) {
 		e[i].queryid = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 		e[i].calls = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-		copy_query(e[i].query, sizeof(e[i].query), PQgetvalue(res, i, 2));
 	}
 	PQclear(res);
 	snapshot_free(s);
@@ -420,6 +425,51 @@ static int cmp_queryid(const void *a, const void *b)
 {
 	int64_t x = ((const struct snap_entry *)a)->queryid, y = ((const struct snap_entry *)b)->queryid;
 	return x < y ? -1 : x > y;
+}
+
+static const struct shape_text *text_of(const struct n_plus_one_watch *w, int64_t queryid)
+{
+	for (int i = 0; i < w->ntexts; i++)
+		if (w->texts[i].queryid == queryid)
+			return &w->texts[i];
+	return NULL;
+}
+
+/* Fetches the texts of the listed queryids (ids: "{1,2}") into the watch's cache. */
+static int texts_fetch(struct n_plus_one_watch *w, const char *ids, char *err, size_t errlen)
+{
+	const char *params[] = {ids};
+	PGresult *res =
+	        pg_query(w->conn,
+	                 "SELECT queryid, min(query) FROM pg_stat_statements "
+	                 "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+	                 "AND queryid = ANY($1::bigint[]) GROUP BY queryid",
+	                 1, params, err, errlen);
+	if (!res)
+		return -1;
+	int n = PQntuples(res);
+	if (w->ntexts + n > w->texts_cap) {
+		int cap = w->texts_cap ? w->texts_cap : 64;
+		while (cap < w->ntexts + n)
+			cap *= 2;
+		struct shape_text *t = realloc(w->texts, sizeof(*t) * (size_t)cap);
+		if (!t) {
+			PQclear(res);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		w->texts = t;
+		w->texts_cap = cap;
+	}
+	for (int i = 0; i < n; i++) {
+		struct shape_text *t = &w->texts[w->ntexts++];
+		t->queryid = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+		/* one line: pg_stat_statements keeps a statement's newlines */
+		pg_message_line(t->query, sizeof(t->query), PQgetvalue(res, i, 1));
+		t->ours = strstr(PQgetvalue(res, i, 1), SCHEMA ".") != NULL;
+	}
+	PQclear(res);
+	return 0;
 }
 
 struct n_plus_one_watch *n_plus_one_watch_open(const char *pg_url, char *err, size_t errlen)
@@ -443,7 +493,7 @@ int n_plus_one_watch_begin(struct n_plus_one_watch *w, char *err, size_t errlen)
 }
 
 /* Keeps the N_PLUS_ONE_MAX_SHAPES most called shapes, most called first (ties: by queryid). */
-static void unit_add(struct n_plus_one_unit *u, const struct snap_entry *e, int64_t calls)
+static void unit_add(struct n_plus_one_unit *u, const struct shape_text *t, int64_t calls)
 {
 	u->statements += calls;
 	u->shapes++;
@@ -456,32 +506,56 @@ static void unit_add(struct n_plus_one_unit *u, const struct snap_entry *e, int6
 		return;
 	int last = u->nshapes < N_PLUS_ONE_MAX_SHAPES ? u->nshapes : N_PLUS_ONE_MAX_SHAPES - 1;
 	memmove(&u->shape[at + 1], &u->shape[at], sizeof(u->shape[0]) * (size_t)(last - at));
-	u->shape[at].queryid = e->queryid;
+	u->shape[at].queryid = t->queryid;
 	u->shape[at].calls = calls;
-	snprintf(u->shape[at].query, sizeof(u->shape[at].query), "%s", e->query);
+	snprintf(u->shape[at].query, sizeof(u->shape[at].query), "%s", t->query);
 	if (u->nshapes < N_PLUS_ONE_MAX_SHAPES)
 		u->nshapes++;
+}
+
+/* The calls of after.e[i] since the "before" snapshot. */
+static int64_t calls_since(const struct n_plus_one_watch *w, const struct snap_entry *e)
+{
+	const struct snap_entry *was =
+	        w->before.n ? bsearch(e, w->before.e, (size_t)w->before.n, sizeof(*e), cmp_queryid) : NULL;
+	return e->calls - (was ? was->calls : 0);
 }
 
 int n_plus_one_watch_end(struct n_plus_one_watch *w, int threshold, struct n_plus_one_unit *unit, char *err,
                          size_t errlen)
 {
 	struct snapshot after = {0};
+	struct buf unknown = {0};
+	int ret = -1;
 	if (snapshot_take(w->conn, &after, err, errlen) < 0)
 		return -1;
+	/* the shapes that moved and whose text is not known yet: one query for all of them */
+	for (int i = 0; i < after.n; i++)
+		if (calls_since(w, &after.e[i]) > 0 && !text_of(w, after.e[i].queryid))
+			buf_printf(&unknown, "%s%lld", unknown.len ? "," : "{",
+			           (long long)after.e[i].queryid);
+	if (unknown.failed) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	if (unknown.len) {
+		buf_printf(&unknown, "}");
+		if (unknown.failed || texts_fetch(w, unknown.p, err, errlen) < 0)
+			goto out;
+	}
 	memset(unit, 0, sizeof(*unit));
 	unit->threshold = threshold;
 	for (int i = 0; i < after.n; i++) {
-		const struct snap_entry *was =
-		        w->before.n ? bsearch(&after.e[i], w->before.e, (size_t)w->before.n,
-		                              sizeof(after.e[0]), cmp_queryid)
-		                    : NULL;
-		int64_t calls = after.e[i].calls - (was ? was->calls : 0);
-		if (calls > 0)
-			unit_add(unit, &after.e[i], calls);
+		int64_t calls = calls_since(w, &after.e[i]);
+		const struct shape_text *t = calls > 0 ? text_of(w, after.e[i].queryid) : NULL;
+		if (t && t->ours)
+			unit_add(unit, t, calls);
 	}
+	ret = 0;
+out:
+	free(unknown.p);
 	snapshot_free(&after);
-	return 0;
+	return ret;
 }
 
 void n_plus_one_watch_close(struct n_plus_one_watch *w)
@@ -489,6 +563,7 @@ void n_plus_one_watch_close(struct n_plus_one_watch *w)
 	if (!w)
 		return;
 	snapshot_free(&w->before);
+	free(w->texts);
 	PQfinish(w->conn);
 	free(w);
 }
@@ -818,8 +893,12 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* n_plus_one_measure, stopping early (after 2 loads at least) once the loads took budget_us in
- * all; 0: no budget. out->repeats is the number of loads made. */
+/* The first loads of a series are counted by the server (and must agree); the rest are timed
+ * only: a snapshot of pg_stat_statements costs the server a few ms, more than a cheap load */
+#define COUNTED_LOADS 2
+
+/* n_plus_one_measure, stopping early (after 2 loads at least) once the series took budget_us in
+ * all, snapshots included; 0: no budget. out->repeats is the number of loads made. */
 static int measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
                           int repeats, uint64_t budget_us, int threshold, struct n_plus_one_load *out,
                           char *err, size_t errlen)
@@ -836,23 +915,24 @@ static int measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_p
 	out->predicted = n_plus_one_predicted_statements(s, users);
 	out->statements = -1;
 	out->proxy_bytes = -1;
-	uint64_t walls[N_PLUS_ONE_MAX_REPEATS], spent = 0;
+	uint64_t walls[N_PLUS_ONE_MAX_REPEATS], started = hist_now_us();
 	for (int r = 0; r < repeats; r++) {
 		struct fetch f;
 		uint64_t wall;
 		int64_t wire;
 		struct n_plus_one_unit unit = {0};
-		if (watch && n_plus_one_watch_begin(watch, err, errlen) < 0)
+		bool counted = watch && r < COUNTED_LOADS;
+		if (counted && n_plus_one_watch_begin(watch, err, errlen) < 0)
 			return -1;
 		int rc = load_once(conn, s, users, &f, &wall, &wire, err, errlen);
-		if (rc == 0 && watch && n_plus_one_watch_end(watch, threshold, &unit, err, errlen) < 0)
+		if (rc == 0 && counted && n_plus_one_watch_end(watch, threshold, &unit, err, errlen) < 0)
 			rc = -1;
 		if (rc < 0) {
 			fetch_free(&f);
 			return -1;
 		}
 		uint64_t digest = fetch_digest(&f);
-		int64_t statements = watch ? unit.statements : -1;
+		int64_t statements = counted ? unit.statements : out->statements;
 		if (r > 0 &&
 		    (digest != out->digest || f.rows != out->rows || statements != out->statements)) {
 			snprintf(err, errlen,
@@ -874,11 +954,11 @@ static int measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_p
 		out->wire_bytes = wire;
 		out->orders = f.orders;
 		out->addresses = f.addresses;
-		out->unit = unit;
+		if (counted)
+			out->unit = unit;
 		walls[r] = wall;
 		fetch_free(&f);
-		spent += wall;
-		if (budget_us && r >= 1 && spent >= budget_us) {
+		if (budget_us && r >= 1 && hist_now_us() - started >= budget_us) {
 			repeats = r + 1;
 			break;
 		}

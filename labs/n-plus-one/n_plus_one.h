@@ -119,9 +119,9 @@ struct n_plus_one_unit {
 };
 
 /*
- * The observer: a connection of its own that snapshots pg_stat_statements (the entries of this
- * database whose text names schema lab_n_plus_one) before and after a unit of work. It never
- * resets the view; other labs run beside this one.
+ * The observer: a connection of its own that snapshots pg_stat_statements' calls by queryid
+ * before and after a unit of work and keeps the shapes whose text names schema lab_n_plus_one
+ * (statements of other labs running beside this one are not ours). It never resets the view.
  */
 struct n_plus_one_watch;
 struct n_plus_one_watch *n_plus_one_watch_open(const char *pg_url, char *err, size_t errlen);
@@ -138,9 +138,9 @@ void n_plus_one_watch_close(struct n_plus_one_watch *w);
 struct n_plus_one_load {
 	enum n_plus_one_strategy strategy;
 	int users;
-	int repeats;        /* loads measured; everything but the wall times is from each, checked equal */
-	int64_t predicted;  /* statements the strategy predicts */
-	int64_t statements; /* the server's count (pg_stat_statements), one load */
+	int repeats; /* loads timed: rows and data checked equal in all, the server's count in the first 2 */
+	int64_t predicted;         /* statements the strategy predicts */
+	int64_t statements;        /* the server's count (pg_stat_statements), one load */
 	int64_t client_statements; /* what the client sent, one load */
 	int64_t rows;              /* rows received */
 	int64_t wire_bytes;        /* bytes the kernel received on the socket (TCP_INFO); -1 if not TCP */
@@ -154,7 +154,7 @@ struct n_plus_one_load {
 	 * median and the worst are kept beside it. */
 	uint64_t wall_us;
 	uint64_t wall_median_us, wall_max_us;
-	struct n_plus_one_unit unit; /* the detector's view of the last load */
+	struct n_plus_one_unit unit; /* the detector's view of the last counted load */
 };
 
 /*
