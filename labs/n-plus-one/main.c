@@ -128,11 +128,10 @@ static void print_phase1(struct lab *lab, const struct n_plus_one_load *loop)
 {
 	const struct term *t = &lab->term;
 	print_loads(t, loop, 1);
-	term_printf(
-	        t,
-	        "  %sstatements: what the server ran, from pg_stat_statements diffed around the load; wall "
-	        "time: the best of %d loads%s\n",
-	        term_dim(t), loop->repeats, term_reset(t));
+	term_printf(t,
+	            "  %sstatements: the server's count (pg_stat_statements, diffed around the load); time: "
+	            "best of %d loads%s\n",
+	            term_dim(t), loop->repeats, term_reset(t));
 	term_printf(t, "  one entry per statement shape (constants become $1), calls in this load:\n");
 	print_shapes(t, &loop->unit);
 }
@@ -153,11 +152,10 @@ static void print_received_note(const struct term *t, const struct n_plus_one_lo
 		            "socket, so no kernel count)%s\n",
 		            term_dim(t), term_reset(t));
 	else
-		term_printf(t,
-		            "  %sreceived: bytes the kernel counted on the lab's socket (TCP_INFO); %s%s\n",
+		term_printf(t, "  %sreceived: the kernel's count on the socket (TCP_INFO), %s%s\n",
 		            term_dim(t),
-		            agree ? "the protocol messages of the results add up to the same, byte for byte"
-		                  : "they differ from the protocol messages' sum (see --json)",
+		            agree ? "equal to the protocol messages' sum to the byte"
+		                  : "not equal to the protocol messages' sum (see --json)",
 		            term_reset(t));
 }
 
@@ -265,8 +263,8 @@ static void print_width(struct lab *lab, const struct n_plus_one_config *cfg,
 	        cfg->bio_bytes, bytes(b[0], (double)join->repeated_bytes),
 	        bytes(b[1], (double)received(join)));
 	term_printf(t,
-	            "  two has-many in one JOIN: orders x addresses per user = %s rows for %s orders and %s "
-	            "addresses (%s rows batched)\n",
+	            "  two has-many: orders x addresses per user = %s rows for %s orders and %s addresses "
+	            "(%s batched)\n",
 	            num(b[0], (double)join2->rows, 0), num(b[1], (double)d->orders, 0),
 	            num(b[2], (double)d->addresses, 0), num(b[3], (double)batched2->rows, 0));
 	if (w->break_even_bandwidth > 0)
@@ -377,12 +375,9 @@ int main(int argc, char **argv)
 	lab_config_set(&lab, "network_rtt_ms", rtts);
 	lab_config_set(&lab, "detector_threshold", json_integer(cfg.threshold));
 	lab_config_set(&lab, "quick", json_boolean(lab.opts.quick));
-	lab_header(&lab,
-	           "PostgreSQL %s · %s users, %s orders, %s addresses (seed %llu) · N = %d · wall time: "
-	           "best of %d loads",
-	           url, num(b[0], (double)data.users, 0), num(b[1], (double)data.orders, 0),
-	           num(b[2], (double)data.addresses, 0), (unsigned long long)cfg.seed, cfg.users,
-	           cfg.repeats);
+	lab_header(&lab, "PostgreSQL %s · %s users, %s orders, %s addresses (seed %llu) · N = %d", url,
+	           num(b[0], (double)data.users, 0), num(b[1], (double)data.orders, 0),
+	           num(b[2], (double)data.addresses, 0), (unsigned long long)cfg.seed, cfg.users);
 
 	struct n_plus_one_load loads[3];
 	struct n_plus_one_network *net = calloc(1, sizeof(*net));
@@ -526,18 +521,22 @@ int main(int argc, char **argv)
 	} else if (!detector_right) {
 		why = "the detector did not flag the loop alone";
 	}
+	int fixes_flagged = 0;
+	for (int s = NPO_JOIN; s < NPO_STRATEGIES; s++)
+		fixes_flagged += det.units[s].flagged > 0;
 	ret = lab_verdict(
 	        &lab, why == NULL,
-	        "N+1 runs one statement per parent row where a JOIN runs 1 and a batched load 2, and each "
-	        "statement pays a round trip",
-	        "%s%sthe server counted %lld / %lld / %lld statements for the same data (digest %016llx); at "
-	        "%s RTT and %s users the loop took %s against %s for the JOIN (%.0fx, %.0fx with no added "
-	        "RTT); the detector flagged the loop and neither fix",
+	        "N+1 runs a statement per parent row where a JOIN runs 1 and a batched load 2, each "
+	        "paying a round trip",
+	        "%s%sserver counts %lld / %lld / %lld, same data (digest %016llx); at %s RTT and %s "
+	        "users the loop took %s, the JOIN %s (%.0fx; %.0fx with no added RTT); the detector "
+	        "flagged %s and %d of the %d fixes",
 	        why ? why : "", why ? ". " : "", (long long)loads[0].statements,
 	        (long long)loads[1].statements, (long long)loads[2].statements,
 	        (unsigned long long)loads[0].digest, rtt(b[1], cr->rtt_us), num(b[4], cr->users, 0),
 	        us(b[2], (double)cr->load[NPO_LOOP].wall_us), us(b[3], (double)cr->load[NPO_JOIN].wall_us),
-	        cr->loop_over_join, c0->loop_over_join);
+	        cr->loop_over_join, c0->loop_over_join,
+	        det.units[NPO_LOOP].flagged ? "the loop" : "not the loop", fixes_flagged, NPO_STRATEGIES - 1);
 	goto out;
 setup_failed : {
 	char terr[LAB_ERRLEN];
