@@ -2,8 +2,8 @@
  * n_plus_one.h — the experiment of lab-n-plus-one: "What is the N+1 query problem?"
  *
  * Users with orders and addresses in schema lab_n_plus_one, generated from the seed. The same
- * data is loaded in several ways (strategies), and every load is counted by the server itself:
- * pg_stat_statements, diffed per statement shape (queryid) around the load, on a second
+ * data is loaded in several ways (strategies), and the loads are counted by the server itself:
+ * pg_stat_statements, diffed per statement shape (queryid) around each load, on a second
  * "observer" connection, so the count is what PostgreSQL ran, never what the client believes.
  *
  *   1. loop      the ORM's lazy loading: N users, then each user's orders in its own query (N+1)
@@ -58,7 +58,7 @@ int64_t n_plus_one_predicted_statements(enum n_plus_one_strategy s, int users);
 struct n_plus_one_config {
 	const char *pg_url;
 	uint64_t seed;                   /* the data: order and address counts, totals, cities */
-	int data_users;                  /* users generated: at least every N below */
+	int data_users;                  /* users generated (more if an N below is larger) */
 	int users;                       /* N of phases 1-3, 5 and 6 */
 	int orders_max;                  /* each user has 0..orders_max orders (uniform): some have none */
 	int addresses_max;               /* and 1..addresses_max addresses */
