@@ -236,19 +236,28 @@ static void test_through_the_proxy_the_loops_lead_grows_with_the_round_trip(void
 	assert_true(c2->load[NPO_BATCHED].wall_us >= 2 * 2000);
 	/* 101 round trips against 1: the loop's lead over the JOIN grows with the RTT, by far */
 	assert_true(c2->loop_over_join > 2.0 * c0->loop_over_join);
+	/* and what the 2 ms added to the loop dwarfs what they added to the JOIN */
+	double loop_gain = (double)c2->load[NPO_LOOP].wall_us - (double)c0->load[NPO_LOOP].wall_us;
+	double join_gain = (double)c2->load[NPO_JOIN].wall_us - (double)c0->load[NPO_JOIN].wall_us;
+	assert_true(loop_gain > 10.0 * join_gain);
 	free(n);
 }
 
 struct cut_arg {
 	struct proxy *proxy;
-	int after_ms;
+	uint64_t after_bytes; /* cut once the proxy delivered this much to the lab: the load is under way */
 	int cut;
 };
 
 static void *cut_cb(void *arg)
 {
 	struct cut_arg *a = arg;
-	usleep((useconds_t)a->after_ms * 1000);
+	struct proxy_stats st;
+	uint64_t t0 = hist_now_us();
+	do {
+		usleep(1000);
+		proxy_stats(a->proxy, &st);
+	} while (st.bytes_down < a->after_bytes && hist_now_us() - t0 < 10000000);
 	a->cut = proxy_cut(a->proxy);
 	return NULL;
 }
@@ -257,10 +266,11 @@ static void test_a_cut_connection_mid_load_is_an_error_not_a_hang(void **state)
 {
 	struct fixture *fx = *state;
 	char err[512] = "";
+	/* 5 ms each way: the load's 101 round trips take a second, and the cut lands a few in */
 	struct proxy_config pc = {.upstream_host = "127.0.0.1",
 	                          .upstream_port = 55432,
-	                          .delay_up_us = 1000,
-	                          .delay_down_us = 1000};
+	                          .delay_up_us = 5000,
+	                          .delay_down_us = 5000};
 	char *perr = NULL;
 	PQconninfoOption *opts = PQconninfoParse(fx->cfg.pg_url, &perr);
 	assert_non_null(opts);
@@ -272,12 +282,14 @@ static void test_a_cut_connection_mid_load_is_an_error_not_a_hang(void **state)
 	assert_non_null(p);
 	PGconn *conn = n_plus_one_connect_via(fx->cfg.pg_url, proxy_port(p), err, sizeof(err));
 	assert_non_null(conn);
-	struct cut_arg arg = {.proxy = p, .after_ms = 50};
+	struct proxy_stats st;
+	proxy_stats(p, &st);
+	/* the users (about 26 kB) and a few users' orders past what the connection's start-up received */
+	struct cut_arg arg = {.proxy = p, .after_bytes = st.bytes_down + 30000};
 	pthread_t th;
 	assert_int_equal(pthread_create(&th, NULL, cut_cb, &arg), 0);
 	struct n_plus_one_load load;
 	uint64_t t0 = hist_now_us();
-	/* 101 round trips of 2 ms: the cut comes about 25 statements in */
 	int rc = n_plus_one_measure(conn, NULL, NPO_LOOP, 100, 1, 5, &load, err, sizeof(err));
 	uint64_t took = hist_now_us() - t0;
 	pthread_join(th, NULL);
@@ -287,7 +299,7 @@ static void test_a_cut_connection_mid_load_is_an_error_not_a_hang(void **state)
 	assert_int_equal(rc, -1);
 	assert_true(strlen(err) > 0);
 	/* it stopped at the cut rather than running (or hanging) to the end of its 101 round trips */
-	assert_true(took < 101 * 2000);
+	assert_true(took < 101 * 10000);
 	assert_int_equal(PQstatus(conn), CONNECTION_BAD);
 	PQfinish(conn);
 	proxy_free(p);
