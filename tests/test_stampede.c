@@ -185,7 +185,7 @@ static void test_redis_going_away_degrades_to_postgres_without_a_lost_read(void 
 {
 	struct fixture *f = *state;
 	struct stampede_config cfg = f->cfg;
-	cfg.run_ms = 1200;
+	cfg.outage_run_ms = 1200;
 	cfg.outage_at_ms = 400;
 	struct stampede_hot_result *r = calloc(1, sizeof(*r));
 	char err[512] = "";

@@ -49,6 +49,11 @@ static const char *num(char *buf, double v, int decimals)
 	return term_fmt_num(buf, 32, v, decimals);
 }
 
+static const char *plural(int n, const char *one, const char *many)
+{
+	return n == 1 ? one : many;
+}
+
 static json_t *series_json(const double *s, int n)
 {
 	json_t *a = json_array();
@@ -101,7 +106,7 @@ static json_t *jitter_json(const struct stampede_jitter_result *r, int bucket_ms
 
 /* The hot key's run, expiry by expiry, and what the database saw. */
 static void print_herd(struct lab *lab, const struct stampede_config *cfg,
-                       const struct stampede_hot_result *r)
+                       const struct stampede_hot_result *r, double query_us)
 {
 	const struct term *t = &lab->term;
 	char b[6][32], line[512] = "", spark[1024];
@@ -112,15 +117,16 @@ static void print_herd(struct lab *lab, const struct stampede_config *cfg,
 	}
 	term_printf(t, "  recomputes at each expiry (server log): %s%s%s%s\n", term_bold(t), line,
 	            r->expiries > shown ? " …" : "", term_reset(t));
-	term_printf(t,
-	            "  %d expiries, %s recomputes = %s%s per expiry%s for %d clients (%.0f%%); predicted: up "
-	            "to %d,\n"
-	            "  every client reads within one recompute (one read every ~%d ms, a recompute takes %s "
-	            "here)\n",
-	            r->expiries, num(b[0], (double)r->recomputes, 0), term_red(t),
-	            num(b[1], r->recomputes_per_expiry, 1), term_reset(t), r->clients,
-	            100.0 * r->recomputes_per_expiry / r->clients, r->clients, cfg->think_ms,
-	            us(b[2], r->recompute_mean_us));
+	term_printf(
+	        t,
+	        "  %d %s, %s recomputes = %s%s per expiry%s for %d clients (%.0f%%); predicted: up to %d, "
+	        "since\n"
+	        "  every client reads within one recompute (a read every ~%d ms; a recompute took %s in the\n"
+	        "  herd, %s alone)\n",
+	        r->expiries, plural(r->expiries, "expiry", "expiries"), num(b[0], (double)r->recomputes, 0),
+	        term_red(t), num(b[1], r->recomputes_per_expiry, 1), term_reset(t), r->clients,
+	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, cfg->think_ms,
+	        us(b[2], r->recompute_mean_us), us(b[5], query_us));
 	term_printf(t, "  PostgreSQL  %s  recompute statements per %d ms\n",
 	            term_sparkline(spark, sizeof(spark), r->series, r->nseries, 0), cfg->bucket_ms);
 	term_printf(t,
@@ -164,11 +170,12 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 	            cfg->bucket_ms);
 	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
 		char spark[1024], b[2][32];
-		term_printf(t, "  %-22s  %s  %s reads, %s recomputes over %d expiries\n",
+		term_printf(t, "  %-22s  %s  %s reads, %s %s over %d %s\n",
 		            stampede_defence_name((enum stampede_defence)d),
 		            term_sparkline(spark, sizeof(spark), r[d].series, r[d].nseries, max),
 		            num(b[0], (double)r[d].reads, 0), num(b[1], (double)r[d].recomputes, 0),
-		            r[d].expiries);
+		            plural((int)r[d].recomputes, "recompute", "recomputes"), r[d].expiries,
+		            plural(r[d].expiries, "expiry", "expiries"));
 	}
 	const struct stampede_hot_result *lk = &r[STAMPEDE_LOCK], *xf = &r[STAMPEDE_XFETCH],
 	                                 *sw = &r[STAMPEDE_SWR];
@@ -263,11 +270,11 @@ static void print_outage(struct lab *lab, const struct stampede_hot_result *o, i
 	}
 	term_printf(t, "  %s⚠ Redis went away at t=%.2f s (%s): serving reads from PostgreSQL%s\n",
 	            term_yellow(t), o->redis_lost_at_s, o->redis_error, term_reset(t));
-	term_printf(t,
-	            "  the proxy cut %d connections and refused the %s reconnect attempts (each client tries "
-	            "again\n"
-	            "  at most every 500 ms)\n",
-	            cut, num(b[0], (double)o->reconnect_attempts, 0));
+	term_printf(
+	        t,
+	        "  the proxy cut %d connections; %s reconnect %s (each client tries at most every 500 ms)\n",
+	        cut, num(b[0], (double)o->reconnect_attempts, 0),
+	        o->reconnect_attempts == 1 ? "attempt was refused" : "attempts were refused");
 	term_printf(t, "  reads answered: %s in all, %s after the loss, %s%llu lost%s; p99 read %s\n",
 	            num(b[1], (double)o->reads, 0), num(b[2], (double)o->reads_after_loss, 0),
 	            o->lost ? term_red(t) : term_green(t), (unsigned long long)o->lost, term_reset(t),
@@ -327,6 +334,8 @@ int main(int argc, char **argv)
 	lab_config_set(&lab, "key_ttl_ms", json_integer(cfg.key_ttl_ms));
 	lab_config_set(&lab, "jitter_ms", json_integer(cfg.jitter_ms));
 	lab_config_set(&lab, "bucket_ms", json_integer(cfg.bucket_ms));
+	lab_config_set(&lab, "outage_at_ms", json_integer(cfg.outage_at_ms));
+	lab_config_set(&lab, "outage_run_ms", json_integer(cfg.outage_run_ms));
 	lab_config_set(&lab, "quick", json_boolean(lab.opts.quick));
 	lab_config_set(&lab, "seed", json_integer((json_int_t)cfg.seed));
 	lab_header(&lab,
@@ -349,7 +358,7 @@ int main(int argc, char **argv)
 	if (stampede_hot_run(st, &cfg, STAMPEDE_NONE, &hot[STAMPEDE_NONE], err, sizeof(err)) < 0)
 		goto failed;
 	term_progress_clear(&lab.term);
-	print_herd(&lab, &cfg, &hot[STAMPEDE_NONE]);
+	print_herd(&lab, &cfg, &hot[STAMPEDE_NONE], query_us);
 	lab_phase_metrics(&lab, "herd", hot_json(&hot[STAMPEDE_NONE], cfg.bucket_ms));
 
 	lab_phase(&lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg.clients,
@@ -377,7 +386,8 @@ int main(int argc, char **argv)
 	                            "jittered", jitter_json(&jit[1], cfg.bucket_ms), "peak_fall",
 	                            jit[1].peak > 0 ? jit[0].peak / jit[1].peak : 0.0));
 
-	lab_phase(&lab, "Redis goes away mid-run: the lock defence through a proxy, cut at %.1f s",
+	lab_phase(&lab,
+	          "Redis goes away mid-run: the lock defence, Redis behind a proxy that cuts it at %.1f s",
 	          cfg.outage_at_ms / 1000.0);
 	if (stampede_outage_run(st, &cfg, outage, &cut, err, sizeof(err)) < 0)
 		goto failed;

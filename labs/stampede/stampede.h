@@ -70,7 +70,8 @@ struct stampede_config {
 	int sweepers;   /* phase 3: reader threads, each with its share of the keys and a connection */
 	int sweep_ms;   /* phase 3: each key is read this often */
 	int bucket_ms;  /* phase 3: the series' interval */
-	int outage_at_ms; /* phase 4: Redis goes away this long into the run */
+	int outage_at_ms;  /* phase 4: Redis goes away this long into the run ... */
+	int outage_run_ms; /* ... which lasts this long */
 	uint64_t seed;
 	/* Called from the lab's thread about every 250 ms while a phase runs; may be NULL. */
 	void (*progress_cb)(const char *what, double done_fraction, void *arg);
