@@ -166,15 +166,15 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
                            const struct stampede_hot_result *r)
 {
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {{"defence", 22, 'l'},      {"recomputes/expiry", 17, 'r'},
-	                          {"predicted", 9, 'r'},     {"reads waited on PG", 18, 'r'},
-	                          {"peak at once", 12, 'r'}, {"p99 read", 9, 'r'},
-	                          {"stale reads", 11, 'r'}};
+	struct term_col cols[] = {{"defence", 22, 'l'},  {"recomputes/expiry", 17, 'r'},
+	                          {"predicted", 9, 'r'}, {"waited on PG", 12, 'r'},
+	                          {"at once", 7, 'r'},   {"p99 read", 9, 'r'},
+	                          {"max read", 9, 'r'},  {"stale reads", 11, 'r'}};
 	char xpred[32];
 	/* 1 + (e^(1/beta) - 1) when a recompute takes what the last one took (docs/stampede.md) */
 	snprintf(xpred, sizeof(xpred), "~%.1f", exp(1.0 / cfg->beta));
 	const char *const predicted[] = {"≤ clients", "1", xpred, "1"};
-	term_table_header(t, 2, cols, 7);
+	term_table_header(t, 2, cols, 8);
 	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
 		char b[6][32], label[64];
 		snprintf(label, sizeof(label), "%s", stampede_defence_name((enum stampede_defence)d));
@@ -186,8 +186,9 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 		                     num(b[1], (double)r[d].db_waits, 0),
 		                     num(b[2], r[d].peak_concurrent, 0),
 		                     us(b[3], (double)hist_percentile(&r[d].latency, 99)),
+		                     us(b[5], (double)r[d].latency.max_us),
 		                     num(b[4], (double)r[d].stale_reads, 0)};
-		term_table_row(t, 2, cols, 7, row);
+		term_table_row(t, 2, cols, 8, row);
 	}
 	int longest = 0;
 	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
@@ -252,9 +253,10 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 		char spark[2][1024];
 		memcpy(asked, j[i].series, sizeof(double) * (size_t)j[i].nseries);
 		memcpy(run, j[i].started, sizeof(double) * (size_t)j[i].nstarted);
-		term_printf(t, "  %-9s asked  %s\n            run    %s\n",
+		char b[32];
+		term_printf(t, "  %-9s asked  %s  peak %s\n            run    %s\n",
 		            j[i].jittered ? "jittered" : "same TTL",
-		            term_sparkline(spark[0], sizeof(spark[0]), asked, n, max),
+		            term_sparkline(spark[0], sizeof(spark[0]), asked, n, max), num(b, j[i].peak, 0),
 		            term_sparkline(spark[1], sizeof(spark[1]), run, n, max));
 	}
 	term_printf(t, "\n");
@@ -315,9 +317,9 @@ static void print_outage(struct lab *lab, const struct stampede_hot_result *o, i
 	            o->lost ? term_red(t) : term_green(t), (unsigned long long)o->lost, term_reset(t),
 	            us(b[3], (double)hist_percentile(&o->latency, 99)));
 	term_printf(t,
-	            "  PostgreSQL ran %s statements/s before and %s/s after: every read is a query now, and "
-	            "the app's\n"
-	            "  pool is what keeps the herd from becoming %d backends\n",
+	            "  PostgreSQL ran %s statements/s before (the cache answered) and %s/s after: every read "
+	            "is a\n"
+	            "  query now, and the app's pool is what keeps the herd from becoming %d backends\n",
 	            num(b[4], o->queries_per_s_before, 0), num(b[5], o->queries_per_s_after, 0), o->clients);
 	char spark[1024];
 	double fitted[STAMPEDE_MAX_BUCKETS];
