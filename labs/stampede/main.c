@@ -285,14 +285,14 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 		                     num(b[3], j[i].peak_concurrent, 0)};
 		term_table_row(t, 2, cols, 7, row);
 	}
-	char b[2][32];
+	char b[3][32];
 	term_printf(
 	        t,
-	        "  the same %d recomputes (each key once); the peak fell %s%.1fx%s. A key's reader waited "
+	        "  the same %s recomputes (each key once); the peak fell %s%.1fx%s. A key's reader waited "
 	        "for its\n"
 	        "  value p99 %s with one TTL (the database took the wave as a queue) and %s with jitter\n",
-	        j[0].keys, term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0, term_reset(t),
-	        us(b[0], (double)hist_percentile(&j[0].wait, 99)),
+	        num(b[2], j[0].keys, 0), term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0,
+	        term_reset(t), us(b[0], (double)hist_percentile(&j[0].wait, 99)),
 	        us(b[1], (double)hist_percentile(&j[1].wait, 99)));
 }
 
@@ -413,8 +413,8 @@ int main(int argc, char **argv)
 		                    hot_json(&hot[d], cfg.bucket_ms));
 	lab_phase_metrics(&lab, "defences", defences);
 
-	lab_phase(&lab, "TTL jitter: %d keys warmed at the same moment, the same TTL vs a jittered one",
-	          cfg.keys);
+	lab_phase(&lab, "TTL jitter: %s keys warmed at the same moment, the same TTL vs a jittered one",
+	          num(b[2], cfg.keys, 0));
 	if (stampede_jitter_run(st, &cfg, false, &jit[0], err, sizeof(err)) < 0 ||
 	    stampede_jitter_run(st, &cfg, true, &jit[1], err, sizeof(err)) < 0)
 		goto failed;
