@@ -333,6 +333,8 @@ int main(int argc, char **argv)
 	struct lab lab;
 	if (lab_init(&lab, "stampede", QUESTION, 4, argc, argv) < 0)
 		return lab.exit_code;
+	if (lab.opts.serve)
+		return lab_fail(&lab, "--serve: this lab has no API to serve; run it without --serve");
 	struct stampede_config cfg;
 	stampede_config_default(&cfg, lab.opts.quick);
 	cfg.pg_url = lab.opts.pg_url;
