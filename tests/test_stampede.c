@@ -11,14 +11,14 @@
  * - lock: exactly one recompute per expiry, every expiry, and no lost read. Not a margin: the
  *   double check under the lock makes a second recompute a bug.
  * - XFetch: on average at most a quarter of the clients recompute per expiry (the herd is all of
- *   them), no hard miss, and at most 1% of the reads waited. Expected about e^(1/beta) = 1.6 an
- *   expiry (beta 2): the first early recompute comes when the readers' cumulative trigger chance
- *   reaches about 1, and the chance grows by e^(delta' / (beta x delta)) while it runs (delta' its
- *   real time), so e^(1/beta) - 1 more follow when delta' = delta. On a busy machine delta'
- *   outgrows delta and the count with it (we have seen 12 at one expiry): hence a bound against
- *   the herd, not against e^(1/beta).
- *   The TTL is long against a recompute (XFetch goes early by delta x ln(reads x delta)), so a
- *   slow, busy machine does not turn early recomputes into a herd of their own.
+ *   them), no hard miss, and at most 2% of the reads waited (only the early recomputers wait).
+ *   Expected: about e^(1/beta) = 1.6 an expiry at beta 2. The first early recompute comes when
+ *   the readers' cumulative trigger chance reaches about 1; while it runs for delta' that chance
+ *   grows by e^(delta' / (beta x delta)), so e^(1/beta) - 1 more follow when delta' = delta. On a
+ *   busy machine delta' outgrows delta and the count with it (we have seen 12 at one expiry with
+ *   the CPUs oversubscribed 7x): hence a bound against the herd, not against e^(1/beta). The TTL
+ *   is long against a recompute (XFetch goes early by beta x delta x ln(reads x beta x delta)),
+ *   so a slow machine does not turn early recomputes into a herd of their own.
  * - jitter: the peak of recomputes asked for per 100 ms falls at least 3x, for the same work
  *   (each key recomputed exactly once in both runs). Expected: the whole wave in one interval
  *   against the wave spread over eight.
@@ -87,6 +87,10 @@ static struct stampede_hot_result *hot(struct fixture *f, const struct stampede_
 	        r->min_per_expiry, r->max_per_expiry, (unsigned long long)r->reads,
 	        (unsigned long long)r->db_waits, (unsigned long long)r->stale_reads,
 	        (unsigned long long)r->hard_misses, (unsigned long long)r->lost, r->peak_concurrent);
+	char per[256] = "";
+	for (int i = 0; i < r->expiries && i < STAMPEDE_MAX_EXPIRIES && strlen(per) < 200; i++)
+		snprintf(per + strlen(per), sizeof(per) - strlen(per), " %d", r->per_expiry[i]);
+	print_message("       recomputes at each expiry:%s\n", per);
 	/* the clients and the server agree, and nothing was lost to an error */
 	assert_int_equal(r->client_recomputes, r->recomputes);
 	assert_false(r->redis_lost);
@@ -134,13 +138,13 @@ static void test_xfetch_recomputes_early_so_almost_no_read_waits(void **state)
 {
 	struct fixture *f = *state;
 	struct stampede_config cfg = f->cfg;
-	cfg.ttl_ms = 1000;
-	cfg.run_ms = 2600;
+	cfg.ttl_ms = 1500;
+	cfg.run_ms = 3400;
 	struct stampede_hot_result *r = hot(f, &cfg, STAMPEDE_XFETCH);
 	assert_true(r->expiries >= 2);
 	assert_int_equal(r->hard_misses, 0);
 	assert_true(r->recomputes_per_expiry <= 0.25 * cfg.clients);
-	assert_true(r->db_waits * 100 <= r->reads);
+	assert_true(r->db_waits * 50 <= r->reads);
 	free(r);
 }
 
@@ -214,7 +218,7 @@ static void test_redis_going_away_degrades_to_postgres_without_a_lost_read(void 
 	assert_true(r->queries_per_s_after > r->queries_per_s_before);
 	/* only the proxy went away: the shared Redis still answers */
 	char rerr[256];
-	redisContext *c = redis_connect_url(f->cfg.redis_url, 1000, rerr, sizeof(rerr));
+	redisContext *c = redis_connect_url(f->cfg.redis_url, 5000, rerr, sizeof(rerr));
 	assert_non_null(c);
 	redisReply *pong = redis_cmd(c, rerr, sizeof(rerr), "PING");
 	assert_non_null(pong);

@@ -31,7 +31,7 @@
  * e^(1/beta) are expected, more when a recompute takes longer than the delta it was predicted
  * from: see docs/stampede.md), and reads that waited at most this fraction of all reads */
 #define XFETCH_MAX_FRACTION      0.25
-#define XFETCH_MAX_WAIT_FRACTION 0.01
+#define XFETCH_MAX_WAIT_FRACTION 0.02
 /* jitter: the peak per 100 ms must fall at least this many times */
 #define JITTER_MIN_FALL 3.0
 

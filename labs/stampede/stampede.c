@@ -101,16 +101,18 @@ void stampede_config_default(struct stampede_config *cfg, bool quick)
 	/* 4 connections: cores x 2 on this 2-core machine (HikariCP's rule of thumb, less the
 	 * spindle), far below max_connections; more would only share the same two cores */
 	cfg->pg_pool = 4;
-	/* 50,000 orders: the hot aggregation costs about 15-25 ms here, alone (30,000 with --quick) */
+	/* 50,000 orders: the hot aggregation costs about 10-15 ms here alone (30,000 with --quick:
+	 * 7-10 ms), tens of ms under a herd. A costlier query makes the herd longer, and XFetch's
+	 * duplicates grow with how much a recompute slows down under load */
 	cfg->rows = quick ? 30000 : 50000;
 	/* 2 s (700 ms with --quick): long against a recompute, since XFetch goes early by about
 	 * delta x ln(reads/s x delta) and a TTL near that would recompute on every read; short
 	 * enough that a full run sees several expiries (--quick: one each) */
 	cfg->ttl_ms = quick ? 700 : 2000;
-	cfg->run_ms = quick ? 1000 : 5000;
+	cfg->run_ms = quick ? 1100 : 5000;
 	/* every client reads about every 20 ms: all of them read within one recompute */
 	cfg->think_ms = 20;
-	/* 1 s: fifty times the recompute, so a live holder never loses its lock */
+	/* 1 s: tens of recomputes, so a live holder does not lose its lock */
 	cfg->lock_ms = 1000;
 	cfg->lock_poll_ms = 5;
 	/* beta 2, not the paper's 1: a reader that goes early is followed, while its recompute runs
@@ -808,20 +810,30 @@ static int client_recompute(struct client *c, int64_t replaces, struct cached *v
 	return 0;
 }
 
-/* Writes v with the Redis TTL the defence wants. Returns 0, 1 when Redis is gone, -1 on an error. */
-static int client_store(struct client *c, const struct cached *v)
+/* The Redis TTL the defence wants: SWR keeps the value past its soft TTL, to serve it stale. */
+static int store_px(const struct hot_run *run)
 {
-	const struct stampede_config *cfg = c->run->cfg;
+	const struct stampede_config *cfg = run->cfg;
+	return run->defence == STAMPEDE_SWR ? cfg->ttl_ms + cfg->stale_ms : cfg->ttl_ms;
+}
+
+/* Writes v with a Redis TTL of px ms. Returns 0, 1 when Redis is gone, -1 on an error. */
+static int client_store_px(struct client *c, const struct cached *v, int px)
+{
 	char buf[256];
 	cached_format(v, buf, sizeof(buf));
-	/* SWR keeps the value past its soft TTL, so it can be served stale */
-	int px = c->run->defence == STAMPEDE_SWR ? cfg->ttl_ms + cfg->stale_ms : cfg->ttl_ms;
 	bool gone;
 	redisReply *reply = client_cmd(c, &gone, "SET %s %s PX %d", HOT_KEY, buf, px);
 	if (!reply)
 		return gone ? 1 : -1;
 	freeReplyObject(reply);
 	return 0;
+}
+
+/* Writes v with the defence's TTL. */
+static int client_store(struct client *c, const struct cached *v)
+{
+	return client_store_px(c, v, store_px(c->run));
 }
 
 /* GET: 0 with *hit, 1 when Redis is gone, -1 on an error. */
@@ -1112,10 +1124,11 @@ static void progress(const struct stampede_config *cfg, const char *what, double
 }
 
 /*
- * Computes the hot value outside the clients' count (logged as a warm-up) and stores it with
- * the defence's TTL, through the lab's own Redis connection.
+ * Computes the hot value outside the clients' count (logged as a warm-up) and stores it through
+ * the lab's own Redis connection: for `lasting`, with ten times the TTL (it only has to last
+ * until the value is computed again under the clients' load), else with the defence's TTL.
  */
-static int warm_key(struct stampede *s, struct hot_run *run, char *err, size_t errlen)
+static int warm_key(struct stampede *s, struct hot_run *run, bool lasting, char *err, size_t errlen)
 {
 	struct client warm = {.run = run, .rc = s->rc, .rng = rng_seed(run->cfg->seed, 0)};
 	struct cached v;
@@ -1123,7 +1136,13 @@ static int warm_key(struct stampede *s, struct hot_run *run, char *err, size_t e
 		snprintf(err, errlen, "cannot warm the cache: %s", run->err);
 		return -1;
 	}
-	int stored = client_store(&warm, &v);
+	int px = store_px(run);
+	if (lasting) {
+		v.expiry_us += 9LL * run->cfg->ttl_ms * 1000;
+		v.soft_us = v.expiry_us;
+		px *= 10;
+	}
+	int stored = client_store_px(&warm, &v, px);
 	if (stored != 0) {
 		snprintf(err, errlen, "cannot warm the cache: %s", stored < 0 ? run->err : run->redis_error);
 		if (stored > 0)
@@ -1185,7 +1204,7 @@ static int hot_run(struct stampede *s, const struct stampede_config *cfg, enum s
 		goto out;
 
 	/* warm the key (epoch 0) before the clients start, as a running service would have it */
-	if (warm_key(s, &run, err, errlen) < 0)
+	if (warm_key(s, &run, true, err, errlen) < 0)
 		goto out;
 
 	pthread_mutex_lock(&run.mu);
@@ -1199,7 +1218,7 @@ static int hot_run(struct stampede *s, const struct stampede_config *cfg, enum s
 	 * a recompute costs under this load, as it would be in a running service; the first expiry
 	 * comes a TTL after this */
 	sleep_us(SETTLE_MS * 1000);
-	if (warm_key(s, &run, err, errlen) < 0) {
+	if (warm_key(s, &run, false, err, errlen) < 0) {
 		run_fail(&run, err);
 		goto joined;
 	}
