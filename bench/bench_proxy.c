@@ -10,12 +10,14 @@
  * benchmark, not a test: it reports, and exits 0 whether or not the target is met (2 when
  * PostgreSQL is unreachable).
  *
- * Run it: make bench, or build/bench_proxy [round trips per path, default 5000].
+ * Each path runs for the seconds given (default 1) and at least MIN_ROUND_TRIPS round trips.
+ * Run it: make bench, or build/bench_proxy [seconds per path, default 1].
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -36,10 +38,16 @@
 #define DELAY_EACH_WAY_US 1000
 /* round trips before measuring: connections warm, caches and branch predictors settled */
 #define WARMUP 200
+/* "a few thousand each" even when the seconds run out first: p99 needs a hundred samples above it */
+#define MIN_ROUND_TRIPS 3000
+/* round trips behind the 1 ms + 1 ms delay: each costs 2 ms, so 500 is a second */
+#define DELAYED_ROUND_TRIPS 500
 
-/* The upstream for the pure-socket path: one connection at a time, every byte echoed back. */
+/* The upstream for the pure-socket path: one thread, poll() over its connections, every byte echoed. */
+#define ECHO_MAX_CONNS 4
 struct echo {
 	int listen_fd;
+	int stop_pipe[2]; /* a byte written here ends the thread */
 	int port;
 	pthread_t tid;
 };
@@ -47,19 +55,38 @@ struct echo {
 static void *echo_main(void *arg)
 {
 	struct echo *e = arg;
+	struct pollfd fds[2 + ECHO_MAX_CONNS];
+	int nconn = 0;
 	char buf[4096];
+
+	fds[0] = (struct pollfd){.fd = e->listen_fd, .events = POLLIN};
+	fds[1] = (struct pollfd){.fd = e->stop_pipe[0], .events = POLLIN};
 	for (;;) {
-		int fd = accept(e->listen_fd, NULL, NULL);
-		if (fd < 0)
-			return NULL; /* the listening socket was shut down: the bench is over */
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		ssize_t n;
-		while ((n = read(fd, buf, sizeof(buf))) > 0)
-			if (send(fd, buf, (size_t)n, MSG_NOSIGNAL) != n)
-				break;
-		close(fd);
+		if (poll(fds, (nfds_t)(2 + nconn), -1) < 0)
+			continue;
+		if (fds[1].revents)
+			break;
+		if ((fds[0].revents & POLLIN) && nconn < ECHO_MAX_CONNS) {
+			int fd = accept(e->listen_fd, NULL, NULL);
+			if (fd >= 0) {
+				int one = 1;
+				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+				fds[2 + nconn++] = (struct pollfd){.fd = fd, .events = POLLIN};
+			}
+		}
+		for (int i = 2; i < 2 + nconn; i++) {
+			if (!fds[i].revents)
+				continue;
+			ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+			if (n <= 0 || send(fds[i].fd, buf, (size_t)n, MSG_NOSIGNAL) != n) {
+				close(fds[i].fd);
+				fds[i--] = fds[2 + --nconn];
+			}
+		}
 	}
+	for (int i = 2; i < 2 + nconn; i++)
+		close(fds[i].fd);
+	return NULL;
 }
 
 static int echo_start(struct echo *e)
@@ -69,16 +96,21 @@ static int echo_start(struct echo *e)
 	e->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (e->listen_fd < 0 || bind(e->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
 	    listen(e->listen_fd, 16) != 0 || getsockname(e->listen_fd, (struct sockaddr *)&sin, &len) != 0 ||
-	    pthread_create(&e->tid, NULL, echo_main, e) != 0)
+	    pipe(e->stop_pipe) != 0)
 		return -1;
 	e->port = ntohs(sin.sin_port);
+	if (pthread_create(&e->tid, NULL, echo_main, e) != 0)
+		return -1;
 	return 0;
 }
 
 static void echo_stop(struct echo *e)
 {
-	shutdown(e->listen_fd, SHUT_RDWR);
-	pthread_join(e->tid, NULL);
+	char c = 's';
+	if (write(e->stop_pipe[1], &c, 1) == 1)
+		pthread_join(e->tid, NULL);
+	close(e->stop_pipe[0]);
+	close(e->stop_pipe[1]);
 	close(e->listen_fd);
 }
 
@@ -126,15 +158,16 @@ static uint64_t pg_round_trip(PGconn *conn)
 }
 
 static const struct term_col COLS[] = {
-        {"round trip", 34, 'l'}, {"p50", 9, 'r'}, {"p99", 9, 'r'}, {"mean", 9, 'r'}};
+        {"round trip", 34, 'l'}, {"n", 7, 'r'}, {"p50", 9, 'r'}, {"p99", 9, 'r'}, {"mean", 9, 'r'}};
 
 static void print_row(const struct term *t, const char *name, const struct hist *h)
 {
-	char b[3][32];
-	const char *cells[] = {name, term_fmt_us(b[0], sizeof(b[0]), (double)hist_percentile(h, 50)),
-	                       term_fmt_us(b[1], sizeof(b[1]), (double)hist_percentile(h, 99)),
-	                       term_fmt_us(b[2], sizeof(b[2]), hist_mean_us(h))};
-	term_table_row(t, 2, COLS, 4, cells);
+	char b[4][32];
+	const char *cells[] = {name, term_fmt_num(b[0], sizeof(b[0]), (double)h->count, 0),
+	                       term_fmt_us(b[1], sizeof(b[1]), (double)hist_percentile(h, 50)),
+	                       term_fmt_us(b[2], sizeof(b[2]), (double)hist_percentile(h, 99)),
+	                       term_fmt_us(b[3], sizeof(b[3]), hist_mean_us(h))};
+	term_table_row(t, 2, COLS, 5, cells);
 }
 
 static double added_p50(const struct hist *direct, const struct hist *proxied)
@@ -162,11 +195,46 @@ static int pg_host_port(const char *url, char *host, size_t hostlen, int *port)
 	return 0;
 }
 
+/*
+ * Round trips on a and b, one for one, for at least `seconds` and MIN_ROUND_TRIPS pairs after
+ * WARMUP. 0, or -1 when one failed.
+ */
+static int measure_pairs(uint64_t (*rt)(void *), void *a, void *b, int seconds, struct hist *ha,
+                         struct hist *hb)
+{
+	uint64_t end = 0;
+	hist_init(ha);
+	hist_init(hb);
+	for (long i = 0;; i++) {
+		if (i == WARMUP)
+			end = hist_now_us() + (uint64_t)seconds * 1000000u;
+		if (i > WARMUP && ha->count >= MIN_ROUND_TRIPS && hist_now_us() >= end)
+			return 0;
+		uint64_t ta = rt(a), tb = rt(b);
+		if (!ta || !tb)
+			return -1;
+		if (i >= WARMUP) {
+			hist_record(ha, ta);
+			hist_record(hb, tb);
+		}
+	}
+}
+
+static uint64_t pg_rt_cb(void *conn)
+{
+	return pg_round_trip(conn);
+}
+
+static uint64_t echo_rt_cb(void *fd)
+{
+	return echo_round_trip(*(int *)fd);
+}
+
 int main(int argc, char **argv)
 {
-	int n = argc > 1 ? atoi(argv[1]) : 5000;
-	if (n < 100 || n > 1000000) {
-		fprintf(stderr, "usage: bench_proxy [round trips per path, 100..1000000]\n");
+	int seconds = argc > 1 ? atoi(argv[1]) : 1;
+	if (seconds < 1 || seconds > 600) {
+		fprintf(stderr, "usage: bench_proxy [seconds per path, 1..600]\n");
 		return 2;
 	}
 	const char *url = pg_url_default();
@@ -180,15 +248,15 @@ int main(int argc, char **argv)
 	struct hist pd, pp, ed, ep, edelay;
 
 	pg_url_redact(url, redacted, sizeof(redacted));
-	printf("bench_proxy — what the proxy adds to a round trip at zero delay (%s, %d round trips a "
-	       "path)\n\n",
-	       redacted, n);
+	printf("bench_proxy — what the proxy adds to a round trip at zero delay (%s, %d s a path)\n\n",
+	       redacted, seconds);
+	fflush(stdout);
 
 	direct = pg_connect(url, err, sizeof(err));
 	if (!direct) {
 		fprintf(stderr,
-		        "bench_proxy: cannot connect to PostgreSQL at %s\n  server said: %s\n  start it: "
-		        "make up\n",
+		        "bench_proxy: cannot connect to PostgreSQL at %s\n  server said: %s\n"
+		        "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n",
 		        redacted, err);
 		goto out;
 	}
@@ -211,20 +279,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_proxy: cannot connect to PostgreSQL through the proxy: %s\n", err);
 		goto out;
 	}
-
-	hist_init(&pd);
-	hist_init(&pp);
-	for (int i = 0; i < WARMUP + n; i++) {
-		uint64_t a = pg_round_trip(direct), b = pg_round_trip(proxied);
-		if (!a || !b) {
-			fprintf(stderr, "bench_proxy: SELECT 1 failed: %s\n",
-			        PQerrorMessage(a ? proxied : direct));
-			goto out;
-		}
-		if (i >= WARMUP) {
-			hist_record(&pd, a);
-			hist_record(&pp, b);
-		}
+	if (measure_pairs(pg_rt_cb, direct, proxied, seconds, &pd, &pp) != 0) {
+		pg_conn_error(direct, err, sizeof(err));
+		fprintf(stderr, "bench_proxy: SELECT 1 failed (direct: %s)\n", err);
+		goto out;
 	}
 
 	if (echo_start(&echo) != 0) {
@@ -238,48 +296,30 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_proxy: %s\n", err);
 		goto out;
 	}
-	/* the echo server serves one connection at a time: direct first, then through the proxy */
-	hist_init(&ed);
-	hist_init(&ep);
-	hist_init(&edelay);
 	echo_direct = tcp_connect(echo.port);
-	for (int i = 0; echo_direct >= 0 && i < WARMUP + n; i++) {
-		uint64_t a = echo_round_trip(echo_direct);
-		if (!a)
-			break;
-		if (i >= WARMUP)
-			hist_record(&ed, a);
-	}
-	if (echo_direct >= 0)
-		close(echo_direct);
 	echo_proxied = tcp_connect(proxy_port(echo_proxy));
-	for (int i = 0; echo_proxied >= 0 && i < WARMUP + n; i++) {
-		uint64_t b = echo_round_trip(echo_proxied);
-		if (!b)
-			break;
-		if (i >= WARMUP)
-			hist_record(&ep, b);
-	}
-	if (ed.count != (uint64_t)n || ep.count != (uint64_t)n) {
+	if (echo_direct < 0 || echo_proxied < 0 ||
+	    measure_pairs(echo_rt_cb, &echo_direct, &echo_proxied, seconds, &ed, &ep) != 0) {
 		fprintf(stderr, "bench_proxy: the echo round trips failed: %s\n", strerror(errno));
 		goto out;
 	}
-	/* a delay of 1 ms each way: the share of n kept small, each costs 2 ms */
-	int ndelay = n / 10 < 500 ? n / 10 : 500;
 	if (proxy_set_delay(echo_proxy, DELAY_EACH_WAY_US, DELAY_EACH_WAY_US) != 0) {
 		fprintf(stderr, "bench_proxy: proxy_set_delay failed\n");
 		goto out;
 	}
-	for (int i = 0; i < ndelay; i++) {
+	hist_init(&edelay);
+	for (int i = 0; i < DELAYED_ROUND_TRIPS; i++) {
 		uint64_t b = echo_round_trip(echo_proxied);
-		if (!b)
-			break;
+		if (!b) {
+			fprintf(stderr, "bench_proxy: the delayed echo failed: %s\n", strerror(errno));
+			goto out;
+		}
 		hist_record(&edelay, b);
 	}
 
 	struct term t;
 	term_init(&t, stdout);
-	term_table_header(&t, 2, COLS, 4);
+	term_table_header(&t, 2, COLS, 5);
 	print_row(&t, "SELECT 1, direct", &pd);
 	print_row(&t, "SELECT 1, through the proxy", &pp);
 	print_row(&t, "echo 1 byte, direct", &ed);
@@ -291,9 +331,9 @@ int main(int argc, char **argv)
 	double pg_added = added_p50(&pd, &pp), echo_added = added_p50(&ed, &ep);
 	double delay_over = (double)hist_percentile(&edelay, 50) - (double)hist_percentile(&ep, 50) -
 	                    2.0 * DELAY_EACH_WAY_US;
-	printf("\n  added by the proxy at p50: %+.0f us a SELECT 1, %+.0f us an echo; p99: %+.0f us, %+.0f "
-	       "us\n",
-	       pg_added, echo_added, (double)hist_percentile(&pp, 99) - (double)hist_percentile(&pd, 99),
+	printf("\n  added by the proxy: %+.0f µs a SELECT 1, %+.0f µs an echo at p50;", pg_added, echo_added);
+	printf(" %+.0f µs, %+.0f µs at p99\n",
+	       (double)hist_percentile(&pp, 99) - (double)hist_percentile(&pd, 99),
 	       (double)hist_percentile(&ep, 99) - (double)hist_percentile(&ed, 99));
 	printf("  a set delay of %d µs lands %+.0f µs from it at p50 (timer wake-up on a shared machine)\n",
 	       2 * DELAY_EACH_WAY_US, delay_over);
@@ -303,6 +343,8 @@ int main(int argc, char **argv)
 	ret = 0;
 
 out:
+	if (echo_direct >= 0)
+		close(echo_direct);
 	if (echo_proxied >= 0)
 		close(echo_proxied);
 	PQfinish(proxied);

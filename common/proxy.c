@@ -40,6 +40,8 @@
 #define PROXY_READ_CHUNK (64 * 1024)
 /* A loopback connect is immediate; a numeric host that never answers must not hold a client forever. */
 #define PROXY_CONNECT_TIMEOUT_S 5
+/* Out of descriptors: try accepting again after this long, not in a busy loop. */
+#define PROXY_ACCEPT_PAUSE_MS 10
 /* The bucket holds 10 ms of the rate: smooth on a chart, and few wake-ups at high rates. */
 #define PROXY_BUCKET_MS 10
 /* ...but at most 64 KiB, so a fast limit still wakes often enough to stay smooth. */
@@ -93,6 +95,7 @@ struct proxy_conn {
 struct proxy {
 	struct event_base *base;
 	struct evconnlistener *listener;
+	struct event *accept_resume_ev; /* re-enables the listener after an accept error */
 	pthread_t tid;
 	bool thread_started;
 	int port;
@@ -300,10 +303,12 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 		budget = PROXY_QUEUE_MAX - queued;
 	if (p->bandwidth_bps > 0) {
 		proxy_pipe_refill(pp, p->bandwidth_bps, now);
-		if (pp->tokens < (double)budget)
-			budget = pp->tokens < 1.0 ? 0 : (size_t)pp->tokens;
-		if (budget == 0)
+		if (pp->tokens < 1.0) {
+			budget = 0;
 			pp->bw_paused = true;
+		} else if (pp->tokens < (double)budget) {
+			budget = (size_t)pp->tokens;
+		}
 	}
 	while (total < budget) {
 		size_t want = budget - total < sizeof(buf) ? budget - total : sizeof(buf);
@@ -413,6 +418,27 @@ static void proxy_conn_close(struct proxy_conn *c)
 	free(c);
 }
 
+/* Makes the next close of fd a reset: the peer's next read or write fails at once. */
+static void proxy_set_reset_on_close(evutil_socket_t fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+static void proxy_close_reset(evutil_socket_t fd)
+{
+	proxy_set_reset_on_close(fd);
+	evutil_closesocket(fd);
+}
+
+/* The upstream refused or never answered: the client sees its server refuse, a reset. */
+static void proxy_conn_upstream_failed(struct proxy_conn *c)
+{
+	c->proxy->stats.upstream_errors++;
+	proxy_set_reset_on_close(c->client_fd);
+	proxy_conn_close(c);
+}
+
 static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct proxy_conn *c = arg;
@@ -420,8 +446,7 @@ static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 	socklen_t len = sizeof(soerr);
 
 	if ((what & EV_TIMEOUT) || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
-		c->proxy->stats.upstream_errors++;
-		proxy_conn_close(c); /* the client sees its server refuse: EOF right after connect */
+		proxy_conn_upstream_failed(c);
 		return;
 	}
 	event_free(c->connect_ev);
@@ -435,14 +460,6 @@ static void proxy_set_nodelay(evutil_socket_t fd)
 	/* the proxy writes what it has at once; Nagle would add 40 ms to a small reply */
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-/* Closes fd with a reset: the client's next read or write fails at once. */
-static void proxy_close_reset(evutil_socket_t fd)
-{
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	evutil_closesocket(fd);
 }
 
 static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
@@ -497,15 +514,28 @@ static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
 	return;
 
 upstream_err:
-	p->stats.upstream_errors++;
-	proxy_conn_close(c);
+	proxy_conn_upstream_failed(c);
+}
+
+static void proxy_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct proxy *p = arg;
+	if (p->listener)
+		evconnlistener_enable(p->listener);
 }
 
 static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
 {
-	/* EMFILE and the like: the connection waits in the backlog; libevent's warning would only be noise */
-	(void)l;
-	(void)arg;
+	/*
+	 * Out of descriptors (EMFILE) or memory: the connection stays in the backlog, and the
+	 * listener, still readable, would spin the loop. Pause accepting for a moment instead.
+	 */
+	struct proxy *p = arg;
+	struct timeval tv = {.tv_sec = 0, .tv_usec = PROXY_ACCEPT_PAUSE_MS * 1000};
+	evconnlistener_disable(l);
+	evtimer_add(p->accept_resume_ev, &tv);
 }
 
 static void *proxy_thread_main(void *arg)
@@ -642,6 +672,11 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		goto err;
 	}
+	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
+	if (!p->accept_resume_ev) {
+		snprintf(err, errlen, "out of memory");
+		goto err;
+	}
 	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
 	struct sockaddr_in bound;
 	socklen_t boundlen = sizeof(bound);
@@ -670,6 +705,8 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 err:
 	if (ecfg)
 		event_config_free(ecfg);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
 	if (p->listener)
 		evconnlistener_free(p->listener);
 	if (p->base)
@@ -786,6 +823,8 @@ static int proxy_stop_fn(struct proxy *p, void *arg)
 		proxy_conn_close(p->conns);
 	evconnlistener_free(p->listener);
 	p->listener = NULL;
+	event_free(p->accept_resume_ev);
+	p->accept_resume_ev = NULL;
 	/* from inside the loop: a break cannot be lost the way one sent before the loop starts can */
 	event_base_loopbreak(p->base);
 	return 0;
@@ -802,6 +841,8 @@ void proxy_free(struct proxy *p)
 	}
 	while (p->conns)
 		proxy_conn_close(p->conns);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
 	if (p->listener)
 		evconnlistener_free(p->listener);
 	event_base_free(p->base);

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
@@ -29,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -40,7 +42,7 @@
 #define RECV_TIMEOUT_S 5
 /* 8 MiB: well past every socket buffer and the proxy's 4 MiB queue, so back-pressure is exercised. */
 #define BIG_BYTES      (8 * 1024 * 1024)
-#define ECHO_MAX_CONNS 64
+#define ECHO_MAX_CONNS 256
 
 /*
  * The upstream: accepts on 127.0.0.1, one thread per connection echoing every byte back.
@@ -75,7 +77,9 @@ static void *echo_conn_main(void *arg)
 	for (;;) {
 		ssize_t n = read(fd, buf, sizeof(buf));
 		if (n == 0) {
+			/* a half-close answered in kind: everything echoed, then our own FIN */
 			atomic_fetch_add(&e->eofs, 1);
+			shutdown(fd, SHUT_WR);
 			break;
 		}
 		if (n < 0) {
@@ -104,8 +108,12 @@ static void *echo_accept_main(void *arg)
 		if (poll(&pfd, 1, 50) <= 0)
 			continue;
 		int fd = accept(e->listen_fd, NULL, NULL);
-		if (fd < 0)
+		if (fd < 0) {
+			/* out of descriptors (a test fills the table on purpose): wait, do not spin */
+			if (errno == EMFILE || errno == ENFILE)
+				usleep(10000);
 			continue;
+		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		atomic_fetch_add(&e->connections, 1);
@@ -274,10 +282,21 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* Sends len bytes on fd while reading the echo back (a writer thread), so neither side stalls. */
+static bool echo_exchange(int fd, const unsigned char *out, unsigned char *in, size_t len)
+{
+	struct writer w = {.fd = fd, .buf = out, .len = len};
+	pthread_t tid;
+	if (pthread_create(&tid, NULL, writer_main, &w) != 0)
+		return false;
+	bool ok = read_full(fd, in, len);
+	pthread_join(tid, NULL);
+	return ok && w.ok;
+}
+
 /*
- * Sends len bytes through port and reads the echo back at the same time (a writer thread), so
- * neither side stalls on a full buffer. Returns whether all came back; *elapsed_us counts from
- * before the connect to the last byte read.
+ * echo_exchange on a new connection to port. *elapsed_us counts from before the connect to
+ * the last byte read.
  */
 static bool echo_transfer(int port, const unsigned char *out, unsigned char *in, size_t len,
                           uint64_t *elapsed_us)
@@ -286,17 +305,10 @@ static bool echo_transfer(int port, const unsigned char *out, unsigned char *in,
 	int fd = client_connect(port);
 	if (fd < 0)
 		return false;
-	struct writer w = {.fd = fd, .buf = out, .len = len};
-	pthread_t tid;
-	if (pthread_create(&tid, NULL, writer_main, &w) != 0) {
-		close(fd);
-		return false;
-	}
-	bool ok = read_full(fd, in, len);
+	bool ok = echo_exchange(fd, out, in, len);
 	*elapsed_us = hist_now_us() - t0;
-	pthread_join(tid, NULL);
 	close(fd);
-	return ok && w.ok;
+	return ok;
 }
 
 /* FNV-1a over the bytes: equal checksums both ways, as a person would check a copied file. */
@@ -501,6 +513,189 @@ static void test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b(void **st
 	proxy_free(p);
 }
 
+/* Waits until the proxy reports want open connections or ms pass; returns the last count. */
+static uint64_t wait_active(struct proxy *p, uint64_t want, int ms)
+{
+	struct proxy_stats st;
+	for (int waited = 0;; waited += 5) {
+		proxy_stats(p, &st);
+		if (st.active == want || waited >= ms)
+			return st.active;
+		usleep(5000);
+	}
+}
+
+static void test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it(void **state)
+{
+	struct echo *e = *state;
+	/* 100 kB at 250 kB/s on a connection that was unlimited: at least 400 ms */
+	const size_t n = 100 * 1000;
+	const int64_t bps = 250 * 1000;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	unsigned char *out = malloc(n), *in = malloc(n);
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, n, 5);
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	assert_true(ping(fd) > 0);
+	/* timed from before the change: the bucket starts empty when the change takes effect */
+	uint64_t t0 = hist_now_us();
+	assert_int_equal(proxy_set_bandwidth(p, bps), 0);
+	assert_true(echo_exchange(fd, out, in, n));
+	uint64_t limited = hist_now_us() - t0;
+	assert_memory_equal(in, out, n);
+	print_message("limit set mid-connection: %zu bytes at %lld B/s in %.1f ms (at least %.1f ms)\n", n,
+	              (long long)bps, limited / 1000.0, (double)n * 1000.0 / (double)bps);
+	assert_true(limited >= (uint64_t)((double)n * 1e6 / (double)bps));
+
+	/* and lifted again: the same connection is no longer held back */
+	assert_int_equal(proxy_set_bandwidth(p, 0), 0);
+	t0 = hist_now_us();
+	assert_true(echo_exchange(fd, out, in, n));
+	uint64_t lifted = hist_now_us() - t0;
+	assert_memory_equal(in, out, n);
+	print_message("limit lifted: the same bytes in %.1f ms\n", lifted / 1000.0);
+	assert_true(lifted * 2 < limited);
+	close(fd);
+	free(out);
+	free(in);
+	proxy_free(p);
+}
+
+static void test_the_delay_costs_latency_not_throughput(void **state)
+{
+	struct echo *e = *state;
+	const int delay = 50000;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	unsigned char *out = malloc(BIG_BYTES), *in = calloc(1, BIG_BYTES);
+	uint64_t undelayed = 0, delayed = 0;
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, BIG_BYTES, 11);
+	assert_true(echo_transfer(proxy_port(p), out, in, BIG_BYTES, &undelayed));
+	assert_int_equal(proxy_set_delay(p, delay, delay), 0);
+	memset(in, 0, BIG_BYTES);
+	assert_true(echo_transfer(proxy_port(p), out, in, BIG_BYTES, &delayed));
+	assert_memory_equal(in, out, BIG_BYTES);
+	print_message("%d MiB there and back: %.1f ms undelayed, %.1f ms behind %d + %d ms\n",
+	              BIG_BYTES >> 20, undelayed / 1000.0, delayed / 1000.0, delay / 1000, delay / 1000);
+	assert_true(delayed >= (uint64_t)(2 * delay));
+	/*
+	 * Bytes in flight, not one chunk per delay: the transfer costs about one more round trip.
+	 * A proxy that held one read at a time would take 8 MiB / 256 KiB x 100 ms = 3.2 s.
+	 */
+	assert_true(delayed < 4 * (undelayed + 2 * (uint64_t)delay));
+	free(out);
+	free(in);
+	proxy_free(p);
+}
+
+static void test_a_half_close_flushes_what_is_queued_before_the_fin(void **state)
+{
+	struct echo *e = *state;
+	/* 20 ms up: the client's FIN reaches the proxy long before its bytes are due upstream */
+	struct proxy *p = start_proxy(e->port, 20000, 0, 0);
+	const size_t n = 100 * 1000;
+	unsigned char *out = malloc(n), *in = calloc(1, n);
+	struct proxy_stats st;
+
+	assert_non_null(out);
+	assert_non_null(in);
+	fill_random(out, n, 3);
+	int eofs = atomic_load(&e->eofs);
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	assert_true(write_full(fd, out, n));
+	assert_int_equal(shutdown(fd, SHUT_WR), 0);
+	assert_true(read_full(fd, in, n)); /* the reverse direction stays open after our FIN */
+	assert_memory_equal(in, out, n);
+	char c;
+	assert_int_equal(recv(fd, &c, 1, 0), 0); /* then the upstream's FIN, passed on */
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + 1, RECV_TIMEOUT_S * 1000));
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	proxy_stats(p, &st);
+	assert_int_equal(st.bytes_up, n);
+	assert_int_equal(st.bytes_down, n);
+	assert_int_equal(st.cut, 0);
+	close(fd);
+	free(out);
+	free(in);
+	proxy_free(p);
+}
+
+static void test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client(void **state)
+{
+	(void)state;
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sin);
+	assert_true(ls >= 0);
+	assert_int_equal(bind(ls, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(ls, 4), 0);
+	assert_int_equal(getsockname(ls, (struct sockaddr *)&sin, &len), 0);
+	struct proxy *p = start_proxy(ntohs(sin.sin_port), 0, 5000, 0);
+
+	int fd = client_connect(proxy_port(p));
+	assert_true(fd >= 0);
+	int up = accept(ls, NULL, NULL); /* the proxy's own connection upstream */
+	assert_true(up >= 0);
+	assert_true(write_full(up, "bye", 3));
+	close(up); /* a server that says goodbye and goes: its FIN follows its bytes */
+	char buf[4] = "";
+	assert_true(read_full(fd, buf, 3));
+	assert_memory_equal(buf, "bye", 3);
+	assert_true(read_sees_close(fd));
+	close(fd);
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	close(ls);
+	proxy_free(p);
+}
+
+static int count_open_fds(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void test_connections_that_come_and_go_leave_nothing_open(void **state)
+{
+	struct echo *e = *state;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	struct proxy_stats st;
+	int eofs = atomic_load(&e->eofs);
+
+	/* the echo server keeps a thread per connection it saw: stay within its table */
+	const int n = 40;
+	int before = count_open_fds();
+	for (int i = 0; i < n; i++) {
+		int fd = client_connect(proxy_port(p));
+		assert_true(fd >= 0);
+		assert_true(ping(fd) > 0);
+		close(fd); /* the client goes first: its FIN goes up, the upstream's comes back, both close */
+	}
+	assert_int_equal(wait_active(p, 0, RECV_TIMEOUT_S * 1000), 0);
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + n, RECV_TIMEOUT_S * 1000));
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, n);
+	assert_int_equal(st.cut, 0);
+	assert_int_equal(st.upstream_errors, 0);
+	/* the proxy's two sockets per connection are closed; the echo server keeps its own until teardown */
+	int after = count_open_fds();
+	print_message("%d connections came and went: %d descriptors open before, %d after (echo side: %d)\n",
+	              n, before, after, n);
+	assert_true(after <= before + n);
+	proxy_free(p);
+}
+
 static void test_cut_closes_both_sides_and_is_counted(void **state)
 {
 	struct echo *e = *state;
@@ -528,6 +723,47 @@ static void test_cut_closes_both_sides_and_is_counted(void **state)
 	assert_true(fd >= 0);
 	assert_true(ping(fd) > 0);
 	close(fd);
+	proxy_free(p);
+}
+
+static void test_many_connections_stay_apart_and_cut_counts_every_one(void **state)
+{
+	struct echo *e = *state;
+	enum { NCONN = 40 };
+	struct proxy *p = start_proxy(e->port, 200, 200, 0);
+	int fds[NCONN];
+	struct proxy_stats st;
+
+	for (int i = 0; i < NCONN; i++) {
+		fds[i] = client_connect(proxy_port(p));
+		assert_true(fds[i] >= 0);
+	}
+	/* every connection's bytes come back on that connection and no other */
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < NCONN; i++) {
+			unsigned char msg[2] = {(unsigned char)i, (unsigned char)round};
+			assert_true(write_full(fds[i], msg, sizeof(msg)));
+		}
+		for (int i = 0; i < NCONN; i++) {
+			unsigned char back[2] = {0, 0};
+			assert_true(read_full(fds[i], back, sizeof(back)));
+			assert_int_equal(back[0], i);
+			assert_int_equal(back[1], round);
+		}
+	}
+	int eofs = atomic_load(&e->eofs);
+	assert_int_equal(proxy_cut(p), NCONN);
+	for (int i = 0; i < NCONN; i++) {
+		assert_true(read_sees_close(fds[i]));
+		close(fds[i]);
+	}
+	assert_true(echo_wait(e, echo_eofs_reach, eofs + NCONN, RECV_TIMEOUT_S * 1000));
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, NCONN);
+	assert_int_equal(st.cut, NCONN);
+	assert_int_equal(st.active, 0);
+	assert_int_equal(st.bytes_up, NCONN * 2 * 3);
+	assert_int_equal(st.bytes_down, NCONN * 2 * 3);
 	proxy_free(p);
 }
 
@@ -681,10 +917,16 @@ static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 		assert_true(fds[i] >= 0);
 		assert_true(write_full(fds[i], "hello", 5));
 	}
-	usleep(10000);
+	/* all three forwarding and their bytes upstream: the echoes are what is in flight */
 	struct proxy_stats st;
-	proxy_stats(p, &st);
+	for (int waited = 0; waited < RECV_TIMEOUT_S * 1000; waited += 5) {
+		proxy_stats(p, &st);
+		if (st.active == 3 && st.bytes_up == 15)
+			break;
+		usleep(5000);
+	}
 	assert_int_equal(st.active, 3);
+	assert_int_equal(st.bytes_up, 15);
 	proxy_free(p);
 	for (int i = 0; i < 3; i++) {
 		assert_true(read_sees_close(fds[i]));
@@ -692,9 +934,68 @@ static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 	}
 }
 
+static void test_out_of_descriptors_the_proxy_waits_and_then_accepts(void **state)
+{
+	struct echo *e = *state;
+	struct proxy *p = start_proxy(e->port, 0, 0, 0);
+	struct proxy_stats st;
+	struct rlimit old, low;
+	int fillers[256], nfill = 0;
+
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	/* a low limit, then every descriptor taken: the proxy's accept gets EMFILE */
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = 256;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	while (nfill < 256) {
+		int d = dup(fd);
+		if (d < 0)
+			break;
+		fillers[nfill++] = d;
+	}
+	assert_true(nfill < 256);
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+	                          .sin_port = htons((uint16_t)proxy_port(p)),
+	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0); /* the kernel's backlog */
+	struct rusage r0, r1;
+	getrusage(RUSAGE_SELF, &r0);
+	usleep(500000);
+	getrusage(RUSAGE_SELF, &r1);
+	proxy_stats(p, &st);
+	double cpu_ms =
+	        (double)(r1.ru_utime.tv_sec - r0.ru_utime.tv_sec + r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) *
+	                1e3 +
+	        (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec + r1.ru_stime.tv_usec -
+	                 r0.ru_stime.tv_usec) /
+	                1e3;
+	print_message("no descriptors for 500 ms: %llu accepted, %.1f ms of CPU (a spinning loop would use "
+	              "up to 500)\n",
+	              (unsigned long long)st.accepted, cpu_ms);
+	assert_int_equal(st.accepted, 0);
+	/*
+	 * A pause, not a busy loop: a spinning thread burns most of a core even on a busy machine;
+	 * the margin leaves room for whatever else this process's threads did meanwhile.
+	 */
+	assert_true(cpu_ms < 100.0);
+
+	for (int i = 0; i < nfill; i++)
+		close(fillers[i]);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	struct timeval tv = {.tv_sec = RECV_TIMEOUT_S};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_true(ping(fd) > 0); /* the waiting connection goes through once descriptors are back */
+	proxy_stats(p, &st);
+	assert_int_equal(st.accepted, 1);
+	close(fd);
+	proxy_free(p);
+}
+
 static void test_bad_config_is_refused_with_a_message(void **state)
 {
-	(void)state;
+	struct echo *e = *state;
 	char err[256] = "";
 	struct proxy_config cfg = {.upstream_host = "db.example", .upstream_port = 5432};
 	assert_null(proxy_start(&cfg, err, sizeof(err)));
@@ -706,6 +1007,21 @@ static void test_bad_config_is_refused_with_a_message(void **state)
 	cfg.upstream_port = 5432;
 	cfg.delay_up_us = -1;
 	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	cfg.delay_up_us = 0;
+	cfg.listen_port = 70000;
+	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "listen port"));
+	/* a port someone else listens on: the kernel's reason, not a crash */
+	cfg.listen_port = e->port;
+	assert_null(proxy_start(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "cannot listen"));
+	print_message("listening on a taken port: %s\n", err);
+	/* numeric IPv6 is an address too */
+	cfg.listen_port = 0;
+	cfg.upstream_host = "::1";
+	struct proxy *p = proxy_start(&cfg, err, sizeof(err));
+	assert_non_null(p);
+	proxy_free(p);
 	proxy_free(NULL);
 }
 
@@ -717,12 +1033,19 @@ int main(void)
 	        cmocka_unit_test(test_zero_delay_adds_little_and_changing_the_delay_takes_effect),
 	        cmocka_unit_test(test_delays_apply_per_direction),
 	        cmocka_unit_test(test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b),
+	        cmocka_unit_test(test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it),
+	        cmocka_unit_test(test_the_delay_costs_latency_not_throughput),
+	        cmocka_unit_test(test_a_half_close_flushes_what_is_queued_before_the_fin),
+	        cmocka_unit_test(test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client),
+	        cmocka_unit_test(test_connections_that_come_and_go_leave_nothing_open),
 	        cmocka_unit_test(test_cut_closes_both_sides_and_is_counted),
+	        cmocka_unit_test(test_many_connections_stay_apart_and_cut_counts_every_one),
 	        cmocka_unit_test(test_refuse_makes_new_connects_fail_at_once_and_is_counted),
 	        cmocka_unit_test(
 	                test_an_upstream_that_refuses_closes_the_client_and_counts_an_upstream_error),
 	        cmocka_unit_test(test_libpq_through_the_proxy_runs_select_1_and_fails_cleanly_when_cut),
 	        cmocka_unit_test(test_free_with_connections_open_and_bytes_in_flight),
+	        cmocka_unit_test(test_out_of_descriptors_the_proxy_waits_and_then_accepts),
 	        cmocka_unit_test(test_bad_config_is_refused_with_a_message),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
