@@ -169,7 +169,7 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 	struct term_col cols[] = {{"defence", 22, 'l'},  {"recomputes/expiry", 17, 'r'},
 	                          {"predicted", 9, 'r'}, {"waited on PG", 12, 'r'},
 	                          {"at once", 7, 'r'},   {"p99 read", 9, 'r'},
-	                          {"max read", 9, 'r'},  {"stale reads", 11, 'r'}};
+	                          {"max read", 9, 'r'},  {"stale", 6, 'r'}};
 	char xpred[32];
 	/* 1 + (e^(1/beta) - 1) when a recompute takes what the last one took (docs/stampede.md) */
 	snprintf(xpred, sizeof(xpred), "~%.1f", exp(1.0 / cfg->beta));
@@ -223,9 +223,8 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 	        "  so one recompute per expiry costs every waiter a recompute of latency; %llu reads lost\n",
 	        num(b[0], (double)lk->lock_busy, 0), cfg->lock_poll_ms, (unsigned long long)lk->lost);
 	term_printf(t,
-	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry; %s of %s reads "
-	            "waited "
-	            "(%.2f%%), %llu hard misses\n",
+	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry; %s of %s reads\n"
+	            "  waited (%.2f%%), %llu hard misses\n",
 	            num(b[1], (double)xf->db_waits, 0), num(b[2], (double)xf->reads, 0),
 	            xf->reads ? 100.0 * xf->db_waits / xf->reads : 0.0, (unsigned long long)xf->hard_misses);
 	term_printf(t, "  SWR: %s reads served stale (up to one recompute old) while one client refreshed\n",
