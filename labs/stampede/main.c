@@ -1,0 +1,508 @@
+/*
+ * lab-stampede — "What's a cache stampede and how do you prevent it?"
+ *
+ * What you will see: hundreds of clients reading one hot key through cache-aside in Redis, its
+ * value a real aggregation in PostgreSQL of tens of milliseconds, the TTL short. Without
+ * protection every expiry sends the whole herd to the database; then the same load with a lock
+ * (waiters wait), XFetch and stale-while-revalidate, in one table; then a thousand keys warmed at
+ * once expiring together, against the same keys with a jittered TTL; then Redis going away
+ * mid-run, and the clients degrading to PostgreSQL. Every recompute count is the server's: each
+ * recompute is one statement that also logs itself in lab_stampede.recomputes.
+ *
+ * Run it: make lab-stampede (ARGS="--quick", "--json", "--step", "--seed 7").
+ * Limits: one machine, loopback, 2 cores: the database, Redis and every client share them, so
+ * a herd slows everything at once (which is the point), and absolute times vary run to run.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lab.h"
+#include "pg.h"
+#include "redis.h"
+#include "stampede.h"
+
+#define QUESTION "What's a cache stampede and how do you prevent it?"
+
+/* no protection: at least half the clients recompute at each expiry */
+#define HERD_FRACTION 0.5
+/* XFetch: at most this fraction of the clients recompute per expiry on average (about
+ * e^(1/beta) are expected, more when a recompute takes longer than the delta it was predicted
+ * from: see docs/stampede.md), and reads that waited at most this fraction of all reads */
+#define XFETCH_MAX_FRACTION      0.25
+#define XFETCH_MAX_WAIT_FRACTION 0.02
+/* jitter: the peak per 100 ms must fall at least this many times */
+#define JITTER_MIN_FALL 3.0
+
+static void progress_cb(const char *what, double done, void *arg)
+{
+	struct lab *lab = arg;
+	term_progress(&lab->term, "  %s … %3.0f%%", what, done * 100.0);
+}
+
+static const char *us(char *buf, double v)
+{
+	return term_fmt_us(buf, 32, v);
+}
+
+static const char *num(char *buf, double v, int decimals)
+{
+	return term_fmt_num(buf, 32, v, decimals);
+}
+
+static const char *plural(int n, const char *one, const char *many)
+{
+	return n == 1 ? one : many;
+}
+
+/* sparklines wider than this are summed into coarser intervals, so a line fits the screen */
+#define SPARK_COLS 40
+
+/* Sums groups of buckets of in (n) into out so at most SPARK_COLS remain; *nout gets their count.
+ * Returns how many buckets each column holds. */
+static int spark_fit(const double *in, int n, int factor, double *out, int *nout)
+{
+	if (factor < 1)
+		factor = (n + SPARK_COLS - 1) / SPARK_COLS;
+	if (factor < 1)
+		factor = 1;
+	int m = 0;
+	for (int i = 0; i < n; i++) {
+		if (i % factor == 0)
+			out[m++] = 0;
+		out[m - 1] += in[i];
+	}
+	*nout = m;
+	return factor;
+}
+
+static json_t *series_json(const double *s, int n)
+{
+	json_t *a = json_array();
+	for (int i = 0; i < n; i++)
+		json_array_append_new(a, json_integer((json_int_t)s[i]));
+	return a;
+}
+
+static json_t *hot_json(const struct stampede_hot_result *r, int bucket_ms)
+{
+	json_t *per = json_array();
+	for (int i = 0; i < r->expiries && i < STAMPEDE_MAX_EXPIRIES; i++)
+		json_array_append_new(per, json_integer(r->per_expiry[i]));
+	json_t *o = json_pack(
+	        "{s:s,s:i,s:f,s:I,s:i,s:f,s:i,s:i,s:o,s:i,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:f,s:f,s:f,s:i,"
+	        "s:o}",
+	        "defence", stampede_defence_id(r->defence), "clients", r->clients, "run_s", r->run_s,
+	        "recomputes", (json_int_t)r->recomputes, "expiries", r->expiries, "recomputes_per_expiry",
+	        r->recomputes_per_expiry, "min_per_expiry", r->min_per_expiry, "max_per_expiry",
+	        r->max_per_expiry, "per_expiry", per, "peak_concurrent_recomputes", r->peak_concurrent,
+	        "recompute_mean_ms", r->recompute_mean_us / 1000.0, "reads", (json_int_t)r->reads,
+	        "lost_reads", (json_int_t)r->lost, "reads_waited_on_db", (json_int_t)r->db_waits,
+	        "stale_reads", (json_int_t)r->stale_reads, "hard_misses", (json_int_t)r->hard_misses,
+	        "lock_busy", (json_int_t)r->lock_busy, "peak_at_db_queued_or_running", r->peak_in_flight,
+	        "p50_ms", hist_percentile(&r->latency, 50) / 1000.0, "p99_ms",
+	        hist_percentile(&r->latency, 99) / 1000.0, "max_ms", r->latency.max_us / 1000.0, "bucket_ms",
+	        bucket_ms, "db_statements_per_bucket", series_json(r->series, r->nseries));
+	if (o && r->redis_lost)
+		json_object_set_new(
+		        o, "redis_lost",
+		        json_pack("{s:f,s:s,s:I,s:I,s:I,s:f,s:f}", "at_s", r->redis_lost_at_s, "error",
+		                  r->redis_error, "reads_after", (json_int_t)r->reads_after_loss,
+		                  "degraded_queries", (json_int_t)r->degraded_queries, "reconnect_attempts",
+		                  (json_int_t)r->reconnect_attempts, "db_queries_per_s_before",
+		                  r->queries_per_s_before, "db_queries_per_s_after", r->queries_per_s_after));
+	return o;
+}
+
+static json_t *jitter_json(const struct stampede_jitter_result *r, int bucket_ms)
+{
+	return json_pack("{s:b,s:i,s:I,s:i,s:f,s:f,s:f,s:i,s:f,s:i,s:i,s:i,s:o,s:o}", "jittered", r->jittered,
+	                 "keys", r->keys, "recomputes", (json_int_t)r->recomputes, "keys_recomputed",
+	                 r->keys_recomputed, "peak_asked", r->peak, "mean", r->mean, "peak_to_mean",
+	                 r->peak_to_mean, "peak_concurrent", r->peak_concurrent, "wait_p99_ms",
+	                 hist_percentile(&r->wait, 99) / 1000.0, "window_first_bucket", r->window_first,
+	                 "window_last_bucket", r->window_last, "bucket_ms", bucket_ms, "asked_per_bucket",
+	                 series_json(r->series, r->nseries), "started_per_bucket",
+	                 series_json(r->started, r->nstarted));
+}
+
+/* The hot key's run, expiry by expiry, and what the database saw. */
+static void print_herd(struct lab *lab, const struct stampede_config *cfg,
+                       const struct stampede_hot_result *r, double query_us)
+{
+	const struct term *t = &lab->term;
+	char b[6][32], line[512] = "", spark[1024];
+	int shown = r->expiries < 12 ? r->expiries : 12;
+	for (int i = 0; i < shown; i++) {
+		size_t l = strlen(line);
+		snprintf(line + l, sizeof(line) - l, "%s%d", i ? " · " : "", r->per_expiry[i]);
+	}
+	term_printf(t, "  recomputes at each expiry (server log): %s%s%s%s\n", term_bold(t), line,
+	            r->expiries > shown ? " …" : "", term_reset(t));
+	term_printf(
+	        t,
+	        "  %d %s, %s recomputes = %s%s per expiry%s for %d clients (%.0f%%); predicted: up to %d, "
+	        "since\n"
+	        "  every client reads within one recompute (a read every ~%d ms; a recompute took %s in the\n"
+	        "  herd, %s alone)\n",
+	        r->expiries, plural(r->expiries, "expiry", "expiries"), num(b[0], (double)r->recomputes, 0),
+	        term_red(t), num(b[1], r->recomputes_per_expiry, 1), term_reset(t), r->clients,
+	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, cfg->think_ms,
+	        us(b[2], r->recompute_mean_us), us(b[5], query_us));
+	double fitted[STAMPEDE_MAX_BUCKETS];
+	int nf, f = spark_fit(r->series, r->nseries, 0, fitted, &nf);
+	term_printf(t, "  PostgreSQL  %s  recompute statements per %d ms\n",
+	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms);
+	term_printf(t,
+	            "  at the database: %d recomputes running at once (the pool's %d connections, flat out), "
+	            "%d reads\n"
+	            "  queued for it at the peak; p99 read %s, max %s\n",
+	            r->peak_concurrent, cfg->pg_pool, r->peak_in_flight,
+	            us(b[3], (double)hist_percentile(&r->latency, 99)), us(b[4], (double)r->latency.max_us));
+}
+
+static void print_defences(struct lab *lab, const struct stampede_config *cfg,
+                           const struct stampede_hot_result *r)
+{
+	const struct term *t = &lab->term;
+	struct term_col cols[] = {{"defence", 22, 'l'},  {"recomputes/expiry", 17, 'r'},
+	                          {"predicted", 9, 'r'}, {"waited on PG", 12, 'r'},
+	                          {"at once", 7, 'r'},   {"p99 read", 9, 'r'},
+	                          {"max read", 9, 'r'},  {"stale", 6, 'r'}};
+	char xpred[32];
+	/* 1 + (e^(1/beta) - 1) when a recompute takes what the last one took (docs/stampede.md) */
+	snprintf(xpred, sizeof(xpred), "~%.1f", exp(1.0 / cfg->beta));
+	const char *const predicted[] = {"≤ clients", "1", xpred, "1"};
+	term_table_header(t, 2, cols, 8);
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
+		char b[6][32], label[64];
+		snprintf(label, sizeof(label), "%s", stampede_defence_name((enum stampede_defence)d));
+		if (d == STAMPEDE_XFETCH)
+			snprintf(label, sizeof(label), "XFetch (beta %.1f)", cfg->beta);
+		const char *row[] = {label,
+		                     num(b[0], r[d].recomputes_per_expiry, 1),
+		                     predicted[d],
+		                     num(b[1], (double)r[d].db_waits, 0),
+		                     num(b[2], r[d].peak_concurrent, 0),
+		                     us(b[3], (double)hist_percentile(&r[d].latency, 99)),
+		                     us(b[5], (double)r[d].latency.max_us),
+		                     num(b[4], (double)r[d].stale_reads, 0)};
+		term_table_row(t, 2, cols, 8, row);
+	}
+	int longest = 0;
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
+		longest = r[d].nseries > longest ? r[d].nseries : longest;
+	int f = (longest + SPARK_COLS - 1) / SPARK_COLS;
+	double fitted[STAMPEDE_DEFENCES][STAMPEDE_MAX_BUCKETS];
+	int nf[STAMPEDE_DEFENCES];
+	double max = 0;
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
+		spark_fit(r[d].series, r[d].nseries, f, fitted[d], &nf[d]);
+		for (int i = 0; i < nf[d]; i++)
+			max = fitted[d][i] > max ? fitted[d][i] : max;
+	}
+	term_printf(t, "\n  recompute statements per %d ms, as the server logged them (one scale):\n",
+	            (f < 1 ? 1 : f) * cfg->bucket_ms);
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
+		char spark[1024], b[2][32];
+		term_printf(t, "  %-22s  %s  %s reads, %s %s over %d %s\n",
+		            stampede_defence_name((enum stampede_defence)d),
+		            term_sparkline(spark, sizeof(spark), fitted[d], nf[d], max),
+		            num(b[0], (double)r[d].reads, 0), num(b[1], (double)r[d].recomputes, 0),
+		            plural((int)r[d].recomputes, "recompute", "recomputes"), r[d].expiries,
+		            plural(r[d].expiries, "expiry", "expiries"));
+	}
+	const struct stampede_hot_result *lk = &r[STAMPEDE_LOCK], *xf = &r[STAMPEDE_XFETCH],
+	                                 *sw = &r[STAMPEDE_SWR];
+	char b[4][32];
+	term_printf(
+	        t,
+	        "  lock: %s SET NX found it taken; waiters polled every %d ms and waited for the holder's "
+	        "value,\n"
+	        "  so one recompute per expiry costs every waiter a recompute of latency; %llu reads lost\n",
+	        num(b[0], (double)lk->lock_busy, 0), cfg->lock_poll_ms, (unsigned long long)lk->lost);
+	term_printf(t,
+	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry; %s of %s reads\n"
+	            "  waited (%.2f%%), %llu hard misses\n",
+	            num(b[1], (double)xf->db_waits, 0), num(b[2], (double)xf->reads, 0),
+	            xf->reads ? 100.0 * xf->db_waits / xf->reads : 0.0, (unsigned long long)xf->hard_misses);
+	term_printf(t, "  SWR: %s reads served stale (up to one recompute old) while one client refreshed\n",
+	            num(b[3], (double)sw->stale_reads, 0));
+}
+
+static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
+                         const struct stampede_jitter_result *j)
+{
+	const struct term *t = &lab->term;
+	double max = j[0].peak > j[1].peak ? j[0].peak : j[1].peak;
+	int n = 0;
+	for (int i = 0; i < 2; i++) {
+		n = j[i].nseries > n ? j[i].nseries : n;
+		n = j[i].nstarted > n ? j[i].nstarted : n;
+	}
+	term_printf(t,
+	            "  recomputes per %d ms from the warm-up, from the server's log, one scale; the wave "
+	            "falls in "
+	            "[%.1f s, %.1f s]\n  asked: when a reader found its key missing · run: when the "
+	            "statement started\n",
+	            cfg->bucket_ms, cfg->key_ttl_ms / 1000.0, (cfg->key_ttl_ms + cfg->jitter_ms) / 1000.0);
+	for (int i = 0; i < 2; i++) {
+		double asked[STAMPEDE_MAX_BUCKETS] = {0}, run[STAMPEDE_MAX_BUCKETS] = {0};
+		char spark[2][1024];
+		memcpy(asked, j[i].series, sizeof(double) * (size_t)j[i].nseries);
+		memcpy(run, j[i].started, sizeof(double) * (size_t)j[i].nstarted);
+		char b[32];
+		term_printf(t, "  %-9s asked  %s  peak %s\n            run    %s\n",
+		            j[i].jittered ? "jittered" : "same TTL",
+		            term_sparkline(spark[0], sizeof(spark[0]), asked, n, max), num(b, j[i].peak, 0),
+		            term_sparkline(spark[1], sizeof(spark[1]), run, n, max));
+	}
+	term_printf(t, "\n");
+	struct term_col cols[] = {
+	        {"TTL", 28, 'l'},         {"recomputes", 10, 'r'}, {"peak asked/100 ms", 17, 'r'},
+	        {"mean/100 ms", 11, 'r'}, {"peak/mean", 9, 'r'},   {"predicted", 9, 'r'},
+	        {"peak at once", 12, 'r'}};
+	term_table_header(t, 2, cols, 7);
+	int window = j[0].window_last - j[0].window_first + 1;
+	for (int i = 0; i < 2; i++) {
+		char label[64], b[6][32], pred[32];
+		if (j[i].jittered)
+			snprintf(label, sizeof(label), "%.1f s + uniform(0, %.1f s)",
+			         cfg->key_ttl_ms / 1000.0, cfg->jitter_ms / 1000.0);
+		else
+			snprintf(label, sizeof(label), "%.1f s for every key", cfg->key_ttl_ms / 1000.0);
+		/* all in one bucket: peak/mean = the window's buckets; spread evenly: about 1 */
+		snprintf(pred, sizeof(pred), "%s%dx", j[i].jittered ? "~" : "≤ ", j[i].jittered ? 1 : window);
+		snprintf(b[4], sizeof(b[4]), "%.1fx", j[i].peak_to_mean);
+		const char *row[] = {label,
+		                     num(b[0], (double)j[i].recomputes, 0),
+		                     num(b[1], j[i].peak, 0),
+		                     num(b[2], j[i].mean, 1),
+		                     b[4],
+		                     pred,
+		                     num(b[3], j[i].peak_concurrent, 0)};
+		term_table_row(t, 2, cols, 7, row);
+	}
+	char b[3][32];
+	term_printf(
+	        t,
+	        "  the same %s recomputes (each key once); the peak fell %s%.1fx%s. A key's reader waited "
+	        "for its\n"
+	        "  value p99 %s with one TTL (the database took the wave as a queue) and %s with jitter\n",
+	        num(b[2], j[0].keys, 0), term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0,
+	        term_reset(t), us(b[0], (double)hist_percentile(&j[0].wait, 99)),
+	        us(b[1], (double)hist_percentile(&j[1].wait, 99)));
+}
+
+static void print_outage(struct lab *lab, const struct stampede_hot_result *o, int cut, int bucket_ms)
+{
+	const struct term *t = &lab->term;
+	char b[6][32];
+	if (!o->redis_lost) {
+		term_printf(t, "  %sRedis never went away%s (the proxy cut %d connections)\n", term_red(t),
+		            term_reset(t), cut);
+		return;
+	}
+	term_printf(t, "  %s⚠ Redis went away at t=%.2f s (%s): serving reads from PostgreSQL%s\n",
+	            term_yellow(t), o->redis_lost_at_s, o->redis_error, term_reset(t));
+	term_printf(
+	        t,
+	        "  the proxy cut %d connections; %s reconnect %s (each client tries at most every 500 ms)\n",
+	        cut, num(b[0], (double)o->reconnect_attempts, 0),
+	        o->reconnect_attempts == 1 ? "attempt was refused" : "attempts were refused");
+	term_printf(t, "  reads answered: %s in all, %s after the loss, %s%llu lost%s; p99 read %s\n",
+	            num(b[1], (double)o->reads, 0), num(b[2], (double)o->reads_after_loss, 0),
+	            o->lost ? term_red(t) : term_green(t), (unsigned long long)o->lost, term_reset(t),
+	            us(b[3], (double)hist_percentile(&o->latency, 99)));
+	term_printf(t,
+	            "  PostgreSQL ran %s statements/s before (the cache answered) and %s/s after: every read "
+	            "is a\n"
+	            "  query now, and the app's pool is what keeps the herd from becoming %d backends\n",
+	            num(b[4], o->queries_per_s_before, 0), num(b[5], o->queries_per_s_after, 0), o->clients);
+	char spark[1024];
+	double fitted[STAMPEDE_MAX_BUCKETS];
+	int nf, f = spark_fit(o->series, o->nseries, 0, fitted, &nf);
+	term_printf(t, "  PostgreSQL  %s  statements per %d ms\n",
+	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * bucket_ms);
+}
+
+int main(int argc, char **argv)
+{
+	struct lab lab;
+	if (lab_init(&lab, "stampede", QUESTION, 4, argc, argv) < 0)
+		return lab.exit_code;
+	if (lab.opts.serve)
+		return lab_fail(&lab, "--serve: this lab has no API to serve; run it without --serve");
+	struct stampede_config cfg;
+	stampede_config_default(&cfg, lab.opts.quick);
+	cfg.pg_url = lab.opts.pg_url;
+	cfg.redis_url = lab.opts.redis_url;
+	cfg.seed = lab.opts.seed;
+	cfg.progress_cb = progress_cb;
+	cfg.progress_arg = &lab;
+
+	char err[LAB_ERRLEN];
+	PGconn *probe = pg_connect(cfg.pg_url, err, sizeof(err));
+	if (!probe)
+		return lab_env_error(&lab, "PostgreSQL", cfg.pg_url, err);
+	PQfinish(probe);
+	redisContext *rprobe = redis_connect_url(cfg.redis_url, 1000, err, sizeof(err));
+	if (!rprobe)
+		return lab_env_error(&lab, "Redis", cfg.redis_url, err);
+	redisFree(rprobe);
+
+	double query_us = 0;
+	struct stampede *st = stampede_setup(&cfg, &query_us, err, sizeof(err));
+	if (!st)
+		return lab_fail(&lab, "cannot set up schema lab_stampede: %s", err);
+
+	char pgu[256], ru[256], b[4][32];
+	pg_url_redact(cfg.pg_url, pgu, sizeof(pgu));
+	redis_url_redact(cfg.redis_url, ru, sizeof(ru));
+	lab_config_set(&lab, "clients", json_integer(cfg.clients));
+	lab_config_set(&lab, "pg_pool", json_integer(cfg.pg_pool));
+	lab_config_set(&lab, "rows", json_integer(cfg.rows));
+	lab_config_set(&lab, "query_ms", json_real(query_us / 1000.0));
+	lab_config_set(&lab, "ttl_ms", json_integer(cfg.ttl_ms));
+	lab_config_set(&lab, "run_ms", json_integer(cfg.run_ms));
+	lab_config_set(&lab, "think_ms", json_integer(cfg.think_ms));
+	lab_config_set(&lab, "lock_ms", json_integer(cfg.lock_ms));
+	lab_config_set(&lab, "beta", json_real(cfg.beta));
+	lab_config_set(&lab, "stale_ms", json_integer(cfg.stale_ms));
+	lab_config_set(&lab, "keys", json_integer(cfg.keys));
+	lab_config_set(&lab, "key_ttl_ms", json_integer(cfg.key_ttl_ms));
+	lab_config_set(&lab, "jitter_ms", json_integer(cfg.jitter_ms));
+	lab_config_set(&lab, "bucket_ms", json_integer(cfg.bucket_ms));
+	lab_config_set(&lab, "outage_at_ms", json_integer(cfg.outage_at_ms));
+	lab_config_set(&lab, "outage_run_ms", json_integer(cfg.outage_run_ms));
+	lab_config_set(&lab, "quick", json_boolean(lab.opts.quick));
+	lab_config_set(&lab, "seed", json_integer((json_int_t)cfg.seed));
+	lab_header(&lab,
+	           "PostgreSQL %s · Redis %s\n%d clients · app pool %d · TTL %d ms · the value is an "
+	           "aggregation "
+	           "over %s rows: %s alone",
+	           pgu, ru, cfg.clients, cfg.pg_pool, cfg.ttl_ms, num(b[0], cfg.rows, 0), us(b[1], query_us));
+
+	struct stampede_hot_result *hot = calloc(STAMPEDE_DEFENCES, sizeof(*hot));
+	struct stampede_hot_result *outage = calloc(1, sizeof(*outage));
+	struct stampede_jitter_result *jit = calloc(2, sizeof(*jit));
+	int ret = LAB_EXIT_ENV, cut = 0;
+	if (!hot || !outage || !jit) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto failed;
+	}
+
+	lab_phase(&lab, "The hot key: %d clients, cache-aside, no protection (%.1f s, TTL %d ms)",
+	          cfg.clients, cfg.run_ms / 1000.0, cfg.ttl_ms);
+	if (stampede_hot_run(st, &cfg, STAMPEDE_NONE, &hot[STAMPEDE_NONE], err, sizeof(err)) < 0)
+		goto failed;
+	term_progress_clear(&lab.term);
+	print_herd(&lab, &cfg, &hot[STAMPEDE_NONE], query_us);
+	lab_phase_metrics(&lab, "herd", hot_json(&hot[STAMPEDE_NONE], cfg.bucket_ms));
+
+	lab_phase(&lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg.clients,
+	          cfg.run_ms / 1000.0, cfg.ttl_ms);
+	for (int d = STAMPEDE_LOCK; d < STAMPEDE_DEFENCES; d++)
+		if (stampede_hot_run(st, &cfg, (enum stampede_defence)d, &hot[d], err, sizeof(err)) < 0)
+			goto failed;
+	term_progress_clear(&lab.term);
+	print_defences(&lab, &cfg, hot);
+	json_t *defences = json_object();
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
+		json_object_set_new(defences, stampede_defence_id((enum stampede_defence)d),
+		                    hot_json(&hot[d], cfg.bucket_ms));
+	lab_phase_metrics(&lab, "defences", defences);
+
+	lab_phase(&lab, "TTL jitter: %s keys warmed at the same moment, the same TTL vs a jittered one",
+	          num(b[2], cfg.keys, 0));
+	if (stampede_jitter_run(st, &cfg, false, &jit[0], err, sizeof(err)) < 0 ||
+	    stampede_jitter_run(st, &cfg, true, &jit[1], err, sizeof(err)) < 0)
+		goto failed;
+	term_progress_clear(&lab.term);
+	print_jitter(&lab, &cfg, jit);
+	lab_phase_metrics(&lab, "jitter",
+	                  json_pack("{s:o,s:o,s:f}", "same_ttl", jitter_json(&jit[0], cfg.bucket_ms),
+	                            "jittered", jitter_json(&jit[1], cfg.bucket_ms), "peak_fall",
+	                            jit[1].peak > 0 ? jit[0].peak / jit[1].peak : 0.0));
+
+	lab_phase(&lab,
+	          "Redis goes away mid-run: the lock defence, Redis behind a proxy that cuts it at %.1f s",
+	          cfg.outage_at_ms / 1000.0);
+	if (stampede_outage_run(st, &cfg, outage, &cut, err, sizeof(err)) < 0)
+		goto failed;
+	term_progress_clear(&lab.term);
+	print_outage(&lab, outage, cut, cfg.bucket_ms);
+	json_t *om = hot_json(outage, cfg.bucket_ms);
+	json_object_set_new(om, "connections_cut", json_integer(cut));
+	lab_phase_metrics(&lab, "outage", om);
+
+	int down = stampede_teardown(st, err, sizeof(err));
+	st = NULL;
+	if (down < 0)
+		goto failed;
+
+	/* The verdict: every claim, checked against the server's numbers. */
+	const struct stampede_hot_result *no = &hot[STAMPEDE_NONE], *lk = &hot[STAMPEDE_LOCK],
+	                                 *xf = &hot[STAMPEDE_XFETCH], *sw = &hot[STAMPEDE_SWR];
+	double fall = jit[1].peak > 0 ? jit[0].peak / jit[1].peak : 0;
+	char whybuf[256];
+	const char *why = NULL;
+	if (no->expiries < 1 || no->recomputes_per_expiry < HERD_FRACTION * cfg.clients) {
+		snprintf(whybuf, sizeof(whybuf),
+		         "no protection: %.1f recomputes per expiry over %d expiries, expected "
+		         "at least %.0f",
+		         no->recomputes_per_expiry, no->expiries, HERD_FRACTION * cfg.clients);
+		why = whybuf;
+	} else if (lk->expiries < 1 || lk->max_per_expiry != 1 || lk->min_per_expiry != 1 || lk->lost) {
+		snprintf(whybuf, sizeof(whybuf),
+		         "lock: %d to %d recomputes per expiry and %llu lost reads, expected "
+		         "exactly 1 and none",
+		         lk->min_per_expiry, lk->max_per_expiry, (unsigned long long)lk->lost);
+		why = whybuf;
+	} else if (xf->expiries < 1 || xf->recomputes_per_expiry > XFETCH_MAX_FRACTION * cfg.clients ||
+	           xf->db_waits > XFETCH_MAX_WAIT_FRACTION * xf->reads || xf->hard_misses) {
+		snprintf(whybuf, sizeof(whybuf),
+		         "XFetch: %.1f recomputes per expiry, %llu reads waited, %llu hard misses",
+		         xf->recomputes_per_expiry, (unsigned long long)xf->db_waits,
+		         (unsigned long long)xf->hard_misses);
+		why = whybuf;
+	} else if (sw->max_per_expiry != 1 || sw->stale_reads == 0) {
+		snprintf(whybuf, sizeof(whybuf),
+		         "stale-while-revalidate: up to %d recomputes per expiry, %llu stale reads",
+		         sw->max_per_expiry, (unsigned long long)sw->stale_reads);
+		why = whybuf;
+	} else if (fall < JITTER_MIN_FALL || jit[0].recomputes != jit[1].recomputes) {
+		snprintf(whybuf, sizeof(whybuf),
+		         "jitter: the peak fell %.1fx (expected %.0fx) with %llu vs %llu recomputes", fall,
+		         JITTER_MIN_FALL, (unsigned long long)jit[0].recomputes,
+		         (unsigned long long)jit[1].recomputes);
+		why = whybuf;
+	} else if (!outage->redis_lost || outage->lost || outage->reads_after_loss == 0) {
+		why = "the outage run did not degrade to PostgreSQL cleanly";
+	}
+	ret = lab_verdict(
+	        &lab, why == NULL,
+	        "without protection every expiry sends the herd to the database; a lock, XFetch or "
+	        "stale-while-revalidate make it one recompute, and TTL jitter spreads a mass expiry",
+	        "%s%s%.0f recomputes per expiry unprotected vs %.1f with the lock, %.1f with XFetch, %.1f "
+	        "with SWR (server log); jitter cut the peak per 100 ms %.1fx for the same %llu recomputes; "
+	        "Redis lost at %.1f s, %llu reads lost",
+	        why ? why : "", why ? ". " : "", no->recomputes_per_expiry, lk->recomputes_per_expiry,
+	        xf->recomputes_per_expiry, sw->recomputes_per_expiry, fall,
+	        (unsigned long long)jit[1].recomputes, outage->redis_lost_at_s,
+	        (unsigned long long)outage->lost);
+	goto out;
+failed:
+	term_progress_clear(&lab.term);
+	{
+		char terr[LAB_ERRLEN];
+		stampede_teardown(st, terr, sizeof(terr));
+	}
+	ret = lab_fail(&lab, "%s", err);
+out:
+	free(hot);
+	free(outage);
+	free(jit);
+	return ret;
+}
