@@ -13,6 +13,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "lab_run.h"
+
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -305,33 +307,12 @@ static void test_a_cut_connection_mid_load_is_an_error_not_a_hang(void **state)
 	proxy_free(p);
 }
 
-/* Runs the lab binary with args and env; returns its exit code, stdout and stderr in the buffers. */
-static int run_lab(const char *env, const char *args, char *out, size_t outlen, char *errout, size_t errlen)
-{
-	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "%s %s/lab-n-plus-one %s 2>%s/n-plus-one.stderr </dev/null",
-	         env ? env : "", LAB_BIN_DIR, args, LAB_BIN_DIR);
-	FILE *p = popen(cmd, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, outlen - 1, p);
-	out[n] = '\0';
-	int status = pclose(p);
-	char path[512];
-	snprintf(path, sizeof(path), "%s/n-plus-one.stderr", LAB_BIN_DIR);
-	FILE *f = fopen(path, "r");
-	assert_non_null(f);
-	n = fread(errout, 1, errlen - 1, f);
-	errout[n] = '\0';
-	fclose(f);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_unreachable_server_exits_2_with_the_url_and_how_to_start_it(void **state)
 {
 	(void)state;
 	static char out[4096], err[4096];
-	int rc = run_lab("LAB_PG_URL=postgres://lab:secret@127.0.0.1:1/lab", "--quick", out, sizeof(out), err,
-	                 sizeof(err));
+	int rc = lab_run("n-plus-one", "LAB_PG_URL=postgres://lab:secret@127.0.0.1:1/lab", "--quick", out,
+	                 sizeof(out), err, sizeof(err));
 	assert_int_equal(rc, 2);
 	assert_non_null(strstr(err, "cannot connect to PostgreSQL at postgres://lab@127.0.0.1:1/lab"));
 	assert_non_null(strstr(err, "make up"));
@@ -343,10 +324,10 @@ static void test_bad_flag_exits_2_and_serve_is_refused(void **state)
 {
 	(void)state;
 	static char out[4096], err[4096];
-	assert_int_equal(run_lab(NULL, "--bogus", out, sizeof(out), err, sizeof(err)), 2);
+	assert_int_equal(lab_run("n-plus-one", NULL, "--bogus", out, sizeof(out), err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "--bogus"));
 	assert_string_equal(out, "");
-	assert_int_equal(run_lab(NULL, "--serve", out, sizeof(out), err, sizeof(err)), 2);
+	assert_int_equal(lab_run("n-plus-one", NULL, "--serve", out, sizeof(out), err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "no API"));
 }
 
@@ -355,7 +336,7 @@ static void test_quick_json_run_demonstrates_the_claim(void **state)
 {
 	(void)state;
 	static char out[262144], err[4096];
-	int rc = run_lab(NULL, "--quick --json", out, sizeof(out), err, sizeof(err));
+	int rc = lab_run("n-plus-one", NULL, "--quick --json", out, sizeof(out), err, sizeof(err));
 	json_error_t jerr;
 	json_t *doc = json_loads(out, 0, &jerr);
 	if (!doc)

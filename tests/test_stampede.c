@@ -30,6 +30,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "lab_run.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,39 +229,18 @@ static void test_redis_going_away_degrades_to_postgres_without_a_lost_read(void 
 	free(r);
 }
 
-/* Runs the lab binary with args and env; returns its exit code, stdout and stderr in the buffers. */
-static int run_lab(const char *env, const char *args, char *out, size_t outlen, char *errout, size_t errlen)
-{
-	char cmd[1024], path[512];
-	snprintf(path, sizeof(path), "%s/stampede.stderr", LAB_BIN_DIR);
-	snprintf(cmd, sizeof(cmd), "%s %s/lab-stampede %s 2>%s </dev/null", env ? env : "", LAB_BIN_DIR, args,
-	         path);
-	FILE *p = popen(cmd, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, outlen - 1, p);
-	out[n] = '\0';
-	int status = pclose(p);
-	FILE *f = fopen(path, "r");
-	assert_non_null(f);
-	n = fread(errout, 1, errlen - 1, f);
-	errout[n] = '\0';
-	fclose(f);
-	remove(path);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_unreachable_redis_exits_2_with_the_url_and_how_to_start_it(void **state)
 {
 	(void)state;
 	static char out[4096], err[4096];
-	int rc = run_lab("LAB_REDIS_URL=redis://:secret@127.0.0.1:1/0", "--quick", out, sizeof(out), err,
-	                 sizeof(err));
+	int rc = lab_run("stampede", "LAB_REDIS_URL=redis://:secret@127.0.0.1:1/0", "--quick", out,
+	                 sizeof(out), err, sizeof(err));
 	assert_int_equal(rc, 2);
 	assert_non_null(strstr(err, "cannot connect to Redis at redis://127.0.0.1:1/0"));
 	assert_non_null(strstr(err, "make up"));
 	assert_null(strstr(err, "secret"));
 	assert_string_equal(out, "");
-	assert_int_equal(run_lab(NULL, "--bogus", out, sizeof(out), err, sizeof(err)), 2);
+	assert_int_equal(lab_run("stampede", NULL, "--bogus", out, sizeof(out), err, sizeof(err)), 2);
 	assert_non_null(strstr(err, "--bogus"));
 	assert_string_equal(out, "");
 }
@@ -268,7 +249,7 @@ static void test_quick_json_run_is_one_document_with_every_phase(void **state)
 {
 	(void)state;
 	static char out[262144], err[4096];
-	int rc = run_lab(NULL, "--quick --json", out, sizeof(out), err, sizeof(err));
+	int rc = lab_run("stampede", NULL, "--quick --json", out, sizeof(out), err, sizeof(err));
 	json_error_t jerr;
 	json_t *doc = json_loads(out, 0, &jerr);
 	if (!doc)
