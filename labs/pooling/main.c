@@ -27,7 +27,7 @@
  * must reach at least 75% of it (each request also pays HTTP, a round trip and pg_sleep's
  * overshoot, and the machine is a shared 2-core one: below 75% it did not show the cap).
  */
-#define CAP_OVER 0.05
+#define CAP_OVER  0.05
 #define CAP_UNDER 0.25
 /* pooled against connection per request: at least this many times the throughput */
 #define MIN_SPEEDUP 10.0
@@ -146,11 +146,11 @@ static void print_leak(struct lab *lab, const struct pooling_config *cfg, const 
 	print_drain_row(t, cols, label2, &l->undersized);
 	if (l->leaky.leaks)
 		term_printf(t,
-		            "  %sleak detector%s: connection held %s by \"%s\" (acquired at t=%s, backend "
-		            "pid %d), "
+		            "  %sleak detector%s: \"%s\" held a connection past %d ms (acquired at t=%s, "
+		            "backend pid %d); "
 		            "%llu reports\n",
-		            term_bold(t), term_reset(t), us(b[0], (double)l->leaky.first_leak.held_us),
-		            l->leaky.first_leak.holder, us(b[1], (double)l->leaky.first_leak.acquired_at_us),
+		            term_bold(t), term_reset(t), l->leaky.first_leak.holder, cfg->leak_threshold_ms,
+		            us(b[1], (double)l->leaky.first_leak.acquired_at_us),
 		            l->leaky.first_leak.backend_pid, (unsigned long long)l->leaky.leaks);
 	if (l->leaky.drained_at_us)
 		term_printf(t,
