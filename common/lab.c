@@ -395,3 +395,9 @@ int lab_wait_signal(void)
 		return -1;
 	return sig;
 }
+
+void lab_progress_cb(const char *what, double done, void *arg)
+{
+	struct lab *lab = arg;
+	term_progress(&lab->term, "  %s … %3.0f%%", what, done * 100.0);
+}

@@ -106,6 +106,12 @@ int lab_env_error(struct lab *lab, const char *what, const char *url, const char
 /* Any other failure mid-run: "lab-<name>: <message>" on stderr; frees the lab; LAB_EXIT_ENV. */
 int lab_fail(struct lab *lab, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * A progress hook for an experiment's config (progress_cb with progress_arg = the struct lab):
+ * redraws "  <what> … 42%" on a terminal, prints nothing elsewhere. done is 0..1.
+ */
+void lab_progress_cb(const char *what, double done, void *lab);
+
 /* Frees what lab_init allocated (for paths that return without a verdict). Idempotent. */
 void lab_free(struct lab *lab);
 

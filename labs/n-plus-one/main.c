@@ -30,12 +30,6 @@
 #define MIN_LOOP_TRIPS_SHARE    0.5
 #define MIN_LOOP_OVER_JOIN_GAIN 10.0
 
-static void progress_cb(const char *what, double done, void *arg)
-{
-	struct lab *lab = arg;
-	term_progress(&lab->term, "  %s … %3.0f%%", what, done * 100.0);
-}
-
 static const char *us(char *buf, double v)
 {
 	return term_fmt_us(buf, 32, v);
@@ -341,7 +335,7 @@ int main(int argc, char **argv)
 	n_plus_one_config_default(&cfg, lab.opts.quick);
 	cfg.pg_url = lab.opts.pg_url;
 	cfg.seed = lab.opts.seed;
-	cfg.progress_cb = progress_cb;
+	cfg.progress_cb = lab_progress_cb;
 	cfg.progress_arg = &lab;
 
 	char err[LAB_ERRLEN];

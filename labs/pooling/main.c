@@ -32,12 +32,6 @@
 /* pooled against connection per request: at least this many times the throughput */
 #define MIN_SPEEDUP 10.0
 
-static void progress_cb(const char *what, double done, void *arg)
-{
-	struct lab *lab = arg;
-	term_progress(&lab->term, "  %s … %3.0f%%", what, done * 100.0);
-}
-
 static const char *us(char *buf, double v)
 {
 	return term_fmt_us(buf, 32, v);
@@ -244,7 +238,7 @@ int main(int argc, char **argv)
 	struct pooling_config cfg;
 	pooling_config_default(&cfg, lab.opts.quick);
 	cfg.pg_url = lab.opts.pg_url;
-	cfg.progress_cb = progress_cb;
+	cfg.progress_cb = lab_progress_cb;
 	cfg.progress_arg = &lab;
 
 	char err[LAB_ERRLEN];

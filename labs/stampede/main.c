@@ -35,12 +35,6 @@
 /* jitter: the peak per 100 ms must fall at least this many times */
 #define JITTER_MIN_FALL 3.0
 
-static void progress_cb(const char *what, double done, void *arg)
-{
-	struct lab *lab = arg;
-	term_progress(&lab->term, "  %s … %3.0f%%", what, done * 100.0);
-}
-
 static const char *us(char *buf, double v)
 {
 	return term_fmt_us(buf, 32, v);
@@ -339,7 +333,7 @@ int main(int argc, char **argv)
 	cfg.pg_url = lab.opts.pg_url;
 	cfg.redis_url = lab.opts.redis_url;
 	cfg.seed = lab.opts.seed;
-	cfg.progress_cb = progress_cb;
+	cfg.progress_cb = lab_progress_cb;
 	cfg.progress_arg = &lab;
 
 	char err[LAB_ERRLEN];
