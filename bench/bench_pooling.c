@@ -103,8 +103,9 @@ static double wrk_rps(int port, int seconds)
 {
 	char cmd[256];
 	snprintf(cmd, sizeof(cmd),
-		 "command -v wrk >/dev/null 2>&1 && wrk -t2 -c%d -d%ds 'http://127.0.0.1:%d/pooled?hold_ms=0' 2>&1",
-		 CLIENTS, seconds, port);
+	         "command -v wrk >/dev/null 2>&1 && wrk -t2 -c%d -d%ds "
+	         "'http://127.0.0.1:%d/pooled?hold_ms=0' 2>&1",
+	         CLIENTS, seconds, port);
 	FILE *p = popen(cmd, "r");
 	if (!p)
 		return -1;
@@ -180,7 +181,8 @@ int main(int argc, char **argv)
 		printf("  %-44s %7d %10s\n", "HTTP API + pool, SELECT 1, driven by wrk", CLIENTS,
 		       term_fmt_num(b[3], sizeof(b[3]), wrk, 0));
 	else
-		printf("  (wrk is not installed: apt-get install wrk adds a dedicated HTTP load generator here)\n");
+		printf("  (wrk is not installed: apt-get install wrk adds a dedicated HTTP load generator "
+		       "here)\n");
 	/* judged on the dedicated load generator when there is one, as pgbench is one */
 	double best = wrk > res->rps_2xx ? wrk : res->rps_2xx;
 	double share = best / tps;

@@ -27,9 +27,9 @@ static int bucket_of(uint64_t v)
 {
 	if (v < 2 * SUB_COUNT)
 		return (int)v;
-	int msb = 63 - __builtin_clzll(v);	     /* >= HIST_SUB_BITS + 1 */
-	int shift = msb - HIST_SUB_BITS;	     /* keep the top HIST_SUB_BITS+1 bits */
-	uint64_t top = v >> shift;		     /* in [SUB_COUNT, 2*SUB_COUNT) */
+	int msb = 63 - __builtin_clzll(v); /* >= HIST_SUB_BITS + 1 */
+	int shift = msb - HIST_SUB_BITS;   /* keep the top HIST_SUB_BITS+1 bits */
+	uint64_t top = v >> shift;         /* in [SUB_COUNT, 2*SUB_COUNT) */
 	int idx = (shift + 1) * (int)SUB_COUNT + (int)(top - SUB_COUNT);
 	return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
 }

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define HIST_SUB_BITS 5
-#define HIST_BUCKETS 1024
+#define HIST_BUCKETS  1024
 
 struct hist {
 	uint64_t count;

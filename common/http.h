@@ -35,7 +35,7 @@ int http_server_port(const struct http_server *s);
 
 /* Routes exact path (no query string) to cb. Later routes may replace earlier ones. */
 void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
-		       void *arg);
+                       void *arg);
 
 /* Stops listening and frees the server (requests in flight are dropped). NULL is a no-op. */
 void http_server_free(struct http_server *s);
@@ -45,7 +45,7 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body);
 
 /* Replies with code and {"error": "<message>"}. */
 void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 
 /*
  * Reads integer query parameter name from the request URI. Returns 1 and sets *out when present
@@ -53,7 +53,7 @@ void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...
  * but malformed or out of range (the caller replies 400).
  */
 int http_query_long(struct evhttp_request *req, const char *name, long min, long max, long *out, char *err,
-		    size_t errlen);
+                    size_t errlen);
 
 /*
  * Parses the request body as one JSON object. NULL and err when the body is empty, larger than

@@ -26,9 +26,9 @@
 
 #include "term.h"
 
-#define LAB_EXIT_OK 0
+#define LAB_EXIT_OK        0
 #define LAB_EXIT_NOT_SHOWN 1
-#define LAB_EXIT_ENV 2
+#define LAB_EXIT_ENV       2
 
 #define LAB_ERRLEN 512
 
@@ -37,8 +37,8 @@ struct lab_opts {
 	bool json;
 	bool step;
 	bool serve;
-	int port;	     /* --port N, 0 = a free port */
-	uint64_t seed;	     /* --seed N, default 1 so runs repeat */
+	int port;              /* --port N, 0 = a free port */
+	uint64_t seed;         /* --seed N, default 1 so runs repeat */
 	const char *pg_url;    /* LAB_PG_URL or the default of DESIGN.md */
 	const char *redis_url; /* LAB_REDIS_URL or the default */
 };
@@ -47,13 +47,13 @@ struct lab {
 	const char *name;     /* "pooling": the program is lab-pooling, the schema lab_pooling */
 	const char *question; /* the interview question, printed in the title */
 	struct lab_opts opts;
-	struct term term;     /* narration: stdout, or /dev/null with --json */
-	int exit_code;	      /* set when lab_init returns -1 */
-	int phase_count;      /* phases announced with lab_phase, "[i/n]" */
+	struct term term; /* narration: stdout, or /dev/null with --json */
+	int exit_code;    /* set when lab_init returns -1 */
+	int phase_count;  /* phases announced with lab_phase, "[i/n]" */
 	int phase_no;
-	json_t *config;	      /* the --json document's "config" object (labs add to it) */
-	json_t *phases;	      /* its "phases" array */
-	void *sink;	      /* FILE * of /dev/null behind term.out with --json */
+	json_t *config; /* the --json document's "config" object (labs add to it) */
+	json_t *phases; /* its "phases" array */
+	void *sink;     /* FILE * of /dev/null behind term.out with --json */
 };
 
 /*
@@ -61,8 +61,7 @@ struct lab {
  * 0 after --help (usage on stdout), 2 after a bad flag or value (one line naming it and the
  * usage on stderr). Nothing is printed to stdout for a bad flag.
  */
-int lab_init(struct lab *lab, const char *name, const char *question, int phase_count, int argc,
-	     char **argv);
+int lab_init(struct lab *lab, const char *name, const char *question, int phase_count, int argc, char **argv);
 
 /* Usage text for lab-<name> on f. */
 void lab_usage(const struct lab *lab, FILE *f);
@@ -91,7 +90,7 @@ void lab_phase_metrics(struct lab *lab, const char *name, json_t *metrics);
  * LAB_EXIT_OK or LAB_EXIT_NOT_SHOWN.
  */
 int lab_verdict(struct lab *lab, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+        __attribute__((format(printf, 4, 5)));
 
 /*
  * The environment is wrong: prints STYLE.md's three lines on stderr, e.g.

@@ -19,13 +19,13 @@
 #include "hist.h"
 
 #define LOAD_MAX_SERIES 600
-#define LOAD_PATH_LEN 512
+#define LOAD_PATH_LEN   512
 
 /* One request as the generator is about to send it; request_cb may change any field. */
 struct load_request {
 	enum evhttp_cmd_type method; /* EVHTTP_REQ_GET unless cfg->method or request_cb says otherwise */
 	char path[LOAD_PATH_LEN];    /* path and query string, from cfg->path */
-	const char *body;	     /* NULL: no body */
+	const char *body;            /* NULL: no body */
 	size_t body_len;
 };
 
@@ -39,35 +39,37 @@ struct load_progress {
 struct load_config {
 	const char *host; /* "127.0.0.1" when NULL */
 	int port;
-	const char *path;		  /* e.g. "/query?hold_ms=20" */
-	enum evhttp_cmd_type method;	  /* 0 = GET */
-	int clients;			  /* concurrent connections, >= 1 */
-	int duration_ms;		  /* stop sending after this; 0 = no time limit */
-	uint64_t max_requests;		  /* stop sending after this many; 0 = no count limit */
-	int timeout_ms;			  /* per request; 0 = 10000. A timeout counts as an error */
-	int series_interval_ms;		  /* 0 = 1000 */
+	const char *path;            /* e.g. "/query?hold_ms=20" */
+	enum evhttp_cmd_type method; /* 0 = GET */
+	int clients;                 /* concurrent connections, >= 1 */
+	int duration_ms;             /* stop sending after this; 0 = no time limit */
+	uint64_t max_requests;       /* stop sending after this many; 0 = no count limit */
+	int timeout_ms;              /* per request; 0 = 10000. A timeout counts as an error */
+	int series_interval_ms;      /* 0 = 1000 */
 	/*
 	 * Optional hooks, called on the generator's thread. request_cb may edit r and add headers
 	 * to req (evhttp_request_get_output_headers). response_cb sees every outcome: req is NULL
 	 * when no response came (refused, reset, timeout).
 	 */
-	void (*request_cb)(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq, void *arg);
-	void (*response_cb)(struct evhttp_request *req, int client, uint64_t seq, uint64_t latency_us, void *arg);
+	void (*request_cb)(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq,
+	                   void *arg);
+	void (*response_cb)(struct evhttp_request *req, int client, uint64_t seq, uint64_t latency_us,
+	                    void *arg);
 	void (*progress_cb)(const struct load_progress *p, void *arg); /* about every 250 ms */
 	void *arg;
 };
 
 struct load_result {
 	uint64_t sent;
-	uint64_t completed;   /* got a response, whatever its status */
-	uint64_t errors;      /* no response: refused, reset, timed out */
-	uint64_t timeouts;    /* of errors, those that timed out */
+	uint64_t completed; /* got a response, whatever its status */
+	uint64_t errors;    /* no response: refused, reset, timed out */
+	uint64_t timeouts;  /* of errors, those that timed out */
 	uint64_t status_2xx, status_4xx, status_5xx, status_other;
-	uint64_t status_503;  /* of status_5xx */
-	struct hist latency;  /* every response */
+	uint64_t status_503; /* of status_5xx */
+	struct hist latency; /* every response */
 	struct hist latency_2xx;
-	double elapsed_s;     /* first send to last answer */
-	double rps;	      /* completed / elapsed_s */
+	double elapsed_s; /* first send to last answer */
+	double rps;       /* completed / elapsed_s */
 	double rps_2xx;
 	int series_len;
 	int series_interval_ms;

@@ -73,8 +73,8 @@ void pg_url_redact(const char *url, char *out, size_t outlen)
 	}
 	if (!host)
 		host = hostaddr ? hostaddr : "localhost";
-	snprintf(out, outlen, "postgres://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "", host, port ? ":" : "",
-		 port ? port : "", db ? db : "");
+	snprintf(out, outlen, "postgres://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "", host,
+	         port ? ":" : "", port ? port : "", db ? db : "");
 	PQconninfoFree(opts);
 }
 
@@ -106,7 +106,7 @@ int pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)
 }
 
 PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
-		   size_t errlen)
+                   size_t errlen)
 {
 	PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -118,7 +118,7 @@ PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const
 }
 
 int pg_query_int64(PGconn *conn, const char *sql, int nparams, const char *const *params, int64_t *out,
-		   char *err, size_t errlen)
+                   char *err, size_t errlen)
 {
 	PGresult *res = pg_query(conn, sql, nparams, params, err, errlen);
 	if (!res)
@@ -148,7 +148,7 @@ out:
 }
 
 static int schema_sql(PGconn *conn, const char *fmt1, const char *fmt2, const char *schema, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	char *ident = PQescapeIdentifier(conn, schema, strlen(schema));
 	if (!ident) {
@@ -167,13 +167,13 @@ int pg_schema_create(PGconn *conn, const char *schema, char *err, size_t errlen)
 {
 	/* quiet: a NOTICE that the schema did not exist is not news */
 	return schema_sql(conn, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE; ",
-			  "CREATE SCHEMA %s", schema, err, errlen);
+	                  "CREATE SCHEMA %s", schema, err, errlen);
 }
 
 int pg_schema_drop(PGconn *conn, const char *schema, char *err, size_t errlen)
 {
 	return schema_sql(conn, "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE", NULL,
-			  schema, err, errlen);
+	                  schema, err, errlen);
 }
 
 int pg_statements_calls(PGconn *conn, const char *like, int64_t *calls, char *err, size_t errlen)
@@ -181,17 +181,17 @@ int pg_statements_calls(PGconn *conn, const char *like, int64_t *calls, char *er
 	const char *params[] = {like};
 	int64_t present = 0;
 	if (pg_query_int64(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'", 0,
-			   NULL, &present, err, errlen) < 0)
+	                   NULL, &present, err, errlen) < 0)
 		return -1;
 	if (!present) {
 		snprintf(err, errlen,
-			 "pg_stat_statements is not installed in this database: preload it "
-			 "(shared_preload_libraries) and CREATE EXTENSION pg_stat_statements");
+		         "pg_stat_statements is not installed in this database: preload it "
+		         "(shared_preload_libraries) and CREATE EXTENSION pg_stat_statements");
 		return -1;
 	}
 	return pg_query_int64(conn,
-			      "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements "
-			      "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-			      "AND query LIKE $1",
-			      1, params, calls, err, errlen);
+	                      "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements "
+	                      "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+	                      "AND query LIKE $1",
+	                      1, params, calls, err, errlen);
 }

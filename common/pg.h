@@ -51,7 +51,7 @@ int pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
  * NULL and err on failure.
  */
 PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
-		   size_t errlen);
+                   size_t errlen);
 
 /*
  * Runs one statement with text parameters that returns one row; parses its first column as an
@@ -59,7 +59,7 @@ PGresult *pg_query(PGconn *conn, const char *sql, int nparams, const char *const
  * an integer.
  */
 int pg_query_int64(PGconn *conn, const char *sql, int nparams, const char *const *params, int64_t *out,
-		   char *err, size_t errlen);
+                   char *err, size_t errlen);
 
 /* DROP SCHEMA IF EXISTS schema CASCADE, then CREATE SCHEMA schema. schema is quoted as an identifier. */
 int pg_schema_create(PGconn *conn, const char *schema, char *err, size_t errlen);

@@ -41,27 +41,27 @@
 #include "hist.h"
 
 #define POOL_HOLDER_LEN 64
-#define POOL_ERRLEN 256
+#define POOL_ERRLEN     256
 
 struct pool;
 struct pool_conn;
 
 struct pool_leak {
 	char holder[POOL_HOLDER_LEN]; /* who acquired it and has not released it */
-	uint64_t held_us;	      /* how long, when reported */
+	uint64_t held_us;             /* how long, when reported */
 	uint64_t acquired_at_us;      /* hist_now_us() at acquire */
 	int backend_pid;
 };
 
 struct pool_config {
-	const char *conninfo;	  /* libpq URI or key=value string; copied */
-	int min_idle;		  /* opened at start and kept open */
-	int max_size;		  /* cap on opening + idle + active */
-	int acquire_timeout_ms;	  /* a waiter fails after this; 0 waits forever (node-postgres' default) */
-	int max_lifetime_ms;	  /* retired when released or idle past this age; 0 = never */
-	int idle_timeout_ms;	  /* idle connections above min_idle closed after this; 0 = never */
-	int leak_threshold_ms;	  /* report a connection held longer; 0 = off */
-	int connect_timeout_ms;	  /* an opening connection fails after this; 0 = 5000 */
+	const char *conninfo;   /* libpq URI or key=value string; copied */
+	int min_idle;           /* opened at start and kept open */
+	int max_size;           /* cap on opening + idle + active */
+	int acquire_timeout_ms; /* a waiter fails after this; 0 waits forever (node-postgres' default) */
+	int max_lifetime_ms;    /* retired when released or idle past this age; 0 = never */
+	int idle_timeout_ms;    /* idle connections above min_idle closed after this; 0 = never */
+	int leak_threshold_ms;  /* report a connection held longer; 0 = off */
+	int connect_timeout_ms; /* an opening connection fails after this; 0 = 5000 */
 	/* Called once per leak, on the loop thread; may be NULL (stats.leaks still counts). */
 	void (*leak_cb)(const struct pool_leak *leak, void *arg);
 	void *leak_arg;
@@ -75,18 +75,18 @@ struct pool_stats {
 	int waiting;
 	uint64_t oldest_wait_us; /* how long the first waiter has waited now (PgBouncer's maxwait) */
 	/* since the pool was created */
-	uint64_t acquired;	 /* acquires served with a connection */
-	uint64_t timeouts;	 /* acquires that failed after acquire_timeout_ms */
+	uint64_t acquired; /* acquires served with a connection */
+	uint64_t timeouts; /* acquires that failed after acquire_timeout_ms */
 	uint64_t released;
-	uint64_t opened;	 /* connections that became ready */
+	uint64_t opened;         /* connections that became ready */
 	uint64_t connect_errors; /* connection attempts that failed */
-	uint64_t closed_broken;	 /* found dead (idle watch or a failed query) and replaced */
+	uint64_t closed_broken;  /* found dead (idle watch or a failed query) and replaced */
 	uint64_t closed_lifetime;
 	uint64_t closed_idle;
-	uint64_t closed_discarded; /* pool_discard */
-	uint64_t leaks;		   /* leak reports */
-	uint64_t max_wait_us;	   /* longest wait of any acquire, served or timed out */
-	struct hist wait;	   /* wait of every acquire, served or timed out */
+	uint64_t closed_discarded;    /* pool_discard */
+	uint64_t leaks;               /* leak reports */
+	uint64_t max_wait_us;         /* longest wait of any acquire, served or timed out */
+	struct hist wait;             /* wait of every acquire, served or timed out */
 	char last_error[POOL_ERRLEN]; /* the last connect or query error, "" if none */
 };
 
@@ -143,7 +143,7 @@ void pool_discard(struct pool_conn *c, const char *reason);
  */
 typedef void (*pool_query_cb)(struct pool_conn *c, PGresult *res, const char *err, void *arg);
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
-	       void *arg);
+               void *arg);
 
 /* A snapshot of the counters and the wait distribution. Can't fail. */
 void pool_stats(const struct pool *p, struct pool_stats *out);

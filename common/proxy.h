@@ -27,20 +27,20 @@ struct proxy;
 struct proxy_config {
 	const char *upstream_host; /* numeric address; "127.0.0.1" when NULL */
 	int upstream_port;
-	int listen_port;	   /* 0 = a free port (see proxy_port) */
-	int delay_up_us;	   /* client to upstream */
-	int delay_down_us;	   /* upstream to client */
-	int64_t bandwidth_bps;	   /* bytes per second per direction per connection; 0 = unlimited */
+	int listen_port;       /* 0 = a free port (see proxy_port) */
+	int delay_up_us;       /* client to upstream */
+	int delay_down_us;     /* upstream to client */
+	int64_t bandwidth_bps; /* bytes per second per direction per connection; 0 = unlimited */
 };
 
 struct proxy_stats {
-	uint64_t accepted;   /* connections accepted */
-	uint64_t active;     /* open now */
-	uint64_t refused;    /* closed at accept because of proxy_refuse */
-	uint64_t cut;	     /* closed by proxy_cut */
+	uint64_t accepted;        /* connections accepted */
+	uint64_t active;          /* open now */
+	uint64_t refused;         /* closed at accept because of proxy_refuse */
+	uint64_t cut;             /* closed by proxy_cut */
 	uint64_t upstream_errors; /* the upstream refused or failed */
-	uint64_t bytes_up;   /* delivered to the upstream */
-	uint64_t bytes_down; /* delivered to clients */
+	uint64_t bytes_up;        /* delivered to the upstream */
+	uint64_t bytes_down;      /* delivered to clients */
 };
 
 /* Starts the proxy and its thread. NULL and err when it cannot listen or start. */

@@ -50,7 +50,7 @@ struct term_col {
 };
 void term_table_header(const struct term *t, int indent, const struct term_col *cols, int ncols);
 void term_table_row(const struct term *t, int indent, const struct term_col *cols, int ncols,
-		    const char *const *cells);
+                    const char *const *cells);
 
 /*
  * Number formatting into buf (always NUL-terminated, truncated to len). Each returns buf.
