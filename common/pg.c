@@ -176,6 +176,16 @@ int pg_schema_drop(PGconn *conn, const char *schema, char *err, size_t errlen)
 	                  schema, err, errlen);
 }
 
+int pg_url_schema_drop(const char *url, const char *schema, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(url, err, errlen);
+	if (!conn)
+		return -1;
+	int ret = pg_schema_drop(conn, schema, err, errlen);
+	PQfinish(conn);
+	return ret;
+}
+
 int pg_statements_calls(PGconn *conn, const char *like, int64_t *calls, char *err, size_t errlen)
 {
 	const char *params[] = {like};

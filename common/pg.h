@@ -67,6 +67,9 @@ int pg_schema_create(PGconn *conn, const char *schema, char *err, size_t errlen)
 /* DROP SCHEMA IF EXISTS schema CASCADE. */
 int pg_schema_drop(PGconn *conn, const char *schema, char *err, size_t errlen);
 
+/* Connects to url, drops schema as pg_schema_drop does, disconnects: a lab's teardown. */
+int pg_url_schema_drop(const char *url, const char *schema, char *err, size_t errlen);
+
 /*
  * Statements the server ran: the sum of pg_stat_statements.calls in this database over the
  * entries whose query text matches the LIKE pattern. Take it before and after and subtract;

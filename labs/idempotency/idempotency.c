@@ -121,11 +121,7 @@ out:
 
 int idempotency_teardown(const struct idempotency_config *cfg, char *err, size_t errlen)
 {
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
-	if (!conn)
-		return -1;
-	int ret = pg_schema_drop(conn, SCHEMA, err, errlen);
-	PQfinish(conn);
+	int ret = pg_url_schema_drop(cfg->pg_url, SCHEMA, err, errlen);
 	if (ret == 0 && cfg->redis_url) {
 		redisContext *rc = redis_connect_url(cfg->redis_url, 2000, err, errlen);
 		if (!rc)

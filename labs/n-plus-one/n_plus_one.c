@@ -307,12 +307,7 @@ out:
 
 int n_plus_one_teardown(const struct n_plus_one_config *cfg, char *err, size_t errlen)
 {
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
-	if (!conn)
-		return -1;
-	int ret = pg_schema_drop(conn, SCHEMA, err, errlen);
-	PQfinish(conn);
-	return ret;
+	return pg_url_schema_drop(cfg->pg_url, SCHEMA, err, errlen);
 }
 
 int n_plus_one_data_count(const struct n_plus_one_config *cfg, int users, struct n_plus_one_data *out,

@@ -89,12 +89,7 @@ out:
 
 int pooling_teardown(const struct pooling_config *cfg, char *err, size_t errlen)
 {
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
-	if (!conn)
-		return -1;
-	int ret = pg_schema_drop(conn, SCHEMA, err, errlen);
-	PQfinish(conn);
-	return ret;
+	return pg_url_schema_drop(cfg->pg_url, SCHEMA, err, errlen);
 }
 
 /* ---- the API ---- */
