@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,14 +217,26 @@ err:
 	return NULL;
 }
 
+void redis_error_text(const redisContext *c, int saved_errno, char *out, size_t outlen)
+{
+	if (c->err == REDIS_ERR_EOF)
+		snprintf(out, outlen, "Server closed the connection");
+	else if (c->err == REDIS_ERR_IO && strlen(c->errstr) < 4)
+		snprintf(out, outlen, "%s", saved_errno ? strerror(saved_errno) : "I/O error");
+	else if (c->err)
+		snprintf(out, outlen, "%s", c->errstr);
+	else
+		snprintf(out, outlen, "no reply from Redis");
+}
+
 /* Checks a reply: NULL means the connection failed; an error reply is freed. */
 static redisReply *check_reply(redisContext *c, redisReply *reply, char *err, size_t errlen)
 {
 	if (!reply) {
-		if (c->err)
-			set_err(err, errlen, c->errstr, strlen(c->errstr));
-		else
-			set_errf(err, errlen, "no reply from Redis");
+		int saved_errno = errno;
+		char text[256];
+		redis_error_text(c, saved_errno, text, sizeof(text));
+		set_err(err, errlen, text, strlen(text));
 		return NULL;
 	}
 	if (reply->type == REDIS_REPLY_ERROR) {

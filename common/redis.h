@@ -33,6 +33,13 @@ redisContext *redis_connect_url(const char *url, int timeout_ms, char *err, size
  */
 redisReply *redis_cmd(redisContext *c, char *err, size_t errlen, const char *fmt, ...);
 
+/*
+ * What hiredis said about a failed call on c, into out: c->errstr, except that hiredis 0.14.1
+ * may leave an I/O error's text unwritten (GNU strerror_r), so then saved_errno, taken right
+ * after the failed call, says it; EOF reads "Server closed the connection". Can't fail.
+ */
+void redis_error_text(const redisContext *c, int saved_errno, char *out, size_t outlen);
+
 /* Deletes every key that starts with prefix (SCAN MATCH + DEL in batches). *deleted may be NULL. */
 int redis_del_prefix(redisContext *c, const char *prefix, long long *deleted, char *err, size_t errlen);
 

@@ -711,22 +711,6 @@ static void run_fail(struct hot_run *run, const char *msg)
 	pthread_mutex_unlock(&run->mu);
 }
 
-/*
- * What hiredis said about a failed command. Its I/O errors are strerror_r() text, which the GNU
- * variant of strerror_r may leave unwritten: then errno, taken right after the call, says it.
- */
-static void redis_failure_text(const redisContext *rc, int saved_errno, char *out, size_t outlen)
-{
-	if (rc->err == REDIS_ERR_EOF)
-		snprintf(out, outlen, "Server closed the connection");
-	else if (rc->err == REDIS_ERR_IO && strlen(rc->errstr) < 4)
-		snprintf(out, outlen, "%s", saved_errno ? strerror(saved_errno) : "I/O error");
-	else if (rc->err)
-		snprintf(out, outlen, "%s", rc->errstr);
-	else
-		snprintf(out, outlen, "no reply from Redis");
-}
-
 /* Redis failed under this client: drop the connection, remember the first words said about it. */
 static void client_lost_redis(struct client *c, const char *why)
 {
@@ -764,7 +748,7 @@ static redisReply *client_cmd(struct client *c, bool *gone, const char *fmt, ...
 	if (!reply) {
 		int e = errno;
 		char why[160];
-		redis_failure_text(c->rc, e, why, sizeof(why));
+		redis_error_text(c->rc, e, why, sizeof(why));
 		client_lost_redis(c, why);
 		*gone = true;
 		return NULL;
