@@ -408,3 +408,34 @@ void http_thread_stop(struct http_thread *t)
 	pthread_mutex_destroy(&t->mu);
 	free(t);
 }
+
+int http_app_open(struct http_app *app, int port, char *err, size_t errlen)
+{
+	memset(app, 0, sizeof(*app));
+	app->base = http_base_new();
+	if (!app->base) {
+		snprintf(err, errlen, "cannot make an event base");
+		return -1;
+	}
+	app->server = http_server_start(app->base, port, err, errlen);
+	return app->server ? 0 : -1;
+}
+
+int http_app_run(struct http_app *app, char *err, size_t errlen)
+{
+	app->thread = http_thread_start(app->base, err, errlen);
+	return app->thread ? 0 : -1;
+}
+
+void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg)
+{
+	if (!app)
+		return;
+	http_thread_stop(app->thread);
+	if (release)
+		release(arg);
+	http_server_free(app->server);
+	if (app->base)
+		event_base_free(app->base);
+	memset(app, 0, sizeof(*app));
+}

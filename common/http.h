@@ -77,4 +77,36 @@ int http_thread_call(struct http_thread *t, void (*fn)(void *), void *arg);
 /* Breaks the loop, joins the thread and frees t (not the base). NULL is a no-op. */
 void http_thread_stop(struct http_thread *t);
 
+/*
+ * An API as every API lab runs it: a base, a server on 127.0.0.1, the loop in a thread of its
+ * own. Open it, add routes and whatever the handlers borrow from (a pool, a Redis context) on
+ * app->base, run it; stop it with http_app_stop and nothing else.
+ */
+struct http_app {
+	struct event_base *base;
+	struct http_server *server;
+	struct http_thread *thread;
+};
+
+/*
+ * Makes the base and the server on 127.0.0.1:port (not serving until http_app_run). -1 and err
+ * on failure; the app can then be passed to http_app_stop (a no-op on what was not made).
+ */
+int http_app_open(struct http_app *app, int port, char *err, size_t errlen);
+
+/* Starts the loop thread: the API answers from now on. -1 and err on failure. */
+int http_app_run(struct http_app *app, char *err, size_t errlen);
+
+/*
+ * Stops the API in the one order that is safe with requests in flight and queued:
+ *   1. the loop thread stops: no callback of the loop runs after this;
+ *   2. release(arg) frees what the handlers borrow from (pools, Redis, timers): the callbacks
+ *      that this runs (a waiter failed with "pool closed", a query cut off) still reply to
+ *      live requests and free their contexts;
+ *   3. the server is freed, and with it every connection and request;
+ *   4. the base.
+ * release may be NULL. Safe on a zeroed or half-opened app; the app is zeroed after. Can't fail.
+ */
+void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg);
+
 #endif

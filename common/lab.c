@@ -9,9 +9,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "pg.h"
 #include "redis.h"
@@ -147,6 +150,166 @@ static int parse_args(struct lab *lab, int argc, char **argv)
 	return 0;
 }
 
+/*
+ * Ctrl-C. One thread per process waits for SIGINT and SIGTERM (blocked everywhere else), so a
+ * signal never lands in the middle of libpq, hiredis or malloc: cleanup runs as ordinary code.
+ * What it needs is copied here once, by lab_init: the process runs one lab.
+ */
+#define GUARD_SERVE_GRACE_MS 2000 /* --serve: time to stop the API in order before the hard way */
+#define GUARD_DROP_TRIES     5    /* DROP SCHEMA tries, each after ending our backends again */
+
+static struct {
+	char name[64], pg_url[1024], redis_url[1024];
+	atomic_bool interrupted; /* a signal arrived: phases stop, exits wait for the cleanup */
+	atomic_bool serving;     /* lab_serve_wait is waiting: the first signal is its to handle */
+	int serve_pipe[2];       /* the guard writes the signal number; lab_serve_wait reads it */
+	pthread_mutex_t mu;
+	pthread_cond_t never; /* exits wait on it while the guard cleans up and _exits */
+} guard = {.serve_pipe = {-1, -1}, .mu = PTHREAD_MUTEX_INITIALIZER, .never = PTHREAD_COND_INITIALIZER};
+
+bool lab_interrupted(void)
+{
+	return atomic_load(&guard.interrupted);
+}
+
+static void guard_signal_set(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGTERM);
+}
+
+/* Ends this process's other backends and drops the schema: -1 and err when it could not. */
+static int guard_drop_schema(const char *schema, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(guard.pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	int ret = -1;
+	const char *params[] = {pg_application_name()};
+	/* a lock_timeout per try: a backend of ours that reconnected may hold a lock for a moment */
+	if (pg_exec(conn, "SET lock_timeout = '200ms'; SET statement_timeout = '1s'", err, errlen) < 0)
+		goto out;
+	for (int i = 0; i < GUARD_DROP_TRIES && ret < 0; i++) {
+		PGresult *res = pg_query(conn,
+		                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+		                         "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+		                         1, params, err, errlen);
+		if (!res)
+			goto out;
+		PQclear(res);
+		ret = pg_schema_drop(conn, schema, err, errlen);
+	}
+out:
+	PQfinish(conn);
+	return ret;
+}
+
+/* Drops what the lab made and exits: the hard way out, from the guard thread. */
+static void guard_cleanup_exit(void)
+{
+	atomic_store(&guard.interrupted, true);
+
+	char schema[96], prefix[96], err[LAB_ERRLEN], shown[256];
+	snprintf(schema, sizeof(schema), "lab_%s", guard.name);
+	for (char *c = schema; *c; c++)
+		if (*c == '-')
+			*c = '_';
+	snprintf(prefix, sizeof(prefix), "lab:%s:", guard.name);
+	fprintf(stderr, "\nlab-%s: interrupted: dropping schema %s and keys %s* …\n", guard.name, schema,
+	        prefix);
+	if (guard_drop_schema(schema, err, sizeof(err)) < 0) {
+		pg_url_redact(guard.pg_url, shown, sizeof(shown));
+		fprintf(stderr, "lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown, err);
+	}
+	redisContext *rc = redis_connect_url(guard.redis_url, 500, err, sizeof(err));
+	long long deleted = 0;
+	if (!rc || redis_del_prefix(rc, prefix, &deleted, err, sizeof(err)) < 0) {
+		redis_url_redact(guard.redis_url, shown, sizeof(shown));
+		fprintf(stderr, "lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown, err);
+	}
+	if (rc)
+		redisFree(rc);
+	fflush(NULL);
+	_exit(LAB_EXIT_INTERRUPTED);
+}
+
+/* At exit(): once a signal has arrived, the guard's cleanup must finish before the process ends. */
+static void guard_atexit(void)
+{
+	if (!atomic_load(&guard.interrupted))
+		return;
+	pthread_mutex_lock(&guard.mu);
+	for (;;) /* the guard _exits: this wait ends with the process */
+		pthread_cond_wait(&guard.never, &guard.mu);
+}
+
+static void *guard_main(void *arg)
+{
+	(void)arg;
+	sigset_t set;
+	guard_signal_set(&set);
+	int sig = 0;
+	if (sigwait(&set, &sig) != 0)
+		return NULL;
+	if (atomic_load(&guard.serving)) {
+		/* lab_serve_wait stops the API in order; a second signal or the grace running out
+		 * takes the hard way */
+		unsigned char b = (unsigned char)sig;
+		struct timespec grace = {GUARD_SERVE_GRACE_MS / 1000, (GUARD_SERVE_GRACE_MS % 1000) * 1000000L};
+		if (write(guard.serve_pipe[1], &b, 1) == 1)
+			sigtimedwait(&set, NULL, &grace); /* EINTR or EAGAIN: either way, time is up */
+	}
+	guard_cleanup_exit();
+	return NULL;
+}
+
+/* Starts the guard once per process; -1 when the thread or the pipe cannot be made. */
+static int guard_start(const struct lab *lab)
+{
+	static pid_t started_in; /* a child forked after lab_init has no guard thread: it starts its own */
+	if (started_in == getpid())
+		return 0;
+	snprintf(guard.name, sizeof(guard.name), "%s", lab_name(lab));
+	snprintf(guard.pg_url, sizeof(guard.pg_url), "%s", lab->opts.pg_url);
+	snprintf(guard.redis_url, sizeof(guard.redis_url), "%s", lab->opts.redis_url);
+	char app[96];
+	snprintf(app, sizeof(app), "lab-%s:%ld", guard.name, (long)getpid());
+	pg_set_application_name(app);
+	if (guard.serve_pipe[0] >= 0)
+		close(guard.serve_pipe[0]), close(guard.serve_pipe[1]);
+	if (pipe(guard.serve_pipe) < 0)
+		return -1;
+	sigset_t set;
+	guard_signal_set(&set);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	pthread_t t;
+	if (pthread_create(&t, NULL, guard_main, NULL) != 0)
+		return -1;
+	pthread_detach(t);
+	if (!started_in)
+		atexit(guard_atexit);
+	started_in = getpid();
+	return 0;
+}
+
+int lab_serve_wait(struct lab *lab, int port, const char *help)
+{
+	(void)lab;
+	printf("listening on http://127.0.0.1:%d\n", port);
+	if (help && *help)
+		printf("%s", help);
+	printf("  Ctrl-C to stop\n");
+	fflush(stdout);
+	atomic_store(&guard.serving, true);
+	unsigned char b = 0;
+	ssize_t n;
+	do
+		n = read(guard.serve_pipe[0], &b, 1);
+	while (n < 0 && errno == EINTR);
+	return n == 1 ? (int)b : -1;
+}
+
 int lab_init(struct lab *lab, const char *name, const char *question, int phase_count, int argc, char **argv)
 {
 	memset(lab, 0, sizeof(*lab));
@@ -160,6 +323,11 @@ int lab_init(struct lab *lab, const char *name, const char *question, int phase_
 
 	if (parse_args(lab, argc, argv) < 0)
 		return -1;
+	if (guard_start(lab) < 0) {
+		fprintf(stderr, "lab-%s: cannot start the Ctrl-C handler\n", lab_name(lab));
+		lab->exit_code = LAB_EXIT_ENV;
+		return -1;
+	}
 
 	lab->config = json_object();
 	lab->phases = json_array();
@@ -241,6 +409,9 @@ void lab_phase(struct lab *lab, const char *fmt, ...)
 		vfprintf(t->out, fmt, ap);
 	va_end(ap);
 	term_printf(t, "%s\n", term_reset(t));
+	/* a phase title shows at once, also through a pipe (lab | tee, a test waiting on it) */
+	if (t->out)
+		fflush(t->out);
 }
 
 void lab_phase_metrics(struct lab *lab, const char *name, json_t *metrics)
@@ -324,6 +495,96 @@ done:
 	return ret;
 }
 
+void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
+{
+	v->demonstrated = demonstrated;
+	snprintf(v->claim, sizeof(v->claim), "%s", claim ? claim : "");
+	va_list ap;
+	va_start(ap, evidence_fmt);
+	vsnprintf(v->evidence, sizeof(v->evidence), evidence_fmt, ap);
+	va_end(ap);
+}
+
+int lab_finish(struct lab *lab, const struct lab_verdict *v)
+{
+	return lab_verdict(lab, v->demonstrated, v->claim, "%s", v->evidence);
+}
+
+int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, void *result,
+                    const struct lab_phase_hooks *hooks, char *err, size_t errlen)
+{
+	for (int i = 0; i < n; i++) {
+		if (lab_interrupted()) {
+			snprintf(err, errlen, "interrupted");
+			return -1;
+		}
+		if (hooks && hooks->begin_cb)
+			hooks->begin_cb(i, hooks->arg);
+		if (defs[i].run(cfg, result, err, errlen) < 0)
+			return -1;
+		if (hooks && hooks->end_cb)
+			hooks->end_cb(i, hooks->arg);
+	}
+	return 0;
+}
+
+static void teller_begin_cb(int phase, void *arg)
+{
+	struct lab_teller *t = arg;
+	if (phase < t->ntells && t->tells[phase].before)
+		t->tells[phase].before(t->lab, t->cfg);
+}
+
+static void teller_end_cb(int phase, void *arg)
+{
+	struct lab_teller *t = arg;
+	term_progress_clear(&t->lab->term);
+	if (phase < t->ntells && t->tells[phase].after)
+		t->tells[phase].after(t->lab, t->cfg, t->result);
+}
+
+struct lab_phase_hooks lab_teller_hooks(struct lab_teller *t)
+{
+	return (struct lab_phase_hooks){teller_begin_cb, teller_end_cb, t};
+}
+
+int lab_probe(struct lab *lab, bool pg, bool redis)
+{
+	char err[LAB_ERRLEN];
+	if (pg) {
+		PGconn *conn = pg_connect(lab->opts.pg_url, err, sizeof(err));
+		if (!conn) {
+			lab->exit_code = lab_env_error(lab, "PostgreSQL", lab->opts.pg_url, err);
+			return -1;
+		}
+		PQfinish(conn);
+	}
+	if (redis) {
+		redisContext *c = redis_connect_url(lab->opts.redis_url, 2000, err, sizeof(err));
+		if (!c) {
+			lab->exit_code = lab_env_error(lab, "Redis", lab->opts.redis_url, err);
+			return -1;
+		}
+		redisFree(c);
+	}
+	return 0;
+}
+
+int lab_lost(struct lab *lab, const char *what, const char *url, const char *server_said)
+{
+	char shown[512], said[LAB_ERRLEN];
+	bool redis = (what && !strcmp(what, "Redis")) || (url && !strncmp(url, "redis://", 8));
+	if (redis)
+		redis_url_redact(url ? url : "", shown, sizeof(shown));
+	else
+		pg_url_redact(url ? url : "", shown, sizeof(shown));
+	pg_message_line(said, sizeof(said), server_said);
+	fprintf(stderr, "lab-%s: lost %s at %s: %s\n  start it: make up   (or docker compose up -d --wait)\n",
+	        lab_name(lab), what ? what : (redis ? "Redis" : "PostgreSQL"), shown, said);
+	lab_free(lab);
+	return LAB_EXIT_ENV;
+}
+
 int lab_env_error(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
 	char shown[512], said[LAB_ERRLEN];
@@ -370,30 +631,6 @@ void lab_free(struct lab *lab)
 		lab->term.tty = false;
 		lab->term.color = false;
 	}
-}
-
-static void lab_signal_set(sigset_t *set)
-{
-	sigemptyset(set);
-	sigaddset(set, SIGINT);
-	sigaddset(set, SIGTERM);
-}
-
-void lab_block_signals(void)
-{
-	sigset_t set;
-	lab_signal_set(&set);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-}
-
-int lab_wait_signal(void)
-{
-	sigset_t set;
-	int sig = 0;
-	lab_signal_set(&set);
-	if (sigwait(&set, &sig) != 0)
-		return -1;
-	return sig;
 }
 
 void lab_progress_cb(const char *what, double done, void *arg)

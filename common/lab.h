@@ -1,21 +1,37 @@
 /*
  * lab.h — the runner every lab shares: flags, phases, narration, the verdict, the --json
- * document and the exit codes. A lab's main.c reads:
+ * document, the exit codes, and what happens on Ctrl-C. A lab is three parts (the shape every
+ * lab follows, docs/architecture.md):
+ *
+ *   <lab>.c   <lab>_run(cfg, result, err, errlen) walks the lab's list of phases
+ *             (lab_phases_walk) and measures; <lab>_judge(result, verdict) decides, with the
+ *             thresholds written once, with their reasons.
+ *   main.c    the telling: flags, one "before" and one "after" per phase (title; table, chart,
+ *             lab_phase_metrics), then the verdict the judge gave:
  *
  *	struct lab lab;
  *	if (lab_init(&lab, "pooling", QUESTION, 4, argc, argv) < 0)
  *		return lab.exit_code;            // --help (0) or a bad flag (2)
+ *	if (lab_probe(&lab, true, false) < 0)    // PostgreSQL answers, or the three-line error
+ *		return lab.exit_code;
  *	lab_header(&lab, "PostgreSQL %s · pool max %d", ...);
- *	lab_phase(&lab, "New connection per request vs a pool");
- *	... run, print a table with term.h on &lab.term, lab_phase_metrics(&lab, "compare", m);
- *	return lab_verdict(&lab, ok, "claim", "evidence %d", n);   // 0 or 1, frees the lab
+ *	struct lab_teller teller = {&lab, TELLS, 4, &cfg, &result};
+ *	cfg.hooks = lab_teller_hooks(&teller);
+ *	if (pooling_run(&cfg, &result, err, sizeof(err)) < 0)
+ *		return lab_fail(&lab, "%s", err);
+ *	pooling_judge(&result, &verdict);
+ *	return lab_finish(&lab, &verdict);      // 0 or 1, frees the lab
+ *
+ *   tests/test_<lab>.c   calls <lab>_run with a small config and asserts <lab>_judge's verdict
+ *                        and the counts behind it.
  *
  * Flags (parsed here, the same for every lab): --quick --json --step --seed N --serve
  * --port N --help. Exit codes: LAB_EXIT_OK (demonstrated), LAB_EXIT_NOT_SHOWN (the numbers
- * disagree with the claim), LAB_EXIT_ENV (server unreachable, bad flag).
+ * disagree with the claim), LAB_EXIT_ENV (server unreachable, bad flag), LAB_EXIT_INTERRUPTED
+ * (Ctrl-C or SIGTERM: the lab's schema and keys were dropped on the way out).
  *
  * With --json, narration goes to a sink (lab.term writes to /dev/null) and stdout carries only
- * the document of DESIGN.md: {"lab", "config", "phases": [{"name", "metrics"}], "verdict"}.
+ * one document: {"lab", "config", "phases": [{"name", "metrics"}], "verdict"}.
  */
 #ifndef LAB_LAB_H
 #define LAB_LAB_H
@@ -29,8 +45,56 @@
 #define LAB_EXIT_OK        0
 #define LAB_EXIT_NOT_SHOWN 1
 #define LAB_EXIT_ENV       2
+/* 128 + SIGINT, as a shell reports a program ended by Ctrl-C */
+#define LAB_EXIT_INTERRUPTED 130
 
 #define LAB_ERRLEN 512
+#define LAB_CLAIMLEN    256
+#define LAB_EVIDENCELEN 1024
+
+/*
+ * What a lab's judge decided: <lab>_judge fills it from the numbers, main.c prints it
+ * (lab_finish), the test asserts it. evidence starts with what disagreed when the claim was not
+ * shown, then the numbers behind the claim.
+ */
+struct lab_verdict {
+	bool demonstrated;
+	char claim[LAB_CLAIMLEN];
+	char evidence[LAB_EVIDENCELEN];
+};
+
+/*
+ * One phase of a lab's experiment, as <lab>.c lists them: run measures into the lab's result
+ * (cfg and result are the lab's own structs) and returns 0, or -1 with one line in err.
+ */
+struct lab_phase_def {
+	const char *name; /* the phase's name in the --json document: "exhaustion" */
+	int (*run)(const void *cfg, void *result, char *err, size_t errlen);
+};
+
+/* Called around each phase by lab_phases_walk (main.c tells through them); each may be NULL. */
+struct lab_phase_hooks {
+	void (*begin_cb)(int phase, void *arg); /* before phase i runs: its title, --step */
+	void (*end_cb)(int phase, void *arg);   /* after it succeeded: its table, its metrics */
+	void *arg;
+};
+
+struct lab;
+
+/* How main.c tells phase i: before it runs (lab_phase with the title) and after (the table). */
+struct lab_phase_tell {
+	void (*before)(struct lab *lab, const void *cfg);
+	void (*after)(struct lab *lab, const void *cfg, const void *result);
+};
+
+/* Binds a lab's tells to hooks: see lab_teller_hooks. */
+struct lab_teller {
+	struct lab *lab;
+	const struct lab_phase_tell *tells; /* one per phase, in the order of the lab's phase list */
+	int ntells;
+	const void *cfg;
+	const void *result;
+};
 
 struct lab_opts {
 	bool quick;
@@ -84,13 +148,34 @@ void lab_phase(struct lab *lab, const char *fmt, ...) __attribute__((format(prin
 /* Appends {"name": name, "metrics": metrics} to the document; steals metrics. */
 void lab_phase_metrics(struct lab *lab, const char *name, json_t *metrics);
 
+/* Fills v: what a judge calls once, at its end. This function can't fail (long text is cut). */
+void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt,
+                     ...) __attribute__((format(printf, 4, 5)));
+
 /*
- * Ends the run: prints "✔ demonstrated: claim" or "✘ not demonstrated: claim", then the
- * evidence; with --json prints the whole document instead. Frees the lab. Returns
- * LAB_EXIT_OK or LAB_EXIT_NOT_SHOWN.
+ * Ends the run with the judge's verdict: prints "✔ demonstrated: claim" or "✘ not demonstrated:
+ * claim", then the evidence; with --json prints the whole document instead. Frees the lab.
+ * Returns LAB_EXIT_OK or LAB_EXIT_NOT_SHOWN (LAB_EXIT_ENV if the document cannot be written).
  */
+int lab_finish(struct lab *lab, const struct lab_verdict *v);
+
+/* lab_finish from loose parts; goes once every lab has its <lab>_judge. */
 int lab_verdict(struct lab *lab, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
         __attribute__((format(printf, 4, 5)));
+
+/*
+ * Runs defs[0..n) in order on cfg and result, calling hooks around each (hooks may be NULL).
+ * Stops at the first phase that fails (-1, its err) and before a phase when the lab was
+ * interrupted (-1, "interrupted"). Returns 0 when every phase ran.
+ */
+int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, void *result,
+                    const struct lab_phase_hooks *hooks, char *err, size_t errlen);
+
+/*
+ * Hooks that tell phase i with t->tells[i]: before() runs after --step's pause; after() runs
+ * once the progress line is cleared. t must outlive the walk. This function can't fail.
+ */
+struct lab_phase_hooks lab_teller_hooks(struct lab_teller *t);
 
 /*
  * The environment is wrong: prints STYLE.md's three lines on stderr, e.g.
@@ -115,10 +200,41 @@ void lab_progress_cb(const char *what, double done, void *lab);
 void lab_free(struct lab *lab);
 
 /*
- * For --serve: blocks SIGINT and SIGTERM in the calling thread, so threads started after it
- * inherit the mask; lab_wait_signal then waits for one of them (sigwait) and returns it.
+ * Checks that the servers the lab needs answer: PostgreSQL at opts.pg_url when pg, Redis at
+ * opts.redis_url when redis. 0 when they do; otherwise prints the three lines of lab_env_error
+ * (the URL without its password, what the server or the socket said, the command that starts
+ * it), frees the lab, sets lab->exit_code to LAB_EXIT_ENV and returns -1.
  */
-void lab_block_signals(void);
-int lab_wait_signal(void);
+int lab_probe(struct lab *lab, bool pg, bool redis);
+
+/*
+ * A server was lost mid-run (the error came from it): one line on stderr naming it and its
+ * URL without the password, "lab-stampede: lost Redis at redis://127.0.0.1:56379/0: Server
+ * closed the connection", then how to start it. Frees the lab, returns LAB_EXIT_ENV.
+ */
+int lab_lost(struct lab *lab, const char *what, const char *url, const char *server_said);
+
+/*
+ * Ctrl-C and SIGTERM. lab_init (once per process, after the flags parsed) blocks both in the
+ * calling thread, so every thread started after it inherits the mask, and starts one thread
+ * that waits for them. When one arrives:
+ *   - during lab_serve_wait, it wakes the waiter, which stops the API in order and tears down;
+ *     if the process has not exited 2 s later, the lab is cleaned up as below;
+ *   - otherwise (or at a second signal) the lab is cleaned up at once: its own backends (those
+ *     with this process's application_name) are ended, schema lab_<name> is dropped, Redis keys
+ *     lab:<name>:* are deleted, one line says so on stderr, and the process exits with
+ *     LAB_EXIT_INTERRUPTED. Every other thread's way out (a return from main, exit()) waits for
+ *     that cleanup to finish first.
+ * The whole cleanup is bounded by about 1.5 s: connect and statement timeouts, retries.
+ */
+bool lab_interrupted(void);
+
+/*
+ * For --serve: prints "listening on http://127.0.0.1:PORT" (one line, for scripts to wait on),
+ * then help (the routes, may be NULL) and "Ctrl-C to stop", and blocks until SIGINT or SIGTERM.
+ * The caller then stops its API and tears down (within 2 s, see lab_interrupted). Returns the
+ * signal.
+ */
+int lab_serve_wait(struct lab *lab, int port, const char *help);
 
 #endif

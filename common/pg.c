@@ -12,21 +12,41 @@ const char *pg_url_default(void)
 	return url && *url ? url : PG_DEFAULT_URL;
 }
 
+/* The bytes of the UTF-8 character that starts with byte c (1 for ASCII and for stray bytes). */
+static size_t utf8_len(unsigned char c)
+{
+	if (c >= 0xF0 && c <= 0xF4)
+		return 4;
+	if (c >= 0xE0)
+		return c <= 0xEF ? 3 : 1;
+	if (c >= 0xC2)
+		return 2;
+	return 1;
+}
+
 void pg_message_line(char *out, size_t outlen, const char *msg)
 {
 	if (!out || outlen == 0)
 		return;
 	size_t n = 0;
 	bool space = false;
-	for (const char *s = msg && *msg ? msg : "unknown error"; *s && n + 1 < outlen; s++) {
+	const char *s = msg && *msg ? msg : "unknown error";
+	while (*s) {
 		if (*s == '\n' || *s == '\r' || *s == '\t' || *s == ' ') {
 			space = n > 0;
+			s++;
 			continue;
 		}
-		if (space && n + 2 < outlen)
+		size_t len = utf8_len((unsigned char)*s);
+		size_t have = strnlen(s, len); /* a truncated sequence at the end is copied as it is */
+		if (n + (space ? 1 : 0) + have + 1 > outlen)
+			break; /* the whole character or nothing of it */
+		if (space)
 			out[n++] = ' ';
 		space = false;
-		out[n++] = *s;
+		memcpy(out + n, s, have);
+		n += have;
+		s += have;
 	}
 	out[n] = '\0';
 }
@@ -78,11 +98,49 @@ void pg_url_redact(const char *url, char *out, size_t outlen)
 	PQconninfoFree(opts);
 }
 
-PGconn *pg_connect(const char *url, char *err, size_t errlen)
+/* Written once by lab_init before any connection, read by every connect after. */
+static char application_name[64];
+
+void pg_set_application_name(const char *name)
 {
-	/* connect_timeout as a separate keyword: libpq takes the later value, so the URL's own wins */
-	const char *keys[] = {"connect_timeout", "dbname", NULL};
-	const char *vals[] = {"5", url, NULL};
+	snprintf(application_name, sizeof(application_name), "%s", name ? name : "");
+}
+
+const char *pg_application_name(void)
+{
+	return application_name;
+}
+
+int pg_conn_params(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                   const char **keys, const char **vals, int max)
+{
+	int n = 0;
+	/* libpq takes the later of two values: the URL's connect_timeout wins over ours, the extras
+	 * and the application_name win over the URL's */
+	keys[n] = "connect_timeout", vals[n++] = PG_CONNECT_TIMEOUT_S;
+	keys[n] = "dbname", vals[n++] = url;
+	for (int i = 0; extra_keys && extra_keys[i]; i++) {
+		if (n + 2 >= max)
+			return -1;
+		keys[n] = extra_keys[i], vals[n++] = extra_vals[i];
+	}
+	if (application_name[0]) {
+		if (n + 2 >= max)
+			return -1;
+		keys[n] = "application_name", vals[n++] = application_name;
+	}
+	keys[n] = NULL, vals[n] = NULL;
+	return 0;
+}
+
+PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                        char *err, size_t errlen)
+{
+	const char *keys[PG_CONN_PARAMS_MAX], *vals[PG_CONN_PARAMS_MAX];
+	if (pg_conn_params(url, extra_keys, extra_vals, keys, vals, PG_CONN_PARAMS_MAX) < 0) {
+		snprintf(err, errlen, "too many connection parameters");
+		return NULL;
+	}
 	PGconn *conn = PQconnectdbParams(keys, vals, 1);
 	if (!conn || PQstatus(conn) != CONNECTION_OK) {
 		pg_conn_error(conn, err, errlen);
@@ -90,6 +148,11 @@ PGconn *pg_connect(const char *url, char *err, size_t errlen)
 		return NULL;
 	}
 	return conn;
+}
+
+PGconn *pg_connect(const char *url, char *err, size_t errlen)
+{
+	return pg_connect_with(url, NULL, NULL, err, errlen);
 }
 
 int pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)

@@ -26,15 +26,44 @@ const char *pg_url_default(void);
  */
 void pg_url_redact(const char *url, char *out, size_t outlen);
 
+/* connect_timeout when the URL sets none: a port where something else answers fails in ~2 s */
+#define PG_CONNECT_TIMEOUT_S "2"
+/* room for the keyword/value arrays of pg_conn_params: its own 3, the caller's extras, NULL */
+#define PG_CONN_PARAMS_MAX 12
+
 /*
- * Connects (blocking, connect_timeout 5 s unless the URL sets one). NULL and err on failure;
- * the connection is never left half-open.
+ * The application_name every connection of this process sends from now on (copied; NULL or
+ * "" sends none). lab_init sets "lab-<name>:<pid>", so a lab interrupted by Ctrl-C can find and
+ * end its own backends, and no other's. This function can't fail.
+ */
+void pg_set_application_name(const char *name);
+const char *pg_application_name(void);
+
+/*
+ * The keyword/value arrays (NULL-terminated, for PQconnectdbParams or PQconnectStartParams with
+ * expand_dbname 1) for a connection to url as every connection of the suite is made:
+ * connect_timeout 2 s unless the URL sets one, the URL itself, then extra_keys/extra_vals
+ * (NULL-terminated, may be NULL), which override the URL (a proxy's host and port), then the
+ * process's application_name. keys and vals have room for max entries. -1 when they do not
+ * fit; the pointers are borrowed, not copied.
+ */
+int pg_conn_params(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                   const char **keys, const char **vals, int max);
+
+/*
+ * Connects (blocking, with pg_conn_params). NULL and err on failure; the connection is never
+ * left half-open.
  */
 PGconn *pg_connect(const char *url, char *err, size_t errlen);
 
+/* pg_connect with extra keyword/value pairs that override the URL's (NULL-terminated). */
+PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                        char *err, size_t errlen);
+
 /*
  * Copies msg into out (outlen bytes, always NUL-terminated) as one line: runs of newlines, tabs
- * and spaces become one space, and none lead or trail. libpq's messages end in "\n" and may hold
+ * and spaces become one space, and none lead or trail; a message too long is cut on a UTF-8
+ * character boundary, never inside a character. libpq's messages end in "\n" and may hold
  * several lines ("...failed: Connection refused\n\tIs the server running..."). NULL or empty
  * msg gives "unknown error". This function can't fail.
  */

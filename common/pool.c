@@ -386,8 +386,14 @@ static void conn_connect_failed(struct pool_conn *c, const char *msg)
  */
 static int conn_open(struct pool *p)
 {
-	const char *keys[] = {"fallback_application_name", "dbname", NULL};
-	const char *vals[] = {POOL_APPLICATION_NAME, p->conninfo, NULL};
+	const char *xkeys[] = {"fallback_application_name", NULL};
+	const char *xvals[] = {POOL_APPLICATION_NAME, NULL};
+	const char *keys[PG_CONN_PARAMS_MAX], *vals[PG_CONN_PARAMS_MAX];
+	if (pg_conn_params(p->conninfo, xkeys, xvals, keys, vals, PG_CONN_PARAMS_MAX) < 0) {
+		p->stats.connect_errors++;
+		pool_set_error(p, "too many connection parameters");
+		return -1;
+	}
 	struct pool_conn *c = calloc(1, sizeof(*c));
 	if (!c) {
 		p->stats.connect_errors++;

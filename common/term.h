@@ -63,6 +63,14 @@ char *term_fmt_us(char *buf, size_t len, double us);
 char *term_fmt_num(char *buf, size_t len, double v, int decimals);
 
 /*
+ * The same into a buffer of the enclosing block (a compound literal), for a table row or a
+ * printf argument: term_printf(t, "%s", TERM_US(p99)). The text lives until the block ends.
+ */
+#define TERM_FMT_LEN 32
+#define TERM_US(us)     term_fmt_us((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(us))
+#define TERM_NUM(v, dp) term_fmt_num((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(v), (dp))
+
+/*
  * A horizontal bar of value/max scaled to width columns, drawn with eighth blocks
  * (▏▎▍▌▋▊▉█) so small differences show. Empty string for value <= 0. Returns buf.
  */

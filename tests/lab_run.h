@@ -6,9 +6,27 @@
 #ifndef LAB_TEST_LAB_RUN_H
 #define LAB_TEST_LAB_RUN_H
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "pg.h"
+#include "redis.h"
+
+/*
+ * A lab must be gone within 2 s of Ctrl-C (docs/architecture.md). The tests allow twice that:
+ * the sanitizer build runs about 3x slower and the machine is a shared 2-core one; a lab that
+ * hangs or waits out a phase is what they catch, and those take far longer.
+ */
+#define LAB_INTERRUPT_BOUND_MS 4000
 
 /*
  * Runs LAB_BIN_DIR/lab-<lab> <args> with env's assignments before it (NULL: none) and stdin
@@ -16,7 +34,7 @@
  * NUL-terminated and cut to its buffer. Returns its exit code, -1 when it did not exit (a
  * signal, a sanitizer abort). The test fails if the program cannot be started.
  */
-static int lab_run(const char *lab, const char *env, const char *args, char *out, size_t outlen, char *errout,
+__attribute__((unused)) static int lab_run(const char *lab, const char *env, const char *args, char *out, size_t outlen, char *errout,
                    size_t errlen)
 {
 	char cmd[1024], path[512];
@@ -35,6 +53,128 @@ static int lab_run(const char *lab, const char *env, const char *args, char *out
 	fclose(f);
 	remove(path);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static double lab_run_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/*
+ * Starts LAB_BIN_DIR/lab-<lab> <args> (through /bin/sh, stdin from /dev/null, stderr into
+ * errout), reads its stdout until it holds marker (a phase title: lab_phase flushes), then sends
+ * sig. Returns the exit code (-1 when a signal ended it); *stop_ms gets the time from the
+ * signal to the exit, out what it printed. The test fails if the marker does not show within
+ * wait_ms or the lab does not exit within LAB_INTERRUPT_BOUND_MS after the signal (it is then
+ * killed).
+ */
+__attribute__((unused)) static int lab_interrupt(const char *lab, const char *args, const char *marker, int sig, int wait_ms,
+                         double *stop_ms, char *out, size_t outlen, char *errout, size_t errlen)
+{
+	int outp[2], errp[2];
+	assert_int_equal(pipe(outp), 0);
+	assert_int_equal(pipe(errp), 0);
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "exec %s/lab-%s %s </dev/null", LAB_BIN_DIR, lab, args);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(outp[1], 1);
+		dup2(errp[1], 2);
+		close(outp[0]), close(outp[1]), close(errp[0]), close(errp[1]);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	close(outp[1]), close(errp[1]);
+	fcntl(outp[0], F_SETFL, O_NONBLOCK);
+	fcntl(errp[0], F_SETFL, O_NONBLOCK);
+	size_t n = 0, en = 0;
+	out[0] = errout[0] = '\0';
+	bool sent = false, out_open = true, err_open = true;
+	double start = lab_run_now_ms(), signalled = 0;
+	while (out_open || err_open) {
+		double now = lab_run_now_ms();
+		if (!sent && strstr(out, marker)) {
+			kill(pid, sig);
+			sent = true;
+			signalled = now;
+		}
+		if (!sent && now - start > wait_ms)
+			break;
+		if (sent && now - signalled > LAB_INTERRUPT_BOUND_MS)
+			break;
+		struct pollfd fds[2] = {{out_open ? outp[0] : -1, POLLIN, 0}, {err_open ? errp[0] : -1, POLLIN, 0}};
+		poll(fds, 2, 50);
+		if (out_open) {
+			ssize_t r = read(outp[0], out + n, outlen - 1 - n);
+			if (r > 0)
+				n += (size_t)r, out[n] = '\0';
+			else if (r == 0 || (errno != EAGAIN && errno != EINTR) || n + 1 >= outlen)
+				out_open = r < 0 && (errno == EAGAIN || errno == EINTR);
+		}
+		if (err_open) {
+			ssize_t r = read(errp[0], errout + en, errlen - 1 - en);
+			if (r > 0)
+				en += (size_t)r, errout[en] = '\0';
+			else if (r == 0 || (errno != EAGAIN && errno != EINTR) || en + 1 >= errlen)
+				err_open = r < 0 && (errno == EAGAIN || errno == EINTR);
+		}
+	}
+	int status = 0;
+	bool exited = waitpid(pid, &status, WNOHANG) == pid;
+	if (!exited) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	*stop_ms = lab_run_now_ms() - signalled;
+	close(outp[0]), close(errp[0]);
+	if (!sent)
+		fail_msg("lab-%s never printed \"%s\" within %d ms; it printed:\n%s\n%s", lab, marker, wait_ms, out,
+		         errout);
+	if (!exited)
+		fail_msg("lab-%s was still running %d ms after the signal; it printed:\n%s\n%s", lab,
+		         LAB_INTERRUPT_BOUND_MS, out, errout);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Fails the test when schema still exists in PostgreSQL or any key under prefix in Redis
+ * (redis_prefix NULL: PostgreSQL only): what a lab must not leave behind.
+ */
+__attribute__((unused)) static void lab_assert_nothing_left(const char *schema, const char *redis_prefix)
+{
+	char err[512];
+	PGconn *conn = pg_connect(pg_url_default(), err, sizeof(err));
+	if (!conn)
+		fail_msg("cannot connect to PostgreSQL to check for leftovers: %s", err);
+	const char *params[] = {schema};
+	int64_t schemas = -1;
+	int rc = pg_query_int64(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", 1, params,
+	                        &schemas, err, sizeof(err));
+	PQfinish(conn);
+	if (rc < 0)
+		fail_msg("cannot count schemas: %s", err);
+	if (schemas != 0)
+		fail_msg("schema %s was left behind", schema);
+	if (!redis_prefix)
+		return;
+	redisContext *c = redis_connect_url(redis_url_default(), 2000, err, sizeof(err));
+	if (!c)
+		fail_msg("cannot connect to Redis to check for leftovers: %s", err);
+	char pattern[256];
+	snprintf(pattern, sizeof(pattern), "%s*", redis_prefix);
+	redisReply *r = redis_cmd(c, err, sizeof(err), "KEYS %s", pattern);
+	size_t keys = r && r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+	bool ok = r != NULL;
+	if (r)
+		freeReplyObject(r);
+	redisFree(c);
+	if (!ok)
+		fail_msg("cannot list keys %s: %s", pattern, err);
+	if (keys != 0)
+		fail_msg("%zu keys under %s were left behind", keys, redis_prefix);
 }
 
 #endif

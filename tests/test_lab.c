@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lab.h"
@@ -525,21 +526,156 @@ static void test_free_twice_after_a_verdict_is_harmless(void **state)
 	run_free(&r);
 }
 
-static void test_blocked_signals_are_returned_by_wait_signal(void **state)
+/* A child process runs a lab's signal path: what it returns is its exit code. */
+static int run_child(int (*body)(void), char *errout, size_t errlen)
+{
+	int errp[2];
+	assert_int_equal(pipe(errp), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(errp[1], 2);
+		close(errp[0]);
+		close(errp[1]);
+		exit(body());
+	}
+	close(errp[1]);
+	size_t n = 0;
+	ssize_t r;
+	while (n + 1 < errlen && (r = read(errp[0], errout + n, errlen - 1 - n)) > 0)
+		n += (size_t)r;
+	errout[n] = '\0';
+	close(errp[0]);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void *send_sigterm_later_cb(void *arg)
+{
+	(void)arg;
+	usleep(100 * 1000);
+	kill(getpid(), SIGTERM);
+	return NULL;
+}
+
+static int serve_until_sigterm(void)
+{
+	struct lab lab;
+	char *argv[] = {"lab-" NAME, "--serve", NULL};
+	if (lab_init(&lab, NAME, "q?", 1, 2, argv) < 0)
+		return 100;
+	pthread_t t;
+	pthread_create(&t, NULL, send_sigterm_later_cb, NULL);
+	FILE *quiet = freopen("/dev/null", "w", stdout);
+	(void)quiet;
+	int sig = lab_serve_wait(&lab, 4242, NULL);
+	pthread_join(t, NULL);
+	lab_free(&lab);
+	return sig;
+}
+
+static void test_serve_wait_returns_the_signal_so_the_api_stops_in_order(void **state)
 {
 	(void)state;
-	lab_block_signals();
-	/* blocked, so these stay pending instead of ending the test process */
-	assert_int_equal(raise(SIGTERM), 0);
-	assert_int_equal(lab_wait_signal(), SIGTERM);
-	assert_int_equal(raise(SIGINT), 0);
-	assert_int_equal(lab_wait_signal(), SIGINT);
+	char err[1024];
+	assert_int_equal(run_child(serve_until_sigterm, err, sizeof(err)), SIGTERM);
+	assert_string_equal(err, "");
+}
 
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+static int interrupted_mid_run(void)
+{
+	/* servers nobody listens on: the cleanup is tried, fails at once and says so */
+	setenv("LAB_PG_URL", "postgres://lab:secret@127.0.0.1:1/lab", 1);
+	setenv("LAB_REDIS_URL", "redis://:secret@127.0.0.1:1/0", 1);
+	struct lab lab;
+	char *argv[] = {"lab-" NAME, NULL};
+	if (lab_init(&lab, NAME, "q?", 1, 1, argv) < 0)
+		return 100;
+	kill(getpid(), SIGINT);
+	for (int i = 0; i < 100 && !lab_interrupted(); i++)
+		usleep(20 * 1000);
+	/* the way out of main waits for the guard's cleanup, which exits 130 */
+	return lab_interrupted() ? 0 : 101;
+}
+
+static void test_ctrl_c_mid_run_cleans_up_and_exits_130_without_passwords(void **state)
+{
+	(void)state;
+	char err[4096];
+	assert_int_equal(run_child(interrupted_mid_run, err, sizeof(err)), LAB_EXIT_INTERRUPTED);
+	assert_non_null(strstr(err, "interrupted: dropping schema lab_" NAME " and keys lab:" NAME ":*"));
+	assert_non_null(strstr(err, "could not drop schema lab_" NAME " at postgres://lab@127.0.0.1:1/lab"));
+	assert_non_null(strstr(err, "could not delete keys lab:" NAME ":* at redis://127.0.0.1:1/0"));
+	assert_null(strstr(err, "secret"));
+}
+
+struct walk_result {
+	int ran[3];
+	int order;
+	int begun, ended;
+};
+
+static int phase_ok(const void *cfg, void *res, char *err, size_t errlen)
+{
+	(void)cfg, (void)err, (void)errlen;
+	struct walk_result *w = res;
+	w->ran[w->order] = w->order + 1;
+	w->order++;
+	return 0;
+}
+
+static int phase_fails(const void *cfg, void *res, char *err, size_t errlen)
+{
+	(void)cfg, (void)res;
+	snprintf(err, errlen, "phase two broke");
+	return -1;
+}
+
+static void walk_begin_cb(int phase, void *arg)
+{
+	((struct walk_result *)arg)->begun += phase + 1;
+}
+
+static void walk_end_cb(int phase, void *arg)
+{
+	((struct walk_result *)arg)->ended += phase + 1;
+}
+
+static void test_walk_runs_phases_in_order_and_stops_at_the_first_failure(void **state)
+{
+	(void)state;
+	struct walk_result w = {0};
+	struct lab_phase_hooks hooks = {walk_begin_cb, walk_end_cb, &w};
+	const struct lab_phase_def all_ok[] = {{"one", phase_ok}, {"two", phase_ok}, {"three", phase_ok}};
+	char err[128] = "";
+	assert_int_equal(lab_phases_walk(all_ok, 3, NULL, &w, &hooks, err, sizeof(err)), 0);
+	assert_int_equal(w.ran[0], 1);
+	assert_int_equal(w.ran[2], 3);
+	assert_int_equal(w.begun, 1 + 2 + 3);
+	assert_int_equal(w.ended, 1 + 2 + 3);
+
+	memset(&w, 0, sizeof(w));
+	const struct lab_phase_def broken[] = {{"one", phase_ok}, {"two", phase_fails}, {"three", phase_ok}};
+	assert_int_equal(lab_phases_walk(broken, 3, NULL, &w, &hooks, err, sizeof(err)), -1);
+	assert_string_equal(err, "phase two broke");
+	assert_int_equal(w.order, 1);  /* phase three never ran */
+	assert_int_equal(w.begun, 3);  /* phases one and two began */
+	assert_int_equal(w.ended, 1);  /* only phase one ended */
+}
+
+static void test_verdict_set_cuts_long_evidence_and_keeps_the_claim(void **state)
+{
+	(void)state;
+	struct lab_verdict v;
+	char big[4000];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	lab_verdict_set(&v, true, "the claim", "%s", big);
+	assert_true(v.demonstrated);
+	assert_string_equal(v.claim, "the claim");
+	assert_int_equal(strlen(v.evidence), sizeof(v.evidence) - 1);
 }
 
 int main(void)
@@ -558,7 +694,10 @@ int main(void)
 	        cmocka_unit_test(test_env_error_names_the_url_without_password_and_how_to_start_it),
 	        cmocka_unit_test(test_fail_prints_one_line_on_stderr_and_exits_2),
 	        cmocka_unit_test(test_free_twice_after_a_verdict_is_harmless),
-	        cmocka_unit_test(test_blocked_signals_are_returned_by_wait_signal),
+	        cmocka_unit_test(test_serve_wait_returns_the_signal_so_the_api_stops_in_order),
+	        cmocka_unit_test(test_ctrl_c_mid_run_cleans_up_and_exits_130_without_passwords),
+	        cmocka_unit_test(test_walk_runs_phases_in_order_and_stops_at_the_first_failure),
+	        cmocka_unit_test(test_verdict_set_cuts_long_evidence_and_keeps_the_claim),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -199,7 +199,6 @@ static void print_guard(struct lab *lab, const struct idempotency_guard *g)
 static int serve(struct lab *lab, struct idempotency_config *cfg)
 {
 	char err[LAB_ERRLEN];
-	lab_block_signals();
 	if (idempotency_setup(cfg, err, sizeof(err)) < 0)
 		return lab_env_error(lab, "PostgreSQL", cfg->pg_url, err);
 	struct idempotency_api *api = idempotency_api_start(cfg, lab->opts.port, err, sizeof(err));
@@ -208,7 +207,6 @@ static int serve(struct lab *lab, struct idempotency_config *cfg)
 		return lab_fail(lab, "cannot start the API: %s", err);
 	}
 	int port = idempotency_api_port(api);
-	printf("listening on http://127.0.0.1:%d\n", port);
 	printf("  POST /v1/charges                 "
 	       "{\"amount\":2500,\"currency\":\"usd\",\"customer\":\"cus_ada\"}\n"
 	       "                                   headers: Idempotency-Key (required), X-Client-Id "
@@ -223,9 +221,7 @@ static int serve(struct lab *lab, struct idempotency_config *cfg)
 	printf("  try: curl -si -X POST http://127.0.0.1:%d/v1/charges -H 'Idempotency-Key: k1' \\\n"
 	       "        -d '{\"amount\":2500,\"currency\":\"usd\",\"customer\":\"cus_ada\"}'   (twice)\n",
 	       port);
-	printf("  Ctrl-C to stop\n");
-	fflush(stdout);
-	lab_wait_signal();
+	lab_serve_wait(lab, port, NULL);
 	idempotency_api_stop(api);
 	idempotency_teardown(cfg, err, sizeof(err));
 	lab_free(lab);

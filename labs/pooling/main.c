@@ -205,7 +205,6 @@ static void print_maxconn(struct lab *lab, const struct pooling_config *cfg, con
 static int serve(struct lab *lab, struct pooling_config *cfg)
 {
 	char err[LAB_ERRLEN];
-	lab_block_signals();
 	if (pooling_setup(cfg, err, sizeof(err)) < 0)
 		return lab_env_error(lab, "PostgreSQL", cfg->pg_url, err);
 	struct pooling_api *api = pooling_api_start(cfg, cfg->pool_size, lab->opts.port, err, sizeof(err));
@@ -213,7 +212,6 @@ static int serve(struct lab *lab, struct pooling_config *cfg)
 		pooling_teardown(cfg, err, sizeof(err));
 		return lab_fail(lab, "cannot start the API: %s", err);
 	}
-	printf("listening on http://127.0.0.1:%d\n", pooling_api_port(api));
 	printf("  GET /pooled?hold_ms=20   a pooled connection held 20 ms (pool max %d, timeout %d ms)\n",
 	       cfg->pool_size, cfg->acquire_timeout_ms);
 	printf("  GET /direct?hold_ms=0    a new connection for this request alone\n");
@@ -221,9 +219,7 @@ static int serve(struct lab *lab, struct pooling_config *cfg)
 	       "path\n");
 	printf("  GET /cpu                 a CPU-bound query\n");
 	printf("  GET /stats               the pool: active, idle, waiting, waits, leaks\n");
-	printf("  Ctrl-C to stop\n");
-	fflush(stdout);
-	lab_wait_signal();
+	lab_serve_wait(lab, pooling_api_port(api), NULL);
 	pooling_api_stop(api, NULL);
 	pooling_teardown(cfg, err, sizeof(err));
 	lab_free(lab);
