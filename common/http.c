@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 /* 1 MiB: the largest body an API lab accepts; evhttp itself answers 413 above it. */
@@ -407,6 +408,35 @@ void http_thread_stop(struct http_thread *t)
 	pthread_cond_destroy(&t->cond);
 	pthread_mutex_destroy(&t->mu);
 	free(t);
+}
+
+int http_header_one(struct evhttp_request *req, const char *name, const char **value, char *err,
+                    size_t errlen)
+{
+	const struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+	const struct evkeyval *h;
+	int seen = 0;
+	*value = NULL;
+	TAILQ_FOREACH(h, headers, next)
+	{
+		if (strcasecmp(h->key, name) != 0)
+			continue;
+		if (++seen > 1) {
+			snprintf(err, errlen, "%s appears more than once", name);
+			*value = NULL;
+			return -1;
+		}
+		*value = h->value;
+	}
+	if (!seen)
+		return 0;
+	for (const unsigned char *c = (const unsigned char *)*value; *c; c++)
+		if (*c < 0x20 || *c == 0x7f) {
+			snprintf(err, errlen, "%s holds a control character", name);
+			*value = NULL;
+			return -1;
+		}
+	return 1;
 }
 
 int http_app_open(struct http_app *app, int port, char *err, size_t errlen)

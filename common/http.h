@@ -56,6 +56,15 @@ int http_query_long(struct evhttp_request *req, const char *name, long min, long
                     size_t errlen);
 
 /*
+ * Request header name (case-insensitive) when it appears exactly once: 1 and *value (borrowed
+ * from req, valid while req lives); 0 when absent; -1 and err when it appears more than once or
+ * its value holds a control character (the caller replies 400: a careful API does not guess
+ * which of two keys the client meant).
+ */
+int http_header_one(struct evhttp_request *req, const char *name, const char **value, char *err,
+                    size_t errlen);
+
+/*
  * Parses the request body as one JSON object. NULL and err when the body is empty, larger than
  * max_bytes, not valid JSON (err names line and column) or not an object.
  */

@@ -220,13 +220,15 @@ static void guard_cleanup_exit(void)
 	        prefix);
 	if (guard_drop_schema(schema, err, sizeof(err)) < 0) {
 		pg_url_redact(guard.pg_url, shown, sizeof(shown));
-		fprintf(stderr, "lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown, err);
+		fprintf(stderr, "lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown,
+		        err);
 	}
 	redisContext *rc = redis_connect_url(guard.redis_url, 500, err, sizeof(err));
 	long long deleted = 0;
 	if (!rc || redis_del_prefix(rc, prefix, &deleted, err, sizeof(err)) < 0) {
 		redis_url_redact(guard.redis_url, shown, sizeof(shown));
-		fprintf(stderr, "lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown, err);
+		fprintf(stderr, "lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown,
+		        err);
 	}
 	if (rc)
 		redisFree(rc);
@@ -256,7 +258,8 @@ static void *guard_main(void *arg)
 		/* lab_serve_wait stops the API in order; a second signal or the grace running out
 		 * takes the hard way */
 		unsigned char b = (unsigned char)sig;
-		struct timespec grace = {GUARD_SERVE_GRACE_MS / 1000, (GUARD_SERVE_GRACE_MS % 1000) * 1000000L};
+		struct timespec grace = {GUARD_SERVE_GRACE_MS / 1000,
+		                         (GUARD_SERVE_GRACE_MS % 1000) * 1000000L};
 		if (write(guard.serve_pipe[1], &b, 1) == 1)
 			sigtimedwait(&set, NULL, &grace); /* EINTR or EAGAIN: either way, time is up */
 	}
@@ -495,7 +498,8 @@ done:
 	return ret;
 }
 
-void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
+void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt,
+                     ...)
 {
 	v->demonstrated = demonstrated;
 	snprintf(v->claim, sizeof(v->claim), "%s", claim ? claim : "");

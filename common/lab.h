@@ -48,7 +48,7 @@
 /* 128 + SIGINT, as a shell reports a program ended by Ctrl-C */
 #define LAB_EXIT_INTERRUPTED 130
 
-#define LAB_ERRLEN 512
+#define LAB_ERRLEN      512
 #define LAB_CLAIMLEN    256
 #define LAB_EVIDENCELEN 1024
 

@@ -20,19 +20,6 @@
 /* 500 keys per SCAN: few round trips, yet a DEL never holds the server long. */
 #define DEL_BATCH "500"
 
-/*
- * A redis:// URL taken apart. host has no IPv6 brackets; user and password are decoded and
- * NULL when absent. A URL may name a user without a password ("redis://user@host"): then
- * there is nothing to AUTH with.
- */
-struct redis_url {
-	char *host;
-	int port;
-	char *user;
-	char *password;
-	int db;
-};
-
 const char *redis_url_default(void)
 {
 	const char *url = getenv("LAB_REDIS_URL");
@@ -68,7 +55,7 @@ static void set_errf(char *err, size_t errlen, const char *fmt, ...)
 	set_err(err, errlen, msg, strlen(msg));
 }
 
-static void redis_url_free(struct redis_url *u)
+void redis_url_free(struct redis_url *u)
 {
 	free(u->host);
 	free(u->user);
@@ -93,7 +80,7 @@ static int parse_db(const char *path)
 }
 
 /* Fills u from url. -1 and err (which never repeats the URL: it may hold a password). */
-static int redis_url_parse(const char *url, struct redis_url *u, char *err, size_t errlen)
+int redis_url_parse(const char *url, struct redis_url *u, char *err, size_t errlen)
 {
 	int ret = -1;
 	struct evhttp_uri *uri = NULL;

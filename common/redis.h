@@ -16,6 +16,29 @@
 /* LAB_REDIS_URL when set and not empty, else REDIS_DEFAULT_URL. */
 const char *redis_url_default(void);
 
+/*
+ * A redis:// URL taken apart by redis_url_parse. host has no IPv6 brackets; user and password
+ * are percent-decoded and NULL when absent. A URL may name a user without a password
+ * ("redis://user@host"): then there is nothing to AUTH with. port is 6379 when the URL has none.
+ */
+struct redis_url {
+	char *host;
+	int port;
+	char *user;
+	char *password;
+	int db;
+};
+
+/*
+ * Parses redis://[[user]:password@]host[:port][/db] with libevent's evhttp_uri_parse. 0 and *u
+ * filled (free it with redis_url_free); -1 and err on anything else (no scheme, another scheme,
+ * no host, a bad database), and *u then holds nothing to free.
+ */
+int redis_url_parse(const char *url, struct redis_url *u, char *err, size_t errlen);
+
+/* Frees what redis_url_parse allocated in *u; zeroes it. */
+void redis_url_free(struct redis_url *u);
+
 /* url without its password ("redis://127.0.0.1:56379/0"); "(unparsable URL)" if it is not one. */
 void redis_url_redact(const char *url, char *out, size_t outlen);
 

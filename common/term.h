@@ -66,7 +66,7 @@ char *term_fmt_num(char *buf, size_t len, double v, int decimals);
  * The same into a buffer of the enclosing block (a compound literal), for a table row or a
  * printf argument: term_printf(t, "%s", TERM_US(p99)). The text lives until the block ends.
  */
-#define TERM_FMT_LEN 32
+#define TERM_FMT_LEN    32
 #define TERM_US(us)     term_fmt_us((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(us))
 #define TERM_NUM(v, dp) term_fmt_num((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(v), (dp))
 

@@ -34,8 +34,8 @@
  * NUL-terminated and cut to its buffer. Returns its exit code, -1 when it did not exit (a
  * signal, a sanitizer abort). The test fails if the program cannot be started.
  */
-__attribute__((unused)) static int lab_run(const char *lab, const char *env, const char *args, char *out, size_t outlen, char *errout,
-                   size_t errlen)
+__attribute__((unused)) static int lab_run(const char *lab, const char *env, const char *args, char *out,
+                                           size_t outlen, char *errout, size_t errlen)
 {
 	char cmd[1024], path[512];
 	snprintf(path, sizeof(path), "%s/%s.%d.stderr", LAB_BIN_DIR, lab, (int)getpid());
@@ -70,8 +70,9 @@ static double lab_run_now_ms(void)
  * wait_ms or the lab does not exit within LAB_INTERRUPT_BOUND_MS after the signal (it is then
  * killed).
  */
-__attribute__((unused)) static int lab_interrupt(const char *lab, const char *args, const char *marker, int sig, int wait_ms,
-                         double *stop_ms, char *out, size_t outlen, char *errout, size_t errlen)
+__attribute__((unused)) static int lab_interrupt(const char *lab, const char *args, const char *marker,
+                                                 int sig, int wait_ms, double *stop_ms, char *out,
+                                                 size_t outlen, char *errout, size_t errlen)
 {
 	int outp[2], errp[2];
 	assert_int_equal(pipe(outp), 0);
@@ -105,7 +106,8 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 			break;
 		if (sent && now - signalled > LAB_INTERRUPT_BOUND_MS)
 			break;
-		struct pollfd fds[2] = {{out_open ? outp[0] : -1, POLLIN, 0}, {err_open ? errp[0] : -1, POLLIN, 0}};
+		struct pollfd fds[2] = {{out_open ? outp[0] : -1, POLLIN, 0},
+		                        {err_open ? errp[0] : -1, POLLIN, 0}};
 		poll(fds, 2, 50);
 		if (out_open) {
 			ssize_t r = read(outp[0], out + n, outlen - 1 - n);
@@ -131,8 +133,8 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 	*stop_ms = lab_run_now_ms() - signalled;
 	close(outp[0]), close(errp[0]);
 	if (!sent)
-		fail_msg("lab-%s never printed \"%s\" within %d ms; it printed:\n%s\n%s", lab, marker, wait_ms, out,
-		         errout);
+		fail_msg("lab-%s never printed \"%s\" within %d ms; it printed:\n%s\n%s", lab, marker,
+		         wait_ms, out, errout);
 	if (!exited)
 		fail_msg("lab-%s was still running %d ms after the signal; it printed:\n%s\n%s", lab,
 		         LAB_INTERRUPT_BOUND_MS, out, errout);

@@ -660,9 +660,9 @@ static void test_walk_runs_phases_in_order_and_stops_at_the_first_failure(void *
 	const struct lab_phase_def broken[] = {{"one", phase_ok}, {"two", phase_fails}, {"three", phase_ok}};
 	assert_int_equal(lab_phases_walk(broken, 3, NULL, &w, &hooks, err, sizeof(err)), -1);
 	assert_string_equal(err, "phase two broke");
-	assert_int_equal(w.order, 1);  /* phase three never ran */
-	assert_int_equal(w.begun, 3);  /* phases one and two began */
-	assert_int_equal(w.ended, 1);  /* only phase one ended */
+	assert_int_equal(w.order, 1); /* phase three never ran */
+	assert_int_equal(w.begun, 3); /* phases one and two began */
+	assert_int_equal(w.ended, 1); /* only phase one ended */
 }
 
 static void test_verdict_set_cuts_long_evidence_and_keeps_the_claim(void **state)
