@@ -417,8 +417,7 @@ int http_header_one(struct evhttp_request *req, const char *name, const char **v
 	const struct evkeyval *h;
 	int seen = 0;
 	*value = NULL;
-	TAILQ_FOREACH(h, headers, next)
-	{
+	for (h = headers->tqh_first; h; h = h->next.tqe_next) {
 		if (strcasecmp(h->key, name) != 0)
 			continue;
 		if (++seen > 1) {
