@@ -14,7 +14,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <pty.h>
+#include <pty.h> /* openpty: glibc; the suite is Linux only (docs/architecture.md) */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
