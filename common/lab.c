@@ -52,7 +52,8 @@ void lab_usage(const struct lab *lab, FILE *f)
 	        "  LAB_PG_URL     PostgreSQL to use (%s %s)\n"
 	        "  LAB_REDIS_URL  Redis to use (%s %s)\n"
 	        "\n"
-	        "exit status: 0 demonstrated, 1 not demonstrated, 2 environment or usage error\n",
+	        "exit status: 0 demonstrated, 1 not demonstrated, 2 environment or usage error,\n"
+	        "             130 interrupted (Ctrl-C: the lab's schema and keys are dropped first)\n",
 	        LAB_SEED_DEFAULT, getenv("LAB_PG_URL") && *getenv("LAB_PG_URL") ? "now" : "default", pg,
 	        getenv("LAB_REDIS_URL") && *getenv("LAB_REDIS_URL") ? "now" : "default", redis);
 }

@@ -103,7 +103,7 @@ struct lab_opts {
 	bool serve;
 	int port;              /* --port N, 0 = a free port */
 	uint64_t seed;         /* --seed N, default 1 so runs repeat */
-	const char *pg_url;    /* LAB_PG_URL or the default of DESIGN.md */
+	const char *pg_url;    /* LAB_PG_URL or PG_DEFAULT_URL (pg.h) */
 	const char *redis_url; /* LAB_REDIS_URL or the default */
 };
 
@@ -178,7 +178,7 @@ int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, vo
 struct lab_phase_hooks lab_teller_hooks(struct lab_teller *t);
 
 /*
- * The environment is wrong: prints STYLE.md's three lines on stderr, e.g.
+ * The environment is wrong: prints three lines on stderr (docs/architecture.md), e.g.
  *   lab-pooling: cannot connect to PostgreSQL at postgres://lab@127.0.0.1:55432/lab
  *     server said: Connection refused
  *     start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)
