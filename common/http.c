@@ -6,18 +6,17 @@
  * does under load, not how to write a parser.
  */
 #include "http.h"
+#include "loop.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/thread.h>
 #include <event2/util.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,35 +43,11 @@ struct http_thread {
 	int running;
 };
 
-/* What http_thread_call hands to the loop thread: lives on the caller's stack until done. */
-struct http_call {
-	void (*fn)(void *);
-	void *arg;
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	int done;
-};
-
-static pthread_once_t http_threads_once = PTHREAD_ONCE_INIT;
-static int http_threads_rc = -1;
-
-static void http_threads_init_cb(void)
-{
-	http_threads_rc = evthread_use_pthreads();
-	/*
-	 * A peer that closes while we write (a client that timed out, a server that answered 413
-	 * and hung up) must cost an EPIPE on that socket, not the whole process. A handler the
-	 * program installed itself is left alone.
-	 */
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
-
 struct event_base *http_base_new(void)
 {
-	if (pthread_once(&http_threads_once, http_threads_init_cb) != 0 || http_threads_rc != 0)
+	if (loop_threads_init() != 0)
 		return NULL;
+	loop_sigpipe_ignore();
 	return event_base_new();
 }
 
@@ -357,45 +332,9 @@ err:
 	return NULL;
 }
 
-static void http_call_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	struct http_call *c = arg;
-	c->fn(c->arg);
-	pthread_mutex_lock(&c->mu);
-	c->done = 1;
-	pthread_cond_signal(&c->cond);
-	pthread_mutex_unlock(&c->mu);
-}
-
 int http_thread_call(struct http_thread *t, void (*fn)(void *), void *arg)
 {
-	const struct timeval now = {0, 0};
-	struct http_call c = {.fn = fn, .arg = arg};
-	int ret = -1;
-
-	if (!t || !fn)
-		return -1;
-	/* from the loop thread itself, waiting for the loop would wait forever */
-	if (pthread_equal(pthread_self(), t->tid)) {
-		fn(arg);
-		return 0;
-	}
-	pthread_mutex_init(&c.mu, NULL);
-	pthread_cond_init(&c.cond, NULL);
-	if (event_base_once(t->base, -1, EV_TIMEOUT, http_call_cb, &c, &now) != 0)
-		goto err;
-	pthread_mutex_lock(&c.mu);
-	while (!c.done)
-		pthread_cond_wait(&c.cond, &c.mu);
-	pthread_mutex_unlock(&c.mu);
-	ret = 0;
-
-err:
-	pthread_cond_destroy(&c.cond);
-	pthread_mutex_destroy(&c.mu);
-	return ret;
+	return t ? loop_call(t->base, t->tid, fn, arg) : -1;
 }
 
 void http_thread_stop(struct http_thread *t)

@@ -9,13 +9,12 @@
  * this file never frees a request itself.
  */
 #include "load.h"
+#include "loop.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/keyvalq_struct.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,16 +66,6 @@ struct load_state {
 	size_t errlen;
 	int broken; /* the event machinery failed: load_run returns -1 */
 };
-
-static pthread_once_t load_sigpipe_once = PTHREAD_ONCE_INIT;
-
-/* A server that closes while we write costs EPIPE on that socket, not the process. */
-static void load_ignore_sigpipe_cb(void)
-{
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
 
 static void load_send(struct load_client *c);
 
@@ -316,7 +305,7 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 	hist_init(&res->latency_2xx);
 	if (load_check_config(cfg, err, errlen) != 0)
 		return -1;
-	pthread_once(&load_sigpipe_once, load_ignore_sigpipe_cb);
+	loop_sigpipe_ignore();
 
 	st.host = cfg->host ? cfg->host : "127.0.0.1";
 	snprintf(st.host_header, sizeof(st.host_header), "%s:%d", st.host, cfg->port);

@@ -13,18 +13,17 @@
  * is what is open now (connecting to the upstream or forwarding).
  */
 #include "proxy.h"
+#include "loop.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 #include <event2/util.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,29 +108,13 @@ struct proxy {
 	struct proxy_stats stats;
 };
 
-/* What a control function hands to the loop thread: lives on the caller's stack until done. */
+/* A control function's call on the loop thread: fn's result comes back in ret. */
 struct proxy_call {
 	struct proxy *p;
 	int (*fn)(struct proxy *, void *);
 	void *arg;
 	int ret;
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	bool done;
 };
-
-static pthread_once_t proxy_threads_once = PTHREAD_ONCE_INIT;
-static int proxy_threads_rc = -1;
-
-static void proxy_threads_init_cb(void)
-{
-	/* The same callbacks http.c installs: a second call with identical ones is accepted. */
-	proxy_threads_rc = evthread_use_pthreads();
-	/* A peer that hangs up while we write costs an EPIPE on that socket, not the process. */
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
 
 static uint64_t proxy_now_us(void)
 {
@@ -545,39 +528,18 @@ static void *proxy_thread_main(void *arg)
 	return NULL;
 }
 
-static void proxy_call_cb(evutil_socket_t fd, short what, void *arg)
+static void proxy_call_cb(void *arg)
 {
-	(void)fd;
-	(void)what;
 	struct proxy_call *call = arg;
-	int ret = call->fn(call->p, call->arg);
-	pthread_mutex_lock(&call->mu);
-	call->ret = ret;
-	call->done = true;
-	pthread_cond_signal(&call->cond);
-	pthread_mutex_unlock(&call->mu);
+	call->ret = call->fn(call->p, call->arg);
 }
 
 /* Runs fn on the loop thread and returns its result; -1 when the loop cannot be reached. */
 static int proxy_call(struct proxy *p, int (*fn)(struct proxy *, void *), void *arg)
 {
-	const struct timeval now = {0, 0};
 	struct proxy_call call = {.p = p, .fn = fn, .arg = arg, .ret = -1};
-
-	if (!p->thread_started)
+	if (!p->thread_started || loop_call(p->base, p->tid, proxy_call_cb, &call) != 0)
 		return -1;
-	if (pthread_equal(pthread_self(), p->tid))
-		return fn(p, arg);
-	pthread_mutex_init(&call.mu, NULL);
-	pthread_cond_init(&call.cond, NULL);
-	if (event_base_once(p->base, -1, EV_TIMEOUT, proxy_call_cb, &call, &now) == 0) {
-		pthread_mutex_lock(&call.mu);
-		while (!call.done)
-			pthread_cond_wait(&call.cond, &call.mu);
-		pthread_mutex_unlock(&call.mu);
-	}
-	pthread_cond_destroy(&call.cond);
-	pthread_mutex_destroy(&call.mu);
 	return call.ret;
 }
 
@@ -631,10 +593,11 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 		snprintf(err, errlen, "proxy: delays and bandwidth must not be negative");
 		return NULL;
 	}
-	if (pthread_once(&proxy_threads_once, proxy_threads_init_cb) != 0 || proxy_threads_rc != 0) {
+	if (loop_threads_init() != 0) {
 		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
 		return NULL;
 	}
+	loop_sigpipe_ignore();
 	p = calloc(1, sizeof(*p));
 	if (!p) {
 		snprintf(err, errlen, "out of memory");
