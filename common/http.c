@@ -134,21 +134,27 @@ void http_server_free(struct http_server *s)
 	free(s);
 }
 
+/* What a client gets when its reply could not be built: fixed, so it needs no memory. */
+#define HTTP_REPLY_BROKEN "{\"error\":\"internal error: reply could not be built\"}"
+
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
 	struct evbuffer *out = evhttp_request_get_output_buffer(req);
 	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-	if (text) {
-		evbuffer_add(out, text, strlen(text));
-		free(text);
+	if (text && evbuffer_add(out, text, strlen(text)) == 0) {
 		evhttp_send_reply(req, code, NULL, out);
 	} else {
-		/* no body or no memory to print it: the client still gets its status, and valid JSON */
-		evbuffer_add(out, "null", 4);
-		evhttp_send_reply(req, body ? HTTP_INTERNAL : code, NULL, out);
+		/*
+		 * No body (json_pack failed), no memory to print it or to hold it: the status the
+		 * handler meant would be a lie, so a 500 with a fixed body the client can still read.
+		 */
+		evbuffer_drain(out, evbuffer_get_length(out));
+		evbuffer_add(out, HTTP_REPLY_BROKEN, sizeof(HTTP_REPLY_BROKEN) - 1);
+		evhttp_send_reply(req, HTTP_INTERNAL, NULL, out);
 	}
+	free(text);
 	json_decref(body);
 }
 

@@ -40,7 +40,11 @@ void http_server_route(struct http_server *s, const char *path, void (*cb)(struc
 /* Stops listening and frees the server (requests in flight are dropped). NULL is a no-op. */
 void http_server_free(struct http_server *s);
 
-/* Replies with code and body as JSON (Content-Type: application/json); steals body. */
+/*
+ * Replies with code and body as JSON (Content-Type: application/json); steals body. A body
+ * that is NULL (a json_pack that failed) or cannot be printed is answered 500 with
+ * {"error":"internal error: reply could not be built"}, never code with a body of null.
+ */
 void http_reply_json(struct evhttp_request *req, int code, json_t *body);
 
 /* Replies with code and {"error": "<message>"}. */
