@@ -37,8 +37,9 @@ struct load_client {
 	struct load_state *st;
 	int id;
 	struct evhttp_connection *conn;
-	struct event *kick_ev; /* sends the next request from a fresh loop turn, after an error */
-	uint64_t seq;          /* of the request in flight */
+	struct event *kick_ev;     /* sends the next request from a fresh loop turn, after an error */
+	struct event *deadline_ev; /* the request in flight has had timeout_ms: it fails */
+	uint64_t seq;              /* of the request in flight */
 	uint64_t sent_us;
 	int failed;     /* the last request got no response: replace conn before sending */
 	int error_seen; /* evhttp reported last_error for the request in flight */
@@ -95,6 +96,44 @@ static void load_count_series(struct load_state *st, uint64_t now)
 		res->series_len = (int)idx + 1;
 }
 
+/*
+ * The request in flight got no response (refused, reset, timed out, never sent): counted,
+ * told to response_cb, and the next one sent from a fresh loop turn on a new connection.
+ */
+static void load_fail(struct load_client *c, uint64_t now, int timed_out)
+{
+	struct load_state *st = c->st;
+	const struct load_config *cfg = st->cfg;
+	const struct timeval now_tv = {0, 0};
+
+	st->res->errors++;
+	if (timed_out)
+		st->res->timeouts++;
+	st->last_us = now;
+	if (cfg->response_cb)
+		cfg->response_cb(NULL, c->id, c->seq, now - c->sent_us, cfg->arg);
+	c->failed = 1;
+	if (evtimer_add(c->kick_ev, &now_tv) != 0) {
+		load_retire(c);
+		load_break(st, "cannot schedule the next request");
+	}
+}
+
+/*
+ * The request outlived its deadline: timeout_ms from its send, whatever still trickles in (an
+ * inactivity timeout would wait forever on a server that sends a byte now and then).
+ */
+static void load_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct load_client *c = arg;
+	/* evhttp frees the request in flight with its connection, without calling back */
+	evhttp_connection_free(c->conn);
+	c->conn = NULL;
+	load_fail(c, hist_now_us(), 1);
+}
+
 static void load_error_cb(enum evhttp_request_error error, void *arg)
 {
 	struct load_client *c = arg;
@@ -116,22 +155,13 @@ static void load_response_cb(struct evhttp_request *req, void *arg)
 	uint64_t latency = now - c->sent_us;
 	int code = req ? evhttp_request_get_response_code(req) : 0;
 
+	evtimer_del(c->deadline_ev);
 	st->last_us = now;
 	if (code == 0) {
-		res->errors++;
-		/* a connect that times out comes back as code 0 without an error callback */
-		if ((c->error_seen && c->last_error == EVREQ_HTTP_TIMEOUT) ||
-		    (!c->error_seen && latency >= st->timeout_us))
-			res->timeouts++;
-		if (cfg->response_cb)
-			cfg->response_cb(NULL, c->id, c->seq, latency, cfg->arg);
-		/* the connection is in the middle of failing: replace it from a fresh loop turn */
-		c->failed = 1;
-		const struct timeval now_tv = {0, 0};
-		if (evtimer_add(c->kick_ev, &now_tv) != 0) {
-			load_retire(c);
-			load_break(st, "cannot schedule the next request");
-		}
+		/* the connection is in the middle of failing: load_fail replaces it from a fresh turn */
+		load_fail(c, now,
+		          (c->error_seen && c->last_error == EVREQ_HTTP_TIMEOUT) ||
+		                  (!c->error_seen && latency >= st->timeout_us));
 		return;
 	}
 
@@ -230,19 +260,17 @@ static void load_send(struct load_client *c)
 	c->sent_us = hist_now_us();
 	if (seq == 0)
 		st->start_us = c->sent_us;
+	if (evtimer_add(c->deadline_ev, &st->timeout) != 0) {
+		evhttp_request_free(req);
+		load_retire(c);
+		load_break(st, "cannot arm the request's deadline");
+		return;
+	}
 	/* the callback may run before this returns (a refused connect): c is ready for it */
 	if (evhttp_make_request(c->conn, req, r.method, r.path) != 0) {
 		/* evhttp did not take the request (no memory, no socket): it never got an answer */
-		res->errors++;
-		st->last_us = hist_now_us();
-		if (cfg->response_cb)
-			cfg->response_cb(NULL, c->id, seq, st->last_us - c->sent_us, cfg->arg);
-		c->failed = 1;
-		const struct timeval now_tv = {0, 0};
-		if (evtimer_add(c->kick_ev, &now_tv) != 0) {
-			load_retire(c);
-			load_break(st, "cannot schedule the next request");
-		}
+		evtimer_del(c->deadline_ev);
+		load_fail(c, hist_now_us(), 0);
 	}
 }
 
@@ -332,7 +360,8 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 		st.clients[i].st = &st;
 		st.clients[i].id = i;
 		st.clients[i].kick_ev = evtimer_new(st.base, load_kick_cb, &st.clients[i]);
-		if (!st.clients[i].kick_ev) {
+		st.clients[i].deadline_ev = evtimer_new(st.base, load_deadline_cb, &st.clients[i]);
+		if (!st.clients[i].kick_ev || !st.clients[i].deadline_ev) {
 			snprintf(err, errlen, "load: evtimer_new failed");
 			goto err;
 		}
@@ -383,6 +412,8 @@ err:
 				evhttp_connection_free(st.clients[i].conn);
 			if (st.clients[i].kick_ev)
 				event_free(st.clients[i].kick_ev);
+			if (st.clients[i].deadline_ev)
+				event_free(st.clients[i].deadline_ev);
 		}
 		free(st.clients);
 	}
