@@ -4,7 +4,7 @@
  *
  *   1. SELECT 1 on one reused libpq connection against the real PostgreSQL, direct and through
  *      the proxy at zero delay, interleaved one for one so both see the same machine.
- *   2. one byte there and back against an echo server in this program, the same way.
+ *   2. one byte there and back against the echo server of tests/upstream.h, the same way.
  *   3. the echo again through the proxy at 1 ms + 1 ms: how close a set delay lands.
  * Target: under 50 us added per round trip at p50 (Toxiproxy promises under 100 µs). A
  * benchmark, not a test: it reports, and exits 0 whether or not the target is met (2 when
@@ -13,17 +13,11 @@
  * Each path runs for the seconds given (default 1) and at least MIN_ROUND_TRIPS round trips.
  * Run it: make bench, or build/bench_proxy [seconds per path, default 1].
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "hist.h"
@@ -31,6 +25,7 @@
 #include "pg.h"
 #include "proxy.h"
 #include "term.h"
+#include "../tests/upstream.h"
 
 /* 50 us: a tenth of the 0.5 ms delays the labs set, and half of what Toxiproxy promises. */
 #define TARGET_ADDED_US 50.0
@@ -42,107 +37,6 @@
 #define MIN_ROUND_TRIPS 3000
 /* round trips behind the 1 ms + 1 ms delay: each costs 2 ms, so 500 is a second */
 #define DELAYED_ROUND_TRIPS 500
-
-/* The upstream for the pure-socket path: one thread, poll() over its connections, every byte echoed. */
-#define ECHO_MAX_CONNS 4
-struct echo {
-	int listen_fd;
-	int stop_pipe[2]; /* a byte written here ends the thread */
-	int port;
-	pthread_t tid;
-};
-
-static void *echo_main(void *arg)
-{
-	struct echo *e = arg;
-	struct pollfd fds[2 + ECHO_MAX_CONNS];
-	int nconn = 0;
-	char buf[4096];
-
-	fds[0] = (struct pollfd){.fd = e->listen_fd, .events = POLLIN};
-	fds[1] = (struct pollfd){.fd = e->stop_pipe[0], .events = POLLIN};
-	for (;;) {
-		if (poll(fds, (nfds_t)(2 + nconn), -1) < 0)
-			continue;
-		if (fds[1].revents)
-			break;
-		if ((fds[0].revents & POLLIN) && nconn < ECHO_MAX_CONNS) {
-			int fd = accept(e->listen_fd, NULL, NULL);
-			if (fd >= 0) {
-				int one = 1;
-				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-				fds[2 + nconn++] = (struct pollfd){.fd = fd, .events = POLLIN};
-			}
-		}
-		for (int i = 2; i < 2 + nconn; i++) {
-			if (!fds[i].revents)
-				continue;
-			ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-			if (n <= 0 || send(fds[i].fd, buf, (size_t)n, MSG_NOSIGNAL) != n) {
-				close(fds[i].fd);
-				fds[i--] = fds[2 + --nconn];
-			}
-		}
-	}
-	for (int i = 2; i < 2 + nconn; i++)
-		close(fds[i].fd);
-	return NULL;
-}
-
-static int echo_start(struct echo *e)
-{
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(sin);
-	e->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (e->listen_fd < 0 || bind(e->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
-	    listen(e->listen_fd, 16) != 0 || getsockname(e->listen_fd, (struct sockaddr *)&sin, &len) != 0 ||
-	    pipe(e->stop_pipe) != 0)
-		return -1;
-	e->port = ntohs(sin.sin_port);
-	if (pthread_create(&e->tid, NULL, echo_main, e) != 0)
-		return -1;
-	return 0;
-}
-
-static void echo_stop(struct echo *e)
-{
-	char c = 's';
-	if (write(e->stop_pipe[1], &c, 1) == 1)
-		pthread_join(e->tid, NULL);
-	close(e->stop_pipe[0]);
-	close(e->stop_pipe[1]);
-	close(e->listen_fd);
-}
-
-static int tcp_connect(int port)
-{
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-	                          .sin_port = htons((uint16_t)port),
-	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	struct timeval tv = {.tv_sec = 5};
-	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* One byte there and back: its round trip in us, 0 on failure. */
-static uint64_t echo_round_trip(int fd)
-{
-	char c = 'b';
-	uint64_t t0 = hist_now_us();
-	if (send(fd, &c, 1, MSG_NOSIGNAL) != 1 || recv(fd, &c, 1, 0) != 1)
-		return 0;
-	uint64_t rt = hist_now_us() - t0;
-	return rt ? rt : 1;
-}
 
 /* SELECT 1 checked against PGRES_TUPLES_OK: its round trip in us, 0 on failure. */
 static uint64_t pg_round_trip(PGconn *conn)
@@ -173,26 +67,6 @@ static void print_row(const struct term *t, const char *name, const struct hist 
 static double added_p50(const struct hist *direct, const struct hist *proxied)
 {
 	return (double)hist_percentile(proxied, 50) - (double)hist_percentile(direct, 50);
-}
-
-static int pg_host_port(const char *url, char *host, size_t hostlen, int *port)
-{
-	char *perr = NULL;
-	PQconninfoOption *opts = PQconninfoParse(url, &perr);
-	if (!opts) {
-		PQfreemem(perr);
-		return -1;
-	}
-	snprintf(host, hostlen, "127.0.0.1");
-	*port = 5432;
-	for (PQconninfoOption *o = opts; o->keyword; o++) {
-		if (o->val && *o->val && !strcmp(o->keyword, "host"))
-			snprintf(host, hostlen, "%s", o->val);
-		if (o->val && *o->val && !strcmp(o->keyword, "port"))
-			*port = atoi(o->val);
-	}
-	PQconninfoFree(opts);
-	return 0;
 }
 
 /*
@@ -227,7 +101,7 @@ static uint64_t pg_rt_cb(void *conn)
 
 static uint64_t echo_rt_cb(void *fd)
 {
-	return echo_round_trip(*(int *)fd);
+	return ping(*(int *)fd);
 }
 
 int main(int argc, char **argv)
@@ -243,8 +117,7 @@ int main(int argc, char **argv)
 	struct proxy *pg_proxy = NULL, *echo_proxy = NULL;
 	PGconn *direct = NULL, *proxied = NULL;
 	int echo_direct = -1, echo_proxied = -1;
-	struct echo echo = {.listen_fd = -1};
-	bool echo_started = false;
+	struct echo *echo = NULL;
 	struct hist pd, pp, ed, ep, edelay;
 
 	pg_url_redact(url, redacted, sizeof(redacted));
@@ -285,19 +158,19 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	if (echo_start(&echo) != 0) {
+	echo = echo_start();
+	if (!echo) {
 		fprintf(stderr, "bench_proxy: cannot start the echo server: %s\n", strerror(errno));
 		goto out;
 	}
-	echo_started = true;
-	struct proxy_config ec = {.upstream_port = echo.port};
+	struct proxy_config ec = {.upstream_port = echo->port};
 	echo_proxy = proxy_start(&ec, err, sizeof(err));
 	if (!echo_proxy) {
 		fprintf(stderr, "bench_proxy: %s\n", err);
 		goto out;
 	}
-	echo_direct = tcp_connect(echo.port);
-	echo_proxied = tcp_connect(proxy_port(echo_proxy));
+	echo_direct = client_connect(echo->port);
+	echo_proxied = client_connect(proxy_port(echo_proxy));
 	if (echo_direct < 0 || echo_proxied < 0 ||
 	    measure_pairs(echo_rt_cb, &echo_direct, &echo_proxied, seconds, &ed, &ep) != 0) {
 		fprintf(stderr, "bench_proxy: the echo round trips failed: %s\n", strerror(errno));
@@ -309,7 +182,7 @@ int main(int argc, char **argv)
 	}
 	hist_init(&edelay);
 	for (int i = 0; i < DELAYED_ROUND_TRIPS; i++) {
-		uint64_t b = echo_round_trip(echo_proxied);
+		uint64_t b = ping(echo_proxied);
 		if (!b) {
 			fprintf(stderr, "bench_proxy: the delayed echo failed: %s\n", strerror(errno));
 			goto out;
@@ -351,7 +224,7 @@ out:
 	PQfinish(direct);
 	proxy_free(pg_proxy);
 	proxy_free(echo_proxy);
-	if (echo_started)
-		echo_stop(&echo);
+	if (echo)
+		echo_stop(echo);
 	return ret;
 }

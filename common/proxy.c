@@ -21,6 +21,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -37,7 +38,7 @@
 #define PROXY_READ_BUDGET (256 * 1024)
 /* 64 KiB: one read() into the stack. */
 #define PROXY_READ_CHUNK (64 * 1024)
-/* A loopback connect is immediate; a numeric host that never answers must not hold a client forever. */
+/* A loopback connect is immediate; an upstream that never answers must not hold a client forever. */
 #define PROXY_CONNECT_TIMEOUT_S 5
 /* Out of descriptors: try accepting again after this long, not in a busy loop. */
 #define PROXY_ACCEPT_PAUSE_MS 10
@@ -134,26 +135,31 @@ static double proxy_bucket_cap(int64_t bps)
 static void proxy_conn_close(struct proxy_conn *c);
 static void proxy_pipe_pump(struct proxy_pipe *pp);
 
-static void proxy_pipe_set_reading(struct proxy_pipe *pp, bool on)
+/*
+ * Adds or deletes ev as on says; *state tracks it. -1 when libevent could not add it (no
+ * memory, a descriptor epoll refuses): the caller closes the connection, which would
+ * otherwise wait forever for an event that was never registered.
+ */
+static int proxy_event_set(struct event *ev, bool *state, bool on)
 {
-	if (on == pp->reading)
-		return;
-	if (on)
-		event_add(pp->read_ev, NULL);
-	else
-		event_del(pp->read_ev);
-	pp->reading = on;
+	if (on == *state)
+		return 0;
+	if (on && event_add(ev, NULL) != 0)
+		return -1;
+	if (!on)
+		event_del(ev);
+	*state = on;
+	return 0;
 }
 
-static void proxy_pipe_set_writing(struct proxy_pipe *pp, bool on)
+static int proxy_pipe_set_reading(struct proxy_pipe *pp, bool on)
 {
-	if (on == pp->writing)
-		return;
-	if (on)
-		event_add(pp->write_ev, NULL);
-	else
-		event_del(pp->write_ev);
-	pp->writing = on;
+	return proxy_event_set(pp->read_ev, &pp->reading, on);
+}
+
+static int proxy_pipe_set_writing(struct proxy_pipe *pp, bool on)
+{
+	return proxy_event_set(pp->write_ev, &pp->writing, on);
 }
 
 static int proxy_pipe_push_seg(struct proxy_pipe *pp, uint64_t due_us, size_t len)
@@ -188,8 +194,9 @@ static void proxy_pipe_refill(struct proxy_pipe *pp, int64_t bps, uint64_t now)
 	pp->tokens_at_us = now;
 }
 
-/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. */
-static void proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
+/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. -1
+ * when the timer could not be armed. */
+static int proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 {
 	uint64_t wake = UINT64_MAX;
 	int64_t bps = pp->conn->proxy->bandwidth_bps;
@@ -206,12 +213,22 @@ static void proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 		if (pp->timer_armed)
 			event_del(pp->timer_ev);
 		pp->timer_armed = false;
-		return;
+		return 0;
 	}
 	uint64_t wait = wake > now ? wake - now : 0;
 	struct timeval tv = {.tv_sec = (time_t)(wait / 1000000u), .tv_usec = (suseconds_t)(wait % 1000000u)};
-	event_add(pp->timer_ev, &tv);
+	if (event_add(pp->timer_ev, &tv) != 0)
+		return -1;
 	pp->timer_armed = true;
+	return 0;
+}
+
+/* Reading on src as the pipe's state allows, and the timer armed; -1 on failure. */
+static int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now)
+{
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	bool read = !pp->src_eof && !pp->bw_paused && queued < PROXY_QUEUE_MAX;
+	return proxy_pipe_set_reading(pp, read) == 0 && proxy_pipe_arm(pp, now) == 0 ? 0 : -1;
 }
 
 /*
@@ -242,7 +259,10 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		proxy_conn_close(c);
 		return;
 	}
-	proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0);
+	if (proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0) != 0) {
+		proxy_conn_close(c);
+		return;
+	}
 
 	if (pp->src_eof && !pp->dst_shut && pp->seg_count == 0 && evbuffer_get_length(pp->ready) == 0) {
 		shutdown(pp->dst, SHUT_WR);
@@ -254,15 +274,14 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		}
 	}
 
-	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
 	int64_t bps = c->proxy->bandwidth_bps;
 	if (pp->bw_paused) {
 		proxy_pipe_refill(pp, bps, now);
 		if (bps <= 0 || pp->tokens >= proxy_bucket_cap(bps))
 			pp->bw_paused = false;
 	}
-	proxy_pipe_set_reading(pp, !pp->src_eof && !pp->bw_paused && queued < PROXY_QUEUE_MAX);
-	proxy_pipe_arm(pp, now);
+	if (proxy_pipe_rearm(pp, now) != 0)
+		proxy_conn_close(c);
 }
 
 static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -434,8 +453,8 @@ static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	event_free(c->connect_ev);
 	c->connect_ev = NULL;
-	proxy_pipe_set_reading(&c->up, true);
-	proxy_pipe_set_reading(&c->down, true);
+	if (proxy_pipe_set_reading(&c->up, true) != 0 || proxy_pipe_set_reading(&c->down, true) != 0)
+		proxy_conn_close(c);
 }
 
 static void proxy_set_nodelay(evutil_socket_t fd)
@@ -484,8 +503,8 @@ static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
 		return;
 	}
 	if (connect(c->upstream_fd, (struct sockaddr *)&p->upstream, p->upstream_len) == 0) {
-		proxy_pipe_set_reading(&c->up, true);
-		proxy_pipe_set_reading(&c->down, true);
+		if (proxy_pipe_set_reading(&c->up, true) != 0 || proxy_pipe_set_reading(&c->down, true) != 0)
+			proxy_conn_close(c);
 		return;
 	}
 	if (errno != EINPROGRESS)
@@ -517,8 +536,9 @@ static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
 	 */
 	struct proxy *p = arg;
 	struct timeval tv = {.tv_sec = 0, .tv_usec = PROXY_ACCEPT_PAUSE_MS * 1000};
-	evconnlistener_disable(l);
-	evtimer_add(p->accept_resume_ev, &tv);
+	/* without the timer that resumes it, a paused listener would never accept again: keep it */
+	if (evtimer_add(p->accept_resume_ev, &tv) == 0)
+		evconnlistener_disable(l);
 }
 
 static void *proxy_thread_main(void *arg)
@@ -550,25 +570,52 @@ static int proxy_noop_fn(struct proxy *p, void *arg)
 	return 0;
 }
 
-static int proxy_parse_upstream(struct proxy *p, const char *host, int port)
+/*
+ * Sets p->upstream from host: a numeric IPv4 or IPv6 address as it is, a host name resolved
+ * once, here, to its first IPv4 address (the labs' servers listen on 127.0.0.1, and "localhost"
+ * may list ::1 first), or its first IPv6 address when it has none. -1 and err when it does not
+ * resolve.
+ */
+static int proxy_resolve_upstream(struct proxy *p, const char *host, int port, char *err, size_t errlen)
 {
 	struct sockaddr_in *in4 = (struct sockaddr_in *)&p->upstream;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&p->upstream;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
 
 	memset(&p->upstream, 0, sizeof(p->upstream));
 	if (evutil_inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
 		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
 		p->upstream_len = sizeof(*in4);
-		return 0;
-	}
-	if (evutil_inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+	} else if (evutil_inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
 		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
 		p->upstream_len = sizeof(*in6);
-		return 0;
+	} else {
+		int rc = getaddrinfo(host, NULL, &hints, &res);
+		if (rc != 0) {
+			snprintf(err, errlen, "proxy: cannot resolve upstream host \"%.64s\": %s", host,
+			         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+			return -1;
+		}
+		const struct addrinfo *pick = NULL;
+		for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+			if ((ai->ai_family == AF_INET && (!pick || pick->ai_family != AF_INET)) ||
+			    (ai->ai_family == AF_INET6 && !pick))
+				pick = ai;
+		if (!pick || pick->ai_addrlen > sizeof(p->upstream)) {
+			freeaddrinfo(res);
+			snprintf(err, errlen, "proxy: upstream host \"%.64s\" has no IPv4 or IPv6 address",
+			         host);
+			return -1;
+		}
+		memcpy(&p->upstream, pick->ai_addr, pick->ai_addrlen);
+		p->upstream_len = (socklen_t)pick->ai_addrlen;
+		freeaddrinfo(res);
 	}
-	return -1;
+	if (p->upstream.ss_family == AF_INET)
+		in4->sin_port = htons((uint16_t)port);
+	else
+		in6->sin6_port = htons((uint16_t)port);
+	return 0;
 }
 
 struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
@@ -603,10 +650,8 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	if (proxy_parse_upstream(p, host, cfg->upstream_port) != 0) {
-		snprintf(err, errlen, "proxy: upstream host \"%.64s\" is not a numeric address", host);
+	if (proxy_resolve_upstream(p, host, cfg->upstream_port, err, errlen) != 0)
 		goto err;
-	}
 	p->delay_up_us = cfg->delay_up_us;
 	p->delay_down_us = cfg->delay_down_us;
 	p->bandwidth_bps = cfg->bandwidth_bps;
@@ -708,21 +753,20 @@ static int proxy_set_bandwidth_fn(struct proxy *p, void *arg)
 	int64_t bps = *(int64_t *)arg;
 	uint64_t now = proxy_now_us();
 	p->bandwidth_bps = bps;
-	for (struct proxy_conn *c = p->conns; c; c = c->next) {
+	for (struct proxy_conn *c = p->conns, *next; c; c = next) {
+		next = c->next;
 		if (c->connect_ev)
 			continue; /* not forwarding yet: proxy_connected_cb starts the pipes */
 		struct proxy_pipe *pipes[2] = {&c->up, &c->down};
 		for (int i = 0; i < 2; i++) {
-			struct proxy_pipe *pp = pipes[i];
-			size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
 			/* for bytes read from now on: an empty bucket at the new rate, checked at the next
 			 * read */
-			pp->tokens = 0;
-			pp->tokens_at_us = now;
-			pp->bw_paused = false;
-			proxy_pipe_set_reading(pp, !pp->src_eof && queued < PROXY_QUEUE_MAX);
-			proxy_pipe_arm(pp, now);
+			pipes[i]->tokens = 0;
+			pipes[i]->tokens_at_us = now;
+			pipes[i]->bw_paused = false;
 		}
+		if (proxy_pipe_rearm(&c->up, now) != 0 || proxy_pipe_rearm(&c->down, now) != 0)
+			proxy_conn_close(c);
 	}
 	return 0;
 }
