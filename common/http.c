@@ -6,6 +6,7 @@
  * does under load, not how to write a parser.
  */
 #include "http.h"
+#include "http_guard.h"
 #include "loop.h"
 
 #include <arpa/inet.h>
@@ -18,6 +19,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,10 +29,23 @@
 /* 1 MiB: the largest body an API lab accepts; evhttp itself answers 413 above it. */
 #define HTTP_MAX_BODY (1024 * 1024)
 
+struct http_route;
+
 struct http_server {
 	struct evhttp *http;
 	struct evhttp_bound_socket *sock;
+	struct http_guard *guard; /* limits, and every request head checked before its handler */
+	struct http_route *routes;
 	int port; /* read back from the socket, so port 0 becomes the one the kernel chose */
+};
+
+/* A route as evhttp sees it: the guard's check first, then the handler. */
+struct http_route {
+	struct http_server *s;
+	char *path;
+	void (*cb)(struct evhttp_request *, void *);
+	void *arg;
+	struct http_route *next;
 };
 
 struct http_thread {
@@ -51,10 +66,33 @@ struct event_base *http_base_new(void)
 	return event_base_new();
 }
 
+/*
+ * Before any handler: the guard's verdict on the request's head. false when the request was
+ * answered here (400, and the connection closed after it).
+ */
+static bool http_admit(struct http_server *s, struct evhttp_request *req)
+{
+	int code = 400;
+	const char *why = http_guard_check(s->guard, req, &code);
+	if (!why)
+		return true;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	http_reply_error(req, code, "%s", why);
+	return false;
+}
+
+static void http_route_cb(struct evhttp_request *req, void *arg)
+{
+	struct http_route *r = arg;
+	if (http_admit(r->s, req))
+		r->cb(req, r->arg);
+}
+
 /* Requests no route claimed: the same JSON error shape as every other reply. */
 static void http_not_found_cb(struct evhttp_request *req, void *arg)
 {
-	(void)arg;
+	if (!http_admit(arg, req))
+		return;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	http_reply_error(req, HTTP_NOTFOUND, "no route for %s", path && *path ? path : "/");
@@ -87,7 +125,7 @@ struct http_server *http_server_start(struct event_base *base, int port, char *e
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 	                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
 	                                            EVHTTP_REQ_OPTIONS);
-	evhttp_set_gencb(s->http, http_not_found_cb, NULL);
+	evhttp_set_gencb(s->http, http_not_found_cb, s);
 
 	/* 127.0.0.1 only: a lab's API has no authentication and must not be reachable from outside */
 	s->sock = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", (ev_uint16_t)port);
@@ -103,6 +141,11 @@ struct http_server *http_server_start(struct event_base *base, int port, char *e
 		goto err;
 	}
 	s->port = ntohs(addr.sin_port);
+	s->guard = http_guard_new(s->http, s->sock);
+	if (!s->guard) {
+		snprintf(err, errlen, "out of memory for the connection guard");
+		goto err;
+	}
 	return s;
 
 err:
@@ -115,22 +158,57 @@ int http_server_port(const struct http_server *s)
 	return s->port;
 }
 
+int http_server_set_limits(struct http_server *s, const struct http_limits *lim, char *err, size_t errlen)
+{
+	return http_guard_set_limits(s->guard, lim, err, errlen);
+}
+
+int http_server_connections(const struct http_server *s)
+{
+	return http_guard_connections(s->guard);
+}
+
 void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
                        void *arg)
 {
-	/* evhttp_set_cb refuses a path it already has (-1): drop the old route so the new one wins */
-	if (evhttp_set_cb(s->http, path, cb, arg) == -1) {
-		evhttp_del_cb(s->http, path);
-		evhttp_set_cb(s->http, path, cb, arg);
+	struct http_route *r;
+	for (r = s->routes; r; r = r->next)
+		if (strcmp(r->path, path) == 0)
+			break;
+	if (r) { /* a later route replaces the earlier one: evhttp keeps calling the same record */
+		r->cb = cb;
+		r->arg = arg;
+		return;
 	}
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->path = strdup(path)) || evhttp_set_cb(s->http, path, http_route_cb, r) != 0) {
+		if (r)
+			free(r->path);
+		free(r);
+		return; /* out of memory: the path stays unrouted and answers 404 */
+	}
+	r->s = s;
+	r->cb = cb;
+	r->arg = arg;
+	r->next = s->routes;
+	s->routes = r;
 }
 
 void http_server_free(struct http_server *s)
 {
 	if (!s)
 		return;
-	if (s->http)
-		evhttp_free(s->http); /* closes the listener and every connection with its requests */
+	/* closes the listener and every connection with its requests */
+	if (s->guard)
+		http_guard_free(s->guard);
+	else if (s->http)
+		evhttp_free(s->http);
+	while (s->routes) {
+		struct http_route *r = s->routes;
+		s->routes = r->next;
+		free(r->path);
+		free(r);
+	}
 	free(s);
 }
 
