@@ -117,7 +117,7 @@ int main(int argc, char **argv)
 	struct proxy *pg_proxy = NULL, *echo_proxy = NULL;
 	PGconn *direct = NULL, *proxied = NULL;
 	int echo_direct = -1, echo_proxied = -1;
-	struct echo *echo = NULL;
+	struct upstream *echo = NULL;
 	struct hist pd, pp, ed, ep, edelay;
 
 	pg_url_redact(url, redacted, sizeof(redacted));
@@ -225,6 +225,6 @@ out:
 	proxy_free(pg_proxy);
 	proxy_free(echo_proxy);
 	if (echo)
-		echo_stop(echo);
+		upstream_stop(echo);
 	return ret;
 }

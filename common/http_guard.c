@@ -238,15 +238,21 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	conn_drop(arg, BEV_EVENT_TIMEOUT);
 }
 
-static void conn_free(struct http_conn *c)
+/* What c added to the loop and to its bufferevent: the input callback and its two timers. */
+static void conn_unhook(struct http_conn *c)
 {
-	struct http_guard *g = c->g;
 	if (c->in_cb)
 		evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->in_cb);
 	if (c->adopt_ev)
 		event_free(c->adopt_ev);
 	if (c->deadline_ev)
 		event_free(c->deadline_ev);
+}
+
+static void conn_free(struct http_conn *c)
+{
+	struct http_guard *g = c->g;
+	conn_unhook(c);
 	if (c->guard_ref) {
 		void *cbarg = NULL;
 		bufferevent_getcb(c->bev, NULL, NULL, NULL, &cbarg);
@@ -320,12 +326,7 @@ static struct bufferevent *guard_bev_cb(struct event_base *base, void *arg)
 	return c->bev;
 
 err:
-	if (c->in_cb)
-		evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->in_cb);
-	if (c->adopt_ev)
-		event_free(c->adopt_ev);
-	if (c->deadline_ev)
-		event_free(c->deadline_ev);
+	conn_unhook(c);
 	if (c->bev)
 		bufferevent_free(c->bev);
 	free(c);

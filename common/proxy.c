@@ -618,6 +618,20 @@ static int proxy_resolve_upstream(struct proxy *p, const char *host, int port, c
 	return 0;
 }
 
+/* Frees what p holds once its loop no longer runs (or never ran), and p. */
+static void proxy_release(struct proxy *p)
+{
+	while (p->conns)
+		proxy_conn_close(p->conns);
+	if (p->accept_resume_ev)
+		event_free(p->accept_resume_ev);
+	if (p->listener)
+		evconnlistener_free(p->listener);
+	if (p->base)
+		event_base_free(p->base);
+	free(p);
+}
+
 struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
 {
 	struct proxy *p = NULL;
@@ -713,13 +727,7 @@ struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errl
 err:
 	if (ecfg)
 		event_config_free(ecfg);
-	if (p->accept_resume_ev)
-		event_free(p->accept_resume_ev);
-	if (p->listener)
-		evconnlistener_free(p->listener);
-	if (p->base)
-		event_base_free(p->base);
-	free(p);
+	proxy_release(p);
 	return NULL;
 }
 
@@ -846,12 +854,5 @@ void proxy_free(struct proxy *p)
 			event_base_loopbreak(p->base); /* no memory for the call: stop it the blunt way */
 		pthread_join(p->tid, NULL);
 	}
-	while (p->conns)
-		proxy_conn_close(p->conns);
-	if (p->accept_resume_ev)
-		event_free(p->accept_resume_ev);
-	if (p->listener)
-		evconnlistener_free(p->listener);
-	event_base_free(p->base);
-	free(p);
+	proxy_release(p);
 }

@@ -143,24 +143,18 @@ static struct proxy *start_proxy(int upstream_port, int up_us, int down_us, int6
 
 static int group_setup(void **state)
 {
-	struct echo *e = echo_start();
-	if (!e) {
-		fprintf(stderr, "test_proxy: cannot start the echo server on 127.0.0.1\n");
-		return -1;
-	}
-	*state = e;
-	return 0;
+	return upstream_as_state(state, echo_start(), "test_proxy");
 }
 
 static int group_teardown(void **state)
 {
-	echo_stop(*state);
+	upstream_stop(*state);
 	return 0;
 }
 
 static void test_bytes_pass_intact_both_ways(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	unsigned char *out = malloc(BIG_BYTES), *in = calloc(1, BIG_BYTES);
 	uint64_t elapsed = 0;
@@ -186,7 +180,7 @@ static void test_bytes_pass_intact_both_ways(void **state)
 
 static void test_round_trip_takes_at_least_delay_up_plus_delay_down(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	const int up = 3000, down = 2000;
 	struct proxy *p = start_proxy(e->port, up, down, 0);
 	int fd = client_connect(proxy_port(p));
@@ -208,7 +202,7 @@ static void test_round_trip_takes_at_least_delay_up_plus_delay_down(void **state
 
 static void test_zero_delay_adds_little_and_changing_the_delay_takes_effect(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	int direct = client_connect(e->port);
 	int proxied = client_connect(proxy_port(p));
@@ -242,7 +236,7 @@ static void test_zero_delay_adds_little_and_changing_the_delay_takes_effect(void
 }
 
 /* Up leg: send to the echo server's read; down leg: its read to the reply back. */
-static void one_way_legs(struct echo *e, int fd, uint64_t *up_leg, uint64_t *down_leg)
+static void one_way_legs(struct upstream *e, int fd, uint64_t *up_leg, uint64_t *down_leg)
 {
 	char c = 'x', back = 0;
 	uint64_t t0 = hist_now_us();
@@ -257,7 +251,7 @@ static void one_way_legs(struct echo *e, int fd, uint64_t *up_leg, uint64_t *dow
 
 static void test_delays_apply_per_direction(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 8000, 2000, 0);
 	int fd = client_connect(proxy_port(p));
 	uint64_t up_leg, down_leg;
@@ -281,7 +275,7 @@ static void test_delays_apply_per_direction(void **state)
 
 static void test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	/* 400 kB at 1 MB/s: at least 400 ms; unlimited, the same bytes take a few ms */
 	const size_t n = 400 * 1000;
 	const int64_t bps = 1000 * 1000;
@@ -322,7 +316,7 @@ static uint64_t wait_active(struct proxy *p, uint64_t want, int ms)
 
 static void test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	/* 100 kB at 250 kB/s on a connection that was unlimited: at least 400 ms */
 	const size_t n = 100 * 1000;
 	const int64_t bps = 250 * 1000;
@@ -361,7 +355,7 @@ static void test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_
 
 static void test_the_delay_costs_latency_not_throughput(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	const int delay = 50000;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	unsigned char *out = malloc(BIG_BYTES), *in = calloc(1, BIG_BYTES);
@@ -390,7 +384,7 @@ static void test_the_delay_costs_latency_not_throughput(void **state)
 
 static void test_a_half_close_flushes_what_is_queued_before_the_fin(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	/* 20 ms up: the client's FIN reaches the proxy long before its bytes are due upstream */
 	struct proxy *p = start_proxy(e->port, 20000, 0, 0);
 	const size_t n = 100 * 1000;
@@ -463,7 +457,7 @@ static int count_open_fds(void)
 
 static void test_connections_that_come_and_go_leave_nothing_open(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	struct proxy_stats st;
 	int eofs = atomic_load(&e->eofs);
@@ -493,7 +487,7 @@ static void test_connections_that_come_and_go_leave_nothing_open(void **state)
 
 static void test_cut_closes_both_sides_and_is_counted(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	int fd = client_connect(proxy_port(p));
 	struct proxy_stats st;
@@ -523,7 +517,7 @@ static void test_cut_closes_both_sides_and_is_counted(void **state)
 
 static void test_many_connections_stay_apart_and_cut_counts_every_one(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	enum { NCONN = 40 };
 	struct proxy *p = start_proxy(e->port, 200, 200, 0);
 	int fds[NCONN];
@@ -564,7 +558,7 @@ static void test_many_connections_stay_apart_and_cut_counts_every_one(void **sta
 
 static void test_refuse_makes_new_connects_fail_at_once_and_is_counted(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	struct proxy_stats st;
 
@@ -680,7 +674,7 @@ static void test_libpq_through_the_proxy_runs_select_1_and_fails_cleanly_when_cu
 
 static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	/* 50 ms down delay: replies are still queued in the proxy when it is freed */
 	struct proxy *p = start_proxy(e->port, 0, 50000, 0);
 	int fds[3];
@@ -708,7 +702,7 @@ static void test_free_with_connections_open_and_bytes_in_flight(void **state)
 
 static void test_out_of_descriptors_the_proxy_waits_and_then_accepts(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	struct proxy_stats st;
 	struct rlimit old, low;
@@ -767,7 +761,7 @@ static void test_out_of_descriptors_the_proxy_waits_and_then_accepts(void **stat
 
 static void test_bad_config_is_refused_with_a_message(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	char err[256] = "";
 	/* .invalid never resolves (RFC 6761), and fails fast without asking a DNS server */
 	struct proxy_config cfg = {.upstream_host = "db.invalid", .upstream_port = 5432};
@@ -801,7 +795,7 @@ static void test_bad_config_is_refused_with_a_message(void **state)
 
 static void test_a_host_name_upstream_is_resolved_at_start(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	char err[256] = "";
 	/* "localhost" may list ::1 first; the echo server listens on 127.0.0.1 only */
 	struct proxy_config cfg = {.upstream_host = "localhost", .upstream_port = e->port};
@@ -857,7 +851,7 @@ static void *hammer_main(void *arg)
 
 static void test_calls_from_many_threads_at_once_stay_on_the_loop(void **state)
 {
-	struct echo *e = *state;
+	struct upstream *e = *state;
 	enum { THREADS = 4, CALLS = 300 };
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
 	struct hammer hs[THREADS];

@@ -1,8 +1,8 @@
 /*
- * upstream.h — the upstreams that tests/test_proxy.c and bench/bench_proxy.c put the proxy in
- * front of, written once: a small echo server (blocking threads on 127.0.0.1, a free port, a
- * thread per connection echoing every byte back and counting what it saw), blocking client
- * helpers with a timeout so nothing waits forever, and the host and port of the labs'
+ * upstream.h — the small servers the tests and benches talk to, written once: a server of
+ * blocking threads on 127.0.0.1 (a free port, a thread per connection running what the test
+ * gives it), the echo server the proxy's test and bench put the proxy in front of, blocking
+ * client helpers with a timeout so nothing waits forever, and the host and port of the labs'
  * PostgreSQL from its URL. Header-only: each includer uses what it needs.
  */
 #ifndef LAB_TESTS_UPSTREAM_H
@@ -33,12 +33,14 @@
 #define ECHO_MAX_CONNS     256
 
 /*
- * The upstream: accepts on 127.0.0.1, one thread per connection echoing every byte back.
- * connections and eofs count what it saw; last_arrival_us is when its latest read returned.
+ * A server on 127.0.0.1 (a free port) that runs serve(u, fd) on a thread of its own for each
+ * connection it accepts; upstream_stop wakes them (shutdown), joins them and closes their
+ * sockets. connections counts what it accepted; the other counters are serve's to keep.
  */
-struct echo {
+struct upstream {
 	int listen_fd;
 	int port;
+	void (*serve)(struct upstream *u, int fd);
 	pthread_t accept_tid;
 	atomic_bool stop;
 	pthread_mutex_t mu;
@@ -46,22 +48,28 @@ struct echo {
 	pthread_t conn_tids[ECHO_MAX_CONNS];
 	int nconns;
 	atomic_int connections;
-	atomic_int eofs;
-	atomic_uint_fast64_t last_arrival_us;
+	atomic_int eofs;                      /* echo: clients that half-closed */
+	atomic_int requests;                  /* what serve counts as a request */
+	atomic_uint_fast64_t last_arrival_us; /* echo: when its latest read returned */
 };
 
-struct echo_conn_arg {
-	struct echo *e;
+struct upstream_conn_arg {
+	struct upstream *u;
 	int fd;
 };
 
-UPSTREAM_FN void *echo_conn_main(void *arg)
+UPSTREAM_FN void *upstream_conn_main(void *arg)
 {
-	struct echo_conn_arg *a = arg;
-	struct echo *e = a->e;
-	int fd = a->fd;
+	struct upstream_conn_arg a = *(struct upstream_conn_arg *)arg;
+	free(arg);
+	a.u->serve(a.u, a.fd);
+	return NULL;
+}
+
+/* The echo: every byte back, a half-close answered in kind. */
+UPSTREAM_FN void echo_serve(struct upstream *e, int fd)
+{
 	char buf[64 * 1024];
-	free(a);
 	for (;;) {
 		ssize_t n = read(fd, buf, sizeof(buf));
 		if (n == 0) {
@@ -81,16 +89,15 @@ UPSTREAM_FN void *echo_conn_main(void *arg)
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w <= 0)
-				return NULL;
+				return;
 			off += w;
 		}
 	}
-	return NULL;
 }
 
-UPSTREAM_FN void *echo_accept_main(void *arg)
+UPSTREAM_FN void *upstream_accept_main(void *arg)
 {
-	struct echo *e = arg;
+	struct upstream *e = arg;
 	while (!atomic_load(&e->stop)) {
 		struct pollfd pfd = {.fd = e->listen_fd, .events = POLLIN};
 		if (poll(&pfd, 1, 50) <= 0)
@@ -106,15 +113,15 @@ UPSTREAM_FN void *echo_accept_main(void *arg)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		atomic_fetch_add(&e->connections, 1);
 		pthread_mutex_lock(&e->mu);
-		struct echo_conn_arg *a = malloc(sizeof(*a));
+		struct upstream_conn_arg *a = malloc(sizeof(*a));
 		if (e->nconns == ECHO_MAX_CONNS || !a) {
 			free(a);
 			close(fd);
 		} else {
-			a->e = e;
+			a->u = e;
 			a->fd = fd;
 			e->conn_fds[e->nconns] = fd;
-			if (pthread_create(&e->conn_tids[e->nconns], NULL, echo_conn_main, a) == 0)
+			if (pthread_create(&e->conn_tids[e->nconns], NULL, upstream_conn_main, a) == 0)
 				e->nconns++;
 			else {
 				free(a);
@@ -126,18 +133,19 @@ UPSTREAM_FN void *echo_accept_main(void *arg)
 	return NULL;
 }
 
-UPSTREAM_FN struct echo *echo_start(void)
+UPSTREAM_FN struct upstream *upstream_start(void (*serve)(struct upstream *u, int fd))
 {
-	struct echo *e = calloc(1, sizeof(*e));
+	struct upstream *e = calloc(1, sizeof(*e));
 	if (!e)
 		return NULL;
+	e->serve = serve;
 	pthread_mutex_init(&e->mu, NULL);
 	e->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t len = sizeof(sin);
 	if (e->listen_fd < 0 || bind(e->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
 	    listen(e->listen_fd, 64) != 0 || getsockname(e->listen_fd, (struct sockaddr *)&sin, &len) != 0 ||
-	    pthread_create(&e->accept_tid, NULL, echo_accept_main, e) != 0) {
+	    pthread_create(&e->accept_tid, NULL, upstream_accept_main, e) != 0) {
 		if (e->listen_fd >= 0)
 			close(e->listen_fd);
 		pthread_mutex_destroy(&e->mu);
@@ -148,7 +156,23 @@ UPSTREAM_FN struct echo *echo_start(void)
 	return e;
 }
 
-UPSTREAM_FN void echo_stop(struct echo *e)
+UPSTREAM_FN struct upstream *echo_start(void)
+{
+	return upstream_start(echo_serve);
+}
+
+/* For a cmocka setup: *state = u, or -1 and a line on stderr when u could not start. */
+UPSTREAM_FN int upstream_as_state(void **state, struct upstream *u, const char *test)
+{
+	if (!u) {
+		fprintf(stderr, "%s: cannot start its server on 127.0.0.1: %s\n", test, strerror(errno));
+		return -1;
+	}
+	*state = u;
+	return 0;
+}
+
+UPSTREAM_FN void upstream_stop(struct upstream *e)
 {
 	atomic_store(&e->stop, true);
 	pthread_join(e->accept_tid, NULL);
@@ -163,7 +187,7 @@ UPSTREAM_FN void echo_stop(struct echo *e)
 }
 
 /* Waits until cond(e) holds or ms pass; returns whether it held. */
-UPSTREAM_FN bool echo_wait(struct echo *e, bool (*cond)(struct echo *, int), int want, int ms)
+UPSTREAM_FN bool echo_wait(struct upstream *e, bool (*cond)(struct upstream *, int), int want, int ms)
 {
 	for (int waited = 0; waited < ms; waited += 5) {
 		if (cond(e, want))
@@ -173,7 +197,7 @@ UPSTREAM_FN bool echo_wait(struct echo *e, bool (*cond)(struct echo *, int), int
 	return cond(e, want);
 }
 
-UPSTREAM_FN bool echo_eofs_reach(struct echo *e, int want)
+UPSTREAM_FN bool echo_eofs_reach(struct upstream *e, int want)
 {
 	return atomic_load(&e->eofs) >= want;
 }
@@ -199,11 +223,12 @@ UPSTREAM_FN int client_connect(int port)
 	return fd;
 }
 
-/* Reads exactly n bytes; false on EOF, error or timeout. */
-UPSTREAM_FN bool read_full(int fd, void *buf, size_t n)
+/* Reads (or writes) exactly n bytes; false on EOF, error or timeout. */
+UPSTREAM_FN bool io_full(int fd, void *buf, size_t n, bool writing)
 {
 	for (size_t off = 0; off < n;) {
-		ssize_t r = recv(fd, (char *)buf + off, n - off, 0);
+		ssize_t r = writing ? send(fd, (char *)buf + off, n - off, MSG_NOSIGNAL)
+		                    : recv(fd, (char *)buf + off, n - off, 0);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
@@ -213,17 +238,14 @@ UPSTREAM_FN bool read_full(int fd, void *buf, size_t n)
 	return true;
 }
 
+UPSTREAM_FN bool read_full(int fd, void *buf, size_t n)
+{
+	return io_full(fd, buf, n, false);
+}
+
 UPSTREAM_FN bool write_full(int fd, const void *buf, size_t n)
 {
-	for (size_t off = 0; off < n;) {
-		ssize_t w = send(fd, (const char *)buf + off, n - off, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return false;
-		off += (size_t)w;
-	}
-	return true;
+	return io_full(fd, (void *)buf, n, true);
 }
 
 /* One byte there and back; its round trip in us, or 0 on failure. */
