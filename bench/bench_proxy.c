@@ -104,46 +104,37 @@ static uint64_t echo_rt_cb(void *fd)
 	return ping(*(int *)fd);
 }
 
-int main(int argc, char **argv)
-{
-	int seconds = argc > 1 ? atoi(argv[1]) : 1;
-	if (seconds < 1 || seconds > 600) {
-		fprintf(stderr, "usage: bench_proxy [seconds per path, 1..600]\n");
-		return 2;
-	}
-	const char *url = pg_url_default();
-	char err[LAB_ERRLEN] = "", redacted[256], host[128], port_text[16];
-	int pg_port = 0, ret = 2;
-	struct proxy *pg_proxy = NULL, *echo_proxy = NULL;
-	PGconn *direct = NULL, *proxied = NULL;
-	int echo_direct = -1, echo_proxied = -1;
-	struct upstream *echo = NULL;
+/* The round trips the bench measures: SELECT 1 and echo, direct and proxied; echo at 1 + 1 ms. */
+struct bench {
 	struct hist pd, pp, ed, ep, edelay;
+};
 
-	pg_url_redact(url, redacted, sizeof(redacted));
-	printf("bench_proxy — what the proxy adds to a round trip at zero delay (%s, %d s a path)\n\n",
-	       redacted, seconds);
-	fflush(stdout);
+/* SELECT 1 direct and through a proxy, one for one; -1 with a message on stderr. */
+static int bench_pg(const char *url, const char *redacted, int seconds, struct bench *b)
+{
+	char err[LAB_ERRLEN] = "", host[128], port_text[16];
+	int pg_port = 0, ret = -1;
+	struct proxy *proxy = NULL;
+	PGconn *proxied = NULL, *direct = pg_connect(url, err, sizeof(err));
 
-	direct = pg_connect(url, err, sizeof(err));
 	if (!direct) {
 		fprintf(stderr,
 		        "bench_proxy: cannot connect to PostgreSQL at %s\n  server said: %s\n"
 		        "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n",
 		        redacted, err);
-		goto out;
+		return -1;
 	}
 	if (pg_host_port(url, host, sizeof(host), &pg_port) != 0) {
 		fprintf(stderr, "bench_proxy: cannot parse the PostgreSQL URL %s\n", redacted);
 		goto out;
 	}
 	struct proxy_config pc = {.upstream_host = host, .upstream_port = pg_port};
-	pg_proxy = proxy_start(&pc, err, sizeof(err));
-	if (!pg_proxy) {
+	proxy = proxy_start(&pc, err, sizeof(err));
+	if (!proxy) {
 		fprintf(stderr, "bench_proxy: %s\n", err);
 		goto out;
 	}
-	snprintf(port_text, sizeof(port_text), "%d", proxy_port(pg_proxy));
+	snprintf(port_text, sizeof(port_text), "%d", proxy_port(proxy));
 	const char *keys[] = {"dbname", "host", "port", "connect_timeout", NULL};
 	const char *vals[] = {url, "127.0.0.1", port_text, "5", NULL};
 	proxied = PQconnectdbParams(keys, vals, 1);
@@ -152,79 +143,112 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_proxy: cannot connect to PostgreSQL through the proxy: %s\n", err);
 		goto out;
 	}
-	if (measure_pairs(pg_rt_cb, direct, proxied, seconds, &pd, &pp) != 0) {
+	if (measure_pairs(pg_rt_cb, direct, proxied, seconds, &b->pd, &b->pp) != 0) {
 		pg_conn_error(direct, err, sizeof(err));
 		fprintf(stderr, "bench_proxy: SELECT 1 failed (direct: %s)\n", err);
 		goto out;
 	}
+	ret = 0;
+out:
+	PQfinish(proxied);
+	PQfinish(direct);
+	proxy_free(proxy);
+	return ret;
+}
 
-	echo = echo_start();
+/* One byte echoed direct and through a proxy, then behind 1 + 1 ms; -1 with a message. */
+static int bench_echo(int seconds, struct bench *b)
+{
+	char err[LAB_ERRLEN] = "";
+	int direct = -1, proxied = -1, ret = -1;
+	struct proxy *proxy = NULL;
+	struct upstream *echo = echo_start();
+
 	if (!echo) {
 		fprintf(stderr, "bench_proxy: cannot start the echo server: %s\n", strerror(errno));
-		goto out;
+		return -1;
 	}
 	struct proxy_config ec = {.upstream_port = echo->port};
-	echo_proxy = proxy_start(&ec, err, sizeof(err));
-	if (!echo_proxy) {
+	proxy = proxy_start(&ec, err, sizeof(err));
+	if (!proxy) {
 		fprintf(stderr, "bench_proxy: %s\n", err);
 		goto out;
 	}
-	echo_direct = client_connect(echo->port);
-	echo_proxied = client_connect(proxy_port(echo_proxy));
-	if (echo_direct < 0 || echo_proxied < 0 ||
-	    measure_pairs(echo_rt_cb, &echo_direct, &echo_proxied, seconds, &ed, &ep) != 0) {
+	direct = client_connect(echo->port);
+	proxied = client_connect(proxy_port(proxy));
+	if (direct < 0 || proxied < 0 ||
+	    measure_pairs(echo_rt_cb, &direct, &proxied, seconds, &b->ed, &b->ep) != 0) {
 		fprintf(stderr, "bench_proxy: the echo round trips failed: %s\n", strerror(errno));
 		goto out;
 	}
-	if (proxy_set_delay(echo_proxy, DELAY_EACH_WAY_US, DELAY_EACH_WAY_US) != 0) {
+	if (proxy_set_delay(proxy, DELAY_EACH_WAY_US, DELAY_EACH_WAY_US) != 0) {
 		fprintf(stderr, "bench_proxy: proxy_set_delay failed\n");
 		goto out;
 	}
-	hist_init(&edelay);
+	hist_init(&b->edelay);
 	for (int i = 0; i < DELAYED_ROUND_TRIPS; i++) {
-		uint64_t b = ping(echo_proxied);
-		if (!b) {
+		uint64_t rt = ping(proxied);
+		if (!rt) {
 			fprintf(stderr, "bench_proxy: the delayed echo failed: %s\n", strerror(errno));
 			goto out;
 		}
-		hist_record(&edelay, b);
+		hist_record(&b->edelay, rt);
 	}
+	ret = 0;
+out:
+	if (direct >= 0)
+		close(direct);
+	if (proxied >= 0)
+		close(proxied);
+	proxy_free(proxy);
+	upstream_stop(echo);
+	return ret;
+}
 
+static void bench_report(const struct bench *b)
+{
 	struct term t;
 	term_init(&t, stdout);
 	term_table_header(&t, 2, COLS, 5);
-	print_row(&t, "SELECT 1, direct", &pd);
-	print_row(&t, "SELECT 1, through the proxy", &pp);
-	print_row(&t, "echo 1 byte, direct", &ed);
-	print_row(&t, "echo 1 byte, through the proxy", &ep);
+	print_row(&t, "SELECT 1, direct", &b->pd);
+	print_row(&t, "SELECT 1, through the proxy", &b->pp);
+	print_row(&t, "echo 1 byte, direct", &b->ed);
+	print_row(&t, "echo 1 byte, through the proxy", &b->ep);
 	char label[64];
 	snprintf(label, sizeof(label), "echo, proxy at %d + %d µs", DELAY_EACH_WAY_US, DELAY_EACH_WAY_US);
-	print_row(&t, label, &edelay);
+	print_row(&t, label, &b->edelay);
 
-	double pg_added = added_p50(&pd, &pp), echo_added = added_p50(&ed, &ep);
-	double delay_over = (double)hist_percentile(&edelay, 50) - (double)hist_percentile(&ep, 50) -
+	double pg_added = added_p50(&b->pd, &b->pp), echo_added = added_p50(&b->ed, &b->ep);
+	double delay_over = (double)hist_percentile(&b->edelay, 50) - (double)hist_percentile(&b->ep, 50) -
 	                    2.0 * DELAY_EACH_WAY_US;
 	printf("\n  added by the proxy: %+.0f µs a SELECT 1, %+.0f µs an echo at p50;", pg_added, echo_added);
 	printf(" %+.0f µs, %+.0f µs at p99\n",
-	       (double)hist_percentile(&pp, 99) - (double)hist_percentile(&pd, 99),
-	       (double)hist_percentile(&ep, 99) - (double)hist_percentile(&ed, 99));
+	       (double)hist_percentile(&b->pp, 99) - (double)hist_percentile(&b->pd, 99),
+	       (double)hist_percentile(&b->ep, 99) - (double)hist_percentile(&b->ed, 99));
 	printf("  a set delay of %d µs lands %+.0f µs from it at p50 (timer wake-up on a shared machine)\n",
 	       2 * DELAY_EACH_WAY_US, delay_over);
 	bool met = pg_added < TARGET_ADDED_US && echo_added < TARGET_ADDED_US;
 	printf("  target: under %.0f µs added per round trip (Toxiproxy promises under 100 µs): %s\n",
 	       TARGET_ADDED_US, met ? "met" : "not met");
-	ret = 0;
+}
 
-out:
-	if (echo_direct >= 0)
-		close(echo_direct);
-	if (echo_proxied >= 0)
-		close(echo_proxied);
-	PQfinish(proxied);
-	PQfinish(direct);
-	proxy_free(pg_proxy);
-	proxy_free(echo_proxy);
-	if (echo)
-		upstream_stop(echo);
-	return ret;
+int main(int argc, char **argv)
+{
+	int seconds = argc > 1 ? atoi(argv[1]) : 1;
+	if (seconds < 1 || seconds > 600) {
+		fprintf(stderr, "usage: bench_proxy [seconds per path, 1..600]\n");
+		return 2;
+	}
+	const char *url = pg_url_default();
+	char redacted[256];
+	static struct bench b;
+
+	pg_url_redact(url, redacted, sizeof(redacted));
+	printf("bench_proxy — what the proxy adds to a round trip at zero delay (%s, %d s a path)\n\n",
+	       redacted, seconds);
+	fflush(stdout);
+	if (bench_pg(url, redacted, seconds, &b) != 0 || bench_echo(seconds, &b) != 0)
+		return 2;
+	bench_report(&b);
+	return 0;
 }

@@ -323,6 +323,86 @@ static int load_check_config(const struct load_config *cfg, char *err, size_t er
 	return 0;
 }
 
+/* The base, the clients and their timers, the duration and progress timers; -1 and st->err. */
+static int load_prepare(struct load_state *st)
+{
+	const struct load_config *cfg = st->cfg;
+	st->base = event_base_new();
+	if (!st->base) {
+		snprintf(st->err, st->errlen, "load: event_base_new failed");
+		return -1;
+	}
+	st->clients = calloc((size_t)cfg->clients, sizeof(*st->clients));
+	if (!st->clients) {
+		snprintf(st->err, st->errlen, "load: out of memory for %d clients", cfg->clients);
+		return -1;
+	}
+	for (int i = 0; i < cfg->clients; i++) {
+		struct load_client *c = &st->clients[i];
+		c->st = st;
+		c->id = i;
+		c->kick_ev = evtimer_new(st->base, load_kick_cb, c);
+		c->deadline_ev = evtimer_new(st->base, load_deadline_cb, c);
+		if (!c->kick_ev || !c->deadline_ev) {
+			snprintf(st->err, st->errlen, "load: evtimer_new failed");
+			return -1;
+		}
+	}
+	if (cfg->duration_ms > 0) {
+		struct timeval tv = {cfg->duration_ms / 1000, (cfg->duration_ms % 1000) * 1000};
+		st->stop_ev = evtimer_new(st->base, load_stop_cb, st);
+		if (!st->stop_ev || evtimer_add(st->stop_ev, &tv) != 0) {
+			snprintf(st->err, st->errlen, "load: cannot arm the duration timer");
+			return -1;
+		}
+	}
+	if (cfg->progress_cb) {
+		struct timeval tv = {0, LOAD_PROGRESS_US};
+		st->progress_ev = event_new(st->base, -1, EV_PERSIST, load_progress_cb, st);
+		if (!st->progress_ev || event_add(st->progress_ev, &tv) != 0) {
+			snprintf(st->err, st->errlen, "load: cannot arm the progress timer");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Rates and the series' length, from the first send to the last answer. */
+static void load_totals(const struct load_state *st, struct load_result *res)
+{
+	if (res->sent == 0 || st->last_us <= st->start_us)
+		return;
+	res->elapsed_s = (double)(st->last_us - st->start_us) / 1e6;
+	res->rps = (double)res->completed / res->elapsed_s;
+	res->rps_2xx = (double)res->status_2xx / res->elapsed_s;
+	/* intervals at the end with failures only still belong to the run */
+	uint64_t last_idx = (st->last_us - st->start_us) / st->interval_us;
+	if (last_idx >= LOAD_MAX_SERIES)
+		last_idx = LOAD_MAX_SERIES - 1;
+	if ((int)last_idx + 1 > res->series_len)
+		res->series_len = (int)last_idx + 1;
+}
+
+static void load_release(struct load_state *st)
+{
+	for (int i = 0; st->clients && i < st->cfg->clients; i++) {
+		struct load_client *c = &st->clients[i];
+		if (c->conn)
+			evhttp_connection_free(c->conn);
+		if (c->kick_ev)
+			event_free(c->kick_ev);
+		if (c->deadline_ev)
+			event_free(c->deadline_ev);
+	}
+	free(st->clients);
+	if (st->stop_ev)
+		event_free(st->stop_ev);
+	if (st->progress_ev)
+		event_free(st->progress_ev);
+	if (st->base)
+		event_base_free(st->base);
+}
+
 int load_run(const struct load_config *cfg, struct load_result *res, char *err, size_t errlen)
 {
 	struct load_state st = {.cfg = cfg, .res = res, .err = err, .errlen = errlen};
@@ -346,82 +426,18 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 	        cfg->series_interval_ms ? cfg->series_interval_ms : LOAD_DEFAULT_INTERVAL_MS;
 	st.interval_us = (uint64_t)res->series_interval_ms * 1000;
 
-	st.base = event_base_new();
-	if (!st.base) {
-		snprintf(err, errlen, "load: event_base_new failed");
-		goto err;
-	}
-	st.clients = calloc((size_t)cfg->clients, sizeof(*st.clients));
-	if (!st.clients) {
-		snprintf(err, errlen, "load: out of memory for %d clients", cfg->clients);
-		goto err;
-	}
-	for (int i = 0; i < cfg->clients; i++) {
-		st.clients[i].st = &st;
-		st.clients[i].id = i;
-		st.clients[i].kick_ev = evtimer_new(st.base, load_kick_cb, &st.clients[i]);
-		st.clients[i].deadline_ev = evtimer_new(st.base, load_deadline_cb, &st.clients[i]);
-		if (!st.clients[i].kick_ev || !st.clients[i].deadline_ev) {
-			snprintf(err, errlen, "load: evtimer_new failed");
-			goto err;
+	if (load_prepare(&st) == 0) {
+		st.active = cfg->clients;
+		for (int i = 0; i < cfg->clients; i++)
+			load_send(&st.clients[i]);
+		/* the loop has no other way out than every client retiring (or a broken machinery) */
+		if (st.active > 0 && event_base_dispatch(st.base) < 0)
+			load_break(&st, "event_base_dispatch failed");
+		if (!st.broken) {
+			load_totals(&st, res);
+			ret = 0;
 		}
 	}
-	if (cfg->duration_ms > 0) {
-		struct timeval tv = {cfg->duration_ms / 1000, (cfg->duration_ms % 1000) * 1000};
-		st.stop_ev = evtimer_new(st.base, load_stop_cb, &st);
-		if (!st.stop_ev || evtimer_add(st.stop_ev, &tv) != 0) {
-			snprintf(err, errlen, "load: cannot arm the duration timer");
-			goto err;
-		}
-	}
-	if (cfg->progress_cb) {
-		struct timeval tv = {0, LOAD_PROGRESS_US};
-		st.progress_ev = event_new(st.base, -1, EV_PERSIST, load_progress_cb, &st);
-		if (!st.progress_ev || event_add(st.progress_ev, &tv) != 0) {
-			snprintf(err, errlen, "load: cannot arm the progress timer");
-			goto err;
-		}
-	}
-
-	st.active = cfg->clients;
-	for (int i = 0; i < cfg->clients; i++)
-		load_send(&st.clients[i]);
-	/* the loop has no other way out than every client retiring (or a broken machinery) */
-	if (st.active > 0 && event_base_dispatch(st.base) < 0)
-		load_break(&st, "event_base_dispatch failed");
-	if (st.broken)
-		goto err;
-
-	if (res->sent > 0 && st.last_us > st.start_us) {
-		res->elapsed_s = (double)(st.last_us - st.start_us) / 1e6;
-		res->rps = (double)res->completed / res->elapsed_s;
-		res->rps_2xx = (double)res->status_2xx / res->elapsed_s;
-		/* intervals at the end with failures only still belong to the run */
-		uint64_t last_idx = (st.last_us - st.start_us) / st.interval_us;
-		if (last_idx >= LOAD_MAX_SERIES)
-			last_idx = LOAD_MAX_SERIES - 1;
-		if ((int)last_idx + 1 > res->series_len)
-			res->series_len = (int)last_idx + 1;
-	}
-	ret = 0;
-
-err:
-	if (st.clients) {
-		for (int i = 0; i < cfg->clients; i++) {
-			if (st.clients[i].conn)
-				evhttp_connection_free(st.clients[i].conn);
-			if (st.clients[i].kick_ev)
-				event_free(st.clients[i].kick_ev);
-			if (st.clients[i].deadline_ev)
-				event_free(st.clients[i].deadline_ev);
-		}
-		free(st.clients);
-	}
-	if (st.stop_ev)
-		event_free(st.stop_ev);
-	if (st.progress_ev)
-		event_free(st.progress_ev);
-	if (st.base)
-		event_base_free(st.base);
+	load_release(&st);
 	return ret;
 }

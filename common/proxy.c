@@ -632,103 +632,107 @@ static void proxy_release(struct proxy *p)
 	free(p);
 }
 
-struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
+/* The config's values in range; -1 and err naming the first one that is not. */
+static int proxy_check_config(const struct proxy_config *cfg, char *err, size_t errlen)
 {
-	struct proxy *p = NULL;
-	struct event_config *ecfg = NULL;
-	const char *host = cfg && cfg->upstream_host ? cfg->upstream_host : "127.0.0.1";
-
 	if (!cfg) {
 		snprintf(err, errlen, "proxy_start: no config");
-		return NULL;
+		return -1;
 	}
 	if (cfg->upstream_port <= 0 || cfg->upstream_port > 65535) {
 		snprintf(err, errlen, "proxy: upstream port %d is not in 1..65535", cfg->upstream_port);
-		return NULL;
+		return -1;
 	}
 	if (cfg->listen_port < 0 || cfg->listen_port > 65535) {
 		snprintf(err, errlen, "proxy: listen port %d is not in 0..65535", cfg->listen_port);
-		return NULL;
+		return -1;
 	}
 	if (cfg->delay_up_us < 0 || cfg->delay_down_us < 0 || cfg->bandwidth_bps < 0) {
 		snprintf(err, errlen, "proxy: delays and bandwidth must not be negative");
-		return NULL;
+		return -1;
 	}
-	if (loop_threads_init() != 0) {
-		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
-		return NULL;
-	}
-	loop_sigpipe_ignore();
-	p = calloc(1, sizeof(*p));
-	if (!p) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	if (proxy_resolve_upstream(p, host, cfg->upstream_port, err, errlen) != 0)
-		goto err;
-	p->delay_up_us = cfg->delay_up_us;
-	p->delay_down_us = cfg->delay_down_us;
-	p->bandwidth_bps = cfg->bandwidth_bps;
+	return 0;
+}
 
+/* p's base (precise timers) and its listener on 127.0.0.1:listen_port; -1 and err. */
+static int proxy_listen(struct proxy *p, int listen_port, char *err, size_t errlen)
+{
 	/* precise timers: a 100 us delay must not round up to the coarse clock's 4 ms tick */
-	ecfg = event_config_new();
-	if (!ecfg || event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER) != 0) {
-		snprintf(err, errlen, "proxy: event_config failed");
-		goto err;
-	}
-	p->base = event_base_new_with_config(ecfg);
+	struct event_config *ecfg = event_config_new();
+	if (ecfg && event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
+		p->base = event_base_new_with_config(ecfg);
+	if (ecfg)
+		event_config_free(ecfg);
 	if (!p->base) {
 		snprintf(err, errlen, "proxy: event_base_new failed");
-		goto err;
+		return -1;
 	}
-
 	/* 127.0.0.1 only: the proxy forwards to a database with a known password */
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->listen_port)};
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)listen_port)};
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	p->listener =
 	        evconnlistener_new_bind(p->base, proxy_accept_cb, p,
 	                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
 	                                SOMAXCONN, (struct sockaddr *)&sin, sizeof(sin));
 	if (!p->listener) {
-		snprintf(err, errlen, "proxy: cannot listen on 127.0.0.1:%d: %s", cfg->listen_port,
+		snprintf(err, errlen, "proxy: cannot listen on 127.0.0.1:%d: %s", listen_port,
 		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		goto err;
+		return -1;
 	}
 	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
 	if (!p->accept_resume_ev) {
 		snprintf(err, errlen, "out of memory");
-		goto err;
+		return -1;
 	}
 	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
 	struct sockaddr_in bound;
 	socklen_t boundlen = sizeof(bound);
 	if (getsockname(evconnlistener_get_fd(p->listener), (struct sockaddr *)&bound, &boundlen) != 0) {
 		snprintf(err, errlen, "proxy: getsockname on the listening socket: %s", strerror(errno));
-		goto err;
+		return -1;
 	}
 	p->port = ntohs(bound.sin_port);
+	return 0;
+}
+
+struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
+{
+	if (proxy_check_config(cfg, err, errlen) != 0)
+		return NULL;
+	if (loop_threads_init() != 0) {
+		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
+		return NULL;
+	}
+	loop_sigpipe_ignore();
+	struct proxy *p = calloc(1, sizeof(*p));
+	if (!p) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	const char *host = cfg->upstream_host ? cfg->upstream_host : "127.0.0.1";
+	if (proxy_resolve_upstream(p, host, cfg->upstream_port, err, errlen) != 0 ||
+	    proxy_listen(p, cfg->listen_port, err, errlen) != 0) {
+		proxy_release(p);
+		return NULL;
+	}
+	p->delay_up_us = cfg->delay_up_us;
+	p->delay_down_us = cfg->delay_down_us;
+	p->bandwidth_bps = cfg->bandwidth_bps;
 
 	int rc = pthread_create(&p->tid, NULL, proxy_thread_main, p);
 	if (rc != 0) {
 		snprintf(err, errlen, "proxy: pthread_create: %s", strerror(rc));
-		goto err;
+		proxy_release(p);
+		return NULL;
 	}
 	p->thread_started = true;
 	/* the loop answers before anyone may rely on it */
 	if (proxy_call(p, proxy_noop_fn, NULL) != 0) {
 		snprintf(err, errlen, "proxy: the loop thread did not answer");
-		event_config_free(ecfg);
 		proxy_free(p);
 		return NULL;
 	}
-	event_config_free(ecfg);
 	return p;
-
-err:
-	if (ecfg)
-		event_config_free(ecfg);
-	proxy_release(p);
-	return NULL;
 }
 
 int proxy_port(const struct proxy *p)
