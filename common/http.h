@@ -1,7 +1,16 @@
 /*
  * http.h — the HTTP side of the API labs, on libevent's evhttp: a server bound to 127.0.0.1
- * only, JSON replies and bodies through jansson, checked query parameters, and an event loop
- * running in a thread of its own so that a lab's load generator can drive it from another.
+ * only, with limits on what one client may cost it (struct http_limits) and every request head
+ * checked before any handler runs, JSON replies and bodies through jansson, checked query
+ * parameters, and an event loop running in a thread of its own so that a lab's load generator
+ * can drive it from another.
+ *
+ * How the heads are checked (http_guard.h has the detail): evhttp's parser has already cut a
+ * header at a NUL and joined folded lines by the time a handler runs, so the raw bytes are
+ * read before it parses them, by an evbuffer callback on the input of each connection's
+ * bufferevent, which the server makes for evhttp (evhttp_set_bevcb). Not a bufferevent
+ * filter: behind one, evhttp frees a connection that replied "Connection: close" before the
+ * reply reaches the socket (libevent issue #616), and 400s, 413s and HTTP/1.0 replies are cut.
  *
  * Errors: functions that can fail return NULL or -1 and write one line into err (errlen bytes).
  */
