@@ -135,11 +135,9 @@ static int bench_pg(const char *url, const char *redacted, int seconds, struct b
 		goto out;
 	}
 	snprintf(port_text, sizeof(port_text), "%d", proxy_port(proxy));
-	const char *keys[] = {"dbname", "host", "port", "connect_timeout", NULL};
-	const char *vals[] = {url, "127.0.0.1", port_text, "5", NULL};
-	proxied = PQconnectdbParams(keys, vals, 1);
-	if (PQstatus(proxied) != CONNECTION_OK) {
-		pg_conn_error(proxied, err, sizeof(err));
+	const char *const keys[] = {"host", "port", NULL}, *const vals[] = {"127.0.0.1", port_text, NULL};
+	proxied = pg_connect_with(url, keys, vals, err, sizeof(err));
+	if (!proxied) {
 		fprintf(stderr, "bench_proxy: cannot connect to PostgreSQL through the proxy: %s\n", err);
 		goto out;
 	}
