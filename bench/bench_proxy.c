@@ -4,7 +4,7 @@
  *
  *   1. SELECT 1 on one reused libpq connection against the real PostgreSQL, direct and through
  *      the proxy at zero delay, interleaved one for one so both see the same machine.
- *   2. one byte there and back against an echo server in this program, the same way.
+ *   2. one byte there and back against the echo server of tests/upstream.h, the same way.
  *   3. the echo again through the proxy at 1 ms + 1 ms: how close a set delay lands.
  * Target: under 50 us added per round trip at p50 (Toxiproxy promises under 100 µs). A
  * benchmark, not a test: it reports, and exits 0 whether or not the target is met (2 when
@@ -13,17 +13,11 @@
  * Each path runs for the seconds given (default 1) and at least MIN_ROUND_TRIPS round trips.
  * Run it: make bench, or build/bench_proxy [seconds per path, default 1].
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "hist.h"
@@ -31,6 +25,7 @@
 #include "pg.h"
 #include "proxy.h"
 #include "term.h"
+#include "../tests/upstream.h"
 
 /* 50 us: a tenth of the 0.5 ms delays the labs set, and half of what Toxiproxy promises. */
 #define TARGET_ADDED_US 50.0
@@ -42,107 +37,6 @@
 #define MIN_ROUND_TRIPS 3000
 /* round trips behind the 1 ms + 1 ms delay: each costs 2 ms, so 500 is a second */
 #define DELAYED_ROUND_TRIPS 500
-
-/* The upstream for the pure-socket path: one thread, poll() over its connections, every byte echoed. */
-#define ECHO_MAX_CONNS 4
-struct echo {
-	int listen_fd;
-	int stop_pipe[2]; /* a byte written here ends the thread */
-	int port;
-	pthread_t tid;
-};
-
-static void *echo_main(void *arg)
-{
-	struct echo *e = arg;
-	struct pollfd fds[2 + ECHO_MAX_CONNS];
-	int nconn = 0;
-	char buf[4096];
-
-	fds[0] = (struct pollfd){.fd = e->listen_fd, .events = POLLIN};
-	fds[1] = (struct pollfd){.fd = e->stop_pipe[0], .events = POLLIN};
-	for (;;) {
-		if (poll(fds, (nfds_t)(2 + nconn), -1) < 0)
-			continue;
-		if (fds[1].revents)
-			break;
-		if ((fds[0].revents & POLLIN) && nconn < ECHO_MAX_CONNS) {
-			int fd = accept(e->listen_fd, NULL, NULL);
-			if (fd >= 0) {
-				int one = 1;
-				setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-				fds[2 + nconn++] = (struct pollfd){.fd = fd, .events = POLLIN};
-			}
-		}
-		for (int i = 2; i < 2 + nconn; i++) {
-			if (!fds[i].revents)
-				continue;
-			ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-			if (n <= 0 || send(fds[i].fd, buf, (size_t)n, MSG_NOSIGNAL) != n) {
-				close(fds[i].fd);
-				fds[i--] = fds[2 + --nconn];
-			}
-		}
-	}
-	for (int i = 2; i < 2 + nconn; i++)
-		close(fds[i].fd);
-	return NULL;
-}
-
-static int echo_start(struct echo *e)
-{
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(sin);
-	e->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (e->listen_fd < 0 || bind(e->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
-	    listen(e->listen_fd, 16) != 0 || getsockname(e->listen_fd, (struct sockaddr *)&sin, &len) != 0 ||
-	    pipe(e->stop_pipe) != 0)
-		return -1;
-	e->port = ntohs(sin.sin_port);
-	if (pthread_create(&e->tid, NULL, echo_main, e) != 0)
-		return -1;
-	return 0;
-}
-
-static void echo_stop(struct echo *e)
-{
-	char c = 's';
-	if (write(e->stop_pipe[1], &c, 1) == 1)
-		pthread_join(e->tid, NULL);
-	close(e->stop_pipe[0]);
-	close(e->stop_pipe[1]);
-	close(e->listen_fd);
-}
-
-static int tcp_connect(int port)
-{
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-	                          .sin_port = htons((uint16_t)port),
-	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	struct timeval tv = {.tv_sec = 5};
-	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* One byte there and back: its round trip in us, 0 on failure. */
-static uint64_t echo_round_trip(int fd)
-{
-	char c = 'b';
-	uint64_t t0 = hist_now_us();
-	if (send(fd, &c, 1, MSG_NOSIGNAL) != 1 || recv(fd, &c, 1, 0) != 1)
-		return 0;
-	uint64_t rt = hist_now_us() - t0;
-	return rt ? rt : 1;
-}
 
 /* SELECT 1 checked against PGRES_TUPLES_OK: its round trip in us, 0 on failure. */
 static uint64_t pg_round_trip(PGconn *conn)
@@ -173,26 +67,6 @@ static void print_row(const struct term *t, const char *name, const struct hist 
 static double added_p50(const struct hist *direct, const struct hist *proxied)
 {
 	return (double)hist_percentile(proxied, 50) - (double)hist_percentile(direct, 50);
-}
-
-static int pg_host_port(const char *url, char *host, size_t hostlen, int *port)
-{
-	char *perr = NULL;
-	PQconninfoOption *opts = PQconninfoParse(url, &perr);
-	if (!opts) {
-		PQfreemem(perr);
-		return -1;
-	}
-	snprintf(host, hostlen, "127.0.0.1");
-	*port = 5432;
-	for (PQconninfoOption *o = opts; o->keyword; o++) {
-		if (o->val && *o->val && !strcmp(o->keyword, "host"))
-			snprintf(host, hostlen, "%s", o->val);
-		if (o->val && *o->val && !strcmp(o->keyword, "port"))
-			*port = atoi(o->val);
-	}
-	PQconninfoFree(opts);
-	return 0;
 }
 
 /*
@@ -227,7 +101,133 @@ static uint64_t pg_rt_cb(void *conn)
 
 static uint64_t echo_rt_cb(void *fd)
 {
-	return echo_round_trip(*(int *)fd);
+	return ping(*(int *)fd);
+}
+
+/* The round trips the bench measures: SELECT 1 and echo, direct and proxied; echo at 1 + 1 ms. */
+struct bench {
+	struct hist pd, pp, ed, ep, edelay;
+};
+
+/* SELECT 1 direct and through a proxy, one for one; -1 with a message on stderr. */
+static int bench_pg(const char *url, const char *redacted, int seconds, struct bench *b)
+{
+	char err[LAB_ERRLEN] = "", host[128], port_text[16];
+	int pg_port = 0, ret = -1;
+	struct proxy *proxy = NULL;
+	PGconn *proxied = NULL, *direct = pg_connect(url, err, sizeof(err));
+
+	if (!direct) {
+		fprintf(stderr,
+		        "bench_proxy: cannot connect to PostgreSQL at %s\n  server said: %s\n"
+		        "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n",
+		        redacted, err);
+		return -1;
+	}
+	if (pg_host_port(url, host, sizeof(host), &pg_port) != 0) {
+		fprintf(stderr, "bench_proxy: cannot parse the PostgreSQL URL %s\n", redacted);
+		goto out;
+	}
+	struct proxy_config pc = {.upstream_host = host, .upstream_port = pg_port};
+	proxy = proxy_start(&pc, err, sizeof(err));
+	if (!proxy) {
+		fprintf(stderr, "bench_proxy: %s\n", err);
+		goto out;
+	}
+	snprintf(port_text, sizeof(port_text), "%d", proxy_port(proxy));
+	const char *const keys[] = {"host", "port", NULL}, *const vals[] = {"127.0.0.1", port_text, NULL};
+	proxied = pg_connect_with(url, keys, vals, err, sizeof(err));
+	if (!proxied) {
+		fprintf(stderr, "bench_proxy: cannot connect to PostgreSQL through the proxy: %s\n", err);
+		goto out;
+	}
+	if (measure_pairs(pg_rt_cb, direct, proxied, seconds, &b->pd, &b->pp) != 0) {
+		pg_conn_error(direct, err, sizeof(err));
+		fprintf(stderr, "bench_proxy: SELECT 1 failed (direct: %s)\n", err);
+		goto out;
+	}
+	ret = 0;
+out:
+	PQfinish(proxied);
+	PQfinish(direct);
+	proxy_free(proxy);
+	return ret;
+}
+
+/* One byte echoed direct and through a proxy, then behind 1 + 1 ms; -1 with a message. */
+static int bench_echo(int seconds, struct bench *b)
+{
+	char err[LAB_ERRLEN] = "";
+	int direct = -1, proxied = -1, ret = -1;
+	struct proxy *proxy = NULL;
+	struct upstream *echo = echo_start();
+
+	if (!echo) {
+		fprintf(stderr, "bench_proxy: cannot start the echo server: %s\n", strerror(errno));
+		return -1;
+	}
+	struct proxy_config ec = {.upstream_port = echo->port};
+	proxy = proxy_start(&ec, err, sizeof(err));
+	if (!proxy) {
+		fprintf(stderr, "bench_proxy: %s\n", err);
+		goto out;
+	}
+	direct = client_connect(echo->port);
+	proxied = client_connect(proxy_port(proxy));
+	if (direct < 0 || proxied < 0 ||
+	    measure_pairs(echo_rt_cb, &direct, &proxied, seconds, &b->ed, &b->ep) != 0) {
+		fprintf(stderr, "bench_proxy: the echo round trips failed: %s\n", strerror(errno));
+		goto out;
+	}
+	if (proxy_set_delay(proxy, DELAY_EACH_WAY_US, DELAY_EACH_WAY_US) != 0) {
+		fprintf(stderr, "bench_proxy: proxy_set_delay failed\n");
+		goto out;
+	}
+	hist_init(&b->edelay);
+	for (int i = 0; i < DELAYED_ROUND_TRIPS; i++) {
+		uint64_t rt = ping(proxied);
+		if (!rt) {
+			fprintf(stderr, "bench_proxy: the delayed echo failed: %s\n", strerror(errno));
+			goto out;
+		}
+		hist_record(&b->edelay, rt);
+	}
+	ret = 0;
+out:
+	if (direct >= 0)
+		close(direct);
+	if (proxied >= 0)
+		close(proxied);
+	proxy_free(proxy);
+	upstream_stop(echo);
+	return ret;
+}
+
+static void bench_report(const struct bench *b)
+{
+	struct term t;
+	term_init(&t, stdout);
+	term_table_header(&t, 2, COLS, 5);
+	print_row(&t, "SELECT 1, direct", &b->pd);
+	print_row(&t, "SELECT 1, through the proxy", &b->pp);
+	print_row(&t, "echo 1 byte, direct", &b->ed);
+	print_row(&t, "echo 1 byte, through the proxy", &b->ep);
+	char label[64];
+	snprintf(label, sizeof(label), "echo, proxy at %d + %d µs", DELAY_EACH_WAY_US, DELAY_EACH_WAY_US);
+	print_row(&t, label, &b->edelay);
+
+	double pg_added = added_p50(&b->pd, &b->pp), echo_added = added_p50(&b->ed, &b->ep);
+	double delay_over = (double)hist_percentile(&b->edelay, 50) - (double)hist_percentile(&b->ep, 50) -
+	                    2.0 * DELAY_EACH_WAY_US;
+	printf("\n  added by the proxy: %+.0f µs a SELECT 1, %+.0f µs an echo at p50;", pg_added, echo_added);
+	printf(" %+.0f µs, %+.0f µs at p99\n",
+	       (double)hist_percentile(&b->pp, 99) - (double)hist_percentile(&b->pd, 99),
+	       (double)hist_percentile(&b->ep, 99) - (double)hist_percentile(&b->ed, 99));
+	printf("  a set delay of %d µs lands %+.0f µs from it at p50 (timer wake-up on a shared machine)\n",
+	       2 * DELAY_EACH_WAY_US, delay_over);
+	bool met = pg_added < TARGET_ADDED_US && echo_added < TARGET_ADDED_US;
+	printf("  target: under %.0f µs added per round trip (Toxiproxy promises under 100 µs): %s\n",
+	       TARGET_ADDED_US, met ? "met" : "not met");
 }
 
 int main(int argc, char **argv)
@@ -238,120 +238,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *url = pg_url_default();
-	char err[LAB_ERRLEN] = "", redacted[256], host[128], port_text[16];
-	int pg_port = 0, ret = 2;
-	struct proxy *pg_proxy = NULL, *echo_proxy = NULL;
-	PGconn *direct = NULL, *proxied = NULL;
-	int echo_direct = -1, echo_proxied = -1;
-	struct echo echo = {.listen_fd = -1};
-	bool echo_started = false;
-	struct hist pd, pp, ed, ep, edelay;
+	char redacted[256];
+	static struct bench b;
 
 	pg_url_redact(url, redacted, sizeof(redacted));
 	printf("bench_proxy — what the proxy adds to a round trip at zero delay (%s, %d s a path)\n\n",
 	       redacted, seconds);
 	fflush(stdout);
-
-	direct = pg_connect(url, err, sizeof(err));
-	if (!direct) {
-		fprintf(stderr,
-		        "bench_proxy: cannot connect to PostgreSQL at %s\n  server said: %s\n"
-		        "  start it:    make up   (or docker compose up -d --wait, or set LAB_PG_URL)\n",
-		        redacted, err);
-		goto out;
-	}
-	if (pg_host_port(url, host, sizeof(host), &pg_port) != 0) {
-		fprintf(stderr, "bench_proxy: cannot parse the PostgreSQL URL %s\n", redacted);
-		goto out;
-	}
-	struct proxy_config pc = {.upstream_host = host, .upstream_port = pg_port};
-	pg_proxy = proxy_start(&pc, err, sizeof(err));
-	if (!pg_proxy) {
-		fprintf(stderr, "bench_proxy: %s\n", err);
-		goto out;
-	}
-	snprintf(port_text, sizeof(port_text), "%d", proxy_port(pg_proxy));
-	const char *keys[] = {"dbname", "host", "port", "connect_timeout", NULL};
-	const char *vals[] = {url, "127.0.0.1", port_text, "5", NULL};
-	proxied = PQconnectdbParams(keys, vals, 1);
-	if (PQstatus(proxied) != CONNECTION_OK) {
-		pg_conn_error(proxied, err, sizeof(err));
-		fprintf(stderr, "bench_proxy: cannot connect to PostgreSQL through the proxy: %s\n", err);
-		goto out;
-	}
-	if (measure_pairs(pg_rt_cb, direct, proxied, seconds, &pd, &pp) != 0) {
-		pg_conn_error(direct, err, sizeof(err));
-		fprintf(stderr, "bench_proxy: SELECT 1 failed (direct: %s)\n", err);
-		goto out;
-	}
-
-	if (echo_start(&echo) != 0) {
-		fprintf(stderr, "bench_proxy: cannot start the echo server: %s\n", strerror(errno));
-		goto out;
-	}
-	echo_started = true;
-	struct proxy_config ec = {.upstream_port = echo.port};
-	echo_proxy = proxy_start(&ec, err, sizeof(err));
-	if (!echo_proxy) {
-		fprintf(stderr, "bench_proxy: %s\n", err);
-		goto out;
-	}
-	echo_direct = tcp_connect(echo.port);
-	echo_proxied = tcp_connect(proxy_port(echo_proxy));
-	if (echo_direct < 0 || echo_proxied < 0 ||
-	    measure_pairs(echo_rt_cb, &echo_direct, &echo_proxied, seconds, &ed, &ep) != 0) {
-		fprintf(stderr, "bench_proxy: the echo round trips failed: %s\n", strerror(errno));
-		goto out;
-	}
-	if (proxy_set_delay(echo_proxy, DELAY_EACH_WAY_US, DELAY_EACH_WAY_US) != 0) {
-		fprintf(stderr, "bench_proxy: proxy_set_delay failed\n");
-		goto out;
-	}
-	hist_init(&edelay);
-	for (int i = 0; i < DELAYED_ROUND_TRIPS; i++) {
-		uint64_t b = echo_round_trip(echo_proxied);
-		if (!b) {
-			fprintf(stderr, "bench_proxy: the delayed echo failed: %s\n", strerror(errno));
-			goto out;
-		}
-		hist_record(&edelay, b);
-	}
-
-	struct term t;
-	term_init(&t, stdout);
-	term_table_header(&t, 2, COLS, 5);
-	print_row(&t, "SELECT 1, direct", &pd);
-	print_row(&t, "SELECT 1, through the proxy", &pp);
-	print_row(&t, "echo 1 byte, direct", &ed);
-	print_row(&t, "echo 1 byte, through the proxy", &ep);
-	char label[64];
-	snprintf(label, sizeof(label), "echo, proxy at %d + %d µs", DELAY_EACH_WAY_US, DELAY_EACH_WAY_US);
-	print_row(&t, label, &edelay);
-
-	double pg_added = added_p50(&pd, &pp), echo_added = added_p50(&ed, &ep);
-	double delay_over = (double)hist_percentile(&edelay, 50) - (double)hist_percentile(&ep, 50) -
-	                    2.0 * DELAY_EACH_WAY_US;
-	printf("\n  added by the proxy: %+.0f µs a SELECT 1, %+.0f µs an echo at p50;", pg_added, echo_added);
-	printf(" %+.0f µs, %+.0f µs at p99\n",
-	       (double)hist_percentile(&pp, 99) - (double)hist_percentile(&pd, 99),
-	       (double)hist_percentile(&ep, 99) - (double)hist_percentile(&ed, 99));
-	printf("  a set delay of %d µs lands %+.0f µs from it at p50 (timer wake-up on a shared machine)\n",
-	       2 * DELAY_EACH_WAY_US, delay_over);
-	bool met = pg_added < TARGET_ADDED_US && echo_added < TARGET_ADDED_US;
-	printf("  target: under %.0f µs added per round trip (Toxiproxy promises under 100 µs): %s\n",
-	       TARGET_ADDED_US, met ? "met" : "not met");
-	ret = 0;
-
-out:
-	if (echo_direct >= 0)
-		close(echo_direct);
-	if (echo_proxied >= 0)
-		close(echo_proxied);
-	PQfinish(proxied);
-	PQfinish(direct);
-	proxy_free(pg_proxy);
-	proxy_free(echo_proxy);
-	if (echo_started)
-		echo_stop(&echo);
-	return ret;
+	if (bench_pg(url, redacted, seconds, &b) != 0 || bench_echo(seconds, &b) != 0)
+		return 2;
+	bench_report(&b);
+	return 0;
 }

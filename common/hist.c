@@ -1,10 +1,12 @@
 /*
  * hist.c — log-linear buckets: values below 2^(HIST_SUB_BITS+1) = 64 us each have a bucket of
  * their own; above, every power of two is split into 32 equal sub-buckets, so a bucket's width
- * is at most 1/32 of its lower bound.
+ * is at most 1/32 of its lower bound, up to 2^HIST_TOP_BIT us. The last bucket takes every
+ * sample past that: its upper bound is open, so a percentile that lands there answers max_us.
  */
 #include "hist.h"
 
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -27,16 +29,19 @@ static int bucket_of(uint64_t v)
 {
 	if (v < 2 * SUB_COUNT)
 		return (int)v;
+	if (v >> HIST_TOP_BIT)
+		return HIST_BUCKETS - 1;
 	int msb = 63 - __builtin_clzll(v); /* >= HIST_SUB_BITS + 1 */
 	int shift = msb - HIST_SUB_BITS;   /* keep the top HIST_SUB_BITS+1 bits */
 	uint64_t top = v >> shift;         /* in [SUB_COUNT, 2*SUB_COUNT) */
-	int idx = (shift + 1) * (int)SUB_COUNT + (int)(top - SUB_COUNT);
-	return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
+	return (shift + 1) * (int)SUB_COUNT + (int)(top - SUB_COUNT);
 }
 
 /* The largest value that falls into bucket idx. */
 static uint64_t bucket_upper(int idx)
 {
+	if (idx == HIST_BUCKETS - 1)
+		return UINT64_MAX; /* past 2^HIST_TOP_BIT: only max_us knows how far they went */
 	if (idx < (int)(2 * SUB_COUNT))
 		return (uint64_t)idx;
 	int shift = idx / (int)SUB_COUNT - 1;
@@ -75,8 +80,12 @@ uint64_t hist_percentile(const struct hist *h, double p)
 		return h->max_us;
 	if (p < 0.0)
 		p = 0.0;
-	/* the rank of the sample at p, 1-based, rounded up: p50 of 2 samples is the first */
-	uint64_t rank = (uint64_t)((p / 100.0) * (double)h->count + 0.999999);
+	/*
+	 * The rank of the sample at p, 1-based, rounded up: p50 of 2 samples is the first. The
+	 * relative nudge keeps 0.99 x 100 = 99.00000000000001 from rounding up to rank 100.
+	 */
+	double x = p * (double)h->count / 100.0;
+	uint64_t rank = (uint64_t)ceil(x - x * 1e-12);
 	if (rank < 1)
 		rank = 1;
 	uint64_t seen = 0;

@@ -1,8 +1,10 @@
 /*
  * hist.h — the clock and the latency recorder every lab measures with.
  *
- * A histogram with fixed memory (about 8 KiB) over microseconds: log-linear buckets, exact
- * below 64 us and within 1/32 (about 3%) above, up to about 12 days. Fixed memory matters:
+ * A histogram with fixed memory (about 9 KiB) over microseconds: log-linear buckets, exact
+ * below 64 us and within 1/32 (about 3%) above, up to 2^40 us (about 12.7 days). Samples
+ * past that share one overflow bucket whose bound is max_us; min, max, count and sum stay
+ * exact whatever the sample. Fixed memory matters:
  * a pool's wait-time distribution under `--serve` runs for hours, and a load generator at
  * 40k req/s would otherwise keep millions of samples.
  *
@@ -14,7 +16,9 @@
 #include <stdint.h>
 
 #define HIST_SUB_BITS 5
-#define HIST_BUCKETS  1024
+/* one per value below 64 us, 32 per power of two from 2^6 to 2^40 us, one past 2^40 us */
+#define HIST_TOP_BIT 40
+#define HIST_BUCKETS ((HIST_TOP_BIT - HIST_SUB_BITS + 1) * (1 << HIST_SUB_BITS) + 1)
 
 struct hist {
 	uint64_t count;
@@ -38,7 +42,8 @@ void hist_merge(struct hist *into, const struct hist *from);
 
 /*
  * The value at percentile p (0..100) in microseconds: the upper bound of the bucket that holds
- * it, never above max_us. 0 for an empty histogram. p=100 returns max_us exactly.
+ * it, never above max_us, so within 1/32 of the true value (exact below 64 us). 0 for an empty
+ * histogram. p=100 returns max_us exactly; p <= 0 the bound of the lowest sample's bucket.
  */
 uint64_t hist_percentile(const struct hist *h, double p);
 

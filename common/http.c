@@ -6,19 +6,20 @@
  * does under load, not how to write a parser.
  */
 #include "http.h"
+#include "http_guard.h"
+#include "loop.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/thread.h>
 #include <event2/util.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +29,23 @@
 /* 1 MiB: the largest body an API lab accepts; evhttp itself answers 413 above it. */
 #define HTTP_MAX_BODY (1024 * 1024)
 
+struct http_route;
+
 struct http_server {
 	struct evhttp *http;
 	struct evhttp_bound_socket *sock;
+	struct http_guard *guard; /* limits, and every request head checked before its handler */
+	struct http_route *routes;
 	int port; /* read back from the socket, so port 0 becomes the one the kernel chose */
+};
+
+/* A route as evhttp sees it: the guard's check first, then the handler. */
+struct http_route {
+	struct http_server *s;
+	char *path;
+	void (*cb)(struct evhttp_request *, void *);
+	void *arg;
+	struct http_route *next;
 };
 
 struct http_thread {
@@ -44,42 +58,41 @@ struct http_thread {
 	int running;
 };
 
-/* What http_thread_call hands to the loop thread: lives on the caller's stack until done. */
-struct http_call {
-	void (*fn)(void *);
-	void *arg;
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	int done;
-};
-
-static pthread_once_t http_threads_once = PTHREAD_ONCE_INIT;
-static int http_threads_rc = -1;
-
-static void http_threads_init_cb(void)
-{
-	http_threads_rc = evthread_use_pthreads();
-	/*
-	 * A peer that closes while we write (a client that timed out, a server that answered 413
-	 * and hung up) must cost an EPIPE on that socket, not the whole process. A handler the
-	 * program installed itself is left alone.
-	 */
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
-
 struct event_base *http_base_new(void)
 {
-	if (pthread_once(&http_threads_once, http_threads_init_cb) != 0 || http_threads_rc != 0)
+	if (loop_threads_init() != 0)
 		return NULL;
+	loop_sigpipe_ignore();
 	return event_base_new();
+}
+
+/*
+ * Before any handler: the guard's verdict on the request's head. false when the request was
+ * answered here (400, and the connection closed after it).
+ */
+static bool http_admit(struct http_server *s, struct evhttp_request *req)
+{
+	int code = 400;
+	const char *why = http_guard_check(s->guard, req, &code);
+	if (!why)
+		return true;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	http_reply_error(req, code, "%s", why);
+	return false;
+}
+
+static void http_route_cb(struct evhttp_request *req, void *arg)
+{
+	struct http_route *r = arg;
+	if (http_admit(r->s, req))
+		r->cb(req, r->arg);
 }
 
 /* Requests no route claimed: the same JSON error shape as every other reply. */
 static void http_not_found_cb(struct evhttp_request *req, void *arg)
 {
-	(void)arg;
+	if (!http_admit(arg, req))
+		return;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	http_reply_error(req, HTTP_NOTFOUND, "no route for %s", path && *path ? path : "/");
@@ -112,7 +125,7 @@ struct http_server *http_server_start(struct event_base *base, int port, char *e
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 	                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
 	                                            EVHTTP_REQ_OPTIONS);
-	evhttp_set_gencb(s->http, http_not_found_cb, NULL);
+	evhttp_set_gencb(s->http, http_not_found_cb, s);
 
 	/* 127.0.0.1 only: a lab's API has no authentication and must not be reachable from outside */
 	s->sock = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", (ev_uint16_t)port);
@@ -128,6 +141,11 @@ struct http_server *http_server_start(struct event_base *base, int port, char *e
 		goto err;
 	}
 	s->port = ntohs(addr.sin_port);
+	s->guard = http_guard_new(s->http, s->sock);
+	if (!s->guard) {
+		snprintf(err, errlen, "out of memory for the connection guard");
+		goto err;
+	}
 	return s;
 
 err:
@@ -140,24 +158,62 @@ int http_server_port(const struct http_server *s)
 	return s->port;
 }
 
+int http_server_set_limits(struct http_server *s, const struct http_limits *lim, char *err, size_t errlen)
+{
+	return http_guard_set_limits(s->guard, lim, err, errlen);
+}
+
+int http_server_connections(const struct http_server *s)
+{
+	return http_guard_connections(s->guard);
+}
+
 void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
                        void *arg)
 {
-	/* evhttp_set_cb refuses a path it already has (-1): drop the old route so the new one wins */
-	if (evhttp_set_cb(s->http, path, cb, arg) == -1) {
-		evhttp_del_cb(s->http, path);
-		evhttp_set_cb(s->http, path, cb, arg);
+	struct http_route *r;
+	for (r = s->routes; r; r = r->next)
+		if (strcmp(r->path, path) == 0)
+			break;
+	if (r) { /* a later route replaces the earlier one: evhttp keeps calling the same record */
+		r->cb = cb;
+		r->arg = arg;
+		return;
 	}
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->path = strdup(path)) || evhttp_set_cb(s->http, path, http_route_cb, r) != 0) {
+		if (r)
+			free(r->path);
+		free(r);
+		return; /* out of memory: the path stays unrouted and answers 404 */
+	}
+	r->s = s;
+	r->cb = cb;
+	r->arg = arg;
+	r->next = s->routes;
+	s->routes = r;
 }
 
 void http_server_free(struct http_server *s)
 {
 	if (!s)
 		return;
-	if (s->http)
-		evhttp_free(s->http); /* closes the listener and every connection with its requests */
+	/* closes the listener and every connection with its requests */
+	if (s->guard)
+		http_guard_free(s->guard);
+	else if (s->http)
+		evhttp_free(s->http);
+	while (s->routes) {
+		struct http_route *r = s->routes;
+		s->routes = r->next;
+		free(r->path);
+		free(r);
+	}
 	free(s);
 }
+
+/* What a client gets when its reply could not be built: fixed, so it needs no memory. */
+#define HTTP_REPLY_BROKEN "{\"error\":\"internal error: reply could not be built\"}"
 
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
@@ -165,15 +221,18 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-	if (text) {
-		evbuffer_add(out, text, strlen(text));
-		free(text);
+	if (text && evbuffer_add(out, text, strlen(text)) == 0) {
 		evhttp_send_reply(req, code, NULL, out);
 	} else {
-		/* no body or no memory to print it: the client still gets its status, and valid JSON */
-		evbuffer_add(out, "null", 4);
-		evhttp_send_reply(req, body ? HTTP_INTERNAL : code, NULL, out);
+		/*
+		 * No body (json_pack failed), no memory to print it or to hold it: the status the
+		 * handler meant would be a lie, so a 500 with a fixed body the client can still read.
+		 */
+		evbuffer_drain(out, evbuffer_get_length(out));
+		evbuffer_add(out, HTTP_REPLY_BROKEN, sizeof(HTTP_REPLY_BROKEN) - 1);
+		evhttp_send_reply(req, HTTP_INTERNAL, NULL, out);
 	}
+	free(text);
 	json_decref(body);
 }
 
@@ -357,45 +416,9 @@ err:
 	return NULL;
 }
 
-static void http_call_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	struct http_call *c = arg;
-	c->fn(c->arg);
-	pthread_mutex_lock(&c->mu);
-	c->done = 1;
-	pthread_cond_signal(&c->cond);
-	pthread_mutex_unlock(&c->mu);
-}
-
 int http_thread_call(struct http_thread *t, void (*fn)(void *), void *arg)
 {
-	const struct timeval now = {0, 0};
-	struct http_call c = {.fn = fn, .arg = arg};
-	int ret = -1;
-
-	if (!t || !fn)
-		return -1;
-	/* from the loop thread itself, waiting for the loop would wait forever */
-	if (pthread_equal(pthread_self(), t->tid)) {
-		fn(arg);
-		return 0;
-	}
-	pthread_mutex_init(&c.mu, NULL);
-	pthread_cond_init(&c.cond, NULL);
-	if (event_base_once(t->base, -1, EV_TIMEOUT, http_call_cb, &c, &now) != 0)
-		goto err;
-	pthread_mutex_lock(&c.mu);
-	while (!c.done)
-		pthread_cond_wait(&c.cond, &c.mu);
-	pthread_mutex_unlock(&c.mu);
-	ret = 0;
-
-err:
-	pthread_cond_destroy(&c.cond);
-	pthread_mutex_destroy(&c.mu);
-	return ret;
+	return t ? loop_call(t->base, t->tid, fn, arg) : -1;
 }
 
 void http_thread_stop(struct http_thread *t)

@@ -1,7 +1,16 @@
 /*
  * http.h — the HTTP side of the API labs, on libevent's evhttp: a server bound to 127.0.0.1
- * only, JSON replies and bodies through jansson, checked query parameters, and an event loop
- * running in a thread of its own so that a lab's load generator can drive it from another.
+ * only, with limits on what one client may cost it (struct http_limits) and every request head
+ * checked before any handler runs, JSON replies and bodies through jansson, checked query
+ * parameters, and an event loop running in a thread of its own so that a lab's load generator
+ * can drive it from another.
+ *
+ * How the heads are checked (http_guard.h has the detail): evhttp's parser has already cut a
+ * header at a NUL and joined folded lines by the time a handler runs, so the raw bytes are
+ * read before it parses them, by an evbuffer callback on the input of each connection's
+ * bufferevent, which the server makes for evhttp (evhttp_set_bevcb). Not a bufferevent
+ * filter: behind one, evhttp frees a connection that replied "Connection: close" before the
+ * reply reaches the socket (libevent issue #616), and 400s, 413s and HTTP/1.0 replies are cut.
  *
  * Errors: functions that can fail return NULL or -1 and write one line into err (errlen bytes).
  */
@@ -25,22 +34,72 @@ struct http_thread;
 struct event_base *http_base_new(void);
 
 /*
- * Listens on 127.0.0.1:port (0 picks a free port, see http_server_port) with evhttp on base.
- * Requests to unknown paths get 404 with a JSON error; bodies over 1 MiB get 413.
+ * Listens on 127.0.0.1:port (0 picks a free port, see http_server_port) with evhttp on base,
+ * with the default http_limits. Requests to unknown paths get 404 with a JSON error; bodies
+ * over 1 MiB get 413 (evhttp's own reply, an HTML page, and the connection closed).
+ *
+ * Every request head is checked before any handler runs (http_guard.h tells how): a NUL byte
+ * or another control character (HTAB aside) in the request line or a header, a CR that does
+ * not end its line, or an obsolete folded header (a line starting with SP or HTAB) gets 400
+ * {"error": "..."} and the connection is closed. Handlers therefore see every header value
+ * whole: evhttp would cut "Key: zz<NUL>first" to "zz" and join folded lines silently.
  */
 struct http_server *http_server_start(struct event_base *base, int port, char *err, size_t errlen);
+
+/*
+ * What one client may cost the server. A field left 0 takes its default.
+ *
+ * max_header_bytes: the request line and headers together (default 16 KiB, what a browser or
+ *   a curl sends many times over). Past it evhttp answers 400 itself (an HTML page: libevent
+ *   2.1 has no 431 and no hook to change the page) and closes, having read little more than the
+ *   limit: a 64 MB header line costs the server tens of KiB, not 64 MB.
+ * idle_timeout_ms: a connection with nothing read or written for this long is closed without
+ *   a reply (default 5 s): keep-alive connections left open, clients that stopped reading. A
+ *   handler at work does not count: evhttp reads nothing then.
+ * request_timeout_ms: from a request's first byte to the last of its body (default 10 s), so
+ *   a client that trickles a byte now and then (slowloris), which an idle timeout never cuts,
+ *   is closed without a reply.
+ * max_connections: open at once (default 512). At the cap the server stops accepting: new
+ *   connections wait in the kernel's listen backlog, served as soon as one closes (an idle one
+ *   within idle_timeout_ms), and cost no descriptor meanwhile. (libevent 2.1.12 has no
+ *   evhttp_set_max_connections; 2.2's answers 503 and closes, at an accept per refusal.)
+ */
+struct http_limits {
+	size_t max_header_bytes;
+	int idle_timeout_ms;
+	int request_timeout_ms;
+	int max_connections;
+};
+
+/*
+ * Sets the limits (zeros = defaults) for connections accepted from now on; the cap at once.
+ * Call it before the loop runs (http_app_run) or on the loop thread (http_thread_call).
+ * -1 and err when a value is out of range.
+ */
+int http_server_set_limits(struct http_server *s, const struct http_limits *lim, char *err, size_t errlen);
+
+/* Connections open now; any thread may ask. */
+int http_server_connections(const struct http_server *s);
 
 /* The port the server listens on. */
 int http_server_port(const struct http_server *s);
 
-/* Routes exact path (no query string) to cb. Later routes may replace earlier ones. */
+/*
+ * Routes exact path (no query string) to cb. Later routes may replace earlier ones. cb runs only
+ * for requests whose head passed the check above; it must not set a close callback on the
+ * request's connection (evhttp_connection_set_closecb): the server uses it.
+ */
 void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
                        void *arg);
 
 /* Stops listening and frees the server (requests in flight are dropped). NULL is a no-op. */
 void http_server_free(struct http_server *s);
 
-/* Replies with code and body as JSON (Content-Type: application/json); steals body. */
+/*
+ * Replies with code and body as JSON (Content-Type: application/json); steals body. A body
+ * that is NULL (a json_pack that failed) or cannot be printed is answered 500 with
+ * {"error":"internal error: reply could not be built"}, never code with a body of null.
+ */
 void http_reply_json(struct evhttp_request *req, int code, json_t *body);
 
 /* Replies with code and {"error": "<message>"}. */

@@ -9,13 +9,12 @@
  * this file never frees a request itself.
  */
 #include "load.h"
+#include "loop.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/keyvalq_struct.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,8 +37,9 @@ struct load_client {
 	struct load_state *st;
 	int id;
 	struct evhttp_connection *conn;
-	struct event *kick_ev; /* sends the next request from a fresh loop turn, after an error */
-	uint64_t seq;          /* of the request in flight */
+	struct event *kick_ev;     /* sends the next request from a fresh loop turn, after an error */
+	struct event *deadline_ev; /* the request in flight has had timeout_ms: it fails */
+	uint64_t seq;              /* of the request in flight */
 	uint64_t sent_us;
 	int failed;     /* the last request got no response: replace conn before sending */
 	int error_seen; /* evhttp reported last_error for the request in flight */
@@ -67,16 +67,6 @@ struct load_state {
 	size_t errlen;
 	int broken; /* the event machinery failed: load_run returns -1 */
 };
-
-static pthread_once_t load_sigpipe_once = PTHREAD_ONCE_INIT;
-
-/* A server that closes while we write costs EPIPE on that socket, not the process. */
-static void load_ignore_sigpipe_cb(void)
-{
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
 
 static void load_send(struct load_client *c);
 
@@ -106,6 +96,44 @@ static void load_count_series(struct load_state *st, uint64_t now)
 		res->series_len = (int)idx + 1;
 }
 
+/*
+ * The request in flight got no response (refused, reset, timed out, never sent): counted,
+ * told to response_cb, and the next one sent from a fresh loop turn on a new connection.
+ */
+static void load_fail(struct load_client *c, uint64_t now, int timed_out)
+{
+	struct load_state *st = c->st;
+	const struct load_config *cfg = st->cfg;
+	const struct timeval now_tv = {0, 0};
+
+	st->res->errors++;
+	if (timed_out)
+		st->res->timeouts++;
+	st->last_us = now;
+	if (cfg->response_cb)
+		cfg->response_cb(NULL, c->id, c->seq, now - c->sent_us, cfg->arg);
+	c->failed = 1;
+	if (evtimer_add(c->kick_ev, &now_tv) != 0) {
+		load_retire(c);
+		load_break(st, "cannot schedule the next request");
+	}
+}
+
+/*
+ * The request outlived its deadline: timeout_ms from its send, whatever still trickles in (an
+ * inactivity timeout would wait forever on a server that sends a byte now and then).
+ */
+static void load_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct load_client *c = arg;
+	/* evhttp frees the request in flight with its connection, without calling back */
+	evhttp_connection_free(c->conn);
+	c->conn = NULL;
+	load_fail(c, hist_now_us(), 1);
+}
+
 static void load_error_cb(enum evhttp_request_error error, void *arg)
 {
 	struct load_client *c = arg;
@@ -127,22 +155,13 @@ static void load_response_cb(struct evhttp_request *req, void *arg)
 	uint64_t latency = now - c->sent_us;
 	int code = req ? evhttp_request_get_response_code(req) : 0;
 
+	evtimer_del(c->deadline_ev);
 	st->last_us = now;
 	if (code == 0) {
-		res->errors++;
-		/* a connect that times out comes back as code 0 without an error callback */
-		if ((c->error_seen && c->last_error == EVREQ_HTTP_TIMEOUT) ||
-		    (!c->error_seen && latency >= st->timeout_us))
-			res->timeouts++;
-		if (cfg->response_cb)
-			cfg->response_cb(NULL, c->id, c->seq, latency, cfg->arg);
-		/* the connection is in the middle of failing: replace it from a fresh loop turn */
-		c->failed = 1;
-		const struct timeval now_tv = {0, 0};
-		if (evtimer_add(c->kick_ev, &now_tv) != 0) {
-			load_retire(c);
-			load_break(st, "cannot schedule the next request");
-		}
+		/* the connection is in the middle of failing: load_fail replaces it from a fresh turn */
+		load_fail(c, now,
+		          (c->error_seen && c->last_error == EVREQ_HTTP_TIMEOUT) ||
+		                  (!c->error_seen && latency >= st->timeout_us));
 		return;
 	}
 
@@ -241,19 +260,17 @@ static void load_send(struct load_client *c)
 	c->sent_us = hist_now_us();
 	if (seq == 0)
 		st->start_us = c->sent_us;
+	if (evtimer_add(c->deadline_ev, &st->timeout) != 0) {
+		evhttp_request_free(req);
+		load_retire(c);
+		load_break(st, "cannot arm the request's deadline");
+		return;
+	}
 	/* the callback may run before this returns (a refused connect): c is ready for it */
 	if (evhttp_make_request(c->conn, req, r.method, r.path) != 0) {
 		/* evhttp did not take the request (no memory, no socket): it never got an answer */
-		res->errors++;
-		st->last_us = hist_now_us();
-		if (cfg->response_cb)
-			cfg->response_cb(NULL, c->id, seq, st->last_us - c->sent_us, cfg->arg);
-		c->failed = 1;
-		const struct timeval now_tv = {0, 0};
-		if (evtimer_add(c->kick_ev, &now_tv) != 0) {
-			load_retire(c);
-			load_break(st, "cannot schedule the next request");
-		}
+		evtimer_del(c->deadline_ev);
+		load_fail(c, hist_now_us(), 0);
 	}
 }
 
@@ -306,6 +323,86 @@ static int load_check_config(const struct load_config *cfg, char *err, size_t er
 	return 0;
 }
 
+/* The base, the clients and their timers, the duration and progress timers; -1 and st->err. */
+static int load_prepare(struct load_state *st)
+{
+	const struct load_config *cfg = st->cfg;
+	st->base = event_base_new();
+	if (!st->base) {
+		snprintf(st->err, st->errlen, "load: event_base_new failed");
+		return -1;
+	}
+	st->clients = calloc((size_t)cfg->clients, sizeof(*st->clients));
+	if (!st->clients) {
+		snprintf(st->err, st->errlen, "load: out of memory for %d clients", cfg->clients);
+		return -1;
+	}
+	for (int i = 0; i < cfg->clients; i++) {
+		struct load_client *c = &st->clients[i];
+		c->st = st;
+		c->id = i;
+		c->kick_ev = evtimer_new(st->base, load_kick_cb, c);
+		c->deadline_ev = evtimer_new(st->base, load_deadline_cb, c);
+		if (!c->kick_ev || !c->deadline_ev) {
+			snprintf(st->err, st->errlen, "load: evtimer_new failed");
+			return -1;
+		}
+	}
+	if (cfg->duration_ms > 0) {
+		struct timeval tv = {cfg->duration_ms / 1000, (cfg->duration_ms % 1000) * 1000};
+		st->stop_ev = evtimer_new(st->base, load_stop_cb, st);
+		if (!st->stop_ev || evtimer_add(st->stop_ev, &tv) != 0) {
+			snprintf(st->err, st->errlen, "load: cannot arm the duration timer");
+			return -1;
+		}
+	}
+	if (cfg->progress_cb) {
+		struct timeval tv = {0, LOAD_PROGRESS_US};
+		st->progress_ev = event_new(st->base, -1, EV_PERSIST, load_progress_cb, st);
+		if (!st->progress_ev || event_add(st->progress_ev, &tv) != 0) {
+			snprintf(st->err, st->errlen, "load: cannot arm the progress timer");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Rates and the series' length, from the first send to the last answer. */
+static void load_totals(const struct load_state *st, struct load_result *res)
+{
+	if (res->sent == 0 || st->last_us <= st->start_us)
+		return;
+	res->elapsed_s = (double)(st->last_us - st->start_us) / 1e6;
+	res->rps = (double)res->completed / res->elapsed_s;
+	res->rps_2xx = (double)res->status_2xx / res->elapsed_s;
+	/* intervals at the end with failures only still belong to the run */
+	uint64_t last_idx = (st->last_us - st->start_us) / st->interval_us;
+	if (last_idx >= LOAD_MAX_SERIES)
+		last_idx = LOAD_MAX_SERIES - 1;
+	if ((int)last_idx + 1 > res->series_len)
+		res->series_len = (int)last_idx + 1;
+}
+
+static void load_release(struct load_state *st)
+{
+	for (int i = 0; st->clients && i < st->cfg->clients; i++) {
+		struct load_client *c = &st->clients[i];
+		if (c->conn)
+			evhttp_connection_free(c->conn);
+		if (c->kick_ev)
+			event_free(c->kick_ev);
+		if (c->deadline_ev)
+			event_free(c->deadline_ev);
+	}
+	free(st->clients);
+	if (st->stop_ev)
+		event_free(st->stop_ev);
+	if (st->progress_ev)
+		event_free(st->progress_ev);
+	if (st->base)
+		event_base_free(st->base);
+}
+
 int load_run(const struct load_config *cfg, struct load_result *res, char *err, size_t errlen)
 {
 	struct load_state st = {.cfg = cfg, .res = res, .err = err, .errlen = errlen};
@@ -316,7 +413,7 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 	hist_init(&res->latency_2xx);
 	if (load_check_config(cfg, err, errlen) != 0)
 		return -1;
-	pthread_once(&load_sigpipe_once, load_ignore_sigpipe_cb);
+	loop_sigpipe_ignore();
 
 	st.host = cfg->host ? cfg->host : "127.0.0.1";
 	snprintf(st.host_header, sizeof(st.host_header), "%s:%d", st.host, cfg->port);
@@ -329,79 +426,18 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 	        cfg->series_interval_ms ? cfg->series_interval_ms : LOAD_DEFAULT_INTERVAL_MS;
 	st.interval_us = (uint64_t)res->series_interval_ms * 1000;
 
-	st.base = event_base_new();
-	if (!st.base) {
-		snprintf(err, errlen, "load: event_base_new failed");
-		goto err;
-	}
-	st.clients = calloc((size_t)cfg->clients, sizeof(*st.clients));
-	if (!st.clients) {
-		snprintf(err, errlen, "load: out of memory for %d clients", cfg->clients);
-		goto err;
-	}
-	for (int i = 0; i < cfg->clients; i++) {
-		st.clients[i].st = &st;
-		st.clients[i].id = i;
-		st.clients[i].kick_ev = evtimer_new(st.base, load_kick_cb, &st.clients[i]);
-		if (!st.clients[i].kick_ev) {
-			snprintf(err, errlen, "load: evtimer_new failed");
-			goto err;
+	if (load_prepare(&st) == 0) {
+		st.active = cfg->clients;
+		for (int i = 0; i < cfg->clients; i++)
+			load_send(&st.clients[i]);
+		/* the loop has no other way out than every client retiring (or a broken machinery) */
+		if (st.active > 0 && event_base_dispatch(st.base) < 0)
+			load_break(&st, "event_base_dispatch failed");
+		if (!st.broken) {
+			load_totals(&st, res);
+			ret = 0;
 		}
 	}
-	if (cfg->duration_ms > 0) {
-		struct timeval tv = {cfg->duration_ms / 1000, (cfg->duration_ms % 1000) * 1000};
-		st.stop_ev = evtimer_new(st.base, load_stop_cb, &st);
-		if (!st.stop_ev || evtimer_add(st.stop_ev, &tv) != 0) {
-			snprintf(err, errlen, "load: cannot arm the duration timer");
-			goto err;
-		}
-	}
-	if (cfg->progress_cb) {
-		struct timeval tv = {0, LOAD_PROGRESS_US};
-		st.progress_ev = event_new(st.base, -1, EV_PERSIST, load_progress_cb, &st);
-		if (!st.progress_ev || event_add(st.progress_ev, &tv) != 0) {
-			snprintf(err, errlen, "load: cannot arm the progress timer");
-			goto err;
-		}
-	}
-
-	st.active = cfg->clients;
-	for (int i = 0; i < cfg->clients; i++)
-		load_send(&st.clients[i]);
-	/* the loop has no other way out than every client retiring (or a broken machinery) */
-	if (st.active > 0 && event_base_dispatch(st.base) < 0)
-		load_break(&st, "event_base_dispatch failed");
-	if (st.broken)
-		goto err;
-
-	if (res->sent > 0 && st.last_us > st.start_us) {
-		res->elapsed_s = (double)(st.last_us - st.start_us) / 1e6;
-		res->rps = (double)res->completed / res->elapsed_s;
-		res->rps_2xx = (double)res->status_2xx / res->elapsed_s;
-		/* intervals at the end with failures only still belong to the run */
-		uint64_t last_idx = (st.last_us - st.start_us) / st.interval_us;
-		if (last_idx >= LOAD_MAX_SERIES)
-			last_idx = LOAD_MAX_SERIES - 1;
-		if ((int)last_idx + 1 > res->series_len)
-			res->series_len = (int)last_idx + 1;
-	}
-	ret = 0;
-
-err:
-	if (st.clients) {
-		for (int i = 0; i < cfg->clients; i++) {
-			if (st.clients[i].conn)
-				evhttp_connection_free(st.clients[i].conn);
-			if (st.clients[i].kick_ev)
-				event_free(st.clients[i].kick_ev);
-		}
-		free(st.clients);
-	}
-	if (st.stop_ev)
-		event_free(st.stop_ev);
-	if (st.progress_ev)
-		event_free(st.progress_ev);
-	if (st.base)
-		event_base_free(st.base);
+	load_release(&st);
 	return ret;
 }

@@ -44,8 +44,13 @@ struct load_config {
 	int clients;                 /* concurrent connections, >= 1 */
 	int duration_ms;             /* stop sending after this; 0 = no time limit */
 	uint64_t max_requests;       /* stop sending after this many; 0 = no count limit */
-	int timeout_ms;              /* per request; 0 = 10000. A timeout counts as an error */
-	int series_interval_ms;      /* 0 = 1000 */
+	/*
+	 * A deadline per request, from its send to the last byte of its response (not an
+	 * inactivity timeout: a server that trickles a byte now and then still misses it);
+	 * 0 = 10000. A timeout counts as an error and in timeouts; its connection is dropped.
+	 */
+	int timeout_ms;
+	int series_interval_ms; /* 0 = 1000 */
 	/*
 	 * Optional hooks, called on the generator's thread. request_cb may edit r and add headers
 	 * to req (evhttp_request_get_output_headers). response_cb sees every outcome: req is NULL

@@ -13,18 +13,18 @@
  * is what is open now (connecting to the upstream or forwarding).
  */
 #include "proxy.h"
+#include "loop.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 #include <event2/util.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +38,7 @@
 #define PROXY_READ_BUDGET (256 * 1024)
 /* 64 KiB: one read() into the stack. */
 #define PROXY_READ_CHUNK (64 * 1024)
-/* A loopback connect is immediate; a numeric host that never answers must not hold a client forever. */
+/* A loopback connect is immediate; an upstream that never answers must not hold a client forever. */
 #define PROXY_CONNECT_TIMEOUT_S 5
 /* Out of descriptors: try accepting again after this long, not in a busy loop. */
 #define PROXY_ACCEPT_PAUSE_MS 10
@@ -109,29 +109,13 @@ struct proxy {
 	struct proxy_stats stats;
 };
 
-/* What a control function hands to the loop thread: lives on the caller's stack until done. */
+/* A control function's call on the loop thread: fn's result comes back in ret. */
 struct proxy_call {
 	struct proxy *p;
 	int (*fn)(struct proxy *, void *);
 	void *arg;
 	int ret;
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	bool done;
 };
-
-static pthread_once_t proxy_threads_once = PTHREAD_ONCE_INIT;
-static int proxy_threads_rc = -1;
-
-static void proxy_threads_init_cb(void)
-{
-	/* The same callbacks http.c installs: a second call with identical ones is accepted. */
-	proxy_threads_rc = evthread_use_pthreads();
-	/* A peer that hangs up while we write costs an EPIPE on that socket, not the process. */
-	struct sigaction old;
-	if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-		signal(SIGPIPE, SIG_IGN);
-}
 
 static uint64_t proxy_now_us(void)
 {
@@ -151,26 +135,31 @@ static double proxy_bucket_cap(int64_t bps)
 static void proxy_conn_close(struct proxy_conn *c);
 static void proxy_pipe_pump(struct proxy_pipe *pp);
 
-static void proxy_pipe_set_reading(struct proxy_pipe *pp, bool on)
+/*
+ * Adds or deletes ev as on says; *state tracks it. -1 when libevent could not add it (no
+ * memory, a descriptor epoll refuses): the caller closes the connection, which would
+ * otherwise wait forever for an event that was never registered.
+ */
+static int proxy_event_set(struct event *ev, bool *state, bool on)
 {
-	if (on == pp->reading)
-		return;
-	if (on)
-		event_add(pp->read_ev, NULL);
-	else
-		event_del(pp->read_ev);
-	pp->reading = on;
+	if (on == *state)
+		return 0;
+	if (on && event_add(ev, NULL) != 0)
+		return -1;
+	if (!on)
+		event_del(ev);
+	*state = on;
+	return 0;
 }
 
-static void proxy_pipe_set_writing(struct proxy_pipe *pp, bool on)
+static int proxy_pipe_set_reading(struct proxy_pipe *pp, bool on)
 {
-	if (on == pp->writing)
-		return;
-	if (on)
-		event_add(pp->write_ev, NULL);
-	else
-		event_del(pp->write_ev);
-	pp->writing = on;
+	return proxy_event_set(pp->read_ev, &pp->reading, on);
+}
+
+static int proxy_pipe_set_writing(struct proxy_pipe *pp, bool on)
+{
+	return proxy_event_set(pp->write_ev, &pp->writing, on);
 }
 
 static int proxy_pipe_push_seg(struct proxy_pipe *pp, uint64_t due_us, size_t len)
@@ -205,8 +194,9 @@ static void proxy_pipe_refill(struct proxy_pipe *pp, int64_t bps, uint64_t now)
 	pp->tokens_at_us = now;
 }
 
-/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. */
-static void proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
+/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. -1
+ * when the timer could not be armed. */
+static int proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 {
 	uint64_t wake = UINT64_MAX;
 	int64_t bps = pp->conn->proxy->bandwidth_bps;
@@ -223,12 +213,22 @@ static void proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 		if (pp->timer_armed)
 			event_del(pp->timer_ev);
 		pp->timer_armed = false;
-		return;
+		return 0;
 	}
 	uint64_t wait = wake > now ? wake - now : 0;
 	struct timeval tv = {.tv_sec = (time_t)(wait / 1000000u), .tv_usec = (suseconds_t)(wait % 1000000u)};
-	event_add(pp->timer_ev, &tv);
+	if (event_add(pp->timer_ev, &tv) != 0)
+		return -1;
 	pp->timer_armed = true;
+	return 0;
+}
+
+/* Reading on src as the pipe's state allows, and the timer armed; -1 on failure. */
+static int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now)
+{
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	bool read = !pp->src_eof && !pp->bw_paused && queued < PROXY_QUEUE_MAX;
+	return proxy_pipe_set_reading(pp, read) == 0 && proxy_pipe_arm(pp, now) == 0 ? 0 : -1;
 }
 
 /*
@@ -259,7 +259,10 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		proxy_conn_close(c);
 		return;
 	}
-	proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0);
+	if (proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0) != 0) {
+		proxy_conn_close(c);
+		return;
+	}
 
 	if (pp->src_eof && !pp->dst_shut && pp->seg_count == 0 && evbuffer_get_length(pp->ready) == 0) {
 		shutdown(pp->dst, SHUT_WR);
@@ -271,15 +274,14 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		}
 	}
 
-	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
 	int64_t bps = c->proxy->bandwidth_bps;
 	if (pp->bw_paused) {
 		proxy_pipe_refill(pp, bps, now);
 		if (bps <= 0 || pp->tokens >= proxy_bucket_cap(bps))
 			pp->bw_paused = false;
 	}
-	proxy_pipe_set_reading(pp, !pp->src_eof && !pp->bw_paused && queued < PROXY_QUEUE_MAX);
-	proxy_pipe_arm(pp, now);
+	if (proxy_pipe_rearm(pp, now) != 0)
+		proxy_conn_close(c);
 }
 
 static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -451,8 +453,8 @@ static void proxy_connected_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	event_free(c->connect_ev);
 	c->connect_ev = NULL;
-	proxy_pipe_set_reading(&c->up, true);
-	proxy_pipe_set_reading(&c->down, true);
+	if (proxy_pipe_set_reading(&c->up, true) != 0 || proxy_pipe_set_reading(&c->down, true) != 0)
+		proxy_conn_close(c);
 }
 
 static void proxy_set_nodelay(evutil_socket_t fd)
@@ -501,8 +503,8 @@ static void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
 		return;
 	}
 	if (connect(c->upstream_fd, (struct sockaddr *)&p->upstream, p->upstream_len) == 0) {
-		proxy_pipe_set_reading(&c->up, true);
-		proxy_pipe_set_reading(&c->down, true);
+		if (proxy_pipe_set_reading(&c->up, true) != 0 || proxy_pipe_set_reading(&c->down, true) != 0)
+			proxy_conn_close(c);
 		return;
 	}
 	if (errno != EINPROGRESS)
@@ -534,8 +536,9 @@ static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
 	 */
 	struct proxy *p = arg;
 	struct timeval tv = {.tv_sec = 0, .tv_usec = PROXY_ACCEPT_PAUSE_MS * 1000};
-	evconnlistener_disable(l);
-	evtimer_add(p->accept_resume_ev, &tv);
+	/* without the timer that resumes it, a paused listener would never accept again: keep it */
+	if (evtimer_add(p->accept_resume_ev, &tv) == 0)
+		evconnlistener_disable(l);
 }
 
 static void *proxy_thread_main(void *arg)
@@ -545,39 +548,18 @@ static void *proxy_thread_main(void *arg)
 	return NULL;
 }
 
-static void proxy_call_cb(evutil_socket_t fd, short what, void *arg)
+static void proxy_call_cb(void *arg)
 {
-	(void)fd;
-	(void)what;
 	struct proxy_call *call = arg;
-	int ret = call->fn(call->p, call->arg);
-	pthread_mutex_lock(&call->mu);
-	call->ret = ret;
-	call->done = true;
-	pthread_cond_signal(&call->cond);
-	pthread_mutex_unlock(&call->mu);
+	call->ret = call->fn(call->p, call->arg);
 }
 
 /* Runs fn on the loop thread and returns its result; -1 when the loop cannot be reached. */
 static int proxy_call(struct proxy *p, int (*fn)(struct proxy *, void *), void *arg)
 {
-	const struct timeval now = {0, 0};
 	struct proxy_call call = {.p = p, .fn = fn, .arg = arg, .ret = -1};
-
-	if (!p->thread_started)
+	if (!p->thread_started || loop_call(p->base, p->tid, proxy_call_cb, &call) != 0)
 		return -1;
-	if (pthread_equal(pthread_self(), p->tid))
-		return fn(p, arg);
-	pthread_mutex_init(&call.mu, NULL);
-	pthread_cond_init(&call.cond, NULL);
-	if (event_base_once(p->base, -1, EV_TIMEOUT, proxy_call_cb, &call, &now) == 0) {
-		pthread_mutex_lock(&call.mu);
-		while (!call.done)
-			pthread_cond_wait(&call.cond, &call.mu);
-		pthread_mutex_unlock(&call.mu);
-	}
-	pthread_cond_destroy(&call.cond);
-	pthread_mutex_destroy(&call.mu);
 	return call.ret;
 }
 
@@ -588,123 +570,59 @@ static int proxy_noop_fn(struct proxy *p, void *arg)
 	return 0;
 }
 
-static int proxy_parse_upstream(struct proxy *p, const char *host, int port)
+/*
+ * Sets p->upstream from host: a numeric IPv4 or IPv6 address as it is, a host name resolved
+ * once, here, to its first IPv4 address (the labs' servers listen on 127.0.0.1, and "localhost"
+ * may list ::1 first), or its first IPv6 address when it has none. -1 and err when it does not
+ * resolve.
+ */
+static int proxy_resolve_upstream(struct proxy *p, const char *host, int port, char *err, size_t errlen)
 {
 	struct sockaddr_in *in4 = (struct sockaddr_in *)&p->upstream;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&p->upstream;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
 
 	memset(&p->upstream, 0, sizeof(p->upstream));
 	if (evutil_inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
 		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
 		p->upstream_len = sizeof(*in4);
-		return 0;
-	}
-	if (evutil_inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+	} else if (evutil_inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
 		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
 		p->upstream_len = sizeof(*in6);
-		return 0;
+	} else {
+		int rc = getaddrinfo(host, NULL, &hints, &res);
+		if (rc != 0) {
+			snprintf(err, errlen, "proxy: cannot resolve upstream host \"%.64s\": %s", host,
+			         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+			return -1;
+		}
+		const struct addrinfo *pick = NULL;
+		for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+			if ((ai->ai_family == AF_INET && (!pick || pick->ai_family != AF_INET)) ||
+			    (ai->ai_family == AF_INET6 && !pick))
+				pick = ai;
+		if (!pick || pick->ai_addrlen > sizeof(p->upstream)) {
+			freeaddrinfo(res);
+			snprintf(err, errlen, "proxy: upstream host \"%.64s\" has no IPv4 or IPv6 address",
+			         host);
+			return -1;
+		}
+		memcpy(&p->upstream, pick->ai_addr, pick->ai_addrlen);
+		p->upstream_len = (socklen_t)pick->ai_addrlen;
+		freeaddrinfo(res);
 	}
-	return -1;
+	if (p->upstream.ss_family == AF_INET)
+		in4->sin_port = htons((uint16_t)port);
+	else
+		in6->sin6_port = htons((uint16_t)port);
+	return 0;
 }
 
-struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
+/* Frees what p holds once its loop no longer runs (or never ran), and p. */
+static void proxy_release(struct proxy *p)
 {
-	struct proxy *p = NULL;
-	struct event_config *ecfg = NULL;
-	const char *host = cfg && cfg->upstream_host ? cfg->upstream_host : "127.0.0.1";
-
-	if (!cfg) {
-		snprintf(err, errlen, "proxy_start: no config");
-		return NULL;
-	}
-	if (cfg->upstream_port <= 0 || cfg->upstream_port > 65535) {
-		snprintf(err, errlen, "proxy: upstream port %d is not in 1..65535", cfg->upstream_port);
-		return NULL;
-	}
-	if (cfg->listen_port < 0 || cfg->listen_port > 65535) {
-		snprintf(err, errlen, "proxy: listen port %d is not in 0..65535", cfg->listen_port);
-		return NULL;
-	}
-	if (cfg->delay_up_us < 0 || cfg->delay_down_us < 0 || cfg->bandwidth_bps < 0) {
-		snprintf(err, errlen, "proxy: delays and bandwidth must not be negative");
-		return NULL;
-	}
-	if (pthread_once(&proxy_threads_once, proxy_threads_init_cb) != 0 || proxy_threads_rc != 0) {
-		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
-		return NULL;
-	}
-	p = calloc(1, sizeof(*p));
-	if (!p) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	if (proxy_parse_upstream(p, host, cfg->upstream_port) != 0) {
-		snprintf(err, errlen, "proxy: upstream host \"%.64s\" is not a numeric address", host);
-		goto err;
-	}
-	p->delay_up_us = cfg->delay_up_us;
-	p->delay_down_us = cfg->delay_down_us;
-	p->bandwidth_bps = cfg->bandwidth_bps;
-
-	/* precise timers: a 100 us delay must not round up to the coarse clock's 4 ms tick */
-	ecfg = event_config_new();
-	if (!ecfg || event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER) != 0) {
-		snprintf(err, errlen, "proxy: event_config failed");
-		goto err;
-	}
-	p->base = event_base_new_with_config(ecfg);
-	if (!p->base) {
-		snprintf(err, errlen, "proxy: event_base_new failed");
-		goto err;
-	}
-
-	/* 127.0.0.1 only: the proxy forwards to a database with a known password */
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->listen_port)};
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	p->listener =
-	        evconnlistener_new_bind(p->base, proxy_accept_cb, p,
-	                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-	                                SOMAXCONN, (struct sockaddr *)&sin, sizeof(sin));
-	if (!p->listener) {
-		snprintf(err, errlen, "proxy: cannot listen on 127.0.0.1:%d: %s", cfg->listen_port,
-		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		goto err;
-	}
-	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
-	if (!p->accept_resume_ev) {
-		snprintf(err, errlen, "out of memory");
-		goto err;
-	}
-	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
-	struct sockaddr_in bound;
-	socklen_t boundlen = sizeof(bound);
-	if (getsockname(evconnlistener_get_fd(p->listener), (struct sockaddr *)&bound, &boundlen) != 0) {
-		snprintf(err, errlen, "proxy: getsockname on the listening socket: %s", strerror(errno));
-		goto err;
-	}
-	p->port = ntohs(bound.sin_port);
-
-	int rc = pthread_create(&p->tid, NULL, proxy_thread_main, p);
-	if (rc != 0) {
-		snprintf(err, errlen, "proxy: pthread_create: %s", strerror(rc));
-		goto err;
-	}
-	p->thread_started = true;
-	/* the loop answers before anyone may rely on it */
-	if (proxy_call(p, proxy_noop_fn, NULL) != 0) {
-		snprintf(err, errlen, "proxy: the loop thread did not answer");
-		event_config_free(ecfg);
-		proxy_free(p);
-		return NULL;
-	}
-	event_config_free(ecfg);
-	return p;
-
-err:
-	if (ecfg)
-		event_config_free(ecfg);
+	while (p->conns)
+		proxy_conn_close(p->conns);
 	if (p->accept_resume_ev)
 		event_free(p->accept_resume_ev);
 	if (p->listener)
@@ -712,7 +630,109 @@ err:
 	if (p->base)
 		event_base_free(p->base);
 	free(p);
-	return NULL;
+}
+
+/* The config's values in range; -1 and err naming the first one that is not. */
+static int proxy_check_config(const struct proxy_config *cfg, char *err, size_t errlen)
+{
+	if (!cfg) {
+		snprintf(err, errlen, "proxy_start: no config");
+		return -1;
+	}
+	if (cfg->upstream_port <= 0 || cfg->upstream_port > 65535) {
+		snprintf(err, errlen, "proxy: upstream port %d is not in 1..65535", cfg->upstream_port);
+		return -1;
+	}
+	if (cfg->listen_port < 0 || cfg->listen_port > 65535) {
+		snprintf(err, errlen, "proxy: listen port %d is not in 0..65535", cfg->listen_port);
+		return -1;
+	}
+	if (cfg->delay_up_us < 0 || cfg->delay_down_us < 0 || cfg->bandwidth_bps < 0) {
+		snprintf(err, errlen, "proxy: delays and bandwidth must not be negative");
+		return -1;
+	}
+	return 0;
+}
+
+/* p's base (precise timers) and its listener on 127.0.0.1:listen_port; -1 and err. */
+static int proxy_listen(struct proxy *p, int listen_port, char *err, size_t errlen)
+{
+	/* precise timers: a 100 us delay must not round up to the coarse clock's 4 ms tick */
+	struct event_config *ecfg = event_config_new();
+	if (ecfg && event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
+		p->base = event_base_new_with_config(ecfg);
+	if (ecfg)
+		event_config_free(ecfg);
+	if (!p->base) {
+		snprintf(err, errlen, "proxy: event_base_new failed");
+		return -1;
+	}
+	/* 127.0.0.1 only: the proxy forwards to a database with a known password */
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)listen_port)};
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	p->listener =
+	        evconnlistener_new_bind(p->base, proxy_accept_cb, p,
+	                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+	                                SOMAXCONN, (struct sockaddr *)&sin, sizeof(sin));
+	if (!p->listener) {
+		snprintf(err, errlen, "proxy: cannot listen on 127.0.0.1:%d: %s", listen_port,
+		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		return -1;
+	}
+	p->accept_resume_ev = evtimer_new(p->base, proxy_accept_resume_cb, p);
+	if (!p->accept_resume_ev) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	evconnlistener_set_error_cb(p->listener, proxy_accept_error_cb);
+	struct sockaddr_in bound;
+	socklen_t boundlen = sizeof(bound);
+	if (getsockname(evconnlistener_get_fd(p->listener), (struct sockaddr *)&bound, &boundlen) != 0) {
+		snprintf(err, errlen, "proxy: getsockname on the listening socket: %s", strerror(errno));
+		return -1;
+	}
+	p->port = ntohs(bound.sin_port);
+	return 0;
+}
+
+struct proxy *proxy_start(const struct proxy_config *cfg, char *err, size_t errlen)
+{
+	if (proxy_check_config(cfg, err, errlen) != 0)
+		return NULL;
+	if (loop_threads_init() != 0) {
+		snprintf(err, errlen, "proxy: cannot enable libevent's pthreads locking");
+		return NULL;
+	}
+	loop_sigpipe_ignore();
+	struct proxy *p = calloc(1, sizeof(*p));
+	if (!p) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	const char *host = cfg->upstream_host ? cfg->upstream_host : "127.0.0.1";
+	if (proxy_resolve_upstream(p, host, cfg->upstream_port, err, errlen) != 0 ||
+	    proxy_listen(p, cfg->listen_port, err, errlen) != 0) {
+		proxy_release(p);
+		return NULL;
+	}
+	p->delay_up_us = cfg->delay_up_us;
+	p->delay_down_us = cfg->delay_down_us;
+	p->bandwidth_bps = cfg->bandwidth_bps;
+
+	int rc = pthread_create(&p->tid, NULL, proxy_thread_main, p);
+	if (rc != 0) {
+		snprintf(err, errlen, "proxy: pthread_create: %s", strerror(rc));
+		proxy_release(p);
+		return NULL;
+	}
+	p->thread_started = true;
+	/* the loop answers before anyone may rely on it */
+	if (proxy_call(p, proxy_noop_fn, NULL) != 0) {
+		snprintf(err, errlen, "proxy: the loop thread did not answer");
+		proxy_free(p);
+		return NULL;
+	}
+	return p;
 }
 
 int proxy_port(const struct proxy *p)
@@ -745,21 +765,20 @@ static int proxy_set_bandwidth_fn(struct proxy *p, void *arg)
 	int64_t bps = *(int64_t *)arg;
 	uint64_t now = proxy_now_us();
 	p->bandwidth_bps = bps;
-	for (struct proxy_conn *c = p->conns; c; c = c->next) {
+	for (struct proxy_conn *c = p->conns, *next; c; c = next) {
+		next = c->next;
 		if (c->connect_ev)
 			continue; /* not forwarding yet: proxy_connected_cb starts the pipes */
 		struct proxy_pipe *pipes[2] = {&c->up, &c->down};
 		for (int i = 0; i < 2; i++) {
-			struct proxy_pipe *pp = pipes[i];
-			size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
 			/* for bytes read from now on: an empty bucket at the new rate, checked at the next
 			 * read */
-			pp->tokens = 0;
-			pp->tokens_at_us = now;
-			pp->bw_paused = false;
-			proxy_pipe_set_reading(pp, !pp->src_eof && queued < PROXY_QUEUE_MAX);
-			proxy_pipe_arm(pp, now);
+			pipes[i]->tokens = 0;
+			pipes[i]->tokens_at_us = now;
+			pipes[i]->bw_paused = false;
 		}
+		if (proxy_pipe_rearm(&c->up, now) != 0 || proxy_pipe_rearm(&c->down, now) != 0)
+			proxy_conn_close(c);
 	}
 	return 0;
 }
@@ -839,12 +858,5 @@ void proxy_free(struct proxy *p)
 			event_base_loopbreak(p->base); /* no memory for the call: stop it the blunt way */
 		pthread_join(p->tid, NULL);
 	}
-	while (p->conns)
-		proxy_conn_close(p->conns);
-	if (p->accept_resume_ev)
-		event_free(p->accept_resume_ev);
-	if (p->listener)
-		evconnlistener_free(p->listener);
-	event_base_free(p->base);
-	free(p);
+	proxy_release(p);
 }

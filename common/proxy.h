@@ -11,9 +11,13 @@
  * (both sides closed: the client sees its server go away).
  *
  * It runs its own libevent loop in a thread of its own (timers precise to the microsecond:
- * EVENT_BASE_FLAG_PRECISE_TIMER), so it works beside any lab and any blocking client. Every
- * function may be called from any thread; the control functions return after the change took
- * effect on the proxy's loop. Errors: NULL or -1 and one line in err (errlen bytes).
+ * EVENT_BASE_FLAG_PRECISE_TIMER), so it works beside any lab and any blocking client.
+ *
+ * Threads: every function but proxy_free may be called from any thread, several at once; each
+ * runs on the proxy's loop and returns after it took effect there (stats are a consistent
+ * snapshot). proxy_free must be the last call: join or stop every thread that uses p before it,
+ * for a call that starts or is still waiting while p is freed would wait forever or use freed
+ * memory. Errors: NULL or -1 and one line in err (errlen bytes).
  */
 #ifndef LAB_PROXY_H
 #define LAB_PROXY_H
@@ -25,7 +29,11 @@
 struct proxy;
 
 struct proxy_config {
-	const char *upstream_host; /* numeric address; "127.0.0.1" when NULL */
+	/*
+	 * A numeric IPv4 or IPv6 address, or a host name resolved once by proxy_start (its first
+	 * IPv4 address, else its first IPv6 one); "127.0.0.1" when NULL.
+	 */
+	const char *upstream_host;
 	int upstream_port;
 	int listen_port;       /* 0 = a free port (see proxy_port) */
 	int delay_up_us;       /* client to upstream */

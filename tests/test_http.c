@@ -92,6 +92,13 @@ static void json_cb(struct evhttp_request *req, void *arg)
 	json_decref(doc);
 }
 
+/* A handler whose reply cannot be built: json_pack refuses a NULL string. */
+static void broken_cb(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	http_reply_json(req, HTTP_OK, json_pack("{s:s}", "name", (const char *)NULL));
+}
+
 static void slow_unlink(struct slow_reply *sr)
 {
 	struct slow_reply **p = &sr->f->slow;
@@ -168,6 +175,7 @@ static int setup(void **state)
 	http_server_route(f->server, "/echo", echo_cb, f);
 	http_server_route(f->server, "/json", json_cb, f);
 	http_server_route(f->server, "/slow", slow_cb, f);
+	http_server_route(f->server, "/broken", broken_cb, f);
 	f->thread = http_thread_start(f->base, err, sizeof(err));
 	if (!f->thread) {
 		fprintf(stderr, "http_thread_start: %s\n", err);
@@ -513,6 +521,18 @@ static void test_read_json_rejects_malformed_large_and_non_object_bodies(void **
 	run_cases(*state, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
+static void test_a_reply_that_cannot_be_built_is_a_500_with_a_fixed_body(void **state)
+{
+	struct req_case cases[] = {
+	        {.path = "/broken",
+	         .want_code = 500,
+	         .want_in_body = "{\"error\":\"internal error: reply could not be built\"}"},
+	        /* and the connection still serves the next request */
+	        {.path = "/ok", .want_code = 200, .want_in_body = "\"ok\":true"},
+	};
+	run_cases(*state, cases, 2);
+}
+
 /* A port nothing listens on: bound (so no one else takes it) but never listened on. */
 static int closed_port(int *fd_out)
 {
@@ -655,6 +675,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_query_long_accepts_whole_numbers_in_range_only, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_read_json_rejects_malformed_large_and_non_object_bodies,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_a_reply_that_cannot_be_built_is_a_500_with_a_fixed_body,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_refused_connections_count_as_errors_and_the_run_ends,
 	                                        setup, teardown),
