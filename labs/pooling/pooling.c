@@ -46,8 +46,8 @@ void pooling_config_default(struct pooling_config *cfg, bool quick)
 	cfg->leak_threshold_ms = 500;
 	/* 8 clients: enough to overlap connects on 2 cores without queueing on the pool */
 	cfg->compare_clients = 8;
-	/* a connect costs ~25 ms on this VM: 30 of them already show the gap, in about a second */
-	cfg->compare_requests = quick ? 30 : 400;
+	/* a connect costs ~25 ms on this VM: 24 of them (3 per client) already show the gap */
+	cfg->compare_requests = quick ? 24 : 400;
 	/* below, at, twice and ten times the pool size */
 	int levels[] = {2, 5, 10, 50};
 	cfg->nlevels = 4;
