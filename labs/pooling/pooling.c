@@ -256,7 +256,8 @@ static void level_fill(struct pooling_level *lv, const struct pooling_config *cf
 	int busy = clients < cfg->pool_size ? clients : cfg->pool_size;
 	lv->clients = clients;
 	lv->predicted_rps = busy * 1000.0 / cfg->hold_ms;
-	/* a request finds clients - 1 ahead of it; pool_size of them are served every hold */
+	/* pool_size requests hold a connection and clients - pool_size wait, pool_size of them
+	 * served every hold: each waits (clients / pool_size - 1) holds */
 	lv->predicted_wait_ms =
 	        clients > cfg->pool_size ? ((double)clients / cfg->pool_size - 1) * cfg->hold_ms : 0;
 	lv->rps = load->rps_2xx;
