@@ -18,6 +18,7 @@
 
 #include "lab.h"
 #include "pg.h"
+#include "api.h"
 #include "pooling.h"
 
 #define CLIENTS       16

@@ -36,6 +36,11 @@
  * the pool or the connection after a user callback returns. pool_wait_ready is the one place
  * that must read the pool after running callbacks (it runs the loop); pool_free called under
  * it closes everything at once and leaves only the release of the pool's memory to it.
+ *
+ * Closing. pool_free calls back every query in flight and every waiter before it closes a
+ * connection, so a holder frees its request while the request is still alive (an API stops its
+ * loop, frees its pools, and only then its HTTP server: http_app_stop). While it closes,
+ * pool_release closes instead of handing over, and pool_query and pool_acquire fail at once.
  */
 #include "pool.h"
 
@@ -494,31 +499,49 @@ static void waiter_free(struct pool_waiter *w)
 	free(w);
 }
 
-/* Lends c (idle, opening or just released) to holder, at now. read_ev stays registered. */
-static void conn_activate(struct pool_conn *c, const char *holder, uint64_t now)
+/* What an acquire gets when the connection's leak timer cannot be armed. */
+#define POOL_ERR_LEAK_TIMER "cannot arm the leak detection timer"
+
+/*
+ * Lends c (idle, opening or just released) to holder, at now. read_ev stays registered. -1 when
+ * the leak timer cannot be armed: a connection lent unwatched would leak unseen, so c is closed
+ * instead (pool_fill opens another if a waiter or min_idle needs it) and the acquire fails.
+ */
+static int conn_activate(struct pool_conn *c, const char *holder, uint64_t now)
 {
 	struct pool *p = c->pool;
+	if (p->cfg.leak_threshold_ms > 0) {
+		struct timeval tv = ms_to_tv(p->cfg.leak_threshold_ms);
+		if (evtimer_add(c->leak_timer, &tv) < 0) {
+			pool_set_error(p, POOL_ERR_LEAK_TIMER);
+			conn_close(c, POOL_ERR_LEAK_TIMER, &p->stats.closed_discarded);
+			pool_fill(p);
+			return -1;
+		}
+	}
 	conn_move(c, POOL_CONN_ACTIVE, false);
 	snprintf(c->holder, sizeof(c->holder), "%s", holder);
 	c->acquired_at_us = now;
 	p->stats.acquired++;
-	if (p->cfg.leak_threshold_ms > 0) {
-		struct timeval tv = ms_to_tv(p->cfg.leak_threshold_ms);
-		evtimer_add(c->leak_timer, &tv);
-	}
+	return 0;
 }
 
-/* Serves waiter w with c. The callback is the last thing done. */
+/* Serves waiter w with c (or fails it, see conn_activate). The callback is the last thing done. */
 static void conn_give(struct pool_conn *c, struct pool_waiter *w)
 {
 	struct pool *p = c->pool;
 	uint64_t now = hist_now_us();
 	waiter_remove(p, w);
 	pool_record_wait(p, now - w->enqueued_us);
-	conn_activate(c, w->holder, now);
 	pool_acquire_cb cb = w->cb;
 	void *arg = w->arg;
+	char holder[POOL_HOLDER_LEN];
+	snprintf(holder, sizeof(holder), "%s", w->holder);
 	waiter_free(w);
+	if (conn_activate(c, holder, now) < 0) {
+		cb(NULL, POOL_ERR_LEAK_TIMER, arg);
+		return;
+	}
 	cb(c, NULL, arg);
 }
 
@@ -991,7 +1014,10 @@ void pool_acquire(struct pool *p, const char *holder, pool_acquire_cb cb, void *
 		    conn_idle_check(c) < 0)
 			continue;
 		pool_record_wait(p, 0);
-		conn_activate(c, holder, now);
+		if (conn_activate(c, holder, now) < 0) {
+			cb(NULL, POOL_ERR_LEAK_TIMER, arg);
+			return;
+		}
 		pool_fill(p);
 		cb(c, NULL, arg);
 		return;
@@ -1042,6 +1068,11 @@ void pool_release(struct pool_conn *c)
 	struct pool *p = c->pool;
 	p->stats.released++;
 	evtimer_del(c->leak_timer);
+	if (p->closing) {
+		/* released from a callback of pool_free: closed, never handed to a waiter */
+		conn_close(c, "pool closed", NULL);
+		return;
+	}
 	if (c->broken || PQstatus(c->pg) != CONNECTION_OK || c->server_fatal[0]) {
 		conn_close_broken(c, "released broken");
 		return;
@@ -1093,7 +1124,7 @@ void pool_discard(struct pool_conn *c, const char *reason)
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
                void *arg)
 {
-	if (!c || !sql || !cb || c->state != POOL_CONN_ACTIVE || c->query_running)
+	if (!c || !sql || !cb || c->state != POOL_CONN_ACTIVE || c->query_running || c->pool->closing)
 		return -1;
 	c->query_running = true;
 	c->query_flushing = false;
@@ -1156,18 +1187,35 @@ int pool_leaks(const struct pool *p, struct pool_leak *out, int max)
 	return n;
 }
 
-void pool_free(struct pool *p)
+/*
+ * pool_free's first step: every query in flight gets its callback (res NULL, "pool closed"), so
+ * that its holder can reply and free what it keeps. A callback may release, discard or close
+ * any connection, so the search starts over from the head after each one; each callback clears
+ * its query first, and pool_query fails while the pool closes, so the loop ends.
+ */
+static void pool_fail_queries(struct pool *p)
 {
-	if (!p || p->closing)
-		return;
-	p->closing = true;
-	event_free(p->housekeeping_ev);
-	p->housekeeping_ev = NULL;
-	struct pool_conn_list *lists[] = {&p->opening, &p->idle, &p->active};
-	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
-		while (lists[i]->head)
-			conn_close(lists[i]->head, "pool closed", NULL);
-	/* a waiter's callback may call pool_acquire (it fails at once) or pool_free (a no-op) */
+	for (;;) {
+		struct pool_conn *c = p->active.head;
+		while (c && !c->query_running)
+			c = c->next;
+		if (!c)
+			return;
+		pool_query_cb cb = c->query_cb;
+		void *arg = c->query_arg;
+		c->query_running = false;
+		c->query_cb = NULL;
+		c->query_arg = NULL;
+		PQclear(c->query_last);
+		c->query_last = NULL;
+		conn_mark_broken(c); /* its statement was cut off: never reused */
+		cb(c, NULL, "pool closed", arg);
+	}
+}
+
+/* Then every waiter, oldest first. A callback may call pool_acquire (it fails at once). */
+static void pool_fail_waiters(struct pool *p)
+{
 	while (p->wait_head) {
 		struct pool_waiter *w = p->wait_head;
 		waiter_remove(p, w);
@@ -1176,6 +1224,22 @@ void pool_free(struct pool *p)
 		waiter_free(w);
 		cb(NULL, "pool closed", arg);
 	}
+}
+
+void pool_free(struct pool *p)
+{
+	if (!p || p->closing)
+		return;
+	p->closing = true;
+	event_free(p->housekeeping_ev);
+	p->housekeeping_ev = NULL;
+	pool_fail_queries(p);
+	pool_fail_waiters(p);
+	/* what is left: opening, idle, and active connections whose holders run no query */
+	struct pool_conn_list *lists[] = {&p->opening, &p->idle, &p->active};
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+		while (lists[i]->head)
+			conn_close(lists[i]->head, "pool closed", NULL);
 	if (p->in_wait_ready) {
 		p->free_deferred = true;
 		return;

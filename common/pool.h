@@ -107,7 +107,8 @@ int pool_wait_ready(struct pool *p, int timeout_ms, char *err, size_t errlen);
 
 /*
  * Called once per acquire: with a connection, or with conn NULL and err set ("timed out after
- * 100 ms waiting for a connection (pool max 5)", "pool closed").
+ * 100 ms waiting for a connection (pool max 5)", "pool closed", "cannot arm the leak detection
+ * timer").
  */
 typedef void (*pool_acquire_cb)(struct pool_conn *conn, const char *err, void *arg);
 
@@ -138,8 +139,9 @@ void pool_discard(struct pool_conn *c, const char *reason);
  * parameters, socket events on the pool's base). cb gets the final result, or res NULL and err
  * when sending failed or the connection broke (the connection is then marked broken, and
  * pool_release replaces it). res is freed when cb returns; a result with an error status is
- * passed as it is, for the caller to check. Returns -1 and calls nothing if a query is
- * already running on c.
+ * passed as it is, for the caller to check. cb runs on the loop, never before pool_query
+ * returns, and once: pool_free calls it with "pool closed" if the query is still running.
+ * Returns -1 and calls nothing if a query is already running on c or the pool is closing.
  */
 typedef void (*pool_query_cb)(struct pool_conn *c, PGresult *res, const char *err, void *arg);
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
@@ -155,8 +157,16 @@ void pool_stats(const struct pool *p, struct pool_stats *out);
 int pool_leaks(const struct pool *p, struct pool_leak *out, int max);
 
 /*
- * Closes every connection, active ones included (their holders must not use them after this),
- * and fails every waiter with "pool closed". NULL is a no-op.
+ * Closes the pool, so that every holder and waiter hears of it and can free what it keeps for
+ * its request (an API's request context):
+ *   1. every query in flight gets its callback, once: res NULL, err "pool closed";
+ *   2. every waiter gets its acquire callback, once, oldest first: conn NULL, "pool closed";
+ *   3. every connection is closed, active ones included.
+ * From those callbacks a holder may call pool_release or pool_discard (the connection is
+ * closed, never handed on), pool_acquire (fails at once with "pool closed"), pool_query
+ * (returns -1) or pool_free (a no-op). A holder with no query running is not called: it must
+ * not use its connection after this. Statements cut off are not cancelled: the server finishes
+ * them and then sees the socket closed. NULL is a no-op.
  */
 void pool_free(struct pool *p);
 

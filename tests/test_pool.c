@@ -3,7 +3,7 @@
  * and release, FIFO waiters, acquire timeouts, backends terminated while idle (seen by the
  * loop, or on acquire when the loop did not run), in a query and held between statements, leak
  * reports, max lifetime, idle timeout, the max_size cap under load, bad config, an unreachable
- * server and a server that never answers.
+ * server, a server that never answers, and pool_free with queries in flight and waiters queued.
  *
  * needs: postgres
  *
@@ -1083,6 +1083,93 @@ static void test_pool_free_fails_every_waiter_with_pool_closed(void **state)
 	run_for(f->base, 20); /* no event of the pool is left to fire */
 }
 
+/*
+ * What an API keeps per request: allocated when the request asks for a connection, freed only by
+ * the callback that ends it. A callback that never comes is a leak (LeakSanitizer reports it); a
+ * second one is a use after free (AddressSanitizer).
+ */
+struct closing_tally {
+	int query_calls, query_results, query_closed, requery_refused;
+	int waiter_calls, waiter_served, waiter_closed;
+};
+
+struct closing_request {
+	struct closing_tally *tally;
+};
+
+static void closing_query_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	struct closing_request *r = arg;
+	struct closing_tally *t = r->tally;
+	t->query_calls++;
+	t->query_results += res != NULL;
+	t->query_closed += err && !strcmp(err, "pool closed");
+	/* a handler that retries on the closing pool is refused, not called again */
+	t->requery_refused += pool_query(c, "SELECT 1", 0, NULL, closing_query_cb, r) < 0;
+	pool_release(c);
+	free(r);
+}
+
+static void closing_acquire_cb(struct pool_conn *conn, const char *err, void *arg)
+{
+	struct closing_request *r = arg;
+	struct closing_tally *t = r->tally;
+	t->waiter_calls++;
+	t->waiter_closed += err && !strcmp(err, "pool closed");
+	if (conn) {
+		t->waiter_served++; /* a connection released while closing must not come here */
+		pool_release(conn);
+	}
+	free(r);
+}
+
+static struct closing_request *closing_request_new(struct closing_tally *t)
+{
+	struct closing_request *r = calloc(1, sizeof(*r));
+	assert_non_null(r);
+	r->tally = t;
+	return r;
+}
+
+static void test_pool_free_calls_back_every_query_in_flight_and_every_waiter_once(void **state)
+{
+	struct fixture *f = *state;
+	char conninfo[512];
+	conninfo_for(conninfo, sizeof(conninfo), "free_inflight");
+	struct pool_config cfg = config_for(conninfo, 2, 2);
+	cfg.acquire_timeout_ms = 0; /* wait forever: only pool_free ends these waits */
+	struct pool *p = pool_ready(f, &cfg);
+	struct closing_tally t = {0};
+
+	/* two requests hold a connection each, a statement running; three more wait in the queue */
+	for (int i = 0; i < 2; i++) {
+		struct pool_conn *c = acquire_now(f, p, "in_flight");
+		assert_int_equal(pool_query(c, "SELECT pg_sleep(1)", 0, NULL, closing_query_cb,
+		                            closing_request_new(&t)),
+		                 0);
+	}
+	for (int i = 0; i < 3; i++)
+		pool_acquire(p, "queued", closing_acquire_cb, closing_request_new(&t));
+	run_for(f->base, 50); /* the statements reach the server; none can finish in 1 s */
+	struct pool_stats s = stats_of(p);
+	assert_int_equal(s.active, 2);
+	assert_int_equal(s.waiting, 3);
+	assert_int_equal(t.query_calls, 0);
+	assert_int_equal(t.waiter_calls, 0);
+
+	pool_free(p);
+	assert_int_equal(t.query_calls, 2);
+	assert_int_equal(t.query_results, 0);
+	assert_int_equal(t.query_closed, 2);
+	assert_int_equal(t.requery_refused, 2);
+	assert_int_equal(t.waiter_calls, 3);
+	assert_int_equal(t.waiter_closed, 3);
+	assert_int_equal(t.waiter_served, 0);
+	run_for(f->base, 20); /* no event of the pool is left to fire, and nothing is called twice */
+	assert_int_equal(t.query_calls, 2);
+	assert_int_equal(t.waiter_calls, 3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1112,6 +1199,7 @@ int main(void)
 	        cmocka_unit_test(test_an_unreachable_server_fails_wait_ready_quickly_with_a_clear_message),
 	        cmocka_unit_test(test_a_waiter_times_out_while_its_connection_is_still_opening),
 	        cmocka_unit_test(test_pool_free_fails_every_waiter_with_pool_closed),
+	        cmocka_unit_test(test_pool_free_calls_back_every_query_in_flight_and_every_waiter_once),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

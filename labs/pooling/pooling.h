@@ -2,18 +2,19 @@
  * pooling.h — the experiment of lab-pooling: "Walk me through how you'd handle database
  * connection pooling in a high-throughput API."
  *
- * A real HTTP API (libevent, 127.0.0.1) whose handlers borrow PostgreSQL connections from
- * common/pool.h, driven by common/load.h, in four phases:
+ * A real HTTP API (api.h: libevent, 127.0.0.1) whose handlers borrow PostgreSQL connections
+ * from common/pool.h, driven by common/load.h, in four phases:
  *   1. compare   the same requests with a new connection each and with a pool
  *   2. exhaust   concurrency ramped past the pool size: throughput flat at pool_size / hold
  *                time (Little's law), the queue grows, the acquire timeout turns it into 503s
  *   3. leak      a handler that skips release on its 404 path drains the pool and the leak
  *                detector names it; an undersized pool beside it looks alike at the API but
  *                not in the pool's numbers
- *   4. maxconn   app instances x pool size past the server's max_connections: the server's
- *                own error; then throughput at a few pool sizes for a CPU-bound query
- * Each phase function starts its own API (fresh pool), runs, stops it and returns numbers.
- * They need the schema of pooling_setup. Errors: -1 and one line in err (errlen bytes).
+ *   4. maxconn   throughput at a few pool sizes for a CPU-bound query; then app instances x
+ *                pool size past the server's max_connections: the server's own error
+ * pooling_run creates schema lab_pooling, walks the phases (each starts its own API with a fresh
+ * pool and stops it), drops the schema and returns the numbers; pooling_judge decides.
+ * Errors: -1 and one line in err (errlen bytes).
  */
 #ifndef LAB_POOLING_H
 #define LAB_POOLING_H
@@ -21,10 +22,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "http.h"
+#include "lab.h"
 #include "load.h"
 #include "pool.h"
 
+#define POOLING_PHASES     4
 #define POOLING_MAX_LEVELS 8
 #define POOLING_MAX_SIZES  8
 
@@ -52,22 +54,23 @@ struct pooling_config {
 	/* Called from the lab's thread about every 250 ms while a phase runs; may be NULL. */
 	void (*progress_cb)(const char *what, double done_fraction, void *arg);
 	void *progress_arg;
+	struct lab_phase_hooks hooks; /* around each phase (main.c tells through them); zero = none */
 };
 
-/* The defaults (full: a few seconds a phase; quick: about a second a phase). */
+/* The defaults (full: a few seconds a phase; quick: under a second a phase). */
 void pooling_config_default(struct pooling_config *cfg, bool quick);
 
-/* Creates schema lab_pooling with its orders table. */
+/* Creates schema lab_pooling with its orders table (pooling_run does; --serve too). */
 int pooling_setup(const struct pooling_config *cfg, char *err, size_t errlen);
 /* Drops it. */
 int pooling_teardown(const struct pooling_config *cfg, char *err, size_t errlen);
 
 struct pooling_compare {
+	int requests;              /* asked for, each way */
 	struct load_result direct; /* a new connection per request */
 	struct load_result pooled;
-	uint64_t connects;       /* connections the direct path opened (server-side backends) */
-	uint64_t connect_p50_us; /* under the load: connect + authenticate + the queue for the server's cores
-	                          */
+	uint64_t connects;             /* connections the direct path opened (server-side backends) */
+	uint64_t connect_p50_us;       /* under the load: connect + authenticate + the queue for the cores */
 	uint64_t connect_alone_p50_us; /* a whole /direct request, one client at a time: mostly the connect */
 	uint64_t pooled_opened;        /* connections the pool opened for the same requests */
 	double speedup;                /* pooled rps / direct rps */
@@ -76,10 +79,12 @@ struct pooling_compare {
 struct pooling_level {
 	int clients;
 	double predicted_rps;              /* min(clients, pool_size) / hold time */
+	double predicted_wait_ms;          /* the queue's wait: (clients / pool_size - 1) x hold, or 0 */
 	double rps;                        /* 2xx per second */
 	uint64_t p50_us, p99_us;           /* request latency, every response */
 	uint64_t wait_p50_us, wait_p99_us; /* pool acquire wait */
 	uint64_t ok, http_503, errors;
+	uint64_t other;  /* responses neither 2xx nor 503 */
 	int max_waiting; /* the longest queue seen */
 };
 
@@ -115,45 +120,36 @@ struct pooling_size {
 
 struct pooling_maxconn {
 	int max_connections, reserved, in_use_before; /* the server, before the instances */
+	int instances, instance_pool;                 /* what was tried */
 	int instances_ready;                          /* instances whose whole pool opened */
 	int failed_instance;                          /* 1-based; 0 when every instance opened */
 	int opened_total;                             /* connections the instances opened */
 	char server_error[256];                       /* the server's own words */
 	struct pooling_size sizes[POOLING_MAX_SIZES];
-	int nsizes;
+	int nsizes, nsizes_asked;
 	int rule_of_thumb; /* cores x 2 + 1 effective spindle (HikariCP's formula) */
 	int cores;
 };
 
-int pooling_compare_run(const struct pooling_config *cfg, struct pooling_compare *res, char *err,
-                        size_t errlen);
-int pooling_exhaust_run(const struct pooling_config *cfg, struct pooling_exhaust *res, char *err,
-                        size_t errlen);
-int pooling_leak_run(const struct pooling_config *cfg, struct pooling_leak *res, char *err, size_t errlen);
-int pooling_maxconn_run(const struct pooling_config *cfg, struct pooling_maxconn *res, char *err,
-                        size_t errlen);
-
-/*
- * The API on its own, for --serve: routes /pooled, /direct, /orders, /orders-leaky, /cpu and
- * /stats on 127.0.0.1:port (0 = a free one), served from a thread of its own.
- */
-struct pooling_api;
-struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool_size, int port, char *err,
-                                      size_t errlen);
-int pooling_api_port(const struct pooling_api *api);
-
-/* What the API counted, read when it stops. */
-struct pooling_api_totals {
-	struct pool_stats pool;      /* the pool under test */
-	struct pool_stats direct;    /* the connection-per-request path: opened = connections made */
-	struct hist hold;            /* acquire to release, for the handlers that released */
-	uint64_t leaks;              /* leak reports */
-	struct pool_leak first_leak; /* acquired_at_us counted from the API's start */
-	uint64_t leaked;             /* connections /orders-leaky kept, counted where it forgets them */
-	uint64_t last_leaked_us;     /* hist_now_us() of the last one */
+struct pooling_result {
+	/* the settings the judge reads, copied from the config */
+	int pool_size, hold_ms, acquire_timeout_ms, leak_threshold_ms;
+	struct pooling_compare compare;
+	struct pooling_exhaust exhaust;
+	struct pooling_leak leak;
+	struct pooling_maxconn maxconn;
+	/* pooling_run failed and PostgreSQL no longer answers: err is what it said (lab_lost) */
+	bool pg_lost;
 };
 
-/* Stops the API and frees it; *totals (may be NULL) gets what it counted. NULL is a no-op. */
-void pooling_api_stop(struct pooling_api *api, struct pooling_api_totals *totals);
+/*
+ * Creates the schema, walks the four phases, drops the schema (also when a phase failed) and
+ * fills *result. -1 and err when a phase could not run (result->pg_lost when PostgreSQL went
+ * away), or the run was interrupted.
+ */
+int pooling_run(const struct pooling_config *cfg, struct pooling_result *result, char *err, size_t errlen);
+
+/* The claim and every threshold, with its reason: fills *verdict from the numbers. */
+void pooling_judge(const struct pooling_result *result, struct lab_verdict *verdict);
 
 #endif
