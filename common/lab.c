@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -163,6 +164,7 @@ static struct {
 	char name[64], pg_url[1024], redis_url[1024];
 	atomic_bool interrupted; /* a signal arrived: phases stop, exits wait for the cleanup */
 	atomic_bool serving;     /* lab_serve_wait is waiting: the first signal is its to handle */
+	atomic_bool serve_done;  /* after it, lab_free ran: the API stopped in order */
 	int serve_pipe[2];       /* the guard writes the signal number; lab_serve_wait reads it */
 	pthread_mutex_t mu;
 	pthread_cond_t never; /* exits wait on it while the guard cleans up and _exits */
@@ -247,6 +249,32 @@ static void guard_atexit(void)
 		pthread_cond_wait(&guard.never, &guard.mu);
 }
 
+static double monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/*
+ * Waits up to ms for one of set; true when one came. Another signal (a stop, the sanitizer's
+ * exit-time work) interrupts sigtimedwait: the wait goes on for what is left.
+ */
+static bool guard_wait_signal_ms(const sigset_t *set, int ms)
+{
+	double deadline = monotonic_ms() + ms;
+	for (;;) {
+		double left = deadline - monotonic_ms();
+		if (left <= 0)
+			return false;
+		struct timespec ts = {(time_t)(left / 1000), (long)(fmod(left, 1000.0) * 1e6)};
+		if (sigtimedwait(set, NULL, &ts) >= 0)
+			return true;
+		if (errno != EINTR)
+			return false;
+	}
+}
+
 static void *guard_main(void *arg)
 {
 	(void)arg;
@@ -259,10 +287,10 @@ static void *guard_main(void *arg)
 		/* lab_serve_wait stops the API in order; a second signal or the grace running out
 		 * takes the hard way */
 		unsigned char b = (unsigned char)sig;
-		struct timespec grace = {GUARD_SERVE_GRACE_MS / 1000,
-		                         (GUARD_SERVE_GRACE_MS % 1000) * 1000000L};
-		if (write(guard.serve_pipe[1], &b, 1) == 1)
-			sigtimedwait(&set, NULL, &grace); /* EINTR or EAGAIN: either way, time is up */
+		if (write(guard.serve_pipe[1], &b, 1) == 1 &&
+		    !guard_wait_signal_ms(&set, GUARD_SERVE_GRACE_MS) && atomic_load(&guard.serve_done))
+			return NULL; /* stopped in order: the process is on its way out (exit, LeakSanitizer)
+			              */
 	}
 	guard_cleanup_exit();
 	return NULL;
@@ -624,6 +652,8 @@ int lab_fail(struct lab *lab, const char *fmt, ...)
 
 void lab_free(struct lab *lab)
 {
+	if (atomic_load(&guard.serving))
+		atomic_store(&guard.serve_done, true);
 	json_decref(lab->config);
 	lab->config = NULL;
 	json_decref(lab->phases);

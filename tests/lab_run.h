@@ -125,7 +125,11 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 		}
 	}
 	int status = 0;
-	bool exited = waitpid(pid, &status, WNOHANG) == pid;
+	/* the pipes close a moment before the process can be reaped: poll for it until the bound */
+	bool exited = false;
+	while (!(exited = waitpid(pid, &status, WNOHANG) == pid) && sent &&
+	       lab_run_now_ms() - signalled < LAB_INTERRUPT_BOUND_MS)
+		usleep(5000);
 	if (!exited) {
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);
