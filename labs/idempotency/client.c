@@ -128,30 +128,35 @@ out:
 
 /* ---- counting in PostgreSQL ---- */
 
+int idem_count_on(PGconn *conn, const char *client, int64_t *charges, int64_t *cents, char *err,
+                  size_t errlen)
+{
+	const char *p[] = {client};
+	PGresult *res = pg_query(conn,
+	                         "SELECT count(*), coalesce(sum(amount_cents), 0) FROM " SCHEMA
+	                         ".charges WHERE client = $1",
+	                         1, p, err, errlen);
+	if (!res)
+		return -1;
+	int ret = -1;
+	if (PQntuples(res) != 1) {
+		snprintf(err, errlen, "count returned %d rows", PQntuples(res));
+	} else {
+		*charges = atoll(PQgetvalue(res, 0, 0));
+		*cents = atoll(PQgetvalue(res, 0, 1));
+		ret = 0;
+	}
+	PQclear(res);
+	return ret;
+}
+
 int idempotency_count(const struct idempotency_config *cfg, const char *client, int64_t *charges,
                       int64_t *cents, char *err, size_t errlen)
 {
 	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
 	if (!conn)
 		return -1;
-	const char *p[] = {client};
-	int ret = -1;
-	PGresult *res = pg_query(conn,
-	                         "SELECT count(*), coalesce(sum(amount_cents), 0) FROM " SCHEMA
-	                         ".charges WHERE client = $1",
-	                         1, p, err, errlen);
-	if (!res)
-		goto out;
-	if (PQntuples(res) != 1) {
-		snprintf(err, errlen, "count returned %d rows", PQntuples(res));
-		PQclear(res);
-		goto out;
-	}
-	*charges = atoll(PQgetvalue(res, 0, 0));
-	*cents = atoll(PQgetvalue(res, 0, 1));
-	PQclear(res);
-	ret = 0;
-out:
+	int ret = idem_count_on(conn, client, charges, cents, err, errlen);
 	PQfinish(conn);
 	return ret;
 }

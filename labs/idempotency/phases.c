@@ -133,27 +133,10 @@ int idempotency_phase_with_key(const void *cfg, void *result, char *err, size_t 
 
 /* ---- phase 3: concurrent duplicates ---- */
 
-/* One load on an API of its own whose pool opens every connection first: duplicates race in the server. */
-static int load_once(const struct idempotency_config *cfg, struct idem_load_spec *spec,
-                     struct idempotency_load *l, char *err, size_t errlen)
+/* Both loads on one API, whose pool opens every connection first: duplicates race in the server. */
+static int duplicates_loads(const struct idempotency_config *cfg, struct idempotency_api *api,
+                            struct idempotency_duplicates *d, char *err, size_t errlen)
 {
-	struct idempotency_config c = *cfg;
-	c.pool_min_idle = c.pool_size;
-	struct idempotency_api *api = phase_api(&c, false, err, errlen);
-	if (!api)
-		return -1;
-	int ret = idem_load_keys(cfg, api, spec, l, err, errlen);
-	/* slow answers still owed to clients that gave up are dropped with the API */
-	idempotency_api_stop(api);
-	return ret;
-}
-
-int idempotency_phase_duplicates(const void *cfgv, void *result, char *err, size_t errlen)
-{
-	const struct idempotency_config *cfg = cfgv;
-	struct idempotency_result *r = result;
-	struct idempotency_duplicates *d = &r->duplicates;
-	memset(d, 0, sizeof(*d));
 	char client[MAX_NAME + 1];
 	/* every client sends one request at the same instant, all with the same key */
 	idem_run_client(client, sizeof(client), "dups");
@@ -162,8 +145,8 @@ int idempotency_phase_duplicates(const void *cfgv, void *result, char *err, size
 	                              .requests = cfg->duplicates,
 	                              .clients = cfg->duplicates,
 	                              .pause_ms = cfg->bank_ms};
-	if (load_once(cfg, &same, &d->same_instant, err, errlen) < 0)
-		return idem_lost(cfg, r, err, errlen);
+	if (idem_load_keys(cfg, api, &same, &d->same_instant, err, errlen) < 0)
+		return -1;
 	/* then many keys, two requests racing per key, one in slow_every answered too late */
 	idem_run_client(client, sizeof(client), "mixed");
 	struct idem_load_spec mixed = {.client = client,
@@ -171,9 +154,21 @@ int idempotency_phase_duplicates(const void *cfgv, void *result, char *err, size
 	                               .requests = cfg->mixed_requests,
 	                               .clients = cfg->mixed_clients,
 	                               .slow = true};
-	if (load_once(cfg, &mixed, &d->mixed, err, errlen) < 0)
-		return idem_lost(cfg, r, err, errlen);
-	return 0;
+	return idem_load_keys(cfg, api, &mixed, &d->mixed, err, errlen);
+}
+
+int idempotency_phase_duplicates(const void *cfgv, void *result, char *err, size_t errlen)
+{
+	const struct idempotency_config *cfg = cfgv;
+	struct idempotency_result *r = result;
+	memset(&r->duplicates, 0, sizeof(r->duplicates));
+	struct idempotency_config c = *cfg;
+	c.pool_min_idle = c.pool_size;
+	struct idempotency_api *api = phase_api(&c, false, err, errlen);
+	int ret = api ? duplicates_loads(cfg, api, &r->duplicates, err, errlen) : -1;
+	/* slow answers still owed to clients that gave up are dropped with the API */
+	idempotency_api_stop(api);
+	return ret < 0 ? idem_lost(cfg, r, err, errlen) : 0;
 }
 
 /* ---- phase 4: payload mismatch and bad requests ---- */
@@ -334,7 +329,7 @@ int idempotency_phase_crash(const void *cfgv, void *result, char *err, size_t er
 	char client[MAX_NAME + 1];
 	idem_run_client(client, sizeof(client), "crash");
 	if (api && crash_attempts(cfg, idempotency_api_port(api), side, client, st, err, errlen) == 0 &&
-	    idempotency_count(cfg, client, &st->charges, &st->cents, err, errlen) == 0)
+	    idem_count_on(side, client, &st->charges, &st->cents, err, errlen) == 0)
 		ret = 0;
 	st->expected_cents = CHARGE_CENTS;
 	story_finish(st);
@@ -365,7 +360,8 @@ struct guard_run {
 	const struct idempotency_config *cfg;
 	struct idempotency_result *r;
 	int port;
-	int started; /* rows whose first attempt was sent */
+	int started;           /* rows whose first attempt was sent */
+	uint64_t killed_at_us; /* the first attempt of the killed rows */
 	PGconn *side;
 	char clients[2][ROUTE_COUNT][MAX_NAME + 1];
 	struct idempotency_request rqs[2][ROUTE_COUNT]; /* [refused, killed][route] */
@@ -416,18 +412,15 @@ static int guard_retries(struct guard_run *g, enum route route, const struct ide
 		if (guard_call(g, route, &rq, row, err, errlen) < 0)
 			return -1;
 	int64_t cents;
-	return idempotency_count(g->cfg, rq.client, &row->charges, &cents, err, errlen);
+	return idem_count_on(g->side, rq.client, &row->charges, &cents, err, errlen);
 }
 
-/* Refused: a CHECK (false) constraint on charges for attempt 1 alone. */
+/* Refused (rows 0..2): a CHECK (false) constraint on charges for attempt 1 alone. */
 static int guard_refused(struct guard_run *g, char *err, size_t errlen)
 {
-	struct idempotency_guard *gd = &g->r->guard;
 	for (int r = 0; r < ROUTE_COUNT; r++) {
 		guard_progress(g);
-		struct idempotency_guard_row *row = &gd->rows[gd->nrows++];
-		row->design = guard_designs[r];
-		row->key_in_pg = r == ROUTE_PG;
+		struct idempotency_guard_row *row = &g->r->guard.rows[r];
 		row->fault = "database refuses the write";
 		if (pg_exec(g->side,
 		            "ALTER TABLE " SCHEMA ".charges ADD CONSTRAINT outage CHECK (false) NOT VALID",
@@ -446,30 +439,32 @@ static int guard_refused(struct guard_run *g, char *err, size_t errlen)
 }
 
 /*
- * Killed: attempt 1 pauses after its charge and the lab terminates its backend; the three
- * designs' first attempts are killed together and retried after one wait past the lock timeout.
+ * Killed (rows 3..5): attempt 1 pauses after its charge and the lab terminates its backend; the
+ * three designs' first attempts are killed together, and retried after one wait past the lock
+ * timeout (guard_killed_retries), which the refused rows spend.
  */
 static int guard_killed(struct guard_run *g, char *err, size_t errlen)
 {
-	struct idempotency_guard *gd = &g->r->guard;
-	uint64_t t0 = hist_now_us();
+	g->killed_at_us = hist_now_us();
 	for (int r = 0; r < ROUTE_COUNT; r++) {
 		guard_progress(g);
-		struct idempotency_guard_row *row = &gd->rows[gd->nrows + r];
-		row->design = guard_designs[r];
-		row->key_in_pg = r == ROUTE_PG;
+		struct idempotency_guard_row *row = &g->r->guard.rows[ROUTE_COUNT + r];
 		row->fault = "connection killed after the charge";
 		g->rqs[1][r].pause_ms = g->cfg->pause_ms;
 		g->rqs[1][r].timeout_ms = g->cfg->client_timeout_ms;
 		if (guard_call(g, (enum route)r, &g->rqs[1][r], row, err, errlen) < 0)
 			return -1;
 	}
-	if (kill_paused(g->side, ROUTE_COUNT, err, errlen) < 0)
-		return -1;
+	return kill_paused(g->side, ROUTE_COUNT, err, errlen) < 0 ? -1 : 0;
+}
+
+static int guard_killed_retries(struct guard_run *g, char *err, size_t errlen)
+{
 	/* the clients back off past the lock timeout, counted from the first attempt, then retry */
-	wait_lock_timeout(g->cfg, t0);
+	wait_lock_timeout(g->cfg, g->killed_at_us);
 	for (int r = 0; r < ROUTE_COUNT; r++)
-		if (guard_retries(g, (enum route)r, &g->rqs[1][r], &gd->rows[gd->nrows++], err, errlen) < 0)
+		if (guard_retries(g, (enum route)r, &g->rqs[1][r], &g->r->guard.rows[ROUTE_COUNT + r], err,
+		                  errlen) < 0)
 			return -1;
 	return 0;
 }
@@ -485,7 +480,13 @@ static int guard_rows(struct guard_run *g, char *err, size_t errlen)
 			                                               .body = CHARGE_BODY,
 			                                               .timeout_ms = PATIENT_MS};
 		}
-	if (guard_refused(g, err, errlen) < 0 || guard_killed(g, err, errlen) < 0)
+	g->r->guard.nrows = 2 * ROUTE_COUNT;
+	for (int i = 0; i < 2 * ROUTE_COUNT; i++) {
+		g->r->guard.rows[i].design = guard_designs[i % ROUTE_COUNT];
+		g->r->guard.rows[i].key_in_pg = i % ROUTE_COUNT == ROUTE_PG;
+	}
+	if (guard_killed(g, err, errlen) < 0 || guard_refused(g, err, errlen) < 0 ||
+	    guard_killed_retries(g, err, errlen) < 0)
 		return -1;
 	redisContext *rc = redis_connect_url(g->cfg->redis_url, 2000, err, errlen);
 	if (!rc)
@@ -519,11 +520,13 @@ int idempotency_phase_guard(const void *cfgv, void *result, char *err, size_t er
 	}
 	idempotency_api_stop(api);
 	if (ret < 0 && g->side) {
-		/* never leave the outage constraint behind */
+		/* never leave the outage constraint behind, nor a request paused in pg_sleep */
 		char e2[LAB_ERRLEN];
 		pg_exec(g->side,
 		        "SET client_min_messages = warning;"
-		        "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT IF EXISTS outage",
+		        "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT IF EXISTS outage;"
+		        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+		        "'%" PAUSE_MARK "%' AND pid <> pg_backend_pid() AND datname = current_database()",
 		        e2, sizeof(e2));
 	}
 	PQfinish(g->side);
