@@ -40,27 +40,52 @@
 
 #define BODY "{\"amount\": 1999, \"currency\": \"eur\", \"customer\": \"cus_eve\"}"
 
+/*
+ * The group: the config every test starts from, and one API on it (knobs off, no Redis, as
+ * --serve runs it) that the tests of plain requests share, where a start would cost more than
+ * the test.
+ */
+struct group {
+	struct idempotency_config cfg; /* first: tests read *state as the config */
+	struct idempotency_api *api;
+	int port;
+};
+
+static int shared_port(void **state)
+{
+	return ((struct group *)*state)->port;
+}
+
 static int group_setup(void **state)
 {
-	static struct idempotency_config cfg;
-	char err[512], url[256];
-	idempotency_config_default(&cfg, true);
-	cfg.redis_url = redis_url_default();
-	if (idempotency_setup(&cfg, err, sizeof(err)) < 0) {
-		pg_url_redact(cfg.pg_url, url, sizeof(url));
+	static struct group g;
+	char err[512], url[256], app[64];
+	/* the API's connections carry it: the test counts and kills its own paused requests only */
+	snprintf(app, sizeof(app), "test_idempotency:%d", (int)getpid());
+	pg_set_application_name(app);
+	idempotency_config_default(&g.cfg, true);
+	g.cfg.redis_url = redis_url_default();
+	struct idempotency_config plain = g.cfg;
+	plain.redis_url = NULL;
+	if (idempotency_setup(&g.cfg, err, sizeof(err)) < 0 ||
+	    !(g.api = idempotency_api_start(&plain, 0, err, sizeof(err)))) {
+		pg_url_redact(g.cfg.pg_url, url, sizeof(url));
 		fprintf(stderr,
 		        "test_idempotency: cannot set up against %s: %s (start the servers: make up)\n", url,
 		        err);
 		return -1;
 	}
-	*state = &cfg;
+	g.port = idempotency_api_port(g.api);
+	*state = &g;
 	return 0;
 }
 
 static int group_teardown(void **state)
 {
 	char err[512];
-	return idempotency_teardown(*state, err, sizeof(err)) < 0 ? -1 : 0;
+	struct group *g = *state;
+	idempotency_api_stop(g->api);
+	return idempotency_teardown(&g->cfg, err, sizeof(err)) < 0 ? -1 : 0;
 }
 
 static void unique_client(char *out, size_t len, const char *what)
@@ -89,12 +114,19 @@ static int64_t sql_int(const char *sql, const char *param)
 	return v;
 }
 
-/* Backends of the lab paused between charge and response (the X-Lab-Pause-Ms knob) right now. */
+/* This process's backends paused between charge and response (the X-Lab-Pause-Ms knob). */
+#define PAUSED_HERE                                                                                          \
+	"FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%between charge and response%'"        \
+	" AND pid <> pg_backend_pid() AND application_name = $1"
+
 static int64_t paused_backends(void)
 {
-	return sql_int("SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-	               " AND query LIKE '%between charge and response%' AND pid <> pg_backend_pid()",
-	               NULL);
+	return sql_int("SELECT count(*) " PAUSED_HERE, pg_application_name());
+}
+
+static int64_t kill_paused_backends(void)
+{
+	return sql_int("SELECT count(pg_terminate_backend(pid)) " PAUSED_HERE, pg_application_name());
 }
 
 static void test_fingerprint_is_sha256_of_the_canonical_request(void **state)
@@ -221,11 +253,8 @@ static void test_bad_input_gets_400_and_writes_nothing(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
 	char err[512], client[64];
-	cfg.redis_url = NULL;
 	unique_client(client, sizeof(client), "bad");
-	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
-	assert_non_null(api);
-	int port = idempotency_api_port(api);
+	int port = shared_port(state);
 	char key256[257], key255[256];
 	memset(key256, 'k', 256);
 	key256[256] = '\0';
@@ -278,7 +307,6 @@ static void test_bad_input_gets_400_and_writes_nothing(void **state)
 	struct idempotency_response rs;
 	assert_int_equal(idempotency_call(port, &rq, &rs, err, sizeof(err)), 0);
 	assert_int_equal(rs.status, 201);
-	idempotency_api_stop(api);
 	count(&cfg, client, &charges, &cents);
 	assert_int_equal(charges, 1);
 }
@@ -331,18 +359,14 @@ static void test_two_idempotency_keys_get_400_and_charge_nothing(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
 	char err[512], client[64], req[2048];
-	cfg.redis_url = NULL;
 	unique_client(client, sizeof(client), "twokeys");
-	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
-	assert_non_null(api);
 	static const char two[] = "Idempotency-Key: first\r\nIdempotency-Key: second\r\n";
 	static const char two_cased[] = "Idempotency-Key: first\r\nidempotency-key: first\r\n";
 	bool replayed;
 	size_t len = raw_charge(req, sizeof(req), client, two, sizeof(two) - 1);
-	assert_int_equal(raw_request(idempotency_api_port(api), req, len, &replayed), 400);
+	assert_int_equal(raw_request(shared_port(state), req, len, &replayed), 400);
 	len = raw_charge(req, sizeof(req), client, two_cased, sizeof(two_cased) - 1);
-	assert_int_equal(raw_request(idempotency_api_port(api), req, len, &replayed), 400);
-	idempotency_api_stop(api);
+	assert_int_equal(raw_request(shared_port(state), req, len, &replayed), 400);
 	int64_t charges, cents, keys;
 	count(&cfg, client, &charges, &cents);
 	assert_int_equal(charges, 0);
@@ -358,19 +382,15 @@ static void test_two_idempotency_keys_get_400_and_charge_nothing(void **state)
 static void test_a_nul_in_the_key_never_makes_two_keys_one(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
-	char err[512], client[64], req[2048];
-	cfg.redis_url = NULL;
+	char client[64], req[2048];
 	unique_client(client, sizeof(client), "nul");
-	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
-	assert_non_null(api);
 	static const char first[] = "Idempotency-Key: zz\0first\r\n";
 	static const char second[] = "Idempotency-Key: zz\0second-different\r\n";
 	bool replayed1, replayed2;
 	size_t len = raw_charge(req, sizeof(req), client, first, sizeof(first) - 1);
-	int s1 = raw_request(idempotency_api_port(api), req, len, &replayed1);
+	int s1 = raw_request(shared_port(state), req, len, &replayed1);
 	len = raw_charge(req, sizeof(req), client, second, sizeof(second) - 1);
-	int s2 = raw_request(idempotency_api_port(api), req, len, &replayed2);
-	idempotency_api_stop(api);
+	int s2 = raw_request(shared_port(state), req, len, &replayed2);
 	int64_t charges, cents;
 	count(&cfg, client, &charges, &cents);
 	print_message("zz\\0first: %d, zz\\0second-different: %d%s; %lld charges\n", s1, s2,
@@ -385,11 +405,8 @@ static void test_test_knobs_are_ignored_unless_the_config_turns_them_on(void **s
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
 	char err[512], client[64];
-	cfg.redis_url = NULL;
 	assert_false(cfg.test_knobs); /* the default, as --serve runs it */
 	unique_client(client, sizeof(client), "knobs");
-	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
-	assert_non_null(api);
 	/* honoured, the pause would hold the answer 3 s, past the client's 1 s */
 	struct idempotency_request rq = {.client = client,
 	                                 .key = "k",
@@ -398,9 +415,8 @@ static void test_test_knobs_are_ignored_unless_the_config_turns_them_on(void **s
 	                                 .delay_ms = 3000,
 	                                 .timeout_ms = 1000};
 	struct idempotency_response rs;
-	assert_int_equal(idempotency_call(idempotency_api_port(api), &rq, &rs, err, sizeof(err)), 0);
+	assert_int_equal(idempotency_call(shared_port(state), &rq, &rs, err, sizeof(err)), 0);
 	int64_t paused = paused_backends();
-	idempotency_api_stop(api);
 	assert_int_equal(rs.status, 201);
 	assert_int_equal(paused, 0);
 }
@@ -426,10 +442,7 @@ static void test_completer_finishes_a_dead_request_and_the_late_retry_gets_the_r
 	/* kill the request between its charge and its response */
 	int64_t killed = 0;
 	for (int i = 0; i < 500 && !killed; i++) {
-		killed = sql_int(
-		        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE state = 'active'"
-		        " AND query LIKE '%between charge and response%' AND pid <> pg_backend_pid()",
-		        NULL);
+		killed = kill_paused_backends();
 		if (!killed)
 			usleep(10 * 1000);
 	}
@@ -464,11 +477,8 @@ static void test_reaper_deletes_keys_past_the_window(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
 	char err[512], client[64];
-	cfg.redis_url = NULL;
 	unique_client(client, sizeof(client), "reaper");
-	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
-	assert_non_null(api);
-	int port = idempotency_api_port(api);
+	int port = shared_port(state);
 	struct idempotency_request rq = {.client = client, .key = "old", .body = BODY};
 	struct idempotency_response rs;
 	assert_int_equal(idempotency_call(port, &rq, &rs, err, sizeof(err)), 0);
@@ -496,7 +506,6 @@ static void test_reaper_deletes_keys_past_the_window(void **state)
 	assert_int_equal(idempotency_call(port, &rq, &rs, err, sizeof(err)), 0);
 	assert_int_equal(rs.status, 201);
 	assert_false(rs.replayed);
-	idempotency_api_stop(api);
 	int64_t charges, cents;
 	count(&cfg, client, &charges, &cents);
 	assert_int_equal(charges, 3);
@@ -531,33 +540,38 @@ static void test_stop_with_requests_in_flight_frees_them_and_charges_no_more(voi
 	assert_non_null(api);
 	/* far past the test: a request still waiting when the API stops was not answered by a timeout */
 	enum { CLIENT_TIMEOUT_MS = 4000 };
-	struct inflight a = {.port = idempotency_api_port(api),
-	                     .rq = {.client = client,
-	                            .key = "a",
-	                            .body = BODY,
-	                            .pause_ms = 8000,
-	                            .timeout_ms = CLIENT_TIMEOUT_MS}};
-	struct inflight b = a;
+	static struct inflight a, b; /* the threads write into them: outside the test's frame */
+	a = (struct inflight){.port = idempotency_api_port(api),
+	                      .rq = {.client = client,
+	                             .key = "a",
+	                             .body = BODY,
+	                             .pause_ms = 8000,
+	                             .timeout_ms = CLIENT_TIMEOUT_MS}};
+	b = a;
 	b.rq.key = "b";
 	b.rq.pause_ms = 0;
 	/* a: charged, then parked mid-query in pg_sleep, holding the only connection */
-	assert_int_equal(pthread_create(&a.thread, NULL, inflight_main, &a), 0);
-	for (int i = 0; i < 500 && paused_backends() < 1; i++)
+	/* nothing is asserted until both threads are joined: a failure must not leave them running */
+	int started_a = pthread_create(&a.thread, NULL, inflight_main, &a);
+	int64_t paused = 0;
+	for (int i = 0; started_a == 0 && i < 500 && (paused = paused_backends()) < 1; i++)
 		usleep(10 * 1000);
-	assert_int_equal(paused_backends(), 1);
 	/* b: waits in the pool's queue */
-	assert_int_equal(pthread_create(&b.thread, NULL, inflight_main, &b), 0);
+	int started_b = pthread_create(&b.thread, NULL, inflight_main, &b);
 	usleep(200 * 1000);
 	idempotency_api_stop(api);
-	pthread_join(a.thread, NULL);
-	pthread_join(b.thread, NULL);
+	if (started_a == 0)
+		pthread_join(a.thread, NULL);
+	if (started_b == 0)
+		pthread_join(b.thread, NULL);
+	assert_int_equal(started_a, 0);
+	assert_int_equal(started_b, 0);
+	assert_int_equal(paused, 1);
 	print_message("in flight at the stop: a got %d after %llu ms, b got %d after %llu ms\n", a.rs.status,
 	              (unsigned long long)a.rs.latency_us / 1000, b.rs.status,
 	              (unsigned long long)b.rs.latency_us / 1000);
 	/* the backend of a sleeps on in the server: end it, so no later kill takes it for its own */
-	sql_int("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE "
-	        "'%between charge and response%' AND pid <> pg_backend_pid()",
-	        NULL);
+	kill_paused_backends();
 	/* each answered 503 with Retry-After (a client retries with its key and gets the stored answer),
 	 * not left to its timeout nor to a closed connection */
 	assert_int_equal(a.rs.status, 503);

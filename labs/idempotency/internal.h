@@ -27,6 +27,13 @@
 #define MAX_NAME 64
 /* the mark the lab finds in pg_stat_activity to kill the request between charge and response */
 #define PAUSE_MARK "lab_idempotency: between charge and response"
+/*
+ * This process's backends paused there ($1: pg_application_name(), "" when none was set): a lab
+ * kills its own requests, never those of another run beside it.
+ */
+#define PAUSED_OF_MINE                                                                                       \
+	"state = 'active' AND query LIKE '%" PAUSE_MARK "%' AND pid <> pg_backend_pid()"                     \
+	" AND datname = current_database() AND ($1 = '' OR application_name = $1)"
 
 enum route { ROUTE_PG, ROUTE_REDIS_KEEP, ROUTE_REDIS_RELEASE, ROUTE_COUNT };
 

@@ -234,12 +234,11 @@ static int kill_paused(PGconn *side, int want, char *err, size_t errlen)
 {
 	int killed = 0, first_pid = 0;
 	for (int i = 0; i < KILL_POLL_TRIES && killed < want; i++) {
-		PGresult *res =
-		        pg_query(side,
-		                 "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = "
-		                 "'active' AND query LIKE '%" PAUSE_MARK "%' AND pid <> pg_backend_pid()"
-		                 " AND datname = current_database()",
-		                 0, NULL, err, errlen);
+		const char *p[] = {pg_application_name()};
+		PGresult *res = pg_query(
+		        side,
+		        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE " PAUSED_OF_MINE,
+		        1, p, err, errlen);
 		if (!res)
 			return -1;
 		for (int r = 0; r < PQntuples(res); r++) {
@@ -522,12 +521,15 @@ int idempotency_phase_guard(const void *cfgv, void *result, char *err, size_t er
 	if (ret < 0 && g->side) {
 		/* never leave the outage constraint behind, nor a request paused in pg_sleep */
 		char e2[LAB_ERRLEN];
+		const char *p[] = {pg_application_name()};
 		pg_exec(g->side,
 		        "SET client_min_messages = warning;"
-		        "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT IF EXISTS outage;"
-		        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
-		        "'%" PAUSE_MARK "%' AND pid <> pg_backend_pid() AND datname = current_database()",
+		        "ALTER TABLE " SCHEMA ".charges DROP CONSTRAINT IF EXISTS outage",
 		        e2, sizeof(e2));
+		PQclear(pg_query(
+		        g->side,
+		        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " PAUSED_OF_MINE, 1, p,
+		        e2, sizeof(e2)));
 	}
 	PQfinish(g->side);
 	free(g);
