@@ -161,6 +161,7 @@ static void test_fingerprint_is_sha256_of_the_canonical_request(void **state)
 static void test_status_codes_replay_header_and_byte_identical_body(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	kill_paused_backends(); /* a test that failed before this one may have left one */
 	char err[512], client[64];
 	cfg.redis_url = NULL;
 	cfg.test_knobs = true; /* the in-flight request below pauses */
@@ -404,6 +405,7 @@ static void test_a_nul_in_the_key_never_makes_two_keys_one(void **state)
 static void test_test_knobs_are_ignored_unless_the_config_turns_them_on(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	kill_paused_backends(); /* a test that failed before this one may have left one */
 	char err[512], client[64];
 	assert_false(cfg.test_knobs); /* the default, as --serve runs it */
 	unique_client(client, sizeof(client), "knobs");
@@ -424,6 +426,7 @@ static void test_test_knobs_are_ignored_unless_the_config_turns_them_on(void **s
 static void test_completer_finishes_a_dead_request_and_the_late_retry_gets_the_replay(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	kill_paused_backends(); /* a test that failed before this one may have left one */
 	char err[512], client[64];
 	cfg.redis_url = NULL;
 	cfg.test_knobs = true;
@@ -531,6 +534,7 @@ static void *inflight_main(void *arg)
 static void test_stop_with_requests_in_flight_frees_them_and_charges_no_more(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	kill_paused_backends(); /* a test that failed before this one may have left one */
 	char err[512], client[64];
 	cfg.redis_url = NULL;
 	cfg.test_knobs = true;

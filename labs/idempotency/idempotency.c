@@ -200,6 +200,8 @@ int idempotency_run(const struct idempotency_config *cfg, struct idempotency_res
 
 /* ---- the judge ---- */
 
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
 /* Phase 1: without a key, the attempt the client gave up on and its retry are two charges: the
  * problem a key solves, shown rather than assumed */
 #define NO_KEY_CHARGES 2
@@ -232,10 +234,37 @@ static bool statuses_are(const struct idempotency_story *st, const int *want, co
 	return true;
 }
 
+/* "201 422 201r": n statuses, r for a replay, - for no answer. */
+static const char *codes_text(const int *status, const bool *replayed, int n, char *buf, size_t len)
+{
+	size_t used = 0;
+	buf[0] = '\0';
+	for (int i = 0; i < n && used < len; i++) {
+		int w = status[i] ? snprintf(buf + used, len - used, "%s%d%s", i ? " " : "", status[i],
+		                             replayed[i] ? "r" : "")
+		                  : snprintf(buf + used, len - used, "%s-", i ? " " : "");
+		used += w > 0 ? (size_t)w : 0;
+	}
+	return buf;
+}
+
+/* What a story got, as codes_text writes it. */
+static const char *story_text(const struct idempotency_story *st, char *buf, size_t len)
+{
+	int status[IDEMPOTENCY_MAX_ATTEMPTS];
+	bool replayed[IDEMPOTENCY_MAX_ATTEMPTS];
+	for (int i = 0; i < st->nattempts; i++) {
+		status[i] = st->attempts[i].rs.status;
+		replayed[i] = st->attempts[i].rs.replayed;
+	}
+	return codes_text(status, replayed, st->nattempts, buf, len);
+}
+
 /* Phases 1, 2, 4 and 5: the first that disagrees, into why; false when all agree. */
 static bool stories_disagree(const struct idempotency_result *r, char *why, size_t len)
 {
 	const struct idempotency_story *p2 = &r->with_key, *p4 = &r->mismatch, *p5 = &r->crash;
+	char got[64], want[64];
 	if (r->no_key.charges != NO_KEY_CHARGES)
 		snprintf(why, len, "without a key the retry made %lld charges, not %d",
 		         (long long)r->no_key.charges, NO_KEY_CHARGES);
@@ -245,15 +274,19 @@ static bool stories_disagree(const struct idempotency_result *r, char *why, size
 		         (long long)p2->charges,
 		         p2->nattempts > 1 && p2->attempts[1].rs.replayed ? "yes" : "no",
 		         p2->bodies_identical ? "yes" : "no");
-	else if (!statuses_are(p4, MISMATCH_STATUS, MISMATCH_REPLAYED, 6) || p4->charges != ONE_CHARGE ||
-	         p4->cents != MISMATCH_CENTS)
-		snprintf(why, len,
-		         "the mismatch and bad requests did not get 422 and 400 with one charge (%lld)",
-		         (long long)p4->charges);
-	else if (!statuses_are(p5, CRASH_STATUS, CRASH_REPLAYED, 4) || p5->charges != ONE_CHARGE ||
-	         strcmp(p5->recovery_point, CRASH_RECOVERY_POINT) != 0)
-		snprintf(why, len, "after the crash: %lld charges, recovery point %s", (long long)p5->charges,
-		         p5->recovery_point);
+	else if (!statuses_are(p4, MISMATCH_STATUS, MISMATCH_REPLAYED, NELEM(MISMATCH_STATUS)) ||
+	         p4->charges != ONE_CHARGE || p4->cents != MISMATCH_CENTS)
+		snprintf(why, len, "payload mismatch and bad requests: %s and %lld charges, not %s and %d",
+		         story_text(p4, got, sizeof(got)), (long long)p4->charges,
+		         codes_text(MISMATCH_STATUS, MISMATCH_REPLAYED, NELEM(MISMATCH_STATUS), want,
+		                    sizeof(want)),
+		         ONE_CHARGE);
+	else if (!statuses_are(p5, CRASH_STATUS, CRASH_REPLAYED, NELEM(CRASH_STATUS)) ||
+	         p5->charges != ONE_CHARGE || strcmp(p5->recovery_point, CRASH_RECOVERY_POINT) != 0)
+		snprintf(why, len, "after the crash: %s, %lld charges, recovery point %s (not %s, %d, %s)",
+		         story_text(p5, got, sizeof(got)), (long long)p5->charges, p5->recovery_point,
+		         codes_text(CRASH_STATUS, CRASH_REPLAYED, NELEM(CRASH_STATUS), want, sizeof(want)),
+		         ONE_CHARGE, CRASH_RECOVERY_POINT);
 	else
 		return false;
 	return true;
