@@ -19,6 +19,7 @@
 
 #include "idempotency.h"
 #include "lab.h"
+#include "load.h"
 #include "pg.h"
 #include "term.h"
 
@@ -59,6 +60,80 @@ struct side {
 	struct hist latency;
 };
 
+static const char *const CLIENT_IDS[2] = {"bench-unkeyed", "bench-keyed"};
+
+/* ROUNDS rounds of an unkeyed run then a keyed one, into sides[0] and sides[1]. */
+static int run_rounds(struct idempotency_api *api, int seconds, struct side *sides, char *err, size_t errlen)
+{
+	struct load_result *res = malloc(sizeof(*res));
+	if (!res) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	int ret = 0;
+	for (int round = 0; round < ROUNDS && ret == 0; round++) {
+		for (int keyed = 0; keyed < 2 && ret == 0; keyed++) {
+			struct bench_ctx bc = {.keyed = keyed, .round = round, .client = CLIENT_IDS[keyed]};
+			struct load_config lc = {.port = idempotency_api_port(api),
+			                         .path = "/v1/charges",
+			                         .method = EVHTTP_REQ_POST,
+			                         .clients = CLIENTS,
+			                         .duration_ms = seconds * 1000,
+			                         .timeout_ms = 10000,
+			                         .request_cb = request_cb,
+			                         .arg = &bc};
+			ret = load_run(&lc, res, err, errlen);
+			if (ret < 0)
+				break;
+			struct side *s = &sides[keyed];
+			s->rps_sum += res->rps_2xx;
+			s->created += res->status_2xx;
+			s->other += res->completed - res->status_2xx + res->errors;
+			hist_merge(&s->latency, &res->latency);
+		}
+	}
+	free(res);
+	return ret;
+}
+
+/* The table and the targets; every 201 checked against the charges PostgreSQL holds. */
+static int report(const struct term *t, const struct idempotency_config *cfg, const struct side *sides,
+                  char *err, size_t errlen)
+{
+	struct term_col cols[] = {{"", 16, 'l'},      {"charges/s", 10, 'r'}, {"p50", 9, 'r'},
+	                          {"p99", 9, 'r'},    {"201s", 8, 'r'},       {"in PostgreSQL", 13, 'r'},
+	                          {"not 201", 8, 'r'}};
+	term_table_header(t, 2, cols, 7);
+	double rps[2];
+	bool counted_ok = true;
+	for (int k = 0; k < 2; k++) {
+		int64_t charges = 0, cents = 0;
+		if (idempotency_count(cfg, CLIENT_IDS[k], &charges, &cents, err, errlen) < 0)
+			return -1;
+		if ((uint64_t)charges != sides[k].created)
+			counted_ok = false;
+		rps[k] = sides[k].rps_sum / ROUNDS;
+		const char *row[] = {k ? "with a key" : "without a key",
+		                     TERM_NUM(rps[k], 0),
+		                     TERM_US(hist_percentile(&sides[k].latency, 50)),
+		                     TERM_US(hist_percentile(&sides[k].latency, 99)),
+		                     TERM_NUM(sides[k].created, 0),
+		                     TERM_NUM(charges, 0),
+		                     TERM_NUM(sides[k].other, 0)};
+		term_table_row(t, 2, cols, 7, row);
+	}
+	double cost = rps[0] > 0 ? 1.0 - rps[1] / rps[0] : 1.0;
+	bool cost_ok = cost <= TARGET_COST, rps_ok = rps[1] >= TARGET_KEYED_RPS;
+	term_printf(t, "\n  the key costs %.0f%% of throughput: target at most %.0f%%   %s%s%s\n", cost * 100,
+	            TARGET_COST * 100, cost_ok ? term_green(t) : term_red(t), cost_ok ? "met" : "NOT met",
+	            term_reset(t));
+	term_printf(t, "  keyed charges/s %s: target at least %s   %s%s%s\n", TERM_NUM(rps[1], 0),
+	            TERM_NUM(TARGET_KEYED_RPS, 0), rps_ok ? term_green(t) : term_red(t),
+	            rps_ok ? "met" : "NOT met", term_reset(t));
+	term_printf(t, "  every 201 is a charge in PostgreSQL: %s\n", counted_ok ? "yes" : "NO");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int seconds = argc > 1 ? atoi(argv[1]) : 3;
@@ -69,7 +144,6 @@ int main(int argc, char **argv)
 	struct idempotency_config cfg;
 	idempotency_config_default(&cfg, false);
 	cfg.require_key = false;
-	cfg.test_knobs = false;
 	cfg.pool_min_idle = cfg.pool_size;
 	char err[LAB_ERRLEN], url[256];
 	pg_url_redact(cfg.pg_url, url, sizeof(url));
@@ -98,73 +172,12 @@ int main(int argc, char **argv)
 	memset(sides, 0, sizeof(sides));
 	hist_init(&sides[0].latency);
 	hist_init(&sides[1].latency);
-	struct load_result *res = malloc(sizeof(*res));
-	int ret = 2;
-	if (!res) {
-		fprintf(stderr, "bench_idempotency: out of memory\n");
-		goto out;
-	}
-	const char *clients[2] = {"bench-unkeyed", "bench-keyed"};
-	for (int round = 0; round < ROUNDS; round++) {
-		for (int keyed = 0; keyed < 2; keyed++) {
-			struct bench_ctx bc = {.keyed = keyed, .round = round, .client = clients[keyed]};
-			struct load_config lc = {.port = idempotency_api_port(api),
-			                         .path = "/v1/charges",
-			                         .method = EVHTTP_REQ_POST,
-			                         .clients = CLIENTS,
-			                         .duration_ms = seconds * 1000,
-			                         .timeout_ms = 10000,
-			                         .request_cb = request_cb,
-			                         .arg = &bc};
-			if (load_run(&lc, res, err, sizeof(err)) < 0) {
-				fprintf(stderr, "bench_idempotency: %s\n", err);
-				goto out;
-			}
-			struct side *s = &sides[keyed];
-			s->rps_sum += res->rps_2xx;
-			s->created += res->status_2xx;
-			s->other += res->completed - res->status_2xx + res->errors;
-			hist_merge(&s->latency, &res->latency);
-		}
-	}
-	struct term_col cols[] = {{"", 16, 'l'},      {"charges/s", 10, 'r'}, {"p50", 9, 'r'},
-	                          {"p99", 9, 'r'},    {"201s", 8, 'r'},       {"in PostgreSQL", 13, 'r'},
-	                          {"not 201", 8, 'r'}};
-	term_table_header(&t, 2, cols, 7);
-	double rps[2];
-	bool counted_ok = true;
-	for (int k = 0; k < 2; k++) {
-		int64_t charges = 0, cents = 0;
-		if (idempotency_count(&cfg, clients[k], &charges, &cents, err, sizeof(err)) < 0) {
-			fprintf(stderr, "bench_idempotency: %s\n", err);
-			goto out;
-		}
-		if ((uint64_t)charges != sides[k].created)
-			counted_ok = false;
-		rps[k] = sides[k].rps_sum / ROUNDS;
-		char b[6][32];
-		const char *row[] = {k ? "with a key" : "without a key",
-		                     term_fmt_num(b[0], 32, rps[k], 0),
-		                     term_fmt_us(b[1], 32, (double)hist_percentile(&sides[k].latency, 50)),
-		                     term_fmt_us(b[2], 32, (double)hist_percentile(&sides[k].latency, 99)),
-		                     term_fmt_num(b[3], 32, (double)sides[k].created, 0),
-		                     term_fmt_num(b[4], 32, (double)charges, 0),
-		                     term_fmt_num(b[5], 32, (double)sides[k].other, 0)};
-		term_table_row(&t, 2, cols, 7, row);
-	}
-	double cost = rps[0] > 0 ? 1.0 - rps[1] / rps[0] : 1.0;
-	bool cost_ok = cost <= TARGET_COST, rps_ok = rps[1] >= TARGET_KEYED_RPS;
-	char b[32];
-	term_printf(&t, "\n  the key costs %.0f%% of throughput: target at most %.0f%%   %s%s%s\n",
-	            cost * 100, TARGET_COST * 100, cost_ok ? term_green(&t) : term_red(&t),
-	            cost_ok ? "met" : "NOT met", term_reset(&t));
-	term_printf(&t, "  keyed charges/s %s: target at least %s   %s%s%s\n",
-	            term_fmt_num(b, sizeof(b), rps[1], 0), "2,000", rps_ok ? term_green(&t) : term_red(&t),
-	            rps_ok ? "met" : "NOT met", term_reset(&t));
-	term_printf(&t, "  every 201 is a charge in PostgreSQL: %s\n", counted_ok ? "yes" : "NO");
-	ret = 0;
-out:
-	free(res);
+	int ret = run_rounds(api, seconds, sides, err, sizeof(err)) < 0 ||
+	                          report(&t, &cfg, sides, err, sizeof(err)) < 0
+	                  ? 2
+	                  : 0;
+	if (ret)
+		fprintf(stderr, "bench_idempotency: %s\n", err);
 	idempotency_api_stop(api);
 	idempotency_teardown(&cfg, err, sizeof(err));
 	return ret;

@@ -9,7 +9,8 @@
  *   same key + payload  the stored response, byte for byte, with Idempotent-Replayed: true
  *   same key, new body  422          in flight      409
  *   no key              400 (unless require_key is off)
- *   key over 255 chars, malformed JSON, body over max_body, a bad field: 400, nothing written
+ *   two Idempotency-Key headers, a key over 255 characters or holding a control character,
+ *   malformed JSON, a body over max_body, a bad field: 400, nothing written
  * Every keyed response carries Idempotency-Key-Expires (an HTTP-date: created + key_window_s),
  * which is how the API publishes its window; a reaper deletes keys past it.
  *
@@ -19,17 +20,19 @@
  * rocket-rides-atomic: (1) the key and the charge together (recovery point charge_created),
  * (2) the stored response (recovery point finished). A request that dies between them leaves the
  * key locked at charge_created; a retry after lock_timeout_ms takes the lock over and resumes
- * from there, so the charge is never made twice, and the completer (idempotency_complete) finishes
- * the keys of clients that never come back.
+ * from there, so the charge is never made twice, and the completer finishes the keys of clients
+ * that never come back.
  *
  * Beside it, the Redis variant of phase 6 (POST /v1/charges-redis and /v1/charges-redis-release):
  * SET NX on lab:idempotency:<client>:<key>, then the charge in PostgreSQL; on a failed database
  * write the first keeps the Redis key, the second deletes it so the client may retry. It is the
  * naive guard on purpose: no fingerprint, and nothing ties the Redis key to the charge.
  *
- * Test-only knobs, honoured when test_knobs is set: X-Lab-Delay-Ms delays the reply after
- * everything was committed (a response lost to the client's timeout); X-Lab-Pause-Ms pauses between
- * the charge and the stored response in a pg_sleep the lab can kill (pg_terminate_backend).
+ * Test knobs, honoured only when the config's test_knobs is set (the lab's own phases set it;
+ * --serve and the defaults leave it off, and the API then ignores them as any unknown header):
+ * X-Lab-Delay-Ms delays the reply after everything was committed (a response lost to the client's
+ * timeout); X-Lab-Pause-Ms pauses between the charge and the stored response in a pg_sleep the
+ * lab can kill (pg_terminate_backend).
  *
  * Errors: functions return -1 (or NULL) and write one line into err (errlen bytes).
  */
@@ -40,25 +43,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "load.h"
+#include "lab.h"
 
 #define IDEMPOTENCY_MAX_KEY      255
 #define IDEMPOTENCY_BODY_LEN     1024
 #define IDEMPOTENCY_MAX_ATTEMPTS 6
 #define IDEMPOTENCY_GUARD_ROWS   6
+#define IDEMPOTENCY_PHASES       6
 
 struct idempotency_config {
 	const char *pg_url;
-	const char *redis_url;  /* NULL: the API serves no Redis routes */
-	int pool_size;          /* the API's connections at most ... */
-	int pool_min_idle;      /* ... and open from the start */
-	int acquire_timeout_ms; /* a request waiting longer for one gets 503 */
-	bool require_key;       /* false: POST /v1/charges without a key is executed (phase 1) */
-	int key_window_s;       /* keys are kept this long, then reaped (Stripe: 24 h) */
-	int lock_timeout_ms;    /* a key locked longer is taken over by a retry (its request died) */
-	int max_body;           /* bytes; a larger body is 400 */
-	bool test_knobs;        /* honour X-Lab-Delay-Ms and X-Lab-Pause-Ms */
-	int reap_interval_ms;   /* the API's reaper runs this often; 0 = never */
+	const char *redis_url;    /* NULL: the API serves no Redis routes */
+	int pool_size;            /* the API's connections at most ... */
+	int pool_min_idle;        /* ... and open from the start */
+	int acquire_timeout_ms;   /* a request waiting longer for one gets 503 */
+	bool require_key;         /* false: POST /v1/charges without a key is executed (phase 1) */
+	int key_window_s;         /* keys are kept this long, then reaped (Stripe: 24 h) */
+	int lock_timeout_ms;      /* a key locked longer is taken over by a retry (its request died) */
+	int max_body;             /* bytes; a larger body is 400 */
+	bool test_knobs;          /* honour X-Lab-Delay-Ms and X-Lab-Pause-Ms; off by default */
+	int reap_interval_ms;     /* the API's reaper runs this often; 0 = never */
+	int complete_interval_ms; /* the API's completer runs this often; 0 = never */
 	/* the experiment */
 	int client_timeout_ms; /* the retrying client gives up after this */
 	int slow_ms;           /* phases 1-2: the server answers this late (past the client's timeout) */
@@ -69,6 +74,10 @@ struct idempotency_config {
 	int mixed_requests;    /* ... requests over them ... */
 	int mixed_clients;     /* ... from this many clients, one in slow_every answered too late */
 	int slow_every;
+	/* the telling: called around each phase (zero = none), and with the progress of the long ones */
+	struct lab_phase_hooks hooks;
+	void (*progress_cb)(const char *what, double done, void *arg); /* NULL = none */
+	void *progress_arg;
 };
 
 /* The defaults (quick: fewer requests, shorter waits). */
@@ -87,7 +96,10 @@ struct idempotency_api;
 struct idempotency_api *idempotency_api_start(const struct idempotency_config *cfg, int port, char *err,
                                               size_t errlen);
 int idempotency_api_port(const struct idempotency_api *api);
-/* Stops and frees it. NULL is a no-op. */
+/*
+ * Stops it (http_app_stop: the loop first, then Redis, the pool, the timers and the requests
+ * still in progress, each answered, then the server) and frees it. NULL is a no-op.
+ */
 void idempotency_api_stop(struct idempotency_api *api);
 
 /* SHA-256 of "METHOD path\n" + json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT), as 64 hex digits. */
@@ -132,11 +144,12 @@ int idempotency_reap(const struct idempotency_config *cfg, int64_t *deleted, cha
 /*
  * The completer: finishes the keys whose request died after the charge (recovery point
  * charge_created, locked longer than lock_timeout_ms or not at all): stores the response built
- * from the charge, so the client's next retry gets the replay. *completed may be NULL.
+ * from the charge, so the client's next retry gets the replay. *completed may be NULL. The API
+ * runs the same two statements on its loop every complete_interval_ms.
  */
 int idempotency_complete(const struct idempotency_config *cfg, int64_t *completed, char *err, size_t errlen);
 
-/* ---- the phases ---- */
+/* ---- the phases and their numbers ---- */
 
 /* One request as the lab sent it and what came back. */
 struct idempotency_attempt {
@@ -155,10 +168,6 @@ struct idempotency_story {
 	bool bodies_identical;   /* every 2xx body of the story is byte for byte the same */
 };
 
-/* Phases 1 (with_key false: no key, require_key off) and 2 (with a key). */
-int idempotency_flaky_run(const struct idempotency_config *cfg, bool with_key, struct idempotency_story *st,
-                          char *err, size_t errlen);
-
 struct idempotency_load {
 	int keys, requests, clients;
 	uint64_t fresh, replayed, conflict, other, no_response; /* 201, 201 replayed, 409, other, none */
@@ -171,25 +180,11 @@ struct idempotency_duplicates {
 	struct idempotency_load mixed;        /* mixed_requests over mixed_keys, some answered too late */
 };
 
-/* Phase 3. */
-int idempotency_duplicates_run(const struct idempotency_config *cfg, struct idempotency_duplicates *d,
-                               char *err, size_t errlen);
-/* The mixed load alone (the exactly-once test). */
-int idempotency_mixed_run(const struct idempotency_config *cfg, const char *client,
-                          struct idempotency_load *r, char *err, size_t errlen);
-
-/* Phase 4: the same key with another amount. */
-int idempotency_mismatch_run(const struct idempotency_config *cfg, struct idempotency_story *st, char *err,
-                             size_t errlen);
-
-/* Phase 5: the connection killed between the charge and the stored response, then retries. */
-int idempotency_crash_run(const struct idempotency_config *cfg, struct idempotency_story *st, char *err,
-                          size_t errlen);
-
 /* Phase 6: one design under one fault. */
 struct idempotency_guard_row {
 	const char *design; /* "key in PostgreSQL, same txn", "Redis SET NX, key kept", ... */
 	const char *fault;  /* "charge INSERT refused", "connection killed after the charge" */
+	bool key_in_pg;     /* the design under test keeps the key in the charge's transaction */
 	int statuses[IDEMPOTENCY_MAX_ATTEMPTS]; /* what each attempt got (0: no response) */
 	int nattempts;
 	int64_t charges; /* in PostgreSQL; 1 is right */
@@ -201,7 +196,45 @@ struct idempotency_guard {
 	long long redis_keys_deleted; /* lab:idempotency:* removed at the end */
 };
 
-int idempotency_guard_run(const struct idempotency_config *cfg, struct idempotency_guard *g, char *err,
-                          size_t errlen);
+/* How a row of phase 6 ended: "once", "LOST: ...", "DOUBLED: ...", "charged, the answer never comes". */
+const char *idempotency_guard_outcome(const struct idempotency_guard_row *r);
+
+/* Which server a failed run lost (its error named it, or it no longer answers). */
+enum idempotency_server { IDEMPOTENCY_SERVER_NONE, IDEMPOTENCY_SERVER_PG, IDEMPOTENCY_SERVER_REDIS };
+
+struct idempotency_result {
+	struct idempotency_story no_key;          /* phase 1 */
+	struct idempotency_story with_key;        /* phase 2 */
+	struct idempotency_duplicates duplicates; /* phase 3 */
+	struct idempotency_story mismatch;        /* phase 4 */
+	struct idempotency_story crash;           /* phase 5 */
+	struct idempotency_guard guard;           /* phase 6 */
+	enum idempotency_server lost;             /* set when the run failed because a server went away */
+};
+
+/* "PostgreSQL", "Redis", or NULL for IDEMPOTENCY_SERVER_NONE. */
+const char *idempotency_server_name(enum idempotency_server s);
+
+/*
+ * Sets up, runs the six phases in order (cfg->hooks around each), tears down (also when a phase
+ * failed) and fills *result. -1 and err when a phase or the setup failed; result->lost then says
+ * whether a server went away (main.c ends with lab_lost naming it).
+ */
+int idempotency_run(const struct idempotency_config *cfg, struct idempotency_result *result, char *err,
+                    size_t errlen);
+
+/* The claim and every threshold: fills v from the numbers of a run. */
+void idempotency_judge(const struct idempotency_result *r, struct lab_verdict *v);
+
+/*
+ * The phases as the run walks them (cfg: struct idempotency_config, result: struct
+ * idempotency_result), exposed for the tests; each starts its own API on a free port.
+ */
+int idempotency_phase_no_key(const void *cfg, void *result, char *err, size_t errlen);
+int idempotency_phase_with_key(const void *cfg, void *result, char *err, size_t errlen);
+int idempotency_phase_duplicates(const void *cfg, void *result, char *err, size_t errlen);
+int idempotency_phase_mismatch(const void *cfg, void *result, char *err, size_t errlen);
+int idempotency_phase_crash(const void *cfg, void *result, char *err, size_t errlen);
+int idempotency_phase_guard(const void *cfg, void *result, char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,322 @@
+/*
+ * client.c — the lab's side of the wire: a blocking client that sends one charge and waits (its
+ * own event loop), the load driver of phase 3 on common/load.h, and the counts in PostgreSQL that
+ * every claim is checked against.
+ */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hist.h"
+#include "internal.h"
+#include "load.h"
+#include "pg.h"
+
+/* the load's requests wait this long when no answer is meant to be lost */
+#define LOAD_TIMEOUT_MS 10000
+/* after the load, a key still in flight is retried this often, this many times at most */
+#define SETTLE_EVERY_MS 50
+#define SETTLE_TRIES    50
+
+void idem_sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+void idem_run_client(char *out, size_t outlen, const char *what)
+{
+	static unsigned runs;
+	snprintf(out, outlen, "%s-%d-%u-%llu", what, (int)getpid(), ++runs,
+	         (unsigned long long)(hist_now_us() % 1000000));
+}
+
+/* ---- one request ---- */
+
+struct call_ctx {
+	struct event_base *base;
+	struct idempotency_response *rs;
+	uint64_t start_us;
+};
+
+static void call_done_cb(struct evhttp_request *req, void *arg)
+{
+	struct call_ctx *cc = arg;
+	struct idempotency_response *rs = cc->rs;
+	rs->latency_us = hist_now_us() - cc->start_us;
+	if (req && evhttp_request_get_response_code(req) > 0) {
+		rs->status = evhttp_request_get_response_code(req);
+		struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+		const char *replayed = evhttp_find_header(h, "Idempotent-Replayed");
+		rs->replayed = replayed && strcmp(replayed, "true") == 0;
+		const char *expires = evhttp_find_header(h, "Idempotency-Key-Expires");
+		snprintf(rs->expires, sizeof(rs->expires), "%s", expires ? expires : "");
+		struct evbuffer *in = evhttp_request_get_input_buffer(req);
+		size_t n = evbuffer_get_length(in);
+		if (n > sizeof(rs->body) - 1)
+			n = sizeof(rs->body) - 1;
+		evbuffer_copyout(in, rs->body, n);
+		rs->body[n] = '\0';
+		rs->body_len = n;
+	}
+	event_base_loopbreak(cc->base);
+}
+
+static void add_headers(struct evhttp_request *req, const struct idempotency_request *rq)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Host", "127.0.0.1");
+	evhttp_add_header(h, "Content-Type", "application/json");
+	if (rq->client)
+		evhttp_add_header(h, "X-Client-Id", rq->client);
+	if (rq->key)
+		evhttp_add_header(h, "Idempotency-Key", rq->key);
+	char ms[24];
+	if (rq->delay_ms > 0) {
+		snprintf(ms, sizeof(ms), "%d", rq->delay_ms);
+		evhttp_add_header(h, "X-Lab-Delay-Ms", ms);
+	}
+	if (rq->pause_ms > 0) {
+		snprintf(ms, sizeof(ms), "%d", rq->pause_ms);
+		evhttp_add_header(h, "X-Lab-Pause-Ms", ms);
+	}
+}
+
+int idempotency_call(int port, const struct idempotency_request *rq, struct idempotency_response *rs,
+                     char *err, size_t errlen)
+{
+	memset(rs, 0, sizeof(*rs));
+	struct call_ctx cc = {.rs = rs};
+	struct evhttp_connection *conn = NULL;
+	int ret = -1;
+	cc.base = event_base_new();
+	if (!cc.base) {
+		snprintf(err, errlen, "cannot create an event base");
+		return -1;
+	}
+	conn = evhttp_connection_base_new(cc.base, NULL, "127.0.0.1", (unsigned short)port);
+	struct evhttp_request *req = conn ? evhttp_request_new(call_done_cb, &cc) : NULL;
+	if (!req) {
+		snprintf(err, errlen, "cannot create the request");
+		goto out;
+	}
+	int timeout_ms = rq->timeout_ms > 0 ? rq->timeout_ms : 5000;
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+	evhttp_connection_set_timeout_tv(conn, &tv);
+	add_headers(req, rq);
+	if (rq->body)
+		evbuffer_add(evhttp_request_get_output_buffer(req), rq->body, strlen(rq->body));
+	cc.start_us = hist_now_us();
+	/* evhttp_make_request frees req when it fails */
+	if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, rq->path ? rq->path : CHARGES_PATH) != 0) {
+		snprintf(err, errlen, "cannot send the request to 127.0.0.1:%d", port);
+		goto out;
+	}
+	event_base_dispatch(cc.base);
+	ret = 0;
+out:
+	if (conn)
+		evhttp_connection_free(conn);
+	event_base_free(cc.base);
+	return ret;
+}
+
+/* ---- counting in PostgreSQL ---- */
+
+int idem_count_on(PGconn *conn, const char *client, int64_t *charges, int64_t *cents, char *err,
+                  size_t errlen)
+{
+	const char *p[] = {client};
+	PGresult *res = pg_query(conn,
+	                         "SELECT count(*), coalesce(sum(amount_cents), 0) FROM " SCHEMA
+	                         ".charges WHERE client = $1",
+	                         1, p, err, errlen);
+	if (!res)
+		return -1;
+	int ret = -1;
+	if (PQntuples(res) != 1) {
+		snprintf(err, errlen, "count returned %d rows", PQntuples(res));
+	} else {
+		*charges = atoll(PQgetvalue(res, 0, 0));
+		*cents = atoll(PQgetvalue(res, 0, 1));
+		ret = 0;
+	}
+	PQclear(res);
+	return ret;
+}
+
+int idempotency_count(const struct idempotency_config *cfg, const char *client, int64_t *charges,
+                      int64_t *cents, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	int ret = idem_count_on(conn, client, charges, cents, err, errlen);
+	PQfinish(conn);
+	return ret;
+}
+
+int idempotency_count_keys(const struct idempotency_config *cfg, const char *client, int64_t *keys, char *err,
+                           size_t errlen)
+{
+	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	const char *p[] = {client};
+	int ret = pg_query_int64(conn, "SELECT count(*) FROM " SCHEMA ".idempotency_keys WHERE client = $1",
+	                         1, p, keys, err, errlen);
+	PQfinish(conn);
+	return ret;
+}
+
+/* ---- the load of phase 3 ---- */
+
+/* The load's requests: POST /v1/charges with a key and a body chosen by seq. */
+struct load_ctx {
+	const struct idempotency_config *cfg;
+	const struct idem_load_spec *spec;
+	char (*bodies)[128]; /* one per key, alive until the load ends */
+	char (*key_names)[64];
+	struct idempotency_load *r;
+};
+
+static int key_of(const struct load_ctx *lc, uint64_t seq)
+{
+	/* consecutive requests share a key, so they race each other from two clients */
+	return (int)((seq / 2) % (uint64_t)lc->spec->keys);
+}
+
+static void load_request_cb(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq,
+                            void *arg)
+{
+	(void)client;
+	struct load_ctx *lc = arg;
+	int k = key_of(lc, seq);
+	r->method = EVHTTP_REQ_POST;
+	r->body = lc->bodies[k];
+	r->body_len = strlen(lc->bodies[k]);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "X-Client-Id", lc->spec->client);
+	evhttp_add_header(h, "Idempotency-Key", lc->key_names[k]);
+	char ms[24];
+	if (lc->spec->pause_ms > 0) {
+		snprintf(ms, sizeof(ms), "%d", lc->spec->pause_ms);
+		evhttp_add_header(h, "X-Lab-Pause-Ms", ms);
+	}
+	if (lc->spec->slow && lc->cfg->slow_every > 0 && seq % (uint64_t)lc->cfg->slow_every == 0) {
+		snprintf(ms, sizeof(ms), "%d", lc->cfg->slow_ms);
+		evhttp_add_header(h, "X-Lab-Delay-Ms", ms);
+	}
+}
+
+static void load_response_cb(struct evhttp_request *req, int client, uint64_t seq, uint64_t latency_us,
+                             void *arg)
+{
+	(void)client;
+	(void)seq;
+	(void)latency_us;
+	struct load_ctx *lc = arg;
+	int code = req ? evhttp_request_get_response_code(req) : 0;
+	if (code == 0) {
+		lc->r->no_response++;
+	} else if (code == 201) {
+		const char *h =
+		        evhttp_find_header(evhttp_request_get_input_headers(req), "Idempotent-Replayed");
+		if (h && strcmp(h, "true") == 0)
+			lc->r->replayed++;
+		else
+			lc->r->fresh++;
+	} else if (code == 409) {
+		lc->r->conflict++;
+	} else {
+		lc->r->other++;
+	}
+}
+
+static void load_progress_cb(const struct load_progress *p, void *arg)
+{
+	struct load_ctx *lc = arg;
+	if (lc->cfg->progress_cb)
+		lc->cfg->progress_cb("sending", (double)p->completed / (double)lc->spec->requests,
+		                     lc->cfg->progress_arg);
+}
+
+/* The clients whose answers were lost retry each key until it is answered. */
+static int settle(struct idempotency_api *api, const struct load_ctx *lc, char *err, size_t errlen)
+{
+	for (int k = 0; k < lc->spec->keys; k++) {
+		for (int tries = 0; tries < SETTLE_TRIES; tries++) {
+			struct idempotency_request rq = {
+			        .client = lc->spec->client, .key = lc->key_names[k], .body = lc->bodies[k]};
+			struct idempotency_response rs;
+			if (idempotency_call(idempotency_api_port(api), &rq, &rs, err, errlen) < 0)
+				return -1;
+			lc->r->settle_requests++;
+			if (rs.status == 201)
+				break;
+			if (rs.status != 409) {
+				snprintf(err, errlen, "retry of %s got %d: %s", lc->key_names[k], rs.status,
+				         rs.body);
+				return -1;
+			}
+			idem_sleep_ms(SETTLE_EVERY_MS);
+		}
+	}
+	return 0;
+}
+
+int idem_load_keys(const struct idempotency_config *cfg, struct idempotency_api *api,
+                   const struct idem_load_spec *spec, struct idempotency_load *r, char *err, size_t errlen)
+{
+	memset(r, 0, sizeof(*r));
+	r->keys = spec->keys;
+	r->requests = spec->requests;
+	r->clients = spec->clients;
+	int ret = -1;
+	struct load_ctx lc = {.cfg = cfg, .spec = spec, .r = r};
+	lc.bodies = calloc((size_t)spec->keys, sizeof(*lc.bodies));
+	lc.key_names = calloc((size_t)spec->keys, sizeof(*lc.key_names));
+	struct load_result *res = malloc(sizeof(*res));
+	if (!lc.bodies || !lc.key_names || !res) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	for (int k = 0; k < spec->keys; k++) {
+		/* amounts differ by key, so a doubled or lost charge shows in the cents too */
+		long cents = 1000 + 37L * k;
+		snprintf(lc.bodies[k], sizeof(lc.bodies[k]),
+		         "{\"amount\": %ld, \"currency\": \"usd\", \"customer\": \"cus_%d\"}", cents, k);
+		snprintf(lc.key_names[k], sizeof(lc.key_names[k]), "order-%d-pay", k);
+		r->expected_cents += cents;
+	}
+	struct load_config cfgl = {
+	        .port = idempotency_api_port(api),
+	        .path = CHARGES_PATH,
+	        .method = EVHTTP_REQ_POST,
+	        .clients = spec->clients,
+	        .max_requests = (uint64_t)spec->requests,
+	        .timeout_ms = spec->slow ? cfg->client_timeout_ms : LOAD_TIMEOUT_MS,
+	        .request_cb = load_request_cb,
+	        .response_cb = load_response_cb,
+	        .progress_cb = load_progress_cb,
+	        .arg = &lc,
+	};
+	if (load_run(&cfgl, res, err, errlen) < 0)
+		goto out;
+	if (spec->slow && settle(api, &lc, err, errlen) < 0)
+		goto out;
+	if (idempotency_count(cfg, spec->client, &r->charges, &r->cents, err, errlen) < 0)
+		goto out;
+	ret = 0;
+out:
+	free(lc.bodies);
+	free(lc.key_names);
+	free(res);
+	return ret;
+}
