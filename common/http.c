@@ -461,6 +461,9 @@ int http_header_one(struct evhttp_request *req, const char *name, const char **v
 	return 1;
 }
 
+/* Turns of the loop that flush the last replies at a stop: each writes what a socket takes. */
+#define HTTP_APP_FLUSH_TURNS 8
+
 int http_app_open(struct http_app *app, int port, char *err, size_t errlen)
 {
 	memset(app, 0, sizeof(*app));
@@ -483,9 +486,13 @@ void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg)
 {
 	if (!app)
 		return;
+	bool served = app->thread != NULL;
 	http_thread_stop(app->thread);
 	if (release)
 		release(arg);
+	/* the replies release's callbacks wrote sit in buffers until the loop writes them out */
+	for (int i = 0; served && i < HTTP_APP_FLUSH_TURNS; i++)
+		event_base_loop(app->base, EVLOOP_NONBLOCK);
 	http_server_free(app->server);
 	if (app->base)
 		event_base_free(app->base);

@@ -171,8 +171,11 @@ int http_app_run(struct http_app *app, char *err, size_t errlen);
  *   2. release(arg) frees what the handlers borrow from (pools, Redis, timers): the callbacks
  *      that this runs (a waiter failed with "pool closed", a query cut off) still reply to
  *      live requests and free their contexts;
- *   3. the server is freed, and with it every connection and request;
- *   4. the base.
+ *   3. the loop turns a few times without blocking, so those replies reach their sockets
+ *      (a request that arrives now is answered by whatever its route does with nothing left
+ *      to borrow: handlers must check);
+ *   4. the server is freed, and with it every connection and request;
+ *   5. the base.
  * release may be NULL. Safe on a zeroed or half-opened app; the app is zeroed after. Can't fail.
  */
 void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg);

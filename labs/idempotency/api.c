@@ -26,8 +26,6 @@
 #define MAX_KNOB_MS 60000
 /* the lab's APIs open their pool's first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
-/* turns of the loop at stop that write the last answers out (one polls, the next writes) */
-#define FLUSH_TURNS 4
 
 const char *const idem_route_paths[ROUTE_COUNT] = {CHARGES_PATH, "/v1/charges-redis",
                                                    "/v1/charges-redis-release"};
@@ -74,6 +72,12 @@ void idem_ctx_release(struct charge_ctx *ctx)
 /* An error reply ends the request: nothing more happens for it. */
 void idem_ctx_fail(struct charge_ctx *ctx, int code, const char *msg)
 {
+	/* a query cut off by the stop (pool_free calls it back) is the stop's doing, not an error:
+	 * the client retries with the same key */
+	if (ctx->api->stopping && code == 500) {
+		code = 503;
+		msg = "the API is shutting down; retry with the same key";
+	}
 	idem_ctx_release(ctx);
 	if (code == 409 || code == 503)
 		evhttp_add_header(evhttp_request_get_output_headers(ctx->req), "Retry-After", "1");
@@ -568,9 +572,8 @@ static void ctx_abort(struct charge_ctx *ctx)
  * http_app_stop's release, with the loop thread already stopped: Redis first (its pending
  * callbacks answer their requests), then the pool (waiters answer "pool closed"; connections
  * in use are closed), the reaper's and the completer's timers, and last the requests that were
- * mid-query, each answered before the server and its requests are freed. The answers are only
- * queued on their connections then: a few turns of the loop, which has nothing else left to
- * run (a request that arrives now is refused), put them on the wire.
+ * mid-query, each answered before the server and its requests are freed (http_app_stop then
+ * turns the loop to put the answers on the wire).
  */
 static void api_release(void *arg)
 {
@@ -582,8 +585,6 @@ static void api_release(void *arg)
 	idem_jobs_free(api);
 	while (api->live)
 		ctx_abort(api->live);
-	for (int i = 0; api->app.base && i < FLUSH_TURNS; i++)
-		event_base_loop(api->app.base, EVLOOP_NONBLOCK);
 }
 
 struct idempotency_api *idempotency_api_start(const struct idempotency_config *cfg, int port, char *err,
