@@ -1,0 +1,45 @@
+/*
+ * n_plus_one_internal.h — what the files of lab-n-plus-one's experiment share and nobody else
+ * uses: the schema's name, the statements the loads send, a growing text buffer, and the
+ * measuring loop the phases call with a time budget.
+ *
+ *   n_plus_one.c         the config, the phase list, n_plus_one_run and n_plus_one_judge
+ *   n_plus_one_data.c    the data: schema, generated rows, COPY, the server's counts of them
+ *   n_plus_one_load.c    one load per strategy, its objects and digest, its bytes, measuring
+ *   n_plus_one_watch.c   the detector: pg_stat_statements diffed around a unit of work
+ *   n_plus_one_phases.c  the phases: direct, through the latency proxy, width, detector
+ */
+#ifndef LAB_N_PLUS_ONE_INTERNAL_H
+#define LAB_N_PLUS_ONE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "n_plus_one.h"
+
+#define SCHEMA N_PLUS_ONE_SCHEMA
+/* pg_stat_statements entries whose text names our schema ('_' escaped: LIKE's wildcard) */
+#define SCHEMA_LIKE "%lab\\_n\\_plus\\_one.%"
+
+/* A growing text buffer (COPY data, id lists). failed: out of memory or a bad format, sticky. */
+struct npo_buf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+void npo_buf_printf(struct npo_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* qsort's comparison of two uint64_t. */
+int npo_cmp_u64(const void *a, const void *b);
+
+/*
+ * n_plus_one_measure, stopping early (after 2 loads at least) once the series took budget_us in
+ * all, snapshots included; 0: no budget. out->repeats is the number of loads made.
+ */
+int npo_measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
+                       int repeats, uint64_t budget_us, int threshold, struct n_plus_one_load *out, char *err,
+                       size_t errlen);
+
+#endif
