@@ -31,6 +31,13 @@ struct npo_buf {
 
 void npo_buf_printf(struct npo_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * pg_connect_with (keys and vals may be NULL), with the connection's notices going to libpq's
+ * receiver except a FATAL one (a backend ended under an idle connection: see notice_cb).
+ */
+PGconn *npo_connect(const char *pg_url, const char *const *keys, const char *const *vals, char *err,
+                    size_t errlen);
+
 /* qsort's comparison of two uint64_t. */
 int npo_cmp_u64(const void *a, const void *b);
 

@@ -12,6 +12,36 @@
 #include "pg.h"
 #include "proxy.h"
 
+/*
+ * A terminated backend's FATAL reaches an idle connection (the observer's, during a load) as a
+ * notice, which libpq's default receiver prints: on Ctrl-C, when common/lab.c ends the lab's
+ * backends, that line would follow the lab's own. The connection's next use fails with the
+ * same message anyway; every other notice goes to libpq's receiver as before.
+ */
+/* libpq's default receiver, the same for every connection; set by the first npo_connect */
+static PQnoticeReceiver libpq_receiver;
+
+static void notice_cb(void *arg, const PGresult *res)
+{
+	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	if (severity && !strcmp(severity, "FATAL"))
+		return;
+	if (libpq_receiver)
+		libpq_receiver(arg, res);
+}
+
+PGconn *npo_connect(const char *pg_url, const char *const *keys, const char *const *vals, char *err,
+                    size_t errlen)
+{
+	PGconn *conn = pg_connect_with(pg_url, keys, vals, err, errlen);
+	if (conn) {
+		PQnoticeReceiver was = PQsetNoticeReceiver(conn, notice_cb, NULL);
+		if (was != notice_cb)
+			libpq_receiver = was;
+	}
+	return conn;
+}
+
 PGconn *n_plus_one_connect_via(const char *pg_url, int port, char *err, size_t errlen)
 {
 	char portbuf[16];
@@ -19,7 +49,7 @@ PGconn *n_plus_one_connect_via(const char *pg_url, int port, char *err, size_t e
 	/* these override the URL's host: the user, password and database stay the URL's */
 	const char *const keys[] = {"host", "hostaddr", "port", NULL};
 	const char *const vals[] = {"127.0.0.1", "127.0.0.1", portbuf, NULL};
-	return pg_connect_with(pg_url, keys, vals, err, errlen);
+	return npo_connect(pg_url, keys, vals, err, errlen);
 }
 
 static void progress(const struct n_plus_one_config *cfg, const char *what, double done)
@@ -31,7 +61,7 @@ static void progress(const struct n_plus_one_config *cfg, const char *what, doub
 int n_plus_one_strategy_run(const struct n_plus_one_config *cfg, enum n_plus_one_strategy s,
                             struct n_plus_one_load *out, char *err, size_t errlen)
 {
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	PGconn *conn = npo_connect(cfg->pg_url, NULL, NULL, err, errlen);
 	if (!conn)
 		return -1;
 	int ret = -1;
@@ -50,7 +80,7 @@ int n_plus_one_detect_run(const struct n_plus_one_config *cfg, struct n_plus_one
 {
 	memset(res, 0, sizeof(*res));
 	res->threshold = cfg->threshold;
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	PGconn *conn = npo_connect(cfg->pg_url, NULL, NULL, err, errlen);
 	if (!conn)
 		return -1;
 	int ret = -1;
@@ -224,7 +254,7 @@ int n_plus_one_width_run(const struct n_plus_one_config *cfg, struct n_plus_one_
 	res->rtt_us = cfg->width_rtt_us;
 	res->bandwidth = cfg->width_bandwidth;
 	struct proxy *p = NULL;
-	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	PGconn *conn = npo_connect(cfg->pg_url, NULL, NULL, err, errlen);
 	if (!conn)
 		return -1;
 	int ret = -1;

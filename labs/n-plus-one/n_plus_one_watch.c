@@ -134,7 +134,7 @@ struct n_plus_one_watch *n_plus_one_watch_open(const char *pg_url, char *err, si
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	w->conn = pg_connect(pg_url, err, errlen);
+	w->conn = npo_connect(pg_url, NULL, NULL, err, errlen);
 	if (!w->conn) {
 		free(w);
 		return NULL;
