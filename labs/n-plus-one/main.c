@@ -481,7 +481,7 @@ int main(int argc, char **argv)
 	           url, TERM_NUM(n_plus_one_max_users(&cfg), 0), cfg.orders_max, cfg.addresses_max,
 	           (unsigned long long)cfg.seed, cfg.users);
 
-	/* about 80 kB: the heap, not the stack */
+	/* about 65 kB: the heap, not the stack */
 	struct n_plus_one_result *result = calloc(1, sizeof(*result));
 	if (!result)
 		return lab_fail(&lab, "out of memory");

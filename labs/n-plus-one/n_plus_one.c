@@ -274,12 +274,12 @@ void n_plus_one_judge(const struct n_plus_one_result *r, struct lab_verdict *v)
 		fixes_flagged += r->detect.units[s].flagged > 0;
 	lab_verdict_set(
 	        v, why == NULL, CLAIM,
-	        "%s%sserver counts %lld / %lld / %lld, same data (digest %016llx); at +%g ms RTT and %d "
+	        "%s%sserver counts %lld / %lld / %lld, same data (digest %016llx); at +%g ms RTT and %s "
 	        "users the loop took %s (+%s = %.0f x the +%s a bare round trip gained), the JOIN %s "
 	        "(+%s); the detector flagged %s and %d of the %d fixes",
 	        why ? why : "", why ? ". " : "", (long long)r->loads[0].statements,
 	        (long long)r->loads[1].statements, (long long)r->loads[2].statements,
-	        (unsigned long long)r->loads[0].digest, g.cr->rtt_us / 1000.0, g.cr->users,
+	        (unsigned long long)r->loads[0].digest, g.cr->rtt_us / 1000.0, TERM_NUM(g.cr->users, 0),
 	        TERM_US(g.cr->load[NPO_LOOP].wall_us), TERM_US(g.loop > 0 ? g.loop : 0),
 	        g.trip > 0 ? g.loop / g.trip : 0, TERM_US(g.trip), TERM_US(g.cr->load[NPO_JOIN].wall_us),
 	        TERM_US(g.join > 0 ? g.join : 0),

@@ -19,12 +19,13 @@
  *
  * Every load reads the same canonical records (one line per user, order and address), sorted
  * and hashed (64-bit FNV-1a), so "the same data" is a digest that must match across strategies.
- * Bytes received are counted by the kernel on the client's socket (TCP_INFO tcpi_bytes_received)
- * and, independently, summed from the sizes of the protocol messages the results came in.
+ * Bytes received are counted by the kernel on the client's socket (TCP_INFO tcpi_bytes_received,
+ * so Linux only) and, independently, summed from the sizes of the protocol messages the results
+ * came in.
  *
  * n_plus_one_run sets up the data, walks the six phases and drops the schema; n_plus_one_judge
  * decides from its numbers. Errors: -1 (or NULL) and one line in err (errlen bytes). Nothing here
- * prints. Linux only: the kernel's byte count is TCP_INFO's tcpi_bytes_received.
+ * prints.
  */
 #ifndef LAB_N_PLUS_ONE_H
 #define LAB_N_PLUS_ONE_H
@@ -252,7 +253,7 @@ struct n_plus_one_result {
 /*
  * Sets up schema lab_n_plus_one (n_plus_one_setup), counts the data, walks the six phases with
  * cfg->hooks around each, and drops the schema, also when a phase failed. 0 when every phase ran;
- * -1 and err otherwise (the first error). res is about 80 kB: allocate it, do not put it on a
+ * -1 and err otherwise (the first error). res is about 65 kB: allocate it, do not put it on a
  * thread's stack.
  */
 int n_plus_one_run(const struct n_plus_one_config *cfg, struct n_plus_one_result *res, char *err,
