@@ -31,6 +31,18 @@
 #include "pg.h"
 #include "proxy.h"
 
+/* A call that takes err must succeed; when not, the failure says what err said. */
+#define OK(call)                                                                                             \
+	do {                                                                                                 \
+		if ((call) != 0)                                                                             \
+			fail_msg("%s: %s", #call, err);                                                      \
+	} while (0)
+#define CONNECTED(p)                                                                                         \
+	do {                                                                                                 \
+		if (!(p))                                                                                    \
+			fail_msg("no %s: %s", #p, err);                                                      \
+	} while (0)
+
 /* ---- the parts, on the fixture's schema ---- */
 
 struct fixture {
@@ -60,7 +72,11 @@ static int parts_teardown(void **state)
 {
 	char err[512];
 	struct fixture *fx = *state;
-	return n_plus_one_teardown(&fx->cfg, err, sizeof(err)) < 0 ? -1 : 0;
+	if (n_plus_one_teardown(&fx->cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "test_n_plus_one: cannot drop schema " N_PLUS_ONE_SCHEMA ": %s\n", err);
+		return -1;
+	}
+	return 0;
 }
 
 static void test_loop_runs_n_plus_1_statements_join_1_batched_2_for_the_same_data(void **state)
@@ -69,9 +85,9 @@ static void test_loop_runs_n_plus_1_statements_join_1_batched_2_for_the_same_dat
 	const struct n_plus_one_data *d = &fx->data;
 	struct n_plus_one_load loop, join, batched;
 	char err[512];
-	assert_int_equal(n_plus_one_strategy_run(&fx->cfg, NPO_LOOP, &loop, err, sizeof(err)), 0);
-	assert_int_equal(n_plus_one_strategy_run(&fx->cfg, NPO_JOIN, &join, err, sizeof(err)), 0);
-	assert_int_equal(n_plus_one_strategy_run(&fx->cfg, NPO_BATCHED, &batched, err, sizeof(err)), 0);
+	OK(n_plus_one_strategy_run(&fx->cfg, NPO_LOOP, &loop, err, sizeof(err)));
+	OK(n_plus_one_strategy_run(&fx->cfg, NPO_JOIN, &join, err, sizeof(err)));
+	OK(n_plus_one_strategy_run(&fx->cfg, NPO_BATCHED, &batched, err, sizeof(err)));
 	print_message("server counted %lld / %lld / %lld statements; digests %016llx %016llx %016llx\n",
 	              (long long)loop.statements, (long long)join.statements, (long long)batched.statements,
 	              (unsigned long long)loop.digest, (unsigned long long)join.digest,
@@ -105,12 +121,10 @@ static void test_the_seed_makes_the_same_data_on_every_run(void **state)
 	struct n_plus_one_data all;
 	struct n_plus_one_load load;
 	char err[512];
-	assert_int_equal(
-	        n_plus_one_data_count(&fx->cfg, n_plus_one_max_users(&fx->cfg), &all, err, sizeof(err)), 0);
+	OK(n_plus_one_data_count(&fx->cfg, n_plus_one_max_users(&fx->cfg), &all, err, sizeof(err)));
 	PGconn *conn = pg_connect(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(conn);
-	assert_int_equal(
-	        n_plus_one_measure(conn, NULL, NPO_JOIN2, fx->cfg.users, 1, 5, &load, err, sizeof(err)), 0);
+	CONNECTED(conn);
+	OK(n_plus_one_measure(conn, NULL, NPO_JOIN2, fx->cfg.users, 1, 5, &load, err, sizeof(err)));
 	PQfinish(conn);
 	/* seed 1 with the default sizes, as every version of the lab generated it: the docs' tables and
 	 * a reader's second run show these very rows */
@@ -127,18 +141,16 @@ static void test_the_count_follows_n_and_two_loads_agree(void **state)
 	struct n_plus_one_load load;
 	char err[512];
 	PGconn *conn = pg_connect(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(conn);
+	CONNECTED(conn);
 	struct n_plus_one_watch *w = n_plus_one_watch_open(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(w);
+	CONNECTED(w);
 	int sizes[] = {1, 10, 37};
 	for (int i = 0; i < 3; i++) {
 		/* 3 loads, 2 of them counted: n_plus_one_measure fails if any two disagree on
 		 * statements, rows or data */
-		assert_int_equal(
-		        n_plus_one_measure(conn, w, NPO_LOOP, sizes[i], 3, 5, &load, err, sizeof(err)), 0);
+		OK(n_plus_one_measure(conn, w, NPO_LOOP, sizes[i], 3, 5, &load, err, sizeof(err)));
 		assert_int_equal(load.statements, sizes[i] + 1);
-		assert_int_equal(
-		        n_plus_one_measure(conn, w, NPO_BATCHED, sizes[i], 3, 5, &load, err, sizeof(err)), 0);
+		OK(n_plus_one_measure(conn, w, NPO_BATCHED, sizes[i], 3, 5, &load, err, sizeof(err)));
 		assert_int_equal(load.statements, 2);
 	}
 	n_plus_one_watch_close(w);
@@ -150,12 +162,11 @@ static void test_bytes_the_kernel_counted_equal_the_protocol_messages(void **sta
 	struct fixture *fx = *state;
 	char err[512];
 	PGconn *conn = pg_connect(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(conn);
+	CONNECTED(conn);
 	for (int s = 0; s < NPO_STRATEGIES; s++) {
 		struct n_plus_one_load load;
-		assert_int_equal(n_plus_one_measure(conn, NULL, (enum n_plus_one_strategy)s, fx->cfg.users, 1,
-		                                    5, &load, err, sizeof(err)),
-		                 0);
+		OK(n_plus_one_measure(conn, NULL, (enum n_plus_one_strategy)s, fx->cfg.users, 1, 5, &load,
+		                      err, sizeof(err)));
 		print_message("%-24s socket %lld B, protocol %lld B\n",
 		              n_plus_one_strategy_name(load.strategy), (long long)load.wire_bytes,
 		              (long long)load.protocol_bytes);
@@ -170,15 +181,15 @@ static void test_detector_threshold_is_more_than_n_calls(void **state)
 	struct fixture *fx = *state;
 	char err[512];
 	PGconn *conn = pg_connect(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(conn);
+	CONNECTED(conn);
 	struct n_plus_one_watch *w = n_plus_one_watch_open(fx->cfg.pg_url, err, sizeof(err));
-	assert_non_null(w);
+	CONNECTED(w);
 	struct n_plus_one_load load;
 	/* 5 users: the per-user query runs 5 times, not more than the threshold of 5 */
-	assert_int_equal(n_plus_one_measure(conn, w, NPO_LOOP, 5, 1, 5, &load, err, sizeof(err)), 0);
+	OK(n_plus_one_measure(conn, w, NPO_LOOP, 5, 1, 5, &load, err, sizeof(err)));
 	assert_int_equal(load.unit.shape[0].calls, 5);
 	assert_int_equal(load.unit.flagged, 0);
-	assert_int_equal(n_plus_one_measure(conn, w, NPO_LOOP, 6, 1, 5, &load, err, sizeof(err)), 0);
+	OK(n_plus_one_measure(conn, w, NPO_LOOP, 6, 1, 5, &load, err, sizeof(err)));
 	assert_int_equal(load.unit.shape[0].calls, 6);
 	assert_int_equal(load.unit.flagged, 1);
 	n_plus_one_watch_close(w);
@@ -210,12 +221,11 @@ static void test_a_cut_connection_mid_load_is_an_error_not_a_hang(void **state)
 	char err[512] = "", host[64];
 	/* 5 ms each way: the load's 101 round trips take a second, and the cut lands a few in */
 	struct proxy_config pc = {.upstream_host = host, .delay_up_us = 5000, .delay_down_us = 5000};
-	assert_int_equal(
-	        pg_url_endpoint(fx->cfg.pg_url, host, sizeof(host), &pc.upstream_port, err, sizeof(err)), 0);
+	OK(pg_url_endpoint(fx->cfg.pg_url, host, sizeof(host), &pc.upstream_port, err, sizeof(err)));
 	struct proxy *p = proxy_start(&pc, err, sizeof(err));
-	assert_non_null(p);
+	CONNECTED(p);
 	PGconn *conn = n_plus_one_connect_via(fx->cfg.pg_url, proxy_port(p), err, sizeof(err));
-	assert_non_null(conn);
+	CONNECTED(conn);
 	struct proxy_stats st;
 	proxy_stats(p, &st);
 	/* the users (about 26 kB) and a few users' orders past what the connection's start-up received */

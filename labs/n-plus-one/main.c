@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lab.h"
 #include "n_plus_one.h"
@@ -300,11 +301,12 @@ static void print_network(const struct term *t, const struct n_plus_one_config *
 		}
 	}
 	network_chart(t, n);
-	term_printf(t,
-	            "  %smeasured: a bare round trip through the proxy (median of 21 SELECT 1). predicted: "
-	            "the loop with no\n  added delay + (N + 1) x what the delay added to that round trip. "
-	            "Best of as many loads as\n  fit in %s a cell, 2 to %d.%s\n",
-	            term_dim(t), TERM_US(cfg->net_budget_us), cfg->net_repeats, term_reset(t));
+	term_printf(
+	        t,
+	        "  %smeasured: a bare round trip through the proxy (median of 21 SELECT 1). predicted: "
+	        "the loop with no\n  added delay + (N + 1) x what the delay added to that round trip. "
+	        "The delays take turns,\n  load by load; best of as many as fit in %s a cell, 2 to %d.%s\n",
+	        term_dim(t), TERM_US(cfg->net_budget_us), cfg->net_repeats, term_reset(t));
 }
 
 static void after_network(struct lab *lab, const void *cfg, const void *result)
@@ -488,6 +490,11 @@ int main(int argc, char **argv)
 	struct lab_teller teller = {&lab, TELLS, N_PLUS_ONE_PHASES, &cfg, result};
 	cfg.hooks = lab_teller_hooks(&teller);
 	if (n_plus_one_run(&cfg, result, err, sizeof(err)) < 0) {
+		/* Ctrl-C: common/lab.c's guard is ending our backends and dropping the schema, then ends
+		 * the process. Returning now would run exit()'s handlers (libpq's, OpenSSL's) under the
+		 * guard's feet, and print the error the interruption caused. */
+		while (lab_interrupted())
+			pause();
 		term_progress_clear(&lab.term);
 		bool lost = result->server_lost;
 		free(result);

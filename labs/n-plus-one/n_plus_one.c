@@ -156,6 +156,10 @@ int n_plus_one_run(const struct n_plus_one_config *cfg, struct n_plus_one_result
 	if (n_plus_one_data_count(cfg, n_plus_one_max_users(cfg), &res->data, err, errlen) == 0 &&
 	    n_plus_one_data_count(cfg, cfg->users, &res->page, err, errlen) == 0)
 		ret = lab_phases_walk(PHASES, N_PLUS_ONE_PHASES, cfg, res, &cfg->hooks, err, errlen);
+	/* Ctrl-C: common/lab.c's guard ends our backends and drops the schema; a teardown of ours
+	 * would only race it for the schema's lock */
+	if (ret < 0 && lab_interrupted())
+		return -1;
 	if (ret < 0)
 		res->server_lost = server_lost(cfg);
 	/* the phase's error is the one to report; the teardown's only when all else went well */

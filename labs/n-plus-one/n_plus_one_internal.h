@@ -42,6 +42,26 @@ PGconn *npo_connect(const char *pg_url, const char *const *keys, const char *con
 int npo_cmp_u64(const void *a, const void *b);
 
 /*
+ * A series of loads of one strategy, made one at a time so that series on several connections
+ * can take turns (each load of one beside a load of the others, under the same conditions). out
+ * gets what the loads agree on, and after npo_series_end the best, median and worst wall time.
+ */
+struct npo_series {
+	struct n_plus_one_load *out;
+	uint64_t walls[N_PLUS_ONE_MAX_REPEATS];
+	int made;
+	int counted; /* the first loads the server counts (2; may be lowered after npo_series_start) */
+};
+
+int npo_series_start(struct npo_series *sr, struct n_plus_one_load *out, enum n_plus_one_strategy s,
+                     int users, char *err, size_t errlen);
+/* One more load (counted by watch when it is one of the first counted and watch is not NULL); fails
+ * as n_plus_one_measure does, or after N_PLUS_ONE_MAX_REPEATS loads. */
+int npo_series_add(struct npo_series *sr, PGconn *conn, struct n_plus_one_watch *watch, int threshold,
+                   char *err, size_t errlen);
+void npo_series_end(struct npo_series *sr);
+
+/*
  * n_plus_one_measure, stopping early (after 2 loads at least) once the series took budget_us in
  * all, snapshots included; 0: no budget. out->repeats is the number of loads made.
  */

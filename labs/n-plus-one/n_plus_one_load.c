@@ -362,13 +362,14 @@ int npo_cmp_u64(const void *a, const void *b)
 }
 
 /* The first loads of a series are counted by the server (and must agree); the rest are timed
- * only: a snapshot of pg_stat_statements costs the server a few ms, more than a cheap load */
+ * only: a snapshot of pg_stat_statements materializes every entry of the server (10 to 50 ms with
+ * the 2,000 that a day of the suite leaves), far more than a cheap load */
 #define COUNTED_LOADS 2
 
 /*
  * Load r of a series into out: the first fills it, the next must agree with it (data, rows, and
- * the server's count when counted). On failure out->client_statements is what the client had
- * completed before the error.
+ * the server's count when counted: watch is not NULL). On failure out->client_statements is what the client
+ * had completed before the error.
  */
 static int measure_one(PGconn *conn, struct n_plus_one_watch *watch, int r, int threshold,
                        struct n_plus_one_load *out, uint64_t *wall, char *err, size_t errlen)
@@ -376,7 +377,7 @@ static int measure_one(PGconn *conn, struct n_plus_one_watch *watch, int r, int 
 	struct fetch f;
 	int64_t wire;
 	struct n_plus_one_unit unit = {0};
-	bool counted = watch && r < COUNTED_LOADS;
+	bool counted = watch != NULL;
 	if (counted && n_plus_one_watch_begin(watch, err, errlen) < 0)
 		return -1;
 	int rc = load_once(conn, out->strategy, out->users, &f, wall, &wire, err, errlen);
@@ -414,35 +415,70 @@ static int measure_one(PGconn *conn, struct n_plus_one_watch *watch, int r, int 
 	return 0;
 }
 
-int npo_measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
-                       int repeats, uint64_t budget_us, int threshold, struct n_plus_one_load *out, char *err,
-                       size_t errlen)
+int npo_series_start(struct npo_series *sr, struct n_plus_one_load *out, enum n_plus_one_strategy s,
+                     int users, char *err, size_t errlen)
 {
+	memset(sr, 0, sizeof(*sr));
 	memset(out, 0, sizeof(*out));
-	if (repeats < 1 || repeats > N_PLUS_ONE_MAX_REPEATS || users < 1) {
-		snprintf(err, errlen, "bad measure: %d users, %d repeats (1 to %d)", users, repeats,
-		         N_PLUS_ONE_MAX_REPEATS);
+	if (users < 1) {
+		snprintf(err, errlen, "bad measure: %d users", users);
 		return -1;
 	}
+	sr->out = out;
+	sr->counted = COUNTED_LOADS;
 	out->strategy = s;
 	out->users = users;
 	out->predicted = n_plus_one_predicted_statements(s, users);
 	out->statements = -1;
 	out->proxy_bytes = -1;
-	uint64_t walls[N_PLUS_ONE_MAX_REPEATS], started = hist_now_us();
-	int made = 0;
-	while (made < repeats) {
-		if (measure_one(conn, watch, made, threshold, out, &walls[made], err, errlen) < 0)
+	return 0;
+}
+
+int npo_series_add(struct npo_series *sr, PGconn *conn, struct n_plus_one_watch *watch, int threshold,
+                   char *err, size_t errlen)
+{
+	if (sr->made >= N_PLUS_ONE_MAX_REPEATS) {
+		snprintf(err, errlen, "bad measure: more than %d loads", N_PLUS_ONE_MAX_REPEATS);
+		return -1;
+	}
+	struct n_plus_one_watch *counting = sr->made < sr->counted ? watch : NULL;
+	if (measure_one(conn, counting, sr->made, threshold, sr->out, &sr->walls[sr->made], err, errlen) < 0)
+		return -1;
+	sr->made++;
+	return 0;
+}
+
+void npo_series_end(struct npo_series *sr)
+{
+	struct n_plus_one_load *out = sr->out;
+	out->repeats = sr->made;
+	if (!sr->made)
+		return;
+	qsort(sr->walls, (size_t)sr->made, sizeof(sr->walls[0]), npo_cmp_u64);
+	out->wall_us = sr->walls[0];
+	out->wall_median_us = sr->walls[sr->made / 2];
+	out->wall_max_us = sr->walls[sr->made - 1];
+}
+
+int npo_measure_budget(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
+                       int repeats, uint64_t budget_us, int threshold, struct n_plus_one_load *out, char *err,
+                       size_t errlen)
+{
+	struct npo_series sr;
+	if (npo_series_start(&sr, out, s, users, err, errlen) < 0)
+		return -1;
+	if (repeats < 1 || repeats > N_PLUS_ONE_MAX_REPEATS) {
+		snprintf(err, errlen, "bad measure: %d repeats (1 to %d)", repeats, N_PLUS_ONE_MAX_REPEATS);
+		return -1;
+	}
+	uint64_t started = hist_now_us();
+	while (sr.made < repeats) {
+		if (npo_series_add(&sr, conn, watch, threshold, err, errlen) < 0)
 			return -1;
-		made++;
-		if (budget_us && made >= 2 && hist_now_us() - started >= budget_us)
+		if (budget_us && sr.made >= 2 && hist_now_us() - started >= budget_us)
 			break;
 	}
-	out->repeats = made;
-	qsort(walls, (size_t)made, sizeof(walls[0]), npo_cmp_u64);
-	out->wall_us = walls[0];
-	out->wall_median_us = walls[made / 2];
-	out->wall_max_us = walls[made - 1];
+	npo_series_end(&sr);
 	return 0;
 }
 

@@ -146,57 +146,110 @@ static int measure_via(const struct n_plus_one_config *cfg, struct proxy *p, PGc
 	return 0;
 }
 
-/* SELECT 1 this many times for a measured round trip: 21 x 2 ms is still only 42 ms */
-#define ROUNDTRIP_SAMPLES 21
+/*
+ * Phase 4 runs one proxy per round trip, each with the lab's connection through it, and makes
+ * the loads at the different round trips take turns: a load at no added delay, one at 0.5 ms,
+ * one at 2 ms, then again. What a delay adds is then the difference between loads made under the
+ * same conditions, not between one moment of a busy machine and another a second later.
+ */
+struct via {
+	struct proxy *p;
+	PGconn *conn;
+};
 
-/* The median of ROUNDTRIP_SAMPLES bare round trips (SELECT 1, outside the schema, so no unit
- * of work counts it) on conn. */
-static int roundtrip_us(PGconn *conn, uint64_t *out, char *err, size_t errlen)
+static void vias_close(struct via *v, int n)
 {
-	uint64_t samples[ROUNDTRIP_SAMPLES];
-	for (int i = 0; i < ROUNDTRIP_SAMPLES; i++) {
-		uint64_t t0 = hist_now_us();
-		PGresult *res = pg_query(conn, "SELECT 1", 0, NULL, err, errlen);
-		if (!res)
-			return -1;
-		samples[i] = hist_now_us() - t0;
-		PQclear(res);
+	for (int i = 0; i < n; i++) {
+		PQfinish(v[i].conn);
+		proxy_free(v[i].p);
 	}
-	qsort(samples, ROUNDTRIP_SAMPLES, sizeof(samples[0]), npo_cmp_u64);
-	*out = samples[ROUNDTRIP_SAMPLES / 2];
+}
+
+static int vias_open(const struct n_plus_one_config *cfg, struct via *v, char *err, size_t errlen)
+{
+	memset(v, 0, sizeof(*v) * (size_t)cfg->nrtts);
+	for (int ri = 0; ri < cfg->nrtts; ri++) {
+		v[ri].p = proxy_in_front(cfg, cfg->rtts_us[ri], 0, &v[ri].conn, err, errlen);
+		if (!v[ri].p) {
+			vias_close(v, ri);
+			return -1;
+		}
+	}
 	return 0;
 }
 
-/* The three strategies for cell [si][ri], and what the delay predicts for them. done counts the
- * loads made so far for progress. */
-static int network_cell(const struct n_plus_one_config *cfg, struct proxy *p, PGconn *conn,
-                        struct n_plus_one_watch *watch, struct n_plus_one_network *res, int si, int ri,
-                        int *done, char *err, size_t errlen)
+/* SELECT 1 this many times at each delay for a measured round trip: 21 x 2 ms is only 42 ms */
+#define ROUNDTRIP_SAMPLES 21
+
+/* The median of ROUNDTRIP_SAMPLES bare round trips at each delay (SELECT 1, outside the schema,
+ * so no unit of work counts it), the delays taking turns. */
+static int roundtrips_measure(const struct via *v, int n, uint64_t *out, char *err, size_t errlen)
 {
-	struct n_plus_one_cell *cell = &res->cells[si][ri];
-	int total = cfg->nrtts * cfg->nsizes * 3;
-	cell->users = cfg->sizes[si];
-	cell->rtt_us = cfg->rtts_us[ri];
-	for (int k = 0; k < 3; k++) {
-		char what[96];
-		snprintf(what, sizeof(what), "%s, %d users, RTT +%.1f ms",
-		         n_plus_one_strategy_name((enum n_plus_one_strategy)k), cell->users,
-		         cell->rtt_us / 1000.0);
-		progress(cfg, what, (double)(*done)++ / total);
-		if (measure_via(cfg, p, conn, watch, (enum n_plus_one_strategy)k, cell->users, &cell->load[k],
-		                err, errlen) < 0)
-			return -1;
+	uint64_t samples[N_PLUS_ONE_MAX_RTTS][ROUNDTRIP_SAMPLES];
+	for (int i = 0; i < ROUNDTRIP_SAMPLES; i++)
+		for (int ri = 0; ri < n; ri++) {
+			uint64_t t0 = hist_now_us();
+			PGresult *res = pg_query(v[ri].conn, "SELECT 1", 0, NULL, err, errlen);
+			if (!res)
+				return -1;
+			samples[ri][i] = hist_now_us() - t0;
+			PQclear(res);
+		}
+	for (int ri = 0; ri < n; ri++) {
+		qsort(samples[ri], ROUNDTRIP_SAMPLES, sizeof(samples[ri][0]), npo_cmp_u64);
+		out[ri] = samples[ri][ROUNDTRIP_SAMPLES / 2];
 	}
-	/* what the delay added to a bare round trip, times the round trips each strategy makes */
-	double added = (double)res->rtt_measured_us[ri] - (double)res->rtt_measured_us[0];
-	const struct n_plus_one_cell *base = &res->cells[si][0];
-	double n = cell->users;
-	cell->predicted_loop_us = base->load[NPO_LOOP].wall_us + (n + 1) * added;
-	cell->predicted_join_us = base->load[NPO_JOIN].wall_us + 1.0 * added;
-	cell->predicted_batched_us = base->load[NPO_BATCHED].wall_us + 2.0 * added;
-	uint64_t join = cell->load[NPO_JOIN].wall_us;
-	cell->loop_over_join = (double)cell->load[NPO_LOOP].wall_us / (double)(join ? join : 1);
 	return 0;
+}
+
+/* Strategy k at size si at every delay, the delays taking turns: rounds of one load each, 2 at
+ * least, then as many as fit in net_budget_us a cell (up to net_repeats). */
+static int network_strategy(const struct n_plus_one_config *cfg, const struct via *v,
+                            struct n_plus_one_watch *watch, struct n_plus_one_network *res, int si,
+                            enum n_plus_one_strategy k, char *err, size_t errlen)
+{
+	struct npo_series sr[N_PLUS_ONE_MAX_RTTS];
+	struct proxy_stats before[N_PLUS_ONE_MAX_RTTS], after;
+	for (int ri = 0; ri < cfg->nrtts; ri++) {
+		struct n_plus_one_load *load = &res->cells[si][ri].load[k];
+		if (npo_series_start(&sr[ri], load, k, cfg->sizes[si], err, errlen) < 0)
+			return -1;
+		/* phases 1-3 showed two counted loads agree; here one count a cell shows the network
+		 * changes nothing, for half the snapshots (18 cells in a quick run) */
+		sr[ri].counted = 1;
+		proxy_stats(v[ri].p, &before[ri]);
+	}
+	uint64_t started = hist_now_us(), budget = cfg->net_budget_us * (uint64_t)cfg->nrtts;
+	for (int round = 0; round < cfg->net_repeats; round++) {
+		for (int ri = 0; ri < cfg->nrtts; ri++)
+			if (npo_series_add(&sr[ri], v[ri].conn, watch, cfg->threshold, err, errlen) < 0)
+				return -1;
+		if (round >= 1 && hist_now_us() - started >= budget)
+			break;
+	}
+	for (int ri = 0; ri < cfg->nrtts; ri++) {
+		npo_series_end(&sr[ri]);
+		proxy_stats(v[ri].p, &after);
+		sr[ri].out->proxy_bytes = (int64_t)(after.bytes_down - before[ri].bytes_down) / sr[ri].made;
+	}
+	return 0;
+}
+
+/* The cells of size si: what the delay predicts from the cell with none, the loop over the JOIN. */
+static void network_predict(struct n_plus_one_network *res, int si)
+{
+	const struct n_plus_one_cell *base = &res->cells[si][0];
+	for (int ri = 0; ri < res->nrtts; ri++) {
+		struct n_plus_one_cell *cell = &res->cells[si][ri];
+		/* what the delay added to a bare round trip, times the round trips each strategy makes */
+		double added = (double)res->rtt_measured_us[ri] - (double)res->rtt_measured_us[0];
+		double n = cell->users;
+		cell->predicted_loop_us = base->load[NPO_LOOP].wall_us + (n + 1) * added;
+		cell->predicted_join_us = base->load[NPO_JOIN].wall_us + 1.0 * added;
+		cell->predicted_batched_us = base->load[NPO_BATCHED].wall_us + 2.0 * added;
+		uint64_t join = cell->load[NPO_JOIN].wall_us;
+		cell->loop_over_join = (double)cell->load[NPO_LOOP].wall_us / (double)(join ? join : 1);
+	}
 }
 
 int n_plus_one_network_run(const struct n_plus_one_config *cfg, struct n_plus_one_network *res, char *err,
@@ -213,35 +266,38 @@ int n_plus_one_network_run(const struct n_plus_one_config *cfg, struct n_plus_on
 		         N_PLUS_ONE_MAX_SIZES, N_PLUS_ONE_MAX_RTTS);
 		return -1;
 	}
-	PGconn *conn = NULL;
-	struct n_plus_one_watch *watch = NULL;
-	struct proxy *p = proxy_in_front(cfg, 0, 0, &conn, err, errlen);
-	if (!p)
+	struct via v[N_PLUS_ONE_MAX_RTTS];
+	if (vias_open(cfg, v, err, errlen) < 0)
 		return -1;
-	int ret = -1, done = 0;
-	watch = n_plus_one_watch_open(cfg->pg_url, err, errlen);
-	if (!watch)
+	int ret = -1;
+	struct n_plus_one_watch *watch = n_plus_one_watch_open(cfg->pg_url, err, errlen);
+	if (!watch || roundtrips_measure(v, cfg->nrtts, res->rtt_measured_us, err, errlen) < 0)
 		goto out;
-	for (int ri = 0; ri < cfg->nrtts; ri++) {
-		int rtt = cfg->rtts_us[ri];
-		if (proxy_set_delay(p, rtt / 2, rtt - rtt / 2) < 0) {
-			snprintf(err, errlen, "the proxy did not take the new delay");
-			goto out;
+	for (int si = 0; si < cfg->nsizes; si++) {
+		for (int ri = 0; ri < cfg->nrtts; ri++) {
+			res->cells[si][ri].users = cfg->sizes[si];
+			res->cells[si][ri].rtt_us = cfg->rtts_us[ri];
 		}
-		if (roundtrip_us(conn, &res->rtt_measured_us[ri], err, errlen) < 0)
-			goto out;
-		for (int si = 0; si < cfg->nsizes; si++)
-			if (network_cell(cfg, p, conn, watch, res, si, ri, &done, err, errlen) < 0)
+		for (int k = 0; k < 3; k++) {
+			char what[96];
+			snprintf(what, sizeof(what), "%s, %d users",
+			         n_plus_one_strategy_name((enum n_plus_one_strategy)k), cfg->sizes[si]);
+			progress(cfg, what, (double)(si * 3 + k) / (cfg->nsizes * 3));
+			if (network_strategy(cfg, v, watch, res, si, (enum n_plus_one_strategy)k, err,
+			                     errlen) < 0)
 				goto out;
+		}
+		network_predict(res, si);
 	}
-	struct proxy_stats st;
-	proxy_stats(p, &st);
-	res->proxy_bytes_down = st.bytes_down;
+	for (int ri = 0; ri < cfg->nrtts; ri++) {
+		struct proxy_stats st;
+		proxy_stats(v[ri].p, &st);
+		res->proxy_bytes_down += st.bytes_down;
+	}
 	ret = 0;
 out:
 	n_plus_one_watch_close(watch);
-	PQfinish(conn);
-	proxy_free(p);
+	vias_close(v, cfg->nrtts);
 	return ret;
 }
 
