@@ -180,22 +180,20 @@ int n_plus_one_run(const struct n_plus_one_config *cfg, struct n_plus_one_result
 /*
  * Through the proxy, what the largest round trip added to each strategy (its time there minus its
  * time with no added delay, at the largest N) must look like N + 1 round trips for the loop and 1
- * for the JOIN. Both are times of the same run, compared with each other and with a bare round
- * trip measured in that run, never with a number of ours. The margins are for a busy machine,
- * which slows the loop at no added delay (each of its round trips waits for the scheduler, so its
- * gain shrinks) and the JOIN anywhere (its best of several loads may still be a disturbed one).
+ * for the JOIN. Both are times of the same run, taken in turns (a load at each delay, then again:
+ * n_plus_one_phases.c), compared with each other and with a bare round trip measured the same way,
+ * never with a number of ours. The margins are for a busy machine, which stretches the CPU part
+ * of a load (the JOIN's is most of it: 277 kB of rows to parse) more at one moment than another.
  *
  * The loop must have gained at least half of (N + 1) x what the delay added to a bare round trip
- * (it gained 0.9 to 1.7 times that on a loaded 2-core machine),
+ * (0.9 to 1.7 times it on a 2-core machine at load 5 to 20, normal build or sanitizers),
  */
 #define MIN_LOOP_TRIPS_SHARE 0.5
 /*
  * and at least 5 times what the JOIN gained. N + 1 = 101 round trips against 1 would give about
- * 100; a JOIN that paid a round trip per row as the loop does would give 1. The JOIN's time is
- * mostly CPU (parsing 277 kB of rows) rather than waiting, so a machine with several runnable
- * processes per core stretches it, at one delay more than at the other: on a loaded 2-core
- * machine the ratio measured 70 to 250, and 27 under the sanitizers, so 5 leaves room for that
- * and still tells 101 round trips from 1.
+ * 100, a JOIN paying a round trip per row as the loop does about 1. Measured 24 to 180 on the same
+ * machine (the low ones when the JOIN's own 2 ms gain doubled with the load), so 5 leaves that
+ * noise a factor of 5 and still tells 101 round trips from 1.
  */
 #define MIN_LOOP_OVER_JOIN_GAIN 5.0
 
