@@ -124,6 +124,9 @@ static struct proxy *proxy_in_front(const struct n_plus_one_config *cfg, int del
 		return NULL;
 	*conn = n_plus_one_connect_via(cfg->pg_url, proxy_port(p), err, errlen);
 	if (!*conn) {
+		char why[LAB_ERRLEN];
+		snprintf(why, sizeof(why), "%s", err);
+		snprintf(err, errlen, "connecting through the latency proxy: %s", why);
 		proxy_free(p);
 		return NULL;
 	}
