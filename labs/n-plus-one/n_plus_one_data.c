@@ -142,13 +142,17 @@ static int tables_create(PGconn *conn, char *err, size_t errlen)
 {
 	if (pg_schema_create(conn, SCHEMA, err, errlen) < 0)
 		return -1;
+	/* no autovacuum: the tables live seconds, tables_fill ANALYZEs them, and a worker vacuuming the
+	 * 10,000 fresh orders would hold a lock the drop at Ctrl-C (200 ms lock_timeout, common/lab.c)
+	 * waits out without ever cancelling it (that takes deadlock_timeout, 1 s) */
 	return pg_exec(conn,
 	               "CREATE TABLE " SCHEMA ".users (id int PRIMARY KEY, name text NOT NULL, "
-	               "email text NOT NULL, bio text NOT NULL);"
+	               "email text NOT NULL, bio text NOT NULL) WITH (autovacuum_enabled = false);"
 	               "CREATE TABLE " SCHEMA ".orders (id int PRIMARY KEY, user_id int NOT NULL "
-	               "REFERENCES " SCHEMA ".users, total_cents int NOT NULL, status text NOT NULL);"
+	               "REFERENCES " SCHEMA ".users, total_cents int NOT NULL, status text NOT NULL) "
+	               "WITH (autovacuum_enabled = false);"
 	               "CREATE TABLE " SCHEMA ".addresses (id int PRIMARY KEY, user_id int NOT NULL "
-	               "REFERENCES " SCHEMA ".users, city text NOT NULL)",
+	               "REFERENCES " SCHEMA ".users, city text NOT NULL) WITH (autovacuum_enabled = false)",
 	               err, errlen);
 }
 
