@@ -1,6 +1,9 @@
 #include "pg.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +99,68 @@ void pg_url_redact(const char *url, char *out, size_t outlen)
 	snprintf(out, outlen, "postgres://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "", host,
 	         port ? ":" : "", port ? port : "", db ? db : "");
 	PQconninfoFree(opts);
+}
+
+/* The value of keyword in opts, NULL when unset or empty. */
+static const char *conninfo_value(const PQconninfoOption *opts, const char *keyword)
+{
+	for (const PQconninfoOption *o = opts; o->keyword; o++)
+		if (!strcmp(o->keyword, keyword))
+			return o->val && *o->val ? o->val : NULL;
+	return NULL;
+}
+
+/* A port as libpq would take it, digits only, 1..65535; -1 otherwise. */
+static int port_number(const char *s)
+{
+	if (!s || !*s || strlen(s) > 5 || strspn(s, "0123456789") != strlen(s))
+		return -1;
+	int port = atoi(s);
+	return port >= 1 && port <= 65535 ? port : -1;
+}
+
+int pg_url_endpoint(const char *url, char *host, size_t hostlen, int *port, char *err, size_t errlen)
+{
+	char *perr = NULL;
+	PQconninfoOption *opts = PQconninfoParse(url ? url : "", &perr);
+	if (!opts) {
+		/* libpq's message quotes the URL, password and all */
+		PQfreemem(perr);
+		snprintf(err, errlen, "cannot parse the PostgreSQL URL");
+		return -1;
+	}
+	const char *name = conninfo_value(opts, "hostaddr");
+	if (!name)
+		name = conninfo_value(opts, "host");
+	const char *portval = conninfo_value(opts, "port");
+	int ret = -1;
+	struct addrinfo hints, *ai = NULL;
+	if (!name || name[0] == '/' || strchr(name, ',') || (portval && strchr(portval, ','))) {
+		snprintf(err, errlen, "the URL names %s, not one TCP host:port",
+		         !name || name[0] == '/' ? "a unix socket" : "several hosts");
+		goto out;
+	}
+	*port = portval ? port_number(portval) : 5432;
+	if (*port < 0) {
+		snprintf(err, errlen, "the URL's port \"%s\" is not a port number (1 to 65535)", portval);
+		goto out;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_INET;
+	hints.ai_socktype = SOCK_STREAM;
+	int gai = getaddrinfo(name, NULL, &hints, &ai);
+	if (gai != 0 || !ai) {
+		snprintf(err, errlen, "cannot resolve %s to an IPv4 address: %s", name, gai_strerror(gai));
+		goto out;
+	}
+	if (!inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, host, (socklen_t)hostlen))
+		snprintf(err, errlen, "the address of %s does not fit in %zu bytes", name, hostlen);
+	else
+		ret = 0;
+	freeaddrinfo(ai);
+out:
+	PQconninfoFree(opts);
+	return ret;
 }
 
 /* Written once by lab_init before any connection, read by every connect after. */

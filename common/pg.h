@@ -26,6 +26,16 @@ const char *pg_url_default(void);
  */
 void pg_url_redact(const char *url, char *out, size_t outlen);
 
+/*
+ * The one TCP endpoint url names, for a proxy to forward to: its host (hostaddr wins when both
+ * are set) resolved to a numeric IPv4 address into host (hostlen bytes), and its port (5432 when
+ * the URL names none). Accepts a URI or a key=value conninfo. -1 and one line in err when the URL
+ * cannot be parsed (err never quotes it: it may hold a password), names a unix socket (no host,
+ * or one starting with '/'), several hosts or ports, a port that is not 1..65535, or a host that
+ * does not resolve to IPv4.
+ */
+int pg_url_endpoint(const char *url, char *host, size_t hostlen, int *port, char *err, size_t errlen);
+
 /* connect_timeout when the URL sets none: a port where something else answers fails in ~2 s */
 #define PG_CONNECT_TIMEOUT_S "2"
 /* room for the keyword/value arrays of pg_conn_params: its own 3, the caller's extras, NULL */

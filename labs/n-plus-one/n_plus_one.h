@@ -19,10 +19,13 @@
  *
  * Every load reads the same canonical records (one line per user, order and address), sorted
  * and hashed (64-bit FNV-1a), so "the same data" is a digest that must match across strategies.
- * Bytes received are counted by the kernel on the client's socket (TCP_INFO tcpi_bytes_received)
- * and, independently, summed from the sizes of the protocol messages the results came in.
+ * Bytes received are counted by the kernel on the client's socket (TCP_INFO tcpi_bytes_received,
+ * so Linux only) and, independently, summed from the sizes of the protocol messages the results
+ * came in.
  *
- * Errors: -1 (or NULL) and one line in err (errlen bytes). Nothing here prints.
+ * n_plus_one_run sets up the data, walks the six phases and drops the schema; n_plus_one_judge
+ * decides from its numbers. Errors: -1 (or NULL) and one line in err (errlen bytes). Nothing here
+ * prints.
  */
 #ifndef LAB_N_PLUS_ONE_H
 #define LAB_N_PLUS_ONE_H
@@ -31,6 +34,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "lab.h"
 
 #define N_PLUS_ONE_SCHEMA     "lab_n_plus_one"
 #define N_PLUS_ONE_MAX_SIZES  4
@@ -76,6 +81,7 @@ struct n_plus_one_config {
 	/* Called from the lab's thread between loads of a long phase; may be NULL. */
 	void (*progress_cb)(const char *what, double done_fraction, void *arg);
 	void *progress_arg;
+	struct lab_phase_hooks hooks; /* around each phase of n_plus_one_run (zero: none) */
 };
 
 /* The defaults: full (N = 10, 100, 1000 through the proxy) or quick (N = 10, 100). */
@@ -157,10 +163,14 @@ struct n_plus_one_load {
 	struct n_plus_one_unit unit; /* the detector's view of the last counted load */
 };
 
+/* What a load received: the kernel's count when the connection is TCP, else the protocol's. */
+int64_t n_plus_one_received(const struct n_plus_one_load *l);
+
 /*
  * Loads users users with strategy s on conn, repeats times, each a unit of work seen by watch
  * (detector threshold threshold). Fails when a load fails (the server went away: libpq's
- * message) or when two loads disagree (statements, rows or data).
+ * message; out->client_statements is then what the client completed before the error) or when
+ * two loads disagree (statements, rows or data).
  */
 int n_plus_one_measure(PGconn *conn, struct n_plus_one_watch *watch, enum n_plus_one_strategy s, int users,
                        int repeats, int threshold, struct n_plus_one_load *out, char *err, size_t errlen);
@@ -225,5 +235,35 @@ struct n_plus_one_detect {
 
 int n_plus_one_detect_run(const struct n_plus_one_config *cfg, struct n_plus_one_detect *res, char *err,
                           size_t errlen);
+
+/* ---- the whole run ---- */
+
+#define N_PLUS_ONE_PHASES 6
+
+struct n_plus_one_result {
+	struct n_plus_one_data data;       /* every user generated, counted by the server */
+	struct n_plus_one_data page;       /* the first cfg->users: what phases 1-3, 5 and 6 load */
+	struct n_plus_one_load loads[3];   /* phases 1-3: NPO_LOOP, NPO_JOIN, NPO_BATCHED */
+	struct n_plus_one_network network; /* phase 4 */
+	struct n_plus_one_width width;     /* phase 5 */
+	struct n_plus_one_detect detect;   /* phase 6 */
+	bool server_lost; /* the run failed and PostgreSQL no longer answers (lab_lost, not lab_fail) */
+};
+
+/*
+ * Sets up schema lab_n_plus_one (n_plus_one_setup), counts the data, walks the six phases with
+ * cfg->hooks around each, and drops the schema, also when a phase failed. 0 when every phase ran;
+ * -1 and err otherwise (the first error). res is about 65 kB: allocate it, do not put it on a
+ * thread's stack.
+ */
+int n_plus_one_run(const struct n_plus_one_config *cfg, struct n_plus_one_result *res, char *err,
+                   size_t errlen);
+
+/*
+ * The claim (a loop of N + 1 statements, a JOIN of 1 and a batched load of 2, the same data, the
+ * loop paying a round trip per statement, the JOIN paying in bytes and rows, the detector flagging
+ * the loop alone) against the numbers of a run that returned 0. This function can't fail.
+ */
+void n_plus_one_judge(const struct n_plus_one_result *res, struct lab_verdict *v);
 
 #endif

@@ -1,0 +1,89 @@
+/*
+ * test_pg.c — the parts of common/pg.h that need no server: where a PostgreSQL URL points.
+ * needs: nothing (pure: no server is contacted; "localhost" resolves from /etc/hosts)
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "pg.h"
+
+static void test_endpoint_of_a_url_or_conninfo_is_its_numeric_host_and_port(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *url;
+		const char *host;
+		int port;
+	} cases[] = {
+	        {"postgres://lab:secret@127.0.0.1:55432/lab", "127.0.0.1", 55432},
+	        {"postgresql://lab@127.0.0.1/lab", "127.0.0.1", 5432}, /* libpq's default port */
+	        {"postgres://lab@localhost:6000/lab", "127.0.0.1", 6000},
+	        {"host=127.0.0.2 port=7000 dbname=lab user=lab", "127.0.0.2", 7000},
+	        /* hostaddr wins over host: the name is never looked up */
+	        {"postgres://db.invalid:5433/lab?hostaddr=127.0.0.3", "127.0.0.3", 5433},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char host[64] = "", err[256] = "";
+		int port = -1;
+		if (pg_url_endpoint(cases[i].url, host, sizeof(host), &port, err, sizeof(err)) != 0)
+			fail_msg("case %zu: %s", i, err);
+		assert_string_equal(host, cases[i].host);
+		assert_int_equal(port, cases[i].port);
+	}
+}
+
+static void
+test_endpoint_refuses_sockets_several_hosts_and_bad_ports_without_quoting_the_password(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *url;
+		const char *says; /* what the one line must name */
+	} cases[] = {
+	        {"postgres://lab:secret@%2Fvar%2Frun%2Fpostgresql/lab", "unix socket"},
+	        {"postgres:///lab?password=secret", "unix socket"}, /* no host: libpq's unix socket */
+	        {"host=/tmp dbname=lab password=secret", "unix socket"},
+	        {"postgres://lab:secret@127.0.0.1:5432,127.0.0.2:5432/lab", "several hosts"},
+	        {"postgres://lab:secret@127.0.0.1:99999/lab", "99999"},
+	        {"host=127.0.0.1 port=5x password=secret", "\"5x\""},
+	        {"postgres://lab:secret@[::1/lab", "cannot parse"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char host[64] = "", err[256] = "";
+		int port = -1;
+		assert_int_equal(pg_url_endpoint(cases[i].url, host, sizeof(host), &port, err, sizeof(err)),
+		                 -1);
+		if (!strstr(err, cases[i].says))
+			fail_msg("case %zu: \"%s\" does not say %s", i, err, cases[i].says);
+		assert_null(strstr(err, "secret"));
+		assert_null(strchr(err, '\n'));
+	}
+}
+
+static void test_endpoint_host_that_does_not_fit_is_an_error(void **state)
+{
+	(void)state;
+	char host[8] = "", err[256] = "";
+	int port = -1;
+	/* "127.0.0.1" and its NUL need 10 bytes */
+	assert_int_equal(
+	        pg_url_endpoint("postgres://127.0.0.1:5432/lab", host, sizeof(host), &port, err, sizeof(err)),
+	        -1);
+	assert_non_null(strstr(err, "does not fit"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_endpoint_of_a_url_or_conninfo_is_its_numeric_host_and_port),
+	        cmocka_unit_test(
+	                test_endpoint_refuses_sockets_several_hosts_and_bad_ports_without_quoting_the_password),
+	        cmocka_unit_test(test_endpoint_host_that_does_not_fit_is_an_error),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
