@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "pg.h"
 #include "redis.h"
 
@@ -158,7 +160,7 @@ static int parse_args(struct lab *lab, int argc, char **argv)
  * What it needs is copied here once, by lab_init: the process runs one lab.
  */
 #define GUARD_SERVE_GRACE_MS 2000 /* --serve: time to stop the API in order before the hard way */
-#define GUARD_DROP_TRIES     5    /* DROP SCHEMA tries, each after ending our backends again */
+#define GUARD_DROP_TRIES     3    /* DROP SCHEMA tries, each after ending our backends again */
 
 static struct {
 	char name[64], pg_url[1024], redis_url[1024];
@@ -190,10 +192,16 @@ static int guard_drop_schema(const char *schema, char *err, size_t errlen)
 		return -1;
 	int ret = -1;
 	const char *params[] = {pg_application_name()};
-	/* a lock_timeout per try: a backend of ours that reconnected may hold a lock for a moment */
-	if (pg_exec(conn, "SET lock_timeout = '200ms'; SET statement_timeout = '1s'", err, errlen) < 0)
-		goto out;
 	for (int i = 0; i < GUARD_DROP_TRIES && ret < 0; i++) {
+		/* a short lock wait first (a backend of ours that reconnected holds a lock a moment);
+		 * the last outwaits deadlock_timeout (1 s), which is when an autovacuum worker in the
+		 * way cancels itself */
+		if (pg_exec(conn,
+		            i + 1 < GUARD_DROP_TRIES
+		                    ? "SET statement_timeout = '1500ms'; SET lock_timeout = '200ms'"
+		                    : "SET lock_timeout = '1100ms'",
+		            err, errlen) < 0)
+			goto out;
 		PGresult *res = pg_query(conn,
 		                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
 		                         "WHERE application_name = $1 AND pid <> pg_backend_pid()",
@@ -239,8 +247,13 @@ static void guard_cleanup_exit(void)
 	_exit(LAB_EXIT_INTERRUPTED);
 }
 
-/* At exit(): once a signal has arrived, the guard's cleanup must finish before the process ends. */
-static void guard_atexit(void)
+/*
+ * Once a signal has arrived, the guard owns the way out: a thread that reaches one (a lab's
+ * error path after its connections were ended, main returning, exit()) waits here, silent,
+ * until the guard's _exit. Otherwise exit()'s handlers (libpq's, OpenSSL's) would run under the
+ * guard's feet, and the lab would print the error that the interruption itself caused.
+ */
+static void guard_hold(void)
 {
 	if (!atomic_load(&guard.interrupted))
 		return;
@@ -319,8 +332,11 @@ static int guard_start(const struct lab *lab)
 	if (pthread_create(&t, NULL, guard_main, NULL) != 0)
 		return -1;
 	pthread_detach(t);
+	/* OpenSSL registers its exit handler when first used; made to do it now, ours (registered
+	 * after) runs before it, and the guard's connections keep their OpenSSL to the end */
+	OPENSSL_init_crypto(0, NULL);
 	if (!started_in)
-		atexit(guard_atexit);
+		atexit(guard_hold);
 	started_in = getpid();
 	return 0;
 }
@@ -494,6 +510,7 @@ err:
 
 int lab_verdict(struct lab *lab, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
 {
+	guard_hold();
 	int ret = demonstrated ? LAB_EXIT_OK : LAB_EXIT_NOT_SHOWN;
 	char *evidence = NULL;
 	va_list ap;
@@ -605,6 +622,7 @@ int lab_probe(struct lab *lab, bool pg, bool redis)
 
 int lab_lost(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
+	guard_hold();
 	char shown[512], said[LAB_ERRLEN];
 	bool redis = (what && !strcmp(what, "Redis")) || (url && !strncmp(url, "redis://", 8));
 	if (redis)
@@ -620,6 +638,7 @@ int lab_lost(struct lab *lab, const char *what, const char *url, const char *ser
 
 int lab_env_error(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
+	guard_hold();
 	char shown[512], said[LAB_ERRLEN];
 	bool redis = (what && !strcmp(what, "Redis")) || (url && !strncmp(url, "redis://", 8));
 	if (redis)
@@ -640,6 +659,7 @@ int lab_env_error(struct lab *lab, const char *what, const char *url, const char
 
 int lab_fail(struct lab *lab, const char *fmt, ...)
 {
+	guard_hold();
 	va_list ap;
 	fprintf(stderr, "lab-%s: ", lab_name(lab));
 	va_start(ap, fmt);
@@ -652,6 +672,7 @@ int lab_fail(struct lab *lab, const char *fmt, ...)
 
 void lab_free(struct lab *lab)
 {
+	guard_hold();
 	if (atomic_load(&guard.serving))
 		atomic_store(&guard.serve_done, true);
 	json_decref(lab->config);

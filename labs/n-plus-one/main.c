@@ -490,11 +490,6 @@ int main(int argc, char **argv)
 	struct lab_teller teller = {&lab, TELLS, N_PLUS_ONE_PHASES, &cfg, result};
 	cfg.hooks = lab_teller_hooks(&teller);
 	if (n_plus_one_run(&cfg, result, err, sizeof(err)) < 0) {
-		/* Ctrl-C: common/lab.c's guard is ending our backends and dropping the schema, then ends
-		 * the process. Returning now would run exit()'s handlers (libpq's, OpenSSL's) under the
-		 * guard's feet, and print the error the interruption caused. */
-		while (lab_interrupted())
-			pause();
 		term_progress_clear(&lab.term);
 		bool lost = result->server_lost;
 		free(result);
