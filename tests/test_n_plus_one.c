@@ -446,27 +446,11 @@ static void test_ctrl_c_drops_the_schema_and_exits_130(void **state)
 	lab_assert_nothing_left(N_PLUS_ONE_SCHEMA, NULL);
 }
 
-static void test_unreachable_server_exits_2_with_the_url_and_how_to_start_it(void **state)
+/* bad flags and a missing server: test_labs_cli, for every lab */
+static void test_serve_is_refused_there_is_no_api(void **state)
 {
 	(void)state;
 	static char out[4096], err[4096];
-	int rc = lab_run("n-plus-one", "LAB_PG_URL=postgres://lab:secret@127.0.0.1:1/lab", "--quick", out,
-	                 sizeof(out), err, sizeof(err));
-	assert_int_equal(rc, LAB_EXIT_ENV);
-	assert_non_null(strstr(err, "cannot connect to PostgreSQL at postgres://lab@127.0.0.1:1/lab"));
-	assert_non_null(strstr(err, "make up"));
-	assert_null(strstr(err, "secret"));
-	assert_string_equal(out, "");
-}
-
-static void test_bad_flag_exits_2_and_serve_is_refused(void **state)
-{
-	(void)state;
-	static char out[4096], err[4096];
-	assert_int_equal(lab_run("n-plus-one", NULL, "--bogus", out, sizeof(out), err, sizeof(err)),
-	                 LAB_EXIT_ENV);
-	assert_non_null(strstr(err, "--bogus"));
-	assert_string_equal(out, "");
 	assert_int_equal(lab_run("n-plus-one", NULL, "--serve", out, sizeof(out), err, sizeof(err)),
 	                 LAB_EXIT_ENV);
 	assert_non_null(strstr(err, "no API"));
@@ -492,8 +476,7 @@ int main(void)
 	};
 	const struct CMUnitTest binary[] = {
 	        cmocka_unit_test(test_ctrl_c_drops_the_schema_and_exits_130),
-	        cmocka_unit_test(test_unreachable_server_exits_2_with_the_url_and_how_to_start_it),
-	        cmocka_unit_test(test_bad_flag_exits_2_and_serve_is_refused),
+	        cmocka_unit_test(test_serve_is_refused_there_is_no_api),
 	};
 	int failed = cmocka_run_group_tests(parts, parts_setup, parts_teardown);
 	failed += cmocka_run_group_tests(run, run_setup, run_teardown);

@@ -290,38 +290,12 @@ static void test_serve_stops_cleanly_on_ctrl_c_with_requests_in_flight_and_queue
 	lab_assert_nothing_left("lab_pooling", NULL);
 }
 
-static void test_unreachable_server_exits_2_with_the_url_and_how_to_start_it(void **state)
-{
-	(void)state;
-	static char out[4096], err[4096];
-	int rc = lab_run("pooling", "LAB_PG_URL=postgres://lab:secret@127.0.0.1:1/lab", "--quick", out,
-	                 sizeof(out), err, sizeof(err));
-	assert_int_equal(rc, 2);
-	assert_non_null(strstr(err, "cannot connect to PostgreSQL at postgres://lab@127.0.0.1:1/lab"));
-	assert_non_null(strstr(err, "make up"));
-	assert_null(strstr(err, "secret"));
-	assert_string_equal(out, "");
-}
-
-static void test_bad_flag_exits_2_with_usage(void **state)
-{
-	(void)state;
-	static char out[4096], err[4096];
-	assert_int_equal(lab_run("pooling", NULL, "--bogus", out, sizeof(out), err, sizeof(err)), 2);
-	assert_non_null(strstr(err, "--bogus"));
-	assert_non_null(strstr(err, "--quick"));
-	assert_string_equal(out, "");
-	assert_int_equal(lab_run("pooling", NULL, "--port nope", out, sizeof(out), err, sizeof(err)), 2);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_a_small_run_demonstrates_the_claim_with_the_counts_behind_it),
 	        cmocka_unit_test(test_ctrl_c_mid_run_exits_130_and_leaves_nothing),
 	        cmocka_unit_test(test_serve_stops_cleanly_on_ctrl_c_with_requests_in_flight_and_queued),
-	        cmocka_unit_test(test_unreachable_server_exits_2_with_the_url_and_how_to_start_it),
-	        cmocka_unit_test(test_bad_flag_exits_2_with_usage),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
