@@ -36,7 +36,8 @@ struct http_server {
 	struct evhttp_bound_socket *sock;
 	struct http_guard *guard; /* limits, and every request head checked before its handler */
 	struct http_route *routes;
-	int port; /* read back from the socket, so port 0 becomes the one the kernel chose */
+	int port;      /* read back from the socket, so port 0 becomes the one the kernel chose */
+	bool stopping; /* http_app_stop began: a request that arrives now is not given to a handler */
 };
 
 /* A route as evhttp sees it: the guard's check first, then the handler. */
@@ -72,6 +73,13 @@ struct event_base *http_base_new(void)
  */
 static bool http_admit(struct http_server *s, struct evhttp_request *req)
 {
+	if (s->stopping) {
+		/* what its handler borrows from is gone: the client retries elsewhere or later */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+		http_reply_error(req, 503, "shutting down");
+		return false;
+	}
 	int code = 400;
 	const char *why = http_guard_check(s->guard, req, &code);
 	if (!why)
@@ -488,6 +496,8 @@ void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg)
 		return;
 	bool served = app->thread != NULL;
 	http_thread_stop(app->thread);
+	if (app->server)
+		app->server->stopping = true;
 	if (release)
 		release(arg);
 	/* the replies release's callbacks wrote sit in buffers until the loop writes them out */

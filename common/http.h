@@ -171,9 +171,8 @@ int http_app_run(struct http_app *app, char *err, size_t errlen);
  *   2. release(arg) frees what the handlers borrow from (pools, Redis, timers): the callbacks
  *      that this runs (a waiter failed with "pool closed", a query cut off) still reply to
  *      live requests and free their contexts;
- *   3. the loop turns a few times without blocking, so those replies reach their sockets
- *      (a request that arrives now is answered by whatever its route does with nothing left
- *      to borrow: handlers must check);
+ *   3. the loop turns a few times without blocking, so those replies reach their sockets (a
+ *      request that arrives now gets 503 "shutting down" without reaching its handler);
  *   4. the server is freed, and with it every connection and request;
  *   5. the base.
  * release may be NULL. Safe on a zeroed or half-opened app; the app is zeroed after. Can't fail.

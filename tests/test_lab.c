@@ -681,6 +681,10 @@ static void test_verdict_set_cuts_long_evidence_and_keeps_the_claim(void **state
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        /* first: they fork, and a child must not inherit the guard thread of a lab_init that
+	         * ran in this process (the sanitizer would find a thread it cannot stop) */
+	        cmocka_unit_test(test_serve_wait_returns_the_signal_so_the_api_stops_in_order),
+	        cmocka_unit_test(test_ctrl_c_mid_run_cleans_up_and_exits_130_without_passwords),
 	        cmocka_unit_test(test_no_flags_give_the_defaults_and_the_env_urls),
 	        cmocka_unit_test(test_each_flag_sets_its_option),
 	        cmocka_unit_test(test_json_sends_narration_to_a_sink),
@@ -694,8 +698,6 @@ int main(void)
 	        cmocka_unit_test(test_env_error_names_the_url_without_password_and_how_to_start_it),
 	        cmocka_unit_test(test_fail_prints_one_line_on_stderr_and_exits_2),
 	        cmocka_unit_test(test_free_twice_after_a_verdict_is_harmless),
-	        cmocka_unit_test(test_serve_wait_returns_the_signal_so_the_api_stops_in_order),
-	        cmocka_unit_test(test_ctrl_c_mid_run_cleans_up_and_exits_130_without_passwords),
 	        cmocka_unit_test(test_walk_runs_phases_in_order_and_stops_at_the_first_failure),
 	        cmocka_unit_test(test_verdict_set_cuts_long_evidence_and_keeps_the_claim),
 	};
