@@ -23,10 +23,6 @@
 #define XFETCH_MIN_RAND 1e-3
 /* a lock waiter gives up (a lost read) after this many lock lifetimes */
 #define LOCK_GIVE_UP 3
-/* a recompute waits at most this long for a pooled connection: a herd's queue is a few seconds
- * here (200 clients, 4 connections, tens of ms a recompute); ten times that is a database that
- * stopped answering */
-#define BORROW_TIMEOUT_MS 30000
 /* lock tokens: 16 random bytes from the kernel, 32 hex digits */
 #define TOKEN_BYTES 16
 #define TOKEN_LEN   (2 * TOKEN_BYTES + 1)
@@ -85,6 +81,8 @@ static void client_lost_redis(struct client *c, const char *why)
 static redisReply *client_cmd(struct client *c, bool *gone, const char *fmt, ...)
 {
 	*gone = false;
+	if (fault_interrupted(&c->run->fault))
+		return NULL;
 	if (!c->rc) {
 		*gone = true;
 		return NULL;
@@ -467,7 +465,7 @@ void *client_main_cb(void *arg)
 	struct client *c = arg;
 	struct hot_run *run = c->run;
 	client_connect_and_wait(c);
-	while (hist_now_us() < run->deadline_us && !fault_failed(&run->fault)) {
+	while (hist_now_us() < atomic_load(&run->deadline_us) && !fault_failed(&run->fault)) {
 		struct cached v;
 		uint64_t t0 = hist_now_us(), served = 0;
 		if (read_once(c, &v, &served) < 0)

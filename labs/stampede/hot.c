@@ -17,15 +17,16 @@
 /* 256 KiB stacks: a client's frames are small, and hundreds of default 8 MiB stacks are not */
 #define CLIENT_STACK (256 * 1024)
 /* the clients read this long before the value is computed again under their load */
-#define SETTLE_MS 150
+#define SETTLE_MS 100
 
 /* Opens the gate: clients start reading (or, with the run failed, leave at once). */
 static void gate_open(struct hot_run *run, bool start_clock)
 {
 	pthread_mutex_lock(&run->mu);
 	if (start_clock) {
-		run->started_us = hist_now_us();
-		run->deadline_us = run->started_us + (uint64_t)run->cfg->run_ms * 1000;
+		/* the deadline is set once the value was computed again under the clients' load */
+		run->started_us = run->clock_us = hist_now_us();
+		atomic_store(&run->deadline_us, UINT64_MAX);
 	}
 	run->go = true;
 	pthread_cond_broadcast(&run->gate);
@@ -76,6 +77,8 @@ static int warm_key(struct stampede *s, struct hot_run *run, bool lasting)
 	}
 	char buf[256], rerr[256];
 	cached_format(&v, buf, sizeof(buf));
+	if (fault_interrupted(&run->fault))
+		return -1;
 	redisReply *reply = redis_cmd(s->rc, rerr, sizeof(rerr), "SET %s %s PX %d", HOT_KEY, buf, px);
 	if (!reply) {
 		fault_set(&run->fault, redis_gone(s->rc), "%s", rerr);
@@ -90,16 +93,17 @@ static void hot_wait(struct hot_run *run, int (*take_away_cb)(void *), void *tak
 {
 	const struct stampede_config *cfg = run->cfg;
 	bool taken = false;
-	while (hist_now_us() < run->deadline_us && !fault_failed(&run->fault)) {
+	while (hist_now_us() < atomic_load(&run->deadline_us) && !fault_failed(&run->fault) &&
+	       !fault_interrupted(&run->fault)) {
 		uint64_t now = hist_now_us();
-		if (take_away_cb && !taken && now >= run->started_us + (uint64_t)cfg->outage_at_ms * 1000) {
+		if (take_away_cb && !taken && now >= run->clock_us + (uint64_t)cfg->outage_at_ms * 1000) {
 			taken = true;
 			if (take_away_cb(take_away_arg) < 0)
 				fault_set(&run->fault, NULL, "could not take Redis away");
 		}
 		progress(cfg, stampede_defence_name(run->defence),
-		         (double)(now - run->started_us) / (cfg->run_ms * 1000.0));
-		int64_t left = (int64_t)(run->deadline_us - now);
+		         (double)(now - run->clock_us) / (cfg->run_ms * 1000.0));
+		int64_t left = (int64_t)(atomic_load(&run->deadline_us) - now);
 		int64_t nap = take_away_cb && !taken ? 10000 : 250000;
 		sleep_us(nap < left ? nap : left);
 	}
@@ -146,8 +150,13 @@ static int hot_drive(struct stampede *s, struct hot_run *run, struct client *cli
 		 * what a recompute costs under this load, as it would be in a running service; the
 		 * first expiry comes a TTL after this */
 		sleep_us(SETTLE_MS * 1000);
-		if (warm_key(s, run, false) == 0)
+		if (warm_key(s, run, false) == 0) {
+			/* the run's clock starts SETTLE_MS before that value, however long a busy machine
+			 * took to compute it: the first expiry (and phase 4's outage) keeps its place */
+			run->clock_us = hist_now_us() - SETTLE_MS * 1000;
+			atomic_store(&run->deadline_us, run->clock_us + (uint64_t)run->cfg->run_ms * 1000);
 			hot_wait(run, take_away_cb, take_away_arg);
+		}
 	}
 	for (int i = 0; i < started; i++)
 		pthread_join(clients[i].thread, NULL);
@@ -226,8 +235,14 @@ static void hot_run_destroy(struct hot_run *run)
 int hot_run(struct stampede *s, const struct stampede_config *cfg, enum stampede_defence defence,
             struct stampede_hot_result *res, char *err, size_t errlen)
 {
+	struct stampede_config xc = *cfg;
+	if (defence == STAMPEDE_XFETCH) {
+		/* its first expiry comes at the same point of the run as the others' */
+		xc.ttl_ms = cfg->xfetch_ttl_ms;
+		xc.run_ms = cfg->run_ms + cfg->xfetch_ttl_ms - cfg->ttl_ms;
+	}
 	struct hot_run run;
-	hot_run_init(&run, s, cfg, defence, cfg->redis_url, false);
+	hot_run_init(&run, s, &xc, defence, cfg->redis_url, false);
 	int ret = hot_run_with(s, &run, NULL, NULL, res, err, errlen);
 	hot_run_destroy(&run);
 	return ret;

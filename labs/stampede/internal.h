@@ -23,6 +23,10 @@
 #define BUCKETS 1000
 /* Redis commands time out after 1 s: far above a loopback round trip, short enough to notice */
 #define REDIS_TIMEOUT_MS 1000
+/* a recompute waits at most this long for a connection of the app's pool: a herd's queue is a
+ * few seconds here (200 clients, 2 connections, tens of ms a recompute); ten times that is a
+ * database that stopped answering */
+#define BORROW_TIMEOUT_MS 30000
 /* the epoch a recompute "replaces" for the warm-up, and for reads served while Redis is gone */
 #define REPLACES_WARM     (-1)
 #define REPLACES_DEGRADED (-2)
@@ -75,6 +79,12 @@ void fault_destroy(struct fault *f);
 void fault_set(struct fault *f, const char *server, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 bool fault_failed(struct fault *f);
+/*
+ * Ctrl-C: true, with f failed ("interrupted"), once the lab was interrupted. Checked before every
+ * Redis write: the lab's guard deletes lab:stampede:* keys while the lab's threads wind down, and
+ * a key written after that would be left behind.
+ */
+bool fault_interrupted(struct fault *f);
 /* Copies f's message into err and notes its server as lost in s; returns -1. */
 int fault_report(struct fault *f, struct stampede *s, char *err, size_t errlen);
 
@@ -102,8 +112,6 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 /* Drops the schema and every lab:stampede:* key (through new connections when the lab's own were
  * lost), closes and frees s. NULL is a no-op. */
 int store_close(struct stampede *s, char *err, size_t errlen);
-/* n connections to cfg->pg_url with the lab's session settings (PG_SESSION_OPTIONS). */
-struct pgset *store_pgset(const struct stampede_config *cfg, int n, char *err, size_t errlen);
 
 /* Starts a run in the log: a fresh run id and the server's clock now (the series' origin). */
 int log_begin(struct stampede *s, int *run_id, char *origin, size_t originlen, char *err, size_t errlen);
@@ -146,8 +154,10 @@ struct hot_run {
 	int run_id;
 	char origin[64]; /* the server's clock when the run began: the series' origin */
 	struct pgset *app;
-	uint64_t started_us, deadline_us;
-	atomic_int in_flight; /* reads queued for a connection or running a recompute */
+	uint64_t started_us;          /* the go */
+	uint64_t clock_us;            /* the run's clock: the go, later by a slow settle recompute */
+	_Atomic uint64_t deadline_us; /* clock_us + run_ms */
+	atomic_int in_flight;         /* reads queued for a connection or running a recompute */
 	atomic_int peak_in_flight;
 	struct fault fault;     /* what ends the run: PostgreSQL, or Redis outside phase 4 */
 	atomic_bool redis_lost; /* phase 4: some client saw Redis go away */
@@ -195,8 +205,8 @@ int hot_run(struct stampede *s, const struct stampede_config *cfg, enum stampede
 int outage_run(struct stampede *s, const struct stampede_config *cfg, struct stampede_hot_result *res,
                int *cut, char *err, size_t errlen);
 /* Phase 3: keys warmed at once, with or without jitter, until every key was recomputed once;
- * each of cfg->sweepers readers holds one of set's connections. */
-int jitter_run(struct stampede *s, const struct stampede_config *cfg, struct pgset *set, bool jittered,
+ * cfg->sweepers readers recompute through the app's pool. */
+int jitter_run(struct stampede *s, const struct stampede_config *cfg, bool jittered,
                struct stampede_jitter_result *res, char *err, size_t errlen);
 
 #endif

@@ -34,7 +34,6 @@ struct sweeper {
 	int id;
 	pthread_t thread;
 	redisContext *rc;
-	PGconn *conn; /* borrowed for the whole run */
 	uint64_t rng;
 	struct hist wait; /* from the MGET that saw a key missing to its new value stored */
 	/* its share of the keys: MGET's argv */
@@ -78,12 +77,21 @@ static int sweeper_recompute(struct sweeper *w, int i, const char *requested, ui
 	snprintf(runs, sizeof(runs), "%d", run->run_id);
 	snprintf(key, sizeof(key), "%d", w->ids[i]);
 	const char *params[] = {runs, key, requested};
-	PGresult *res = pg_query(w->conn, KEY_SQL, 3, params, err, sizeof(err));
+	PGconn *conn = pgset_borrow(run->set, BORROW_TIMEOUT_MS, err, sizeof(err));
+	if (!conn) {
+		fault_set(&run->fault, NULL, "recompute: %s", err);
+		return -1;
+	}
+	PGresult *res = pg_query(conn, KEY_SQL, 3, params, err, sizeof(err));
+	const char *gone = pg_gone(conn);
+	pgset_return(run->set, conn);
 	if (!res || PQntuples(res) != 1) {
-		fault_set(&run->fault, pg_gone(w->conn), "recompute: %s", res ? "no row returned" : err);
+		fault_set(&run->fault, gone, "recompute: %s", res ? "no row returned" : err);
 		PQclear(res);
 		return -1;
 	}
+	if (fault_interrupted(&run->fault))
+		return -1;
 	/* one wave is watched: a recomputed key is kept for ten of its TTLs, so no key expires twice
 	 * within the run and both runs do the same work */
 	redisReply *set = redis_cmd(w->rc, err, sizeof(err), "SET %s %s PX %d", w->names[i],
@@ -161,6 +169,11 @@ static int jitter_warm(struct stampede *s, const struct stampede_config *cfg, bo
 	}
 	uint64_t rng = rng_stream(cfg->seed, jittered ? 7 : 5);
 	int ret = 0;
+	if (lab_interrupted()) { /* see fault_interrupted */
+		PQclear(warm);
+		snprintf(err, errlen, "interrupted");
+		return -1;
+	}
 	for (int k = 0; k < cfg->keys && ret == 0; k++) {
 		const char *value = k < PQntuples(warm) ? PQgetvalue(warm, k, 1) : "0:0";
 		if (redisAppendCommand(s->rc, "SET " PREFIX "key:%d %s PX %d", k, value,
@@ -217,7 +230,7 @@ static int jitter_read_log(struct stampede *s, const struct stampede_config *cfg
 	return 0;
 }
 
-/* Each sweeper's keys, Redis connection and borrowed PostgreSQL connection. */
+/* Each sweeper's keys and Redis connection. */
 static int sweepers_open(struct jitter_run *run, struct sweeper *w, char *err, size_t errlen)
 {
 	const struct stampede_config *cfg = run->cfg;
@@ -234,8 +247,6 @@ static int sweepers_open(struct jitter_run *run, struct sweeper *w, char *err, s
 			fault_set(&run->fault, "Redis", "%s", err);
 			return -1;
 		}
-		if (!(w[i].conn = pgset_borrow(run->set, 0, err, errlen)))
-			return -1;
 	}
 	return 0;
 }
@@ -245,8 +256,6 @@ static void sweepers_close(struct jitter_run *run, struct sweeper *w)
 	for (int i = 0; i < run->cfg->sweepers; i++) {
 		if (w[i].rc)
 			redisFree(w[i].rc);
-		if (w[i].conn)
-			pgset_return(run->set, w[i].conn);
 		free(w[i].argv);
 		free(w[i].names);
 		free(w[i].ids);
@@ -265,7 +274,8 @@ static void sweepers_run(struct jitter_run *run, struct sweeper *w, uint64_t t0)
 			break;
 		}
 	double span = cfg->key_ttl_ms + (run->jittered ? cfg->jitter_ms : 0) + 100.0;
-	while (!atomic_load(&run->stop) && !fault_failed(&run->fault) && hist_now_us() < run->deadline_us) {
+	while (!atomic_load(&run->stop) && !fault_failed(&run->fault) && !fault_interrupted(&run->fault) &&
+	       hist_now_us() < run->deadline_us) {
 		progress(cfg, run->jittered ? "jittered TTL" : "same TTL",
 		         (hist_now_us() - t0) / (span * 1000.0));
 		sleep_us(100000);
@@ -275,7 +285,7 @@ static void sweepers_run(struct jitter_run *run, struct sweeper *w, uint64_t t0)
 		pthread_join(w[i].thread, NULL);
 }
 
-int jitter_run(struct stampede *s, const struct stampede_config *cfg, struct pgset *set, bool jittered,
+int jitter_run(struct stampede *s, const struct stampede_config *cfg, bool jittered,
                struct stampede_jitter_result *res, char *err, size_t errlen)
 {
 	memset(res, 0, sizeof(*res));
@@ -283,7 +293,7 @@ int jitter_run(struct stampede *s, const struct stampede_config *cfg, struct pgs
 	res->keys = cfg->keys;
 	res->bucket_ms = cfg->bucket_ms;
 	hist_init(&res->wait);
-	struct jitter_run run = {.cfg = cfg, .jittered = jittered, .set = set};
+	struct jitter_run run = {.cfg = cfg, .jittered = jittered, .set = s->app};
 	fault_init(&run.fault);
 	char origin[64];
 	int ret = -1;

@@ -14,6 +14,7 @@
  * a herd slows everything at once (which is the point), and absolute times vary run to run.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +104,7 @@ static json_t *jitter_json(const struct stampede_jitter_result *r, int bucket_ms
 
 /* The hot key's run, expiry by expiry, and what the database saw. */
 static void print_herd(struct lab *lab, const struct stampede_config *cfg,
-                       const struct stampede_hot_result *r, double query_us)
+                       const struct stampede_hot_result *r, double query_us, int think_ms)
 {
 	const struct term *t = &lab->term;
 	char line[512] = "", spark[1024];
@@ -122,7 +123,7 @@ static void print_herd(struct lab *lab, const struct stampede_config *cfg,
 	        "  herd, %s alone)\n",
 	        r->expiries, plural(r->expiries, "expiry", "expiries"), TERM_NUM((double)r->recomputes, 0),
 	        term_red(t), TERM_NUM(r->recomputes_per_expiry, 1), term_reset(t), r->clients,
-	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, cfg->think_ms,
+	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, think_ms,
 	        TERM_US(r->recompute_mean_us), TERM_US(query_us));
 	double fitted[STAMPEDE_MAX_BUCKETS];
 	int nf, f = spark_fit(r->series, r->nseries, 0, fitted, &nf);
@@ -310,15 +311,22 @@ static void herd_after(struct lab *lab, const void *c, const void *result)
 {
 	const struct stampede_config *cfg = c;
 	const struct stampede_result *r = result;
-	print_herd(lab, cfg, &r->hot[STAMPEDE_NONE], r->query_us);
+	print_herd(lab, cfg, &r->hot[STAMPEDE_NONE], r->query_us, r->think_ms);
 	lab_phase_metrics(lab, "herd", hot_json(&r->hot[STAMPEDE_NONE], cfg->bucket_ms));
 }
 
 static void defences_before(struct lab *lab, const void *c)
 {
 	const struct stampede_config *cfg = c;
-	lab_phase(lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg->clients,
-	          cfg->run_ms / 1000.0, cfg->ttl_ms);
+	if (cfg->xfetch_ttl_ms == cfg->ttl_ms)
+		lab_phase(lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg->clients,
+		          cfg->run_ms / 1000.0, cfg->ttl_ms);
+	else
+		lab_phase(lab,
+		          "The defences, same load (%d clients, TTL %d ms for %.1f s; XFetch: %d ms for %.1f "
+		          "s)",
+		          cfg->clients, cfg->ttl_ms, cfg->run_ms / 1000.0, cfg->xfetch_ttl_ms,
+		          (cfg->run_ms + cfg->xfetch_ttl_ms - cfg->ttl_ms) / 1000.0);
 }
 
 static void defences_after(struct lab *lab, const void *c, const void *result)
@@ -382,8 +390,8 @@ static void config_json(struct lab *lab, const struct stampede_config *cfg)
 	lab_config_set(lab, "pg_pool", json_integer(cfg->pg_pool));
 	lab_config_set(lab, "rows", json_integer(cfg->rows));
 	lab_config_set(lab, "ttl_ms", json_integer(cfg->ttl_ms));
+	lab_config_set(lab, "xfetch_ttl_ms", json_integer(cfg->xfetch_ttl_ms));
 	lab_config_set(lab, "run_ms", json_integer(cfg->run_ms));
-	lab_config_set(lab, "think_ms", json_integer(cfg->think_ms));
 	lab_config_set(lab, "lock_ms", json_integer(cfg->lock_ms));
 	lab_config_set(lab, "beta", json_real(cfg->beta));
 	lab_config_set(lab, "stale_ms", json_integer(cfg->stale_ms));
@@ -395,6 +403,19 @@ static void config_json(struct lab *lab, const struct stampede_config *cfg)
 	lab_config_set(lab, "outage_run_ms", json_integer(cfg->outage_run_ms));
 	lab_config_set(lab, "quick", json_boolean(lab->opts.quick));
 	lab_config_set(lab, "seed", json_integer((json_int_t)cfg->seed));
+}
+
+/*
+ * Ctrl-C: lab.c's guard drops what the lab made and exits 130. Returning from main would run
+ * exit()'s handlers beside it, OpenSSL's cleanup among them (registered after the guard's wait,
+ * so it runs first) under the guard's own libpq connection: a crash. This thread ends alone
+ * instead and leaves the exit to the guard.
+ */
+static int leave(int rc)
+{
+	if (lab_interrupted())
+		pthread_exit(NULL);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -431,7 +452,7 @@ int main(int argc, char **argv)
 	int rc = stampede_run(&cfg, res, err, sizeof(err));
 	if (rc < 0) {
 		term_progress_clear(&lab.term);
-		if (lab_interrupted()) /* the guard drops what the lab made and exits 130 */
+		if (lab_interrupted()) /* the guard says so, and exits 130 */
 			rc = LAB_EXIT_INTERRUPTED;
 		else if (!strcmp(res->lost_server, "Redis"))
 			rc = lab_lost(&lab, "Redis", cfg.redis_url, err);
@@ -440,11 +461,12 @@ int main(int argc, char **argv)
 		else
 			rc = lab_fail(&lab, "%s", err);
 		free(res);
-		return rc;
+		return leave(rc);
 	}
 	lab_config_set(&lab, "query_ms", json_real(res->query_us / 1000.0));
+	lab_config_set(&lab, "think_ms", json_integer(res->think_ms));
 	struct lab_verdict verdict;
 	stampede_judge(res, &verdict);
 	free(res);
-	return lab_finish(&lab, &verdict);
+	return leave(lab_finish(&lab, &verdict));
 }

@@ -58,21 +58,22 @@ const char *stampede_defence_id(enum stampede_defence d);
 struct stampede_config {
 	const char *pg_url;
 	const char *redis_url;
-	int clients;      /* concurrent readers of the hot key */
-	int pg_pool;      /* libpq connections the clients share */
-	int rows;         /* rows in lab_stampede.orders: the hot query's cost */
-	int ttl_ms;       /* the hot key's TTL (XFetch's expiry, SWR's soft TTL) */
-	int run_ms;       /* how long each defence runs */
-	int think_ms;     /* mean pause between a client's reads */
-	int lock_ms;      /* the lock's PX: the longest a dead holder blocks the key */
-	int lock_poll_ms; /* how often a waiter looks at the cache again */
-	double beta;      /* XFetch's beta: above 1 favours earlier recomputes */
-	int stale_ms;     /* SWR: how long past the soft TTL a stale value may still be served */
-	int keys;         /* phase 3: keys warmed at the same moment */
+	int clients;       /* concurrent readers of the hot key */
+	int pg_pool;       /* libpq connections the clients share */
+	int rows;          /* rows in lab_stampede.orders: the hot query's cost */
+	int ttl_ms;        /* the hot key's TTL (SWR's soft TTL) */
+	int xfetch_ttl_ms; /* XFetch's TTL: long against its early window (see the defaults) */
+	int run_ms;        /* how long each defence runs (XFetch: longer by xfetch_ttl_ms - ttl_ms) */
+	int think_ms;      /* mean pause between a client's reads; 0: about one recompute (stampede.c) */
+	int lock_ms;       /* the lock's PX: the longest a dead holder blocks the key */
+	int lock_poll_ms;  /* how often a waiter looks at the cache again */
+	double beta;       /* XFetch's beta: above 1 favours earlier recomputes */
+	int stale_ms;      /* SWR: how long past the soft TTL a stale value may still be served */
+	int keys;          /* phase 3: keys warmed at the same moment */
 	int key_ttl_ms; /* phase 3: their base TTL (a recomputed key is kept 10x longer: one wave is watched)
 	                 */
 	int jitter_ms;  /* phase 3: the jittered TTL is key_ttl_ms + uniform(0, jitter_ms) */
-	int sweepers;   /* phase 3: reader threads, each with its share of the keys and a connection */
+	int sweepers;   /* phase 3: reader threads, each with its share of the keys */
 	int sweep_ms;   /* phase 3: each key is read this often */
 	int bucket_ms;  /* phase 3: the series' interval */
 	int outage_at_ms;  /* phase 4: Redis goes away this long into the run ... */
@@ -157,6 +158,7 @@ struct stampede_jitter_result {
 /* Everything a run measured. */
 struct stampede_result {
 	double query_us;                                   /* the hot query alone: the median of five */
+	int think_ms;                                      /* the clients' mean pause between reads */
 	struct stampede_hot_result hot[STAMPEDE_DEFENCES]; /* phase 1 fills [NONE], phase 2 the rest */
 	struct stampede_jitter_result jitter[2];           /* phase 3: [0] same TTL, [1] jittered */
 	struct stampede_hot_result outage;                 /* phase 4 */

@@ -21,11 +21,6 @@ static int conn_failed(struct stampede *s)
 	return -1;
 }
 
-struct pgset *store_pgset(const struct stampede_config *cfg, int n, char *err, size_t errlen)
-{
-	return pgset_open(cfg->pg_url, SESSION_KEYS, SESSION_VALS, n, err, errlen);
-}
-
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -79,9 +74,13 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 {
 	snprintf(lost, lostlen, "%s", "");
 	if (cfg->clients < 1 || cfg->pg_pool < 1 || cfg->rows < 1 || cfg->keys < 1 || cfg->keys > BUCKETS ||
-	    cfg->sweepers < 1 || cfg->bucket_ms < 1 || cfg->ttl_ms < 1 || cfg->key_ttl_ms < 1 ||
-	    cfg->jitter_ms < 0 || cfg->run_ms < 1 || cfg->outage_run_ms < 1 || cfg->think_ms < 1) {
-		snprintf(err, errlen, "bad configuration (keys must be 1..%d, every size and time positive)",
+	    cfg->sweepers < 1 || cfg->bucket_ms < 1 || cfg->ttl_ms < 1 || cfg->xfetch_ttl_ms < cfg->ttl_ms ||
+	    cfg->key_ttl_ms < 1 || cfg->jitter_ms < 0 || cfg->run_ms < 1 || cfg->outage_run_ms < 1 ||
+	    cfg->think_ms < 0) {
+		snprintf(err, errlen,
+		         "bad configuration (keys must be 1..%d, sweepers at most pg_pool, every size and "
+		         "time "
+		         "positive)",
 		         BUCKETS);
 		return NULL;
 	}
@@ -99,7 +98,8 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 	         measure_hot_query(s, query_us, err, errlen) == 0) {
 		if (redis_del_prefix(s->rc, PREFIX, NULL, err, errlen) < 0)
 			stampede_lost(s, redis_gone(s->rc));
-		else if (!(s->app = store_pgset(cfg, cfg->pg_pool, err, errlen)))
+		else if (!(s->app = pgset_open(cfg->pg_url, SESSION_KEYS, SESSION_VALS, cfg->pg_pool, err,
+		                               errlen)))
 			stampede_lost(s, "PostgreSQL");
 		else
 			return s;
