@@ -26,11 +26,6 @@
 
 #define QUESTION "What's a cache stampede and how do you prevent it?"
 
-static const char *plural(int n, const char *one, const char *many)
-{
-	return n == 1 ? one : many;
-}
-
 /* sparklines wider than this are summed into coarser intervals, so a line fits the screen */
 #define SPARK_COLS 40
 
@@ -113,28 +108,23 @@ static void print_herd(struct lab *lab, const struct stampede_config *cfg,
 		size_t l = strlen(line);
 		snprintf(line + l, sizeof(line) - l, "%s%d", i ? " · " : "", r->per_expiry[i]);
 	}
-	term_printf(t, "  recomputes at each expiry (server log): %s%s%s%s\n", term_bold(t), line,
-	            r->expiries > shown ? " …" : "", term_reset(t));
 	term_printf(
 	        t,
-	        "  %d %s, %s recomputes = %s%s per expiry%s for %d clients (%.0f%%); predicted: up to %d, "
-	        "since\n"
-	        "  every client reads within one recompute (a read every ~%d ms; a recompute took %s in the\n"
-	        "  herd, %s alone)\n",
-	        r->expiries, plural(r->expiries, "expiry", "expiries"), TERM_NUM((double)r->recomputes, 0),
-	        term_red(t), TERM_NUM(r->recomputes_per_expiry, 1), term_reset(t), r->clients,
-	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, think_ms,
+	        "  recomputes at each expiry (server log): %s%s%s%s = %s%s per expiry%s for %d clients;\n"
+	        "  predicted: up to %d, the reads that arrive during one recompute (a read every ~%d ms;\n"
+	        "  a recompute took %s in the herd, %s alone)\n",
+	        term_bold(t), line, r->expiries > shown ? " …" : "", term_reset(t), term_red(t),
+	        TERM_NUM(r->recomputes_per_expiry, 1), term_reset(t), r->clients, r->clients, think_ms,
 	        TERM_US(r->recompute_mean_us), TERM_US(query_us));
 	double fitted[STAMPEDE_MAX_BUCKETS];
 	int nf, f = spark_fit(r->series, r->nseries, 0, fitted, &nf);
-	term_printf(t, "  PostgreSQL  %s  recompute statements per %d ms\n",
-	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms);
-	term_printf(t,
-	            "  at the database: %d recomputes running at once (the pool's %d connections, flat out), "
-	            "%d reads\n"
-	            "  queued for it at the peak; p99 read %s, max %s\n",
-	            r->peak_concurrent, cfg->pg_pool, r->peak_in_flight,
-	            TERM_US((double)hist_percentile(&r->latency, 99)), TERM_US((double)r->latency.max_us));
+	term_printf(
+	        t, "  PostgreSQL  %s  recompute statements per %d ms, %d at once (the pool's %d, flat out)\n",
+	        term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms, r->peak_concurrent,
+	        cfg->pg_pool);
+	term_printf(t, "  %d reads queued for the database at the peak; p99 read %s, max %s\n",
+	            r->peak_in_flight, TERM_US((double)hist_percentile(&r->latency, 99)),
+	            TERM_US((double)r->latency.max_us));
 }
 
 static void print_defences(struct lab *lab, const struct stampede_config *cfg,
@@ -165,40 +155,16 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 		                     TERM_NUM((double)r[d].stale_reads, 0)};
 		term_table_row(t, 2, cols, 8, row);
 	}
-	int longest = 0;
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
-		longest = r[d].nseries > longest ? r[d].nseries : longest;
-	int f = (longest + SPARK_COLS - 1) / SPARK_COLS;
-	double fitted[STAMPEDE_DEFENCES][STAMPEDE_MAX_BUCKETS];
-	int nf[STAMPEDE_DEFENCES];
-	double max = 0;
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
-		spark_fit(r[d].series, r[d].nseries, f, fitted[d], &nf[d]);
-		for (int i = 0; i < nf[d]; i++)
-			max = fitted[d][i] > max ? fitted[d][i] : max;
-	}
-	term_printf(t, "\n  recompute statements per %d ms, as the server logged them (one scale):\n",
-	            (f < 1 ? 1 : f) * cfg->bucket_ms);
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
-		char spark[1024];
-		term_printf(t, "  %-22s  %s  %s reads, %s %s over %d %s\n",
-		            stampede_defence_name((enum stampede_defence)d),
-		            term_sparkline(spark, sizeof(spark), fitted[d], nf[d], max),
-		            TERM_NUM((double)r[d].reads, 0), TERM_NUM((double)r[d].recomputes, 0),
-		            plural((int)r[d].recomputes, "recompute", "recomputes"), r[d].expiries,
-		            plural(r[d].expiries, "expiry", "expiries"));
-	}
 	const struct stampede_hot_result *lk = &r[STAMPEDE_LOCK], *xf = &r[STAMPEDE_XFETCH],
 	                                 *sw = &r[STAMPEDE_SWR];
 	term_printf(
 	        t,
-	        "  lock: %s SET NX found it taken; waiters polled every %d ms and waited for the holder's "
-	        "value,\n"
-	        "  so one recompute per expiry costs every waiter a recompute of latency; %llu reads lost\n",
+	        "  lock: %s SET NX found it taken; the waiters polled every %d ms for the holder's value\n"
+	        "  (one recompute, and every waiter pays its latency); %llu reads lost\n",
 	        TERM_NUM((double)lk->lock_busy, 0), cfg->lock_poll_ms, (unsigned long long)lk->lost);
 	term_printf(t,
-	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry; %s of %s reads\n"
-	            "  waited (%.2f%%), %llu hard misses\n",
+	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry: %s of %s reads\n"
+	            "  waited (%.2f%%), %llu found the key missing\n",
 	            TERM_NUM((double)xf->db_waits, 0), TERM_NUM((double)xf->reads, 0),
 	            xf->reads ? 100.0 * xf->db_waits / xf->reads : 0.0, (unsigned long long)xf->hard_misses);
 	term_printf(t, "  SWR: %s reads served stale (up to one recompute old) while one client refreshed\n",
@@ -277,11 +243,10 @@ static void print_outage(struct lab *lab, const struct stampede_hot_result *o, i
 	}
 	term_printf(t, "  %s⚠ Redis went away at t=%.2f s (%s): serving reads from PostgreSQL%s\n",
 	            term_yellow(t), o->redis_lost_at_s, o->redis_error, term_reset(t));
-	term_printf(
-	        t,
-	        "  the proxy cut %d connections; %s reconnect %s (each client tries at most every 500 ms)\n",
-	        cut, TERM_NUM((double)o->reconnect_attempts, 0),
-	        o->reconnect_attempts == 1 ? "attempt was refused" : "attempts were refused");
+	term_printf(t,
+	            "  the proxy cut %d connections; %s reconnect attempts refused (each client tries every "
+	            "500 ms)\n",
+	            cut, TERM_NUM((double)o->reconnect_attempts, 0));
 	term_printf(t, "  reads answered: %s in all, %s after the loss, %s%llu lost%s; p99 read %s\n",
 	            TERM_NUM((double)o->reads, 0), TERM_NUM((double)o->reads_after_loss, 0),
 	            o->lost ? term_red(t) : term_green(t), (unsigned long long)o->lost, term_reset(t),

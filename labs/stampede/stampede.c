@@ -385,8 +385,9 @@ void stampede_judge(const struct stampede_result *res, struct lab_verdict *v)
 	             outage_shown(&res->outage, why, sizeof(why));
 	lab_verdict_set(
 	        v, shown,
-	        "without protection every expiry sends the herd to the database; a lock, XFetch or "
-	        "stale-while-revalidate make it one recompute, and TTL jitter spreads a mass expiry",
+	        "without protection every expiry sends the herd to the database; a lock or "
+	        "stale-while-revalidate make it one recompute, XFetch a few before the key expires, and TTL "
+	        "jitter spreads a mass expiry",
 	        "%s%s%.0f recomputes per expiry unprotected vs %.1f with the lock, %.1f with XFetch, %.1f "
 	        "with SWR (server log); jitter cut the peak per %d ms %.1fx for the same %llu recomputes; "
 	        "Redis lost at %.1f s, %llu reads lost",

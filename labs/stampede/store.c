@@ -110,17 +110,16 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 	return NULL;
 }
 
-int store_close(struct stampede *s, char *err, size_t errlen)
+/* Drops the schema and the keys: through the lab's own connections, or new ones when those were
+ * lost (the server may be back). */
+static int store_drop(struct stampede *s, char *err, size_t errlen)
 {
-	if (!s)
-		return 0;
-	int ret = 0;
-	char rerr[256];
-	/* the lab's own connection, or a new one if that one was lost (the server may be back) */
+	int ret;
 	if (s->conn && PQstatus(s->conn) == CONNECTION_OK)
 		ret = pg_schema_drop(s->conn, SCHEMA, err, errlen);
 	else
 		ret = pg_url_schema_drop(s->cfg->pg_url, SCHEMA, err, errlen);
+	char rerr[256];
 	if (s->rc && s->rc->err) {
 		redisFree(s->rc);
 		s->rc = redis_connect_url(s->cfg->redis_url, REDIS_TIMEOUT_MS, rerr, sizeof(rerr));
@@ -130,6 +129,20 @@ int store_close(struct stampede *s, char *err, size_t errlen)
 			snprintf(err, errlen, "%s", rerr);
 		ret = -1;
 	}
+	return ret;
+}
+
+int store_close(struct stampede *s, char *err, size_t errlen)
+{
+	if (!s)
+		return 0;
+	int ret = -1;
+	/* Ctrl-C: lab.c's guard drops the schema and the keys; a drop of ours beside it would only
+	 * contend for its locks */
+	if (lab_interrupted())
+		snprintf(err, errlen, "interrupted");
+	else
+		ret = store_drop(s, err, errlen);
 	pgset_close(s->app);
 	if (s->rc)
 		redisFree(s->rc);
