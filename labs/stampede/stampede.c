@@ -76,7 +76,7 @@ void stampede_config_default(struct stampede_config *cfg, bool quick)
 	/* a thousand keys (200 with --quick) warmed at once */
 	cfg->keys = quick ? 200 : 1000;
 	/* TTL 200 ms + up to 600 ms of jitter (1 s + up to 2 s): the jitter spreads the wave over
-	 * 6 (20) intervals of 100 ms */
+	 * the 7 (21) intervals of 100 ms its expiries can fall in */
 	cfg->key_ttl_ms = quick ? 200 : 1000;
 	cfg->jitter_ms = quick ? 600 : 2000;
 	/* 8 readers, each with a share of the keys, recomputing through the app's pool: enough that

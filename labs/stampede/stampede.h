@@ -4,8 +4,9 @@
  *
  * C concurrent clients read one hot key through cache-aside in Redis. Its value costs a real
  * aggregation in PostgreSQL (count(DISTINCT), sum and a percentile over a table the lab fills:
- * tens of milliseconds). The TTL is short, so a run spans several expiries. Four phases:
- *   1. none      plain cache-aside: every client that misses recomputes (the herd)
+ * milliseconds alone, tens under load). The TTL is short, so a run spans at least one expiry.
+ * Four phases (stampede_run walks them in this order):
+ *   1. herd      plain cache-aside: every client that misses recomputes
  *   2. defences  the same load with a lock (SET NX PX with a random token, released by a
  *                compare-and-delete script; waiters WAIT: they poll the cache until the holder
  *                writes, they never serve stale), XFetch (probabilistic early expiration,
@@ -17,10 +18,11 @@
  *                PostgreSQL and the run ends without a crash
  *
  * Clients are threads, one blocking hiredis connection each, sharing a small set of blocking
- * libpq connections (common/pgset.h): the simplest honest model of an app server's pool. A connection per
- * client would be hundreds of backends, past the server's max_connections (100, shared with every lab), and
- * an app pool is what stands between a real herd and the database. So the herd shows as clients
- * queued on the pool and a database running pg_pool recomputes at once, flat out.
+ * libpq connections (common/pgset.h): the simplest honest model of an app server's pool. A
+ * connection per client would be hundreds of backends, past the server's max_connections (100,
+ * shared with every lab), and an app pool is what stands between a real herd and the database.
+ * So the herd shows as clients queued on the pool and a database running pg_pool recomputes at
+ * once, flat out.
  *
  * Counts come from the server: every recompute is one statement that computes the value AND
  * inserts a row into lab_stampede.recomputes (run, key, the epoch it replaces, the statement's
@@ -29,7 +31,8 @@
  * the value carries the number of recomputes in its chain, and a recompute replaces epoch e
  * with e + 1; recomputes per expiry = recomputes grouped by the epoch they replaced.
  *
- * Redis keys: lab:stampede:*. Schema: lab_stampede. Errors: -1 and one line in err.
+ * Redis keys: lab:stampede:*. Schema: lab_stampede. Errors: -1 and one line in err; a server
+ * that went away mid-run (outside phase 4's deliberate outage) is named in the result.
  *
  * The files: stampede.c runs the phases and judges; store.c owns the schema and reads the
  * server's log; cache.c is one client of the hot key and its defences; hot.c runs the clients
@@ -50,7 +53,7 @@
 
 enum stampede_defence { STAMPEDE_NONE, STAMPEDE_LOCK, STAMPEDE_XFETCH, STAMPEDE_SWR, STAMPEDE_DEFENCES };
 
-/* "no protection", "lock (waiters wait)", "XFetch (beta 1.0)" ... */
+/* "no protection", "lock (waiters wait)", "XFetch", "stale-while-revalidate" */
 const char *stampede_defence_name(enum stampede_defence d);
 /* "none", "lock", "xfetch", "swr": the --json names */
 const char *stampede_defence_id(enum stampede_defence d);
@@ -70,12 +73,11 @@ struct stampede_config {
 	double beta;       /* XFetch's beta: above 1 favours earlier recomputes */
 	int stale_ms;      /* SWR: how long past the soft TTL a stale value may still be served */
 	int keys;          /* phase 3: keys warmed at the same moment */
-	int key_ttl_ms; /* phase 3: their base TTL (a recomputed key is kept 10x longer: one wave is watched)
-	                 */
-	int jitter_ms;  /* phase 3: the jittered TTL is key_ttl_ms + uniform(0, jitter_ms) */
-	int sweepers;   /* phase 3: reader threads, each with its share of the keys */
-	int sweep_ms;   /* phase 3: each key is read this often */
-	int bucket_ms;  /* phase 3: the series' interval */
+	int key_ttl_ms;    /* phase 3: their base TTL (a recomputed key is kept 10x longer: one wave) */
+	int jitter_ms;     /* phase 3: the jittered TTL is key_ttl_ms + uniform(0, jitter_ms) */
+	int sweepers;      /* phase 3: reader threads, each with its share of the keys */
+	int sweep_ms;      /* phase 3: each key is read this often */
+	int bucket_ms;     /* phase 3: the series' interval */
 	int outage_at_ms;  /* phase 4: Redis goes away this long into the run ... */
 	int outage_run_ms; /* ... which lasts this long */
 	uint64_t seed;
