@@ -118,10 +118,9 @@ static void print_herd(struct lab *lab, const struct stampede_config *cfg,
 	        TERM_US(r->recompute_mean_us), TERM_US(query_us));
 	double fitted[STAMPEDE_MAX_BUCKETS];
 	int nf, f = spark_fit(r->series, r->nseries, 0, fitted, &nf);
-	term_printf(
-	        t, "  PostgreSQL  %s  recompute statements per %d ms, %d at once (the pool's %d, flat out)\n",
-	        term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms, r->peak_concurrent,
-	        cfg->pg_pool);
+	term_printf(t, "  PostgreSQL  %s  recomputes per %d ms; %d at once (the pool's %d, flat out)\n",
+	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms,
+	            r->peak_concurrent, cfg->pg_pool);
 	term_printf(t, "  %d reads queued for the database at the peak; p99 read %s, max %s\n",
 	            r->peak_in_flight, TERM_US((double)hist_percentile(&r->latency, 99)),
 	            TERM_US((double)r->latency.max_us));
