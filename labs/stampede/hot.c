@@ -138,11 +138,15 @@ static void hot_collect(struct hot_run *run, const struct client *clients, int n
 static int hot_drive(struct stampede *s, struct hot_run *run, struct client *clients, int started,
                      int (*take_away_cb)(void *), void *take_away_arg, char *err, size_t errlen)
 {
-	/* warm the key (epoch 0) before the clients start, as a running service would have it */
-	if (fault_failed(&run->fault) ||
-	    log_begin(s, &run->run_id, run->origin, sizeof(run->origin), err, errlen) < 0 ||
-	    warm_key(s, run, true) < 0) {
+	bool ready = !fault_failed(&run->fault);
+	if (ready && log_begin(s, &run->run_id, run->origin, sizeof(run->origin), err, errlen) < 0) {
 		fault_set(&run->fault, NULL, "%s", err);
+		ready = false;
+	}
+	/* warm the key (epoch 0) before the clients start, as a running service would have it */
+	if (ready && warm_key(s, run, true) < 0)
+		ready = false; /* its fault says why */
+	if (!ready) {
 		gate_open(run, false);
 	} else {
 		gate_open(run, true);
