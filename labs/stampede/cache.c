@@ -180,9 +180,24 @@ int client_store_px(struct client *c, const struct cached *v, int px)
 	char buf[256];
 	cached_format(v, buf, sizeof(buf));
 	bool gone;
-	redisReply *reply = client_cmd(c, &gone, "SET %s %s PX %d", HOT_KEY, buf, px);
+	redisReply *reply = client_cmd(c, &gone, "EVAL %s 2 %s %s %s %d %lld", STORE_SCRIPT, HOT_KEY,
+	                               HOT_EPOCH, buf, px, (long long)v->epoch);
 	if (!reply)
 		return gone ? 1 : -1;
+	freeReplyObject(reply);
+	return 0;
+}
+
+/* The newest epoch written into c->last_epoch, once the value is found gone: the epoch that
+ * expired. 0, 1 when Redis is gone (phase 4), -1 when the run failed. */
+static int client_get_epoch(struct client *c)
+{
+	bool gone;
+	redisReply *reply = client_cmd(c, &gone, "GET %s", HOT_EPOCH);
+	if (!reply)
+		return gone ? 1 : -1;
+	if (reply->type == REDIS_REPLY_STRING)
+		c->last_epoch = atoll(reply->str);
 	freeReplyObject(reply);
 	return 0;
 }
@@ -209,7 +224,7 @@ static int client_get(struct client *c, struct cached *v, bool *hit)
 		ret = -1;
 	}
 	freeReplyObject(reply);
-	return ret;
+	return ret == 0 && !*hit ? client_get_epoch(c) : ret;
 }
 
 /* Recomputes and stores; the value is served even if storing it found Redis gone. */
@@ -301,17 +316,17 @@ static int read_lock(struct client *c, struct cached *v, uint64_t *served_us)
 	c->hard_misses++;
 	c->db_waits++;
 	uint64_t give_up = hist_now_us() + (uint64_t)LOCK_GIVE_UP * c->run->cfg->lock_ms * 1000;
-	int64_t replaces = c->last_epoch;
 	while (hist_now_us() < give_up) {
 		char token[TOKEN_LEN];
 		bool locked;
 		if ((r = lock_take(c, token, &locked)) != 0)
 			return r;
 		if (locked) {
-			/* someone may have written between our miss and our lock: look again first */
+			/* someone may have written between our miss and our lock: look again first (a
+			 * miss now names the epoch that expired, which may be a later one) */
 			if ((r = client_get(c, v, &hit)) != 0)
 				return r;
-			if (!hit && recompute_and_store(c, replaces, v) < 0)
+			if (!hit && recompute_and_store(c, c->last_epoch, v) < 0)
 				return -1;
 			/* released, or Redis went away and the lock goes with it: the value is in hand */
 			if (lock_release(c, token) < 0)
@@ -357,9 +372,9 @@ static int read_xfetch(struct client *c, struct cached *v, uint64_t *served_us)
 	return 0;
 }
 
-/* SWR: the stale value v was served; refresh it unless another client holds the lock. 0, or -1
+/* SWR: a stale value was served; refresh it unless another client holds the lock. 0, or -1
  * when the run failed (Redis gone in phase 4: the refresh waits for Redis). */
-static int swr_refresh(struct client *c, const struct cached *v)
+static int swr_refresh(struct client *c)
 {
 	char token[TOKEN_LEN];
 	bool locked, hit;
@@ -373,8 +388,10 @@ static int swr_refresh(struct client *c, const struct cached *v)
 	struct cached now;
 	if ((r = client_get(c, &now, &hit)) != 0)
 		return r < 0 ? -1 : 0;
-	/* refresh unless someone did between our read and our lock */
-	if (!(hit && wall_us() < now.soft_us) && recompute_and_store(c, v->epoch, &now) < 0)
+	/* refresh unless someone did between our read and our lock; what it replaces is what is
+	 * there now (on a slow machine, a later value may have gone stale since ours) */
+	if (!(hit && wall_us() < now.soft_us) &&
+	    recompute_and_store(c, hit ? now.epoch : c->last_epoch, &now) < 0)
 		return -1;
 	return lock_release(c, token) < 0 ? -1 : 0;
 }
@@ -399,7 +416,7 @@ static int read_swr(struct client *c, struct cached *v, uint64_t *served_us)
 		return 0;
 	/* stale: it is served (the read is over), and one client refreshes behind it */
 	c->stale_reads++;
-	return swr_refresh(c, v);
+	return swr_refresh(c);
 }
 
 /* Redis is gone for this client (phase 4): the read goes straight to PostgreSQL. */

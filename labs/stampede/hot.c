@@ -79,7 +79,8 @@ static int warm_key(struct stampede *s, struct hot_run *run, bool lasting)
 	cached_format(&v, buf, sizeof(buf));
 	if (fault_interrupted(&run->fault))
 		return -1;
-	redisReply *reply = redis_cmd(s->rc, rerr, sizeof(rerr), "SET %s %s PX %d", HOT_KEY, buf, px);
+	redisReply *reply = redis_cmd(s->rc, rerr, sizeof(rerr), "EVAL %s 2 %s %s %s %d %lld", STORE_SCRIPT,
+	                              HOT_KEY, HOT_EPOCH, buf, px, (long long)v.epoch);
 	if (!reply) {
 		fault_set(&run->fault, redis_gone(s->rc), "%s", rerr);
 		return -1;

@@ -19,6 +19,15 @@
 #define PREFIX   "lab:stampede:"
 #define HOT_KEY  PREFIX "hot"
 #define HOT_LOCK PREFIX "hot:lock"
+/* the newest epoch written, kept past the value's expiry: a client that finds the value gone
+ * learns which epoch expired, even if it slept through that epoch's whole life */
+#define HOT_EPOCH PREFIX "hot:epoch"
+/* Stores the value (KEYS[1], ARGV[1], PX ARGV[2]) and raises the epoch (KEYS[2]) to ARGV[3], in
+ * one round trip; a late writer of an older epoch does not lower it. */
+#define STORE_SCRIPT                                                                                         \
+	"redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) "                                                \
+	"if tonumber(redis.call('get', KEYS[2]) or '-1') < tonumber(ARGV[3]) then "                          \
+	"redis.call('set', KEYS[2], ARGV[3]) end return 1"
 /* rows per bucket for phase 3: bucket = id % BUCKETS, so at most BUCKETS distinct keys */
 #define BUCKETS 1000
 /* Redis commands time out after 1 s: far above a loopback round trip, short enough to notice */
@@ -175,7 +184,7 @@ struct client {
 	redisContext *rc; /* NULL while Redis is gone (phase 4) */
 	uint64_t next_reconnect_us;
 	uint64_t rng;
-	int64_t last_epoch; /* the epoch of the last value this client saw */
+	int64_t last_epoch; /* the epoch of the last value this client saw (or that expired) */
 	struct hist latency;
 	uint64_t reads, lost, db_waits, stale_reads, hard_misses, recomputes, lock_busy;
 	uint64_t reads_after_loss, reconnects;
