@@ -14,6 +14,7 @@
  * a herd slows everything at once (which is the point), and absolute times vary run to run.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,31 +25,6 @@
 #include "stampede.h"
 
 #define QUESTION "What's a cache stampede and how do you prevent it?"
-
-/* no protection: at least half the clients recompute at each expiry */
-#define HERD_FRACTION 0.5
-/* XFetch: at most this fraction of the clients recompute per expiry on average (about
- * e^(1/beta) are expected, more when a recompute takes longer than the delta it was predicted
- * from: see docs/stampede.md), and reads that waited at most this fraction of all reads */
-#define XFETCH_MAX_FRACTION      0.25
-#define XFETCH_MAX_WAIT_FRACTION 0.02
-/* jitter: the peak per 100 ms must fall at least this many times */
-#define JITTER_MIN_FALL 3.0
-
-static const char *us(char *buf, double v)
-{
-	return term_fmt_us(buf, 32, v);
-}
-
-static const char *num(char *buf, double v, int decimals)
-{
-	return term_fmt_num(buf, 32, v, decimals);
-}
-
-static const char *plural(int n, const char *one, const char *many)
-{
-	return n == 1 ? one : many;
-}
 
 /* sparklines wider than this are summed into coarser intervals, so a line fits the screen */
 #define SPARK_COLS 40
@@ -123,37 +99,31 @@ static json_t *jitter_json(const struct stampede_jitter_result *r, int bucket_ms
 
 /* The hot key's run, expiry by expiry, and what the database saw. */
 static void print_herd(struct lab *lab, const struct stampede_config *cfg,
-                       const struct stampede_hot_result *r, double query_us)
+                       const struct stampede_hot_result *r, double query_us, int think_ms)
 {
 	const struct term *t = &lab->term;
-	char b[6][32], line[512] = "", spark[1024];
+	char line[512] = "", spark[1024];
 	int shown = r->expiries < 12 ? r->expiries : 12;
 	for (int i = 0; i < shown; i++) {
 		size_t l = strlen(line);
 		snprintf(line + l, sizeof(line) - l, "%s%d", i ? " · " : "", r->per_expiry[i]);
 	}
-	term_printf(t, "  recomputes at each expiry (server log): %s%s%s%s\n", term_bold(t), line,
-	            r->expiries > shown ? " …" : "", term_reset(t));
 	term_printf(
 	        t,
-	        "  %d %s, %s recomputes = %s%s per expiry%s for %d clients (%.0f%%); predicted: up to %d, "
-	        "since\n"
-	        "  every client reads within one recompute (a read every ~%d ms; a recompute took %s in the\n"
-	        "  herd, %s alone)\n",
-	        r->expiries, plural(r->expiries, "expiry", "expiries"), num(b[0], (double)r->recomputes, 0),
-	        term_red(t), num(b[1], r->recomputes_per_expiry, 1), term_reset(t), r->clients,
-	        100.0 * r->recomputes_per_expiry / r->clients, r->clients, cfg->think_ms,
-	        us(b[2], r->recompute_mean_us), us(b[5], query_us));
+	        "  recomputes at each expiry (server log): %s%s%s%s = %s%s per expiry%s for %d clients;\n"
+	        "  predicted: up to %d, the reads that arrive during one recompute (a read every ~%d ms;\n"
+	        "  a recompute took %s in the herd, %s alone)\n",
+	        term_bold(t), line, r->expiries > shown ? " …" : "", term_reset(t), term_red(t),
+	        TERM_NUM(r->recomputes_per_expiry, 1), term_reset(t), r->clients, r->clients, think_ms,
+	        TERM_US(r->recompute_mean_us), TERM_US(query_us));
 	double fitted[STAMPEDE_MAX_BUCKETS];
 	int nf, f = spark_fit(r->series, r->nseries, 0, fitted, &nf);
-	term_printf(t, "  PostgreSQL  %s  recompute statements per %d ms\n",
-	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms);
-	term_printf(t,
-	            "  at the database: %d recomputes running at once (the pool's %d connections, flat out), "
-	            "%d reads\n"
-	            "  queued for it at the peak; p99 read %s, max %s\n",
-	            r->peak_concurrent, cfg->pg_pool, r->peak_in_flight,
-	            us(b[3], (double)hist_percentile(&r->latency, 99)), us(b[4], (double)r->latency.max_us));
+	term_printf(t, "  PostgreSQL  %s  recomputes per %d ms; %d at once (the pool's %d, flat out)\n",
+	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * cfg->bucket_ms,
+	            r->peak_concurrent, cfg->pg_pool);
+	term_printf(t, "  %d reads queued for the database at the peak; p99 read %s, max %s\n",
+	            r->peak_in_flight, TERM_US((double)hist_percentile(&r->latency, 99)),
+	            TERM_US((double)r->latency.max_us));
 }
 
 static void print_defences(struct lab *lab, const struct stampede_config *cfg,
@@ -170,59 +140,34 @@ static void print_defences(struct lab *lab, const struct stampede_config *cfg,
 	const char *const predicted[] = {"≤ clients", "1", xpred, "1"};
 	term_table_header(t, 2, cols, 8);
 	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
-		char b[6][32], label[64];
+		char label[64];
 		snprintf(label, sizeof(label), "%s", stampede_defence_name((enum stampede_defence)d));
 		if (d == STAMPEDE_XFETCH)
 			snprintf(label, sizeof(label), "XFetch (beta %.1f)", cfg->beta);
 		const char *row[] = {label,
-		                     num(b[0], r[d].recomputes_per_expiry, 1),
+		                     TERM_NUM(r[d].recomputes_per_expiry, 1),
 		                     predicted[d],
-		                     num(b[1], (double)r[d].db_waits, 0),
-		                     num(b[2], r[d].peak_concurrent, 0),
-		                     us(b[3], (double)hist_percentile(&r[d].latency, 99)),
-		                     us(b[5], (double)r[d].latency.max_us),
-		                     num(b[4], (double)r[d].stale_reads, 0)};
+		                     TERM_NUM((double)r[d].db_waits, 0),
+		                     TERM_NUM(r[d].peak_concurrent, 0),
+		                     TERM_US((double)hist_percentile(&r[d].latency, 99)),
+		                     TERM_US((double)r[d].latency.max_us),
+		                     TERM_NUM((double)r[d].stale_reads, 0)};
 		term_table_row(t, 2, cols, 8, row);
-	}
-	int longest = 0;
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
-		longest = r[d].nseries > longest ? r[d].nseries : longest;
-	int f = (longest + SPARK_COLS - 1) / SPARK_COLS;
-	double fitted[STAMPEDE_DEFENCES][STAMPEDE_MAX_BUCKETS];
-	int nf[STAMPEDE_DEFENCES];
-	double max = 0;
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
-		spark_fit(r[d].series, r[d].nseries, f, fitted[d], &nf[d]);
-		for (int i = 0; i < nf[d]; i++)
-			max = fitted[d][i] > max ? fitted[d][i] : max;
-	}
-	term_printf(t, "\n  recompute statements per %d ms, as the server logged them (one scale):\n",
-	            (f < 1 ? 1 : f) * cfg->bucket_ms);
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
-		char spark[1024], b[2][32];
-		term_printf(t, "  %-22s  %s  %s reads, %s %s over %d %s\n",
-		            stampede_defence_name((enum stampede_defence)d),
-		            term_sparkline(spark, sizeof(spark), fitted[d], nf[d], max),
-		            num(b[0], (double)r[d].reads, 0), num(b[1], (double)r[d].recomputes, 0),
-		            plural((int)r[d].recomputes, "recompute", "recomputes"), r[d].expiries,
-		            plural(r[d].expiries, "expiry", "expiries"));
 	}
 	const struct stampede_hot_result *lk = &r[STAMPEDE_LOCK], *xf = &r[STAMPEDE_XFETCH],
 	                                 *sw = &r[STAMPEDE_SWR];
-	char b[4][32];
 	term_printf(
 	        t,
-	        "  lock: %s SET NX found it taken; waiters polled every %d ms and waited for the holder's "
-	        "value,\n"
-	        "  so one recompute per expiry costs every waiter a recompute of latency; %llu reads lost\n",
-	        num(b[0], (double)lk->lock_busy, 0), cfg->lock_poll_ms, (unsigned long long)lk->lost);
+	        "  lock: %s SET NX found it taken; the waiters polled every %d ms for the holder's value\n"
+	        "  (one recompute, and every waiter pays its latency); %llu reads lost\n",
+	        TERM_NUM((double)lk->lock_busy, 0), cfg->lock_poll_ms, (unsigned long long)lk->lost);
 	term_printf(t,
-	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry; %s of %s reads\n"
-	            "  waited (%.2f%%), %llu hard misses\n",
-	            num(b[1], (double)xf->db_waits, 0), num(b[2], (double)xf->reads, 0),
+	            "  XFetch: recompute early when now - delta x beta x ln(rand) >= expiry: %s of %s reads\n"
+	            "  waited (%.2f%%), %llu found the key missing\n",
+	            TERM_NUM((double)xf->db_waits, 0), TERM_NUM((double)xf->reads, 0),
 	            xf->reads ? 100.0 * xf->db_waits / xf->reads : 0.0, (unsigned long long)xf->hard_misses);
 	term_printf(t, "  SWR: %s reads served stale (up to one recompute old) while one client refreshed\n",
-	            num(b[3], (double)sw->stale_reads, 0));
+	            TERM_NUM((double)sw->stale_reads, 0));
 }
 
 static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
@@ -246,10 +191,9 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 		char spark[2][1024];
 		memcpy(asked, j[i].series, sizeof(double) * (size_t)j[i].nseries);
 		memcpy(run, j[i].started, sizeof(double) * (size_t)j[i].nstarted);
-		char b[32];
 		term_printf(t, "  %-9s asked  %s  peak %s\n            run    %s\n",
 		            j[i].jittered ? "jittered" : "same TTL",
-		            term_sparkline(spark[0], sizeof(spark[0]), asked, n, max), num(b, j[i].peak, 0),
+		            term_sparkline(spark[0], sizeof(spark[0]), asked, n, max), TERM_NUM(j[i].peak, 0),
 		            term_sparkline(spark[1], sizeof(spark[1]), run, n, max));
 	}
 	term_printf(t, "\n");
@@ -260,7 +204,7 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 	term_table_header(t, 2, cols, 7);
 	int window = j[0].window_last - j[0].window_first + 1;
 	for (int i = 0; i < 2; i++) {
-		char label[64], b[6][32], pred[32];
+		char label[64], ratio[32], pred[32];
 		if (j[i].jittered)
 			snprintf(label, sizeof(label), "%.1f s + uniform(0, %.1f s)",
 			         cfg->key_ttl_ms / 1000.0, cfg->jitter_ms / 1000.0);
@@ -268,31 +212,29 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 			snprintf(label, sizeof(label), "%.1f s for every key", cfg->key_ttl_ms / 1000.0);
 		/* all in one bucket: peak/mean = the window's buckets; spread evenly: about 1 */
 		snprintf(pred, sizeof(pred), "%s%dx", j[i].jittered ? "~" : "≤ ", j[i].jittered ? 1 : window);
-		snprintf(b[4], sizeof(b[4]), "%.1fx", j[i].peak_to_mean);
+		snprintf(ratio, sizeof(ratio), "%.1fx", j[i].peak_to_mean);
 		const char *row[] = {label,
-		                     num(b[0], (double)j[i].recomputes, 0),
-		                     num(b[1], j[i].peak, 0),
-		                     num(b[2], j[i].mean, 1),
-		                     b[4],
+		                     TERM_NUM((double)j[i].recomputes, 0),
+		                     TERM_NUM(j[i].peak, 0),
+		                     TERM_NUM(j[i].mean, 1),
+		                     ratio,
 		                     pred,
-		                     num(b[3], j[i].peak_concurrent, 0)};
+		                     TERM_NUM(j[i].peak_concurrent, 0)};
 		term_table_row(t, 2, cols, 7, row);
 	}
-	char b[3][32];
 	term_printf(
 	        t,
 	        "  the same %s recomputes (each key once); the peak fell %s%.1fx%s. A key's reader waited "
 	        "for its\n"
 	        "  value p99 %s with one TTL (the database took the wave as a queue) and %s with jitter\n",
-	        num(b[2], j[0].keys, 0), term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0,
-	        term_reset(t), us(b[0], (double)hist_percentile(&j[0].wait, 99)),
-	        us(b[1], (double)hist_percentile(&j[1].wait, 99)));
+	        TERM_NUM(j[0].keys, 0), term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0,
+	        term_reset(t), TERM_US((double)hist_percentile(&j[0].wait, 99)),
+	        TERM_US((double)hist_percentile(&j[1].wait, 99)));
 }
 
 static void print_outage(struct lab *lab, const struct stampede_hot_result *o, int cut, int bucket_ms)
 {
 	const struct term *t = &lab->term;
-	char b[6][32];
 	if (!o->redis_lost) {
 		term_printf(t, "  %sRedis never went away%s (the proxy cut %d connections)\n", term_red(t),
 		            term_reset(t), cut);
@@ -300,20 +242,19 @@ static void print_outage(struct lab *lab, const struct stampede_hot_result *o, i
 	}
 	term_printf(t, "  %s⚠ Redis went away at t=%.2f s (%s): serving reads from PostgreSQL%s\n",
 	            term_yellow(t), o->redis_lost_at_s, o->redis_error, term_reset(t));
-	term_printf(
-	        t,
-	        "  the proxy cut %d connections; %s reconnect %s (each client tries at most every 500 ms)\n",
-	        cut, num(b[0], (double)o->reconnect_attempts, 0),
-	        o->reconnect_attempts == 1 ? "attempt was refused" : "attempts were refused");
+	term_printf(t,
+	            "  the proxy cut %d connections; %s reconnect attempts refused (each client tries every "
+	            "500 ms)\n",
+	            cut, TERM_NUM((double)o->reconnect_attempts, 0));
 	term_printf(t, "  reads answered: %s in all, %s after the loss, %s%llu lost%s; p99 read %s\n",
-	            num(b[1], (double)o->reads, 0), num(b[2], (double)o->reads_after_loss, 0),
+	            TERM_NUM((double)o->reads, 0), TERM_NUM((double)o->reads_after_loss, 0),
 	            o->lost ? term_red(t) : term_green(t), (unsigned long long)o->lost, term_reset(t),
-	            us(b[3], (double)hist_percentile(&o->latency, 99)));
+	            TERM_US((double)hist_percentile(&o->latency, 99)));
 	term_printf(t,
 	            "  PostgreSQL ran %s statements/s before (the cache answered) and %s/s after: every read "
 	            "is a\n"
 	            "  query now, and the app's pool is what keeps the herd from becoming %d backends\n",
-	            num(b[4], o->queries_per_s_before, 0), num(b[5], o->queries_per_s_after, 0), o->clients);
+	            TERM_NUM(o->queries_per_s_before, 0), TERM_NUM(o->queries_per_s_after, 0), o->clients);
 	char spark[1024];
 	double fitted[STAMPEDE_MAX_BUCKETS];
 	int nf, f = spark_fit(o->series, o->nseries, 0, fitted, &nf);
@@ -321,13 +262,135 @@ static void print_outage(struct lab *lab, const struct stampede_hot_result *o, i
 	            term_sparkline(spark, sizeof(spark), fitted, nf, 0), f * bucket_ms);
 }
 
+/* ---- the telling: one before and one after per phase ---- */
+
+static void herd_before(struct lab *lab, const void *c)
+{
+	const struct stampede_config *cfg = c;
+	lab_phase(lab, "The hot key: %d clients, cache-aside, no protection (%.1f s, TTL %d ms)",
+	          cfg->clients, cfg->run_ms / 1000.0, cfg->ttl_ms);
+}
+
+static void herd_after(struct lab *lab, const void *c, const void *result)
+{
+	const struct stampede_config *cfg = c;
+	const struct stampede_result *r = result;
+	print_herd(lab, cfg, &r->hot[STAMPEDE_NONE], r->query_us, r->think_ms);
+	lab_phase_metrics(lab, "herd", hot_json(&r->hot[STAMPEDE_NONE], cfg->bucket_ms));
+}
+
+static void defences_before(struct lab *lab, const void *c)
+{
+	const struct stampede_config *cfg = c;
+	if (cfg->xfetch_ttl_ms == cfg->ttl_ms)
+		lab_phase(lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg->clients,
+		          cfg->run_ms / 1000.0, cfg->ttl_ms);
+	else
+		lab_phase(lab,
+		          "The defences, same load (%d clients, TTL %d ms for %.1f s; XFetch: %d ms for %.1f "
+		          "s)",
+		          cfg->clients, cfg->ttl_ms, cfg->run_ms / 1000.0, cfg->xfetch_ttl_ms,
+		          (cfg->run_ms + cfg->xfetch_ttl_ms - cfg->ttl_ms) / 1000.0);
+}
+
+static void defences_after(struct lab *lab, const void *c, const void *result)
+{
+	const struct stampede_config *cfg = c;
+	const struct stampede_result *r = result;
+	print_defences(lab, cfg, r->hot);
+	json_t *defences = json_object();
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
+		json_object_set_new(defences, stampede_defence_id((enum stampede_defence)d),
+		                    hot_json(&r->hot[d], cfg->bucket_ms));
+	lab_phase_metrics(lab, "defences", defences);
+}
+
+static void jitter_before(struct lab *lab, const void *c)
+{
+	const struct stampede_config *cfg = c;
+	lab_phase(lab, "TTL jitter: %s keys warmed at the same moment, the same TTL vs a jittered one",
+	          TERM_NUM(cfg->keys, 0));
+}
+
+static void jitter_after(struct lab *lab, const void *c, const void *result)
+{
+	const struct stampede_config *cfg = c;
+	const struct stampede_jitter_result *j = ((const struct stampede_result *)result)->jitter;
+	print_jitter(lab, cfg, j);
+	lab_phase_metrics(lab, "jitter",
+	                  json_pack("{s:o,s:o,s:f}", "same_ttl", jitter_json(&j[0], cfg->bucket_ms),
+	                            "jittered", jitter_json(&j[1], cfg->bucket_ms), "peak_fall",
+	                            j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0));
+}
+
+static void outage_before(struct lab *lab, const void *c)
+{
+	const struct stampede_config *cfg = c;
+	lab_phase(lab,
+	          "Redis goes away mid-run: the lock defence, Redis behind a proxy that cuts it at %.1f s",
+	          cfg->outage_at_ms / 1000.0);
+}
+
+static void outage_after(struct lab *lab, const void *c, const void *result)
+{
+	const struct stampede_config *cfg = c;
+	const struct stampede_result *r = result;
+	print_outage(lab, &r->outage, r->connections_cut, cfg->bucket_ms);
+	json_t *om = hot_json(&r->outage, cfg->bucket_ms);
+	json_object_set_new(om, "connections_cut", json_integer(r->connections_cut));
+	lab_phase_metrics(lab, "outage", om);
+}
+
+static const struct lab_phase_tell TELLS[STAMPEDE_PHASES] = {
+        [STAMPEDE_PHASE_HERD] = {herd_before, herd_after},
+        [STAMPEDE_PHASE_DEFENCES] = {defences_before, defences_after},
+        [STAMPEDE_PHASE_JITTER] = {jitter_before, jitter_after},
+        [STAMPEDE_PHASE_OUTAGE] = {outage_before, outage_after},
+};
+
+static void config_json(struct lab *lab, const struct stampede_config *cfg)
+{
+	lab_config_set(lab, "clients", json_integer(cfg->clients));
+	lab_config_set(lab, "pg_pool", json_integer(cfg->pg_pool));
+	lab_config_set(lab, "rows", json_integer(cfg->rows));
+	lab_config_set(lab, "ttl_ms", json_integer(cfg->ttl_ms));
+	lab_config_set(lab, "xfetch_ttl_ms", json_integer(cfg->xfetch_ttl_ms));
+	lab_config_set(lab, "run_ms", json_integer(cfg->run_ms));
+	lab_config_set(lab, "lock_ms", json_integer(cfg->lock_ms));
+	lab_config_set(lab, "beta", json_real(cfg->beta));
+	lab_config_set(lab, "stale_ms", json_integer(cfg->stale_ms));
+	lab_config_set(lab, "keys", json_integer(cfg->keys));
+	lab_config_set(lab, "key_ttl_ms", json_integer(cfg->key_ttl_ms));
+	lab_config_set(lab, "jitter_ms", json_integer(cfg->jitter_ms));
+	lab_config_set(lab, "bucket_ms", json_integer(cfg->bucket_ms));
+	lab_config_set(lab, "outage_at_ms", json_integer(cfg->outage_at_ms));
+	lab_config_set(lab, "outage_run_ms", json_integer(cfg->outage_run_ms));
+	lab_config_set(lab, "quick", json_boolean(lab->opts.quick));
+	lab_config_set(lab, "seed", json_integer((json_int_t)cfg->seed));
+}
+
+/*
+ * Ctrl-C: lab.c's guard drops what the lab made and exits 130. Returning from main would run
+ * exit()'s handlers beside it, OpenSSL's cleanup among them (registered after the guard's wait,
+ * so it runs first) under the guard's own libpq connection: a crash. This thread ends alone
+ * instead and leaves the exit to the guard.
+ */
+static int leave(int rc)
+{
+	if (lab_interrupted())
+		pthread_exit(NULL);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
-	if (lab_init(&lab, "stampede", QUESTION, 4, argc, argv) < 0)
+	if (lab_init(&lab, "stampede", QUESTION, STAMPEDE_PHASES, argc, argv) < 0)
 		return lab.exit_code;
 	if (lab.opts.serve)
 		return lab_fail(&lab, "--serve: this lab has no API to serve; run it without --serve");
+	if (lab_probe(&lab, true, true) < 0)
+		return lab.exit_code;
 	struct stampede_config cfg;
 	stampede_config_default(&cfg, lab.opts.quick);
 	cfg.pg_url = lab.opts.pg_url;
@@ -335,168 +398,39 @@ int main(int argc, char **argv)
 	cfg.seed = lab.opts.seed;
 	cfg.progress_cb = lab_progress_cb;
 	cfg.progress_arg = &lab;
-
-	char err[LAB_ERRLEN];
-	PGconn *probe = pg_connect(cfg.pg_url, err, sizeof(err));
-	if (!probe)
-		return lab_env_error(&lab, "PostgreSQL", cfg.pg_url, err);
-	PQfinish(probe);
-	redisContext *rprobe = redis_connect_url(cfg.redis_url, 1000, err, sizeof(err));
-	if (!rprobe)
-		return lab_env_error(&lab, "Redis", cfg.redis_url, err);
-	redisFree(rprobe);
-
-	double query_us = 0;
-	struct stampede *st = stampede_setup(&cfg, &query_us, err, sizeof(err));
-	if (!st)
-		return lab_fail(&lab, "cannot set up schema lab_stampede: %s", err);
-
-	char pgu[256], ru[256], b[4][32];
+	config_json(&lab, &cfg);
+	char pgu[256], ru[256];
 	pg_url_redact(cfg.pg_url, pgu, sizeof(pgu));
 	redis_url_redact(cfg.redis_url, ru, sizeof(ru));
-	lab_config_set(&lab, "clients", json_integer(cfg.clients));
-	lab_config_set(&lab, "pg_pool", json_integer(cfg.pg_pool));
-	lab_config_set(&lab, "rows", json_integer(cfg.rows));
-	lab_config_set(&lab, "query_ms", json_real(query_us / 1000.0));
-	lab_config_set(&lab, "ttl_ms", json_integer(cfg.ttl_ms));
-	lab_config_set(&lab, "run_ms", json_integer(cfg.run_ms));
-	lab_config_set(&lab, "think_ms", json_integer(cfg.think_ms));
-	lab_config_set(&lab, "lock_ms", json_integer(cfg.lock_ms));
-	lab_config_set(&lab, "beta", json_real(cfg.beta));
-	lab_config_set(&lab, "stale_ms", json_integer(cfg.stale_ms));
-	lab_config_set(&lab, "keys", json_integer(cfg.keys));
-	lab_config_set(&lab, "key_ttl_ms", json_integer(cfg.key_ttl_ms));
-	lab_config_set(&lab, "jitter_ms", json_integer(cfg.jitter_ms));
-	lab_config_set(&lab, "bucket_ms", json_integer(cfg.bucket_ms));
-	lab_config_set(&lab, "outage_at_ms", json_integer(cfg.outage_at_ms));
-	lab_config_set(&lab, "outage_run_ms", json_integer(cfg.outage_run_ms));
-	lab_config_set(&lab, "quick", json_boolean(lab.opts.quick));
-	lab_config_set(&lab, "seed", json_integer((json_int_t)cfg.seed));
 	lab_header(&lab,
-	           "PostgreSQL %s · Redis %s\n%d clients · app pool %d · TTL %d ms · the value is an "
-	           "aggregation "
-	           "over %s rows: %s alone",
-	           pgu, ru, cfg.clients, cfg.pg_pool, cfg.ttl_ms, num(b[0], cfg.rows, 0), us(b[1], query_us));
+	           "PostgreSQL %s · Redis %s\n%d clients · app pool %d · TTL %d ms · the value: an "
+	           "aggregation over %s rows",
+	           pgu, ru, cfg.clients, cfg.pg_pool, cfg.ttl_ms, TERM_NUM(cfg.rows, 0));
 
-	struct stampede_hot_result *hot = calloc(STAMPEDE_DEFENCES, sizeof(*hot));
-	struct stampede_hot_result *outage = calloc(1, sizeof(*outage));
-	struct stampede_jitter_result *jit = calloc(2, sizeof(*jit));
-	int ret = LAB_EXIT_ENV, cut = 0;
-	if (!hot || !outage || !jit) {
-		snprintf(err, sizeof(err), "out of memory");
-		goto failed;
+	struct stampede_result *res = calloc(1, sizeof(*res));
+	if (!res)
+		return lab_fail(&lab, "out of memory");
+	struct lab_teller teller = {&lab, TELLS, STAMPEDE_PHASES, &cfg, res};
+	cfg.hooks = lab_teller_hooks(&teller);
+	char err[LAB_ERRLEN];
+	int rc = stampede_run(&cfg, res, err, sizeof(err));
+	if (rc < 0) {
+		term_progress_clear(&lab.term);
+		if (lab_interrupted()) /* the guard says so, and exits 130 */
+			rc = LAB_EXIT_INTERRUPTED;
+		else if (!strcmp(res->lost_server, "Redis"))
+			rc = lab_lost(&lab, "Redis", cfg.redis_url, err);
+		else if (!strcmp(res->lost_server, "PostgreSQL"))
+			rc = lab_lost(&lab, "PostgreSQL", cfg.pg_url, err);
+		else
+			rc = lab_fail(&lab, "%s", err);
+		free(res);
+		return leave(rc);
 	}
-
-	lab_phase(&lab, "The hot key: %d clients, cache-aside, no protection (%.1f s, TTL %d ms)",
-	          cfg.clients, cfg.run_ms / 1000.0, cfg.ttl_ms);
-	if (stampede_hot_run(st, &cfg, STAMPEDE_NONE, &hot[STAMPEDE_NONE], err, sizeof(err)) < 0)
-		goto failed;
-	term_progress_clear(&lab.term);
-	print_herd(&lab, &cfg, &hot[STAMPEDE_NONE], query_us);
-	lab_phase_metrics(&lab, "herd", hot_json(&hot[STAMPEDE_NONE], cfg.bucket_ms));
-
-	lab_phase(&lab, "The defences, same load (%d clients, %.1f s each, TTL %d ms)", cfg.clients,
-	          cfg.run_ms / 1000.0, cfg.ttl_ms);
-	for (int d = STAMPEDE_LOCK; d < STAMPEDE_DEFENCES; d++)
-		if (stampede_hot_run(st, &cfg, (enum stampede_defence)d, &hot[d], err, sizeof(err)) < 0)
-			goto failed;
-	term_progress_clear(&lab.term);
-	print_defences(&lab, &cfg, hot);
-	json_t *defences = json_object();
-	for (int d = 0; d < STAMPEDE_DEFENCES; d++)
-		json_object_set_new(defences, stampede_defence_id((enum stampede_defence)d),
-		                    hot_json(&hot[d], cfg.bucket_ms));
-	lab_phase_metrics(&lab, "defences", defences);
-
-	lab_phase(&lab, "TTL jitter: %s keys warmed at the same moment, the same TTL vs a jittered one",
-	          num(b[2], cfg.keys, 0));
-	if (stampede_jitter_run(st, &cfg, false, &jit[0], err, sizeof(err)) < 0 ||
-	    stampede_jitter_run(st, &cfg, true, &jit[1], err, sizeof(err)) < 0)
-		goto failed;
-	term_progress_clear(&lab.term);
-	print_jitter(&lab, &cfg, jit);
-	lab_phase_metrics(&lab, "jitter",
-	                  json_pack("{s:o,s:o,s:f}", "same_ttl", jitter_json(&jit[0], cfg.bucket_ms),
-	                            "jittered", jitter_json(&jit[1], cfg.bucket_ms), "peak_fall",
-	                            jit[1].peak > 0 ? jit[0].peak / jit[1].peak : 0.0));
-
-	lab_phase(&lab,
-	          "Redis goes away mid-run: the lock defence, Redis behind a proxy that cuts it at %.1f s",
-	          cfg.outage_at_ms / 1000.0);
-	if (stampede_outage_run(st, &cfg, outage, &cut, err, sizeof(err)) < 0)
-		goto failed;
-	term_progress_clear(&lab.term);
-	print_outage(&lab, outage, cut, cfg.bucket_ms);
-	json_t *om = hot_json(outage, cfg.bucket_ms);
-	json_object_set_new(om, "connections_cut", json_integer(cut));
-	lab_phase_metrics(&lab, "outage", om);
-
-	int down = stampede_teardown(st, err, sizeof(err));
-	st = NULL;
-	if (down < 0)
-		goto failed;
-
-	/* The verdict: every claim, checked against the server's numbers. */
-	const struct stampede_hot_result *no = &hot[STAMPEDE_NONE], *lk = &hot[STAMPEDE_LOCK],
-	                                 *xf = &hot[STAMPEDE_XFETCH], *sw = &hot[STAMPEDE_SWR];
-	double fall = jit[1].peak > 0 ? jit[0].peak / jit[1].peak : 0;
-	char whybuf[256];
-	const char *why = NULL;
-	if (no->expiries < 1 || no->recomputes_per_expiry < HERD_FRACTION * cfg.clients) {
-		snprintf(whybuf, sizeof(whybuf),
-		         "no protection: %.1f recomputes per expiry over %d expiries, expected "
-		         "at least %.0f",
-		         no->recomputes_per_expiry, no->expiries, HERD_FRACTION * cfg.clients);
-		why = whybuf;
-	} else if (lk->expiries < 1 || lk->max_per_expiry != 1 || lk->min_per_expiry != 1 || lk->lost) {
-		snprintf(whybuf, sizeof(whybuf),
-		         "lock: %d to %d recomputes per expiry and %llu lost reads, expected "
-		         "exactly 1 and none",
-		         lk->min_per_expiry, lk->max_per_expiry, (unsigned long long)lk->lost);
-		why = whybuf;
-	} else if (xf->expiries < 1 || xf->recomputes_per_expiry > XFETCH_MAX_FRACTION * cfg.clients ||
-	           xf->db_waits > XFETCH_MAX_WAIT_FRACTION * xf->reads || xf->hard_misses) {
-		snprintf(whybuf, sizeof(whybuf),
-		         "XFetch: %.1f recomputes per expiry, %llu reads waited, %llu hard misses",
-		         xf->recomputes_per_expiry, (unsigned long long)xf->db_waits,
-		         (unsigned long long)xf->hard_misses);
-		why = whybuf;
-	} else if (sw->max_per_expiry != 1 || sw->stale_reads == 0) {
-		snprintf(whybuf, sizeof(whybuf),
-		         "stale-while-revalidate: up to %d recomputes per expiry, %llu stale reads",
-		         sw->max_per_expiry, (unsigned long long)sw->stale_reads);
-		why = whybuf;
-	} else if (fall < JITTER_MIN_FALL || jit[0].recomputes != jit[1].recomputes) {
-		snprintf(whybuf, sizeof(whybuf),
-		         "jitter: the peak fell %.1fx (expected %.0fx) with %llu vs %llu recomputes", fall,
-		         JITTER_MIN_FALL, (unsigned long long)jit[0].recomputes,
-		         (unsigned long long)jit[1].recomputes);
-		why = whybuf;
-	} else if (!outage->redis_lost || outage->lost || outage->reads_after_loss == 0) {
-		why = "the outage run did not degrade to PostgreSQL cleanly";
-	}
-	ret = lab_verdict(
-	        &lab, why == NULL,
-	        "without protection every expiry sends the herd to the database; a lock, XFetch or "
-	        "stale-while-revalidate make it one recompute, and TTL jitter spreads a mass expiry",
-	        "%s%s%.0f recomputes per expiry unprotected vs %.1f with the lock, %.1f with XFetch, %.1f "
-	        "with SWR (server log); jitter cut the peak per 100 ms %.1fx for the same %llu recomputes; "
-	        "Redis lost at %.1f s, %llu reads lost",
-	        why ? why : "", why ? ". " : "", no->recomputes_per_expiry, lk->recomputes_per_expiry,
-	        xf->recomputes_per_expiry, sw->recomputes_per_expiry, fall,
-	        (unsigned long long)jit[1].recomputes, outage->redis_lost_at_s,
-	        (unsigned long long)outage->lost);
-	goto out;
-failed:
-	term_progress_clear(&lab.term);
-	{
-		char terr[LAB_ERRLEN];
-		stampede_teardown(st, terr, sizeof(terr));
-	}
-	ret = lab_fail(&lab, "%s", err);
-out:
-	free(hot);
-	free(outage);
-	free(jit);
-	return ret;
+	lab_config_set(&lab, "query_ms", json_real(res->query_us / 1000.0));
+	lab_config_set(&lab, "think_ms", json_integer(res->think_ms));
+	struct lab_verdict verdict;
+	stampede_judge(res, &verdict);
+	free(res);
+	return leave(lab_finish(&lab, &verdict));
 }

@@ -4,8 +4,9 @@
  *
  * C concurrent clients read one hot key through cache-aside in Redis. Its value costs a real
  * aggregation in PostgreSQL (count(DISTINCT), sum and a percentile over a table the lab fills:
- * tens of milliseconds). The TTL is short, so a run spans several expiries. Four phases:
- *   1. none      plain cache-aside: every client that misses recomputes (the herd)
+ * milliseconds alone, tens under load). The TTL is short, so a run spans at least one expiry.
+ * Four phases (stampede_run walks them in this order):
+ *   1. herd      plain cache-aside: every client that misses recomputes
  *   2. defences  the same load with a lock (SET NX PX with a random token, released by a
  *                compare-and-delete script; waiters WAIT: they poll the cache until the holder
  *                writes, they never serve stale), XFetch (probabilistic early expiration,
@@ -16,11 +17,12 @@
  *   4. outage    Redis goes away mid-run (through common/proxy.h): every client degrades to
  *                PostgreSQL and the run ends without a crash
  *
- * Clients are threads, one blocking hiredis connection each, sharing a small blocking pool of
- * libpq connections: the simplest honest model of an app server. A connection per client would
- * be hundreds of backends, past the server's max_connections (100, shared with every lab), and
- * an app pool is what stands between a real herd and the database. So the herd shows as clients
- * queued on the pool and a database running pg_pool recomputes at once, flat out.
+ * Clients are threads, one blocking hiredis connection each, sharing a small set of blocking
+ * libpq connections (common/pgset.h): the simplest honest model of an app server's pool. A
+ * connection per client would be hundreds of backends, past the server's max_connections (100,
+ * shared with every lab), and an app pool is what stands between a real herd and the database.
+ * So the herd shows as clients queued on the pool and a database running pg_pool recomputes at
+ * once, flat out.
  *
  * Counts come from the server: every recompute is one statement that computes the value AND
  * inserts a row into lab_stampede.recomputes (run, key, the epoch it replaces, the statement's
@@ -29,7 +31,12 @@
  * the value carries the number of recomputes in its chain, and a recompute replaces epoch e
  * with e + 1; recomputes per expiry = recomputes grouped by the epoch they replaced.
  *
- * Redis keys: lab:stampede:*. Schema: lab_stampede. Errors: -1 and one line in err.
+ * Redis keys: lab:stampede:*. Schema: lab_stampede. Errors: -1 and one line in err; a server
+ * that went away mid-run (outside phase 4's deliberate outage) is named in the result.
+ *
+ * The files: stampede.c runs the phases and judges; store.c owns the schema and reads the
+ * server's log; cache.c is one client of the hot key and its defences; hot.c runs the clients
+ * (phases 1, 2 and 4); jitter.c runs the many keys of phase 3.
  */
 #ifndef LAB_STAMPEDE_H
 #define LAB_STAMPEDE_H
@@ -39,13 +46,14 @@
 #include <stdint.h>
 
 #include "hist.h"
+#include "lab.h"
 
 #define STAMPEDE_MAX_BUCKETS  160
 #define STAMPEDE_MAX_EXPIRIES 64
 
 enum stampede_defence { STAMPEDE_NONE, STAMPEDE_LOCK, STAMPEDE_XFETCH, STAMPEDE_SWR, STAMPEDE_DEFENCES };
 
-/* "no protection", "lock (waiters wait)", "XFetch (beta 1.0)" ... */
+/* "no protection", "lock (waiters wait)", "XFetch", "stale-while-revalidate" */
 const char *stampede_defence_name(enum stampede_defence d);
 /* "none", "lock", "xfetch", "swr": the --json names */
 const char *stampede_defence_id(enum stampede_defence d);
@@ -53,26 +61,27 @@ const char *stampede_defence_id(enum stampede_defence d);
 struct stampede_config {
 	const char *pg_url;
 	const char *redis_url;
-	int clients;      /* concurrent readers of the hot key */
-	int pg_pool;      /* libpq connections the clients share */
-	int rows;         /* rows in lab_stampede.orders: the hot query's cost */
-	int ttl_ms;       /* the hot key's TTL (XFetch's expiry, SWR's soft TTL) */
-	int run_ms;       /* how long each defence runs */
-	int think_ms;     /* mean pause between a client's reads */
-	int lock_ms;      /* the lock's PX: the longest a dead holder blocks the key */
-	int lock_poll_ms; /* how often a waiter looks at the cache again */
-	double beta;      /* XFetch's beta: above 1 favours earlier recomputes */
-	int stale_ms;     /* SWR: how long past the soft TTL a stale value may still be served */
-	int keys;         /* phase 3: keys warmed at the same moment */
-	int key_ttl_ms; /* phase 3: their base TTL (a recomputed key is kept 10x longer: one wave is watched)
-	                 */
-	int jitter_ms;  /* phase 3: the jittered TTL is key_ttl_ms + uniform(0, jitter_ms) */
-	int sweepers;   /* phase 3: reader threads, each with its share of the keys and a connection */
-	int sweep_ms;   /* phase 3: each key is read this often */
-	int bucket_ms;  /* phase 3: the series' interval */
+	int clients;       /* concurrent readers of the hot key */
+	int pg_pool;       /* libpq connections the clients share */
+	int rows;          /* rows in lab_stampede.orders: the hot query's cost */
+	int ttl_ms;        /* the hot key's TTL (SWR's soft TTL) */
+	int xfetch_ttl_ms; /* XFetch's TTL: long against its early window (see the defaults) */
+	int run_ms;        /* how long each defence runs (XFetch: longer by xfetch_ttl_ms - ttl_ms) */
+	int think_ms;      /* mean pause between a client's reads; 0: about one recompute (stampede.c) */
+	int lock_ms;       /* the lock's PX: the longest a dead holder blocks the key */
+	int lock_poll_ms;  /* how often a waiter looks at the cache again */
+	double beta;       /* XFetch's beta: above 1 favours earlier recomputes */
+	int stale_ms;      /* SWR: how long past the soft TTL a stale value may still be served */
+	int keys;          /* phase 3: keys warmed at the same moment */
+	int key_ttl_ms;    /* phase 3: their base TTL (a recomputed key is kept 10x longer: one wave) */
+	int jitter_ms;     /* phase 3: the jittered TTL is key_ttl_ms + uniform(0, jitter_ms) */
+	int sweepers;      /* phase 3: reader threads, each with its share of the keys */
+	int sweep_ms;      /* phase 3: each key is read this often */
+	int bucket_ms;     /* phase 3: the series' interval */
 	int outage_at_ms;  /* phase 4: Redis goes away this long into the run ... */
 	int outage_run_ms; /* ... which lasts this long */
 	uint64_t seed;
+	struct lab_phase_hooks hooks; /* around each phase (main.c tells through them); zero = none */
 	/* Called from the lab's thread about every 250 ms while a phase runs; may be NULL. */
 	void (*progress_cb)(const char *what, double done_fraction, void *arg);
 	void *progress_arg;
@@ -81,22 +90,14 @@ struct stampede_config {
 /* The defaults: full (hundreds of clients, a few seconds a defence) or quick (under 10 s in all). */
 void stampede_config_default(struct stampede_config *cfg, bool quick);
 
-/*
- * What a lab run holds from setup to teardown: a connection to each server, and the app's pool
- * of max(pg_pool, sweepers) libpq connections (each run lends at most its own pg_pool or
- * sweepers of them at once). Opened once: connecting costs milliseconds each on a busy machine.
- */
-struct stampede;
-
-/*
- * Creates schema lab_stampede: orders (rows rows) and the recompute log; measures the hot query
- * alone (*query_us: the median of five; may be NULL); deletes lab:stampede:* keys; opens the
- * pool. NULL and err on failure, with nothing left behind.
- */
-struct stampede *stampede_setup(const struct stampede_config *cfg, double *query_us, char *err,
-                                size_t errlen);
-/* Drops the schema, deletes every lab:stampede:* key, closes and frees s. NULL is a no-op. */
-int stampede_teardown(struct stampede *s, char *err, size_t errlen);
+/* The phases, in the order stampede_run walks them (and main.c tells them). */
+enum stampede_phase {
+	STAMPEDE_PHASE_HERD,
+	STAMPEDE_PHASE_DEFENCES,
+	STAMPEDE_PHASE_JITTER,
+	STAMPEDE_PHASE_OUTAGE,
+	STAMPEDE_PHASES
+};
 
 /* One defence (or one outage run) on the hot key. */
 struct stampede_hot_result {
@@ -124,7 +125,7 @@ struct stampede_hot_result {
 	uint64_t lock_busy;         /* lock: SET NX that found the lock taken */
 	int peak_in_flight;         /* reads queued for or running a recompute at once (client side) */
 	struct hist latency;        /* every read, from the request to the value in hand */
-	/* Redis going away (phase 4, or any Redis failure mid-run) */
+	/* Redis going away (phase 4's outage) */
 	bool redis_lost;
 	double redis_lost_at_s;      /* when the first client saw it, from the start */
 	char redis_error[256];       /* what hiredis said */
@@ -133,21 +134,6 @@ struct stampede_hot_result {
 	double queries_per_s_before; /* server statements per second, before and after the loss */
 	double queries_per_s_after;
 };
-
-/* Runs clients against the hot key with one defence for run_ms (the cfg given to setup, or a
- * copy with other clients, durations or TTLs; pg_pool up to the pool's size). */
-int stampede_hot_run(struct stampede *s, const struct stampede_config *cfg, enum stampede_defence defence,
-                     struct stampede_hot_result *res, char *err, size_t errlen);
-
-/*
- * Phase 4: the lock defence, with every client's Redis connection through a proxy (common/
- * proxy.h) in front of cfg->redis_url. At outage_at_ms the proxy cuts every connection and
- * refuses new ones: to the clients, Redis went away. Clients that lose Redis serve from
- * PostgreSQL and try Redis again at most every 500 ms. The shared Redis itself is never touched.
- * *cut (may be NULL) gets the connections the proxy cut.
- */
-int stampede_outage_run(struct stampede *s, const struct stampede_config *cfg,
-                        struct stampede_hot_result *res, int *cut, char *err, size_t errlen);
 
 /* Phase 3: keys warmed at once, with or without jitter, until every key was recomputed once. */
 struct stampede_jitter_result {
@@ -168,9 +154,31 @@ struct stampede_jitter_result {
 	int peak_concurrent; /* server: statements running at once */
 	struct hist wait;    /* clients: from seeing a key missing to its value back in Redis */
 	double run_s;
+	int bucket_ms; /* the series' interval */
 };
 
-int stampede_jitter_run(struct stampede *s, const struct stampede_config *cfg, bool jittered,
-                        struct stampede_jitter_result *res, char *err, size_t errlen);
+/* Everything a run measured. */
+struct stampede_result {
+	double query_us;                                   /* the hot query alone: the median of five */
+	int think_ms;                                      /* the clients' mean pause between reads */
+	struct stampede_hot_result hot[STAMPEDE_DEFENCES]; /* phase 1 fills [NONE], phase 2 the rest */
+	struct stampede_jitter_result jitter[2];           /* phase 3: [0] same TTL, [1] jittered */
+	struct stampede_hot_result outage;                 /* phase 4 */
+	int connections_cut;                               /* phase 4: the proxy's cut connections */
+	/* when the run failed because a server went away (outside phase 4's deliberate outage):
+	 * "PostgreSQL" or "Redis", else "" */
+	char lost_server[16];
+};
+
+/*
+ * Creates schema lab_stampede (orders: cfg->rows rows; the recompute log), measures the hot query
+ * alone, walks the four phases with cfg->hooks around each, then drops the schema and every
+ * lab:stampede:* key, also when a phase failed. 0, or -1 and err (with res->lost_server set when
+ * a server went away). res is large (histograms): allocate it.
+ */
+int stampede_run(const struct stampede_config *cfg, struct stampede_result *res, char *err, size_t errlen);
+
+/* The claim and every threshold, with their reasons; fills v. */
+void stampede_judge(const struct stampede_result *res, struct lab_verdict *v);
 
 #endif
