@@ -14,7 +14,6 @@
  * a herd slows everything at once (which is the point), and absolute times vary run to run.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -369,19 +368,6 @@ static void config_json(struct lab *lab, const struct stampede_config *cfg)
 	lab_config_set(lab, "seed", json_integer((json_int_t)cfg->seed));
 }
 
-/*
- * Ctrl-C: lab.c's guard drops what the lab made and exits 130. Returning from main would run
- * exit()'s handlers beside it, OpenSSL's cleanup among them (registered after the guard's wait,
- * so it runs first) under the guard's own libpq connection: a crash. This thread ends alone
- * instead and leaves the exit to the guard.
- */
-static int leave(int rc)
-{
-	if (lab_interrupted())
-		pthread_exit(NULL);
-	return rc;
-}
-
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -415,22 +401,21 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int rc = stampede_run(&cfg, res, err, sizeof(err));
 	if (rc < 0) {
+		/* after Ctrl-C each of these holds, silent, while lab.c's guard cleans up and exits 130 */
 		term_progress_clear(&lab.term);
-		if (lab_interrupted()) /* the guard says so, and exits 130 */
-			rc = LAB_EXIT_INTERRUPTED;
-		else if (!strcmp(res->lost_server, "Redis"))
+		if (!strcmp(res->lost_server, "Redis"))
 			rc = lab_lost(&lab, "Redis", cfg.redis_url, err);
 		else if (!strcmp(res->lost_server, "PostgreSQL"))
 			rc = lab_lost(&lab, "PostgreSQL", cfg.pg_url, err);
 		else
 			rc = lab_fail(&lab, "%s", err);
 		free(res);
-		return leave(rc);
+		return rc;
 	}
 	lab_config_set(&lab, "query_ms", json_real(res->query_us / 1000.0));
 	lab_config_set(&lab, "think_ms", json_integer(res->think_ms));
 	struct lab_verdict verdict;
 	stampede_judge(res, &verdict);
 	free(res);
-	return leave(lab_finish(&lab, &verdict));
+	return lab_finish(&lab, &verdict);
 }
