@@ -508,38 +508,25 @@ err:
 	return ret;
 }
 
-int lab_verdict(struct lab *lab, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
+int lab_finish(struct lab *lab, const struct lab_verdict *v)
 {
 	guard_hold();
-	int ret = demonstrated ? LAB_EXIT_OK : LAB_EXIT_NOT_SHOWN;
-	char *evidence = NULL;
-	va_list ap;
-	va_start(ap, evidence_fmt);
-	if (vasprintf(&evidence, evidence_fmt, ap) < 0)
-		evidence = NULL;
-	va_end(ap);
-	if (!evidence) {
-		ret = lab_fail(lab, "out of memory");
-		goto done;
-	}
-
+	int ret = v->demonstrated ? LAB_EXIT_OK : LAB_EXIT_NOT_SHOWN;
 	if (lab->opts.json) {
-		if (print_document(lab, demonstrated, claim, evidence) < 0) {
+		if (print_document(lab, v->demonstrated, v->claim, v->evidence) < 0) {
 			fprintf(stderr, "lab-%s: cannot write the JSON document on stdout\n", lab_name(lab));
 			ret = LAB_EXIT_ENV;
 		}
 	} else {
 		const struct term *t = &lab->term;
-		term_printf(t, "\n%s%s %s: %s%s\n", demonstrated ? term_green(t) : term_red(t),
-		            demonstrated ? "✔" : "✘", demonstrated ? "demonstrated" : "not demonstrated",
-		            claim ? claim : "", term_reset(t));
-		if (*evidence)
-			term_printf(t, "  %s\n", evidence);
+		term_printf(t, "\n%s%s %s: %s%s\n", v->demonstrated ? term_green(t) : term_red(t),
+		            v->demonstrated ? "✔" : "✘",
+		            v->demonstrated ? "demonstrated" : "not demonstrated", v->claim, term_reset(t));
+		if (v->evidence[0])
+			term_printf(t, "  %s\n", v->evidence);
 		if (t->out)
 			fflush(t->out);
 	}
-done:
-	free(evidence);
 	lab_free(lab);
 	return ret;
 }
@@ -553,11 +540,6 @@ void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim
 	va_start(ap, evidence_fmt);
 	vsnprintf(v->evidence, sizeof(v->evidence), evidence_fmt, ap);
 	va_end(ap);
-}
-
-int lab_finish(struct lab *lab, const struct lab_verdict *v)
-{
-	return lab_verdict(lab, v->demonstrated, v->claim, "%s", v->evidence);
 }
 
 int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, void *result,

@@ -159,9 +159,6 @@ void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim
  */
 int lab_finish(struct lab *lab, const struct lab_verdict *v);
 
-/* lab_finish from loose parts; goes once every lab has its <lab>_judge. */
-int lab_verdict(struct lab *lab, bool demonstrated, const char *claim, const char *evidence_fmt, ...)
-        __attribute__((format(printf, 4, 5)));
 
 /*
  * Runs defs[0..n) in order on cfg and result, calling hooks around each (hooks may be NULL).

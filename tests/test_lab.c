@@ -261,8 +261,9 @@ static void json_run_cb(struct run *r)
 	lab_phase(&r->lab, "Exhaustion");
 	term_printf(&r->lab.term, "narration that must not reach stdout\n");
 	lab_phase_metrics(&r->lab, "exhaustion", json_pack("{s:f, s:i}", "rps", 248.1, "http_503", 17));
-	r->ret = lab_verdict(&r->lab, !strcmp(r->argv[2] ? r->argv[2] : "", "--quick"), "the claim",
-	                     "evidence %d", 17);
+	struct lab_verdict v;
+	lab_verdict_set(&v, !strcmp(r->argv[2] ? r->argv[2] : "", "--quick"), "the claim", "evidence %d", 17);
+	r->ret = lab_finish(&r->lab, &v);
 }
 
 static json_t *parse_document(const char *out)
@@ -355,7 +356,9 @@ static void narrated_run_cb(struct run *r)
 	lab_header(&r->lab, "PostgreSQL %s · pool max %d", "127.0.0.1:55432", 5);
 	lab_phase(&r->lab, "First %s", "phase");
 	lab_phase(&r->lab, "Second");
-	r->ret = lab_verdict(&r->lab, r->argv[1] == NULL, "the claim", "evidence %d", 3);
+	struct lab_verdict v;
+	lab_verdict_set(&v, r->argv[1] == NULL, "the claim", "evidence %d", 3);
+	r->ret = lab_finish(&r->lab, &v);
 }
 
 static void test_narration_reads_title_phases_and_a_verdict_that_exits_0(void **state)

@@ -77,6 +77,41 @@ static void test_endpoint_host_that_does_not_fit_is_an_error(void **state)
 	assert_non_null(strstr(err, "does not fit"));
 }
 
+static void test_message_line_cuts_on_a_character_boundary_never_inside_one(void **state)
+{
+	(void)state;
+	/* "é" is 2 bytes, "€" 3, "😀" 4: an out too small for the next one stops before it */
+	const char *msg = "ERROR:  caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\n\tDETAIL: x";
+	char out[64];
+	pg_message_line(out, sizeof(out), msg);
+	assert_string_equal(out, "ERROR: caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 DETAIL: x");
+	for (size_t len = 1; len <= strlen(out) + 1; len++) {
+		char cut[64];
+		memset(cut, 'z', sizeof(cut));
+		pg_message_line(cut, len, msg);
+		size_t n = strlen(cut);
+		assert_true(n < len);
+		assert_memory_equal(cut, out, n); /* a prefix of the whole line ... */
+		/* ... that ends on a boundary: the next byte of the whole line starts a character */
+		unsigned char next = (unsigned char)out[n];
+		assert_false(next >= 0x80 && next < 0xC0);
+	}
+	/* the 4-byte character needs 4 bytes of room: with 3 left, none of it is copied */
+	char small[sizeof("ERROR: caf\xc3\xa9 \xe2\x82\xac ") + 3];
+	pg_message_line(small, sizeof(small), msg);
+	assert_string_equal(small, "ERROR: caf\xc3\xa9 \xe2\x82\xac");
+}
+
+static void test_message_line_of_nothing_is_unknown_error(void **state)
+{
+	(void)state;
+	char out[32];
+	pg_message_line(out, sizeof(out), NULL);
+	assert_string_equal(out, "unknown error");
+	pg_message_line(out, sizeof(out), "\n\t \n");
+	assert_string_equal(out, "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -84,6 +119,8 @@ int main(void)
 	        cmocka_unit_test(
 	                test_endpoint_refuses_sockets_several_hosts_and_bad_ports_without_quoting_the_password),
 	        cmocka_unit_test(test_endpoint_host_that_does_not_fit_is_an_error),
+	        cmocka_unit_test(test_message_line_cuts_on_a_character_boundary_never_inside_one),
+	        cmocka_unit_test(test_message_line_of_nothing_is_unknown_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
