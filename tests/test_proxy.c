@@ -200,7 +200,7 @@ static void test_round_trip_takes_at_least_delay_up_plus_delay_down(void **state
 	proxy_free(p);
 }
 
-static void test_zero_delay_adds_little_and_changing_the_delay_takes_effect(void **state)
+static void test_a_new_delay_takes_effect_on_an_open_connection(void **state)
 {
 	struct upstream *e = *state;
 	struct proxy *p = start_proxy(e->port, 0, 0, 0);
@@ -218,8 +218,9 @@ static void test_zero_delay_adds_little_and_changing_the_delay_takes_effect(void
 		hist_record(&hd, a);
 		hist_record(&hp, b);
 	}
-	print_message("zero delay: p50 direct %llu us, through the proxy %llu us (not asserted: a shared "
-	              "machine)\n",
+	/* what zero delay adds is a speed figure: bench_proxy measures it beside a direct path; here it
+	 * is shown, not asserted (a shared machine) */
+	print_message("zero delay: p50 direct %llu us, through the proxy %llu us\n",
 	              (unsigned long long)hist_percentile(&hd, 50),
 	              (unsigned long long)hist_percentile(&hp, 50));
 
@@ -893,7 +894,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_bytes_pass_intact_both_ways),
 	        cmocka_unit_test(test_round_trip_takes_at_least_delay_up_plus_delay_down),
-	        cmocka_unit_test(test_zero_delay_adds_little_and_changing_the_delay_takes_effect),
+	        cmocka_unit_test(test_a_new_delay_takes_effect_on_an_open_connection),
 	        cmocka_unit_test(test_delays_apply_per_direction),
 	        cmocka_unit_test(test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b),
 	        cmocka_unit_test(test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it),
