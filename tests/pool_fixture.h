@@ -6,7 +6,7 @@
  *
  * The event loop is driven by run_until: EVLOOP_ONCE until a condition holds or a deadline
  * passes, never an unbounded wait. Times are only checked against generous lower bounds.
- * The helpers are static inline: each test file uses its own subset of them.
+ * Header-only, as tests/upstream.h: each test file uses its own subset of the helpers.
  *
  * Include it after defining POOL_TEST, the test program's name for its messages.
  */
@@ -33,6 +33,8 @@
 #error "define POOL_TEST (the test program's name) before including pool_fixture.h"
 #endif
 
+#define POOL_FIXTURE_FN static __attribute__((unused))
+
 /* Long enough for any local connect or query; only reached when something is wrong. */
 #define DEADLINE_MS 5000
 /*
@@ -46,7 +48,7 @@ struct fixture {
 	struct event_base *base;
 };
 
-static inline int group_setup(void **state)
+POOL_FIXTURE_FN int group_setup(void **state)
 {
 	char err[256];
 	char url[256];
@@ -74,7 +76,7 @@ static inline int group_setup(void **state)
 	return 0;
 }
 
-static inline int group_teardown(void **state)
+POOL_FIXTURE_FN int group_teardown(void **state)
 {
 	struct fixture *f = *state;
 	event_base_free(f->base);
@@ -83,7 +85,7 @@ static inline int group_teardown(void **state)
 	return 0;
 }
 
-static inline void tick_cb(evutil_socket_t fd, short what, void *arg)
+POOL_FIXTURE_FN void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
@@ -91,7 +93,7 @@ static inline void tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Runs the loop until done(arg) or deadline_ms pass. Returns whether done held. */
-static inline bool run_until(struct event_base *base, bool (*done)(void *), void *arg, int deadline_ms)
+POOL_FIXTURE_FN bool run_until(struct event_base *base, bool (*done)(void *), void *arg, int deadline_ms)
 {
 	uint64_t end = hist_now_us() + (uint64_t)deadline_ms * 1000u;
 	struct event *tick = evtimer_new(base, tick_cb, NULL);
@@ -114,13 +116,13 @@ static inline bool run_until(struct event_base *base, bool (*done)(void *), void
 	return ok;
 }
 
-static inline void run_for(struct event_base *base, int ms)
+POOL_FIXTURE_FN void run_for(struct event_base *base, int ms)
 {
 	run_until(base, NULL, NULL, ms);
 }
 
 /* The pool's connections carry application_name, so pg_stat_activity can count them. */
-static inline void conninfo_for(char *out, size_t outlen, const char *test)
+POOL_FIXTURE_FN void conninfo_for(char *out, size_t outlen, const char *test)
 {
 	const char *url = pg_url_default();
 	if (!strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13))
@@ -130,7 +132,7 @@ static inline void conninfo_for(char *out, size_t outlen, const char *test)
 		snprintf(out, outlen, "%s application_name=test_pool_%d_%s", url, (int)getpid(), test);
 }
 
-static inline struct pool_config config_for(const char *conninfo, int min_idle, int max_size)
+POOL_FIXTURE_FN struct pool_config config_for(const char *conninfo, int min_idle, int max_size)
 {
 	struct pool_config cfg;
 	memset(&cfg, 0, sizeof(cfg));
@@ -141,7 +143,7 @@ static inline struct pool_config config_for(const char *conninfo, int min_idle, 
 	return cfg;
 }
 
-static inline struct pool *pool_ready(struct fixture *f, const struct pool_config *cfg)
+POOL_FIXTURE_FN struct pool *pool_ready(struct fixture *f, const struct pool_config *cfg)
 {
 	char err[POOL_ERRLEN] = "";
 	struct pool *p = pool_new(f->base, cfg, err, sizeof(err));
@@ -152,7 +154,7 @@ static inline struct pool *pool_ready(struct fixture *f, const struct pool_confi
 	return p;
 }
 
-static inline struct pool_stats stats_of(const struct pool *p)
+POOL_FIXTURE_FN struct pool_stats stats_of(const struct pool *p)
 {
 	static struct pool_stats s; /* about 8 KiB: off the stack */
 	pool_stats(p, &s);
@@ -167,7 +169,7 @@ struct grab {
 	uint64_t at_us;
 };
 
-static inline void grab_cb(struct pool_conn *conn, const char *err, void *arg)
+POOL_FIXTURE_FN void grab_cb(struct pool_conn *conn, const char *err, void *arg)
 {
 	struct grab *g = arg;
 	g->conn = conn;
@@ -176,12 +178,12 @@ static inline void grab_cb(struct pool_conn *conn, const char *err, void *arg)
 	snprintf(g->err, sizeof(g->err), "%s", err ? err : "");
 }
 
-static inline bool grab_done(void *arg)
+POOL_FIXTURE_FN bool grab_done(void *arg)
 {
 	return ((struct grab *)arg)->calls > 0;
 }
 
-static inline struct pool_conn *acquire_now(struct fixture *f, struct pool *p, const char *holder)
+POOL_FIXTURE_FN struct pool_conn *acquire_now(struct fixture *f, struct pool *p, const char *holder)
 {
 	struct grab g = {0};
 	pool_acquire(p, holder, grab_cb, &g);
@@ -202,7 +204,7 @@ struct answer {
 	char err[POOL_ERRLEN];
 };
 
-static inline void answer_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+POOL_FIXTURE_FN void answer_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
 	(void)c;
 	struct answer *a = arg;
@@ -219,13 +221,13 @@ static inline void answer_cb(struct pool_conn *c, PGresult *res, const char *err
 		snprintf(a->err, sizeof(a->err), "%s", PQresultErrorMessage(res));
 }
 
-static inline bool answer_done(void *arg)
+POOL_FIXTURE_FN bool answer_done(void *arg)
 {
 	return ((struct answer *)arg)->calls > 0;
 }
 
-static inline struct answer query_now(struct fixture *f, struct pool_conn *c, const char *sql, int nparams,
-                                      const char *const *params)
+POOL_FIXTURE_FN struct answer query_now(struct fixture *f, struct pool_conn *c, const char *sql, int nparams,
+                                        const char *const *params)
 {
 	struct answer a;
 	memset(&a, 0, sizeof(a));
@@ -237,7 +239,7 @@ static inline struct answer query_now(struct fixture *f, struct pool_conn *c, co
 	return a;
 }
 
-static inline int64_t query_int(struct fixture *f, struct pool_conn *c, const char *sql)
+POOL_FIXTURE_FN int64_t query_int(struct fixture *f, struct pool_conn *c, const char *sql)
 {
 	struct answer a = query_now(f, c, sql, 0, NULL);
 	if (!a.has_result || a.status != PGRES_TUPLES_OK)
@@ -246,7 +248,7 @@ static inline int64_t query_int(struct fixture *f, struct pool_conn *c, const ch
 }
 
 /* From the separate blocking connection; returns once the backend is gone. */
-static inline void terminate_backend(struct fixture *f, int pid)
+POOL_FIXTURE_FN void terminate_backend(struct fixture *f, int pid)
 {
 	char err[256];
 	char pid_text[16];
@@ -268,7 +270,7 @@ static inline void terminate_backend(struct fixture *f, int pid)
 	assert_int_equal(alive, 0);
 }
 
-static inline int64_t backends_named(struct fixture *f, const char *conninfo)
+POOL_FIXTURE_FN int64_t backends_named(struct fixture *f, const char *conninfo)
 {
 	char err[256];
 	const char *app = strstr(conninfo, "application_name=") + strlen("application_name=");
