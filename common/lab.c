@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "loop.h"
 #include "pg.h"
 #include "redis.h"
 
@@ -159,8 +160,10 @@ static int parse_args(struct lab *lab, int argc, char **argv)
  * signal never lands in the middle of libpq, hiredis or malloc: cleanup runs as ordinary code.
  * What it needs is copied here once, by lab_init: the process runs one lab.
  */
-#define GUARD_SERVE_GRACE_MS 2000 /* --serve: time to stop the API in order before the hard way */
-#define GUARD_DROP_TRIES     3    /* DROP SCHEMA tries, each after ending our backends again */
+#define GUARD_SERVE_GRACE_MS   2000 /* --serve: time to stop the API in order before the hard way */
+#define GUARD_DROP_TRIES       3    /* DROP SCHEMA tries, each after ending our backends again */
+#define GUARD_CLEANUP_MS       1700 /* the whole cleanup, so the lab is gone within 2 s */
+#define GUARD_REDIS_TIMEOUT_MS 300  /* kept for the keys out of the cleanup's time */
 
 static struct {
 	char name[64], pg_url[1024], redis_url[1024];
@@ -170,6 +173,7 @@ static struct {
 	int serve_pipe[2];       /* the guard writes the signal number; lab_serve_wait reads it */
 	pthread_mutex_t mu;
 	pthread_cond_t never; /* exits wait on it while the guard cleans up and _exits */
+	bool exiting;         /* exit() began before any signal (under mu): the guard leaves it be */
 } guard = {.serve_pipe = {-1, -1}, .mu = PTHREAD_MUTEX_INITIALIZER, .never = PTHREAD_COND_INITIALIZER};
 
 bool lab_interrupted(void)
@@ -184,10 +188,18 @@ static void guard_signal_set(sigset_t *set)
 	sigaddset(set, SIGTERM);
 }
 
-/* Ends this process's other backends and drops the schema: -1 and err when it could not. */
-static int guard_drop_schema(const char *schema, char *err, size_t errlen)
+static double monotonic_ms(void)
 {
-	PGconn *conn = pg_connect(guard.pg_url, err, errlen);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* Ends this process's other backends and drops the schema: -1 and err when it could not. */
+static int guard_drop_schema(const char *schema, double deadline_ms, char *err, size_t errlen)
+{
+	const char *keys[] = {"connect_timeout", NULL}, *vals[] = {"1", NULL};
+	PGconn *conn = pg_connect_with(guard.pg_url, keys, vals, err, errlen);
 	if (!conn)
 		return -1;
 	int ret = -1;
@@ -195,12 +207,16 @@ static int guard_drop_schema(const char *schema, char *err, size_t errlen)
 	for (int i = 0; i < GUARD_DROP_TRIES && ret < 0; i++) {
 		/* a short lock wait first (a backend of ours that reconnected holds a lock a moment);
 		 * the last outwaits deadlock_timeout (1 s), which is when an autovacuum worker in the
-		 * way cancels itself */
-		if (pg_exec(conn,
-		            i + 1 < GUARD_DROP_TRIES
-		                    ? "SET statement_timeout = '1500ms'; SET lock_timeout = '200ms'"
-		                    : "SET lock_timeout = '1100ms'",
-		            err, errlen) < 0)
+		 * way cancels itself; every statement ends by the deadline */
+		long left = (long)(deadline_ms - monotonic_ms());
+		if (left < 50) {
+			snprintf(err, errlen, "out of time");
+			break;
+		}
+		char set[128];
+		snprintf(set, sizeof(set), "SET statement_timeout = %ld; SET lock_timeout = %ld", left,
+		         i + 1 < GUARD_DROP_TRIES ? 200L : left);
+		if (pg_exec(conn, set, err, errlen) < 0)
 			goto out;
 		PGresult *res = pg_query(conn,
 		                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -217,9 +233,53 @@ out:
 }
 
 /* Drops what the lab made and exits: the hard way out, from the guard thread. */
+/* One line on stderr with write(2): no stdio lock, which a thread stuck on a full pipe may hold. */
+static void guard_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void guard_say(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(line) - 1)
+		n = (int)sizeof(line) - 1;
+	if (n > 0 && write(STDERR_FILENO, line, (size_t)n) < 0)
+		return; /* nowhere left to say it */
+}
+
+/* Deletes lab:<name>:* until a pass finds none: a lab thread may still write one meanwhile. */
+static int guard_del_keys(const char *prefix, double deadline_ms, char *err, size_t errlen)
+{
+	redisContext *rc = redis_connect_url(guard.redis_url, GUARD_REDIS_TIMEOUT_MS, err, errlen);
+	if (!rc)
+		return -1;
+	int ret = -1;
+	long long deleted = 1;
+	while (deleted > 0 && monotonic_ms() < deadline_ms)
+		if (redis_del_prefix(rc, prefix, &deleted, err, errlen) < 0)
+			goto out;
+	ret = 0;
+out:
+	redisFree(rc);
+	return ret;
+}
+
+/*
+ * Drops what the lab made and exits: the hard way out, from the guard thread. Nothing here may
+ * wait on a lock another thread holds (stdio's, a pool's). Unless the process is already on its
+ * way out through exit() (the lab tore down itself: nothing to do).
+ */
 static void guard_cleanup_exit(void)
 {
-	atomic_store(&guard.interrupted, true);
+	pthread_mutex_lock(&guard.mu);
+	bool exiting = guard.exiting;
+	if (!exiting)
+		atomic_store(&guard.interrupted, true);
+	pthread_mutex_unlock(&guard.mu);
+	if (exiting)
+		return;
+	double deadline = monotonic_ms() + GUARD_CLEANUP_MS;
 
 	char schema[96], prefix[96], err[LAB_ERRLEN], shown[256];
 	snprintf(schema, sizeof(schema), "lab_%s", guard.name);
@@ -227,23 +287,15 @@ static void guard_cleanup_exit(void)
 		if (*c == '-')
 			*c = '_';
 	snprintf(prefix, sizeof(prefix), "lab:%s:", guard.name);
-	fprintf(stderr, "\nlab-%s: interrupted: dropping schema %s and keys %s* …\n", guard.name, schema,
-	        prefix);
-	if (guard_drop_schema(schema, err, sizeof(err)) < 0) {
+	guard_say("\nlab-%s: interrupted: dropping schema %s and keys %s* …\n", guard.name, schema, prefix);
+	if (guard_drop_schema(schema, deadline - GUARD_REDIS_TIMEOUT_MS, err, sizeof(err)) < 0) {
 		pg_url_redact(guard.pg_url, shown, sizeof(shown));
-		fprintf(stderr, "lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown,
-		        err);
+		guard_say("lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown, err);
 	}
-	redisContext *rc = redis_connect_url(guard.redis_url, 500, err, sizeof(err));
-	long long deleted = 0;
-	if (!rc || redis_del_prefix(rc, prefix, &deleted, err, sizeof(err)) < 0) {
+	if (guard_del_keys(prefix, deadline, err, sizeof(err)) < 0) {
 		redis_url_redact(guard.redis_url, shown, sizeof(shown));
-		fprintf(stderr, "lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown,
-		        err);
+		guard_say("lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown, err);
 	}
-	if (rc)
-		redisFree(rc);
-	fflush(NULL);
 	_exit(LAB_EXIT_INTERRUPTED);
 }
 
@@ -262,11 +314,17 @@ static void guard_hold(void)
 		pthread_cond_wait(&guard.never, &guard.mu);
 }
 
-static double monotonic_ms(void)
+/* exit()'s handler: holds as guard_hold does, or tells the guard the lab is on its way out. */
+static void guard_atexit(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+	pthread_mutex_lock(&guard.mu);
+	if (!atomic_load(&guard.interrupted)) {
+		guard.exiting = true;
+		pthread_mutex_unlock(&guard.mu);
+		return;
+	}
+	for (;;)
+		pthread_cond_wait(&guard.never, &guard.mu);
 }
 
 /*
@@ -298,12 +356,13 @@ static void *guard_main(void *arg)
 		return NULL;
 	if (atomic_load(&guard.serving)) {
 		/* lab_serve_wait stops the API in order; a second signal or the grace running out
-		 * takes the hard way */
+		 * takes the hard way. Stopped in order, the process is on its way out (exit,
+		 * LeakSanitizer): the guard stays for a signal that comes while that hangs. */
 		unsigned char b = (unsigned char)sig;
 		if (write(guard.serve_pipe[1], &b, 1) == 1 &&
 		    !guard_wait_signal_ms(&set, GUARD_SERVE_GRACE_MS) && atomic_load(&guard.serve_done))
-			return NULL; /* stopped in order: the process is on its way out (exit, LeakSanitizer)
-			              */
+			while (sigwait(&set, &sig) != 0)
+				;
 	}
 	guard_cleanup_exit();
 	return NULL;
@@ -335,8 +394,10 @@ static int guard_start(const struct lab *lab)
 	/* OpenSSL registers its exit handler when first used; made to do it now, ours (registered
 	 * after) runs before it, and the guard's connections keep their OpenSSL to the end */
 	OPENSSL_init_crypto(0, NULL);
+	/* a reader that went away (lab | head) must not end the process in the middle of cleanup */
+	loop_sigpipe_ignore();
 	if (!started_in)
-		atexit(guard_hold);
+		atexit(guard_atexit);
 	started_in = getpid();
 	return 0;
 }
@@ -344,12 +405,13 @@ static int guard_start(const struct lab *lab)
 int lab_serve_wait(struct lab *lab, int port, const char *help)
 {
 	(void)lab;
+	/* before the line a script waits for: a signal right after it takes the orderly way */
+	atomic_store(&guard.serving, true);
 	printf("listening on http://127.0.0.1:%d\n", port);
 	if (help && *help)
 		printf("%s", help);
 	printf("  Ctrl-C to stop\n");
 	fflush(stdout);
-	atomic_store(&guard.serving, true);
 	unsigned char b = 0;
 	ssize_t n;
 	do

@@ -159,7 +159,6 @@ void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim
  */
 int lab_finish(struct lab *lab, const struct lab_verdict *v);
 
-
 /*
  * Runs defs[0..n) in order on cfg and result, calling hooks around each (hooks may be NULL).
  * Stops at the first phase that fails (-1, its err) and before a phase when the lab was
@@ -222,7 +221,9 @@ int lab_lost(struct lab *lab, const char *what, const char *url, const char *ser
  *     lab:<name>:* are deleted, one line says so on stderr, and the process exits with
  *     LAB_EXIT_INTERRUPTED. Every other thread's way out (a return from main, exit()) waits for
  *     that cleanup to finish first.
- * The whole cleanup is bounded by about 1.5 s: connect and statement timeouts, retries.
+ * The whole cleanup has one deadline, 1.7 s (connect, lock and statement timeouts are cut to what
+ * is left of it); its messages go to stderr with write(2), so a thread blocked on a full stdout
+ * pipe holds no lock the guard needs; SIGPIPE is ignored from lab_init on.
  */
 bool lab_interrupted(void);
 

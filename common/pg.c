@@ -40,8 +40,11 @@ void pg_message_line(char *out, size_t outlen, const char *msg)
 			s++;
 			continue;
 		}
-		size_t len = utf8_len((unsigned char)*s);
-		size_t have = strnlen(s, len); /* a truncated sequence at the end is copied as it is */
+		/* a lead byte and the continuation bytes that follow it (a stray byte of another
+		 * encoding stands alone: it never swallows the newline after it) */
+		size_t len = utf8_len((unsigned char)*s), have = 1;
+		while (have < len && ((unsigned char)s[have] & 0xC0) == 0x80)
+			have++;
 		if (n + (space ? 1 : 0) + have + 1 > outlen)
 			break; /* the whole character or nothing of it */
 		if (space)

@@ -110,18 +110,26 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 		                        {err_open ? errp[0] : -1, POLLIN, 0}};
 		poll(fds, 2, 50);
 		if (out_open) {
-			ssize_t r = read(outp[0], out + n, outlen - 1 - n);
-			if (r > 0)
+			/* once out is full, what follows is read and dropped: a lab blocked on a full pipe
+			 * would look like one that does not exit */
+			char scratch[4096];
+			bool full = n + 1 >= outlen;
+			ssize_t r = full ? read(outp[0], scratch, sizeof(scratch))
+			                 : read(outp[0], out + n, outlen - 1 - n);
+			if (r > 0 && !full)
 				n += (size_t)r, out[n] = '\0';
-			else if (r == 0 || (errno != EAGAIN && errno != EINTR) || n + 1 >= outlen)
-				out_open = r < 0 && (errno == EAGAIN || errno == EINTR);
+			else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+				out_open = false;
 		}
 		if (err_open) {
-			ssize_t r = read(errp[0], errout + en, errlen - 1 - en);
-			if (r > 0)
+			char scratch[4096];
+			bool full = en + 1 >= errlen;
+			ssize_t r = full ? read(errp[0], scratch, sizeof(scratch))
+			                 : read(errp[0], errout + en, errlen - 1 - en);
+			if (r > 0 && !full)
 				en += (size_t)r, errout[en] = '\0';
-			else if (r == 0 || (errno != EAGAIN && errno != EINTR) || en + 1 >= errlen)
-				err_open = r < 0 && (errno == EAGAIN || errno == EINTR);
+			else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+				err_open = false;
 		}
 	}
 	int status = 0;

@@ -4,7 +4,7 @@
  * or is not PostgreSQL at all. Each is one clear message and exit 2, never a password, never a
  * hang. LAB_NAMES is the list of labs CMake found.
  *
- * needs: postgres redis   (the wrong-server case points LAB_PG_URL at the Redis port)
+ * needs: postgres redis   (the wrong-server case points LAB_PG_URL at LAB_REDIS_URL's host:port)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "lab.h"
+#include "redis.h"
 #include "lab_run.h"
 
 static char out[1 << 16], err[1 << 16];
@@ -89,16 +90,20 @@ static void test_every_lab_facing_another_server_on_the_port_exits_2(void **stat
 	(void)state;
 	/* Redis answers there, and never the way PostgreSQL would: the 2 s connect timeout ends
 	 * each lab; they wait side by side, so the test costs one timeout, not one per lab */
-	char names[] = LAB_NAMES, *labs[64];
+	char names[] = LAB_NAMES, *labs[64], perr[256], want[256];
 	FILE *runs[64];
 	int n = 0;
+	struct redis_url redis;
+	if (redis_url_parse(redis_url_default(), &redis, perr, sizeof(perr)) < 0)
+		fail_msg("LAB_REDIS_URL: %s", perr);
+	snprintf(want, sizeof(want), "cannot connect to PostgreSQL at postgres://lab@%s:%d/lab", redis.host,
+	         redis.port);
 	for (char *save = NULL, *lab = strtok_r(names, " ", &save); lab && n < 64;
 	     lab = strtok_r(NULL, " ", &save)) {
 		char cmd[1024];
 		snprintf(cmd, sizeof(cmd),
-		         "LAB_PG_URL=postgres://lab:secret@127.0.0.1:56379/lab %s/lab-%s --quick 2>&1 "
-		         "</dev/null",
-		         LAB_BIN_DIR, lab);
+		         "LAB_PG_URL=postgres://lab:secret@%s:%d/lab %s/lab-%s --quick 2>&1 </dev/null",
+		         redis.host, redis.port, LAB_BIN_DIR, lab);
 		labs[n] = lab;
 		runs[n] = popen(cmd, "r");
 		assert_non_null(runs[n]);
@@ -112,10 +117,10 @@ static void test_every_lab_facing_another_server_on_the_port_exits_2(void **stat
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != LAB_EXIT_ENV)
 			fail_msg("lab-%s did not exit 2 with Redis where PostgreSQL should be; it said: %s",
 			         labs[i], out);
-		assert_non_null(
-		        strstr(out, "cannot connect to PostgreSQL at postgres://lab@127.0.0.1:56379/lab"));
+		assert_non_null(strstr(out, want));
 		assert_null(strstr(out, "secret"));
 	}
+	redis_url_free(&redis);
 }
 
 int main(void)

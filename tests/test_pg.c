@@ -102,6 +102,16 @@ static void test_message_line_cuts_on_a_character_boundary_never_inside_one(void
 	assert_string_equal(small, "ERROR: caf\xc3\xa9 \xe2\x82\xac");
 }
 
+static void test_message_line_keeps_a_stray_byte_from_swallowing_the_newline(void **state)
+{
+	(void)state;
+	/* Latin-1 "é" (0xE9) reads as the lead of a 3-byte character: the newline after it stays a
+	 * separator, not a continuation */
+	char out[64];
+	pg_message_line(out, sizeof(out), "caf\xe9\n\tDETAIL: x");
+	assert_string_equal(out, "caf\xe9 DETAIL: x");
+}
+
 static void test_message_line_of_nothing_is_unknown_error(void **state)
 {
 	(void)state;
@@ -120,6 +130,7 @@ int main(void)
 	                test_endpoint_refuses_sockets_several_hosts_and_bad_ports_without_quoting_the_password),
 	        cmocka_unit_test(test_endpoint_host_that_does_not_fit_is_an_error),
 	        cmocka_unit_test(test_message_line_cuts_on_a_character_boundary_never_inside_one),
+	        cmocka_unit_test(test_message_line_keeps_a_stray_byte_from_swallowing_the_newline),
 	        cmocka_unit_test(test_message_line_of_nothing_is_unknown_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
