@@ -221,14 +221,11 @@ static void test_postgres_lost_mid_run_ends_the_run_naming_it(void **state)
 {
 	(void)state;
 	char err[LAB_ERRLEN] = "", url[1024];
-	struct proxy_config pc = {.upstream_port = 55432};
-	char *perr = NULL;
-	PQconninfoOption *opts = PQconninfoParse(pg_url_default(), &perr);
-	assert_non_null(opts);
-	for (PQconninfoOption *o = opts; o->keyword; o++)
-		if (!strcmp(o->keyword, "port") && o->val)
-			pc.upstream_port = atoi(o->val);
-	PQconninfoFree(opts);
+	char host[256];
+	struct proxy_config pc = {.upstream_host = host};
+	assert_int_equal(
+	        pg_url_endpoint(pg_url_default(), host, sizeof(host), &pc.upstream_port, err, sizeof(err)),
+	        0);
 	struct proxy *p = proxy_start(&pc, err, sizeof(err));
 	assert_non_null(p);
 	pg_conninfo_through(pg_url_default(), proxy_port(p), url, sizeof(url));
@@ -285,9 +282,9 @@ static void test_redis_lost_mid_run_exits_2_naming_it_in_one_line(void **state)
 	char err[LAB_ERRLEN] = "";
 	struct redis_url u;
 	assert_int_equal(redis_url_parse(redis_url_default(), &u, err, sizeof(err)), 0);
-	struct proxy_config pc = {.upstream_port = u.port};
-	redis_url_free(&u);
+	struct proxy_config pc = {.upstream_host = u.host, .upstream_port = u.port};
 	struct proxy *p = proxy_start(&pc, err, sizeof(err));
+	redis_url_free(&u); /* proxy_start resolved the host: the name is not kept */
 	assert_non_null(p);
 	struct stampede_config cfg;
 	stampede_config_default(&cfg, true);

@@ -181,23 +181,32 @@ static int jitter_warm(struct stampede *s, const struct stampede_config *cfg, bo
 			ret = -1;
 	}
 	PQclear(warm);
+	int saved_errno = 0;
+	bool error_reply = false;
 	for (int k = 0; k < cfg->keys && ret == 0; k++) {
 		void *r = NULL;
 		if (redisGetReply(s->rc, &r) != REDIS_OK || !r) {
+			saved_errno = errno;
 			ret = -1;
 			break;
 		}
 		redisReply *reply = r;
 		if (reply->type == REDIS_REPLY_ERROR) {
 			snprintf(err, errlen, "SET: %s", reply->str);
-			freeReplyObject(reply);
-			return -1;
+			error_reply = true;
+			ret = -1;
 		}
 		freeReplyObject(reply);
 	}
 	if (ret < 0) {
-		redis_error_text(s->rc, 0, err, errlen);
-		stampede_lost(s, redis_gone(s->rc));
+		if (!error_reply) {
+			redis_error_text(s->rc, saved_errno, err, errlen);
+			stampede_lost(s, redis_gone(s->rc));
+		}
+		/* replies may still be unread on the pipeline: the teardown must not read them as its
+		 * own, so it gets a connection of its own (store_drop reconnects) */
+		redisFree(s->rc);
+		s->rc = NULL;
 	}
 	return ret;
 }
@@ -329,7 +338,8 @@ out:
 	free(run.done);
 	fault_destroy(&run.fault);
 	char derr[256];
-	if (redis_del_prefix(s->rc, PREFIX, NULL, derr, sizeof(derr)) < 0 && ret == 0) {
+	/* no connection after a broken pipeline: store_drop deletes the keys on a new one */
+	if (s->rc && redis_del_prefix(s->rc, PREFIX, NULL, derr, sizeof(derr)) < 0 && ret == 0) {
 		stampede_lost(s, redis_gone(s->rc));
 		snprintf(err, errlen, "%s", derr);
 		ret = -1;

@@ -77,10 +77,7 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 	    cfg->sweepers < 1 || cfg->bucket_ms < 1 || cfg->ttl_ms < 1 || cfg->xfetch_ttl_ms < cfg->ttl_ms ||
 	    cfg->key_ttl_ms < 1 || cfg->jitter_ms < 0 || cfg->run_ms < 1 || cfg->outage_run_ms < 1 ||
 	    cfg->think_ms < 0) {
-		snprintf(err, errlen,
-		         "bad configuration (keys must be 1..%d, sweepers at most pg_pool, every size and "
-		         "time "
-		         "positive)",
+		snprintf(err, errlen, "bad configuration (keys must be 1..%d, every size and time positive)",
 		         BUCKETS);
 		return NULL;
 	}
@@ -120,8 +117,9 @@ static int store_drop(struct stampede *s, char *err, size_t errlen)
 	else
 		ret = pg_url_schema_drop(s->cfg->pg_url, SCHEMA, err, errlen);
 	char rerr[256];
-	if (s->rc && s->rc->err) {
-		redisFree(s->rc);
+	if (!s->rc || s->rc->err) {
+		if (s->rc)
+			redisFree(s->rc);
 		s->rc = redis_connect_url(s->cfg->redis_url, REDIS_TIMEOUT_MS, rerr, sizeof(rerr));
 	}
 	if (!s->rc || redis_del_prefix(s->rc, PREFIX, NULL, rerr, sizeof(rerr)) < 0) {
