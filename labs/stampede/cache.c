@@ -132,7 +132,7 @@ static int recompute_query(struct hot_run *run, const char *const *params, struc
 	int ret = -1;
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		pg_message_line(err, sizeof(err), res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
-		fault_set(&run->fault, pg_gone(conn), "recompute failed: %s", err);
+		fault_set(&run->fault, stp_pg_gone(conn), "recompute failed: %s", err);
 	} else if (PQntuples(res) != 1) {
 		fault_set(&run->fault, NULL, "recompute returned %d rows, expected 1", PQntuples(res));
 	} else {
@@ -155,7 +155,7 @@ int client_recompute(struct client *c, int64_t replaces, struct cached *v)
 	atomic_max(&run->peak_in_flight, atomic_fetch_add(&run->in_flight, 1) + 1);
 	int64_t query_us = 0;
 	int r = recompute_query(run, params, v, &query_us);
-	int64_t t1 = wall_us();
+	int64_t t1 = stp_wall_us();
 	atomic_fetch_sub(&run->in_flight, 1);
 	if (r < 0)
 		return -1;
@@ -297,7 +297,7 @@ static int lock_wait(struct client *c, struct cached *v, bool *hit)
 	uint64_t until = hist_now_us() + (uint64_t)cfg->lock_ms * 1000;
 	*hit = false;
 	while (hist_now_us() < until) {
-		sleep_us((int64_t)cfg->lock_poll_ms * 1000);
+		stp_sleep_us((int64_t)cfg->lock_poll_ms * 1000);
 		int r = client_get(c, v, hit);
 		if (r != 0 || *hit)
 			return r;
@@ -362,7 +362,7 @@ static int read_xfetch(struct client *c, struct cached *v, uint64_t *served_us)
 			u = XFETCH_MIN_RAND;
 		/* now - delta * beta * ln(rand) >= expiry: recompute early, alone, while others serve */
 		double early = -(double)v->delta_us * c->run->cfg->beta * log(u);
-		if ((double)wall_us() + early >= (double)v->expiry_us) {
+		if ((double)stp_wall_us() + early >= (double)v->expiry_us) {
 			c->db_waits++;
 			if (recompute_and_store(c, v->epoch, v) < 0)
 				return -1;
@@ -390,7 +390,7 @@ static int swr_refresh(struct client *c)
 		return r < 0 ? -1 : 0;
 	/* refresh unless someone did between our read and our lock; what it replaces is what is
 	 * there now (on a slow machine, a later value may have gone stale since ours) */
-	if (!(hit && wall_us() < now.soft_us) &&
+	if (!(hit && stp_wall_us() < now.soft_us) &&
 	    recompute_and_store(c, hit ? now.epoch : c->last_epoch, &now) < 0)
 		return -1;
 	return lock_release(c, token) < 0 ? -1 : 0;
@@ -412,7 +412,7 @@ static int read_swr(struct client *c, struct cached *v, uint64_t *served_us)
 		return 0;
 	}
 	*served_us = hist_now_us();
-	if (wall_us() < v->soft_us)
+	if (stp_wall_us() < v->soft_us)
 		return 0;
 	/* stale: it is served (the read is over), and one client refreshes behind it */
 	c->stale_reads++;
@@ -494,7 +494,7 @@ void *client_main_cb(void *arg)
 				c->reads_after_loss++;
 		}
 		/* think: uniform in [0.5, 1.5] x think_ms, so the clients do not march in step */
-		sleep_us((int64_t)((0.5 + rng_unit(&c->rng)) * run->cfg->think_ms * 1000));
+		stp_sleep_us((int64_t)((0.5 + rng_unit(&c->rng)) * run->cfg->think_ms * 1000));
 	}
 	return NULL;
 }

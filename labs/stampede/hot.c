@@ -82,7 +82,7 @@ static int warm_key(struct stampede *s, struct hot_run *run, bool lasting)
 	redisReply *reply = redis_cmd(s->rc, rerr, sizeof(rerr), "EVAL %s 2 %s %s %s %d %lld", STORE_SCRIPT,
 	                              HOT_KEY, HOT_EPOCH, buf, px, (long long)v.epoch);
 	if (!reply) {
-		fault_set(&run->fault, redis_gone(s->rc), "%s", rerr);
+		fault_set(&run->fault, stp_redis_gone(s->rc), "%s", rerr);
 		return -1;
 	}
 	freeReplyObject(reply);
@@ -102,11 +102,11 @@ static void hot_wait(struct hot_run *run, int (*take_away_cb)(void *), void *tak
 			if (take_away_cb(take_away_arg) < 0)
 				fault_set(&run->fault, NULL, "could not take Redis away");
 		}
-		progress(cfg, stampede_defence_name(run->defence),
-		         (double)(now - run->clock_us) / (cfg->run_ms * 1000.0));
+		stp_progress(cfg, stampede_defence_name(run->defence),
+		             (double)(now - run->clock_us) / (cfg->run_ms * 1000.0));
 		int64_t left = (int64_t)(atomic_load(&run->deadline_us) - now);
 		int64_t nap = take_away_cb && !taken ? 10000 : 250000;
-		sleep_us(nap < left ? nap : left);
+		stp_sleep_us(nap < left ? nap : left);
 	}
 }
 
@@ -154,7 +154,7 @@ static int hot_drive(struct stampede *s, struct hot_run *run, struct client *cli
 		/* once the clients' load is on, the value is computed again, so its delta (XFetch's) is
 		 * what a recompute costs under this load, as it would be in a running service; the
 		 * first expiry comes a TTL after this */
-		sleep_us(SETTLE_MS * 1000);
+		stp_sleep_us(SETTLE_MS * 1000);
 		if (warm_key(s, run, false) == 0) {
 			/* the run's clock starts SETTLE_MS before that value, however long a busy machine
 			 * took to compute it: the first expiry (and phase 4's outage) keeps its place */
@@ -184,7 +184,7 @@ static int hot_run_with(struct stampede *s, struct hot_run *run, int (*take_away
 		return -1;
 	}
 	if (redis_del_prefix(s->rc, PREFIX, NULL, err, errlen) < 0) {
-		stampede_lost(s, redis_gone(s->rc));
+		stampede_lost(s, stp_redis_gone(s->rc));
 		goto out;
 	}
 	int started = clients_start(run, clients, cfg->clients);
@@ -209,7 +209,7 @@ out:
 	free(clients);
 	char derr[256];
 	if (redis_del_prefix(s->rc, PREFIX, NULL, derr, sizeof(derr)) < 0 && ret == 0) {
-		stampede_lost(s, redis_gone(s->rc));
+		stampede_lost(s, stp_redis_gone(s->rc));
 		snprintf(err, errlen, "%s", derr);
 		ret = -1;
 	}

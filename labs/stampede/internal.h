@@ -98,16 +98,16 @@ bool fault_interrupted(struct fault *f);
 int fault_report(struct fault *f, struct stampede *s, char *err, size_t errlen);
 
 /* "PostgreSQL" when a call on c failed because the connection is gone (CONNECTION_BAD), else NULL. */
-const char *pg_gone(const PGconn *c);
+const char *stp_pg_gone(const PGconn *c);
 /* "Redis" when a call on c failed on the connection itself (not an error reply), else NULL. */
-const char *redis_gone(const redisContext *c);
+const char *stp_redis_gone(const redisContext *c);
 /* Notes server (NULL: nothing) as the run's lost server; the first one wins. */
 void stampede_lost(struct stampede *s, const char *server);
 
-int64_t wall_us(void);
-void sleep_us(int64_t us);
+int64_t stp_wall_us(void);
+void stp_sleep_us(int64_t us);
 /* cfg's progress callback, with done clamped to 0..1. */
-void progress(const struct stampede_config *cfg, const char *what, double done);
+void stp_progress(const struct stampede_config *cfg, const char *what, double done);
 
 /* ---- store.c: the schema, the recompute log ---- */
 

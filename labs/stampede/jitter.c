@@ -83,7 +83,7 @@ static int sweeper_recompute(struct sweeper *w, int i, const char *requested, ui
 		return -1;
 	}
 	PGresult *res = pg_query(conn, KEY_SQL, 3, params, err, sizeof(err));
-	const char *gone = pg_gone(conn);
+	const char *gone = stp_pg_gone(conn);
 	pgset_return(run->set, conn);
 	if (!res || PQntuples(res) != 1) {
 		fault_set(&run->fault, gone, "recompute: %s", res ? "no row returned" : err);
@@ -98,7 +98,7 @@ static int sweeper_recompute(struct sweeper *w, int i, const char *requested, ui
 	                            PQgetvalue(res, 0, 1), 10 * key_ttl(run->cfg, run->jittered, &w->rng));
 	PQclear(res);
 	if (!set) {
-		fault_set(&run->fault, redis_gone(w->rc), "%s", err);
+		fault_set(&run->fault, stp_redis_gone(w->rc), "%s", err);
 		return -1;
 	}
 	freeReplyObject(set);
@@ -129,7 +129,7 @@ static int sweep_once(struct sweeper *w)
 	}
 	uint64_t seen = hist_now_us();
 	char requested[32];
-	snprintf(requested, sizeof(requested), "%.6f", wall_us() / 1e6);
+	snprintf(requested, sizeof(requested), "%.6f", stp_wall_us() / 1e6);
 	int ret = 0;
 	for (int i = 0; i < w->nkeys && ret == 0; i++)
 		if (reply->element[i]->type == REDIS_REPLY_NIL)
@@ -146,7 +146,7 @@ static void *sweeper_main_cb(void *arg)
 		uint64_t t0 = hist_now_us();
 		if (sweep_once(w) < 0)
 			break;
-		sleep_us((int64_t)(t0 + (uint64_t)run->cfg->sweep_ms * 1000) - (int64_t)hist_now_us());
+		stp_sleep_us((int64_t)(t0 + (uint64_t)run->cfg->sweep_ms * 1000) - (int64_t)hist_now_us());
 	}
 	return NULL;
 }
@@ -164,7 +164,7 @@ static int jitter_warm(struct stampede *s, const struct stampede_config *cfg, bo
 	                 "WHERE bucket < $1::int GROUP BY bucket ORDER BY bucket",
 	                 1, params, err, errlen);
 	if (!warm) {
-		stampede_lost(s, pg_gone(s->conn));
+		stampede_lost(s, stp_pg_gone(s->conn));
 		return -1;
 	}
 	uint64_t rng = rng_stream(cfg->seed, jittered ? 7 : 5);
@@ -201,7 +201,7 @@ static int jitter_warm(struct stampede *s, const struct stampede_config *cfg, bo
 	if (ret < 0) {
 		if (!error_reply) {
 			redis_error_text(s->rc, saved_errno, err, errlen);
-			stampede_lost(s, redis_gone(s->rc));
+			stampede_lost(s, stp_redis_gone(s->rc));
 		}
 		/* replies may still be unread on the pipeline: the teardown must not read them as its
 		 * own, so it gets a connection of its own (store_drop reconnects) */
@@ -285,9 +285,9 @@ static void sweepers_run(struct jitter_run *run, struct sweeper *w, uint64_t t0)
 	double span = cfg->key_ttl_ms + (run->jittered ? cfg->jitter_ms : 0) + 100.0;
 	while (!atomic_load(&run->stop) && !fault_failed(&run->fault) && !fault_interrupted(&run->fault) &&
 	       hist_now_us() < run->deadline_us) {
-		progress(cfg, run->jittered ? "jittered TTL" : "same TTL",
-		         (hist_now_us() - t0) / (span * 1000.0));
-		sleep_us(100000);
+		stp_progress(cfg, run->jittered ? "jittered TTL" : "same TTL",
+		             (hist_now_us() - t0) / (span * 1000.0));
+		stp_sleep_us(100000);
 	}
 	atomic_store(&run->stop, true);
 	for (int i = 0; i < started; i++)
@@ -313,7 +313,7 @@ int jitter_run(struct stampede *s, const struct stampede_config *cfg, bool jitte
 		goto out;
 	}
 	if (redis_del_prefix(s->rc, PREFIX, NULL, err, errlen) < 0) {
-		stampede_lost(s, redis_gone(s->rc));
+		stampede_lost(s, stp_redis_gone(s->rc));
 		goto out;
 	}
 	if (sweepers_open(&run, w, err, errlen) < 0 ||
@@ -340,7 +340,7 @@ out:
 	char derr[256];
 	/* no connection after a broken pipeline: store_drop deletes the keys on a new one */
 	if (s->rc && redis_del_prefix(s->rc, PREFIX, NULL, derr, sizeof(derr)) < 0 && ret == 0) {
-		stampede_lost(s, redis_gone(s->rc));
+		stampede_lost(s, stp_redis_gone(s->rc));
 		snprintf(err, errlen, "%s", derr);
 		ret = -1;
 	}

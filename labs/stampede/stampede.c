@@ -143,12 +143,12 @@ int fault_report(struct fault *f, struct stampede *s, char *err, size_t errlen)
 	return -1;
 }
 
-const char *pg_gone(const PGconn *c)
+const char *stp_pg_gone(const PGconn *c)
 {
 	return !c || PQstatus(c) == CONNECTION_BAD ? "PostgreSQL" : NULL;
 }
 
-const char *redis_gone(const redisContext *c)
+const char *stp_redis_gone(const redisContext *c)
 {
 	return !c || c->err ? "Redis" : NULL;
 }
@@ -159,14 +159,14 @@ void stampede_lost(struct stampede *s, const char *server)
 		snprintf(s->lost, sizeof(s->lost), "%s", server);
 }
 
-int64_t wall_us(void)
+int64_t stp_wall_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-void sleep_us(int64_t us)
+void stp_sleep_us(int64_t us)
 {
 	if (us <= 0)
 		return;
@@ -175,7 +175,7 @@ void sleep_us(int64_t us)
 		;
 }
 
-void progress(const struct stampede_config *cfg, const char *what, double done)
+void stp_progress(const struct stampede_config *cfg, const char *what, double done)
 {
 	if (cfg->progress_cb)
 		cfg->progress_cb(what, done < 0 ? 0 : done > 1 ? 1 : done, cfg->progress_arg);

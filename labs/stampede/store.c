@@ -17,7 +17,7 @@ static const char *const SESSION_VALS[] = {PG_SESSION_OPTIONS, NULL};
 /* A failed call on the lab's own connection: notes PostgreSQL as lost when the connection is. */
 static int conn_failed(struct stampede *s)
 {
-	stampede_lost(s, pg_gone(s->conn));
+	stampede_lost(s, stp_pg_gone(s->conn));
 	return -1;
 }
 
@@ -94,7 +94,7 @@ struct stampede *store_open(const struct stampede_config *cfg, double *query_us,
 	else if (create_schema(s, cfg, err, errlen) == 0 &&
 	         measure_hot_query(s, query_us, err, errlen) == 0) {
 		if (redis_del_prefix(s->rc, PREFIX, NULL, err, errlen) < 0)
-			stampede_lost(s, redis_gone(s->rc));
+			stampede_lost(s, stp_redis_gone(s->rc));
 		else if (!(s->app = pgset_open(cfg->pg_url, SESSION_KEYS, SESSION_VALS, cfg->pg_pool, err,
 		                               errlen)))
 			stampede_lost(s, "PostgreSQL");
