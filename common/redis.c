@@ -153,6 +153,36 @@ void redis_url_redact(const char *url, char *out, size_t outlen)
 	redis_url_free(&u);
 }
 
+int redis_url_with_endpoint(const char *url, const char *host, int port, char *out, size_t outlen, char *err,
+                            size_t errlen)
+{
+	struct redis_url u;
+	if (redis_url_parse(url, &u, err, errlen) < 0)
+		return -1;
+	int ret = -1;
+	/* user and password go back into the userinfo percent-encoded, as the parse decoded them */
+	char *user = u.user ? evhttp_uriencode(u.user, -1, 0) : NULL;
+	char *pass = u.password ? evhttp_uriencode(u.password, -1, 0) : NULL;
+	if ((u.user && !user) || (u.password && !pass)) {
+		set_errf(err, errlen, "out of memory");
+		goto out;
+	}
+	bool v6 = strchr(host, ':') != NULL;
+	int n = snprintf(out, outlen, "redis://%s%s%s%s%s%s%s:%d/%d", user ? user : "", pass ? ":" : "",
+	                 pass ? pass : "", user || pass ? "@" : "", v6 ? "[" : "", host, v6 ? "]" : "", port,
+	                 u.db);
+	if (n < 0 || (size_t)n >= outlen) {
+		set_errf(err, errlen, "the URL does not fit in %zu bytes", outlen);
+		goto out;
+	}
+	ret = 0;
+out:
+	free(user);
+	free(pass);
+	redis_url_free(&u);
+	return ret;
+}
+
 redisContext *redis_connect_url(const char *url, int timeout_ms, char *err, size_t errlen)
 {
 	struct redis_url u;

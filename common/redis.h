@@ -39,6 +39,14 @@ int redis_url_parse(const char *url, struct redis_url *u, char *err, size_t errl
 /* Frees what redis_url_parse allocated in *u; zeroes it. */
 void redis_url_free(struct redis_url *u);
 
+/*
+ * url with its host and port replaced (a proxy's in front of the server), its user, password
+ * (percent-encoded again) and database kept, into out. -1 and err when url does not parse or the
+ * result does not fit in outlen; err never quotes the URL (it may hold a password).
+ */
+int redis_url_with_endpoint(const char *url, const char *host, int port, char *out, size_t outlen, char *err,
+                            size_t errlen);
+
 /* url without its password ("redis://127.0.0.1:56379/0"); "(unparsable URL)" if it is not one. */
 void redis_url_redact(const char *url, char *out, size_t outlen);
 

@@ -548,13 +548,9 @@ static void test_stop_with_requests_in_flight_frees_them_and_charges_no_more(voi
 /* The lab's Redis URL, user, password and database kept, with 127.0.0.1:port for its host. */
 static void redis_url_via(char *out, size_t len, const char *url, int port)
 {
-	const char *host = strstr(url, "://"), *at, *path;
-	assert_non_null(host);
-	host += 3;
-	at = strchr(host, '@');
-	path = strchr(at ? at + 1 : host, '/');
-	snprintf(out, len, "%.*s127.0.0.1:%d%s", (int)((at ? at + 1 : host) - url), url, port,
-	         path ? path : "");
+	char err[256];
+	if (redis_url_with_endpoint(url, "127.0.0.1", port, out, len, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
 }
 
 #define ACL_PASSWORD     "p@ss:w/rd%"

@@ -316,9 +316,41 @@ static void test_default_url_comes_from_lab_redis_url(void **state)
 	free(copy);
 }
 
+static void test_url_with_endpoint_keeps_user_password_and_db_and_changes_host_and_port(void **state)
+{
+	(void)state;
+	char out[256], err[256];
+	assert_int_equal(redis_url_with_endpoint("redis://ada:p%40ss%3Aw%2Frd@cache.example:6380/7",
+	                                         "127.0.0.1", 41000, out, sizeof(out), err, sizeof(err)),
+	                 0);
+	assert_string_equal(out, "redis://ada:p%40ss%3Aw%2Frd@127.0.0.1:41000/7");
+	/* what it wrote parses back to the same user, password and database */
+	struct redis_url u;
+	assert_int_equal(redis_url_parse(out, &u, err, sizeof(err)), 0);
+	assert_string_equal(u.user, "ada");
+	assert_string_equal(u.password, "p@ss:w/rd");
+	assert_int_equal(u.db, 7);
+	redis_url_free(&u);
+	/* a password alone, no database in the URL; an IPv6 host gets its brackets */
+	assert_int_equal(redis_url_with_endpoint("redis://:s3cret@127.0.0.1", "::1", 7000, out, sizeof(out),
+	                                         err, sizeof(err)),
+	                 0);
+	assert_string_equal(out, "redis://:s3cret@[::1]:7000/0");
+	/* too small, or not a Redis URL: an error that does not quote the password */
+	assert_int_equal(redis_url_with_endpoint("redis://:s3cret@127.0.0.1", "127.0.0.1", 1, out, 10, err,
+	                                         sizeof(err)),
+	                 -1);
+	assert_null(strstr(err, "s3cret"));
+	assert_int_equal(redis_url_with_endpoint("http://:s3cret@h/0", "127.0.0.1", 1, out, sizeof(out), err,
+	                                         sizeof(err)),
+	                 -1);
+	assert_null(strstr(err, "s3cret"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_url_with_endpoint_keeps_user_password_and_db_and_changes_host_and_port),
 	        cmocka_unit_test(test_set_then_get_under_the_prefix_returns_the_value),
 	        cmocka_unit_test(test_del_prefix_deletes_exactly_the_prefixed_keys_across_scan_batches),
 	        cmocka_unit_test(test_del_prefix_takes_glob_characters_literally),

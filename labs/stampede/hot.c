@@ -3,8 +3,6 @@
  * key, waits out the run (phase 4: takes Redis away through a proxy), joins them, and reads what
  * the server logged. Nothing here prints.
  */
-#include <arpa/inet.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,69 +251,21 @@ int hot_run(struct stampede *s, const struct stampede_config *cfg, enum stampede
 	return ret;
 }
 
-/* in becomes out with every byte but RFC 3986's unreserved ones percent-encoded: a user or a
- * password put back into a URL's userinfo */
-static void url_encode(const char *in, char *out, size_t outlen)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t n = 0;
-	for (const unsigned char *p = (const unsigned char *)in; *p && n + 4 <= outlen; p++) {
-		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		    strchr("-._~", *p))
-			out[n++] = (char)*p;
-		else {
-			out[n++] = '%';
-			out[n++] = hex[*p >> 4];
-			out[n++] = hex[*p & 15];
-		}
-	}
-	out[n] = '\0';
-}
-
-/* host as a numeric address (the proxy wants one); -1 and err when it does not resolve. */
-static int resolve_numeric(const char *host, char *out, size_t outlen, char *err, size_t errlen)
-{
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-	int gai = getaddrinfo(host, NULL, &hints, &ai);
-	int ret = -1;
-	if (gai != 0 || !ai)
-		snprintf(err, errlen, "cannot resolve the Redis host: %s",
-		         gai ? gai_strerror(gai) : "no address");
-	else if (getnameinfo(ai->ai_addr, ai->ai_addrlen, out, (socklen_t)outlen, NULL, 0, NI_NUMERICHOST) !=
-	         0)
-		snprintf(err, errlen, "cannot resolve the Redis host to an address");
-	else
-		ret = 0;
-	if (ai)
-		freeaddrinfo(ai);
-	return ret;
-}
-
-/*
- * A proxy in front of cfg->redis_url, and the clients' URL through it: the proxy's host and port,
- * the URL's user, password and database kept.
- */
+/* A proxy in front of cfg->redis_url, and the clients' URL through it (user, password, db kept). */
 static struct proxy *outage_proxy(const struct stampede_config *cfg, char *url, size_t urllen, char *err,
                                   size_t errlen)
 {
 	struct redis_url u;
 	if (redis_url_parse(cfg->redis_url, &u, err, errlen) < 0)
 		return NULL;
-	struct proxy *p = NULL;
-	char numeric[INET6_ADDRSTRLEN], user[256] = "", pass[256] = "";
-	if (resolve_numeric(u.host, numeric, sizeof(numeric), err, errlen) < 0)
-		goto out;
-	struct proxy_config pc = {.upstream_host = numeric, .upstream_port = u.port};
-	if (!(p = proxy_start(&pc, err, errlen)))
-		goto out;
-	if (u.user)
-		url_encode(u.user, user, sizeof(user));
-	if (u.password)
-		url_encode(u.password, pass, sizeof(pass));
-	snprintf(url, urllen, "redis://%s%s%s%s127.0.0.1:%d/%d", user, u.password ? ":" : "", pass,
-	         u.user || u.password ? "@" : "", proxy_port(p), u.db);
-out:
+	struct proxy_config pc = {.upstream_host = u.host, .upstream_port = u.port};
+	struct proxy *p = proxy_start(&pc, err, errlen);
 	redis_url_free(&u);
+	if (p && redis_url_with_endpoint(cfg->redis_url, "127.0.0.1", proxy_port(p), url, urllen, err,
+	                                 errlen) < 0) {
+		proxy_free(p);
+		p = NULL;
+	}
 	return p;
 }
 
