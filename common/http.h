@@ -175,6 +175,7 @@ int http_app_run(struct http_app *app, char *err, size_t errlen);
  *      request that arrives now gets 503 "shutting down" without reaching its handler);
  *   4. the server is freed, and with it every connection and request;
  *   5. the base.
+ * release must delete every event of its own on app->base (timers included): step 3 runs the loop.
  * release may be NULL. Safe on a zeroed or half-opened app; the app is zeroed after. Can't fail.
  */
 void http_app_stop(struct http_app *app, void (*release)(void *arg), void *arg);

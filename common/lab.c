@@ -162,6 +162,7 @@ static int parse_args(struct lab *lab, int argc, char **argv)
  */
 #define GUARD_SERVE_GRACE_MS   2000 /* --serve: time to stop the API in order before the hard way */
 #define GUARD_DROP_TRIES       3    /* DROP SCHEMA tries, each after ending our backends again */
+#define GUARD_NAME_MAX         48   /* a lab's name: "lab-" + 48 + ":" + a pid fit in 63 bytes */
 #define GUARD_CLEANUP_MS       1700 /* the whole cleanup, so the lab is gone within 2 s */
 #define GUARD_REDIS_TIMEOUT_MS 300  /* kept for the keys out of the cleanup's time */
 
@@ -368,12 +369,24 @@ static void *guard_main(void *arg)
 	return NULL;
 }
 
+/* A program a lab starts (popen, system) must get Ctrl-C as any program does. */
+static void guard_atfork_child(void)
+{
+	sigset_t set;
+	guard_signal_set(&set);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 /* Starts the guard once per process; -1 when the thread or the pipe cannot be made. */
 static int guard_start(const struct lab *lab)
 {
 	static pid_t started_in; /* a child forked after lab_init has no guard thread: it starts its own */
 	if (started_in == getpid())
 		return 0;
+	/* "lab-<name>:<pid>" must fit PostgreSQL's 63 bytes whole, or the guard could end the
+	 * backends of another run whose pid shares the cut prefix */
+	if (strlen(lab_name(lab)) > GUARD_NAME_MAX)
+		return -1;
 	snprintf(guard.name, sizeof(guard.name), "%s", lab_name(lab));
 	snprintf(guard.pg_url, sizeof(guard.pg_url), "%s", lab->opts.pg_url);
 	snprintf(guard.redis_url, sizeof(guard.redis_url), "%s", lab->opts.redis_url);
@@ -396,8 +409,10 @@ static int guard_start(const struct lab *lab)
 	OPENSSL_init_crypto(0, NULL);
 	/* a reader that went away (lab | head) must not end the process in the middle of cleanup */
 	loop_sigpipe_ignore();
-	if (!started_in)
+	if (!started_in) {
 		atexit(guard_atexit);
+		pthread_atfork(NULL, NULL, guard_atfork_child);
+	}
 	started_in = getpid();
 	return 0;
 }
