@@ -87,9 +87,12 @@ static void before_no_key(struct lab *lab, const void *cfg)
 
 static void after_no_key(struct lab *lab, const void *cfg, const void *result)
 {
-	print_story(lab, &RES(result)->no_key, CFG(cfg)->client_timeout_ms);
-	term_printf(&lab->term,
-	            "  the server had committed before the client gave up: the retry is a second charge\n");
+	const struct idempotency_story *st = &RES(result)->no_key;
+	print_story(lab, st, CFG(cfg)->client_timeout_ms);
+	if (st->charges > 1)
+		term_printf(&lab->term,
+		            "  the server had committed before the client gave up: the retry is a "
+		            "second charge\n");
 	lab_phase_metrics(lab, "no_key", story_json(&RES(result)->no_key));
 }
 

@@ -188,15 +188,20 @@ static void leak_after(struct lab *lab, const void *cfgp, const void *resultp)
 		            TERM_US(l->leaky.first_leak.acquired_at_us), l->leaky.first_leak.backend_pid,
 		            (unsigned long long)l->leaky.leaks);
 	if (l->leaky.drained_at_us)
-		term_printf(t,
-		            "  the leak drained the pool at t=%s: %s answers to the requests sent after it, "
-		            "only 503s\n",
-		            TERM_US(l->leaky.drained_at_us), TERM_NUM(l->leaky.answered_after_drain, 0));
+		term_printf(
+		        t,
+		        "  the leak drained the pool at t=%s: %s answers to the requests sent after it%s\n",
+		        TERM_US(l->leaky.drained_at_us), TERM_NUM(l->leaky.answered_after_drain, 0),
+		        l->leaky.answered_after_drain ? "" : ", only 503s");
+	/* what the small pool did, said from its numbers: the judge decides whether it told them apart */
 	term_printf(t,
-	            "  the small pool never drained: it kept answering near pool / hold = %s/s, every hold "
-	            "short,\n"
-	            "  no reports. Same 503s at the API; the pool's own numbers tell them apart.\n",
-	            TERM_NUM(l->undersized.pool_size * 1000.0 / cfg->hold_ms, 0));
+	            "  the small pool %s: %s answers/s against pool / hold = %s/s, longest hold %s, %s "
+	            "leak reports.\n"
+	            "  Both give 503s at the API; the pool's own numbers tell them apart.\n",
+	            l->undersized.drained_at_us ? "drained too" : "never drained",
+	            TERM_NUM(l->undersized.rps_ok, 0),
+	            TERM_NUM(l->undersized.pool_size * 1000.0 / cfg->hold_ms, 0),
+	            TERM_US(l->undersized.longest_hold_us), TERM_NUM(l->undersized.leaks, 0));
 	lab_phase_metrics(lab, "leak",
 	                  json_pack("{s:o,s:o}", "leaky", drain_json(&l->leaky), "undersized",
 	                            drain_json(&l->undersized)));
