@@ -190,6 +190,10 @@ int idempotency_run(const struct idempotency_config *cfg, struct idempotency_res
 	if (idempotency_setup(cfg, err, errlen) < 0)
 		return idem_lost(cfg, result, err, errlen);
 	int ret = lab_phases_walk(PHASES, IDEMPOTENCY_PHASES, cfg, result, &cfg->hooks, err, errlen);
+	/* Ctrl-C: common/lab.c's guard drops the schema and the keys; a teardown of ours would only
+	 * race it (as in every lab) */
+	if (ret < 0 && lab_interrupted())
+		return -1;
 	char terr[LAB_ERRLEN];
 	if (idempotency_teardown(cfg, terr, sizeof(terr)) < 0 && ret == 0) {
 		snprintf(err, errlen, "teardown: %s", terr);

@@ -590,7 +590,13 @@ int pooling_run(const struct pooling_config *cfg, struct pooling_result *result,
 		return -1;
 	}
 	int rc = lab_phases_walk(PHASES, POOLING_PHASES, cfg, result, &cfg->hooks, err, errlen);
-	if (rc < 0 && !lab_interrupted())
+	/* Ctrl-C: common/lab.c's guard ends our backends and drops the schema; a teardown of ours
+	 * would only race it for the schema's lock */
+	if (rc < 0 && lab_interrupted()) {
+		PQfinish(admin);
+		return -1;
+	}
+	if (rc < 0)
 		result->pg_lost = pg_gone(cfg, err, errlen);
 	char terr[LAB_ERRLEN];
 	/* the admin connection may have been lost with the server: then a new one tries */
