@@ -20,6 +20,8 @@
 #define SCHEMA "lab_pooling"
 /* 100 orders; ids above ORDERS are missing, and a missing id is the leaky handler's 404 path. */
 #define ORDERS             100
+#define STR_(x)            #x
+#define STR(x)             STR_(x)
 #define MISSING_ORDER_BASE 100000
 /* one client in four follows a stale link to missing orders: the leaky handler loses a
  * connection on each of their requests, so the pool drains after pool_size of them */
@@ -80,7 +82,8 @@ static int schema_setup(PGconn *conn, char *err, size_t errlen)
 		return -1;
 	return pg_exec(conn,
 	               "CREATE TABLE " SCHEMA ".orders (id int PRIMARY KEY, total_cents int NOT NULL);"
-	               "INSERT INTO " SCHEMA ".orders SELECT i, 100 * i FROM generate_series(1, 100) i",
+	               "INSERT INTO " SCHEMA
+	               ".orders SELECT i, 100 * i FROM generate_series(1, " STR(ORDERS) ") i",
 	               err, errlen);
 }
 
@@ -235,7 +238,8 @@ static int compare_phase(const void *cfgp, void *resultp, char *err, size_t errl
 		goto out;
 	pooling_api_stop(api, totals);
 	api = NULL;
-	c->connects = totals->direct.opened - CONNECT_SAMPLES;
+	/* the samples' connections are not the load's; a sample that failed opened none */
+	c->connects = totals->direct.opened > CONNECT_SAMPLES ? totals->direct.opened - CONNECT_SAMPLES : 0;
 	/* the direct path waits for its own fresh connection: that wait is the connect */
 	c->connect_p50_us = hist_percentile(&totals->direct.wait, 50);
 	c->pooled_opened = totals->pool.opened;
