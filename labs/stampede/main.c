@@ -226,8 +226,8 @@ static void print_jitter(struct lab *lab, const struct stampede_config *cfg,
 	        "  the same %s recomputes (each key once); the peak fell %s%.1fx%s. A key's reader waited "
 	        "for its\n"
 	        "  value p99 %s with one TTL (the database took the wave as a queue) and %s with jitter\n",
-	        TERM_NUM(j[0].keys, 0), term_bold(t), j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0,
-	        term_reset(t), TERM_US((double)hist_percentile(&j[0].wait, 99)),
+	        TERM_NUM(j[0].keys, 0), term_bold(t), stampede_jitter_fall(j), term_reset(t),
+	        TERM_US((double)hist_percentile(&j[0].wait, 99)),
 	        TERM_US((double)hist_percentile(&j[1].wait, 99)));
 }
 
@@ -319,7 +319,7 @@ static void jitter_after(struct lab *lab, const void *c, const void *result)
 	lab_phase_metrics(lab, "jitter",
 	                  json_pack("{s:o,s:o,s:f}", "same_ttl", jitter_json(&j[0], cfg->bucket_ms),
 	                            "jittered", jitter_json(&j[1], cfg->bucket_ms), "peak_fall",
-	                            j[1].peak > 0 ? j[0].peak / j[1].peak : 0.0));
+	                            stampede_jitter_fall(j)));
 }
 
 static void outage_before(struct lab *lab, const void *c)

@@ -345,15 +345,14 @@ static bool swr_shown(const struct stampede_hot_result *sw, char *why, size_t le
 	return false;
 }
 
-/* How many times jitter cut the peak of recomputes asked for per bucket. */
-static double jitter_fall(const struct stampede_jitter_result *j)
+double stampede_jitter_fall(const struct stampede_jitter_result *j)
 {
 	return j[1].peak > 0 ? j[0].peak / j[1].peak : 0;
 }
 
 static bool jitter_shown(const struct stampede_jitter_result *j, char *why, size_t len)
 {
-	double fall = jitter_fall(j);
+	double fall = stampede_jitter_fall(j);
 	bool same_work = j[0].recomputes == (uint64_t)j[0].keys && j[1].recomputes == (uint64_t)j[1].keys &&
 	                 j[0].keys_recomputed == j[0].keys && j[1].keys_recomputed == j[1].keys;
 	if (fall >= JITTER_MIN_FALL && same_work)
@@ -397,7 +396,7 @@ void stampede_judge(const struct stampede_result *res, struct lab_verdict *v)
 	        "Redis lost at %.1f s, %llu reads lost",
 	        why, shown ? "" : ". ", h[STAMPEDE_NONE].recomputes_per_expiry,
 	        h[STAMPEDE_LOCK].recomputes_per_expiry, h[STAMPEDE_XFETCH].recomputes_per_expiry,
-	        h[STAMPEDE_SWR].recomputes_per_expiry, res->jitter[0].bucket_ms, jitter_fall(res->jitter),
-	        (unsigned long long)res->jitter[1].recomputes, res->outage.redis_lost_at_s,
-	        (unsigned long long)res->outage.lost);
+	        h[STAMPEDE_SWR].recomputes_per_expiry, res->jitter[0].bucket_ms,
+	        stampede_jitter_fall(res->jitter), (unsigned long long)res->jitter[1].recomputes,
+	        res->outage.redis_lost_at_s, (unsigned long long)res->outage.lost);
 }

@@ -181,4 +181,7 @@ int stampede_run(const struct stampede_config *cfg, struct stampede_result *res,
 /* The claim and every threshold, with their reasons; fills v. */
 void stampede_judge(const struct stampede_result *res, struct lab_verdict *v);
 
+/* How many times jitter cut the peak of recomputes asked for per bucket (j[0] same TTL, j[1] jittered). */
+double stampede_jitter_fall(const struct stampede_jitter_result *j);
+
 #endif
