@@ -80,11 +80,26 @@ static char *complete_rows(PGresult *res)
 
 /* ---- on the API's loop ---- */
 
+/*
+ * A job's statement ended: true when with the status expected. A failure is said on stderr (a
+ * job that fails is never silent); the next pass tries again.
+ */
+static bool job_result(struct idempotency_api *api, const char *job, PGresult *res, ExecStatusType want,
+                       const char *err)
+{
+	if (res && PQresultStatus(res) == want)
+		return true;
+	char why[256];
+	pg_message_line(why, sizeof(why), res ? PQresultErrorMessage(res) : err);
+	if (!api->stopping)
+		fprintf(stderr, "lab-idempotency: the %s failed: %s\n", job, why);
+	return false;
+}
+
 static void reaped_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
-	(void)res;
-	(void)err;
 	struct idempotency_api *api = arg;
+	job_result(api, "reaper", res, PGRES_COMMAND_OK, err);
 	pool_release(c);
 	api->reaping = false;
 }
@@ -119,19 +134,17 @@ static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 
 static void completed_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
-	(void)res;
-	(void)err;
 	struct idempotency_api *api = arg;
+	job_result(api, "completer", res, PGRES_COMMAND_OK, err);
 	pool_release(c);
 	api->completing = false;
 }
 
 static void picked_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
-	(void)err;
 	struct idempotency_api *api = arg;
 	char *rows = NULL;
-	if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+	if (job_result(api, "completer", res, PGRES_TUPLES_OK, err) && PQntuples(res) > 0)
 		rows = complete_rows(res);
 	char lock_ms[24];
 	snprintf(lock_ms, sizeof(lock_ms), "%d", api->cfg.lock_timeout_ms);
