@@ -131,8 +131,18 @@ PGconn *pgset_borrow(struct pgset *s, int timeout_ms, char *err, size_t errlen)
 void pgset_return(struct pgset *s, PGconn *conn)
 {
 	pthread_mutex_lock(&s->mu);
-	if (s->nidle < s->n)
-		s->idle[s->nidle++] = conn;
+	/* one of ours, and lent: anything else is a bug that would let two threads share a PGconn */
+	bool ours = false, idle = false;
+	for (int i = 0; i < s->n; i++)
+		ours |= s->conns[i] == conn;
+	for (int i = 0; i < s->nidle; i++)
+		idle |= s->idle[i] == conn;
+	if (!ours || idle || s->nidle >= s->n) {
+		fprintf(stderr, "pgset_return: %s\n",
+		        !ours ? "not a connection of this set" : "returned twice");
+		abort();
+	}
+	s->idle[s->nidle++] = conn;
 	pthread_cond_signal(&s->back);
 	pthread_mutex_unlock(&s->mu);
 }

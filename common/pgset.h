@@ -41,7 +41,10 @@ int pgset_size(const struct pgset *s);
  */
 PGconn *pgset_borrow(struct pgset *s, int timeout_ms, char *err, size_t errlen);
 
-/* Gives back a connection that pgset_borrow lent, as it is, and wakes a waiter. */
+/*
+ * Gives back a connection that pgset_borrow lent, as it is, and wakes a waiter. A connection not
+ * of this set, or one given back twice, aborts the program: two threads would share it.
+ */
 void pgset_return(struct pgset *s, PGconn *conn);
 
 /* Closes every connection and frees s; every borrowed connection must have been returned first.

@@ -10,11 +10,13 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "hist.h"
@@ -252,6 +254,35 @@ static void test_a_connection_whose_backend_ended_comes_back_broken(void **state
 	pgset_close(s);
 }
 
+/* In a child: returns conn a second time; the set must abort rather than lend it twice. */
+static int return_twice_in_a_child(struct pgset *s, PGconn *conn)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (!freopen("/dev/null", "w", stderr)) /* its one line would clutter the test output */
+			_exit(2);
+		pgset_return(s, conn);
+		_exit(0);
+	}
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+static void test_a_connection_given_back_twice_aborts_instead_of_being_shared(void **state)
+{
+	(void)state;
+	struct pgset *s = open_set(1);
+	char err[256];
+	PGconn *c = pgset_borrow(s, 1000, err, sizeof(err));
+	assert_non_null(c);
+	pgset_return(s, c);
+	assert_int_equal(return_twice_in_a_child(s, c), SIGABRT);
+	pgset_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -262,6 +293,7 @@ int main(void)
 	        cmocka_unit_test(test_every_connection_carries_the_extra_keys_and_the_application_name),
 	        cmocka_unit_test(test_an_unreachable_server_leaves_nothing_open_and_says_why),
 	        cmocka_unit_test(test_a_connection_whose_backend_ended_comes_back_broken),
+	        cmocka_unit_test(test_a_connection_given_back_twice_aborts_instead_of_being_shared),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
