@@ -32,7 +32,7 @@
 #define ERRLEN   256
 #define RESP_MAX 4096
 /* No read waits longer: a server that leaves a client hanging fails the test instead. */
-#define READ_TIMEOUT_MS 5000
+#define READ_TIMEOUT_MS UPSTREAM_HTTP_TIMEOUT_MS
 
 struct server {
 	struct http_app app;
@@ -77,42 +77,6 @@ static int connect_to(int port)
 	return fd;
 }
 
-/* One byte within ms: 1, 0 on EOF, -1 on reset or when nothing came in time. */
-static int recv_byte(int fd, char *c, int ms)
-{
-	struct pollfd pfd = {.fd = fd, .events = POLLIN};
-	if (poll(&pfd, 1, ms) != 1)
-		return -1;
-	ssize_t r = recv(fd, c, 1, 0);
-	return r == 1 ? 1 : r == 0 ? 0 : -1;
-}
-
-/*
- * Reads one response (head, then Content-Length bytes of body) into out; its status code, or
- * 0 when the connection closed or nothing came within READ_TIMEOUT_MS.
- */
-static int read_response(int fd, char *out, size_t outlen)
-{
-	size_t n = 0, body_at = 0, content_length = 0;
-	char c;
-	while (n + 1 < outlen && recv_byte(fd, &c, READ_TIMEOUT_MS) == 1) {
-		out[n++] = c;
-		out[n] = '\0';
-		if (!body_at && n >= 4 && memcmp(out + n - 4, "\r\n\r\n", 4) == 0) {
-			body_at = n;
-			const char *cl = strcasestr(out, "\r\nContent-Length:");
-			content_length = cl ? strtoul(cl + 17, NULL, 10) : 0;
-		}
-		if (body_at && n - body_at >= content_length)
-			break;
-	}
-	out[n] = '\0';
-	int code = 0;
-	if (!body_at || sscanf(out, "HTTP/1.%*d %d", &code) != 1)
-		return 0;
-	return code;
-}
-
 /* The peer closed: EOF or reset, not silence (waits up to ms). */
 static bool sees_close(int fd, int ms)
 {
@@ -123,20 +87,11 @@ static bool sees_close(int fd, int ms)
 	return r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE));
 }
 
-/* One request on a new connection; the status code, the body into out. */
-static int exchange(int port, const char *req, size_t len, char *out, size_t outlen)
-{
-	int fd = connect_to(port);
-	int code = write_full(fd, req, len) ? read_response(fd, out, outlen) : 0;
-	close(fd);
-	return code;
-}
-
 static int normal_request(int port)
 {
 	static const char req[] = "GET /count HTTP/1.1\r\nHost: lab\r\n\r\n";
 	char out[RESP_MAX];
-	return exchange(port, req, sizeof(req) - 1, out, sizeof(out));
+	return http_exchange(port, req, sizeof(req) - 1, out, sizeof(out));
 }
 
 static long rss_kib(void)
@@ -207,7 +162,7 @@ static void test_bad_bytes_in_a_head_get_400_before_any_handler(void **state)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		int fd = connect_to(s->port);
 		assert_true(write_full(fd, cases[i].req, cases[i].len));
-		int code = read_response(fd, out, sizeof(out));
+		int code = http_read_response(fd, out, sizeof(out));
 		const char *want = cases[i].want_in_error;
 		if (code != 400 || (want && (!strstr(out, want) || !strstr(out, "application/json"))))
 			fail_msg("%s: want 400 naming \"%s\", got %d:\n%s", cases[i].what, want ? want : "",
@@ -219,7 +174,7 @@ static void test_bad_bytes_in_a_head_get_400_before_any_handler(void **state)
 
 	/* what is allowed: a tab inside a value, lines ended by LF alone, bytes past ASCII */
 	static const char ok[] = "GET /count HTTP/1.1\nHost: lab\nX-A: a\tb \xc3\xa9\n\n";
-	assert_int_equal(exchange(s->port, ok, sizeof(ok) - 1, out, sizeof(out)), 200);
+	assert_int_equal(http_exchange(s->port, ok, sizeof(ok) - 1, out, sizeof(out)), 200);
 	assert_int_equal(atomic_load(&s->hits), 1);
 	server_stop(s);
 }
@@ -234,7 +189,7 @@ static void test_each_request_on_a_connection_is_checked_pipelined_ones_too(void
 	/* keep-alive: one after the other */
 	static const char get[] = "GET /count HTTP/1.1\r\nHost: lab\r\n\r\n";
 	assert_true(write_full(fd, get, sizeof(get) - 1));
-	assert_int_equal(read_response(fd, out, sizeof(out)), 200);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 200);
 	/*
 	 * A body is not a head: lines starting with spaces, a tab, a NUL, a blank line, and then a
 	 * request right behind it in the same write, whose head is checked as the next one.
@@ -243,14 +198,14 @@ static void test_each_request_on_a_connection_is_checked_pipelined_ones_too(void
 	                           "Content-Length: 17\r\n\r\n{\n  \"a\":\t1\0\r\n\r\n}\n"
 	                           "GET /count HTTP/1.1\r\nHost: lab\r\n\r\n";
 	assert_true(write_full(fd, post, sizeof(post) - 1));
-	assert_int_equal(read_response(fd, out, sizeof(out)), 200);
-	assert_int_equal(read_response(fd, out, sizeof(out)), 200);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 200);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 200);
 	/* pipelined in one write: a good request, then a bad one behind it */
 	static const char two[] = "GET /count HTTP/1.1\r\nHost: lab\r\n\r\n"
 	                          "GET /count HTTP/1.1\r\nHost: lab\r\nX-K: a\0b\r\n\r\n";
 	assert_true(write_full(fd, two, sizeof(two) - 1));
-	assert_int_equal(read_response(fd, out, sizeof(out)), 200);
-	assert_int_equal(read_response(fd, out, sizeof(out)), 400);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 200);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 400);
 	assert_non_null(strstr(out, "NUL byte"));
 	assert_true(sees_close(fd, READ_TIMEOUT_MS));
 	close(fd);
@@ -286,11 +241,11 @@ static void test_heads_past_the_size_limit_are_refused(void **state)
 	/* 1 MiB in one header value, a 100 KB request line: evhttp answers 400 and closes */
 	int fd = connect_to(s->port);
 	offer(fd, "GET /count HTTP/1.1\r\nHost: lab\r\nX-Big: ", 'a', 1024 * 1024, "\r\n\r\n");
-	assert_int_equal(read_response(fd, out, sizeof(out)), 400);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 400);
 	close(fd);
 	fd = connect_to(s->port);
 	offer(fd, "GET /count?q=", 'q', 100 * 1000, " HTTP/1.1\r\nHost: lab\r\n\r\n");
-	assert_int_equal(read_response(fd, out, sizeof(out)), 400);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 400);
 	close(fd);
 
 	/* 10,000 small headers: each fine, together 110 KB */
@@ -302,7 +257,7 @@ static void test_heads_past_the_size_limit_are_refused(void **state)
 	len += (size_t)sprintf(many + len, "\r\n");
 	fd = connect_to(s->port);
 	write_full(fd, many, len);
-	assert_int_equal(read_response(fd, out, sizeof(out)), 400);
+	assert_int_equal(http_read_response(fd, out, sizeof(out)), 400);
 	close(fd);
 	free(many);
 
@@ -311,7 +266,7 @@ static void test_heads_past_the_size_limit_are_refused(void **state)
 	int n = snprintf(big, sizeof(big), "GET /count HTTP/1.1\r\nHost: lab\r\nX-A: ");
 	memset(big + n, 'b', sizeof(big) - (size_t)n - 5);
 	memcpy(big + sizeof(big) - 5, "\r\n\r\n", 4);
-	assert_int_equal(exchange(s->port, big, sizeof(big) - 1, out, sizeof(out)), 200);
+	assert_int_equal(http_exchange(s->port, big, sizeof(big) - 1, out, sizeof(out)), 200);
 	assert_int_equal(atomic_load(&s->hits), 1);
 	server_stop(s);
 }
@@ -417,7 +372,7 @@ static void test_past_the_cap_new_connections_wait_for_a_free_slot(void **state)
 	assert_int_equal(atomic_load(&s->hits), 0);
 	/* one slot frees: the waiting connection is accepted and answered */
 	close(fds[0]);
-	assert_int_equal(read_response(late, out, sizeof(out)), 200);
+	assert_int_equal(http_read_response(late, out, sizeof(out)), 200);
 	assert_int_equal(atomic_load(&s->hits), 1);
 	assert_true(http_server_connections(s->app.server) <= CAP);
 	close(late);

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "lab_run.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -283,7 +284,7 @@ static void test_bad_input_gets_400_and_writes_nothing(void **state)
 
 /*
  * POST /v1/charges of BODY with the given header lines (each ending in \r\n, NUL bytes and all),
- * as raw bytes to 127.0.0.1:port; reads the answer until the server closes (Connection: close).
+ * as raw bytes to 127.0.0.1:port; reads the answer (http_exchange).
  * Returns its status, 0 when none came; *replayed: it was marked Idempotent-Replayed.
  */
 static int raw_charge(int port, const char *client, const char *headers, size_t headers_len, bool *replayed)
@@ -299,23 +300,9 @@ static int raw_charge(int port, const char *client, const char *headers, size_t 
 	size_t len = (size_t)n + headers_len;
 	memcpy(buf + len, "\r\n" BODY, 2 + strlen(BODY));
 	len += 2 + strlen(BODY);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	struct timeval tv = {5, 0};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(write(fd, buf, len), (ssize_t)len);
-	size_t got = 0;
-	ssize_t r;
-	while (got < sizeof(buf) - 1 && (r = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
-		got += (size_t)r;
-	buf[got] = '\0';
-	close(fd);
-	int status = 0;
-	sscanf(buf, "HTTP/1.%*d %d", &status);
-	*replayed = strcasestr(buf, "Idempotent-Replayed: true") != NULL;
+	char resp[4096];
+	int status = http_exchange(port, buf, len, resp, sizeof(resp));
+	*replayed = strcasestr(resp, "Idempotent-Replayed: true") != NULL;
 	return status;
 }
 

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "lab_run.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -103,45 +104,13 @@ static void test_ctrl_c_mid_run_exits_130_and_leaves_nothing(void **state)
 	lab_assert_nothing_left("lab_pooling", NULL);
 }
 
-/* A blocking connection to the API on 127.0.0.1:port, with a 5 s receive timeout. */
-static int api_connect(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	struct timeval tv = {5, 0};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
-		fail_msg("cannot connect to the API on port %d", port);
-	return fd;
-}
-
-static void send_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-		assert_true(n > 0);
-		buf += n;
-		len -= (size_t)n;
-	}
-}
-
 /* One request (HTTP/1.0: the server closes after the reply); returns the status, body in body. */
 static int api_get(int port, const char *method, const char *path, char *body, size_t bodylen)
 {
-	int fd = api_connect(port);
 	char req[512], resp[8192];
 	int n = snprintf(req, sizeof(req), "%s %s HTTP/1.0\r\n\r\n", method, path);
-	send_all(fd, req, (size_t)n);
-	size_t got = 0;
-	ssize_t r;
-	while (got + 1 < sizeof(resp) && (r = recv(fd, resp + got, sizeof(resp) - 1 - got, 0)) > 0)
-		got += (size_t)r;
-	resp[got] = '\0';
-	close(fd);
-	int status = 0;
-	if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1)
+	int status = http_exchange(port, req, (size_t)n, resp, sizeof(resp));
+	if (!status)
 		fail_msg("%s %s: no HTTP status in \"%s\"", method, path, resp);
 	const char *b = strstr(resp, "\r\n\r\n");
 	snprintf(body, bodylen, "%s", b ? b + 4 : "");
@@ -270,8 +239,8 @@ static void test_serve_stops_cleanly_on_ctrl_c_with_requests_in_flight_and_queue
 		                        SERVE_HOLD_MS);
 	int fds[SERVE_CLIENTS];
 	for (int i = 0; i < SERVE_CLIENTS; i++) {
-		fds[i] = api_connect(s.port);
-		send_all(fds[i], burst, len);
+		fds[i] = client_connect(s.port);
+		assert_true(fds[i] >= 0 && write_full(fds[i], burst, len));
 	}
 	/* --serve runs the full config's pool: every connection busy, more clients queued than that */
 	struct pooling_config served;

@@ -27,6 +27,8 @@
 #include "hist.h"
 
 #define UPSTREAM_FN static __attribute__((unused))
+/* how long a test waits for a byte of an HTTP response before it calls it missing */
+#define UPSTREAM_HTTP_TIMEOUT_MS 5000
 
 /* A client read or write that waits this long means the other side left it hanging. */
 #define UPSTREAM_TIMEOUT_S 5
@@ -246,6 +248,60 @@ UPSTREAM_FN bool read_full(int fd, void *buf, size_t n)
 UPSTREAM_FN bool write_full(int fd, const void *buf, size_t n)
 {
 	return io_full(fd, (void *)buf, n, true);
+}
+
+/* One byte within ms: 1, 0 on EOF, -1 on reset or when nothing came in time. */
+UPSTREAM_FN int recv_byte(int fd, char *c, int ms)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	if (poll(&pfd, 1, ms) != 1)
+		return -1;
+	ssize_t r = recv(fd, c, 1, 0);
+	return r == 1 ? 1 : r == 0 ? 0 : -1;
+}
+
+/*
+ * Reads one HTTP response (head, then Content-Length bytes of body, or without one up to the
+ * close) from fd into out; its status code, or 0 when no whole head came within
+ * UPSTREAM_HTTP_TIMEOUT_MS.
+ */
+UPSTREAM_FN int http_read_response(int fd, char *out, size_t outlen)
+{
+	size_t n = 0, body_at = 0, content_length = 0;
+	bool to_close = false; /* no Content-Length (an HTTP/1.0 reply): the body ends at the close */
+	char c;
+	while (n + 1 < outlen && recv_byte(fd, &c, UPSTREAM_HTTP_TIMEOUT_MS) == 1) {
+		out[n++] = c;
+		out[n] = '\0';
+		if (!body_at && n >= 4 && memcmp(out + n - 4, "\r\n\r\n", 4) == 0) {
+			body_at = n;
+			const char *cl = strcasestr(out, "\r\nContent-Length:");
+			content_length = cl ? strtoul(cl + 17, NULL, 10) : 0;
+			to_close = !cl;
+		}
+		if (body_at && !to_close && n - body_at >= content_length)
+			break;
+	}
+	out[n] = '\0';
+	int code = 0;
+	if (!body_at || sscanf(out, "HTTP/1.%*d %d", &code) != 1)
+		return 0;
+	return code;
+}
+
+/*
+ * One raw request (len bytes, NULs and all) on a new connection to 127.0.0.1:port; the response's
+ * status code, the response into out. 0 when it could not connect or no response came.
+ */
+UPSTREAM_FN int http_exchange(int port, const char *req, size_t len, char *out, size_t outlen)
+{
+	out[0] = '\0';
+	int fd = client_connect(port);
+	if (fd < 0)
+		return 0;
+	int code = write_full(fd, req, len) ? http_read_response(fd, out, outlen) : 0;
+	close(fd);
+	return code;
 }
 
 /* One byte there and back; its round trip in us, or 0 on failure. */
