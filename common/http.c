@@ -44,6 +44,7 @@ struct http_server {
 struct http_route {
 	struct http_server *s;
 	char *path;
+	bool prefix; /* serves every longer path that starts with path; evhttp does not know it */
 	void (*cb)(struct evhttp_request *, void *);
 	void *arg;
 	struct http_route *next;
@@ -96,14 +97,40 @@ static void http_route_cb(struct evhttp_request *req, void *arg)
 		r->cb(req, r->arg);
 }
 
-/* Requests no route claimed: the same JSON error shape as every other reply. */
+/* The prefix route of the longest prefix that path starts with and is longer than; or NULL. */
+static struct http_route *http_prefix_route(struct http_server *s, const char *path)
+{
+	struct http_route *best = NULL;
+	size_t best_len = 0;
+	for (struct http_route *r = s->routes; r; r = r->next) {
+		size_t n = strlen(r->path);
+		if (r->prefix && n > best_len && strncmp(path, r->path, n) == 0 && path[n] != '\0') {
+			best = r;
+			best_len = n;
+		}
+	}
+	return best;
+}
+
+/* Requests no exact route claimed: a prefix route's, else 404 in the JSON error shape. */
 static void http_not_found_cb(struct evhttp_request *req, void *arg)
 {
-	if (!http_admit(arg, req))
+	struct http_server *s = arg;
+	if (!http_admit(s, req))
 		return;
+	const char *path = http_request_path(req);
+	struct http_route *r = http_prefix_route(s, path);
+	if (r)
+		r->cb(req, r->arg);
+	else
+		http_reply_error(req, HTTP_NOTFOUND, "no route for %s", path);
+}
+
+const char *http_request_path(struct evhttp_request *req)
+{
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	http_reply_error(req, HTTP_NOTFOUND, "no route for %s", path && *path ? path : "/");
+	return path && *path ? path : "/";
 }
 
 struct http_server *http_server_start(struct event_base *base, int port, char *err, size_t errlen)
@@ -176,12 +203,12 @@ int http_server_connections(const struct http_server *s)
 	return http_guard_connections(s->guard);
 }
 
-void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
-                       void *arg)
+static void http_route_add(struct http_server *s, const char *path, bool prefix,
+                           void (*cb)(struct evhttp_request *, void *), void *arg)
 {
 	struct http_route *r;
 	for (r = s->routes; r; r = r->next)
-		if (strcmp(r->path, path) == 0)
+		if (r->prefix == prefix && strcmp(r->path, path) == 0)
 			break;
 	if (r) { /* a later route replaces the earlier one: evhttp keeps calling the same record */
 		r->cb = cb;
@@ -189,17 +216,31 @@ void http_server_route(struct http_server *s, const char *path, void (*cb)(struc
 		return;
 	}
 	r = calloc(1, sizeof(*r));
-	if (!r || !(r->path = strdup(path)) || evhttp_set_cb(s->http, path, http_route_cb, r) != 0) {
+	if (!r || !(r->path = strdup(path)) ||
+	    (!prefix && evhttp_set_cb(s->http, path, http_route_cb, r) != 0)) {
 		if (r)
 			free(r->path);
 		free(r);
 		return; /* out of memory: the path stays unrouted and answers 404 */
 	}
 	r->s = s;
+	r->prefix = prefix;
 	r->cb = cb;
 	r->arg = arg;
 	r->next = s->routes;
 	s->routes = r;
+}
+
+void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
+                       void *arg)
+{
+	http_route_add(s, path, false, cb, arg);
+}
+
+void http_server_route_prefix(struct http_server *s, const char *prefix,
+                              void (*cb)(struct evhttp_request *, void *), void *arg)
+{
+	http_route_add(s, prefix, true, cb, arg);
 }
 
 void http_server_free(struct http_server *s)

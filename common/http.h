@@ -92,6 +92,15 @@ int http_server_port(const struct http_server *s);
 void http_server_route(struct http_server *s, const char *path, void (*cb)(struct evhttp_request *, void *),
                        void *arg);
 
+/*
+ * Routes every path that starts with prefix and is longer than it (a resource by id:
+ * "/v1/users/" serves "/v1/users/42") to cb, which reads the rest from http_request_path. An
+ * exact route wins over a prefix; of two prefixes, the longer. Same rules for cb as above.
+ */
+void http_server_route_prefix(struct http_server *s, const char *prefix,
+                              void (*cb)(struct evhttp_request *, void *), void *arg);
+/* The request's path as sent (percent-encoded, no query string); "/" when it has none. */
+const char *http_request_path(struct evhttp_request *req);
 /* Stops listening and frees the server (requests in flight are dropped). NULL is a no-op. */
 void http_server_free(struct http_server *s);
 

@@ -443,6 +443,34 @@ static void test_duration_limited_run_stops_after_its_duration(void **state)
 	assert_true(progress.calls >= 1);
 }
 
+/* Answers with the path it was given, so a test sees which prefix route claimed a request. */
+static void path_cb(struct evhttp_request *req, void *arg)
+{
+	http_reply_json(req, HTTP_OK,
+	                json_pack("{s:s,s:s}", "route", (const char *)arg, "path", http_request_path(req)));
+}
+
+static void test_prefix_route_serves_longer_paths_and_the_longest_prefix_wins(void **state)
+{
+	struct fixture *f = *state;
+	http_server_route_prefix(f->server, "/v1/users/", path_cb, "users");
+	http_server_route_prefix(f->server, "/v1/users/admin/", path_cb, "admins");
+	http_server_route_prefix(f->server, "/ok", path_cb, "ok-prefix");
+	struct req_case cases[] = {
+	        {.path = "/v1/users/42?x=1",
+	         .want_code = 200,
+	         .want_in_body = "\"route\":\"users\",\"path\":\"/v1/users/42\""},
+	        {.path = "/v1/users/admin/7", .want_code = 200, .want_in_body = "\"route\":\"admins\""},
+	        /* the prefix alone is not a resource: nothing after it */
+	        {.path = "/v1/users/", .want_code = 404, .want_in_body = "no route for /v1/users/"},
+	        {.path = "/v1/user", .want_code = 404, .want_in_body = "\"error\""},
+	        /* an exact route wins over a prefix that also matches */
+	        {.path = "/ok", .want_code = 200, .want_in_body = "\"ok\":true"},
+	        {.path = "/okay", .want_code = 200, .want_in_body = "\"route\":\"ok-prefix\""},
+	};
+	run_cases(f, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void test_unknown_path_gets_404_with_a_json_error(void **state)
 {
 	struct req_case cases[] = {
@@ -677,6 +705,8 @@ int main(void)
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_duration_limited_run_stops_after_its_duration, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_prefix_route_serves_longer_paths_and_the_longest_prefix_wins, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_unknown_path_gets_404_with_a_json_error, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_query_long_accepts_whole_numbers_in_range_only, setup,
