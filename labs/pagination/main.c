@@ -64,9 +64,9 @@ static void before_cost(struct lab *lab, const void *cfg)
 {
 	const struct pagination_config *c = CFG(cfg);
 	lab_phase(lab,
-	          "What a page costs: pages %d, %d and %d of %d rows, by OFFSET and by keyset, EXPLAIN "
+	          "What a page costs: pages %s, %s and %s of %d rows, by OFFSET and by keyset, EXPLAIN "
 	          "(ANALYZE, BUFFERS)",
-	          c->pages[0], c->pages[1], c->pages[2], c->page_size);
+	          TERM_NUM(c->pages[0], 0), TERM_NUM(c->pages[1], 0), TERM_NUM(c->pages[2], 0), c->page_size);
 }
 
 static json_t *measure_json(const struct pagination_measure *m)
