@@ -313,10 +313,10 @@ void pagination_judge(const struct pagination_result *r, struct lab_verdict *v)
 	        v, why[0] == '\0',
 	        "keyset pagination costs the same at any depth and walks a feed under writes exactly once; "
 	        "OFFSET does neither",
-	        "%s%spage 1 -> %d: OFFSET %.0fx the rows and %.0fx the buffers, keyset %.1fx and %.1fx; "
+	        "%s%spage 1 -> %s: OFFSET %.0fx the rows and %.0fx the buffers, keyset %.1fx and %.1fx; "
 	        "under "
 	        "writes OFFSET served %lld duplicates and skipped %lld rows, keyset %lld and %lld",
-	        why, why[0] ? ". " : "", deep, pagination_growth_rows(c, PAGINATION_OFFSET),
+	        why, why[0] ? ". " : "", TERM_NUM(deep, 0), pagination_growth_rows(c, PAGINATION_OFFSET),
 	        pagination_growth_buffers(c, PAGINATION_OFFSET), pagination_growth_rows(c, PAGINATION_KEYSET),
 	        pagination_growth_buffers(c, PAGINATION_KEYSET), (long long)o->duplicates,
 	        (long long)o->skips, (long long)k->duplicates, (long long)k->skips);
