@@ -71,7 +71,8 @@ int pagination_cursor_encode(const unsigned char key[PAGINATION_CURSOR_KEY_LEN],
 /*
  * Reads text back into *out when it is a cursor this key signed, issued at most ttl_s before
  * now_s. Checks in this order: the text (malformed), the tag (tampered), the version
- * (malformed), the age (expired). *out is written only on PAGINATION_CURSOR_OK.
+ * (malformed), the age (expired). A cursor issued after now_s (the clock stepped back) is
+ * accepted. *out is written only on PAGINATION_CURSOR_OK.
  */
 enum pagination_cursor_status pagination_cursor_decode(const unsigned char key[PAGINATION_CURSOR_KEY_LEN],
                                                        const char *text, int64_t now_s, int64_t ttl_s,
