@@ -1,0 +1,265 @@
+/*
+ * client.c — the API as a client sees it: a blocking HTTP GET (a socket, HTTP/1.1, Connection:
+ * close) and phase 4, which pages through GET /v1/items with next_cursor and sends what a
+ * client should not (a changed cursor, an old one, a forged one, a page number, a limit out of
+ * range), each answer set beside the status the API's contract gives it.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hist.h"
+#include "internal.h"
+
+#define TIMEOUT_MS 5000
+/* a page of 100 items is about 15 KB */
+#define BODY_MAX (256 * 1024)
+
+static int connect_local(int port, char *err, size_t errlen)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+	                          .sin_port = htons((uint16_t)port),
+	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+		snprintf(err, errlen, "cannot connect to 127.0.0.1:%d: %s", port, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Reads until the server closes, at most timeout_ms in all; the bytes read, -1 on a timeout. */
+static ssize_t read_all(int fd, char *buf, size_t len, int timeout_ms)
+{
+	size_t n = 0;
+	uint64_t deadline = hist_now_us() + (uint64_t)timeout_ms * 1000;
+	while (n + 1 < len) {
+		uint64_t now = hist_now_us();
+		if (now >= deadline)
+			return -1;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int r = poll(&p, 1, (int)((deadline - now) / 1000) + 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		ssize_t got = recv(fd, buf + n, len - 1 - n, 0);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		n += (size_t)got;
+	}
+	buf[n] = '\0';
+	return (ssize_t)n;
+}
+
+int pagination_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
+                        char *err, size_t errlen)
+{
+	*status = 0;
+	body[0] = '\0';
+	int fd = connect_local(port, err, errlen);
+	if (fd < 0)
+		return -1;
+	char head[1024];
+	int len = snprintf(head, sizeof(head),
+	                   "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", target);
+	char *buf = malloc(BODY_MAX);
+	ssize_t n = -1;
+	if (buf && len > 0 && (size_t)len < sizeof(head) && send(fd, head, (size_t)len, MSG_NOSIGNAL) == len)
+		n = read_all(fd, buf, BODY_MAX, timeout_ms);
+	close(fd);
+	const char *sep = n > 0 ? strstr(buf, "\r\n\r\n") : NULL;
+	if (sep && sscanf(buf, "HTTP/1.%*d %d", status) == 1)
+		snprintf(body, bodylen, "%s", sep + 4);
+	else
+		*status = 0;
+	free(buf);
+	return 0;
+}
+
+/* ---- phase 4 ---- */
+
+struct api_walk {
+	int port;
+	struct pagination_api_story *st;
+	char body[BODY_MAX];
+	char cursor[PAGINATION_CURSOR_TEXT_MAX + 1]; /* the last next_cursor */
+	char last_at[40];                            /* the last item's created_at and id */
+	int64_t last_id;
+};
+
+/* One request as a step of the story: its status and a note from the body. */
+static int step(struct api_walk *w, const char *what, const char *target, int want, char *err, size_t errlen)
+{
+	struct pagination_api_story *st = w->st;
+	if (st->nsteps == PAGINATION_API_MAX) {
+		snprintf(err, errlen, "too many steps");
+		return -1;
+	}
+	struct pagination_api_step *s = &st->steps[st->nsteps++];
+	snprintf(s->what, sizeof(s->what), "%s", what);
+	s->want = want;
+	if (pagination_http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body), err,
+	                        errlen) < 0)
+		return -1;
+	json_t *doc = json_loads(w->body, 0, NULL);
+	const char *reason = json_string_value(json_object_get(doc, "reason"));
+	const char *error = json_string_value(json_object_get(doc, "error"));
+	if (error)
+		snprintf(s->note, sizeof(s->note), "%s%s%s", reason ? reason : "", reason ? ": " : "", error);
+	json_decref(doc);
+	return 0;
+}
+
+/* Reads a 200 page: order against the page before, the next cursor. The items it held, or -1. */
+static int read_items(struct api_walk *w)
+{
+	json_t *doc = json_loads(w->body, 0, NULL);
+	json_t *items = json_object_get(doc, "items");
+	if (!json_is_array(items)) {
+		json_decref(doc);
+		return -1;
+	}
+	size_t i;
+	json_t *it;
+	json_array_foreach(items, i, it)
+	{
+		const char *at = json_string_value(json_object_get(it, "created_at"));
+		int64_t id = (int64_t)json_integer_value(json_object_get(it, "id"));
+		/* feed order, newest first: each row strictly after the one before (ISO times sort as text)
+		 */
+		int cmp = at ? strcmp(at, w->last_at) : 0;
+		if (!at || (w->last_id && (cmp > 0 || (cmp == 0 && id >= w->last_id))))
+			w->st->in_order = false;
+		snprintf(w->last_at, sizeof(w->last_at), "%s", at ? at : "");
+		w->last_id = id;
+	}
+	const char *next = json_string_value(json_object_get(doc, "next_cursor"));
+	snprintf(w->cursor, sizeof(w->cursor), "%s", next ? next : "");
+	w->st->cursor_len = next ? (int)strlen(next) : w->st->cursor_len;
+	int n = (int)json_array_size(items);
+	json_decref(doc);
+	return n;
+}
+
+/* Page 1, then api_pages - 1 pages by next_cursor: one step, each page continuing the last. */
+static int follow(struct api_walk *w, const struct pagination_config *cfg, char *err, size_t errlen)
+{
+	char target[256];
+	struct pagination_api_story *st = w->st;
+	struct pagination_api_step *s = &st->steps[st->nsteps++];
+	snprintf(s->what, sizeof(s->what), "pages 1-%d, each by the last one's next_cursor", cfg->api_pages);
+	s->want = 200;
+	st->in_order = true;
+	for (int p = 1; p <= cfg->api_pages; p++) {
+		if (p == 1)
+			snprintf(target, sizeof(target), "/v1/items?limit=%d", cfg->api_limit);
+		else
+			snprintf(target, sizeof(target), "/v1/items?limit=%d&cursor=%s", cfg->api_limit,
+			         w->cursor);
+		if (pagination_http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body),
+		                        err, errlen) < 0)
+			return -1;
+		int items = s->status == 200 ? read_items(w) : -1;
+		if (items < 0)
+			break;
+		st->walked_rows += items;
+		st->walked_pages++;
+		if (!w->cursor[0])
+			break;
+	}
+	if (s->status == 200)
+		snprintf(s->note, sizeof(s->note), "%lld items on %lld pages, %s, next_cursor %d characters",
+		         (long long)st->walked_rows, (long long)st->walked_pages,
+		         st->in_order ? "in feed order, none twice" : "OUT OF ORDER", st->cursor_len);
+	return 0;
+}
+
+/* A cursor the API's key signed for the last row, issued age_s ago. */
+static void mint(struct api_walk *w, int64_t age_s, const unsigned char *key, char *out, size_t len)
+{
+	/* the last row's position in µs is not needed: the API refuses the cursor before reading it */
+	struct pagination_cursor c = {0, w->last_id, (int64_t)time(NULL) - age_s};
+	if (pagination_cursor_encode(key, &c, out, len) < 0)
+		snprintf(out, len, "x");
+}
+
+/* What a client should not send, and what it cannot ask. */
+static int refusals(struct api_walk *w, const struct pagination_config *cfg, char *err, size_t errlen)
+{
+	char target[256], cursor[PAGINATION_CURSOR_TEXT_MAX + 1];
+	unsigned char other_key[PAGINATION_CURSOR_KEY_LEN] = {0};
+	/* one character in the middle changed: 6 bits of the position */
+	snprintf(cursor, sizeof(cursor), "%s", w->cursor);
+	cursor[PAGINATION_CURSOR_TEXT_LEN / 2] = cursor[PAGINATION_CURSOR_TEXT_LEN / 2] == 'A' ? 'B' : 'A';
+	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
+	if (step(w, "next_cursor with one character changed", target, 400, err, errlen) < 0)
+		return -1;
+	mint(w, 0, other_key, cursor, sizeof(cursor));
+	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
+	if (step(w, "a position signed with another key", target, 400, err, errlen) < 0)
+		return -1;
+	mint(w, cfg->cursor_ttl_s + 60, pagination_cursor_key(), cursor, sizeof(cursor));
+	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
+	if (step(w, "a cursor issued a minute past its lifetime", target, 400, err, errlen) < 0 ||
+	    step(w, "cursor=not-a-cursor", "/v1/items?cursor=not-a-cursor", 400, err, errlen) < 0 ||
+	    step(w, "limit=0", "/v1/items?limit=0", 400, err, errlen) < 0 ||
+	    step(w, "limit=101", "/v1/items?limit=101", 400, err, errlen) < 0 ||
+	    step(w, "page=500 (jump to a page)", "/v1/items?page=500", 400, err, errlen) < 0)
+		return -1;
+	return 0;
+}
+
+/* GET /v1/items/count: the answers to "how many?" that a cursor cannot give. */
+static int count(struct api_walk *w, char *err, size_t errlen)
+{
+	if (step(w, "GET /v1/items/count", "/v1/items/count", 200, err, errlen) < 0)
+		return -1;
+	struct pagination_api_step *s = &w->st->steps[w->st->nsteps - 1];
+	json_t *doc = json_loads(w->body, 0, NULL);
+	w->st->estimate = (int64_t)json_integer_value(json_object_get(doc, "estimate"));
+	w->st->count_at_least = (int64_t)json_integer_value(json_object_get(doc, "count_at_least"));
+	w->st->exact = json_is_true(json_object_get(doc, "exact"));
+	if (s->status == 200)
+		snprintf(s->note, sizeof(s->note), "estimate %s (reltuples), counted %s%s",
+		         TERM_NUM(w->st->estimate, 0), TERM_NUM(w->st->count_at_least, 0),
+		         w->st->exact ? "" : "+");
+	json_decref(doc);
+	return 0;
+}
+
+int pagination_phase_api(const void *cfgv, void *result, char *err, size_t errlen)
+{
+	const struct pagination_config *cfg = cfgv;
+	struct pagination_result *r = result;
+	struct api_walk *w = calloc(1, sizeof(*w));
+	if (!w) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	struct pagination_api *api = pagination_api_start(cfg, 0, err, errlen);
+	int ret = -1;
+	if (api) {
+		w->port = pagination_api_port(api);
+		w->st = &r->api;
+		ret = follow(w, cfg, err, errlen) < 0 || refusals(w, cfg, err, errlen) < 0 ||
+		                      count(w, err, errlen) < 0
+		              ? -1
+		              : 0;
+		pagination_api_stop(api);
+	}
+	free(w);
+	return ret < 0 ? pag_lost(cfg, r, err, errlen) : 0;
+}
