@@ -257,7 +257,8 @@ static int serve(struct lab *lab, struct versioning_config *cfg)
 	snprintf(help, sizeof(help),
 	         "  cache: nginx proxy_cache in front of it on http://127.0.0.1:%d (X-Cache-Status: MISS, "
 	         "HIT)\n"
-	         "  users 1..%d; v1 answers carry Deprecation, Sunset and Link; the test knobs are off here\n"
+	         "  users 1..%d; v1 answers carry Deprecation, Sunset and Link; the API without Vary (phase "
+	         "2) is not served here\n"
 	         "  curl -si http://127.0.0.1:%d/v1/users/1                  path, v1\n"
 	         "  curl -si http://127.0.0.1:%d/v2/users/1                  path, v2\n"
 	         "  curl -si -H 'Accept: application/vnd.backendlabs.v2+json' http://127.0.0.1:%d/users/1   "
