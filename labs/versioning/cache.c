@@ -9,6 +9,7 @@
  * the Accept header is not, unless the API's answer says Vary: Accept (nginx >= 1.7.7 then keeps
  * one variant per Accept value).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,13 @@ struct versioning_cache {
 	char dir[PATH_MAX];
 	char log[PATH_MAX + 16];
 	int port;
+	bool has_e; /* nginx >= 1.19.5 takes -e (Debian 11 and Ubuntu 22.04 ship 1.18) */
 };
+
+/* First nginx with -e. */
+#define NGINX_E_MAJOR 1
+#define NGINX_E_MINOR 19
+#define NGINX_E_PATCH 5
 
 static const char *const SBIN[] = {"/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin", NULL};
 
@@ -113,9 +120,11 @@ static int start_once(struct versioning_cache *c, const char *nginx, int api_por
 	char conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16];
 	snprintf(conf, sizeof(conf), "%s/nginx.conf", c->dir);
 	snprintf(prefix, sizeof(prefix), "%s/", c->dir);
-	/* -e: the log nginx writes before it has read the config (else /var/log/nginx/error.log) */
+	/* -e: the log nginx writes before it has read the config (else /var/log/nginx/error.log, which
+	 * an older nginx without -e only warns about when it cannot open it) */
 	snprintf(elog, sizeof(elog), "%s/error.log", c->dir);
-	const char *argv[] = {nginx, "-p", prefix, "-c", conf, "-e", elog, NULL};
+	/* without -e, the NULL ends argv after the config */
+	const char *argv[] = {nginx, "-p", prefix, "-c", conf, c->has_e ? "-e" : NULL, elog, NULL};
 	struct child_spec spec = {.name = "nginx",
 	                          .argv = argv,
 	                          .dir = c->dir,
@@ -137,6 +146,12 @@ struct versioning_cache *versioning_cache_start(const char *nginx, int api_port,
 		return NULL;
 	}
 	snprintf(c->log, sizeof(c->log), "%s/access.log", c->dir);
+	char version[32];
+	int major = 0, minor = 0, patch = 0;
+	versioning_nginx_version(nginx, version, sizeof(version));
+	if (sscanf(version, "%d.%d.%d", &major, &minor, &patch) == 3)
+		c->has_e = major > NGINX_E_MAJOR || (major == NGINX_E_MAJOR && minor > NGINX_E_MINOR) ||
+		           (major == NGINX_E_MAJOR && minor == NGINX_E_MINOR && patch >= NGINX_E_PATCH);
 	int ret = -1;
 	for (int i = 0; i < CACHE_PORT_TRIES && ret < 0; i++)
 		ret = start_once(c, nginx, api_port, no_vary_port, err, errlen);
