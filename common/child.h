@@ -1,0 +1,104 @@
+/*
+ * child.h — a server program the lab starts and owns: nginx in front of an API today, a browser,
+ * PgBouncer or a replica tomorrow. The lab makes a private temporary directory, writes the
+ * program's config there, starts it with an argv (fork + exec, no shell), waits until its TCP port
+ * on 127.0.0.1 accepts, and stops it with SIGTERM, then SIGKILL past a deadline, and reaps it.
+ *
+ * The child never outlives the lab:
+ *   - it is started with prctl(PR_SET_PDEATHSIG, SIGKILL), so when the lab dies by any route (an
+ *     error, the Ctrl-C guard of common/lab.c, which _exits, a SIGKILL), the kernel kills it;
+ *     the signal comes when the *thread* that started the child ends, so start children from a
+ *     thread that lives as long as they do (a lab's main thread);
+ *   - it runs in a process group of its own, so a Ctrl-C at the terminal reaches the lab only,
+ *     which then stops the child in order;
+ *   - it starts with no signal blocked (the lab blocks SIGINT and SIGTERM in every thread) and
+ *     SIGPIPE at its default, and with only stdin (/dev/null), stdout and stderr (both appended
+ *     to <dir>/<name>.log) open: none of the lab's sockets leak into it.
+ *
+ * Temporary directories are named <TMPDIR or /tmp>/lab-<tag>-<pid>-XXXXXX (mkdtemp). A lab killed
+ * the hard way cannot remove its own; child_tmpdir removes those of processes that no longer exist
+ * the next time any lab makes one.
+ *
+ * Errors: functions that can fail return -1 (or NULL) and write one line into err (errlen bytes).
+ */
+#ifndef LAB_CHILD_H
+#define LAB_CHILD_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define CHILD_NAME_LEN 32
+/* how long child_start waits for the port when the spec says 0 */
+#define CHILD_READY_DEFAULT_MS 5000
+/* how long child_stop waits after SIGTERM when given 0 */
+#define CHILD_STOP_DEFAULT_MS 2000
+
+struct child_spec {
+	const char *name;        /* "nginx": names the log (<dir>/nginx.log) and the messages */
+	const char *const *argv; /* argv[0] is the program's path (no PATH search); NULL-terminated */
+	const char *dir;         /* its working directory and where its log goes (child_tmpdir) */
+	int port;                /* wait until 127.0.0.1:port accepts; 0 = do not wait */
+	int ready_timeout_ms;    /* 0 = CHILD_READY_DEFAULT_MS */
+};
+
+struct child {
+	pid_t pid; /* 0 when not running (never started, or reaped) */
+	char name[CHILD_NAME_LEN];
+	char log_path[PATH_MAX];
+	int port;
+	int exit_status; /* after child_stop: the wait status waitpid gave */
+};
+
+/*
+ * Makes a private directory (mode 0700) for a child's config, log and data: $TMPDIR or /tmp,
+ * lab-<tag>-<pid>-XXXXXX, into out. Before that, removes the lab-*-<pid>-* directories whose
+ * process is gone (left by a lab that was killed). -1 and err when it cannot be made.
+ */
+int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t errlen);
+
+/* Removes dir and everything under it (no symlink is followed). -1 and err on failure. NULL: 0. */
+int child_rmtree(const char *dir, char *err, size_t errlen);
+
+/*
+ * A TCP port on 127.0.0.1 that was free a moment ago: binds port 0, reads the port the kernel
+ * chose, closes. Racy by nature: another process may take it before the child binds it. The
+ * child then fails to bind and exits, and child_start says so with its log; the caller may try
+ * again with a new port. (Passing the bound socket to the child would close the race, but most
+ * servers cannot take a listening socket from their parent.) -1 and err on failure.
+ */
+int child_free_port(char *err, size_t errlen);
+
+/*
+ * Finds a program: $env_var when set (and then only it: a wrong value is the user's to fix), else
+ * name in each directory of $PATH, else in each of fallback_dirs (NULL-terminated; may be NULL).
+ * The path into out and 0; or -1 with what was tried in err ("$LAB_NGINX unset, PATH
+ * (/usr/bin:/bin), /usr/sbin/nginx, /usr/local/sbin/nginx").
+ */
+int child_find_program(const char *name, const char *env_var, const char *const *fallback_dirs, char *out,
+                       size_t outlen, char *err, size_t errlen);
+
+/*
+ * Starts spec->argv in spec->dir (see the header comment for what the child inherits) and, when
+ * spec->port is set, waits until 127.0.0.1:port accepts a connection. Fails, with the last lines
+ * of the child's log in err, when the child exits before that (at once, say, when exec fails: the
+ * log then says why) or the port does not accept within the timeout (the child is then stopped).
+ * On failure nothing is left running and c->pid is 0.
+ */
+int child_start(struct child *c, const struct child_spec *spec, char *err, size_t errlen);
+
+/* True while the child runs (it was started, and has not exited or been reaped). */
+bool child_running(struct child *c);
+
+/*
+ * Stops the child: SIGTERM to it, then SIGKILL when it has not exited within grace_ms
+ * (0 = CHILD_STOP_DEFAULT_MS), and reaps it. Returns 0 when SIGTERM was enough, 1 when it took
+ * SIGKILL; a child never started or already reaped: 0. Can't fail otherwise.
+ */
+int child_stop(struct child *c, int grace_ms);
+
+/* The last lines of the child's log (at most about outlen bytes, on one line, " | " between). */
+void child_log_tail(const struct child *c, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,83 @@
+/*
+ * internal.h — what the files of lab-versioning share and nobody else uses:
+ *
+ *   api.c         the API: routes, negotiation by path, header and query, the two representations,
+ *                 deprecation headers, the v1 callers' count, start and stop
+ *   cache.c       nginx with proxy_cache in front of it (common/child.h), its config and its log
+ *   client.c      the lab's HTTP client (keep-alive, raw sockets) and the v1 and v2 readers
+ *   phases.c      the three phases
+ *   versioning.c  config, schema and rows, the run and the judge
+ */
+#ifndef LAB_VERSIONING_INTERNAL_H
+#define LAB_VERSIONING_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "versioning.h"
+
+#define SCHEMA "lab_versioning"
+/* phase 1, the four rows of phase 2, phase 3: each on users no other has asked for (a cold cache) */
+#define BLOCKS        6
+#define BLOCK_DIRECT  0
+#define BLOCK_ROWS    1
+#define BLOCK_CLIENTS 5
+/* the lab's clients in phases 1 and 2 */
+#define LAB_AGENT "lab-versioning/1.0"
+
+struct user_row {
+	long id;
+	char given[32], family[32], email[96];
+	long cents;
+};
+
+struct versioning_env {
+	struct versioning_api *api;         /* Vary: Accept, as it should be */
+	struct versioning_api *api_no_vary; /* the same without it, under /no-vary/ on the cache */
+	struct versioning_cache *cache;
+	struct user_row *rows; /* every user, by id - 1 */
+	int nrows;
+};
+
+/* ---- client.c ---- */
+
+struct vclient {
+	int fd; /* -1 until the first request; kept alive between requests */
+	int port;
+};
+
+void vclient_init(struct vclient *c, int port);
+/*
+ * GET target with Accept (NULL: none) and User-Agent agent; reconnects once when a kept-alive
+ * connection was closed. -1 and err when no response came.
+ */
+int vclient_get(struct vclient *c, const char *target, const char *accept, const char *agent,
+                struct versioning_response *rs, char *err, size_t errlen);
+void vclient_close(struct vclient *c);
+
+/*
+ * A client's reader of version v: parses body as a user of that version (tolerant: unknown
+ * fields ignored; strict: refused) and, when row is not NULL, checks its values against it.
+ */
+bool vers_reads(const char *body, int version, bool strict, const struct user_row *row);
+
+/* The URL (and the Accept header, NULL for none) a client of approach asks version v of user id with. */
+void vers_target(enum versioning_approach a, int version, long id, char *out, size_t outlen,
+                 const char **accept);
+
+/* ---- versioning.c ---- */
+
+/* User i (0-based) of block b. */
+long vers_user_id(const struct versioning_config *cfg, int block, int i);
+const struct user_row *vers_row(const struct versioning_env *env, long id);
+/* Fills env->rows from PostgreSQL (what the readers check the bodies against). */
+int vers_load_rows(const struct versioning_config *cfg, struct versioning_env *env, char *err, size_t errlen);
+void vers_progress(const struct versioning_config *cfg, const char *what, double done);
+
+/* ---- phases.c ---- */
+
+int vers_phase_direct(const void *cfg, void *result, char *err, size_t errlen);
+int vers_phase_cache(const void *cfg, void *result, char *err, size_t errlen);
+int vers_phase_deprecation(const void *cfg, void *result, char *err, size_t errlen);
+
+#endif

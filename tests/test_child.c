@@ -1,0 +1,291 @@
+/*
+ * test_child.c — common/child.h: a server program the lab starts, waits for, stops, and never
+ * leaves behind. The server is nginx (scripts/bootstrap installs it; found as the labs find it:
+ * $LAB_NGINX, PATH, /usr/sbin); the programs that fail are /bin/false, /bin/sleep and a path
+ * that does not exist. No PostgreSQL or Redis.
+ * needs: nothing
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "upstream.h"
+
+static const char *const SBIN[] = {"/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin", NULL};
+
+static double ms_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0;
+}
+
+/* Writes a minimal nginx config into dir that answers "hello from nginx" on port. */
+static void write_nginx_conf(const char *dir, int port)
+{
+	char path[PATH_MAX + 16];
+	snprintf(path, sizeof(path), "%s/nginx.conf", dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f,
+	        "daemon off;\nmaster_process off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n"
+	        "events { worker_connections 16; }\n"
+	        "http {\n access_log off;\n client_body_temp_path %s/body;\n proxy_temp_path %s/proxy;\n"
+	        " fastcgi_temp_path %s/fastcgi;\n uwsgi_temp_path %s/uwsgi;\n scgi_temp_path %s/scgi;\n"
+	        " server { listen 127.0.0.1:%d; location / { return 200 \"hello from nginx\\n\"; } }\n}\n",
+	        dir, dir, dir, dir, dir, dir, dir, port);
+	fclose(f);
+}
+
+struct nginx_run {
+	char dir[PATH_MAX], bin[PATH_MAX], conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16];
+	const char *argv[10];
+	struct child_spec spec;
+	int port;
+};
+
+static void nginx_prepare(struct nginx_run *r)
+{
+	char err[512];
+	if (child_find_program("nginx", "LAB_NGINX", SBIN, r->bin, sizeof(r->bin), err, sizeof(err)) < 0)
+		fail_msg("nginx not found (%s): scripts/bootstrap installs it (apt-get install nginx)", err);
+	assert_int_equal(child_tmpdir("test-child", r->dir, sizeof(r->dir), err, sizeof(err)), 0);
+	r->port = child_free_port(err, sizeof(err));
+	assert_true(r->port > 0);
+	write_nginx_conf(r->dir, r->port);
+	snprintf(r->conf, sizeof(r->conf), "%s/nginx.conf", r->dir);
+	snprintf(r->prefix, sizeof(r->prefix), "%s/", r->dir);
+	snprintf(r->elog, sizeof(r->elog), "%s/error.log", r->dir);
+	const char *argv[] = {r->bin, "-p", r->prefix, "-c", r->conf, "-e", r->elog, NULL};
+	memcpy(r->argv, argv, sizeof(argv));
+	r->spec = (struct child_spec){.name = "nginx", .argv = r->argv, .dir = r->dir, .port = r->port};
+}
+
+static void test_free_port_is_bindable_on_loopback(void **state)
+{
+	(void)state;
+	char err[256];
+	int port = child_free_port(err, sizeof(err));
+	assert_in_range(port, 1, 65535);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+	                          .sin_port = htons((uint16_t)port),
+	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	close(fd);
+}
+
+static void test_nginx_starts_answers_stops_and_its_directory_goes(void **state)
+{
+	(void)state;
+	struct nginx_run r;
+	struct child c;
+	char err[1024], resp[2048];
+	nginx_prepare(&r);
+	if (child_start(&c, &r.spec, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	assert_true(c.pid > 0);
+	assert_true(child_running(&c));
+	const char req[] = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	assert_int_equal(http_exchange(r.port, req, sizeof(req) - 1, resp, sizeof(resp)), 200);
+	assert_non_null(strstr(resp, "hello from nginx"));
+	/* the lab's signal mask (SIGTERM blocked) is not inherited: SIGTERM alone stops it */
+	pid_t pid = c.pid;
+	assert_int_equal(child_stop(&c, 3000), 0);
+	assert_int_equal(c.pid, 0);
+	assert_true(kill(pid, 0) < 0 && errno == ESRCH);
+	int fd = client_connect(r.port);
+	assert_true(fd < 0);
+	assert_int_equal(child_rmtree(r.dir, err, sizeof(err)), 0);
+	assert_false(exists(r.dir));
+	/* twice is fine */
+	assert_int_equal(child_stop(&c, 0), 0);
+}
+
+static void test_a_program_that_exits_at_once_is_a_clear_error_not_a_hang(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], err[1024];
+	assert_int_equal(child_tmpdir("test-child", dir, sizeof(dir), err, sizeof(err)), 0);
+	const char *argv[] = {"/bin/false", NULL};
+	struct child_spec spec = {
+	        .name = "false", .argv = argv, .dir = dir, .port = 1, .ready_timeout_ms = 10000};
+	struct child c;
+	double t0 = ms_now();
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	/* far below the 10 s timeout: the exit is seen, not waited out */
+	assert_true(ms_now() - t0 < 5000);
+	assert_non_null(strstr(err, "false exited with status 1 before accepting on 127.0.0.1:1"));
+	assert_int_equal(c.pid, 0);
+
+	const char *missing[] = {"/nonexistent/lab-server", NULL};
+	spec = (struct child_spec){.name = "missing", .argv = missing, .dir = dir, .port = 1};
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "missing exited with status 127"));
+	assert_non_null(strstr(err, "cannot execute /nonexistent/lab-server"));
+	assert_non_null(strstr(err, "no such file"));
+	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
+}
+
+static void test_a_program_that_never_listens_times_out_and_is_stopped(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], err[1024];
+	assert_int_equal(child_tmpdir("test-child", dir, sizeof(dir), err, sizeof(err)), 0);
+	int port = child_free_port(err, sizeof(err));
+	const char *argv[] = {"/bin/sleep", "30", NULL};
+	struct child_spec spec = {
+	        .name = "sleep", .argv = argv, .dir = dir, .port = port, .ready_timeout_ms = 200};
+	struct child c;
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "sleep did not accept on 127.0.0.1:"));
+	assert_non_null(strstr(err, "within 200 ms (stopped)"));
+	assert_int_equal(c.pid, 0);
+	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
+}
+
+/* The state letter of /proc/<pid>/stat ('Z' zombie), or 0 when the process is gone. */
+static char proc_state(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : 0;
+}
+
+static void test_the_child_dies_with_the_process_that_started_it(void **state)
+{
+	(void)state;
+	struct nginx_run r;
+	nginx_prepare(&r);
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	pid_t middle = fork();
+	assert_true(middle >= 0);
+	if (middle == 0) {
+		/* a lab that starts nginx and then dies without stopping it (as the Ctrl-C guard's _exit) */
+		struct child c;
+		char err[1024];
+		pid_t pid = child_start(&c, &r.spec, err, sizeof(err)) == 0 ? c.pid : 0;
+		if (write(fds[1], &pid, sizeof(pid)) != sizeof(pid))
+			_exit(3);
+		_exit(0);
+	}
+	close(fds[1]);
+	pid_t nginx = 0;
+	assert_int_equal(read(fds[0], &nginx, sizeof(nginx)), (ssize_t)sizeof(nginx));
+	close(fds[0]);
+	int status;
+	assert_int_equal(waitpid(middle, &status, 0), middle);
+	assert_true(nginx > 0);
+	/* SIGKILL from the kernel: it is gone (or a zombie of init) within moments, its port closed */
+	char st = 'R';
+	for (int i = 0; i < 200 && (st = proc_state(nginx)) != 0 && st != 'Z'; i++)
+		usleep(10000);
+	if (st != 0 && st != 'Z')
+		fail_msg("nginx %d still runs (state %c) after the process that started it died", (int)nginx,
+		         st);
+	assert_true(client_connect(r.port) < 0);
+	char err[256];
+	assert_int_equal(child_rmtree(r.dir, err, sizeof(err)), 0);
+}
+
+static void test_tmpdir_sweeps_the_directories_of_dead_labs_only(void **state)
+{
+	(void)state;
+	char base[PATH_MAX], stale[PATH_MAX + 64], mine[PATH_MAX], err[512];
+	snprintf(base, sizeof(base), "/tmp/test-child-sweep-%d", (int)getpid());
+	assert_int_equal(mkdir(base, 0700), 0);
+	pid_t dead = fork();
+	if (dead == 0)
+		_exit(0);
+	waitpid(dead, NULL, 0);
+	snprintf(stale, sizeof(stale), "%s/lab-gone-%d-abcdef", base, (int)dead);
+	assert_int_equal(mkdir(stale, 0700), 0);
+	char inner[PATH_MAX + 96];
+	snprintf(inner, sizeof(inner), "%s/nginx.log", stale);
+	FILE *f = fopen(inner, "w");
+	assert_non_null(f);
+	fclose(f);
+	char alive[PATH_MAX + 64];
+	snprintf(alive, sizeof(alive), "%s/lab-alive-%d-abcdef", base, (int)getppid());
+	assert_int_equal(mkdir(alive, 0700), 0);
+	const char *old = getenv("TMPDIR");
+	char *saved = old ? strdup(old) : NULL;
+	setenv("TMPDIR", base, 1);
+	assert_int_equal(child_tmpdir("mine", mine, sizeof(mine), err, sizeof(err)), 0);
+	if (saved)
+		setenv("TMPDIR", saved, 1);
+	else
+		unsetenv("TMPDIR");
+	free(saved);
+	assert_false(exists(stale));
+	assert_true(exists(alive));
+	assert_true(exists(mine));
+	assert_int_equal(strncmp(mine, base, strlen(base)), 0);
+	assert_int_equal(child_rmtree(base, err, sizeof(err)), 0);
+	assert_false(exists(base));
+}
+
+static void test_find_program_names_what_it_tried(void **state)
+{
+	(void)state;
+	char out[PATH_MAX], err[1024];
+	static const char *const dirs[] = {"/nonexistent-a", NULL};
+	assert_int_equal(child_find_program("no-such-server-xyz", "LAB_TEST_CHILD_UNSET", dirs, out,
+	                                    sizeof(out), err, sizeof(err)),
+	                 -1);
+	assert_non_null(strstr(err, "$LAB_TEST_CHILD_UNSET unset"));
+	assert_non_null(strstr(err, "no-such-server-xyz in PATH"));
+	assert_non_null(strstr(err, "/nonexistent-a/no-such-server-xyz"));
+	setenv("LAB_TEST_CHILD_SET", "/nonexistent/nginx", 1);
+	assert_int_equal(
+	        child_find_program("nginx", "LAB_TEST_CHILD_SET", SBIN, out, sizeof(out), err, sizeof(err)),
+	        -1);
+	assert_non_null(strstr(err, "$LAB_TEST_CHILD_SET=/nonexistent/nginx is not an executable file"));
+	unsetenv("LAB_TEST_CHILD_SET");
+	assert_int_equal(child_find_program("sh", NULL, NULL, out, sizeof(out), err, sizeof(err)), 0);
+	assert_non_null(strstr(out, "/sh"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_free_port_is_bindable_on_loopback),
+	        cmocka_unit_test(test_nginx_starts_answers_stops_and_its_directory_goes),
+	        cmocka_unit_test(test_a_program_that_exits_at_once_is_a_clear_error_not_a_hang),
+	        cmocka_unit_test(test_a_program_that_never_listens_times_out_and_is_stopped),
+	        cmocka_unit_test(test_the_child_dies_with_the_process_that_started_it),
+	        cmocka_unit_test(test_tmpdir_sweeps_the_directories_of_dead_labs_only),
+	        cmocka_unit_test(test_find_program_names_what_it_tried),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
