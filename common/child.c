@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,42 @@
 /* the lines of a log a failure quotes, and how far back from its end they are looked for */
 #define TAIL_LINES 3
 #define TAIL_BYTES 2048
+
+/*
+ * What this process runs and made, for the Ctrl-C guard (child_kill_and_remove_all): the pids of
+ * children not yet reaped and the directories not yet removed. Small and fixed: a lab owns a
+ * handful of children at most; past the cap an entry is simply not tracked (the next lab's
+ * sweep and PR_SET_PDEATHSIG still clean up).
+ */
+#define LIVE_MAX 8
+static struct {
+	pthread_mutex_t mu;
+	pid_t pids[LIVE_MAX];
+	char dirs[LIVE_MAX][PATH_MAX];
+} live = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void live_pid(pid_t old, pid_t new)
+{
+	pthread_mutex_lock(&live.mu);
+	for (int i = 0; i < LIVE_MAX; i++)
+		if (live.pids[i] == old) {
+			live.pids[i] = new;
+			break;
+		}
+	pthread_mutex_unlock(&live.mu);
+}
+
+/* Replaces the entry old ("" for a free slot) by new ("" to forget it). */
+static void live_dir(const char *old, const char *new)
+{
+	pthread_mutex_lock(&live.mu);
+	for (int i = 0; i < LIVE_MAX; i++)
+		if (strcmp(live.dirs[i], old) == 0) {
+			snprintf(live.dirs[i], sizeof(live.dirs[i]), "%s", new);
+			break;
+		}
+	pthread_mutex_unlock(&live.mu);
+}
 
 static double now_ms(void)
 {
@@ -76,6 +113,7 @@ int child_rmtree(const char *dir, char *err, size_t errlen)
 {
 	if (!dir || !*dir)
 		return 0;
+	live_dir(dir, "");
 	if (rm_at(AT_FDCWD, dir, 0) < 0) {
 		snprintf(err, errlen, "cannot remove %s: %s", dir, strerror(errno));
 		return -1;
@@ -132,6 +170,7 @@ int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t er
 		snprintf(err, errlen, "cannot make a temporary directory in %s: %s", base, strerror(errno));
 		return -1;
 	}
+	live_dir("", out);
 	return 0;
 }
 
@@ -260,6 +299,7 @@ bool child_running(struct child *c)
 	pid_t r = waitpid(c->pid, &status, WNOHANG);
 	if (r == c->pid || (r < 0 && errno == ECHILD)) {
 		c->exit_status = r == c->pid ? status : 0;
+		live_pid(c->pid, 0);
 		c->pid = 0;
 		return false;
 	}
@@ -287,6 +327,7 @@ int child_stop(struct child *c, int grace_ms)
 	while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
 		;
 	c->exit_status = status;
+	live_pid(c->pid, 0);
 	c->pid = 0;
 	return 1;
 }
@@ -428,8 +469,29 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 	/* the child does it too: whichever runs first, the group exists before either relies on it */
 	setpgid(pid, pid);
 	c->pid = pid;
+	live_pid(0, pid);
 	if (spec->port <= 0)
 		return 0;
 	return wait_ready(c, spec->ready_timeout_ms > 0 ? spec->ready_timeout_ms : CHILD_READY_DEFAULT_MS,
 	                  err, errlen);
+}
+
+void child_kill_and_remove_all(void)
+{
+	/* never wait on the lock: the thread that holds it may be the one the guard is ending */
+	if (pthread_mutex_trylock(&live.mu) != 0)
+		return;
+	for (int i = 0; i < LIVE_MAX; i++)
+		if (live.pids[i] > 0) {
+			kill(-live.pids[i], SIGKILL);
+			kill(live.pids[i], SIGKILL);
+		}
+	for (int i = 0; i < LIVE_MAX; i++)
+		if (live.dirs[i][0]) {
+			/* a child killed a moment ago may still have been writing: one more try */
+			if (rm_at(AT_FDCWD, live.dirs[i], 0) < 0)
+				rm_at(AT_FDCWD, live.dirs[i], 0);
+			live.dirs[i][0] = '\0';
+		}
+	pthread_mutex_unlock(&live.mu);
 }

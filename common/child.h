@@ -15,9 +15,10 @@
  *     SIGPIPE at its default, and with only stdin (/dev/null), stdout and stderr (both appended
  *     to <dir>/<name>.log) open: none of the lab's sockets leak into it.
  *
- * Temporary directories are named <TMPDIR or /tmp>/lab-<tag>-<pid>-XXXXXX (mkdtemp). A lab killed
- * the hard way cannot remove its own; child_tmpdir removes those of processes that no longer exist
- * the next time any lab makes one.
+ * Temporary directories are named <TMPDIR or /tmp>/lab-<tag>-<pid>-XXXXXX (mkdtemp). On Ctrl-C the
+ * guard of common/lab.c removes them (child_kill_and_remove_all); a lab killed the hard way
+ * (SIGKILL) cannot, so child_tmpdir removes those of processes that no longer exist the next time
+ * any lab makes one.
  *
  * Errors: functions that can fail return -1 (or NULL) and write one line into err (errlen bytes).
  */
@@ -98,6 +99,12 @@ bool child_running(struct child *c);
  */
 int child_stop(struct child *c, int grace_ms);
 
+/*
+ * For the Ctrl-C guard of common/lab.c, on its way out: SIGKILL to every child still running (and
+ * its group) and removes every directory child_tmpdir made that was not removed yet, so an
+ * interrupted lab leaves no process and no directory behind. Never blocks on a lock.
+ */
+void child_kill_and_remove_all(void);
 /* The last lines of the child's log (at most about outlen bytes, on one line, " | " between). */
 void child_log_tail(const struct child *c, char *out, size_t outlen);
 

@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "child.h"
 #include "loop.h"
 #include "pg.h"
 #include "redis.h"
@@ -289,6 +290,8 @@ static void guard_cleanup_exit(void)
 			*c = '_';
 	snprintf(prefix, sizeof(prefix), "lab:%s:", guard.name);
 	guard_say("\nlab-%s: interrupted: dropping schema %s and keys %s* …\n", guard.name, schema, prefix);
+	/* the servers the lab started (nginx, ...) and their directories: local, quick, first */
+	child_kill_and_remove_all();
 	if (guard_drop_schema(schema, deadline - GUARD_REDIS_TIMEOUT_MS, err, sizeof(err)) < 0) {
 		pg_url_redact(guard.pg_url, shown, sizeof(shown));
 		guard_say("lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown, err);
