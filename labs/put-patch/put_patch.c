@@ -29,7 +29,7 @@ void put_patch_config_default(struct put_patch_config *cfg, bool quick)
 	cfg->max_body = 64 * 1024;
 	/* the 8 x 200; --quick keeps the clients (the contention) and cuts the rounds */
 	cfg->race_clients = 8;
-	cfg->race_rounds = quick ? 40 : 200;
+	cfg->race_rounds = quick ? 30 : 200;
 }
 
 int put_patch_setup(const struct put_patch_config *cfg, char *err, size_t errlen)
