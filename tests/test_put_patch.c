@@ -250,7 +250,9 @@ static void test_patch_is_safe_on_hostile_input(void **state)
 	json_decref(boom);
 	/* deeper than PATCH_MAX_DEPTH, as a document, a value and a merge patch */
 	json_t *deep = nested(PATCH_MAX_DEPTH * 4);
-	assert_int_equal(json_patch_apply(deep, js("[]"), &out, err, sizeof(err)), PATCH_UNPROCESSABLE);
+	json_t *empty = js("[]");
+	assert_int_equal(json_patch_apply(deep, empty, &out, err, sizeof(err)), PATCH_UNPROCESSABLE);
+	json_decref(empty);
 	json_t *p = json_pack("[{s:s,s:s,s:O}]", "op", "add", "path", "/y", "value", deep);
 	assert_int_equal(json_patch_apply(d, p, &out, err, sizeof(err)), PATCH_MALFORMED);
 	assert_int_equal(merge_patch_apply(d, deep, &out, err, sizeof(err)), PATCH_UNPROCESSABLE);

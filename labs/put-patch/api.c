@@ -126,15 +126,22 @@ static void query_failed(struct pp_ctx *ctx, PGresult *res, const char *err)
 	ctx_fail(ctx, 500, msg);
 }
 
-/* 200 with the user as PostgreSQL returned it (row 0: representation, ETag). */
-static void reply_user(struct pp_ctx *ctx, PGresult *res)
+/* 200 with user (compact, as every answer) and its ETag; accept_patch on GET (RFC 5789 3.1). */
+static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag, bool accept_patch)
 {
+	char *text = user ? json_dumps(user, JSON_COMPACT) : NULL;
+	if (!text) {
+		ctx_fail(ctx, 500, "the stored user could not be read");
+		return;
+	}
 	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
 	evhttp_add_header(h, "Content-Type", "application/json");
-	evhttp_add_header(h, "ETag", PQgetvalue(res, 0, 1));
-	evhttp_add_header(h, "Accept-Patch", ACCEPT_PATCH);
+	evhttp_add_header(h, "ETag", etag);
+	if (accept_patch)
+		evhttp_add_header(h, "Accept-Patch", ACCEPT_PATCH);
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
-	evbuffer_add(out, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+	evbuffer_add(out, text, strlen(text));
+	free(text);
 	evhttp_send_reply(ctx->req, 200, NULL, out);
 	ctx_free(ctx);
 }
@@ -168,18 +175,9 @@ static void commit_cb(struct pool_conn *c, PGresult *res, const char *err, void 
 		query_failed(ctx, res, err);
 		return;
 	}
-	/* the new representation came with the UPDATE; kept in msg's place until the COMMIT */
+	/* the new representation and ETag came with the UPDATE (body and msg), answered once committed */
 	ctx_release(ctx);
-	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
-	evhttp_add_header(h, "Content-Type", "application/json");
-	evhttp_add_header(h, "ETag", ctx->msg);
-	char *text = json_dumps(ctx->body, JSON_COMPACT);
-	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
-	if (text)
-		evbuffer_add(out, text, strlen(text));
-	free(text);
-	evhttp_send_reply(ctx->req, text ? 200 : 500, NULL, out);
-	ctx_free(ctx);
+	reply_user(ctx, ctx->body, ctx->msg, false);
 }
 
 static void write_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
@@ -296,7 +294,9 @@ static void get_cb(struct pool_conn *c, PGresult *res, const char *err, void *ar
 		return;
 	}
 	ctx_release(ctx); /* the result lives until this callback returns */
-	reply_user(ctx, res);
+	json_t *user = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+	reply_user(ctx, user, PQgetvalue(res, 0, 1), true);
+	json_decref(user);
 }
 
 static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
