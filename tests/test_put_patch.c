@@ -324,6 +324,25 @@ static void digest_of(long long id, char digest[65])
 		fail_msg("%s", err);
 }
 
+/* Removes user id's bio in PostgreSQL directly. */
+static int raw_patch_bio_null(long long id, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(base_cfg.pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	char ids[24];
+	snprintf(ids, sizeof(ids), "%lld", id);
+	const char *p[] = {ids};
+	int64_t n = 0;
+	int rc = pg_query_int64(
+	        conn,
+	        "WITH u AS (UPDATE lab_put_patch.users SET bio = NULL WHERE id = $1::bigint RETURNING 1)"
+	        " SELECT count(*) FROM u",
+	        1, p, &n, err, errlen);
+	PQfinish(conn);
+	return rc == 0 && n == 1 ? 0 : -1;
+}
+
 struct refusal {
 	const char *method, *ctype, *if_match, *body;
 	int want;
@@ -403,13 +422,21 @@ static void test_api_refusals_are_answered_and_write_nothing(void **state)
 	                 200);
 	assert_non_null(strstr(resp, "\"visits\":43"));
 	put_patch_api_stop(api);
+}
 
-	/* the strict API: 428 without If-Match, nothing written; with it, 200 */
+static void test_strict_api_answers_428_without_if_match_and_writes_nothing(void **state)
+{
+	(void)state;
+	char err[512], resp[8192], before[65], after[65], etag[64];
+	const long long id = 9002;
+	const char *path = "/v1/users/9002";
+	assert_int_equal(put_patch_seed(&base_cfg, id, ADA, err, sizeof(err)), 0);
+	assert_int_equal(raw_patch_bio_null(id, err, sizeof(err)), 0);
 	struct put_patch_config strict = base_cfg;
 	strict.require_if_match = true;
-	api = put_patch_api_start(&strict, 0, err, sizeof(err));
+	struct put_patch_api *api = put_patch_api_start(&strict, 0, err, sizeof(err));
 	assert_non_null(api);
-	port = put_patch_api_port(api);
+	int port = put_patch_api_port(api);
 	digest_of(id, before);
 	assert_int_equal(raw(port, "PUT", path, "application/json", NULL, ADA, resp, sizeof(resp)),
 	                 PP_STATUS_PRECONDITION_REQUIRED);
@@ -421,8 +448,9 @@ static void test_api_refusals_are_answered_and_write_nothing(void **state)
 	assert_string_equal(before, after);
 	assert_int_equal(raw(port, "GET", path, NULL, NULL, NULL, resp, sizeof(resp)), 200);
 	header_of(resp, "ETag", etag, sizeof(etag));
+	assert_null(strstr(resp, "\"bio\""));
 	assert_int_equal(raw(port, "PUT", path, "application/json", etag, ADA, resp, sizeof(resp)), 200);
-	/* PUT's replace: the bio is back, visits as sent */
+	/* PUT's replace: the bio is back, as sent */
 	assert_non_null(strstr(resp, "\"bio\":\"wrote the first program\""));
 	assert_non_null(strstr(resp, "\"visits\":41"));
 	put_patch_api_stop(api);
@@ -517,6 +545,7 @@ int main(void)
 	        cmocka_unit_test(test_json_pointer_rfc6901_section_5),
 	        cmocka_unit_test(test_patch_is_safe_on_hostile_input),
 	        cmocka_unit_test(test_api_refusals_are_answered_and_write_nothing),
+	        cmocka_unit_test(test_strict_api_answers_428_without_if_match_and_writes_nothing),
 	        /* drops the group's schema: the tests above need it, the one below needs it gone */
 	        cmocka_unit_test(test_run_demonstrates_the_claim_and_the_counts_agree),
 	        cmocka_unit_test(test_ctrl_c_drops_the_schema),
