@@ -1,0 +1,514 @@
+/*
+ * api.c — the API of lab-put-patch: GET, PUT and PATCH on /v1/users/{id}, on one event loop in a
+ * thread of its own (struct http_app), with connections from common/pool.h (asynchronous libpq),
+ * so that no handler blocks the loop.
+ *
+ * Everything a request can get wrong is checked before the database is touched (the media type,
+ * If-Match's syntax, the body, the patch document). A write is then one transaction on one pooled
+ * connection: BEGIN; SELECT ... FOR UPDATE (the row as it is now, locked); If-Match against its
+ * ETag; the change applied in C (patch.h) and the result validated; UPDATE ... RETURNING the new
+ * representation and ETag; COMMIT. Anything refused on the way is a ROLLBACK: nothing written.
+ */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "internal.h"
+#include "patch.h"
+#include "pg.h"
+#include "pool.h"
+
+/* the lab's APIs open their pool's first connections within this, or the server is not there */
+#define POOL_READY_MS 10000
+/* a delta of the increment type: a person's "add one", not a way to overflow the counter */
+#define MAX_DELTA    1000000
+#define ACCEPT_PATCH PP_MERGE_PATCH ", " PP_JSON_PATCH ", " PP_INCREMENT
+
+enum kind { K_GET, K_PUT, K_MERGE, K_JSON, K_INCREMENT };
+
+struct pp_ctx;
+
+struct put_patch_api {
+	struct put_patch_config cfg;
+	struct http_app app; /* base, server, loop thread: stopped by http_app_stop only */
+	struct pool *pool;
+	bool stopping;
+	struct pp_ctx *live; /* every request in progress, answered at stop if still there */
+};
+
+/* One request from parse to reply. */
+struct pp_ctx {
+	struct put_patch_api *api;
+	struct evhttp_request *req;
+	struct pp_ctx *prev, *next;
+	struct pool_conn *conn;
+	enum kind kind;
+	char id[24];
+	long long idv;
+	json_t *body;   /* the parsed request body */
+	char *if_match; /* NULL when absent */
+	int code;       /* the error answered after the ROLLBACK */
+	char msg[512];
+};
+
+static const char SQL_GET[] = "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1";
+static const char SQL_LOCK[] =
+        "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1 FOR UPDATE";
+static const char SQL_WRITE[] =
+        "UPDATE " SCHEMA ".users u SET name = d->>'name', email = d->>'email', bio = d->>'bio',"
+        " tags = d->'tags', visits = (d->>'visits')::bigint,"
+        " counters = coalesce(nullif(d->'counters', 'null'::jsonb), '{}'::jsonb)"
+        " FROM (SELECT $2::jsonb AS d) s WHERE u.id = $1 RETURNING " SQL_REP ", " SQL_ETAG;
+
+static struct pp_ctx *ctx_new(struct put_patch_api *api, struct evhttp_request *req)
+{
+	struct pp_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return NULL;
+	ctx->api = api;
+	ctx->req = req;
+	ctx->next = api->live;
+	if (api->live)
+		api->live->prev = ctx;
+	api->live = ctx;
+	return ctx;
+}
+
+static void ctx_free(struct pp_ctx *ctx)
+{
+	struct put_patch_api *api = ctx->api;
+	if (ctx->prev)
+		ctx->prev->next = ctx->next;
+	else
+		api->live = ctx->next;
+	if (ctx->next)
+		ctx->next->prev = ctx->prev;
+	json_decref(ctx->body);
+	free(ctx->if_match);
+	free(ctx);
+}
+
+static void ctx_release(struct pp_ctx *ctx)
+{
+	if (ctx->conn) {
+		pool_release(ctx->conn);
+		ctx->conn = NULL;
+	}
+}
+
+/* An error reply ends the request. */
+static void ctx_fail(struct pp_ctx *ctx, int code, const char *msg)
+{
+	if (ctx->api->stopping && code == 500) {
+		code = 503;
+		msg = "the API is shutting down; retry";
+	}
+	ctx_release(ctx);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
+	if (code == PP_STATUS_UNSUPPORTED)
+		evhttp_add_header(h, "Accept-Patch", ACCEPT_PATCH);
+	if (code == 405)
+		evhttp_add_header(h, "Allow", "GET, PUT, PATCH");
+	if (code == 503)
+		evhttp_add_header(h, "Retry-After", "1");
+	http_reply_error(ctx->req, code, "%s", msg);
+	ctx_free(ctx);
+}
+
+static void query_failed(struct pp_ctx *ctx, PGresult *res, const char *err)
+{
+	char msg[256];
+	pg_message_line(msg, sizeof(msg), res ? PQresultErrorMessage(res) : err);
+	ctx_fail(ctx, 500, msg);
+}
+
+/* 200 with user (compact, as every answer) and its ETag; accept_patch on GET (RFC 5789 3.1). */
+static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag, bool accept_patch)
+{
+	char *text = user ? json_dumps(user, JSON_COMPACT) : NULL;
+	if (!text) {
+		ctx_fail(ctx, 500, "the stored user could not be read");
+		return;
+	}
+	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "ETag", etag);
+	if (accept_patch)
+		evhttp_add_header(h, "Accept-Patch", ACCEPT_PATCH);
+	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
+	evbuffer_add(out, text, strlen(text));
+	free(text);
+	evhttp_send_reply(ctx->req, 200, NULL, out);
+	ctx_free(ctx);
+}
+
+/* ---- inside the transaction ---- */
+
+static void rollback_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)c;
+	(void)res;
+	(void)err;
+	struct pp_ctx *ctx = arg;
+	/* a failed ROLLBACK leaves the connection in a transaction: pool_release closes it */
+	ctx_fail(ctx, ctx->code, ctx->msg);
+}
+
+/* Refuses the write: ROLLBACK, then the answer. Nothing was written. */
+static void txn_refuse(struct pp_ctx *ctx, int code, const char *fmt, const char *detail)
+{
+	ctx->code = code;
+	snprintf(ctx->msg, sizeof(ctx->msg), fmt, detail);
+	if (pool_query(ctx->conn, "ROLLBACK", 0, NULL, rollback_cb, ctx) < 0)
+		ctx_fail(ctx, code, ctx->msg);
+}
+
+static void commit_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)c;
+	struct pp_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		query_failed(ctx, res, err);
+		return;
+	}
+	/* the new representation and ETag came with the UPDATE (body and msg), answered once committed */
+	ctx_release(ctx);
+	reply_user(ctx, ctx->body, ctx->msg, false);
+}
+
+static void write_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	struct pp_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		query_failed(ctx, res, err);
+		return;
+	}
+	json_decref(ctx->body);
+	ctx->body = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+	snprintf(ctx->msg, sizeof(ctx->msg), "%s", PQgetvalue(res, 0, 1));
+	if (!ctx->body || pool_query(c, "COMMIT", 0, NULL, commit_cb, ctx) < 0)
+		ctx_fail(ctx, 500, "could not commit");
+}
+
+/* The user after the change: 0 and *out, or the status to answer and err. */
+static int next_user(struct pp_ctx *ctx, const json_t *cur, json_t **out, char *err, size_t errlen)
+{
+	enum patch_status s = PATCH_OK;
+	*out = NULL;
+	if (ctx->kind == K_PUT) {
+		*out = json_deep_copy(ctx->body);
+	} else if (ctx->kind == K_MERGE) {
+		s = merge_patch_apply(cur, ctx->body, out, err, errlen);
+	} else if (ctx->kind == K_JSON) {
+		s = json_patch_apply(cur, ctx->body, out, err, errlen);
+	} else {
+		json_int_t v = json_integer_value(json_object_get(cur, "visits")) +
+		               json_integer_value(json_object_get(ctx->body, "visits"));
+		*out = json_deep_copy(cur);
+		if (*out)
+			json_object_set_new(*out, "visits", json_integer(v));
+	}
+	if (s != PATCH_OK)
+		return s == PATCH_MALFORMED  ? PP_STATUS_MALFORMED
+		       : s == PATCH_CONFLICT ? PP_STATUS_CONFLICT
+		                             : PP_STATUS_INVALID;
+	if (!*out) {
+		snprintf(err, errlen, "out of memory");
+		return 500;
+	}
+	char why[400];
+	if (pp_user_check(*out, ctx->idv, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "the patched user would be invalid: %s", why);
+		json_decref(*out);
+		*out = NULL;
+		return PP_STATUS_INVALID;
+	}
+	return 0;
+}
+
+static void lock_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	struct pp_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		query_failed(ctx, res, err);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		txn_refuse(ctx, 404, "no user %s", ctx->id);
+		return;
+	}
+	const char *etag = PQgetvalue(res, 0, 1);
+	if (ctx->if_match && pp_if_match(ctx->if_match, etag) != 1) {
+		txn_refuse(
+		        ctx, PP_STATUS_PRECONDITION_FAILED,
+		        "If-Match does not match: the user changed since you read it (ETag now %s); GET it, "
+		        "apply your change again, send the new ETag",
+		        etag);
+		return;
+	}
+	char why[512];
+	json_t *cur = json_loads(PQgetvalue(res, 0, 0), 0, NULL), *next = NULL;
+	int code = cur ? next_user(ctx, cur, &next, why, sizeof(why)) : 500;
+	json_decref(cur);
+	if (code) {
+		txn_refuse(ctx, code, "%s", cur ? why : "the stored user could not be read");
+		return;
+	}
+	char *text = json_dumps(next, JSON_COMPACT);
+	json_decref(next);
+	const char *p[] = {ctx->id, text};
+	int rc = text ? pool_query(c, SQL_WRITE, 2, p, write_cb, ctx) : -1;
+	free(text);
+	if (rc < 0)
+		txn_refuse(ctx, 500, "%s", "could not send the write");
+}
+
+static void begin_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	struct pp_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		query_failed(ctx, res, err);
+		return;
+	}
+	const char *p[] = {ctx->id};
+	if (pool_query(c, SQL_LOCK, 1, p, lock_cb, ctx) < 0)
+		txn_refuse(ctx, 500, "%s", "could not send the query");
+}
+
+static void get_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)c;
+	struct pp_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		query_failed(ctx, res, err);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		char msg[64];
+		snprintf(msg, sizeof(msg), "no user %s", ctx->id);
+		ctx_fail(ctx, 404, msg);
+		return;
+	}
+	ctx_release(ctx); /* the result lives until this callback returns */
+	json_t *user = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+	reply_user(ctx, user, PQgetvalue(res, 0, 1), true);
+	json_decref(user);
+}
+
+static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
+{
+	struct pp_ctx *ctx = arg;
+	if (!conn) {
+		ctx_fail(ctx, 503, err);
+		return;
+	}
+	ctx->conn = conn;
+	const char *p[] = {ctx->id};
+	int rc = ctx->kind == K_GET ? pool_query(conn, SQL_GET, 1, p, get_cb, ctx)
+	                            : pool_query(conn, "BEGIN", 0, NULL, begin_cb, ctx);
+	if (rc < 0)
+		ctx_fail(ctx, 500, "could not send the query");
+}
+
+/* ---- parsing: everything a request must get right before the database is touched ---- */
+
+/* The media type says which kind of write; 0 or the status with err. */
+static int parse_type(struct pp_ctx *ctx, bool put, char *err, size_t errlen)
+{
+	const char *value;
+	char mt[96];
+	int found = http_header_one(ctx->req, "Content-Type", &value, err, errlen);
+	if (found < 0)
+		return PP_STATUS_MALFORMED;
+	pp_media_type(found ? value : "", mt, sizeof(mt));
+	if (put) {
+		ctx->kind = K_PUT;
+		if (strcmp(mt, "application/json") == 0)
+			return 0;
+		snprintf(err, errlen, "PUT takes the whole user as application/json, not \"%.60s\"", mt);
+		return PP_STATUS_UNSUPPORTED;
+	}
+	if (strcmp(mt, PP_MERGE_PATCH) == 0)
+		ctx->kind = K_MERGE;
+	else if (strcmp(mt, PP_JSON_PATCH) == 0)
+		ctx->kind = K_JSON;
+	else if (strcmp(mt, PP_INCREMENT) == 0)
+		ctx->kind = K_INCREMENT;
+	else {
+		snprintf(err, errlen, "PATCH takes %s, not \"%.60s\"", ACCEPT_PATCH, mt);
+		return PP_STATUS_UNSUPPORTED;
+	}
+	return 0;
+}
+
+static int parse_if_match(struct pp_ctx *ctx, char *err, size_t errlen)
+{
+	const char *value;
+	int found = http_header_one(ctx->req, "If-Match", &value, err, errlen);
+	if (found < 0)
+		return PP_STATUS_MALFORMED;
+	if (!found && ctx->api->cfg.require_if_match) {
+		snprintf(err, errlen,
+		         "this API requires If-Match on PUT and PATCH: GET the user and send its ETag");
+		return PP_STATUS_PRECONDITION_REQUIRED;
+	}
+	if (found && pp_if_match(value, NULL) < 0) {
+		snprintf(err, errlen, "If-Match must be * or a list of quoted entity tags (\"...\")");
+		return PP_STATUS_MALFORMED;
+	}
+	if (found && !(ctx->if_match = strdup(value))) {
+		snprintf(err, errlen, "out of memory");
+		return 500;
+	}
+	return 0;
+}
+
+/* The body as the kind requires it. */
+static int parse_body(struct pp_ctx *ctx, char *err, size_t errlen)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(ctx->req);
+	size_t len = evbuffer_get_length(in);
+	if (len == 0 || len > (size_t)ctx->api->cfg.max_body) {
+		snprintf(err, errlen, "the body must hold 1..%d bytes, got %zu", ctx->api->cfg.max_body, len);
+		return len ? 413 : PP_STATUS_MALFORMED;
+	}
+	json_error_t jerr;
+	const char *text = (const char *)evbuffer_pullup(in, -1);
+	ctx->body = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr) : NULL;
+	if (!ctx->body) {
+		snprintf(err, errlen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+		         jerr.text);
+		return PP_STATUS_MALFORMED;
+	}
+	if (ctx->kind == K_PUT && pp_user_check(ctx->body, ctx->idv, err, errlen) < 0)
+		return PP_STATUS_MALFORMED;
+	if (ctx->kind == K_JSON && json_patch_check(ctx->body, err, errlen) != PATCH_OK)
+		return PP_STATUS_MALFORMED;
+	if (ctx->kind == K_INCREMENT) {
+		json_t *d = json_object_get(ctx->body, "visits");
+		if (!json_is_object(ctx->body) || json_object_size(ctx->body) != 1 || !json_is_integer(d) ||
+		    json_integer_value(d) < -MAX_DELTA || json_integer_value(d) > MAX_DELTA) {
+			snprintf(err, errlen, "an increment is {\"visits\": n}, n a whole number in -%d..%d",
+			         MAX_DELTA, MAX_DELTA);
+			return PP_STATUS_MALFORMED;
+		}
+	}
+	return 0;
+}
+
+/* "/v1/users/42": 42, digits only, no leading zero, at most 18 of them. -1 otherwise. */
+static long long parse_id(const char *path, char *out, size_t outlen)
+{
+	const char *s = path + strlen(USERS_PREFIX);
+	size_t n = strlen(s);
+	if (n == 0 || n > 18 || (s[0] == '0' && n > 1) || strspn(s, "0123456789") != n)
+		return -1;
+	snprintf(out, outlen, "%s", s);
+	return strtoll(s, NULL, 10);
+}
+
+static int parse_request(struct pp_ctx *ctx, char *err, size_t errlen)
+{
+	enum evhttp_cmd_type m = evhttp_request_get_command(ctx->req);
+	if ((ctx->idv = parse_id(http_request_path(ctx->req), ctx->id, sizeof(ctx->id))) < 0) {
+		snprintf(err, errlen, "no such resource: users are /v1/users/{id}, id a whole number");
+		return 404;
+	}
+	if (m == EVHTTP_REQ_GET) {
+		ctx->kind = K_GET;
+		return 0;
+	}
+	if (m != EVHTTP_REQ_PUT && m != EVHTTP_REQ_PATCH) {
+		snprintf(err, errlen, "a user takes GET, PUT and PATCH");
+		return 405;
+	}
+	int code = parse_type(ctx, m == EVHTTP_REQ_PUT, err, errlen);
+	if (!code)
+		code = parse_if_match(ctx, err, errlen);
+	if (!code)
+		code = parse_body(ctx, err, errlen);
+	return code;
+}
+
+static void users_cb(struct evhttp_request *req, void *arg)
+{
+	struct put_patch_api *api = arg;
+	if (api->stopping) {
+		http_reply_error(req, 503, "the API is shutting down; retry");
+		return;
+	}
+	struct pp_ctx *ctx = ctx_new(api, req);
+	if (!ctx) {
+		http_reply_error(req, 500, "out of memory");
+		return;
+	}
+	char err[512];
+	int code = parse_request(ctx, err, sizeof(err));
+	if (code)
+		ctx_fail(ctx, code, err);
+	else
+		pool_acquire(api->pool, "users_handler", acquired_cb, ctx);
+}
+
+/* ---- starting and stopping ---- */
+
+/* http_app_stop's release, the loop stopped: the pool (its callbacks answer their requests 503),
+ * then whatever is still live. */
+static void api_release(void *arg)
+{
+	struct put_patch_api *api = arg;
+	api->stopping = true;
+	pool_free(api->pool);
+	api->pool = NULL;
+	while (api->live) {
+		api->live->conn = NULL; /* closed with the pool */
+		ctx_fail(api->live, 503, "the API is shutting down; retry");
+	}
+}
+
+struct put_patch_api *put_patch_api_start(const struct put_patch_config *cfg, int port, char *err,
+                                          size_t errlen)
+{
+	struct put_patch_api *api = calloc(1, sizeof(*api));
+	if (!api) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	api->cfg = *cfg;
+	if (http_app_open(&api->app, port, err, errlen) < 0)
+		goto err;
+	struct pool_config pc = {
+	        .conninfo = cfg->pg_url,
+	        .min_idle = cfg->pool_min_idle,
+	        .max_size = cfg->pool_size,
+	        .acquire_timeout_ms = cfg->acquire_timeout_ms,
+	};
+	api->pool = pool_new(api->app.base, &pc, err, errlen);
+	if (!api->pool)
+		goto err;
+	http_server_route_prefix(api->app.server, USERS_PREFIX, users_cb, api);
+	if (pool_wait_ready(api->pool, POOL_READY_MS, err, errlen) < 0 ||
+	    http_app_run(&api->app, err, errlen) < 0)
+		goto err;
+	return api;
+err:
+	put_patch_api_stop(api);
+	return NULL;
+}
+
+int put_patch_api_port(const struct put_patch_api *api)
+{
+	return http_server_port(api->app.server);
+}
+
+void put_patch_api_stop(struct put_patch_api *api)
+{
+	if (!api)
+		return;
+	http_app_stop(&api->app, api_release, api);
+	free(api);
+}

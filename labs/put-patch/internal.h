@@ -1,0 +1,60 @@
+/*
+ * internal.h — what the files of lab-put-patch share and nobody else uses:
+ *
+ *   api.c        the API: /v1/users/{id} from parse to reply, every write one transaction
+ *   user.c       what a valid user is, If-Match, the media types
+ *   patch.c      JSON Merge Patch, JSON Patch, JSON Pointer (pure; patch.h)
+ *   client.c     the blocking keep-alive client the phases and the race use
+ *   phases.c     phases 1 to 3;  race.c  phase 4
+ *   put_patch.c  config, schema, seed and row reads, the run and the judge
+ */
+#ifndef LAB_PUT_PATCH_INTERNAL_H
+#define LAB_PUT_PATCH_INTERNAL_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "put_patch.h"
+
+#define SCHEMA       "lab_put_patch"
+#define USERS_PREFIX "/v1/users/"
+
+/* The user's representation as stored: rep(u) is the JSON, digest(u) its SHA-256, etag(u) the ETag. */
+#define SQL_REP    SCHEMA ".rep(u)::text"
+#define SQL_DIGEST SCHEMA ".digest(u)"
+#define SQL_ETAG   SCHEMA ".etag(u)"
+
+/*
+ * user.c: doc is a valid user for path id: an object with only the known fields, name, email,
+ * tags and visits present, each of its type and size; id, when present, equal to the path's.
+ * 0, or -1 and err naming the field.
+ */
+int pp_user_check(const json_t *doc, long long id, char *err, size_t errlen);
+
+/*
+ * If-Match (RFC 9110 section 13.1.1): "*" or a comma-separated list of entity tags. 1 when etag
+ * (quoted, strong) is in it by the strong comparison (a weak W/"..." never matches) or the list
+ * is "*"; 0 when not; -1 when the value is malformed. etag NULL: only the syntax is checked.
+ */
+int pp_if_match(const char *list, const char *etag);
+
+/* The media type of a Content-Type value, lower-cased, without parameters, into out. */
+void pp_media_type(const char *value, char *out, size_t outlen);
+
+/* put_patch.c, for the phases: a phase failed; is PostgreSQL still there? Sets r->lost_pg and
+ * replaces err with what it said when it is not. Returns -1. */
+int pp_lost(const struct put_patch_config *cfg, struct put_patch_result *r, char *err, size_t errlen);
+
+/* put_patch_seed and put_patch_row on a connection of the caller's (a phase keeps one open) */
+int pp_seed_on(PGconn *conn, long long id, const char *user_json, char *err, size_t errlen);
+int pp_row_on(PGconn *conn, long long id, char digest[65], char *rep, size_t replen, char *err,
+              size_t errlen);
+
+/* phases.c, for race.c */
+void pp_progress(const struct put_patch_config *cfg, const char *what, double done);
+/* The lab's own API for a phase: cfg with require_if_match as given. */
+struct put_patch_api *pp_phase_api(const struct put_patch_config *cfg, bool require_if_match, char *err,
+                                   size_t errlen);
+
+#endif
