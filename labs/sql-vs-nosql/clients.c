@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,7 +262,7 @@ struct load_run {
 	struct svn_gate go;
 	uint64_t deadline_us;
 	pthread_mutex_t mu;
-	int failed;
+	atomic_int failed;
 	char err[LAB_ERRLEN];
 };
 

@@ -342,7 +342,7 @@ static void storage_after(struct lab *lab, const void *cfg, const void *result)
 	term_printf(t, "  PG relational  %s tables + %s indexes = %s on disk (orders, items, customers)\n",
 	            BYTES(s->sql_table_bytes), BYTES(s->sql_index_bytes),
 	            BYTES(s->sql_table_bytes + s->sql_index_bytes));
-	term_printf(t, "  PG jsonb       %s table (TOAST, compressed) + %s indexes = %s\n",
+	term_printf(t, "  PG jsonb       %s table (its TOAST included) + %s indexes = %s\n",
 	            BYTES(s->jsonb_table_bytes), BYTES(s->jsonb_index_bytes),
 	            BYTES(s->jsonb_table_bytes + s->jsonb_index_bytes));
 	term_printf(t,

@@ -3,6 +3,7 @@
  * on each store, the schema variability, the throughput sweep. Nothing here prints.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,7 +171,7 @@ struct race {
 	struct svn_gate go;      /* the clients start together, or leave when one could not start */
 	pthread_barrier_t start; /* every round begins when every client is at it */
 	pthread_mutex_t mu;
-	int failed;
+	atomic_int failed;
 	char err[LAB_ERRLEN];
 };
 

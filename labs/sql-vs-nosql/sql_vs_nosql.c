@@ -55,22 +55,22 @@ static const struct {
 	const char *name;
 	int lines;
 } LOC[SVN_LOC_REGIONS] = {
-        [SVN_LOC_P1_SQL] = {"p1.sql", 0},
-        [SVN_LOC_P1_JSONB] = {"p1.jsonb", 0},
-        [SVN_LOC_P1_REDIS] = {"p1.redis", 0},
-        [SVN_LOC_P2_SQL] = {"p2.sql", 0},
-        [SVN_LOC_P2_JSONB] = {"p2.jsonb", 0},
-        [SVN_LOC_P2_REDIS] = {"p2.redis", 0},
-        [SVN_LOC_P3_SQL] = {"p3.sql", 0},
-        [SVN_LOC_P3_JSONB] = {"p3.jsonb", 0},
-        [SVN_LOC_P3_REDIS] = {"p3.redis", 0},
-        [SVN_LOC_P4_SQL] = {"p4.sql", 0},
-        [SVN_LOC_P4_JSONB] = {"p4.jsonb", 0},
-        [SVN_LOC_P4_REDIS] = {"p4.redis", 0},
-        [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 0},
-        [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 0},
-        [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 0},
-        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 0},
+        [SVN_LOC_P1_SQL] = {"p1.sql", 17},
+        [SVN_LOC_P1_JSONB] = {"p1.jsonb", 14},
+        [SVN_LOC_P1_REDIS] = {"p1.redis", 9},
+        [SVN_LOC_P2_SQL] = {"p2.sql", 16},
+        [SVN_LOC_P2_JSONB] = {"p2.jsonb", 16},
+        [SVN_LOC_P2_REDIS] = {"p2.redis", 20},
+        [SVN_LOC_P3_SQL] = {"p3.sql", 16},
+        [SVN_LOC_P3_JSONB] = {"p3.jsonb", 16},
+        [SVN_LOC_P3_REDIS] = {"p3.redis", 92},
+        [SVN_LOC_P4_SQL] = {"p4.sql", 10},
+        [SVN_LOC_P4_JSONB] = {"p4.jsonb", 15},
+        [SVN_LOC_P4_REDIS] = {"p4.redis", 110},
+        [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 25},
+        [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 31},
+        [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 18},
+        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 29},
 };
 
 const char *svn_loc_name(enum svn_loc r)
@@ -266,7 +266,7 @@ void sql_vs_nosql_judge(const struct sql_vs_nosql_result *r, struct lab_verdict 
 	lab_verdict_set(
 	        v, why == NULL, CLAIM,
 	        "%s%sorder by id p50 %s relational vs %s Redis (%.1fx); revenue last week: 1 statement vs "
-	        "%s keys scanned (%s moved); rename: 1 row vs %s copies rewritten; last item: naive "
+	        "%s keys scanned (%s MB moved); rename: 1 row vs %s copies rewritten; last item: naive "
 	        "oversold %lld (PostgreSQL) and %lld (Redis), FOR UPDATE and WATCH/MULTI 0",
 	        why ? why : "", why ? ". " : "", TERM_US(hist_percentile(&r->p1[SVN_SQL].lat, 50)),
 	        TERM_US(hist_percentile(&r->p1[SVN_REDIS].lat, 50)), svn_p1_ratio(r),
