@@ -66,8 +66,23 @@ static int reply_ok(redisContext *c, redisReply *r, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * After Ctrl-C, lab.c's guard deletes lab:sql-vs-nosql:* while the lab's threads wind down: a
+ * command sent after that could write a key back and leave it behind. Nothing is sent once the
+ * lab was interrupted.
+ */
+static bool refused(char *err, size_t errlen)
+{
+	if (!lab_interrupted())
+		return false;
+	snprintf(err, errlen, "interrupted");
+	return true;
+}
+
 redisReply *svn_redis(struct svn_worker *w, char *err, size_t errlen, const char *fmt, ...)
 {
+	if (refused(err, errlen))
+		return NULL;
 	w->rt++;
 	w->cmds++;
 	va_list ap;
@@ -113,6 +128,8 @@ int svn_redis_flush(struct svn_worker *w, redisReply **out, char *err, size_t er
 {
 	int ret = 0, n = w->pending;
 	w->pending = 0;
+	if (refused(err, errlen))
+		return -1; /* the appended commands stay unsent in the context's buffer */
 	w->rt++;
 	for (int i = 0; i < n; i++) {
 		void *p = NULL;
