@@ -440,33 +440,32 @@ int p5_sql_naive(struct svn_worker *w, int round, int gap_us, int *sold, char *e
 /* loc: p5.sql.guarded */
 int p5_sql_guarded(struct svn_worker *w, int round, int gap_us, int *sold, char *err, size_t errlen)
 {
-	char b[24], c[24];
+	char b[24], c[24], e2[LAB_ERRLEN];
 	const char *params[] = {num(b, round), num(c, w->id)};
+	*sold = 0;
 	if (svn_pg_cmd(w, "BEGIN", 0, NULL, NULL, err, errlen) < 0)
 		return -1;
 	PGresult *res = svn_pg(w,
 	                       "SELECT qty FROM " SCHEMA
 	                       ".race_stock WHERE variant = 'guarded' AND round = $1 FOR UPDATE",
 	                       1, params, err, errlen);
-	int qty = res && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
+	bool ok = res != NULL;
+	int qty = ok && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
 	PQclear(res);
-	*sold = 0;
-	if (res && qty > 0) {
-		svn_sleep_us(gap_us);
-		if (svn_pg_cmd(w,
-		               "UPDATE " SCHEMA
-		               ".race_stock SET qty = qty - 1 WHERE variant = 'guarded' AND round = $1",
-		               1, params, NULL, err, errlen) < 0 ||
-		    svn_pg_cmd(w, "INSERT INTO " SCHEMA ".race_sales VALUES ('guarded', $1, $2)", 2, params,
-		               NULL, err, errlen) < 0)
-			res = NULL;
-		*sold = res != NULL;
+	if (ok && qty > 0) {
+		svn_sleep_us(gap_us); /* the row stays locked: the others wait here, then see 0 */
+		ok = svn_pg_cmd(w,
+		                "UPDATE " SCHEMA
+		                ".race_stock SET qty = qty - 1 WHERE variant = 'guarded' AND round = $1",
+		                1, params, NULL, err, errlen) == 0 &&
+		     svn_pg_cmd(w, "INSERT INTO " SCHEMA ".race_sales VALUES ('guarded', $1, $2)", 2, params,
+		                NULL, err, errlen) == 0;
+		*sold = ok;
 	}
-	char e2[LAB_ERRLEN];
-	if (svn_pg_cmd(w, res ? "COMMIT" : "ROLLBACK", 0, NULL, NULL, res ? err : e2,
-	               res ? errlen : sizeof(e2)) < 0 ||
-	    !res)
-		return -1;
+	if (!ok)
+		return svn_pg_cmd(w, "ROLLBACK", 0, NULL, NULL, e2, sizeof(e2)), -1;
+	if (svn_pg_cmd(w, "COMMIT", 0, NULL, NULL, err, errlen) < 0)
+		return *sold = 0, -1;
 	return 0;
 }
 /* loc end */

@@ -70,7 +70,7 @@ static const struct {
         [SVN_LOC_P4_JSONB] = {"p4.jsonb", 15},
         [SVN_LOC_P4_REDIS] = {"p4.redis", 110},
         [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 25},
-        [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 31},
+        [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 30},
         [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 18},
         [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 29},
 };

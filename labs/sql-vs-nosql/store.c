@@ -379,20 +379,20 @@ struct svn_ctx *svn_open(const struct sql_vs_nosql_config *cfg, char *lost, size
 		return NULL;
 	}
 	x->cfg = cfg;
-	const char *gone = "PostgreSQL";
-	if ((x->conn = pg_connect(cfg->pg_url, err, errlen)) && (gone = "Redis") &&
-	    (x->rc = redis_connect_url(cfg->redis_url, SVN_REDIS_TIMEOUT_MS, err, errlen))) {
-		gone = NULL;
-		for (int i = 0; i < SVN_MAX_CLIENTS && !gone; i++)
-			if (!(x->rcs[i] =
-			              redis_connect_url(cfg->redis_url, SVN_REDIS_TIMEOUT_MS, err, errlen)))
-				gone = "Redis";
-		if (!gone && !(x->pool = pgset_open(cfg->pg_url, NULL, NULL, SVN_MAX_CLIENTS, err, errlen)))
-			gone = "PostgreSQL";
-		if (!gone && (pg_schema_create(x->conn, SCHEMA, err, errlen) < 0 ||
-		              redis_del_prefix(x->rc, PREFIX, NULL, err, errlen) < 0))
-			gone = x->rc->err ? "Redis" : PQstatus(x->conn) == CONNECTION_BAD ? "PostgreSQL" : "";
-	}
+	const char *gone = NULL;
+	if (!(x->conn = pg_connect(cfg->pg_url, err, errlen)))
+		gone = "PostgreSQL";
+	else if (!(x->rc = redis_connect_url(cfg->redis_url, SVN_REDIS_TIMEOUT_MS, err, errlen)))
+		gone = "Redis";
+	for (int i = 0; !gone && i < SVN_MAX_CLIENTS; i++)
+		if (!(x->rcs[i] = redis_connect_url(cfg->redis_url, SVN_REDIS_TIMEOUT_MS, err, errlen)))
+			gone = "Redis";
+	if (!gone && !(x->pool = pgset_open(cfg->pg_url, NULL, NULL, SVN_MAX_CLIENTS, err, errlen)))
+		gone = "PostgreSQL";
+	/* a failure here with both servers still there is no lost server: "" */
+	if (!gone && (pg_schema_create(x->conn, SCHEMA, err, errlen) < 0 ||
+	              redis_del_prefix(x->rc, PREFIX, NULL, err, errlen) < 0))
+		gone = x->rc->err ? "Redis" : PQstatus(x->conn) == CONNECTION_BAD ? "PostgreSQL" : "";
 	if (!gone)
 		return x;
 	snprintf(lost, lostlen, "%s", gone);
