@@ -1,0 +1,329 @@
+/*
+ * sql_vs_nosql.c — lab-sql-vs-nosql as a whole (the experiment is described in
+ * sql_vs_nosql.h): its config, the lines each pattern took, the phase list, sql_vs_nosql_run,
+ * the judge, where every threshold of the claim is written once with its reason, and the
+ * decision table. The telling is in main.c; nothing here prints.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "pg.h"
+#include "redis.h"
+
+const char *svn_store_name(enum svn_store s)
+{
+	static const char *const names[SVN_STORES] = {"PG relational", "PG jsonb", "Redis"};
+	return (unsigned)s < SVN_STORES ? names[s] : "?";
+}
+
+void sql_vs_nosql_config_default(struct sql_vs_nosql_config *cfg, bool quick)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->pg_url = pg_url_default();
+	cfg->redis_url = redis_url_default();
+	cfg->seed = 1;
+	/* the issue's 100,000 orders; 10,000 keep --quick's seed and scans under a second each on a
+	 * busy machine */
+	cfg->orders = quick ? 10000 : 100000;
+	/* about 10 orders a customer: a "last 10 orders" page is mostly full */
+	cfg->customers = cfg->orders / 10;
+	/* a catalogue of 1,000: each product is in about 0.25% of the orders */
+	cfg->products = 1000;
+	/* 4 clients per store: the two cores' worth of work twice over, well under the 8
+	 * connections a store may have on this shared server */
+	cfg->clients = 4;
+	cfg->ops = quick ? 200 : 1000;
+	/* the median of 3: the scans of patterns 3 and 6 take seconds at 100,000 orders */
+	cfg->repeats = 3;
+	/* 4 buyers for each last item, 15 items (50 full): enough rounds that a race that
+	 * oversells only now and then still shows, and little time */
+	cfg->race_clients = 4;
+	cfg->race_rounds = quick ? 15 : 50;
+	/* 2 ms between the check and the write: what an application's own work there (a price
+	 * lookup, a fraud check, a call to a payment provider) takes at least. It makes the naive race
+	 * oversell every run instead of now and then; the guarded versions pay it too */
+	cfg->race_gap_us = 2000;
+	cfg->sample_keys = 200;
+	int sweep_full[] = {1, 2, 4, 6}, sweep_quick[] = {1, 2, 4};
+	cfg->nsweep = quick ? 3 : 4;
+	memcpy(cfg->sweep, quick ? sweep_quick : sweep_full, sizeof(int) * (size_t)cfg->nsweep);
+	cfg->sweep_ms = quick ? 100 : 500;
+}
+
+/* ---- the lines each implementation took: counted from patterns.c (the test recounts) ---- */
+
+static const struct {
+	const char *name;
+	int lines;
+} LOC[SVN_LOC_REGIONS] = {
+        [SVN_LOC_P1_SQL] = {"p1.sql", 17},
+        [SVN_LOC_P1_JSONB] = {"p1.jsonb", 14},
+        [SVN_LOC_P1_REDIS] = {"p1.redis", 9},
+        [SVN_LOC_P2_SQL] = {"p2.sql", 16},
+        [SVN_LOC_P2_JSONB] = {"p2.jsonb", 16},
+        [SVN_LOC_P2_REDIS] = {"p2.redis", 20},
+        [SVN_LOC_P3_SQL] = {"p3.sql", 16},
+        [SVN_LOC_P3_JSONB] = {"p3.jsonb", 16},
+        [SVN_LOC_P3_REDIS] = {"p3.redis", 92},
+        [SVN_LOC_P4_SQL] = {"p4.sql", 10},
+        [SVN_LOC_P4_JSONB] = {"p4.jsonb", 15},
+        [SVN_LOC_P4_REDIS] = {"p4.redis", 110},
+        [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 25},
+        [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 30},
+        [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 18},
+        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 29},
+};
+
+const char *svn_loc_name(enum svn_loc r)
+{
+	return (unsigned)r < SVN_LOC_REGIONS ? LOC[r].name : "?";
+}
+
+int svn_loc_lines(enum svn_loc r)
+{
+	return (unsigned)r < SVN_LOC_REGIONS ? LOC[r].lines : 0;
+}
+
+/* ---- the phases ---- */
+
+static int phase_seed(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_seed_run((struct svn_ctx *)ctx, &((struct sql_vs_nosql_result *)result)->seed, err,
+	                    errlen);
+}
+
+static int phase_reads(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_reads_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static int phase_adhoc(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_adhoc_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static int phase_rename(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_rename_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static int phase_race(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_race_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static int phase_schema(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_schema_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static int phase_storage(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_storage_run((struct svn_ctx *)ctx, &((struct sql_vs_nosql_result *)result)->storage, err,
+	                       errlen);
+}
+
+static int phase_sweep(const void *ctx, void *result, char *err, size_t errlen)
+{
+	return svn_sweep_run((struct svn_ctx *)ctx, result, err, errlen);
+}
+
+static const struct lab_phase_def PHASES[SVN_PHASES] = {
+        [SVN_PHASE_SEED] = {"seed", phase_seed},
+        [SVN_PHASE_READS] = {"reads", phase_reads},
+        [SVN_PHASE_ADHOC] = {"adhoc", phase_adhoc},
+        [SVN_PHASE_RENAME] = {"rename", phase_rename},
+        [SVN_PHASE_RACE] = {"race", phase_race},
+        [SVN_PHASE_SCHEMA] = {"schema", phase_schema},
+        [SVN_PHASE_STORAGE] = {"storage", phase_storage},
+        [SVN_PHASE_THROUGHPUT] = {"throughput", phase_sweep},
+};
+
+static int config_check(const struct sql_vs_nosql_config *c, char *err, size_t errlen)
+{
+	if (c->orders < 100 || c->customers < 10 || c->products < 10 || c->clients < 1 ||
+	    c->clients > SVN_MAX_CLIENTS || c->ops < 1 || c->nsweep < 1 || c->nsweep > SVN_MAX_SWEEP ||
+	    c->sweep_ms < 1 || c->race_gap_us < 0 || c->sample_keys < 1) {
+		snprintf(err, errlen,
+		         "bad configuration (100 orders, 10 customers and products at least, 1..%d clients)",
+		         SVN_MAX_CLIENTS);
+		return -1;
+	}
+	for (int i = 0; i < c->nsweep; i++)
+		if (c->sweep[i] < 1 || c->sweep[i] > SVN_MAX_CLIENTS) {
+			snprintf(err, errlen, "bad configuration: sweep concurrencies are 1..%d",
+			         SVN_MAX_CLIENTS);
+			return -1;
+		}
+	return 0;
+}
+
+int sql_vs_nosql_run(const struct sql_vs_nosql_config *cfg, struct sql_vs_nosql_result *res, char *err,
+                     size_t errlen)
+{
+	memset(res, 0, sizeof(*res));
+	if (config_check(cfg, err, errlen) < 0)
+		return -1;
+	struct svn_ctx *x = svn_open(cfg, res->lost_server, sizeof(res->lost_server), err, errlen);
+	if (!x)
+		return -1;
+	int ret = lab_phases_walk(PHASES, SVN_PHASES, x, res, &cfg->hooks, err, errlen);
+	if (ret < 0) {
+		/* a client's connection, or the lab's own, that went away names the lost server */
+		struct svn_worker own;
+		svn_solo(x, &own);
+		svn_note_lost(x, &own);
+		snprintf(res->lost_server, sizeof(res->lost_server), "%s", x->lost);
+	}
+	char derr[LAB_ERRLEN];
+	if (svn_close(x, derr, sizeof(derr)) < 0 && ret == 0) {
+		snprintf(err, errlen, "teardown: %s", derr);
+		ret = -1;
+	}
+	return ret;
+}
+
+/* ---- the judge ---- */
+
+#define CLAIM                                                                                                \
+	"Redis wins the lookups it was designed for; SQL answers the unplanned question and the shared "     \
+	"fact with one statement; each keeps the last item's invariant only with its concurrency tool"
+
+/*
+ * Pattern 1: the relational p50 over Redis' at the fixed concurrency must be at least this. A
+ * GET is a hash lookup and a copy; the relational read parses, plans and joins four tables, and
+ * both pay the same loopback round trip. Measured here 3.9x to 9.8x at load averages of 4 to 8
+ * (normal build), 3x to 5x in the sanitizer build; 1.5 keeps the claim ("Redis is faster at
+ * home") while leaving a busy machine room, whose scheduler delays stretch both sides alike and
+ * pull the ratio towards 1.
+ */
+#define P1_MIN_RATIO 1.5
+/*
+ * Patterns 3 and 4, pattern 5 and the data are held to counts, not margins: the SQL answers are
+ * one statement each (the rename one row), Redis' read every order key and rewrite every copy,
+ * every naive race oversold at least once, no guarded one ever, and the stores answered the same
+ * (checksums of patterns 1 and 2, revenue to the cent): anything else is a bug, not noise.
+ */
+
+double svn_p1_ratio(const struct sql_vs_nosql_result *r)
+{
+	uint64_t redis = hist_percentile(&r->p1[SVN_REDIS].lat, 50),
+	         sql = hist_percentile(&r->p1[SVN_SQL].lat, 50);
+	return redis > 0 ? (double)sql / (double)redis : 0;
+}
+
+static bool same_data(const struct sql_vs_nosql_result *r)
+{
+	for (int s = 1; s < SVN_STORES; s++) {
+		if (r->p1[s].checksum != r->p1[0].checksum || r->p2[s].checksum != r->p2[0].checksum)
+			return false;
+		if (memcmp(r->p3[s].revenue, r->p3[0].revenue, sizeof(r->p3[0].revenue)) != 0)
+			return false;
+	}
+	return r->p1[0].orders_read > 0 && r->p2[0].orders_read > 0;
+}
+
+static const char *disagreement(const struct sql_vs_nosql_result *r, char *buf, size_t len)
+{
+	const struct svn_adhoc *a = r->p3;
+	const struct svn_rename *n = r->p4;
+	if (!same_data(r))
+		return "the stores did not return the same orders (checksums or revenue differ)";
+	if (svn_p1_ratio(r) < P1_MIN_RATIO) {
+		snprintf(buf, len,
+		         "pattern 1: Redis' p50 was only %.2fx faster than the relational one (at least "
+		         "%.1fx)",
+		         svn_p1_ratio(r), P1_MIN_RATIO);
+		return buf;
+	}
+	if (a[SVN_SQL].statements != 1 || a[SVN_REDIS].orders_read != r->seed.orders ||
+	    a[SVN_REDIS].keys_read < r->seed.orders) {
+		snprintf(buf, len, "pattern 3: %lld SQL statements, Redis read %lld keys for %lld orders",
+		         (long long)a[SVN_SQL].statements, (long long)a[SVN_REDIS].keys_read,
+		         (long long)r->seed.orders);
+		return buf;
+	}
+	if (n[SVN_SQL].statements != 1 || n[SVN_SQL].writes != 1 || r->p4_copies < 2 ||
+	    n[SVN_REDIS].writes != r->p4_copies + 1 || n[SVN_JSONB].writes != r->p4_copies) {
+		snprintf(buf, len,
+		         "pattern 4: SQL wrote %lld rows, Redis %lld keys, jsonb %lld rows for %lld copies",
+		         (long long)n[SVN_SQL].writes, (long long)n[SVN_REDIS].writes,
+		         (long long)n[SVN_JSONB].writes, (long long)r->p4_copies);
+		return buf;
+	}
+	for (int s = 0; s < 2; s++) {
+		const struct svn_race *nv = &r->p5[s][SVN_NAIVE], *g = &r->p5[s][SVN_GUARDED];
+		if (nv->oversells <= 0 || g->oversells != 0 || g->min_stock < 0 || g->sales != g->rounds) {
+			snprintf(buf, len,
+			         "pattern 5 on %s: naive oversold %lld, guarded %lld (stock down to %lld, "
+			         "%lld sales in %d rounds)",
+			         s ? "Redis" : "PostgreSQL", (long long)nv->oversells,
+			         (long long)g->oversells, (long long)g->min_stock, (long long)g->sales,
+			         g->rounds);
+			return buf;
+		}
+	}
+	return NULL;
+}
+
+void sql_vs_nosql_judge(const struct sql_vs_nosql_result *r, struct lab_verdict *v)
+{
+	char buf[256];
+	const char *why = disagreement(r, buf, sizeof(buf));
+	lab_verdict_set(
+	        v, why == NULL, CLAIM,
+	        "%s%sorder by id p50 %s relational vs %s Redis (%.1fx); revenue last week: 1 statement vs "
+	        "%s keys scanned (%s MB moved); rename: 1 row vs %s copies rewritten; last item: naive "
+	        "oversold %lld (PostgreSQL) and %lld (Redis), FOR UPDATE and WATCH/MULTI 0",
+	        why ? why : "", why ? ". " : "", TERM_US(hist_percentile(&r->p1[SVN_SQL].lat, 50)),
+	        TERM_US(hist_percentile(&r->p1[SVN_REDIS].lat, 50)), svn_p1_ratio(r),
+	        TERM_NUM(r->p3[SVN_REDIS].keys_read, 0), TERM_NUM(r->p3[SVN_REDIS].bytes_moved / 1e6, 1),
+	        TERM_NUM(r->p4_copies, 0), (long long)r->p5[0][SVN_NAIVE].oversells,
+	        (long long)r->p5[1][SVN_NAIVE].oversells);
+}
+
+/* ---- the decision table ---- */
+
+static double ratio(double a, double b)
+{
+	return b > 0 ? a / b : 0;
+}
+
+static void row(struct svn_decision *d, const char *pattern, const char *winner, const char *why,
+                const char *by_fmt, double a, double b)
+{
+	snprintf(d->pattern, sizeof(d->pattern), "%s", pattern);
+	snprintf(d->winner, sizeof(d->winner), "%s", winner);
+	snprintf(d->why, sizeof(d->why), "%s", why);
+	snprintf(d->by, sizeof(d->by), by_fmt, a, b);
+}
+
+void sql_vs_nosql_decide(const struct sql_vs_nosql_result *r, struct svn_decision *rows)
+{
+	double p1 = svn_p1_ratio(r);
+	double p2 = ratio((double)hist_percentile(&r->p2[SVN_SQL].lat, 50),
+	                  (double)hist_percentile(&r->p2[SVN_REDIS].lat, 50));
+	row(&rows[0], "1 order by id", p1 >= 1 ? "Redis" : "PostgreSQL",
+	    "a key lookup: no parse, plan or join", "%.1fx p50", p1 >= 1 ? p1 : 1 / p1, 0);
+	row(&rows[1], "2 customer's last 10", p2 >= 1 ? "Redis" : "PostgreSQL",
+	    "Redis: a sorted set kept in step on every write; SQL: an index", "%.1fx p50",
+	    p2 >= 1 ? p2 : 1 / p2, 0);
+	row(&rows[2], "3 revenue per category", "PostgreSQL", "the unplanned question: a planner, not a scan",
+	    "%.0fx time", ratio((double)r->p3[SVN_REDIS].median_us, (double)r->p3[SVN_SQL].median_us), 0);
+	row(&rows[3], "4 product renamed", "PostgreSQL", "the fact lives once; documents hold copies",
+	    "1 row vs %.0f", (double)r->p4[SVN_REDIS].writes, 0);
+	row(&rows[4], "5 the last item", "both, with a tool",
+	    "FOR UPDATE / WATCH+MULTI; naive oversold on both", "%.0f vs 0 oversells",
+	    (double)(r->p5[0][SVN_NAIVE].oversells + r->p5[1][SVN_NAIVE].oversells), 0);
+	const struct svn_attr *at = r->attrs;
+	row(&rows[5], "variable attributes", "PG jsonb + GIN",
+	    "any attribute queryable, indexed; EAV joins per attribute", "%.0fx vs Redis scan",
+	    ratio((double)at[SVN_HASH].median_us, (double)at[SVN_GIN].median_us), 0);
+	const struct svn_storage *s = &r->storage;
+	double sql = (double)(s->sql_table_bytes + s->sql_index_bytes),
+	       redis = (double)s->redis_sampled_bytes;
+	row(&rows[6], "storage, same orders", sql <= redis ? "PG relational" : "Redis",
+	    "normalized rows on disk vs JSON copies in RAM", "%.1fx smaller",
+	    sql <= redis ? ratio(redis, sql) : ratio(sql, redis), 0);
+}
