@@ -153,9 +153,14 @@ static const char *reads_disagree(const struct indexing_result *r, char *buf, si
 	const struct indexing_plan *cp = &rd->point[IX_COVERING], *cr = &rd->range[IX_COVERING];
 	if (strcmp(cp->node, "Index Only Scan") != 0 || strcmp(cr->node, "Index Only Scan") != 0 ||
 	    cp->heap_fetches != 0 || cr->heap_fetches != 0) {
+		const struct indexing_plan *bad =
+		        strcmp(cp->node, "Index Only Scan") || cp->heap_fetches ? cp : cr;
 		snprintf(buf, len,
-		         "the covering index gave %s with %lld heap fetches, not an Index Only Scan with 0",
-		         cr->node, (long long)cr->heap_fetches);
+		         "the covering index gave %s with %lld heap fetches (%lld of %lld pages "
+		         "all-visible), not an "
+		         "Index Only Scan with 0",
+		         bad->node, (long long)bad->heap_fetches, (long long)rd->all_visible_pages,
+		         (long long)rd->table_pages);
 		return buf;
 	}
 	if ((double)cr->buffers * MIN_COVERING_RANGE_RATIO > (double)rd->range[IX_BTREE].buffers) {
