@@ -40,7 +40,6 @@ static int run_setup(void **state)
 	/* ~370 pages: a Seq Scan still reads a hundred times what a B-tree lookup does */
 	rf.cfg.rows = 30000;
 	rf.cfg.write_rows = 5000;
-	rf.cfg.repeats = 2;
 	double sweep[] = {0.001, 0.01, 0.1, 0.3};
 	memcpy(rf.cfg.sweep, sweep, sizeof(sweep));
 	rf.cfg.nsweep = 4;
@@ -236,7 +235,7 @@ static void test_followups_plans_and_the_unused_index(void **state)
 	bool ab_used = false;
 	for (int i = 0; i < fu->nuses; i++)
 		if (!strcmp(fu->uses[i].name, "orders_a_b_idx"))
-			ab_used = fu->uses[i].scans >= 3 * rf->cfg.repeats;
+			ab_used = fu->uses[i].scans == 3; /* a = ? AND b = ?, a = ?, b = ? */
 	assert_true(ab_used);
 }
 

@@ -43,7 +43,11 @@ int ix_plan_parse(const char *json, struct indexing_plan *p, char *err, size_t e
 /* Sets enable_seqscan, enable_indexscan and enable_bitmapscan for the session as f needs. */
 int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen);
 
-/* ix_explain under each of the IX_FORCES settings in turn (plans[f]), then back to the planner. */
+/*
+ * ix_explain under each of the IX_FORCES settings (plans[f]), the settings taking turns run by run,
+ * repeats rounds; each plan's facts from its first run, its best time of all. Then back to the
+ * planner's own settings.
+ */
 int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexing_plan plans[IX_FORCES],
                       char *err, size_t errlen);
 

@@ -107,8 +107,8 @@ static void after_reads(struct lab *lab, const void *cfg, const void *result)
 		}
 	char buf[256];
 	snprintf(buf, sizeof(buf),
-	         "buffers: shared hit + read (EXPLAIN ANALYZE, BUFFERS); time: the server's, best of %d; "
-	         "%s of %s pages all-visible after VACUUM",
+	         "buffers: shared hit + read; time: the server's, best of %d; %s of %s pages all-visible "
+	         "after VACUUM",
 	         c->repeats, TERM_NUM(rd->all_visible_pages, 0), TERM_NUM(rd->table_pages, 0));
 	note(t, buf);
 	lab_phase_metrics(
@@ -163,14 +163,11 @@ static void after_writes(struct lab *lab, const void *cfg, const void *result)
 	}
 	char buf[256];
 	snprintf(buf, sizeof(buf),
-	         "WAL: the INSERT's own (EXPLAIN WAL: %s); the insert LSN moved %s meanwhile (every "
-	         "session's); "
-	         "rows/s: best of %d",
+	         "WAL: the INSERT's own (EXPLAIN WAL: %s in all; the insert LSN, every session's: %s); best "
+	         "of "
+	         "%d; primary key included",
 	         BYTES(own), BYTES(lsn), c->write_rounds);
 	note(t, buf);
-	note(t, "indexes: pg_indexes_size, the primary key's included; the secondary ones: customer_id, "
-	        "created_at, "
-	        "email, status, amount, (customer_id, created_at)");
 	lab_phase_metrics(lab, "writes", json_pack("{s:o}", "sets", sets));
 }
 
@@ -302,8 +299,11 @@ static void after_followups(struct lab *lab, const void *cfg, const void *result
 		json_array_append_new(qs, qj);
 	}
 	char buf[320];
-	snprintf(buf, sizeof(buf), "the partial index holds the %s pending orders in %s; over every row: %s",
-	         TERM_NUM(fu->partial_rows, 0), BYTES(fu->partial_bytes), BYTES(fu->full_bytes));
+	snprintf(buf, sizeof(buf),
+	         "(a, b) has %s pages: b = ? reads them all; the partial index: %s pending rows in %s (every "
+	         "row: %s)",
+	         TERM_NUM(fu->ab_pages, 0), TERM_NUM(fu->partial_rows, 0), BYTES(fu->partial_bytes),
+	         BYTES(fu->full_bytes));
 	note(t, buf);
 	for (int i = 0; i < fu->nuses; i++)
 		json_array_append_new(uses,
