@@ -67,7 +67,7 @@ int ix_setup(const struct indexing_config *cfg, struct indexing_result *res, cha
 	         "bucket int NOT NULL, a int NOT NULL, b int NOT NULL, amount int NOT NULL, status text NOT "
 	         "NULL, email text NOT NULL, created_at timestamptz NOT NULL) WITH (autovacuum_enabled = "
 	         "false);"
-	         "INSERT INTO " ORDERS " SELECT g, ((g * 7919 + %lld) %% %d)::int, "
+	         "INSERT INTO " ORDERS " SELECT g, ((g::bigint * 7919 + %lld) %% %d)::int, "
 	         "(hashint8(g * 8 + 1 + %lld) & 2147483647) %% %d, (hashint8(g * 8 + 2 + %lld) & 2147483647) "
 	         "%% 1000, (hashint8(g * 8 + 3 + %lld) & 2147483647) %% 1000, (hashint8(g * 8 + 4 + %lld) & "
 	         "2147483647) %% 1000, (hashint8(g * 8 + 5 + %lld) & 2147483647) %% 100000, CASE WHEN "
@@ -264,7 +264,7 @@ static int small_create(PGconn *conn, const struct indexing_config *cfg, struct 
 	snprintf(sql, sizeof(sql),
 	         "CREATE TABLE " SMALL " (id int PRIMARY KEY, code int NOT NULL, category int NOT NULL, "
 	         "name text NOT NULL) WITH (autovacuum_enabled = false);"
-	         "INSERT INTO " SMALL " SELECT g, (g * 7919) %% %d, g %% %d, 'item-' || g "
+	         "INSERT INTO " SMALL " SELECT g, (g::bigint * 7919) %% %d, g %% %d, 'item-' || g "
 	         "FROM generate_series(1, %d) g",
 	         cfg->small_rows, SMALL_CATEGORIES, cfg->small_rows);
 	return pg_exec(conn, sql, err, errlen) < 0 ||
