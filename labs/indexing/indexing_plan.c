@@ -1,0 +1,170 @@
+/*
+ * indexing_plan.c — lab-indexing's instruments: a session with one process per plan, the facts of
+ * EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) read with jansson, a plan forced with the planner's
+ * enable_* settings, and the sizes the server keeps (see indexing_internal.h).
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "indexing_internal.h"
+#include "pg.h"
+
+PGconn *ix_connect(const struct indexing_config *cfg, char *err, size_t errlen)
+{
+	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	if (!conn)
+		return NULL;
+	/* one process per plan: a parallel worker's share of two busy cores is noise, and JIT's
+	 * compile time is not the plan's */
+	if (pg_exec(conn, "SET max_parallel_workers_per_gather = 0; SET jit = off", err, errlen) < 0) {
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+void ix_progress(const struct indexing_config *cfg, const char *what, double done)
+{
+	if (cfg->progress_cb)
+		cfg->progress_cb(what, done, cfg->progress_arg);
+}
+
+bool indexing_plan_uses_index(const struct indexing_plan *p)
+{
+	return !strcmp(p->node, "Index Scan") || !strcmp(p->node, "Index Only Scan") ||
+	       !strcmp(p->node, "Bitmap Heap Scan");
+}
+
+static int64_t json_int_of(json_t *node, const char *key, int64_t dflt)
+{
+	json_t *v = json_object_get(node, key);
+	return json_is_integer(v) ? (int64_t)json_integer_value(v)
+	       : json_is_real(v)  ? (int64_t)json_real_value(v)
+	                          : dflt;
+}
+
+/* Depth first: the first scan node (a Bitmap Index Scan is its heap scan's part) and index name. */
+static void plan_walk(json_t *node, struct indexing_plan *p)
+{
+	const char *type = json_string_value(json_object_get(node, "Node Type"));
+	const char *index = json_string_value(json_object_get(node, "Index Name"));
+	if (type && !p->node[0] && strstr(type, "Scan") && strcmp(type, "Bitmap Index Scan") != 0) {
+		snprintf(p->node, sizeof(p->node), "%s", type);
+		p->heap_fetches = json_int_of(node, "Heap Fetches", -1);
+		p->scan_rows = json_int_of(node, "Actual Rows", 0);
+	}
+	if (index && !p->index[0])
+		snprintf(p->index, sizeof(p->index), "%s", index);
+	json_t *children = json_object_get(node, "Plans");
+	size_t i;
+	json_t *child;
+	json_array_foreach(children, i, child) plan_walk(child, p);
+}
+
+int ix_plan_parse(const char *text, struct indexing_plan *p, char *err, size_t errlen)
+{
+	memset(p, 0, sizeof(*p));
+	p->heap_fetches = -1;
+	json_error_t jerr;
+	json_t *doc = json_loads(text, 0, &jerr);
+	json_t *top = json_array_get(doc, 0);
+	json_t *plan = json_object_get(top, "Plan");
+	json_t *exec = json_object_get(top, "Execution Time");
+	if (!json_is_object(plan) || !json_is_number(exec)) {
+		snprintf(err, errlen, "EXPLAIN did not return a JSON plan with an Execution Time%s%s",
+		         doc ? "" : ": ", doc ? "" : jerr.text);
+		json_decref(doc);
+		return -1;
+	}
+	p->buffers = json_int_of(plan, "Shared Hit Blocks", 0) + json_int_of(plan, "Shared Read Blocks", 0);
+	p->rows = json_int_of(plan, "Actual Rows", 0);
+	p->wal_bytes = json_int_of(plan, "WAL Bytes", 0);
+	p->exec_us = json_number_value(exec) * 1000.0;
+	plan_walk(plan, p);
+	json_decref(doc);
+	return 0;
+}
+
+int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct indexing_plan *p, char *err,
+               size_t errlen)
+{
+	char stmt[2048];
+	int n = snprintf(stmt, sizeof(stmt), "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s",
+	                 wal ? " WAL," : "", sql);
+	if (n < 0 || (size_t)n >= sizeof(stmt)) {
+		snprintf(err, errlen, "statement too long for EXPLAIN: %.60s...", sql);
+		return -1;
+	}
+	double best = 0;
+	for (int i = 0; i < (repeats < 1 ? 1 : repeats); i++) {
+		PGresult *res = pg_query(conn, stmt, 0, NULL, err, errlen);
+		if (!res)
+			return -1;
+		int rc = -1;
+		if (PQntuples(res) != 1 || PQnfields(res) != 1)
+			snprintf(err, errlen, "EXPLAIN returned %d rows, not 1", PQntuples(res));
+		else
+			rc = ix_plan_parse(PQgetvalue(res, 0, 0), p, err, errlen);
+		PQclear(res);
+		if (rc < 0)
+			return -1;
+		if (i == 0 || p->exec_us < best)
+			best = p->exec_us;
+	}
+	p->exec_us = best;
+	return 0;
+}
+
+int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen)
+{
+	/* each plan forced by turning the other two off: the planner still costs the one left */
+	static const char *const sets[IX_FORCES] = {
+	        [IX_PLANNER] = "RESET enable_seqscan; RESET enable_indexscan; RESET enable_bitmapscan",
+	        [IX_FORCE_SEQ] = "SET enable_seqscan = on; SET enable_indexscan = off; "
+	                         "SET enable_bitmapscan = off",
+	        [IX_FORCE_INDEX] = "SET enable_seqscan = off; SET enable_indexscan = on; "
+	                           "SET enable_bitmapscan = off",
+	        [IX_FORCE_BITMAP] = "SET enable_seqscan = off; SET enable_indexscan = off; "
+	                            "SET enable_bitmapscan = on",
+	};
+	return pg_exec(conn, sets[f], err, errlen);
+}
+
+int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexing_plan plans[IX_FORCES],
+                      char *err, size_t errlen)
+{
+	/* the plans take turns, run by run: each one's best time was taken beside the others', so a
+	 * neighbour's burst lands on all of them alike rather than on one plan's every run */
+	for (int r = 0; r < (repeats < 1 ? 1 : repeats); r++)
+		for (int f = 0; f < IX_FORCES; f++) {
+			struct indexing_plan p;
+			if (ix_force(conn, (enum indexing_force)f, err, errlen) < 0 ||
+			    ix_explain(conn, sql, 1, false, &p, err, errlen) < 0)
+				return -1;
+			if (r == 0)
+				plans[f] = p;
+			else if (p.exec_us < plans[f].exec_us)
+				plans[f].exec_us = p.exec_us;
+		}
+	return ix_force(conn, IX_PLANNER, err, errlen);
+}
+
+int ix_int(PGconn *conn, const char *sql, int64_t *out, char *err, size_t errlen)
+{
+	return pg_query_int64(conn, sql, 0, NULL, out, err, errlen);
+}
+
+int ix_bytes(PGconn *conn, const char *rel, int64_t *bytes, char *err, size_t errlen)
+{
+	const char *params[] = {rel};
+	return pg_query_int64(conn, "SELECT pg_relation_size($1::regclass)", 1, params, bytes, err, errlen);
+}
+
+int ix_pages(PGconn *conn, const char *rel, int64_t *pages, char *err, size_t errlen)
+{
+	const char *params[] = {rel};
+	return pg_query_int64(conn,
+	                      "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
+	                      1, params, pages, err, errlen);
+}
