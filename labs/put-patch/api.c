@@ -155,11 +155,14 @@ static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag,
 
 static void rollback_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
-	(void)c;
-	(void)res;
 	(void)err;
 	struct pp_ctx *ctx = arg;
-	/* a failed ROLLBACK leaves the connection in a transaction: pool_release closes it */
+	/* a failed ROLLBACK leaves the connection in a state nobody knows: never lent again. The
+	 * refusal stands either way: nothing was committed. */
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		pool_discard(c, "ROLLBACK failed");
+		ctx->conn = NULL;
+	}
 	ctx_fail(ctx, ctx->code, ctx->msg);
 }
 
