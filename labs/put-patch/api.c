@@ -147,7 +147,7 @@ static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag,
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
 	evbuffer_add(out, text, strlen(text));
 	free(text);
-	evhttp_send_reply(ctx->req, 200, NULL, out);
+	http_send_reply(ctx->req, 200, out); /* no body for HEAD */
 	ctx_free(ctx);
 }
 
