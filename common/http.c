@@ -264,6 +264,13 @@ void http_server_free(struct http_server *s)
 /* What a client gets when its reply could not be built: fixed, so it needs no memory. */
 #define HTTP_REPLY_BROKEN "{\"error\":\"internal error: reply could not be built\"}"
 
+void http_send_reply(struct evhttp_request *req, int code, struct evbuffer *out)
+{
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
+		evbuffer_drain(out, evbuffer_get_length(out));
+	evhttp_send_reply(req, code, NULL, out);
+}
+
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
 	struct evbuffer *out = evhttp_request_get_output_buffer(req);
@@ -271,7 +278,7 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
 	if (text && evbuffer_add(out, text, strlen(text)) == 0) {
-		evhttp_send_reply(req, code, NULL, out);
+		http_send_reply(req, code, out);
 	} else {
 		/*
 		 * No body (json_pack failed), no memory to print it or to hold it: the status the
@@ -279,7 +286,7 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 		 */
 		evbuffer_drain(out, evbuffer_get_length(out));
 		evbuffer_add(out, HTTP_REPLY_BROKEN, sizeof(HTTP_REPLY_BROKEN) - 1);
-		evhttp_send_reply(req, HTTP_INTERNAL, NULL, out);
+		http_send_reply(req, HTTP_INTERNAL, out);
 	}
 	free(text);
 	json_decref(body);

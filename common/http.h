@@ -111,6 +111,14 @@ void http_server_free(struct http_server *s);
  */
 void http_reply_json(struct evhttp_request *req, int code, json_t *body);
 
+/*
+ * Sends the reply with out as its body, or with no body when the request is a HEAD: evhttp
+ * writes a HEAD answer's body too (it only leaves out Content-Length), and a keep-alive client
+ * would then read that body as the start of its next response. http_reply_json and
+ * http_reply_error send through it; a handler that builds its own body should too.
+ */
+void http_send_reply(struct evhttp_request *req, int code, struct evbuffer *out);
+
 /* Replies with code and {"error": "<message>"}. */
 void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -674,6 +675,47 @@ static void probe_cb(void *arg)
 	p->ran = 1;
 }
 
+/* Sends req on a new connection and reads everything until the server closes it. */
+static size_t raw_stream(int port, const char *req, char *out, size_t outlen)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	struct timeval tv = {.tv_sec = 5};
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(send(fd, req, strlen(req), 0), (ssize_t)strlen(req));
+	size_t n = 0;
+	ssize_t r;
+	while (n + 1 < outlen && (r = recv(fd, out + n, outlen - 1 - n, 0)) > 0)
+		n += (size_t)r;
+	out[n] = '\0';
+	close(fd);
+	return n;
+}
+
+/* HEAD then GET on one keep-alive connection: the HEAD's head is followed by the GET's status
+ * line, not by a body (which the client would read as its next response). */
+static void test_head_is_answered_without_a_body(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const paths[] = {"/ok", "/no/such/route"};
+	for (size_t i = 0; i < 2; i++) {
+		char req[512], out[4096];
+		snprintf(req, sizeof(req),
+		         "HEAD %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+		         "GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+		         paths[i]);
+		raw_stream(f->port, req, out, sizeof(out));
+		const char *end = strstr(out, "\r\n\r\n");
+		assert_non_null(end);
+		if (strncmp(end + 4, "HTTP/1.1 200", 12) != 0)
+			fail_msg("HEAD %s: after its head came \"%.40s\"", paths[i], end + 4);
+		assert_non_null(strstr(end, "\"ok\":true"));
+	}
+}
+
 static void test_thread_call_runs_on_the_loop_thread_and_waits_for_it(void **state)
 {
 	struct fixture *f = *state;
@@ -720,6 +762,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_answers_slower_than_the_timeout_count_as_timeouts, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_load_rejects_a_run_without_any_limit, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_head_is_answered_without_a_body, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_thread_call_runs_on_the_loop_thread_and_waits_for_it,
 	                                        setup, teardown),
 	};

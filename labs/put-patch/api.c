@@ -1,7 +1,7 @@
 /*
- * api.c — the API of lab-put-patch: GET, PUT and PATCH on /v1/users/{id}, on one event loop in a
- * thread of its own (struct http_app), with connections from common/pool.h (asynchronous libpq),
- * so that no handler blocks the loop.
+ * api.c — the API of lab-put-patch: GET (and HEAD), PUT and PATCH on /v1/users/{id}, on one
+ * event loop in a thread of its own (struct http_app), with connections from common/pool.h
+ * (asynchronous libpq), so that no handler blocks the loop.
  *
  * Everything a request can get wrong is checked before the database is touched (the media type,
  * If-Match's syntax, the body, the patch document). A write is then one transaction on one pooled
@@ -27,6 +27,8 @@
 /* a delta of the increment type: a person's "add one", not a way to overflow the counter */
 #define MAX_DELTA    1000000
 #define ACCEPT_PATCH PP_MERGE_PATCH ", " PP_JSON_PATCH ", " PP_INCREMENT
+/* HEAD with GET: every general-purpose server supports both (RFC 9110 section 9.1) */
+#define ALLOW "GET, HEAD, PUT, PATCH"
 
 enum kind { K_GET, K_PUT, K_MERGE, K_JSON, K_INCREMENT };
 
@@ -109,10 +111,13 @@ static void ctx_fail(struct pp_ctx *ctx, int code, const char *msg)
 	}
 	ctx_release(ctx);
 	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
+	/* a 415 says what would have been taken: Accept-Patch for PATCH (RFC 5789 section 3.1),
+	 * Accept for PUT (RFC 9110 section 15.5.16) */
 	if (code == PP_STATUS_UNSUPPORTED)
-		evhttp_add_header(h, "Accept-Patch", ACCEPT_PATCH);
+		evhttp_add_header(h, ctx->kind == K_PUT ? "Accept" : "Accept-Patch",
+		                  ctx->kind == K_PUT ? "application/json" : ACCEPT_PATCH);
 	if (code == 405)
-		evhttp_add_header(h, "Allow", "GET, PUT, PATCH");
+		evhttp_add_header(h, "Allow", ALLOW);
 	if (code == 503)
 		evhttp_add_header(h, "Retry-After", "1");
 	http_reply_error(ctx->req, code, "%s", msg);
@@ -142,7 +147,7 @@ static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag,
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
 	evbuffer_add(out, text, strlen(text));
 	free(text);
-	evhttp_send_reply(ctx->req, 200, NULL, out);
+	http_send_reply(ctx->req, 200, out); /* no body for HEAD */
 	ctx_free(ctx);
 }
 
@@ -150,11 +155,14 @@ static void reply_user(struct pp_ctx *ctx, const json_t *user, const char *etag,
 
 static void rollback_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
-	(void)c;
-	(void)res;
 	(void)err;
 	struct pp_ctx *ctx = arg;
-	/* a failed ROLLBACK leaves the connection in a transaction: pool_release closes it */
+	/* a failed ROLLBACK leaves the connection in a state nobody knows: never lent again. The
+	 * refusal stands either way: nothing was committed. */
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		pool_discard(c, "ROLLBACK failed");
+		ctx->conn = NULL;
+	}
 	ctx_fail(ctx, ctx->code, ctx->msg);
 }
 
@@ -287,15 +295,22 @@ static void get_cb(struct pool_conn *c, PGresult *res, const char *err, void *ar
 		query_failed(ctx, res, err);
 		return;
 	}
+	char msg[160];
 	if (PQntuples(res) != 1) {
-		char msg[64];
 		snprintf(msg, sizeof(msg), "no user %s", ctx->id);
 		ctx_fail(ctx, 404, msg);
 		return;
 	}
+	const char *etag = PQgetvalue(res, 0, 1);
+	/* If-Match is evaluated for every method (RFC 9110 section 13.1.1), a read included */
+	if (ctx->if_match && pp_if_match(ctx->if_match, etag) != 1) {
+		snprintf(msg, sizeof(msg), "If-Match does not match: the user is at ETag %s", etag);
+		ctx_fail(ctx, PP_STATUS_PRECONDITION_FAILED, msg);
+		return;
+	}
 	ctx_release(ctx); /* the result lives until this callback returns */
 	json_t *user = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-	reply_user(ctx, user, PQgetvalue(res, 0, 1), true);
+	reply_user(ctx, user, etag, true);
 	json_decref(user);
 }
 
@@ -324,9 +339,15 @@ static int parse_type(struct pp_ctx *ctx, bool put, char *err, size_t errlen)
 	int found = http_header_one(ctx->req, "Content-Type", &value, err, errlen);
 	if (found < 0)
 		return PP_STATUS_MALFORMED;
-	pp_media_type(found ? value : "", mt, sizeof(mt));
-	if (put) {
+	if (put)
 		ctx->kind = K_PUT;
+	if (pp_media_type(found ? value : "", mt, sizeof(mt)) < 0) {
+		snprintf(err, errlen,
+		         "Content-Type \"%.60s\" is not a media type (type/subtype, then ;parameters)",
+		         value);
+		return PP_STATUS_MALFORMED;
+	}
+	if (put) {
 		if (strcmp(mt, "application/json") == 0)
 			return 0;
 		snprintf(err, errlen, "PUT takes the whole user as application/json, not \"%.60s\"", mt);
@@ -345,13 +366,14 @@ static int parse_type(struct pp_ctx *ctx, bool put, char *err, size_t errlen)
 	return 0;
 }
 
-static int parse_if_match(struct pp_ctx *ctx, char *err, size_t errlen)
+/* If-Match on any method; required (428) on writes when the API says so. */
+static int parse_if_match(struct pp_ctx *ctx, bool write, char *err, size_t errlen)
 {
 	const char *value;
 	int found = http_header_one(ctx->req, "If-Match", &value, err, errlen);
 	if (found < 0)
 		return PP_STATUS_MALFORMED;
-	if (!found && ctx->api->cfg.require_if_match) {
+	if (!found && write && ctx->api->cfg.require_if_match) {
 		snprintf(err, errlen,
 		         "this API requires If-Match on PUT and PATCH: GET the user and send its ETag");
 		return PP_STATUS_PRECONDITION_REQUIRED;
@@ -418,17 +440,17 @@ static int parse_request(struct pp_ctx *ctx, char *err, size_t errlen)
 		snprintf(err, errlen, "no such resource: users are /v1/users/{id}, id a whole number");
 		return 404;
 	}
-	if (m == EVHTTP_REQ_GET) {
-		ctx->kind = K_GET;
-		return 0;
+	if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD) {
+		ctx->kind = K_GET; /* evhttp sends HEAD's answer without its body */
+		return parse_if_match(ctx, false, err, errlen);
 	}
 	if (m != EVHTTP_REQ_PUT && m != EVHTTP_REQ_PATCH) {
-		snprintf(err, errlen, "a user takes GET, PUT and PATCH");
+		snprintf(err, errlen, "a user takes %s", ALLOW);
 		return 405;
 	}
 	int code = parse_type(ctx, m == EVHTTP_REQ_PUT, err, errlen);
 	if (!code)
-		code = parse_if_match(ctx, err, errlen);
+		code = parse_if_match(ctx, true, err, errlen);
 	if (!code)
 		code = parse_body(ctx, err, errlen);
 	return code;

@@ -39,8 +39,9 @@ int pp_user_check(const json_t *doc, long long id, char *err, size_t errlen);
  */
 int pp_if_match(const char *list, const char *etag);
 
-/* The media type of a Content-Type value, lower-cased, without parameters, into out. */
-void pp_media_type(const char *value, char *out, size_t outlen);
+/* The media type of a Content-Type value, lower-cased, without parameters, into out (cut to
+ * outlen - 1 bytes). 0, or -1 when something other than ";parameters" follows the type. */
+int pp_media_type(const char *value, char *out, size_t outlen);
 
 /* put_patch.c, for the phases: a phase failed; is PostgreSQL still there? Sets r->lost_pg and
  * replaces err with what it said when it is not. Returns -1. */

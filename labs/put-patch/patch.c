@@ -525,21 +525,27 @@ static enum patch_status apply_op(json_t **root, const json_t *o, char *err, siz
 	const char *from = json_string_value(json_object_get(o, "from"));
 	const json_t *value = json_object_get(o, "value");
 	enum patch_status s;
-	json_t *v;
-	switch (op_of(o)) {
+	json_t *v = NULL;
+	int op = op_of(o);
+	/* a copy of value that failed must not turn a replace into a remove */
+	if ((op == OP_ADD || op == OP_REPLACE) && !(v = json_deep_copy(value))) {
+		snprintf(err, errlen, "out of memory");
+		return PATCH_UNPROCESSABLE;
+	}
+	switch (op) {
 	case OP_ADD:
-		return op_add(root, path, json_deep_copy(value), err, errlen);
+		return op_add(root, path, v, err, errlen);
 	case OP_REMOVE:
 		return op_remove(root, path, NULL, err, errlen);
 	case OP_REPLACE:
-		return op_remove(root, path, json_deep_copy(value), err, errlen);
+		return op_remove(root, path, v, err, errlen);
 	case OP_TEST:
 		return op_test(*root, path, value, err, errlen);
 	case OP_MOVE:
 	case OP_COPY:
 		if (!(v = json_pointer_get(*root, from, &s, err, errlen)))
 			return s;
-		if (op_of(o) == OP_COPY) {
+		if (op == OP_COPY) {
 			v = json_deep_copy(v);
 		} else if (strcmp(from, path) == 0) {
 			return PATCH_OK; /* a move onto itself changes nothing */

@@ -289,6 +289,7 @@ static int story(PGconn *db, struct put_patch_client *c, int which, struct put_p
 	if (rc < 0)
 		return -1;
 	const char *verb = which == PP_EDIT_PATCH ? "PATCH" : "PUT";
+	row->a_status = wa.status;
 	snprintf(row->a, sizeof(row->a), "%s %d", verb, wa.status);
 	snprintf(row->b, sizeof(row->b), "%s %d", verb, wb.status);
 	if (which == PP_EDIT_IF_MATCH && wb.status == PP_STATUS_PRECONDITION_FAILED) {
@@ -299,6 +300,7 @@ static int story(PGconn *db, struct put_patch_client *c, int which, struct put_p
 		snprintf(row->b, sizeof(row->b), "PUT %d, GET, PUT %d", PP_STATUS_PRECONDITION_FAILED,
 		         wb.status);
 	}
+	row->b_status = wb.status;
 	char digest[65], rep[PUT_PATCH_BODY_LEN];
 	if (pp_row_on(db, id, digest, rep, sizeof(rep), err, errlen) < 0)
 		return -1;

@@ -207,12 +207,27 @@ static bool grows(const struct put_patch_retry_row *r, bool tags)
 	return true;
 }
 
+/* every send of the row answered 200: a refused request leaves the row as seeded, which would
+ * look idempotent while showing nothing */
+static bool all_applied(const struct put_patch_retry_row *r)
+{
+	for (int i = 0; i < PUT_PATCH_SEND_COUNTS; i++)
+		for (int k = 0; k < r->after[i].n; k++)
+			if (r->after[i].status[k] != 200)
+				return false;
+	return true;
+}
+
 static bool retries_disagree(const struct put_patch_retries *p, char *why, size_t len)
 {
 	const struct put_patch_retry_row *put = &p->rows[PP_RETRY_PUT], *merge = &p->rows[PP_RETRY_MERGE];
 	const struct put_patch_retry_row *add = &p->rows[PP_RETRY_ADD], *inc = &p->rows[PP_RETRY_INCREMENT];
 	if (p->nrows != PUT_PATCH_RETRY_ROWS)
 		snprintf(why, len, "phase 1 ran %d requests of %d", p->nrows, PUT_PATCH_RETRY_ROWS);
+	else if (!all_applied(put) || !all_applied(merge))
+		snprintf(why, len, "a send was refused: PUT %s, merge patch %s",
+		         all_applied(put) ? "all 200" : "not all 200",
+		         all_applied(merge) ? "all 200" : "not all 200");
 	else if (!put_patch_retry_idempotent(put) || !put_patch_retry_idempotent(merge))
 		snprintf(why, len, "the stored digest changed with the sends: PUT %s, merge patch %s",
 		         put_patch_retry_idempotent(put) ? "same" : "changed",
@@ -252,6 +267,12 @@ static bool editors_disagree(const struct put_patch_editors *e, char *why, size_
 	const struct put_patch_editors_row *p = &e->rows[PP_EDIT_PATCH];
 	if (e->nrows != PUT_PATCH_EDITOR_ROWS)
 		snprintf(why, len, "phase 3 ran %d stories of %d", e->nrows, PUT_PATCH_EDITOR_ROWS);
+	/* a change is lost only if its writer was told 200: a refused write is not a lost update */
+	else if (b->a_status != 200 || b->b_status != 200 || m->a_status != 200 || m->b_status != 200 ||
+	         p->a_status != 200 || p->b_status != 200)
+		snprintf(why, len,
+		         "editors' last writes answered: blind %d, %d; If-Match %d, %d; PATCH %d, %d",
+		         b->a_status, b->b_status, m->a_status, m->b_status, p->a_status, p->b_status);
 	else if (b->a_kept == b->b_kept)
 		snprintf(why, len, "two blind PUTs kept %s change",
 		         b->a_kept ? "both (no update lost)" : "neither");
@@ -266,6 +287,22 @@ static bool editors_disagree(const struct put_patch_editors *e, char *why, size_
 	return true;
 }
 
+/* One mode's counts are what the claim is about: every round acknowledged (lost counts writes the
+ * clients were told happened), and no more in PostgreSQL than acknowledged (else the count is
+ * wrong, not the API). */
+static bool race_row_disagrees(const struct put_patch_race_row *row, char *why, size_t len)
+{
+	if (row->acked == 0 || row->acked != (uint64_t)row->clients * (uint64_t)row->rounds)
+		snprintf(why, len, "%s: %llu of %d x %d rounds acknowledged", row->what,
+		         (unsigned long long)row->acked, row->clients, row->rounds);
+	else if (row->lost < 0)
+		snprintf(why, len, "%s: PostgreSQL holds %llu increments, %llu acknowledged", row->what,
+		         (unsigned long long)row->stored, (unsigned long long)row->acked);
+	else
+		return false;
+	return true;
+}
+
 static bool race_disagrees(const struct put_patch_race *r, char *why, size_t len)
 {
 	const struct put_patch_race_row *b = &r->rows[PP_RACE_BLIND], *m = &r->rows[PP_RACE_IF_MATCH];
@@ -275,15 +312,15 @@ static bool race_disagrees(const struct put_patch_race *r, char *why, size_t len
 		snprintf(why, len, "phase 4 ran %d modes of %d", r->nrows, PUT_PATCH_RACE_ROWS);
 	else if (other > MAX_OTHER)
 		snprintf(why, len, "the race got %llu unexpected answers", (unsigned long long)other);
+	else if (race_row_disagrees(b, why, len) || race_row_disagrees(m, why, len) ||
+	         race_row_disagrees(p, why, len))
+		return true;
 	else if (b->lost < MIN_LOST_BLIND)
 		snprintf(why, len, "blind PUT lost %lld of %llu increments, fewer than %d",
 		         (long long)b->lost, (unsigned long long)b->acked, MIN_LOST_BLIND);
 	else if (m->lost > MAX_LOST_SAFE || p->lost > MAX_LOST_SAFE)
 		snprintf(why, len, "lost %lld with If-Match and %lld with PATCH, more than %d",
 		         (long long)m->lost, (long long)p->lost, MAX_LOST_SAFE);
-	else if (m->acked != (uint64_t)m->clients * (uint64_t)m->rounds)
-		snprintf(why, len, "If-Match acknowledged %llu of %d increments",
-		         (unsigned long long)m->acked, m->clients * m->rounds);
 	else
 		return false;
 	return true;

@@ -188,6 +188,7 @@ struct put_patch_contract {
 struct put_patch_editors_row {
 	const char *what;
 	char a[48], b[64];        /* what each got: "200", "412, re-read, 200" */
+	int a_status, b_status;   /* the answer to each one's last write */
 	char name[64], email[64]; /* the final row */
 	bool a_kept, b_kept;      /* each change is in the final row */
 };

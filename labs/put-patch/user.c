@@ -145,8 +145,11 @@ static int next_etag(const char **p, const char **start, const char **end, bool 
 		s += 2;
 	if (*s != '"')
 		return -1;
-	const char *close = strchr(s + 1, '"');
-	if (!close)
+	/* etagc (RFC 9110 section 8.8.3): 0x21, 0x23-0x7E and obs-text; no space, no control */
+	const char *close = s + 1;
+	while (*close == 0x21 || ((unsigned char)*close >= 0x23 && (unsigned char)*close != 0x7F))
+		close++;
+	if (*close != '"')
 		return -1;
 	*start = s;
 	*end = close + 1;
@@ -178,12 +181,18 @@ int pp_if_match(const char *list, const char *etag)
 	return match ? 1 : 0;
 }
 
-void pp_media_type(const char *value, char *out, size_t outlen)
+int pp_media_type(const char *value, char *out, size_t outlen)
 {
 	size_t n = 0;
 	while (*value == ' ' || *value == '\t')
 		value++;
-	for (; *value && *value != ';' && *value != ' ' && *value != '\t' && n + 1 < outlen; value++)
-		out[n++] = (char)tolower((unsigned char)*value);
+	for (; *value && *value != ';' && *value != ' ' && *value != '\t'; value++)
+		if (n + 1 < outlen)
+			out[n++] = (char)tolower((unsigned char)*value);
 	out[n] = '\0';
+	/* after the type only parameters may follow: "application/json; charset=utf-8", not
+	 * "application/json garbage" */
+	while (*value == ' ' || *value == '\t')
+		value++;
+	return *value == '\0' || *value == ';' ? 0 : -1;
 }
