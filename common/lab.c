@@ -197,6 +197,15 @@ static double monotonic_ms(void)
 	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
 }
 
+/* The guard's connection says nothing: libpq's default would fprintf a WARNING for a backend that
+ * ended before pg_terminate_backend reached it, and stdio's lock may be held by the thread being
+ * ended. */
+static void guard_notice_ignore(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 /* Ends this process's other backends and drops the schema: -1 and err when it could not. */
 static int guard_drop_schema(const char *schema, double deadline_ms, char *err, size_t errlen)
 {
@@ -204,6 +213,7 @@ static int guard_drop_schema(const char *schema, double deadline_ms, char *err, 
 	PGconn *conn = pg_connect_with(guard.pg_url, keys, vals, err, errlen);
 	if (!conn)
 		return -1;
+	PQsetNoticeProcessor(conn, guard_notice_ignore, NULL);
 	int ret = -1;
 	const char *params[] = {pg_application_name()};
 	for (int i = 0; i < GUARD_DROP_TRIES && ret < 0; i++) {
