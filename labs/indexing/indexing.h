@@ -97,7 +97,7 @@ struct indexing_reads {
 
 struct indexing_write {
 	int indexes;         /* secondary indexes (the primary key is there in every set) */
-	int64_t rows;        /* rows the INSERT wrote */
+	int64_t rows;        /* rows in the table after its insert: the server's count(*) */
 	int64_t wal_bytes;   /* the INSERT's own WAL (EXPLAIN's WAL Bytes), first round */
 	int64_t lsn_bytes;   /* pg_current_wal_lsn() moved across it: the whole cluster's WAL */
 	double insert_us;    /* its Execution Time, the best of the rounds */

@@ -51,6 +51,14 @@ int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen);
 int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexing_plan plans[IX_FORCES],
                       char *err, size_t errlen);
 
+/*
+ * snprintf of a statement (or a part of one) into buf: 0, or -1 and err when it does not fit, so
+ * that no statement is ever sent cut short. Every value formatted in is a number or a constant of
+ * the lab's, never user input.
+ */
+int ix_sqlf(char *buf, size_t len, char *err, size_t errlen, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
+
 /* One integer from a statement that returns one (pg_query_int64 without parameters). */
 int ix_int(PGconn *conn, const char *sql, int64_t *out, char *err, size_t errlen);
 

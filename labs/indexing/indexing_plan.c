@@ -4,6 +4,7 @@
  * enable_* settings, and the sizes the server keeps (see indexing_internal.h).
  */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -90,12 +91,9 @@ int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct inde
                size_t errlen)
 {
 	char stmt[2048];
-	int n = snprintf(stmt, sizeof(stmt), "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s",
-	                 wal ? " WAL," : "", sql);
-	if (n < 0 || (size_t)n >= sizeof(stmt)) {
-		snprintf(err, errlen, "statement too long for EXPLAIN: %.60s...", sql);
+	if (ix_sqlf(stmt, sizeof(stmt), err, errlen,
+	            "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s", wal ? " WAL," : "", sql) < 0)
 		return -1;
-	}
 	double best = 0;
 	for (int i = 0; i < (repeats < 1 ? 1 : repeats); i++) {
 		PGresult *res = pg_query(conn, stmt, 0, NULL, err, errlen);
@@ -148,6 +146,19 @@ int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexin
 				plans[f].exec_us = p.exec_us;
 		}
 	return ix_force(conn, IX_PLANNER, err, errlen);
+}
+
+int ix_sqlf(char *buf, size_t len, char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= len) {
+		snprintf(err, errlen, "statement longer than %zu bytes: %.60s...", len, fmt);
+		return -1;
+	}
+	return 0;
 }
 
 int ix_int(PGconn *conn, const char *sql, int64_t *out, char *err, size_t errlen)
