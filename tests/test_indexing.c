@@ -232,11 +232,13 @@ static void test_followups_plans_and_the_unused_index(void **state)
 	assert_string_equal(fu->uses[fu->unused].name, INDEXING_UNUSED_INDEX);
 	assert_int_equal(fu->uses[fu->unused].scans, 0);
 	assert_true(fu->uses[fu->unused].bytes > 0);
-	bool ab_used = false;
+	/* (a, b) was read by a = ? AND b = ?, by a = ?, and by b = ? when that read the whole index
+	 * rather than the table: pg_stat_user_indexes counted each plan that read it, no more */
+	int64_t ab_scans = -1;
 	for (int i = 0; i < fu->nuses; i++)
 		if (!strcmp(fu->uses[i].name, "orders_a_b_idx"))
-			ab_used = fu->uses[i].scans == 3; /* a = ? AND b = ?, a = ?, b = ? */
-	assert_true(ab_used);
+			ab_scans = fu->uses[i].scans;
+	assert_int_equal(ab_scans, 2 + !strcmp(b->index, "orders_a_b_idx"));
 }
 
 /* The judge on the run's numbers with one of them spoiled: not demonstrated, saying which first. */
