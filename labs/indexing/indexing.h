@@ -88,6 +88,7 @@ enum indexing_read_kind { IX_NO_INDEX, IX_BTREE, IX_COVERING, IX_READ_KINDS };
 struct indexing_reads {
 	struct indexing_plan point[IX_READ_KINDS]; /* code = ? */
 	struct indexing_plan range[IX_READ_KINDS]; /* code BETWEEN ? AND ? + range_rows - 1 */
+	int64_t range_rows; /* codes in the range: the rows every range plan must find */
 	int64_t table_pages;
 	int64_t all_visible_pages; /* pg_class.relallvisible: pages the visibility map marks all-visible */
 	int64_t btree_bytes, covering_bytes;
@@ -112,6 +113,9 @@ double indexing_rows_per_s(const struct indexing_write *w);
 /* ---- phase 3: the small table ---- */
 
 enum indexing_force { IX_PLANNER, IX_FORCE_SEQ, IX_FORCE_INDEX, IX_FORCE_BITMAP, IX_FORCES };
+
+/* The plan node a setting forces: "Seq Scan", "Index Scan", "Bitmap Heap Scan" ("" for IX_PLANNER). */
+const char *indexing_force_node(enum indexing_force f);
 
 struct indexing_small_query {
 	int64_t rows;                         /* rows it matches */
@@ -144,6 +148,14 @@ struct indexing_sweep {
 
 /* The forced plan the point measured fastest (IX_FORCE_SEQ, _INDEX or _BITMAP). */
 enum indexing_force indexing_sweep_fastest(const struct indexing_sweep_point *p);
+
+/*
+ * The planner's choice against the fastest plan: the time of the planner's plan forced (its
+ * twin among the forced ones, so two runs of one plan never show as a loss) over the fastest
+ * forced time. 1 when the planner picked the fastest; 1.5 when the fastest was 1.5x quicker.
+ * 0 when the planner's plan is none of the three (or nothing was measured).
+ */
+double indexing_sweep_planner_vs_best(const struct indexing_sweep_point *p);
 
 /* ---- phase 5: follow-ups ---- */
 

@@ -24,6 +24,15 @@ enum indexing_force indexing_sweep_fastest(const struct indexing_sweep_point *p)
 	return best;
 }
 
+double indexing_sweep_planner_vs_best(const struct indexing_sweep_point *p)
+{
+	double best = p->plan[indexing_sweep_fastest(p)].exec_us;
+	for (int f = IX_FORCE_SEQ; f < IX_FORCES; f++)
+		if (!strcmp(p->plan[IX_PLANNER].node, indexing_force_node((enum indexing_force)f)))
+			return best > 0 ? p->plan[f].exec_us / best : 0;
+	return 0;
+}
+
 int ix_sweep_run(const struct indexing_config *cfg, struct indexing_sweep *sw, char *err, size_t errlen)
 {
 	memset(sw, 0, sizeof(*sw));

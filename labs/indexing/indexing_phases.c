@@ -49,7 +49,7 @@ int ix_setup(const struct indexing_config *cfg, struct indexing_result *res, cha
 	 * when 7919 does not divide the row count */
 	if (cfg->rows < 10000 || cfg->rows % 7919 == 0 || cfg->range_rows < 1 ||
 	    cfg->range_rows > cfg->rows / 4 || cfg->write_rows < 1 || cfg->small_rows < 100 ||
-	    cfg->repeats < 1 || cfg->write_rounds < 1 || cfg->nsweep < 2 ||
+	    cfg->small_rows % 7919 == 0 || cfg->repeats < 1 || cfg->write_rounds < 1 || cfg->nsweep < 2 ||
 	    cfg->nsweep > INDEXING_SWEEP_MAX) {
 		snprintf(err, errlen,
 		         "bad configuration: %d rows, range %d, %d written, small %d, %d sweep points",
@@ -125,6 +125,7 @@ static int reads_measure(PGconn *conn, const struct indexing_config *cfg, struct
 int ix_reads_run(const struct indexing_config *cfg, struct indexing_reads *r, char *err, size_t errlen)
 {
 	memset(r, 0, sizeof(*r));
+	r->range_rows = cfg->range_rows;
 	PGconn *conn = ix_connect(cfg, err, errlen);
 	if (!conn)
 		return -1;

@@ -114,6 +114,14 @@ int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct inde
 	return 0;
 }
 
+const char *indexing_force_node(enum indexing_force f)
+{
+	static const char *const named[IX_FORCES] = {[IX_FORCE_SEQ] = "Seq Scan",
+	                                             [IX_FORCE_INDEX] = "Index Scan",
+	                                             [IX_FORCE_BITMAP] = "Bitmap Heap Scan"};
+	return f > IX_PLANNER && f < IX_FORCES ? named[f] : "";
+}
+
 int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen)
 {
 	/* each plan forced by turning the other two off: the planner still costs the one left */
