@@ -305,20 +305,15 @@ static int small_create(PGconn *conn, const struct indexing_config *cfg, struct 
 /* The median of 21 SELECT 1 from the client: what a round trip costs here, for scale. */
 static int round_trip(PGconn *conn, double *us, char *err, size_t errlen)
 {
-	double t[21];
+	struct hist h;
+	hist_init(&h);
 	for (int i = 0; i < 21; i++) {
 		uint64_t t0 = hist_now_us();
 		if (pg_exec(conn, "SELECT 1", err, errlen) < 0)
 			return -1;
-		t[i] = (double)(hist_now_us() - t0);
+		hist_record(&h, hist_now_us() - t0);
 	}
-	for (int i = 1; i < 21; i++)
-		for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
-			double x = t[j];
-			t[j] = t[j - 1];
-			t[j - 1] = x;
-		}
-	*us = t[10];
+	*us = (double)hist_percentile(&h, 50);
 	return 0;
 }
 
