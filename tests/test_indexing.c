@@ -165,7 +165,7 @@ static void test_small_table_index_saves_a_few_pages_none_for_2_percent(void **s
 	assert_true(p[IX_FORCE_SEQ].buffers <= p[IX_FORCE_BITMAP].buffers);
 }
 
-static void test_selectivity_planner_uses_the_index_only_while_it_pays(void **state)
+static void test_selectivity_planner_drops_the_index_scan_where_it_loses(void **state)
 {
 	const struct run_fixture *rf = *state;
 	const struct indexing_sweep *sw = &rf->result->sweep;
@@ -337,7 +337,7 @@ int main(void)
 	        cmocka_unit_test(test_reads_index_cuts_pages_covering_skips_the_heap),
 	        cmocka_unit_test(test_writes_each_index_adds_wal_and_space),
 	        cmocka_unit_test(test_small_table_index_saves_a_few_pages_none_for_2_percent),
-	        cmocka_unit_test(test_selectivity_planner_uses_the_index_only_while_it_pays),
+	        cmocka_unit_test(test_selectivity_planner_drops_the_index_scan_where_it_loses),
 	        cmocka_unit_test(test_followups_plans_and_the_unused_index),
 	        cmocka_unit_test(test_judge_says_first_what_disagreed),
 	};

@@ -117,8 +117,8 @@ int indexing_run(const struct indexing_config *cfg, struct indexing_result *res,
 /*
  * The point lookup reads at least 20 times fewer pages with the B-tree than with the Seq Scan. A
  * B-tree lookup reads its height (2 levels at 100,000 rows, 3 at a million) and one heap page; the
- * scan reads every page: 1,235 at 100,000 rows is ~300x, and even the test's 30,000 rows (~370
- * pages) give ~90x. 20 says "a large ratio" with room for a far smaller table.
+ * scan reads every page: 1,235 against 3 at 100,000 rows is ~400x, and even the test's 30,000
+ * rows (371 pages) give ~120x. 20 says "a large ratio" with room for a far smaller table.
  */
 #define MIN_POINT_BUFFER_RATIO 20.0
 /*
@@ -130,7 +130,7 @@ int indexing_run(const struct indexing_config *cfg, struct indexing_result *res,
 /*
  * Inserting the same rows with 6 secondary indexes takes at least 1.5 times as long as with none
  * (the primary key alone). Each index is a B-tree insert per row, and three of them (email,
- * customer_id, amount) land on random leaf pages: measured 2.5 to 4x on this 2-core machine. 1.5
+ * customer_id, amount) land on random leaf pages: measured 2.5 to 8x on this 2-core machine. 1.5
  * is a generous margin for a neighbour's burst during one of the inserts; the WAL bytes, which
  * no neighbour changes, carry the claim.
  */
