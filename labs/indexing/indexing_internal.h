@@ -46,7 +46,8 @@ int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen);
 /*
  * ix_explain under each of the IX_FORCES settings (plans[f]), the settings taking turns run by run,
  * repeats rounds; each plan's facts from its first run, its best time of all. Then back to the
- * planner's own settings.
+ * planner's own settings; on failure they stay forced, which is safe only because every phase
+ * closes its own connection on the way out.
  */
 int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexing_plan plans[IX_FORCES],
                       char *err, size_t errlen);

@@ -4,7 +4,7 @@
  * What you will see: a lookup by code on an orders table with no index, a B-tree and a covering
  * B-tree, in pages read (EXPLAIN's buffers) and the server's time; the same rows inserted with 0,
  * 1, 3 and 6 secondary indexes, in WAL bytes a row, rows a second and bytes stored; a small
- * table where an index saves nothing; a selectivity sweep from 0.1% to 30% with the planner's
+ * table where an index saves a few pages at most; a selectivity sweep from 0.1% to 30% with the planner's
  * choice beside each plan forced; and the follow-ups: composite column order, a function on the
  * column, LIKE prefix and suffix, a partial index, and the index nobody uses.
  *
