@@ -88,6 +88,7 @@ enum indexing_read_kind { IX_NO_INDEX, IX_BTREE, IX_COVERING, IX_READ_KINDS };
 struct indexing_reads {
 	struct indexing_plan point[IX_READ_KINDS]; /* code = ? */
 	struct indexing_plan range[IX_READ_KINDS]; /* code BETWEEN ? AND ? + range_rows - 1 */
+	int64_t range_rows; /* codes in the range: the rows every range plan must find */
 	int64_t table_pages;
 	int64_t all_visible_pages; /* pg_class.relallvisible: pages the visibility map marks all-visible */
 	int64_t btree_bytes, covering_bytes;
@@ -97,7 +98,7 @@ struct indexing_reads {
 
 struct indexing_write {
 	int indexes;         /* secondary indexes (the primary key is there in every set) */
-	int64_t rows;        /* rows the INSERT wrote */
+	int64_t rows;        /* rows in the table after its insert: the server's count(*) */
 	int64_t wal_bytes;   /* the INSERT's own WAL (EXPLAIN's WAL Bytes), first round */
 	int64_t lsn_bytes;   /* pg_current_wal_lsn() moved across it: the whole cluster's WAL */
 	double insert_us;    /* its Execution Time, the best of the rounds */
@@ -112,6 +113,9 @@ double indexing_rows_per_s(const struct indexing_write *w);
 /* ---- phase 3: the small table ---- */
 
 enum indexing_force { IX_PLANNER, IX_FORCE_SEQ, IX_FORCE_INDEX, IX_FORCE_BITMAP, IX_FORCES };
+
+/* The plan node a setting forces: "Seq Scan", "Index Scan", "Bitmap Heap Scan" ("" for IX_PLANNER). */
+const char *indexing_force_node(enum indexing_force f);
 
 struct indexing_small_query {
 	int64_t rows;                         /* rows it matches */
@@ -144,6 +148,14 @@ struct indexing_sweep {
 
 /* The forced plan the point measured fastest (IX_FORCE_SEQ, _INDEX or _BITMAP). */
 enum indexing_force indexing_sweep_fastest(const struct indexing_sweep_point *p);
+
+/*
+ * The planner's choice against the fastest plan: the time of the planner's plan forced (its
+ * twin among the forced ones, so two runs of one plan never show as a loss) over the fastest
+ * forced time. 1 when the planner picked the fastest; 1.5 when the fastest was 1.5x quicker.
+ * 0 when the planner's plan is none of the three (or nothing was measured).
+ */
+double indexing_sweep_planner_vs_best(const struct indexing_sweep_point *p);
 
 /* ---- phase 5: follow-ups ---- */
 
@@ -210,9 +222,10 @@ int indexing_run(const struct indexing_config *cfg, struct indexing_result *res,
 
 /*
  * The claim (an index cuts the pages a selective lookup reads by a large ratio; each index makes
- * every insert write more WAL and store more; on a small table it saves no pages; the planner
- * leaves the index where it loses; the follow-ups' plans) against the numbers of a run that
- * returned 0. This function can't fail.
+ * every insert write more WAL and store more; on a small table it saves a few pages at most,
+ * none for 2% of it; the planner drops the Index Scan where it loses; the follow-ups' plans), each
+ * plan checked for the rows it must find and forced plans for the node they name, against the
+ * numbers of a run that returned 0. This function can't fail.
  */
 void indexing_judge(const struct indexing_result *res, struct lab_verdict *v);
 

@@ -46,10 +46,19 @@ int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen);
 /*
  * ix_explain under each of the IX_FORCES settings (plans[f]), the settings taking turns run by run,
  * repeats rounds; each plan's facts from its first run, its best time of all. Then back to the
- * planner's own settings.
+ * planner's own settings; on failure they stay forced, which is safe only because every phase
+ * closes its own connection on the way out.
  */
 int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexing_plan plans[IX_FORCES],
                       char *err, size_t errlen);
+
+/*
+ * snprintf of a statement (or a part of one) into buf: 0, or -1 and err when it does not fit, so
+ * that no statement is ever sent cut short. Every value formatted in is a number or a constant of
+ * the lab's, never user input.
+ */
+int ix_sqlf(char *buf, size_t len, char *err, size_t errlen, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
 
 /* One integer from a statement that returns one (pg_query_int64 without parameters). */
 int ix_int(PGconn *conn, const char *sql, int64_t *out, char *err, size_t errlen);

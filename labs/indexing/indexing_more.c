@@ -24,6 +24,15 @@ enum indexing_force indexing_sweep_fastest(const struct indexing_sweep_point *p)
 	return best;
 }
 
+double indexing_sweep_planner_vs_best(const struct indexing_sweep_point *p)
+{
+	double best = p->plan[indexing_sweep_fastest(p)].exec_us;
+	for (int f = IX_FORCE_SEQ; f < IX_FORCES; f++)
+		if (!strcmp(p->plan[IX_PLANNER].node, indexing_force_node((enum indexing_force)f)))
+			return best > 0 ? p->plan[f].exec_us / best : 0;
+	return 0;
+}
+
 int ix_sweep_run(const struct indexing_config *cfg, struct indexing_sweep *sw, char *err, size_t errlen)
 {
 	memset(sw, 0, sizeof(*sw));
@@ -42,8 +51,9 @@ int ix_sweep_run(const struct indexing_config *cfg, struct indexing_sweep *sw, c
 		char sql[160];
 		/* sum(amount): every matching row's heap tuple is read (no index-only scan), and one
 		 * row comes back, so the plans differ only in how they find the rows */
-		snprintf(sql, sizeof(sql), "SELECT sum(amount) FROM " ORDERS " WHERE bucket < %d",
-		         k < 1 ? 1 : k);
+		if (ix_sqlf(sql, sizeof(sql), err, errlen,
+		            "SELECT sum(amount) FROM " ORDERS " WHERE bucket < %d", k < 1 ? 1 : k) < 0)
+			goto out;
 		ix_progress(cfg, "sweep", (double)i / cfg->nsweep);
 		if (ix_explain_forced(conn, sql, cfg->repeats, p->plan, err, errlen) < 0)
 			goto out;
@@ -92,10 +102,11 @@ static int fu_keys_read(PGconn *conn, const struct indexing_config *cfg, struct 
                         size_t errlen)
 {
 	char sql[256];
-	snprintf(sql, sizeof(sql),
-	         "SELECT a, b, lower(email), (SELECT customer_id FROM " ORDERS
-	         " WHERE status = 'pending' ORDER BY id LIMIT 1) FROM " ORDERS " WHERE id = %d",
-	         cfg->rows / 2);
+	if (ix_sqlf(sql, sizeof(sql), err, errlen,
+	            "SELECT a, b, lower(email), (SELECT customer_id FROM " ORDERS
+	            " WHERE status = 'pending' ORDER BY id LIMIT 1) FROM " ORDERS " WHERE id = %d",
+	            cfg->rows / 2) < 0)
+		return -1;
 	PGresult *res = pg_query(conn, sql, 0, NULL, err, errlen);
 	if (!res)
 		return -1;
@@ -114,41 +125,44 @@ out:
 	return ret;
 }
 
-/* EXPLAIN ANALYZE of SELECT * FROM orders WHERE <where>: the plan q gets. */
-static int fu_explain(PGconn *conn, const struct indexing_config *cfg, const char *where,
-                      struct indexing_plan *q, char *err, size_t errlen)
+/* EXPLAIN ANALYZE of SELECT * FROM orders WHERE <where>, once: the follow-ups are told by their
+ * plans and pages, which do not change run to run. */
+static int fu_explain(PGconn *conn, const char *where, struct indexing_plan *q, char *err, size_t errlen)
 {
 	char sql[320];
-	snprintf(sql, sizeof(sql), "SELECT * FROM " ORDERS " WHERE %.200s", where);
-	/* once: the follow-ups are told by their plans and pages, which do not change run to run */
-	(void)cfg;
+	if (ix_sqlf(sql, sizeof(sql), err, errlen, "SELECT * FROM " ORDERS " WHERE %s", where) < 0)
+		return -1;
 	return ix_explain(conn, sql, 1, false, q, err, errlen);
 }
 
 /* Composite column order, the function on the column, LIKE: the queries in their order. */
-static int fu_queries(PGconn *conn, const struct indexing_config *cfg, const struct fu_keys *k,
-                      struct indexing_followups *fu, char *err, size_t errlen)
+static int fu_queries(PGconn *conn, const struct fu_keys *k, struct indexing_followups *fu, char *err,
+                      size_t errlen)
 {
+	/* the email was read back from the seed's own 'User<id>@Example.com': no quote can be in it */
 	char w[IX_FOLLOWUPS][160];
-	snprintf(w[IX_FU_AB], sizeof(w[0]), "a = %d AND b = %d", k->a, k->b);
-	snprintf(w[IX_FU_A], sizeof(w[0]), "a = %d", k->a);
-	snprintf(w[IX_FU_B], sizeof(w[0]), "b = %d", k->b);
-	snprintf(w[IX_FU_LOWER_PLAIN], sizeof(w[0]), "lower(email) = '%s'", k->email);
-	snprintf(w[IX_FU_LOWER_EXPR], sizeof(w[0]), "lower(email) = '%s'", k->email);
-	snprintf(w[IX_FU_PREFIX], sizeof(w[0]), "email LIKE 'User4242%%'");
-	snprintf(w[IX_FU_SUFFIX], sizeof(w[0]), "email LIKE '%%4242@Example.com'");
-	snprintf(w[IX_FU_PARTIAL], sizeof(w[0]), "status = 'pending' AND customer_id = %d", k->customer);
+	size_t n = sizeof(w[0]);
+	if (ix_sqlf(w[IX_FU_AB], n, err, errlen, "a = %d AND b = %d", k->a, k->b) < 0 ||
+	    ix_sqlf(w[IX_FU_A], n, err, errlen, "a = %d", k->a) < 0 ||
+	    ix_sqlf(w[IX_FU_B], n, err, errlen, "b = %d", k->b) < 0 ||
+	    ix_sqlf(w[IX_FU_LOWER_PLAIN], n, err, errlen, "lower(email) = '%s'", k->email) < 0 ||
+	    ix_sqlf(w[IX_FU_LOWER_EXPR], n, err, errlen, "lower(email) = '%s'", k->email) < 0 ||
+	    ix_sqlf(w[IX_FU_PREFIX], n, err, errlen, "email LIKE 'User4242%%'") < 0 ||
+	    ix_sqlf(w[IX_FU_SUFFIX], n, err, errlen, "email LIKE '%%4242@Example.com'") < 0 ||
+	    ix_sqlf(w[IX_FU_PARTIAL], n, err, errlen, "status = 'pending' AND customer_id = %d",
+	            k->customer) < 0)
+		return -1;
 	if (ix_pages(conn, SCHEMA ".orders_a_b_idx", &fu->ab_pages, err, errlen) < 0)
 		return -1;
 	for (int f = IX_FU_AB; f <= IX_FU_LOWER_PLAIN; f++)
-		if (fu_explain(conn, cfg, w[f], &fu->q[f], err, errlen) < 0)
+		if (fu_explain(conn, w[f], &fu->q[f], err, errlen) < 0)
 			return -1;
 	/* the expression index: ANALYZE gives the planner statistics of lower(email) itself */
 	if (pg_exec(conn, "CREATE INDEX orders_lower_email_idx ON " ORDERS " (lower(email)); ANALYZE " ORDERS,
 	            err, errlen) < 0)
 		return -1;
 	for (int f = IX_FU_LOWER_EXPR; f <= IX_FU_SUFFIX; f++)
-		if (fu_explain(conn, cfg, w[f], &fu->q[f], err, errlen) < 0)
+		if (fu_explain(conn, w[f], &fu->q[f], err, errlen) < 0)
 			return -1;
 	/* the partial index beside the same index over every row, which is measured and dropped */
 	if (pg_exec(conn, "CREATE INDEX orders_customer_all_idx ON " ORDERS " (customer_id)", err, errlen) <
@@ -162,7 +176,7 @@ static int fu_queries(PGconn *conn, const struct indexing_config *cfg, const str
 	    ix_int(conn, "SELECT count(*) FROM " ORDERS " WHERE status = 'pending'", &fu->partial_rows, err,
 	           errlen) < 0)
 		return -1;
-	return fu_explain(conn, cfg, w[IX_FU_PARTIAL], &fu->q[IX_FU_PARTIAL], err, errlen);
+	return fu_explain(conn, w[IX_FU_PARTIAL], &fu->q[IX_FU_PARTIAL], err, errlen);
 }
 
 /*
@@ -220,7 +234,7 @@ int ix_followups_run(const struct indexing_config *cfg, struct indexing_followup
 	            "CREATE INDEX orders_email_idx ON " ORDERS " (email text_pattern_ops);"
 	            "CREATE INDEX " INDEXING_UNUSED_INDEX " ON " ORDERS " (created_at)",
 	            err, errlen) < 0 ||
-	    fu_queries(conn, cfg, &k, fu, err, errlen) < 0 || fu_uses(conn, fu, err, errlen) < 0)
+	    fu_queries(conn, &k, fu, err, errlen) < 0 || fu_uses(conn, fu, err, errlen) < 0)
 		goto out;
 	ret = 0;
 out:

@@ -4,6 +4,7 @@
  * enable_* settings, and the sizes the server keeps (see indexing_internal.h).
  */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -90,12 +91,9 @@ int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct inde
                size_t errlen)
 {
 	char stmt[2048];
-	int n = snprintf(stmt, sizeof(stmt), "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s",
-	                 wal ? " WAL," : "", sql);
-	if (n < 0 || (size_t)n >= sizeof(stmt)) {
-		snprintf(err, errlen, "statement too long for EXPLAIN: %.60s...", sql);
+	if (ix_sqlf(stmt, sizeof(stmt), err, errlen,
+	            "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s", wal ? " WAL," : "", sql) < 0)
 		return -1;
-	}
 	double best = 0;
 	for (int i = 0; i < (repeats < 1 ? 1 : repeats); i++) {
 		PGresult *res = pg_query(conn, stmt, 0, NULL, err, errlen);
@@ -114,6 +112,14 @@ int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct inde
 	}
 	p->exec_us = best;
 	return 0;
+}
+
+const char *indexing_force_node(enum indexing_force f)
+{
+	static const char *const named[IX_FORCES] = {[IX_FORCE_SEQ] = "Seq Scan",
+	                                             [IX_FORCE_INDEX] = "Index Scan",
+	                                             [IX_FORCE_BITMAP] = "Bitmap Heap Scan"};
+	return f > IX_PLANNER && f < IX_FORCES ? named[f] : "";
 }
 
 int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen)
@@ -148,6 +154,19 @@ int ix_explain_forced(PGconn *conn, const char *sql, int repeats, struct indexin
 				plans[f].exec_us = p.exec_us;
 		}
 	return ix_force(conn, IX_PLANNER, err, errlen);
+}
+
+int ix_sqlf(char *buf, size_t len, char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= len) {
+		snprintf(err, errlen, "statement longer than %zu bytes: %.60s...", len, fmt);
+		return -1;
+	}
+	return 0;
 }
 
 int ix_int(PGconn *conn, const char *sql, int64_t *out, char *err, size_t errlen)
