@@ -180,6 +180,24 @@ char *term_fmt_us(char *buf, size_t len, double us)
 	return buf;
 }
 
+char *term_fmt_bytes(char *buf, size_t len, double v)
+{
+	static const char *const units[] = {"kB", "MB", "GB", "TB"};
+	/* the bounds are where rounding would print a fourth digit: 999.6 B is "1.00 kB" */
+	if (v < 999.5) {
+		snprintf(buf, len, "%.0f B", v);
+		return buf;
+	}
+	int u = 0;
+	v /= 1e3;
+	while (v >= 999.5 && u < 3) {
+		v /= 1e3;
+		u++;
+	}
+	snprintf(buf, len, v < 9.995 ? "%.2f %s" : v < 99.95 ? "%.1f %s" : "%.0f %s", v, units[u]);
+	return buf;
+}
+
 char *term_fmt_num(char *buf, size_t len, double v, int decimals)
 {
 	char plain[400];

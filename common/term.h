@@ -58,9 +58,12 @@ void term_table_row(const struct term *t, int indent, const struct term_col *col
  * "23.1 ms", "412 ms", "2.00 s".
  * term_fmt_num: a count or rate with thin grouping for thousands: "7,900", "248", "12.5"
  * (decimals: digits after the point).
+ * term_fmt_bytes: a size in powers of 1000 with three significant digits: "512 B", "12.3 kB",
+ * "1.25 MB", "412 MB", "2.10 GB".
  */
 char *term_fmt_us(char *buf, size_t len, double us);
 char *term_fmt_num(char *buf, size_t len, double v, int decimals);
+char *term_fmt_bytes(char *buf, size_t len, double bytes);
 
 /*
  * The same into a buffer of the enclosing block (a compound literal), for a table row or a
@@ -69,6 +72,7 @@ char *term_fmt_num(char *buf, size_t len, double v, int decimals);
 #define TERM_FMT_LEN    32
 #define TERM_US(us)     term_fmt_us((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(us))
 #define TERM_NUM(v, dp) term_fmt_num((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(v), (dp))
+#define TERM_BYTES(b)   term_fmt_bytes((char[TERM_FMT_LEN]){0}, TERM_FMT_LEN, (double)(b))
 
 /*
  * A horizontal bar of value/max scaled to width columns, drawn with eighth blocks

@@ -138,6 +138,22 @@ static void test_fmt_us_truncates_to_the_buffer(void **state)
 	assert_string_equal(buf, "412");
 }
 
+static void test_fmt_bytes_keeps_three_significant_digits_in_powers_of_1000(void **state)
+{
+	(void)state;
+	char buf[TERM_FMT_LEN];
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 0), "0 B");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 512), "512 B");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 999.6), "1.00 kB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 12345), "12.3 kB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 246000), "246 kB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 999700), "1.00 MB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 1250000), "1.25 MB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 2.1e9), "2.10 GB");
+	assert_string_equal(term_fmt_bytes(buf, sizeof(buf), 5e15), "5000 TB");
+	assert_string_equal(TERM_BYTES(42), "42 B");
+}
+
 static void test_fmt_num_groups_thousands_with_commas(void **state)
 {
 	(void)state;
@@ -320,6 +336,7 @@ int main(void)
 	        cmocka_unit_test(test_width_counts_code_points),
 	        cmocka_unit_test(test_fmt_us_keeps_three_significant_digits_and_switches_unit_at_1000),
 	        cmocka_unit_test(test_fmt_us_truncates_to_the_buffer),
+	        cmocka_unit_test(test_fmt_bytes_keeps_three_significant_digits_in_powers_of_1000),
 	        cmocka_unit_test(test_fmt_num_groups_thousands_with_commas),
 	        cmocka_unit_test(test_fmt_num_truncates_to_the_buffer),
 	        cmocka_unit_test(test_bar_scales_to_width_in_eighth_blocks),

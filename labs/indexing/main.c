@@ -21,18 +21,6 @@
 
 #define QUESTION "Explain database indexing. When would you not add an index?"
 
-/* "512 B", "12.3 kB", "1.25 MB": three significant digits, powers of 1000. */
-static const char *fmt_bytes(char *buf, double v)
-{
-	if (v < 1000)
-		snprintf(buf, TERM_FMT_LEN, "%.0f B", v);
-	else if (v < 1e6)
-		snprintf(buf, TERM_FMT_LEN, v < 1e4 ? "%.2f kB" : v < 1e5 ? "%.1f kB" : "%.0f kB", v / 1e3);
-	else
-		snprintf(buf, TERM_FMT_LEN, v < 1e7 ? "%.2f MB" : v < 1e8 ? "%.1f MB" : "%.0f MB", v / 1e6);
-	return buf;
-}
-
 /* "4.12 ms · 1,235": a plan's time and pages in one cell. */
 static const char *fmt_cost(char *buf, const struct indexing_plan *p)
 {
@@ -49,7 +37,6 @@ static const char *fmt_share(char *buf, double fraction)
 	return buf;
 }
 
-#define BYTES(v) fmt_bytes((char[TERM_FMT_LEN]){0}, (double)(v))
 #define COST(p)  fmt_cost((char[48]){0}, (p))
 #define SHARE(f) fmt_share((char[TERM_FMT_LEN]){0}, (f))
 
@@ -146,10 +133,10 @@ static void after_writes(struct lab *lab, const void *cfg, const void *result)
 		double wpr = indexing_wal_per_row(&w[s]);
 		const char *row[] = {TERM_NUM(w[s].indexes, 0),
 		                     TERM_NUM(indexing_rows_per_s(&w[s]), 0),
-		                     BYTES(wpr),
+		                     TERM_BYTES(wpr),
 		                     term_bar(bar, sizeof(bar), wpr, max, 30),
-		                     BYTES(w[s].table_bytes),
-		                     BYTES(w[s].index_bytes)};
+		                     TERM_BYTES(w[s].table_bytes),
+		                     TERM_BYTES(w[s].index_bytes)};
 		term_table_row(t, 2, cols, 6, row);
 		lsn += w[s].lsn_bytes;
 		own += w[s].wal_bytes;
@@ -166,7 +153,7 @@ static void after_writes(struct lab *lab, const void *cfg, const void *result)
 	        buf, sizeof(buf),
 	        "WAL: the INSERT's own, from EXPLAIN (%s in all; the cluster's insert LSN moved %s); rows/s: "
 	        "best of %d; indexes: the primary key's too",
-	        BYTES(own), BYTES(lsn), c->write_rounds);
+	        TERM_BYTES(own), TERM_BYTES(lsn), c->write_rounds);
 	note(t, buf);
 	lab_phase_metrics(lab, "writes", json_pack("{s:o}", "sets", sets));
 }
@@ -311,8 +298,8 @@ static void after_followups(struct lab *lab, const void *cfg, const void *result
 	snprintf(buf, sizeof(buf),
 	         "(a, b) has %s pages: b = ? reads them all; the partial index: %s pending rows in %s (every "
 	         "row: %s)",
-	         TERM_NUM(fu->ab_pages, 0), TERM_NUM(fu->partial_rows, 0), BYTES(fu->partial_bytes),
-	         BYTES(fu->full_bytes));
+	         TERM_NUM(fu->ab_pages, 0), TERM_NUM(fu->partial_rows, 0), TERM_BYTES(fu->partial_bytes),
+	         TERM_BYTES(fu->full_bytes));
 	note(t, buf);
 	for (int i = 0; i < fu->nuses; i++)
 		json_array_append_new(uses,
@@ -324,7 +311,7 @@ static void after_followups(struct lab *lab, const void *cfg, const void *result
 		term_printf(t,
 		            "  %sunused%s: %s, idx_scan = %lld in pg_stat_user_indexes, %s, written on every "
 		            "insert\n",
-		            term_bold(t), term_reset(t), u->name, (long long)u->scans, BYTES(u->bytes));
+		            term_bold(t), term_reset(t), u->name, (long long)u->scans, TERM_BYTES(u->bytes));
 	} else {
 		term_printf(t, "  %d non-unique indexes with idx_scan = 0\n", fu->unused_count);
 	}

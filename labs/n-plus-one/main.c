@@ -24,18 +24,6 @@
 
 #define QUESTION "What is the N+1 query problem?"
 
-/* "512 B", "12.3 kB", "1.25 MB": three significant digits, powers of 1000. */
-static const char *fmt_bytes(char *buf, double v)
-{
-	if (v < 1000)
-		snprintf(buf, TERM_FMT_LEN, "%.0f B", v);
-	else if (v < 1e6)
-		snprintf(buf, TERM_FMT_LEN, v < 1e4 ? "%.2f kB" : v < 1e5 ? "%.1f kB" : "%.0f kB", v / 1e3);
-	else
-		snprintf(buf, TERM_FMT_LEN, v < 1e7 ? "%.2f MB" : v < 1e8 ? "%.1f MB" : "%.0f MB", v / 1e6);
-	return buf;
-}
-
 /* A round trip the proxy adds: "0", "+0.5 ms", "+2 ms". */
 static const char *fmt_rtt(char *buf, int rtt_us)
 {
@@ -58,9 +46,8 @@ static const char *fmt_link(char *buf, double bytes_per_s)
 }
 
 /* As TERM_US: into a buffer of the enclosing block. */
-#define BYTES(v) fmt_bytes((char[TERM_FMT_LEN]){0}, (double)(v))
-#define RTT(us)  fmt_rtt((char[TERM_FMT_LEN]){0}, (us))
-#define LINK(v)  fmt_link((char[TERM_FMT_LEN]){0}, (double)(v))
+#define RTT(us) fmt_rtt((char[TERM_FMT_LEN]){0}, (us))
+#define LINK(v) fmt_link((char[TERM_FMT_LEN]){0}, (double)(v))
 
 /* ---- the --json document ---- */
 
@@ -134,7 +121,7 @@ static void print_loads(const struct term *t, const struct n_plus_one_load *load
 		                     TERM_NUM(l->statements, 0),
 		                     TERM_NUM(l->predicted, 0),
 		                     TERM_NUM(l->rows, 0),
-		                     BYTES(n_plus_one_received(l)),
+		                     TERM_BYTES(n_plus_one_received(l)),
 		                     TERM_US(l->wall_us)};
 		term_table_row(t, 2, load_cols, 6, row);
 	}
@@ -351,7 +338,7 @@ static void width_notes(const struct term *t, const struct n_plus_one_config *cf
 	term_printf(t,
 	            "  the JOIN sends each user's columns (a %d-byte bio among them) again on every order "
 	            "row: %s of its %s\n",
-	            cfg->bio_bytes, BYTES(join->repeated_bytes), BYTES(n_plus_one_received(join)));
+	            cfg->bio_bytes, TERM_BYTES(join->repeated_bytes), TERM_BYTES(n_plus_one_received(join)));
 	term_printf(t,
 	            "  two has-many: orders x addresses per user = %s rows for %s orders and %s addresses "
 	            "(%s batched)\n",
@@ -362,8 +349,8 @@ static void width_notes(const struct term *t, const struct n_plus_one_config *cf
 		            "  batched wins when the JOIN's extra %s take longer to arrive than one more "
 		            "round trip: at %s,\n"
 		            "  on links under %s (predicted); measured at %s, %s: JOIN %s, batched %s\n",
-		            BYTES(n_plus_one_received(join) - n_plus_one_received(batched)), RTT(w->rtt_us),
-		            LINK(w->break_even_bandwidth), RTT(w->rtt_us), LINK(w->bandwidth),
+		            TERM_BYTES(n_plus_one_received(join) - n_plus_one_received(batched)),
+		            RTT(w->rtt_us), LINK(w->break_even_bandwidth), RTT(w->rtt_us), LINK(w->bandwidth),
 		            TERM_US(w->network[0].wall_us), TERM_US(w->network[1].wall_us));
 }
 
@@ -384,8 +371,8 @@ static void after_width(struct lab *lab, const void *cfg, const void *result)
 		const char *row[] = {n_plus_one_strategy_name(l->strategy),
 		                     TERM_NUM(l->statements, 0),
 		                     TERM_NUM(l->rows, 0),
-		                     BYTES(n_plus_one_received(l)),
-		                     l->repeated_bytes ? BYTES(l->repeated_bytes) : "0",
+		                     TERM_BYTES(n_plus_one_received(l)),
+		                     l->repeated_bytes ? TERM_BYTES(l->repeated_bytes) : "0",
 		                     TERM_US(l->wall_us),
 		                     nl->repeats ? TERM_US(nl->wall_us) : "—"};
 		term_table_row(t, 2, cols, 7, row);
