@@ -274,7 +274,7 @@ static int serve(struct lab *lab, struct versioning_config *cfg)
 	         "(cache: twice, MISS then HIT)\n"
 	         "  curl -s http://127.0.0.1:%d/stats/v1-calls                who still calls v1 (by "
 	         "User-Agent)\n",
-	         cport, 6 * cfg->users, port, port, port, port, port, port, cport, port);
+	         cport, versioning_users_total(cfg), port, port, port, port, port, port, cport, port);
 	lab_serve_wait(lab, port, help);
 	versioning_cache_stop(cache);
 	versioning_api_stop(api);

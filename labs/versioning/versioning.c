@@ -39,6 +39,11 @@ void vers_progress(const struct versioning_config *cfg, const char *what, double
 		cfg->progress_cb(what, done, cfg->progress_arg);
 }
 
+int versioning_users_total(const struct versioning_config *cfg)
+{
+	return BLOCKS * cfg->users;
+}
+
 long vers_user_id(const struct versioning_config *cfg, int block, int i)
 {
 	return (long)block * cfg->users + i + 1;
