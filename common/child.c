@@ -12,12 +12,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -32,17 +35,23 @@
 #define TAIL_LINES 3
 #define TAIL_BYTES 2048
 
+/* the guard's wait for the lock (held for microseconds by another thread) and for the killed to go */
+#define GUARD_LOCK_MS 100
+#define GUARD_REAP_MS 200
+
 /*
  * What this process runs and made, for the Ctrl-C guard (child_kill_and_remove_all): the pids of
- * children not yet reaped and the directories not yet removed. Small and fixed: a lab owns a
- * handful of children at most; past the cap an entry is simply not tracked (the next lab's
- * sweep and PR_SET_PDEATHSIG still clean up).
+ * children not yet reaped and the directories not yet removed, with the descriptor of each
+ * directory's owner file (CHILD_OWNER_FILE, locked while the directory is in use). Small and
+ * fixed: a lab owns a handful of children at most; past the cap an entry is simply not tracked
+ * (PR_SET_PDEATHSIG and the next lab's sweep still clean up).
  */
 #define LIVE_MAX 8
 static struct {
 	pthread_mutex_t mu;
 	pid_t pids[LIVE_MAX];
 	char dirs[LIVE_MAX][PATH_MAX];
+	int owner_fds[LIVE_MAX]; /* 0: none (an owner file is never descriptor 0) */
 } live = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void live_pid(pid_t old, pid_t new)
@@ -56,16 +65,23 @@ static void live_pid(pid_t old, pid_t new)
 	pthread_mutex_unlock(&live.mu);
 }
 
-/* Replaces the entry old ("" for a free slot) by new ("" to forget it). */
-static void live_dir(const char *old, const char *new)
+/*
+ * Replaces the entry old ("" for a free slot) by new ("" to forget it) and its owner file's
+ * descriptor by fd; returns the descriptor the entry had (0: none), for the caller to close.
+ */
+static int live_dir(const char *old, const char *new, int fd)
 {
+	int was = 0;
 	pthread_mutex_lock(&live.mu);
 	for (int i = 0; i < LIVE_MAX; i++)
 		if (strcmp(live.dirs[i], old) == 0) {
 			snprintf(live.dirs[i], sizeof(live.dirs[i]), "%s", new);
+			was = live.owner_fds[i];
+			live.owner_fds[i] = fd;
 			break;
 		}
 	pthread_mutex_unlock(&live.mu);
+	return was;
 }
 
 static double now_ms(void)
@@ -79,6 +95,15 @@ static void sleep_ms(int ms)
 {
 	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
 	nanosleep(&ts, NULL);
+}
+
+/* The group and the process: never pid 0 (our own group) or 1 (kill(-1) is every process). */
+static void kill_group(pid_t pid, int sig)
+{
+	if (pid <= 1)
+		return;
+	kill(-pid, sig);
+	kill(pid, sig);
 }
 
 /* ---- temporary directories ---- */
@@ -113,20 +138,28 @@ int child_rmtree(const char *dir, char *err, size_t errlen)
 {
 	if (!dir || !*dir)
 		return 0;
-	live_dir(dir, "");
-	if (rm_at(AT_FDCWD, dir, 0) < 0) {
-		snprintf(err, errlen, "cannot remove %s: %s", dir, strerror(errno));
+	int owner = live_dir(dir, "", 0);
+	int ret = rm_at(AT_FDCWD, dir, 0);
+	int rm_errno = errno;
+	if (owner > 0)
+		close(owner); /* its lock goes with it: a sweep may now take what is left, if anything */
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot remove %s: %s", dir, strerror(rm_errno));
 		return -1;
 	}
 	return 0;
 }
 
-/* The pid in lab-<tag>-<pid>-XXXXXX, or 0 when name is not of that form. */
+/* The pid in lab-<tag>-<pid>-XXXXXX (X: mkdtemp's letters and digits), or 0 when not of that form. */
 static pid_t tmpdir_pid(const char *name)
 {
 	size_t len = strlen(name);
 	if (strncmp(name, "lab-", 4) != 0 || len < 4 + 1 + 1 + 7 || name[len - 7] != '-')
 		return 0;
+	for (size_t i = len - 6; i < len; i++)
+		if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'z') ||
+		      (name[i] >= 'A' && name[i] <= 'Z')))
+			return 0;
 	size_t end = len - 7, start = end;
 	while (start > 4 && name[start - 1] >= '0' && name[start - 1] <= '9')
 		start--;
@@ -136,7 +169,35 @@ static pid_t tmpdir_pid(const char *name)
 	return pid > 0 ? (pid_t)pid : 0;
 }
 
-/* Removes the directories of labs that are gone (kill(pid, 0) says no such process). */
+/*
+ * Whether name in base (a directory, not a symlink, ours, mode 0700 as mkdtemp makes it) holds
+ * an owner file that nobody has locked: made by child_tmpdir, and its process is gone (a lock
+ * dies with its process, in whatever pid namespace that ran). A lock taken is returned in *fd.
+ */
+static bool stale_and_ours(int base, const char *name, int *fd)
+{
+	struct stat st;
+	if (fstatat(base, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != geteuid() || (st.st_mode & 07777) != 0700)
+		return false;
+	int dfd = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return false;
+	*fd = openat(dfd, CHILD_OWNER_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	close(dfd);
+	if (*fd < 0)
+		return false;
+	if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
+		return true;
+	close(*fd);
+	*fd = -1;
+	return false;
+}
+
+/*
+ * Removes the directories of labs that are gone: named lab-<tag>-<pid>-XXXXXX, the pid no longer
+ * a process (kill(pid, 0) says so), and stale_and_ours. Anything else is left alone.
+ */
 static void sweep_stale(const char *base)
 {
 	DIR *d = opendir(base);
@@ -147,10 +208,11 @@ static void sweep_stale(const char *base)
 		pid_t pid = tmpdir_pid(e->d_name);
 		if (!pid || pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH)
 			continue;
-		struct stat st;
-		if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
-		    st.st_uid == geteuid())
+		int fd = -1;
+		if (stale_and_ours(dirfd(d), e->d_name, &fd)) {
 			rm_at(dirfd(d), e->d_name, 0);
+			close(fd);
+		}
 	}
 	closedir(d);
 }
@@ -170,7 +232,19 @@ int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t er
 		snprintf(err, errlen, "cannot make a temporary directory in %s: %s", base, strerror(errno));
 		return -1;
 	}
-	live_dir("", out);
+	/* the owner file, locked while this process lives: what tells a sweep the directory is in use */
+	char owner[PATH_MAX + 32];
+	snprintf(owner, sizeof(owner), "%s/%s", out, CHILD_OWNER_FILE);
+	int fd = open(owner, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		snprintf(err, errlen, "cannot lock %s: %s", owner, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		rm_at(AT_FDCWD, out, 0);
+		return -1;
+	}
+	/* untracked past LIVE_MAX: the descriptor then stays open, so the lock lasts to the exit */
+	live_dir("", out, fd);
 	return 0;
 }
 
@@ -313,16 +387,14 @@ int child_stop(struct child *c, int grace_ms)
 	if (grace_ms <= 0)
 		grace_ms = CHILD_STOP_DEFAULT_MS;
 	/* the group: a server that forked workers of its own takes them along */
-	kill(-c->pid, SIGTERM);
-	kill(c->pid, SIGTERM);
+	kill_group(c->pid, SIGTERM);
 	double deadline = now_ms() + grace_ms;
 	while (now_ms() < deadline) {
 		if (!child_running(c))
 			return 0;
 		sleep_ms(POLL_MS);
 	}
-	kill(-c->pid, SIGKILL);
-	kill(c->pid, SIGKILL);
+	kill_group(c->pid, SIGKILL);
 	int status = 0;
 	while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
 		;
@@ -356,62 +428,107 @@ static void write_str(int fd, const char *s)
 		return; /* the log is all the child has to say it on */
 }
 
+/* What the child needs between fork and exec, made ready by the parent (no malloc, no stdio there). */
+struct exec_plan {
+	const struct child_spec *spec;
+	pid_t parent;
+	int logfd, nullfd; /* both above 2, so dup2 onto 0, 1 and 2 always makes a copy without CLOEXEC */
+	int maxfd;         /* for when close_range is missing (kernels before 5.9) */
+	const char *exec_failed;
+};
+
 /* In the child, between fork and exec: async-signal-safe calls only. */
-static void __attribute__((noreturn))
-exec_child(const struct child_spec *spec, pid_t parent, int logfd, int nullfd, const char *exec_failed)
+static void __attribute__((noreturn)) exec_child(const struct exec_plan *p)
 {
 	/* dies with the thread that forked it (child.h); if that thread is already gone, so are we */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
+	if (getppid() != p->parent)
 		_exit(126);
+	/* its own group first: from here a Ctrl-C at the terminal no longer reaches it */
+	setpgid(0, 0);
+	/* every disposition back to its default (an ignored signal stays ignored across exec: the
+	 * lab ignores SIGPIPE), then the mask emptied (the lab blocks SIGINT and SIGTERM) */
+	struct sigaction dfl = {.sa_handler = SIG_DFL};
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			sigaction(sig, &dfl, NULL);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	struct sigaction dfl = {.sa_handler = SIG_DFL};
-	sigaction(SIGPIPE, &dfl, NULL);
-	sigaction(SIGINT, &dfl, NULL);
-	sigaction(SIGTERM, &dfl, NULL);
-	setpgid(0, 0);
-	if (dup2(nullfd, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+	if (dup2(p->nullfd, 0) < 0 || dup2(p->logfd, 1) < 0 || dup2(p->logfd, 2) < 0)
 		_exit(126);
 	/* none of the lab's descriptors (sockets, PostgreSQL connections) goes with it */
 	if (close_range(3, ~0U, 0) < 0)
-		for (int fd = 3; fd < 4096; fd++)
+		for (int fd = 3; fd < p->maxfd; fd++)
 			close(fd);
-	if (chdir(spec->dir) < 0) {
+	if (chdir(p->spec->dir) < 0) {
 		write_str(2, "child: cannot chdir to its directory\n");
 		_exit(126);
 	}
-	execv(spec->argv[0], (char *const *)spec->argv);
+	execv(p->spec->argv[0], (char *const *)p->spec->argv);
+	int exec_errno = errno;
 	char num[16];
-	write_str(2, exec_failed);
-	write_str(2, itoa_safe(errno, num, sizeof(num)));
-	write_str(2, errno == ENOENT   ? ": no such file)\n"
-	             : errno == EACCES ? ": permission denied)\n"
-	                               : ")\n");
+	write_str(2, p->exec_failed);
+	write_str(2, itoa_safe(exec_errno, num, sizeof(num)));
+	write_str(2, exec_errno == ENOENT   ? ": no such file)\n"
+	             : exec_errno == EACCES ? ": permission denied)\n"
+	                                    : ")\n");
 	_exit(127);
 }
 
+/* a connect that takes longer than this is not an accept (a stranger's full backlog would hold it for
+ * minutes) */
+#define CONNECT_MS 100
+
 static bool port_accepts(int port)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return false;
 	struct sockaddr_in sin = {.sin_family = AF_INET,
 	                          .sin_port = htons((uint16_t)port),
 	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	bool ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+	if (!ok && errno == EINPROGRESS) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int so_error = -1;
+		socklen_t len = sizeof(so_error);
+		ok = poll(&p, 1, CONNECT_MS) == 1 &&
+		     getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) == 0 && so_error == 0;
+	}
 	close(fd);
 	return ok;
 }
 
-/* Waits for the port; on failure the child is stopped and err says why, with its log. */
-static int wait_ready(struct child *c, int timeout_ms, char *err, size_t errlen)
+/* Whether path holds pid (a pid file: "1234\n"). */
+static bool file_holds_pid(const char *path, pid_t pid)
+{
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	char buf[24];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	return strtol(buf, NULL, 10) == (long)pid;
+}
+
+/*
+ * Waits for the port (and the pid file, when given); on failure the child is stopped and err
+ * says why, with its log.
+ */
+static int wait_ready(struct child *c, const char *ready_file, int timeout_ms, char *err, size_t errlen)
 {
 	char tail[768], how[96];
 	double deadline = now_ms() + timeout_ms;
+	bool accepted = false; /* once at least: the last try may find a stranger's backlog full */
 	for (;;) {
+		/* in this order: a child that bound the port and then exited is not ready */
 		bool accepts = port_accepts(c->port);
+		accepted = accepted || accepts;
+		bool its_own = !ready_file || file_holds_pid(ready_file, c->pid);
 		if (!child_running(c)) {
 			status_text(c->exit_status, how, sizeof(how));
 			child_log_tail(c, tail, sizeof(tail));
@@ -419,7 +536,7 @@ static int wait_ready(struct child *c, int timeout_ms, char *err, size_t errlen)
 			         how, c->port, tail);
 			return -1;
 		}
-		if (accepts)
+		if (accepts && its_own)
 			return 0;
 		if (now_ms() >= deadline)
 			break;
@@ -427,9 +544,26 @@ static int wait_ready(struct child *c, int timeout_ms, char *err, size_t errlen)
 	}
 	child_stop(c, CHILD_STOP_DEFAULT_MS);
 	child_log_tail(c, tail, sizeof(tail));
-	snprintf(err, errlen, "%s did not accept on 127.0.0.1:%d within %d ms (stopped); its log: %s",
-	         c->name, c->port, timeout_ms, tail);
+	if (accepted && ready_file)
+		snprintf(err, errlen,
+		         "127.0.0.1:%d accepts, but %s never wrote its pid into %s within %d ms: another "
+		         "process holds the port (%s stopped); its log: %s",
+		         c->port, c->name, ready_file, timeout_ms, c->name, tail);
+	else
+		snprintf(err, errlen, "%s did not accept on 127.0.0.1:%d within %d ms (stopped); its log: %s",
+		         c->name, c->port, timeout_ms, tail);
 	return -1;
+}
+
+/* Opens path as a descriptor above 2 (close-on-exec), so that dup2 onto 0..2 always copies it. */
+static int open_high(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC, 0600);
+	if (fd < 0 || fd > 2)
+		return fd;
+	int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	close(fd);
+	return high;
 }
 
 int child_start(struct child *c, const struct child_spec *spec, char *err, size_t errlen)
@@ -444,24 +578,30 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 	c->port = spec->port;
 	char exec_failed[PATH_MAX + 64];
 	snprintf(exec_failed, sizeof(exec_failed), "child: cannot execute %s (errno ", spec->argv[0]);
-	int logfd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (logfd < 0 || nullfd < 0) {
-		snprintf(err, errlen, "cannot open %s: %s", logfd < 0 ? c->log_path : "/dev/null",
+	struct rlimit rl;
+	struct exec_plan plan = {
+	        .spec = spec,
+	        .parent = getpid(),
+	        .logfd = open_high(c->log_path, O_WRONLY | O_CREAT | O_APPEND),
+	        .nullfd = open_high("/dev/null", O_RDONLY),
+	        .maxfd = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536,
+	        .exec_failed = exec_failed,
+	};
+	if (plan.logfd < 0 || plan.nullfd < 0) {
+		snprintf(err, errlen, "cannot open %s: %s", plan.logfd < 0 ? c->log_path : "/dev/null",
 		         strerror(errno));
-		if (logfd >= 0)
-			close(logfd);
-		if (nullfd >= 0)
-			close(nullfd);
+		if (plan.logfd >= 0)
+			close(plan.logfd);
+		if (plan.nullfd >= 0)
+			close(plan.nullfd);
 		return -1;
 	}
-	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0)
-		exec_child(spec, parent, logfd, nullfd, exec_failed);
+		exec_child(&plan);
 	int fork_errno = errno;
-	close(logfd);
-	close(nullfd);
+	close(plan.logfd);
+	close(plan.nullfd);
 	if (pid < 0) {
 		snprintf(err, errlen, "cannot start %s: fork: %s", spec->name, strerror(fork_errno));
 		return -1;
@@ -472,23 +612,41 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 	live_pid(0, pid);
 	if (spec->port <= 0)
 		return 0;
-	return wait_ready(c, spec->ready_timeout_ms > 0 ? spec->ready_timeout_ms : CHILD_READY_DEFAULT_MS,
-	                  err, errlen);
+	return wait_ready(c, spec->ready_file,
+	                  spec->ready_timeout_ms > 0 ? spec->ready_timeout_ms : CHILD_READY_DEFAULT_MS, err,
+	                  errlen);
+}
+
+/* Waits (up to GUARD_REAP_MS) until the killed are gone, so that none writes into a directory after it is
+ * removed. */
+static void reap_killed(const pid_t *pids)
+{
+	double deadline = now_ms() + GUARD_REAP_MS;
+	for (int i = 0; i < LIVE_MAX; i++)
+		while (pids[i] > 1 && waitpid(pids[i], NULL, WNOHANG) == 0 && now_ms() < deadline)
+			sleep_ms(1);
 }
 
 void child_kill_and_remove_all(void)
 {
-	/* never wait on the lock: the thread that holds it may be the one the guard is ending */
-	if (pthread_mutex_trylock(&live.mu) != 0)
+	/* never block on the lock: the thread that holds it (for microseconds) may be one the guard
+	 * is ending; a few tries, then the children are killed without it (PR_SET_PDEATHSIG would do
+	 * it anyway) but no directory is removed: a path read while another thread writes it could
+	 * name anything */
+	bool locked = false;
+	for (double deadline = now_ms() + GUARD_LOCK_MS; !locked && now_ms() < deadline; sleep_ms(1))
+		locked = pthread_mutex_trylock(&live.mu) == 0;
+	pid_t pids[LIVE_MAX];
+	for (int i = 0; i < LIVE_MAX; i++) {
+		pids[i] = live.pids[i];
+		kill_group(pids[i], SIGKILL);
+	}
+	reap_killed(pids);
+	if (!locked)
 		return;
 	for (int i = 0; i < LIVE_MAX; i++)
-		if (live.pids[i] > 0) {
-			kill(-live.pids[i], SIGKILL);
-			kill(live.pids[i], SIGKILL);
-		}
-	for (int i = 0; i < LIVE_MAX; i++)
 		if (live.dirs[i][0]) {
-			/* a child killed a moment ago may still have been writing: one more try */
+			/* one more try: a file made while the first pass walked */
 			if (rm_at(AT_FDCWD, live.dirs[i], 0) < 0)
 				rm_at(AT_FDCWD, live.dirs[i], 0);
 			live.dirs[i][0] = '\0';

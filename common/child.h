@@ -12,13 +12,16 @@
  *   - it runs in a process group of its own, so a Ctrl-C at the terminal reaches the lab only,
  *     which then stops the child in order;
  *   - it starts with no signal blocked (the lab blocks SIGINT and SIGTERM in every thread) and
- *     SIGPIPE at its default, and with only stdin (/dev/null), stdout and stderr (both appended
- *     to <dir>/<name>.log) open: none of the lab's sockets leak into it.
+ *     every signal at its default (the lab ignores SIGPIPE), and with only stdin (/dev/null),
+ *     stdout and stderr (both appended to <dir>/<name>.log) open: none of the lab's sockets leak
+ *     into it.
  *
- * Temporary directories are named <TMPDIR or /tmp>/lab-<tag>-<pid>-XXXXXX (mkdtemp). On Ctrl-C the
- * guard of common/lab.c removes them (child_kill_and_remove_all); a lab killed the hard way
- * (SIGKILL) cannot, so child_tmpdir removes those of processes that no longer exist the next time
- * any lab makes one.
+ * Temporary directories are named <TMPDIR or /tmp>/lab-<tag>-<pid>-XXXXXX (mkdtemp) and hold an
+ * owner file (CHILD_OWNER_FILE) that the process keeps locked (flock) while it lives. On Ctrl-C
+ * the guard of common/lab.c removes them (child_kill_and_remove_all); a lab killed the hard way
+ * (SIGKILL) cannot, so child_tmpdir removes those left by dead labs the next time any lab makes
+ * one: only a real directory (no symlink), ours (uid, mode 0700), named so, whose pid is no
+ * process and whose owner file nobody holds locked (a live lab in another pid namespace does).
  *
  * Errors: functions that can fail return -1 (or NULL) and write one line into err (errlen bytes).
  */
@@ -31,6 +34,8 @@
 #include <sys/types.h>
 
 #define CHILD_NAME_LEN 32
+/* in every directory child_tmpdir makes: locked while its process lives (see child_tmpdir) */
+#define CHILD_OWNER_FILE ".lab-owner"
 /* how long child_start waits for the port when the spec says 0 */
 #define CHILD_READY_DEFAULT_MS 5000
 /* how long child_stop waits after SIGTERM when given 0 */
@@ -41,7 +46,15 @@ struct child_spec {
 	const char *const *argv; /* argv[0] is the program's path (no PATH search); NULL-terminated */
 	const char *dir;         /* its working directory and where its log goes (child_tmpdir) */
 	int port;                /* wait until 127.0.0.1:port accepts; 0 = do not wait */
-	int ready_timeout_ms;    /* 0 = CHILD_READY_DEFAULT_MS */
+	/*
+	 * NULL, or a pid file the program writes once its port is bound (nginx's "pid"): then ready
+	 * means the port accepts AND this file holds the child's pid. Without it, a port that another
+	 * process took between child_free_port and the child's bind() looks ready (it accepts), and
+	 * the lab would talk to a stranger; with it, that start fails, and the caller can try another
+	 * port. Remove a stale one before child_start.
+	 */
+	const char *ready_file;
+	int ready_timeout_ms; /* 0 = CHILD_READY_DEFAULT_MS */
 };
 
 struct child {
@@ -54,12 +67,16 @@ struct child {
 
 /*
  * Makes a private directory (mode 0700) for a child's config, log and data: $TMPDIR or /tmp,
- * lab-<tag>-<pid>-XXXXXX, into out. Before that, removes the lab-*-<pid>-* directories whose
- * process is gone (left by a lab that was killed). -1 and err when it cannot be made.
+ * lab-<tag>-<pid>-XXXXXX, into out, with its owner file locked until child_rmtree (or the exit).
+ * Before that, removes the directories of dead labs (see above). -1 and err when it cannot be made.
  */
 int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t errlen);
 
-/* Removes dir and everything under it (no symlink is followed). -1 and err on failure. NULL: 0. */
+/*
+ * Removes dir and everything under it: a symlink inside is removed, never followed; a tree deeper
+ * than 32 levels is refused. Releases the owner lock of a child_tmpdir directory. -1 and err on
+ * failure. NULL: 0.
+ */
 int child_rmtree(const char *dir, char *err, size_t errlen);
 
 /*
@@ -101,8 +118,10 @@ int child_stop(struct child *c, int grace_ms);
 
 /*
  * For the Ctrl-C guard of common/lab.c, on its way out: SIGKILL to every child still running (and
- * its group) and removes every directory child_tmpdir made that was not removed yet, so an
- * interrupted lab leaves no process and no directory behind. Never blocks on a lock.
+ * its group), waits (200 ms at most) until they are gone, and removes every directory
+ * child_tmpdir made that was not removed yet, so an interrupted lab leaves no process and no
+ * directory behind. Never blocks on a lock: when its table stays locked for 100 ms, it kills
+ * and leaves the directories (to the next sweep).
  */
 void child_kill_and_remove_all(void);
 /* The last lines of the child's log (at most about outlen bytes, on one line, " | " between). */

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -59,8 +61,24 @@ static void write_nginx_conf(const char *dir, int port)
 	fclose(f);
 }
 
+/* Whether nginx takes -e: "nginx version: nginx/1.22.1" from nginx -v, 1.19.5 or later. */
+static bool nginx_has_e(const char *bin)
+{
+	char cmd[PATH_MAX + 32], line[256];
+	int major = 0, minor = 0, patch = 0;
+	snprintf(cmd, sizeof(cmd), "'%s' -v 2>&1", bin);
+	FILE *p = strchr(bin, '\'') ? NULL : popen(cmd, "r");
+	while (p && fgets(line, sizeof(line), p))
+		if (strstr(line, "nginx/"))
+			sscanf(strstr(line, "nginx/") + 6, "%d.%d.%d", &major, &minor, &patch);
+	if (p)
+		pclose(p);
+	return major * 1000000 + minor * 1000 + patch >= 1019005;
+}
+
 struct nginx_run {
-	char dir[PATH_MAX], bin[PATH_MAX], conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16];
+	char dir[PATH_MAX], bin[PATH_MAX], conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16],
+	        pidfile[PATH_MAX + 16];
 	const char *argv[10];
 	struct child_spec spec;
 	int port;
@@ -78,9 +96,13 @@ static void nginx_prepare(struct nginx_run *r)
 	snprintf(r->conf, sizeof(r->conf), "%s/nginx.conf", r->dir);
 	snprintf(r->prefix, sizeof(r->prefix), "%s/", r->dir);
 	snprintf(r->elog, sizeof(r->elog), "%s/error.log", r->dir);
-	const char *argv[] = {r->bin, "-p", r->prefix, "-c", r->conf, "-e", r->elog, NULL};
+	/* -e (the log before the config is read) exists from nginx 1.19.5; without it, the NULL ends argv */
+	const char *argv[] = {r->bin,  "-p", r->prefix, "-c", r->conf, nginx_has_e(r->bin) ? "-e" : NULL,
+	                      r->elog, NULL};
 	memcpy(r->argv, argv, sizeof(argv));
-	r->spec = (struct child_spec){.name = "nginx", .argv = r->argv, .dir = r->dir, .port = r->port};
+	snprintf(r->pidfile, sizeof(r->pidfile), "%s/nginx.pid", r->dir);
+	r->spec = (struct child_spec){
+	        .name = "nginx", .argv = r->argv, .dir = r->dir, .port = r->port, .ready_file = r->pidfile};
 }
 
 static void test_free_port_is_bindable_on_loopback(void **state)
@@ -166,6 +188,38 @@ static void test_a_program_that_never_listens_times_out_and_is_stopped(void **st
 	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
 }
 
+/*
+ * The port race child_free_port leaves open: another process binds the port first. The port
+ * accepts (the stranger answers), but the child never wrote its pid file: not ready, stopped.
+ */
+static void test_a_port_someone_else_holds_is_not_taken_for_the_childs(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], err[1024], pidfile[PATH_MAX + 16];
+	assert_int_equal(child_tmpdir("test-child", dir, sizeof(dir), err, sizeof(err)), 0);
+	int stranger = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sin);
+	assert_int_equal(bind(stranger, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(stranger, 8), 0);
+	assert_int_equal(getsockname(stranger, (struct sockaddr *)&sin, &len), 0);
+	snprintf(pidfile, sizeof(pidfile), "%s/sleep.pid", dir);
+	const char *argv[] = {"/bin/sleep", "30", NULL};
+	struct child_spec spec = {.name = "sleep",
+	                          .argv = argv,
+	                          .dir = dir,
+	                          .port = ntohs(sin.sin_port),
+	                          .ready_file = pidfile,
+	                          .ready_timeout_ms = 300};
+	struct child c;
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	if (!strstr(err, "another process holds the port"))
+		fail_msg("%s", err);
+	assert_int_equal(c.pid, 0);
+	close(stranger);
+	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
+}
+
 /* The state letter of /proc/<pid>/stat ('Z' zombie), or 0 when the process is gone. */
 static char proc_state(pid_t pid)
 {
@@ -218,26 +272,57 @@ static void test_the_child_dies_with_the_process_that_started_it(void **state)
 	assert_int_equal(child_rmtree(r.dir, err, sizeof(err)), 0);
 }
 
+/* Makes base/name (mode 0700) with a file inside; with the owner file too when owned. */
+static void make_dir(char *out, size_t len, const char *base, const char *name, bool owned)
+{
+	snprintf(out, len, "%s/%s", base, name);
+	assert_int_equal(mkdir(out, 0700), 0);
+	char inner[PATH_MAX + 128];
+	snprintf(inner, sizeof(inner), "%s/%s", out, owned ? CHILD_OWNER_FILE : "nginx.log");
+	FILE *f = fopen(inner, "w");
+	assert_non_null(f);
+	fclose(f);
+	snprintf(inner, sizeof(inner), "%s/nginx.log", out);
+	f = fopen(inner, "a");
+	assert_non_null(f);
+	fclose(f);
+}
+
 static void test_tmpdir_sweeps_the_directories_of_dead_labs_only(void **state)
 {
 	(void)state;
-	char base[PATH_MAX], stale[PATH_MAX + 64], mine[PATH_MAX], err[512];
+	char base[PATH_MAX], name[64], mine[PATH_MAX], err[512];
+	char stale[PATH_MAX + 64], alive[PATH_MAX + 64], foreign[PATH_MAX + 64], locked[PATH_MAX + 64];
+	char outside[PATH_MAX + 64], link[PATH_MAX + 160], keep[PATH_MAX + 128];
 	snprintf(base, sizeof(base), "/tmp/test-child-sweep-%d", (int)getpid());
 	assert_int_equal(mkdir(base, 0700), 0);
 	pid_t dead = fork();
 	if (dead == 0)
 		_exit(0);
 	waitpid(dead, NULL, 0);
-	snprintf(stale, sizeof(stale), "%s/lab-gone-%d-abcdef", base, (int)dead);
-	assert_int_equal(mkdir(stale, 0700), 0);
-	char inner[PATH_MAX + 96];
-	snprintf(inner, sizeof(inner), "%s/nginx.log", stale);
-	FILE *f = fopen(inner, "w");
-	assert_non_null(f);
-	fclose(f);
-	char alive[PATH_MAX + 64];
-	snprintf(alive, sizeof(alive), "%s/lab-alive-%d-abcdef", base, (int)getppid());
-	assert_int_equal(mkdir(alive, 0700), 0);
+	/* a dead lab's directory: swept, and a symlink in it is removed, not followed */
+	snprintf(name, sizeof(name), "lab-gone-%d-abcdef", (int)dead);
+	make_dir(stale, sizeof(stale), base, name, true);
+	make_dir(outside, sizeof(outside), base, "outside", false);
+	snprintf(keep, sizeof(keep), "%s/nginx.log", outside);
+	snprintf(link, sizeof(link), "%s/escape", stale);
+	assert_int_equal(symlink(outside, link), 0);
+	/* a live process's; a dead pid's without an owner file (not ours); a dead pid's whose owner
+	 * file is locked (a live lab in another pid namespace); a symlink named as a dead lab's */
+	snprintf(name, sizeof(name), "lab-alive-%d-abcdef", (int)getppid());
+	make_dir(alive, sizeof(alive), base, name, true);
+	snprintf(name, sizeof(name), "lab-foreign-%d-abcdef", (int)dead);
+	make_dir(foreign, sizeof(foreign), base, name, false);
+	snprintf(name, sizeof(name), "lab-locked-%d-abcdef", (int)dead);
+	make_dir(locked, sizeof(locked), base, name, true);
+	char owner[PATH_MAX + 128];
+	snprintf(owner, sizeof(owner), "%s/%s", locked, CHILD_OWNER_FILE);
+	int lock = open(owner, O_RDONLY | O_CLOEXEC);
+	assert_true(lock >= 0);
+	assert_int_equal(flock(lock, LOCK_EX | LOCK_NB), 0);
+	snprintf(link, sizeof(link), "%s/lab-link-%d-abcdef", base, (int)dead);
+	assert_int_equal(symlink(outside, link), 0);
+
 	const char *old = getenv("TMPDIR");
 	char *saved = old ? strdup(old) : NULL;
 	setenv("TMPDIR", base, 1);
@@ -247,10 +332,22 @@ static void test_tmpdir_sweeps_the_directories_of_dead_labs_only(void **state)
 	else
 		unsetenv("TMPDIR");
 	free(saved);
+	close(lock);
 	assert_false(exists(stale));
+	assert_true(exists(keep));
+	assert_true(exists(link));
 	assert_true(exists(alive));
+	assert_true(exists(foreign));
+	assert_true(exists(locked));
 	assert_true(exists(mine));
 	assert_int_equal(strncmp(mine, base, strlen(base)), 0);
+	/* the new directory's owner file is locked: another process's sweep would leave it */
+	snprintf(owner, sizeof(owner), "%s/%s", mine, CHILD_OWNER_FILE);
+	lock = open(owner, O_RDONLY | O_CLOEXEC);
+	assert_true(lock >= 0);
+	assert_int_equal(flock(lock, LOCK_EX | LOCK_NB), -1);
+	close(lock);
+	assert_int_equal(child_rmtree(mine, err, sizeof(err)), 0);
 	assert_int_equal(child_rmtree(base, err, sizeof(err)), 0);
 	assert_false(exists(base));
 }
@@ -283,6 +380,7 @@ int main(void)
 	        cmocka_unit_test(test_nginx_starts_answers_stops_and_its_directory_goes),
 	        cmocka_unit_test(test_a_program_that_exits_at_once_is_a_clear_error_not_a_hang),
 	        cmocka_unit_test(test_a_program_that_never_listens_times_out_and_is_stopped),
+	        cmocka_unit_test(test_a_port_someone_else_holds_is_not_taken_for_the_childs),
 	        cmocka_unit_test(test_the_child_dies_with_the_process_that_started_it),
 	        cmocka_unit_test(test_tmpdir_sweeps_the_directories_of_dead_labs_only),
 	        cmocka_unit_test(test_find_program_names_what_it_tried),

@@ -239,9 +239,21 @@ static void assert_error(int status, int want_status, const char *want)
 	json_decref(doc);
 }
 
+/* The API's count of v1 answers to this test's User-Agent (its only state a request can change). */
+static long long v1_calls_of_the_test(int port)
+{
+	assert_int_equal(get(port, "/stats/v1-calls", NULL), 200);
+	json_t *doc = body();
+	long long n =
+	        json_integer_value(json_object_get(json_object_get(doc, "v1_calls"), "test-versioning"));
+	json_decref(doc);
+	return n;
+}
+
 static void test_unknown_versions_and_bad_requests_get_one_clear_json_error(void **state)
 {
 	struct group *g = *state;
+	long long v1_before = v1_calls_of_the_test(g->port);
 	assert_error(get(g->port, "/users/1", "Accept: application/vnd.backendlabs.v9+json\r\n"), 406,
 	             "no version application/vnd.backendlabs.v9+json");
 	json_t *doc = body();
@@ -262,6 +274,12 @@ static void test_unknown_versions_and_bad_requests_get_one_clear_json_error(void
 	        "POST /v1/users/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
 	assert_int_equal(http_exchange(g->port, post, sizeof(post) - 1, resp, sizeof(resp)), 405);
 	assert_header("Allow", "GET, HEAD");
+	assert_error(get(g->port, "/users/1?version=1&version=2", NULL), 400, "given once");
+	assert_error(get(g->port, "/users/1?version=", NULL), 400, "version must be");
+	/* not one of them was answered as v1: the count of v1 callers did not move */
+	assert_int_equal(v1_calls_of_the_test(g->port), v1_before);
+	assert_int_equal(get(g->port, "/v1/users/1", NULL), 200);
+	assert_int_equal(v1_calls_of_the_test(g->port), v1_before + 1);
 }
 
 /* Through nginx with Vary: Accept, the second Accept is a miss of its own and gets its own body. */
@@ -280,6 +298,11 @@ static void test_the_cache_keeps_a_variant_per_accept_with_vary(void **state)
 	json_decref(doc);
 	assert_int_equal(get(g->cache_port, "/users/4", "Accept: " VERSIONING_MEDIA_V2 "\r\n"), 200);
 	assert_header("X-Cache-Status", "HIT");
+	/* the same version spelled another way is another variant: Vary keys on the header's bytes */
+	assert_int_equal(get(g->cache_port, "/users/4", "Accept: " VERSIONING_MEDIA_V2 ", */*;q=0.1\r\n"),
+	                 200);
+	assert_header("X-Cache-Status", "MISS");
+	assert_header("Content-Type", VERSIONING_MEDIA_V2);
 	/* who called v1, as the API saw it: the test's one miss, not the hit */
 	assert_int_equal(get(g->port, "/stats/v1-calls", NULL), 200);
 	doc = body();

@@ -419,13 +419,32 @@ static void unknown_path_cb(struct evhttp_request *req, void *arg)
 		                 "no route %.80s; try /v1/users/{id}, /v2/users/{id} or /users/{id}", path);
 }
 
+/* How many times the query string names name (http_query_long reads the first only). */
+static int query_count(struct evhttp_request *req, const char *name)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	struct evkeyvalq params;
+	if (!query || evhttp_parse_query_str(query, &params) != 0)
+		return 0;
+	int n = 0;
+	struct evkeyval *kv;
+	for (kv = params.tqh_first; kv; kv = kv->next.tqe_next)
+		n += strcmp(kv->key, name) == 0;
+	evhttp_clear_headers(&params);
+	return n;
+}
+
 /* /users/{id}: ?version= when present (query versioning), else Accept (header versioning). */
 static void users_cb(struct evhttp_request *req, void *arg)
 {
 	struct versioning_api *api = arg;
 	char err[256];
 	long version = 0;
-	int has = http_query_long(req, "version", -1000000, 1000000, &version, err, sizeof(err));
+	/* ?version=1&version=2: which one did the client mean? A careful API does not guess */
+	int has = query_count(req, "version") > 1
+	                  ? -1
+	                  : http_query_long(req, "version", -1000000, 1000000, &version, err, sizeof(err));
 	struct req_ctx *ctx = admit(api, req, http_request_path(req) + strlen("/users/"),
 	                            has != 0 ? VERSIONING_QUERY : VERSIONING_HEADER);
 	if (!ctx)
@@ -435,7 +454,7 @@ static void users_cb(struct evhttp_request *req, void *arg)
 			snprintf(err, sizeof(err),
 			         "this API has no version=%ld; it serves version=1 and version=2", version);
 		else
-			snprintf(err, sizeof(err), "version must be 1 or 2 (?version=2)");
+			snprintf(err, sizeof(err), "version must be 1 or 2, given once (?version=2)");
 		ctx_fail(ctx, 400, err);
 		return;
 	}

@@ -1,7 +1,7 @@
 /*
  * cache.c — the HTTP cache in front of the API, as production has one: nginx with proxy_cache,
  * started by the lab as its own child (common/child.h) on 127.0.0.1, every path it writes inside
- * a private temporary directory (pid, logs, temp files, the cache), so nothing of the system's
+ * a private temporary directory (pid, lock, logs, temp files, the cache), so nothing of the system's
  * nginx (/etc/nginx, /var/log/nginx, /var/lib/nginx) is read or touched.
  *
  * One process (master_process off): nothing forks, so PR_SET_PDEATHSIG covers all of nginx. The
@@ -9,10 +9,12 @@
  * the Accept header is not, unless the API's answer says Vary: Accept (nginx >= 1.7.7 then keeps
  * one variant per Accept value).
  */
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "child.h"
 #include "internal.h"
@@ -20,7 +22,8 @@
 /* nginx starts in a few ms; a loaded 2-core machine running the sanitizer build may take longer */
 #define CACHE_READY_MS 5000
 #define CACHE_STOP_MS  2000
-/* a free port taken by someone else before nginx bound it: try again with another */
+/* a free port taken by someone else before nginx bound it (nginx exits, or never writes its pid
+ * file: child.h, ready_file): try again with another */
 #define CACHE_PORT_TRIES 3
 
 struct versioning_cache {
@@ -69,6 +72,19 @@ void versioning_nginx_version(const char *nginx, char *out, size_t outlen)
 	pclose(p);
 }
 
+/*
+ * Whether dir can go into nginx's config as it is: letters, digits and / . _ - only. A space, a
+ * ';', a '{' or a '$' (nginx expands variables in some paths) from $TMPDIR would change what the
+ * config says, so such a directory is refused rather than quoted.
+ */
+static bool plain_path(const char *dir)
+{
+	for (const char *p = dir; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("/._-", *p))
+			return false;
+	return *dir == '/';
+}
+
 static int write_config(const struct versioning_cache *c, int api_port, int no_vary_port, char *err,
                         size_t errlen)
 {
@@ -83,7 +99,7 @@ static int write_config(const struct versioning_cache *c, int api_port, int no_v
 	fprintf(f,
 	        "# written by lab-versioning; nginx runs as the lab's child and dies with it\n"
 	        "daemon off;\nmaster_process off;\nworker_processes 1;\n"
-	        "pid %s/nginx.pid;\nerror_log %s/error.log warn;\n"
+	        "pid %s/nginx.pid;\nlock_file %s/nginx.lock;\nerror_log %s/error.log warn;\n"
 	        "events { worker_connections 256; }\n"
 	        "http {\n"
 	        "  log_format edge "
@@ -100,7 +116,7 @@ static int write_config(const struct versioning_cache *c, int api_port, int no_v
 	        "    proxy_cache lab_versioning;\n"
 	        "    add_header X-Cache-Status $upstream_cache_status always;\n"
 	        "    location / { proxy_pass http://127.0.0.1:%d; }\n",
-	        d, d, d, d, d, d, d, d, d, c->port, api_port);
+	        d, d, d, d, d, d, d, d, d, d, c->port, api_port);
 	if (no_vary_port)
 		fprintf(f, "    location /no-vary/ { proxy_pass http://127.0.0.1:%d/; }\n", no_vary_port);
 	fprintf(f, "  }\n}\n");
@@ -117,7 +133,10 @@ static int start_once(struct versioning_cache *c, const char *nginx, int api_por
 	c->port = child_free_port(err, errlen);
 	if (c->port < 0 || write_config(c, api_port, no_vary_port, err, errlen) < 0)
 		return -1;
-	char conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16];
+	char conf[PATH_MAX + 16], prefix[PATH_MAX + 2], elog[PATH_MAX + 16], pid[PATH_MAX + 16];
+	/* nginx writes it once its port is bound: ready means the port accepts and the pid is its own */
+	snprintf(pid, sizeof(pid), "%s/nginx.pid", c->dir);
+	unlink(pid);
 	snprintf(conf, sizeof(conf), "%s/nginx.conf", c->dir);
 	snprintf(prefix, sizeof(prefix), "%s/", c->dir);
 	/* -e: the log nginx writes before it has read the config (else /var/log/nginx/error.log, which
@@ -129,6 +148,7 @@ static int start_once(struct versioning_cache *c, const char *nginx, int api_por
 	                          .argv = argv,
 	                          .dir = c->dir,
 	                          .port = c->port,
+	                          .ready_file = pid,
 	                          .ready_timeout_ms = CACHE_READY_MS};
 	return child_start(&c->child, &spec, err, errlen);
 }
@@ -142,6 +162,16 @@ struct versioning_cache *versioning_cache_start(const char *nginx, int api_port,
 		return NULL;
 	}
 	if (child_tmpdir("versioning", c->dir, sizeof(c->dir), err, errlen) < 0) {
+		free(c);
+		return NULL;
+	}
+	if (!plain_path(c->dir)) {
+		snprintf(err, errlen,
+		         "nginx's config cannot hold the directory %.200s safely (only letters, digits and "
+		         "/ . _ -): set TMPDIR to a plain path",
+		         c->dir);
+		char rerr[64];
+		child_rmtree(c->dir, rerr, sizeof(rerr));
 		free(c);
 		return NULL;
 	}

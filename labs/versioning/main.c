@@ -151,11 +151,14 @@ static void after_cache(struct lab *lab, const void *cfg, const void *result)
 	}
 	if (example)
 		term_printf(t, "  first wrong answer: %.98s…\n", example);
-	term_printf(t, "  nginx keys its cache on the URL; the Accept header is in the key only when the "
-	               "answer says\n"
-	               "  Vary: Accept (one variant per Accept value: more misses). Path and query put the "
-	               "version in "
-	               "the URL.\n");
+	const struct versioning_cache_row *nv = &r->rows[ROW_HEADER_NO_VARY], *vy = &r->rows[ROW_HEADER_VARY];
+	term_printf(t,
+	            "  nginx keys its cache on the URL; Accept joins the key only when the answer says Vary: "
+	            "Accept:\n"
+	            "  then one entry per version (%d misses, as path's %d), and one more per other spelling "
+	            "of Accept.\n"
+	            "  Without Vary: %d fewer misses, and %d of its hits were the wrong version.\n",
+	            vy->misses, r->rows[ROW_PATH].misses, vy->misses - nv->misses, nv->wrong);
 	lab_phase_metrics(lab, "cache", json_pack("{s:o}", "rows", rows));
 }
 
@@ -271,7 +274,7 @@ static int serve(struct lab *lab, struct versioning_config *cfg)
 	         "(cache: twice, MISS then HIT)\n"
 	         "  curl -s http://127.0.0.1:%d/stats/v1-calls                who still calls v1 (by "
 	         "User-Agent)\n",
-	         cport, 6 * cfg->users, port, port, port, port, port, port, cport, port);
+	         cport, versioning_users_total(cfg), port, port, port, port, port, port, cport, port);
 	lab_serve_wait(lab, port, help);
 	versioning_cache_stop(cache);
 	versioning_api_stop(api);

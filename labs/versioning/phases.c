@@ -59,8 +59,9 @@ static int direct_cell(const struct versioning_config *cfg, const struct version
 			return -1;
 		hist_record(&h, rs.latency_us);
 		d->requests++;
+		const struct user_row *u = vers_row(env, id);
 		d->correct += rs.status == 200 && strcmp(rs.content_type, expected_type(a, version)) == 0 &&
-		              vers_reads(rs.body, version, false, vers_row(env, id));
+		              u && vers_reads(rs.body, version, false, u);
 		d->deprecation_right += version == 1 ? has_deprecation(&rs) : !has_any_deprecation(&rs);
 		if (i == 0) {
 			snprintf(d->target, sizeof(d->target), "%s%s%s", target, accept ? " + Accept " : "",
@@ -209,7 +210,7 @@ static int cache_row(const struct versioning_config *cfg, const struct versionin
 		else
 			w->misses++;
 		const struct user_row *u = vers_row(r->env, id);
-		if (rs.status != 200 || !vers_reads(rs.body, version, false, u))
+		if (rs.status != 200 || !u || !vers_reads(rs.body, version, false, u))
 			note_wrong(w, version, target, &rs, u);
 	}
 	vclient_close(&c);
@@ -219,6 +220,22 @@ static int cache_row(const struct versioning_config *cfg, const struct versionin
 	long first = vers_user_id(cfg, BLOCK_ROWS + (int)row, 0);
 	row_target(row, 1, first, w->v1_target, sizeof(w->v1_target), &accept);
 	row_target(row, 2, first, w->v2_target, sizeof(w->v2_target), &accept);
+	return ret;
+}
+
+/*
+ * Returns once nginx has logged every request it answered: it writes a request's access log line
+ * when it finishes the request, after the last byte went out, so a client can read the answer
+ * before the line is there. nginx is one process, one thread: once it has answered one more
+ * request (sent at the end, not counted: the lab's own User-Agent), every earlier line is written.
+ */
+static int edge_log_settled(int cache_port, char *err, size_t errlen)
+{
+	struct vclient c;
+	vclient_init(&c, cache_port);
+	struct versioning_response rs;
+	int ret = vclient_get(&c, "/stats/v1-calls", NULL, LAB_AGENT, &rs, err, errlen);
+	vclient_close(&c);
 	return ret;
 }
 
@@ -245,7 +262,8 @@ int vers_phase_cache(const void *cfgv, void *result, char *err, size_t errlen)
 	for (int row = 0; row < VERSIONING_ROWS; row++) {
 		vers_progress(cfg, "through the cache", row / (double)VERSIONING_ROWS);
 		struct versioning_cache_row *w = &r->rows[row];
-		if (cache_row(cfg, r, (enum versioning_row)row, w, err, errlen) < 0)
+		if (cache_row(cfg, r, (enum versioning_row)row, w, err, errlen) < 0 ||
+		    edge_log_settled(r->cache_port, err, errlen) < 0)
 			return -1;
 		/* what an operator reading the access log sees: one URL per version, or the same for both */
 		w->in_log = strcmp(w->v1_target, w->v2_target) != 0 && log_has_uri(log, w->v1_target) &&
@@ -257,8 +275,11 @@ int vers_phase_cache(const void *cfgv, void *result, char *err, size_t errlen)
 /* ---- phase 3: deprecation ---- */
 
 /* v1 answers per client in the cache's access log: lines "agent|uri|status|deprecation" with one. */
-static int count_edge(const char *log, struct versioning_deprecation *d, char *err, size_t errlen)
+static int count_edge(int cache_port, const char *log, struct versioning_deprecation *d, char *err,
+                      size_t errlen)
 {
+	if (edge_log_settled(cache_port, err, errlen) < 0)
+		return -1;
 	FILE *f = fopen(log, "r");
 	if (!f) {
 		snprintf(err, errlen, "cannot read nginx's access log %s", log);
@@ -350,7 +371,7 @@ int vers_phase_deprecation(const void *cfgv, void *result, char *err, size_t err
 		}
 	vclient_close(&c);
 	if (ret == 0)
-		ret = count_edge(versioning_cache_log(r->env->cache), d, err, errlen);
+		ret = count_edge(r->cache_port, versioning_cache_log(r->env->cache), d, err, errlen);
 	if (ret == 0)
 		ret = count_api(r->api_port, d, err, errlen);
 	return ret;

@@ -39,6 +39,11 @@ void vers_progress(const struct versioning_config *cfg, const char *what, double
 		cfg->progress_cb(what, done, cfg->progress_arg);
 }
 
+int versioning_users_total(const struct versioning_config *cfg)
+{
+	return BLOCKS * cfg->users;
+}
+
 long vers_user_id(const struct versioning_config *cfg, int block, int i)
 {
 	return (long)block * cfg->users + i + 1;
@@ -87,6 +92,11 @@ int versioning_setup(const struct versioning_config *cfg, char *err, size_t errl
 	            err, errlen) < 0 ||
 	    pg_query_int64(conn, SQL_USERS, 2, p, &inserted, err, errlen) < 0)
 		goto out;
+	if (inserted != BLOCKS * cfg->users) {
+		snprintf(err, errlen, "inserted %lld users, not %d", (long long)inserted,
+		         BLOCKS * cfg->users);
+		goto out;
+	}
 	ret = 0;
 out:
 	PQfinish(conn);
@@ -111,6 +121,11 @@ int vers_load_rows(const struct versioning_config *cfg, struct versioning_env *e
 	if (!res)
 		goto out;
 	int n = PQntuples(res);
+	if (n != BLOCKS * cfg->users) {
+		/* a user the readers had no row for would be read unchecked: every one must be there */
+		snprintf(err, errlen, "%d users in " SCHEMA ".users, %d made", n, BLOCKS * cfg->users);
+		goto out;
+	}
 	env->rows = calloc((size_t)(n ? n : 1), sizeof(*env->rows));
 	if (!env->rows) {
 		snprintf(err, errlen, "out of memory");
@@ -345,9 +360,12 @@ void versioning_judge(const struct versioning_result *r, struct lab_verdict *v)
 	        "path, header and query versioning all serve v1 and v2 correctly from the API; only header "
 	        "versioning needs Vary: Accept to stay correct behind a cache",
 	        "%s%swrong answers through nginx: header without Vary %d of %d, with Vary %d, path %d, query "
-	        "%d; hit ratio %.0f%% without Vary, %.0f%% with; unknown versions %d/%d/%d",
+	        "%d; hit ratio %.0f%% without Vary (the wrong ones were hits), %.0f%% with, as path's "
+	        "%.0f%%; "
+	        "unknown versions %d/%d/%d",
 	        why, bad ? ". " : "", rows[ROW_HEADER_NO_VARY].wrong, rows[ROW_HEADER_NO_VARY].requests,
 	        rows[ROW_HEADER_VARY].wrong, rows[ROW_PATH].wrong, rows[ROW_QUERY].wrong,
 	        100 * rows[ROW_HEADER_NO_VARY].hit_ratio, 100 * rows[ROW_HEADER_VARY].hit_ratio,
-	        r->errors[0].rs.status, r->errors[1].rs.status, r->errors[2].rs.status);
+	        100 * rows[ROW_PATH].hit_ratio, r->errors[0].rs.status, r->errors[1].rs.status,
+	        r->errors[2].rs.status);
 }

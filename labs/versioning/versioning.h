@@ -91,6 +91,9 @@ int versioning_find_nginx(char *out, size_t outlen, char *err, size_t errlen);
 /* "1.22.1", from nginx -v; "?" when it does not say. */
 void versioning_nginx_version(const char *nginx, char *out, size_t outlen);
 
+/* How many users versioning_setup makes: ids 1..that (blocks of cfg->users, one per phase and row). */
+int versioning_users_total(const struct versioning_config *cfg);
+
 /* Creates schema lab_versioning with its users (blocks of cfg->users, enough for every phase). */
 int versioning_setup(const struct versioning_config *cfg, char *err, size_t errlen);
 int versioning_teardown(const struct versioning_config *cfg, char *err, size_t errlen);
