@@ -95,7 +95,7 @@ static void send_now(struct charge_ctx *ctx)
 		evhttp_add_header(h, "Idempotent-Replayed", "true");
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
 	evbuffer_add(out, ctx->body, strlen(ctx->body));
-	evhttp_send_reply(ctx->req, ctx->code, NULL, out);
+	http_send_reply(ctx->req, ctx->code, out);
 	ctx_free(ctx);
 }
 

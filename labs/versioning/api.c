@@ -192,7 +192,7 @@ static void reply_user(struct req_ctx *ctx, PGresult *res)
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
 	evbuffer_add(out, text, strlen(text));
 	free(text);
-	evhttp_send_reply(ctx->req, 200, NULL, out);
+	http_send_reply(ctx->req, 200, out);
 	ctx_free(ctx);
 }
 
