@@ -40,8 +40,8 @@ struct inv {
 	struct pgset *pool; /* the readers' */
 	int n;              /* products */
 	/* published by the writer right after COMMIT returns: version first committed, then time */
-	_Atomic int64_t *committed; /* [n] latest committed version */
-	_Atomic int64_t *commit_us; /* [n * RING] when version v of id committed (id*RING + v%RING) */
+	_Atomic int64_t *committed;  /* [n] latest committed version */
+	_Atomic int64_t *commit_us;  /* [n * RING] when version v of id committed (id*RING + v%RING) */
 	_Atomic int64_t *deleted_us; /* [n * RING] when the listener's DEL of version v returned */
 	char channel[64];            /* lab_invalidation_<pid> */
 	/* the first failure of any thread, and the server it lost */

@@ -71,8 +71,8 @@ static int phase_delete(const void *cfg_, void *result, char *err, size_t errlen
 {
 	struct inv *s = (struct inv *)cfg_;
 	struct invalidation_result *r = result;
-	struct inv_load L = {M_DELETE, s->cfg->long_ttl_ms, s->cfg->run_ms, s->cfg->crash_every, NULL, NULL,
-	                     "delete after commit"};
+	struct inv_load L = {M_DELETE, s->cfg->long_ttl_ms,  s->cfg->run_ms, s->cfg->crash_every, NULL,
+	                     NULL,     "delete after commit"};
 	if (cache_reset(s, true, L.ttl_ms) < 0 || load_run(s, &L, &r->del) < 0 ||
 	    stale_keys(s, &r->del.stale_keys_after) < 0)
 		return inv_report(s, err, errlen);
@@ -80,7 +80,8 @@ static int phase_delete(const void *cfg_, void *result, char *err, size_t errlen
 }
 
 /* The lag of each write: from its COMMIT returned to the listener's DEL answered. */
-static void lags(struct inv *s, const int *ids, const int64_t *versions, uint64_t n, struct invalidation_result *r)
+static void lags(struct inv *s, const int *ids, const int64_t *versions, uint64_t n,
+                 struct invalidation_result *r)
 {
 	hist_init(&r->lag);
 	for (uint64_t i = 0; i < n; i++) {
@@ -99,8 +100,8 @@ static int phase_notify(const void *cfg_, void *result, char *err, size_t errlen
 	int *ids = calloc((size_t)s->n, sizeof(int));
 	int64_t *versions = calloc((size_t)s->n, sizeof(int64_t));
 	struct listener *l = NULL;
-	struct inv_load L = {M_NOTIFY, s->cfg->long_ttl_ms, s->cfg->run_ms, s->cfg->crash_every, ids, versions,
-	                     "LISTEN/NOTIFY"};
+	struct inv_load L = {M_NOTIFY, s->cfg->long_ttl_ms, s->cfg->run_ms, s->cfg->crash_every, ids,
+	                     versions, "LISTEN/NOTIFY"};
 	int ret = -1;
 	if (!ids || !versions) {
 		inv_fail(s, NULL, "out of memory");
@@ -139,7 +140,8 @@ static int phase_versioned(const void *cfg_, void *result, char *err, size_t err
 {
 	struct inv *s = (struct inv *)cfg_;
 	struct invalidation_result *r = result;
-	struct inv_load L = {M_VERSIONED, s->cfg->long_ttl_ms, s->cfg->run_ms, 0, NULL, NULL, "versioned keys"};
+	struct inv_load L = {M_VERSIONED, s->cfg->long_ttl_ms, s->cfg->run_ms, 0, NULL,
+	                     NULL,        "versioned keys"};
 	if (cache_reset(s, false, 0) < 0 || load_run(s, &L, &r->versioned) < 0 || versioned_after(s, r) < 0)
 		return inv_report(s, err, errlen);
 	return 0;
@@ -159,8 +161,8 @@ int invalidation_run(const struct invalidation_config *cfg, struct invalidation_
 	memset(res, 0, sizeof(*res));
 	res->long_ttl_ms = cfg->long_ttl_ms;
 	res->products = cfg->products;
-	if (cfg->products < 10 || cfg->readers < 1 || cfg->pg_pool < 1 || cfg->nttls < 1 || cfg->nttls > INV_MAX_TTLS ||
-	    cfg->drop_writes < 1 || 3 * cfg->drop_writes > cfg->products) {
+	if (cfg->products < 10 || cfg->readers < 1 || cfg->pg_pool < 1 || cfg->nttls < 1 ||
+	    cfg->nttls > INV_MAX_TTLS || cfg->drop_writes < 1 || 3 * cfg->drop_writes > cfg->products) {
 		snprintf(err, errlen, "invalid config");
 		return -1;
 	}
@@ -209,8 +211,11 @@ static bool ttl_shown(const struct invalidation_result *r, char *why, size_t len
 		const struct inv_ttl_run *t = &r->ttl[i];
 		uint64_t bound = (uint64_t)t->ttl_ms * 1000 + t->r.longest_fill_us + TTL_SLACK_US;
 		if (t->r.reads == 0 || t->r.worst_stale_us > bound) {
-			snprintf(why, len, "TTL %d ms: worst staleness %.1f ms over the bound %.1f ms (TTL + longest fill + %d ms)",
-			         t->ttl_ms, t->r.worst_stale_us / 1000.0, bound / 1000.0, TTL_SLACK_US / 1000);
+			snprintf(why, len,
+			         "TTL %d ms: worst staleness %.1f ms over the bound %.1f ms (TTL + longest "
+			         "fill + %d ms)",
+			         t->ttl_ms, t->r.worst_stale_us / 1000.0, bound / 1000.0,
+			         TTL_SLACK_US / 1000);
 			return false;
 		}
 	}
@@ -226,7 +231,8 @@ static bool delete_shown(const struct inv_reads *d, char *why, size_t len)
 {
 	if (d->crashed > 0 && d->stale_keys_after == d->crashed && d->stale > 0)
 		return true;
-	snprintf(why, len, "delete after commit: %llu keys stale after, %llu writes crashed, %llu stale reads",
+	snprintf(why, len,
+	         "delete after commit: %llu keys stale after, %llu writes crashed, %llu stale reads",
 	         (unsigned long long)d->stale_keys_after, (unsigned long long)d->crashed,
 	         (unsigned long long)d->stale);
 	return false;
@@ -240,22 +246,26 @@ static bool notify_shown(const struct invalidation_result *r, char *why, size_t 
 	    inv_stale_share(n) <= EVENT_MAX_OF_TTL * inv_stale_share(ttl))
 		return true;
 	snprintf(why, len,
-	         "LISTEN/NOTIFY: %llu keys stale after %llu crashed writes, %llu notifications for %llu writes, lag "
+	         "LISTEN/NOTIFY: %llu keys stale after %llu crashed writes, %llu notifications for %llu "
+	         "writes, lag "
 	         "p99 %.1f ms (TTL %.0f ms), stale share %.3f%% (at most %.0f%% of TTL's %.3f%%)",
 	         (unsigned long long)n->stale_keys_after, (unsigned long long)n->crashed,
-	         (unsigned long long)r->notified, (unsigned long long)n->writes, p99 / 1000.0, longest / 1000.0,
-	         100 * inv_stale_share(n), 100 * EVENT_MAX_OF_TTL, 100 * inv_stale_share(ttl));
+	         (unsigned long long)r->notified, (unsigned long long)n->writes, p99 / 1000.0,
+	         longest / 1000.0, 100 * inv_stale_share(n), 100 * EVENT_MAX_OF_TTL,
+	         100 * inv_stale_share(ttl));
 	return false;
 }
 
 static bool drop_shown(const struct inv_drop_run *d, char *why, size_t len)
 {
 	const struct inv_drop_run *no = &d[0], *re = &d[1];
-	if (no->missed > 0 && no->notified == no->r.writes - no->missed && no->r.stale_keys_after == no->missed &&
-	    re->missed > 0 && re->r.stale_keys_after == 0 && re->resync_deleted >= re->missed)
+	if (no->missed > 0 && no->notified == no->r.writes - no->missed &&
+	    no->r.stale_keys_after == no->missed && re->missed > 0 && re->r.stale_keys_after == 0 &&
+	    re->resync_deleted >= re->missed)
 		return true;
 	snprintf(why, len,
-	         "reconnect: %llu keys stale after %llu missed notifications without re-sync, %llu with (re-sync "
+	         "reconnect: %llu keys stale after %llu missed notifications without re-sync, %llu with "
+	         "(re-sync "
 	         "deleted %llu)",
 	         (unsigned long long)no->r.stale_keys_after, (unsigned long long)no->missed,
 	         (unsigned long long)re->r.stale_keys_after, (unsigned long long)re->resync_deleted);
@@ -269,31 +279,39 @@ static bool versioned_shown(const struct invalidation_result *r, int products, c
 	    r->gen_misses == (uint64_t)products)
 		return true;
 	snprintf(why, len,
-	         "versioned keys: %llu stale reads of %llu, %llu lookups, %llu old versions held, %llu of %d missed "
+	         "versioned keys: %llu stale reads of %llu, %llu lookups, %llu old versions held, %llu of %d "
+	         "missed "
 	         "after the generation bump",
-	         (unsigned long long)v->stale, (unsigned long long)v->reads, (unsigned long long)v->version_lookups,
-	         (unsigned long long)r->old_version_keys, (unsigned long long)r->gen_misses, products);
+	         (unsigned long long)v->stale, (unsigned long long)v->reads,
+	         (unsigned long long)v->version_lookups, (unsigned long long)r->old_version_keys,
+	         (unsigned long long)r->gen_misses, products);
 	return false;
 }
 
 void invalidation_judge(const struct invalidation_result *r, struct lab_verdict *v)
 {
 	char why[512] = "";
-	bool shown = r->nttl > 0 && ttl_shown(r, why, sizeof(why)) && delete_shown(&r->del, why, sizeof(why)) &&
-	             notify_shown(r, why, sizeof(why)) && drop_shown(r->drop, why, sizeof(why)) &&
+	bool shown = r->nttl > 0 && ttl_shown(r, why, sizeof(why)) &&
+	             delete_shown(&r->del, why, sizeof(why)) && notify_shown(r, why, sizeof(why)) &&
+	             drop_shown(r->drop, why, sizeof(why)) &&
 	             versioned_shown(r, r->products, why, sizeof(why));
 	const struct inv_ttl_run *last = r->nttl > 0 ? &r->ttl[r->nttl - 1] : NULL;
 	lab_verdict_set(
 	        v, shown,
-	        "none is perfect: a TTL bounds staleness by the TTL; invalidation on commit is near zero but a crash or "
-	        "a dropped listener leaves keys stale; versioned keys read nothing stale for one extra lookup a read",
-	        "%s%sTTL %d ms: %.1f%% stale reads, worst %.0f ms; delete after commit: %llu keys stale after %llu "
-	        "crashes; NOTIFY: lag p99 %.2f ms, 0 stale after the same crashes, %llu left by a reconnect without "
+	        "none is perfect: a TTL bounds staleness by the TTL; invalidation on commit is near zero but "
+	        "a crash or "
+	        "a dropped listener leaves keys stale; versioned keys read nothing stale for one extra "
+	        "lookup a read",
+	        "%s%sTTL %d ms: %.1f%% stale reads, worst %.0f ms; delete after commit: %llu keys stale "
+	        "after %llu "
+	        "crashes; NOTIFY: lag p99 %.2f ms, 0 stale after the same crashes, %llu left by a reconnect "
+	        "without "
 	        "re-sync, %llu with; versioned: %llu stale of %llu reads, %.2f lookups a read",
 	        why, shown ? "" : ". ", last ? last->ttl_ms : 0, last ? 100 * inv_stale_share(&last->r) : 0,
 	        last ? last->r.worst_stale_us / 1000.0 : 0, (unsigned long long)r->del.stale_keys_after,
 	        (unsigned long long)r->del.crashed, hist_percentile(&r->lag, 99) / 1000.0,
-	        (unsigned long long)r->drop[0].r.stale_keys_after, (unsigned long long)r->drop[1].r.stale_keys_after,
-	        (unsigned long long)r->versioned.stale, (unsigned long long)r->versioned.reads,
+	        (unsigned long long)r->drop[0].r.stale_keys_after,
+	        (unsigned long long)r->drop[1].r.stale_keys_after, (unsigned long long)r->versioned.stale,
+	        (unsigned long long)r->versioned.reads,
 	        r->versioned.reads ? (double)r->versioned.version_lookups / r->versioned.reads : 0);
 }

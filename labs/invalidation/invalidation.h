@@ -48,11 +48,11 @@
 struct invalidation_config {
 	const char *pg_url;
 	const char *redis_url;
-	int products;             /* rows in lab_invalidation.products (and keys) */
-	int readers;              /* reader threads */
-	int pg_pool;              /* libpq connections the readers share (common/pgset.h) */
-	int read_pause_us;        /* a reader's pause between reads */
-	int write_pause_us;       /* the writer's pause between writes */
+	int products;              /* rows in lab_invalidation.products (and keys) */
+	int readers;               /* reader threads */
+	int pg_pool;               /* libpq connections the readers share (common/pgset.h) */
+	int read_pause_us;         /* a reader's pause between reads */
+	int write_pause_us;        /* the writer's pause between writes */
 	int ttls_ms[INV_MAX_TTLS]; /* phase 1's sweep */
 	int nttls;
 	int ttl_run_ms;  /* phase 1: how long each TTL runs */
@@ -81,14 +81,14 @@ enum invalidation_phase {
 /* What the readers saw in one run of the load. */
 struct inv_reads {
 	uint64_t reads, hits, misses;
-	uint64_t stale;               /* reads whose value was older than the latest committed */
-	uint64_t worst_stale_us;      /* the longest a stale read was behind */
-	uint64_t longest_fill_us;     /* the longest fill: a miss's SELECT sent to its SET answered */
-	uint64_t round_trips;         /* Redis commands + PostgreSQL queries the readers sent */
-	uint64_t version_lookups;     /* versioned keys: the extra lookup per read */
-	uint64_t writes;              /* committed by the writer during the run */
-	uint64_t crashed;             /* writes whose after-COMMIT step was skipped */
-	uint64_t stale_keys_after;    /* keys holding an older version than the row, after the run */
+	uint64_t stale;            /* reads whose value was older than the latest committed */
+	uint64_t worst_stale_us;   /* the longest a stale read was behind */
+	uint64_t longest_fill_us;  /* the longest fill: a miss's SELECT sent to its SET answered */
+	uint64_t round_trips;      /* Redis commands + PostgreSQL queries the readers sent */
+	uint64_t version_lookups;  /* versioned keys: the extra lookup per read */
+	uint64_t writes;           /* committed by the writer during the run */
+	uint64_t crashed;          /* writes whose after-COMMIT step was skipped */
+	uint64_t stale_keys_after; /* keys holding an older version than the row, after the run */
 	double run_s;
 };
 
@@ -110,11 +110,11 @@ struct inv_drop_run {
 struct invalidation_result {
 	struct inv_ttl_run ttl[INV_MAX_TTLS];
 	int nttl;
-	struct inv_reads del;    /* phase 2 */
-	struct inv_reads notify; /* phase 3 */
-	uint64_t notified;       /* phase 3: notifications received */
-	struct hist lag;         /* phase 3: COMMIT returned to the key deleted */
-	uint64_t lag_before_commit; /* deletes done before the writer's COMMIT returned (lag 0) */
+	struct inv_reads del;        /* phase 2 */
+	struct inv_reads notify;     /* phase 3 */
+	uint64_t notified;           /* phase 3: notifications received */
+	struct hist lag;             /* phase 3: COMMIT returned to the key deleted */
+	uint64_t lag_before_commit;  /* deletes done before the writer's COMMIT returned (lag 0) */
 	struct inv_drop_run drop[2]; /* phase 4: [0] no re-sync, [1] re-sync */
 	struct inv_reads versioned;  /* phase 5 */
 	uint64_t old_version_keys;   /* keys of versions no longer current, after the load */

@@ -50,8 +50,9 @@ static int resync(struct listener *l)
 	char seq[32], err[LAB_ERRLEN];
 	snprintf(seq, sizeof(seq), "%lld", (long long)l->last_seq);
 	const char *params[] = {seq};
-	PGresult *res = pg_query(l->conn, "SELECT id, change_seq FROM " SCHEMA ".products WHERE change_seq > $1::bigint",
-	                         1, params, err, sizeof(err));
+	PGresult *res = pg_query(
+	        l->conn, "SELECT id, change_seq FROM " SCHEMA ".products WHERE change_seq > $1::bigint", 1,
+	        params, err, sizeof(err));
 	if (!res) {
 		inv_fail(l->s, pg_gone(l->conn), "re-sync: %s", err);
 		return -1;
@@ -67,6 +68,12 @@ static int resync(struct listener *l)
 	return ret;
 }
 
+/* The server's FATAL when the lab ends this backend is expected: not printed on stderr. */
+static void quiet(void *arg, const char *message)
+{
+	(void)arg, (void)message;
+}
+
 static int listener_connect(struct listener *l)
 {
 	char err[LAB_ERRLEN], sql[128];
@@ -74,6 +81,7 @@ static int listener_connect(struct listener *l)
 		inv_fail(l->s, "PostgreSQL", "listener: %s", err);
 		return -1;
 	}
+	PQsetNoticeProcessor(l->conn, quiet, NULL);
 	snprintf(sql, sizeof(sql), "LISTEN %s", l->s->channel);
 	if (pg_exec(l->conn, sql, err, sizeof(err)) < 0) {
 		inv_fail(l->s, pg_gone(l->conn), "LISTEN: %s", err);
@@ -172,8 +180,8 @@ int listener_wait_connected(struct listener *l, bool connected, int timeout_ms)
 		if (inv_failed(l->s))
 			return -1;
 		if (now_us() > end) {
-			inv_fail(l->s, NULL, "the listener did not %s within %d ms", connected ? "connect" : "drop",
-			         timeout_ms);
+			inv_fail(l->s, NULL, "the listener did not %s within %d ms",
+			         connected ? "connect" : "drop", timeout_ms);
 			return -1;
 		}
 		sleep_us(1000);
@@ -189,7 +197,8 @@ int listener_wait_notified(struct listener *l, uint64_t n, int timeout_ms)
 			return -1;
 		if (now_us() > end) {
 			inv_fail(l->s, NULL, "the listener heard %llu notifications of %llu within %d ms",
-			         (unsigned long long)atomic_load(&l->notified), (unsigned long long)n, timeout_ms);
+			         (unsigned long long)atomic_load(&l->notified), (unsigned long long)n,
+			         timeout_ms);
 			return -1;
 		}
 		sleep_us(1000);

@@ -34,7 +34,8 @@ static int drop_sequence(struct inv *s, struct listener *l, const int *order, st
 		return -1;
 	struct readers *rs = readers_start(s, M_NOTIFY, s->cfg->long_ttl_ms);
 	int ret = -1;
-	if (!rs || write_batch(s, order, 0, k) < 0 || listener_wait_notified(l, (uint64_t)k, LISTENER_WAIT_MS) < 0)
+	if (!rs || write_batch(s, order, 0, k) < 0 ||
+	    listener_wait_notified(l, (uint64_t)k, LISTENER_WAIT_MS) < 0)
 		goto out;
 	if (listener_kill(l) < 0 || listener_wait_connected(l, false, LISTENER_WAIT_MS) < 0)
 		goto out;
@@ -76,13 +77,13 @@ int drop_run(struct inv *s, bool resync, struct inv_drop_run *d)
 }
 
 /* Calls fn on every versioned key (gen, id, version); the lab's Redis connection. */
-static int scan_versioned(struct inv *s, void (*fn)(struct inv *, const char *, int64_t, int, int64_t, void *),
-                          void *arg)
+static int scan_versioned(struct inv *s,
+                          void (*fn)(struct inv *, const char *, int64_t, int, int64_t, void *), void *arg)
 {
 	char cursor[32] = "0", err[LAB_ERRLEN];
 	do {
-		redisReply *r = redis_cmd(s->rc, err, sizeof(err), "SCAN %s MATCH %sg*:product:* COUNT 1000", cursor,
-		                          PREFIX);
+		redisReply *r = redis_cmd(s->rc, err, sizeof(err), "SCAN %s MATCH %sg*:product:* COUNT 1000",
+		                          cursor, PREFIX);
 		if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
 			inv_fail(s, redis_gone(s->rc), "SCAN: %s", r ? "unexpected reply" : err);
 			if (r)
@@ -94,7 +95,8 @@ static int scan_versioned(struct inv *s, void (*fn)(struct inv *, const char *, 
 			const char *key = r->element[1]->element[i]->str;
 			long long gen, version;
 			int id;
-			if (sscanf(key, PREFIX "g%lld:product:%d:v%lld", &gen, &id, &version) == 3 && id >= 0 && id < s->n)
+			if (sscanf(key, PREFIX "g%lld:product:%d:v%lld", &gen, &id, &version) == 3 &&
+			    id >= 0 && id < s->n)
 				fn(s, key, gen, id, version, arg);
 		}
 		freeReplyObject(r);
@@ -139,8 +141,8 @@ int versioned_after(struct inv *s, struct invalidation_result *res)
 	if (scan_versioned(s, count_old, res) < 0)
 		return -1;
 	int64_t gen;
-	if (pg_query_int64(s->conn, "UPDATE " SCHEMA ".namespace SET gen = gen + 1 RETURNING gen - 1", 0, NULL, &gen,
-	                   err, sizeof(err)) < 0) {
+	if (pg_query_int64(s->conn, "UPDATE " SCHEMA ".namespace SET gen = gen + 1 RETURNING gen - 1", 0,
+	                   NULL, &gen, err, sizeof(err)) < 0) {
 		inv_fail(s, pg_gone(s->conn), "generation bump: %s", err);
 		return -1;
 	}

@@ -144,7 +144,8 @@ int store_open(struct inv *s, const struct invalidation_config *cfg, char *err, 
 	}
 	for (int i = 0; i < s->n; i++)
 		atomic_store(&s->committed[i], 1);
-	if (!(s->conn = pg_connect(cfg->pg_url, err, errlen)) || !(s->wconn = pg_connect(cfg->pg_url, err, errlen))) {
+	if (!(s->conn = pg_connect(cfg->pg_url, err, errlen)) ||
+	    !(s->wconn = pg_connect(cfg->pg_url, err, errlen))) {
 		snprintf(s->lost, sizeof(s->lost), "PostgreSQL");
 		return -1;
 	}
@@ -208,7 +209,9 @@ static int replies_drain(struct inv *s, int n, const char *what)
 		redisReply *r = NULL;
 		if (redisGetReply(s->rc, (void **)&r) != REDIS_OK || !r || r->type == REDIS_REPLY_ERROR) {
 			inv_fail(s, redis_gone(s->rc), "%s: %s", what,
-			         r ? r->str : s->rc->errstr[0] ? s->rc->errstr : "no reply");
+			         r                  ? r->str
+			         : s->rc->errstr[0] ? s->rc->errstr
+			                            : "no reply");
 			if (r)
 				freeReplyObject(r);
 			return -1;
@@ -233,8 +236,8 @@ int cache_reset(struct inv *s, bool warm, int ttl_ms)
 	for (int i = 0; i < s->n; i++) {
 		char key[96];
 		key_product(key, sizeof(key), atoi(PQgetvalue(res, i, 0)));
-		redisAppendCommand(s->rc, "SET %s %s:%s:0 PX %d", key, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
-		                   ttl_ms);
+		redisAppendCommand(s->rc, "SET %s %s:%s:0 PX %d", key, PQgetvalue(res, i, 1),
+		                   PQgetvalue(res, i, 2), ttl_ms);
 	}
 	PQclear(res);
 	return replies_drain(s, s->n, "warming the cache");
