@@ -187,14 +187,8 @@ int invalidation_run(const struct invalidation_config *cfg, struct invalidation_
 
 /* ---- the judge ---- */
 
-/*
- * TTL only: a value read at t was filled by a read of the row that began before its next version
- * committed, and its key lives TTL from the SET; so a read is behind by at most TTL + that fill
- * (the row's SELECT sent to the SET answered). The judge holds the worst staleness of each TTL
- * to TTL + the run's longest fill + this slack: PX is whole milliseconds and Redis' clock is not
- * the lab's (both monotonic, on one machine), 2 ms covers both. No luck: a bound, not a rate.
- */
-#define TTL_SLACK_US 2000
+/* TTL only: every TTL's worst staleness within TTL + its longest fill + INV_TTL_SLACK_US
+ * (invalidation.h, with its reason). */
 /*
  * LISTEN/NOTIFY is "near zero": its stale-read share at most a quarter of what TTL alone gave at
  * the sweep's longest TTL. Expected: the lag (about a millisecond) against a TTL of hundreds, a
@@ -209,13 +203,13 @@ static bool ttl_shown(const struct invalidation_result *r, char *why, size_t len
 {
 	for (int i = 0; i < r->nttl; i++) {
 		const struct inv_ttl_run *t = &r->ttl[i];
-		uint64_t bound = (uint64_t)t->ttl_ms * 1000 + t->r.longest_fill_us + TTL_SLACK_US;
+		uint64_t bound = (uint64_t)t->ttl_ms * 1000 + t->r.longest_fill_us + INV_TTL_SLACK_US;
 		if (t->r.reads == 0 || t->r.worst_stale_us > bound) {
 			snprintf(why, len,
 			         "TTL %d ms: worst staleness %.1f ms over the bound %.1f ms (TTL + longest "
 			         "fill + %d ms)",
 			         t->ttl_ms, t->r.worst_stale_us / 1000.0, bound / 1000.0,
-			         TTL_SLACK_US / 1000);
+			         INV_TTL_SLACK_US / 1000);
 			return false;
 		}
 	}

@@ -127,6 +127,15 @@ struct invalidation_result {
 	char lost_server[16];
 };
 
+/*
+ * TTL only: a value read at t was filled by a read of the row that began before its next version
+ * committed, and its key lives TTL from the SET; so a read is behind by at most TTL + that fill
+ * (the row's SELECT sent to the SET answered). invalidation_judge holds the worst staleness of each TTL
+ * to TTL + the run's longest fill + this slack: PX is whole milliseconds and Redis' clock is not
+ * the lab's (both monotonic, on one machine), 2 ms covers both. No luck: a bound, not a rate.
+ */
+#define INV_TTL_SLACK_US 2000
+
 int invalidation_run(const struct invalidation_config *cfg, struct invalidation_result *res, char *err,
                      size_t errlen);
 

@@ -238,9 +238,9 @@ static void versioned_after(struct lab *lab, const void *c, const void *result)
 	            TERM_NUM(r->old_version_keys, 0), TERM_NUM(r->old_version_bytes, 0),
 	            TERM_NUM(r->current_keys, 0));
 	term_printf(t,
-	            "  one generation bump (one UPDATE): %s of %d reads missed; %s keys of the old one wait "
+	            "  one generation bump (one UPDATE): %s of %s reads missed; %s keys of the old one wait "
 	            "for TTL\n",
-	            TERM_NUM(r->gen_misses, 0), r->products, TERM_NUM(r->gen_old_keys, 0));
+	            TERM_NUM(r->gen_misses, 0), TERM_NUM(r->products, 0), TERM_NUM(r->gen_old_keys, 0));
 	json_t *o = reads_json(v);
 	json_object_set_new(o, "version_lookups", json_integer((json_int_t)v->version_lookups));
 	json_object_set_new(o, "old_version_keys", json_integer((json_int_t)r->old_version_keys));
