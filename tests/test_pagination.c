@@ -342,8 +342,15 @@ static void test_api_refuses_bad_cursors_and_limits_with_400_and_a_clear_body(vo
 	refused(state, "/v1/items?page=500", NULL, "cannot jump");
 	refused(state, "/v1/items?offset=10000", NULL, "cannot jump");
 	refused(state, "/v1/items?sort=id", NULL, "unknown parameter");
-	snprintf(target, sizeof(target), "/v1/items?cursor=a&cursor=b");
-	refused(state, target, NULL, "send one");
+	refused(state, "/v1/items?cursor=a&cursor=b", NULL, "send one");
+	refused(state, "/v1/items?limit=5&limit=500", NULL, "send one");
+	/* a NUL would end the decoded value early: a good cursor with junk after it is not good */
+	assert_int_equal(call(state, NULL, "/v1/items?limit=3", &body), 200);
+	snprintf(target, sizeof(target), "/v1/items?cursor=%s%%00junk",
+	         json_string_value(json_object_get(body, "next_cursor")));
+	json_decref(body);
+	refused(state, target, NULL, "NUL");
+	refused(state, "/v1/items?limit=5%00x", NULL, "NUL");
 	/* the edges of the range are fine */
 	assert_int_equal(call(state, NULL, "/v1/items?limit=1", NULL), 200);
 	assert_int_equal(call(state, NULL, "/v1/items?limit=100", &body), 200);

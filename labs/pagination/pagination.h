@@ -83,7 +83,8 @@ struct pagination_api;
  *            "limit": N}
  *       400 {"error": "...", "reason": "malformed" | "tampered" | "expired"} for a bad cursor;
  *       400 {"error": ...} for a limit outside 1..100, a page= or offset= (a cursor cannot
- *       jump: the message says what to do instead), or any other parameter.
+ *       jump: the message says what to do instead), limit or cursor given twice, a NUL byte
+ *       (%00) anywhere in the query, or any other parameter.
  *   GET /v1/items/count
  *       200 {"estimate": pg_class.reltuples, "count_at_least": min(count(*), cap), "exact": bool,
  *            "cap": cap}
