@@ -459,8 +459,12 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	const struct pagination_api_story *a = &r->api;
 	assert_true(a->nsteps >= 9);
 	for (int i = 0; i < a->nsteps; i++)
-		if (a->steps[i].status != a->steps[i].want)
-			fail_msg("%s: %d, not %d", a->steps[i].what, a->steps[i].status, a->steps[i].want);
+		if (a->steps[i].status != a->steps[i].want ||
+		    (a->steps[i].want_reason && strcmp(a->steps[i].reason, a->steps[i].want_reason)))
+			fail_msg("%s: %d %s, not %d %s", a->steps[i].what, a->steps[i].status,
+			         a->steps[i].reason, a->steps[i].want,
+			         a->steps[i].want_reason ? a->steps[i].want_reason : "");
+	assert_int_equal(a->walked_pages, cfg.api_pages);
 	assert_int_equal(a->walked_rows, (int64_t)cfg.api_pages * cfg.api_limit);
 	assert_true(a->in_order);
 	assert_int_equal(a->cursor_len, PAGINATION_CURSOR_TEXT_LEN);
@@ -471,15 +475,85 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	lab_assert_nothing_left(PAGINATION_SCHEMA, NULL);
 }
 
+/* A result the judge accepts: the numbers of a --quick run, rounded. */
+static void good_result(struct pagination_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	struct pagination_cost *c = &r->cost;
+	c->page_size = 20;
+	c->ndepths = 3;
+	const int pages[] = {1, 10, 1000}, obuf[] = {4, 17, 1149}, kbuf[] = {4, 7, 7};
+	for (int d = 0; d < 3; d++) {
+		c->offset[d] = (struct pagination_measure){
+		        .page = pages[d], .rows_scanned = pages[d] * 20, .buffers = obuf[d]};
+		c->keyset[d] =
+		        (struct pagination_measure){.page = pages[d], .rows_scanned = 20, .buffers = kbuf[d]};
+	}
+	for (int m = 0; m < PAGINATION_METHODS; m++)
+		r->walk[m] = (struct pagination_walk){
+		        .pages = 40, .inserted = 45, .deleted_behind = 42, .stable = 1922};
+	r->walk[PAGINATION_OFFSET].duplicates = 45;
+	r->walk[PAGINATION_OFFSET].skips = 42;
+	struct pagination_api_story *a = &r->api;
+	a->nsteps = 2;
+	a->steps[0] = (struct pagination_api_step){.what = "pages", .status = 200, .want = 200};
+	a->steps[1] = (struct pagination_api_step){.what = "tampered",
+	                                           .status = 400,
+	                                           .want = 400,
+	                                           .want_reason = "tampered",
+	                                           .reason = "tampered"};
+	a->walked_pages = 5;
+	a->in_order = true;
+}
+
+/* The judge on r: not demonstrated, and the evidence starts with says. */
+static void judged_not_shown(const struct pagination_result *r, const char *says)
+{
+	struct lab_verdict v;
+	pagination_judge(r, &v);
+	if (v.demonstrated || strncmp(v.evidence, says, strlen(says)) != 0)
+		fail_msg("%s: %s", v.demonstrated ? "demonstrated" : "not shown", v.evidence);
+}
+
 static void test_judge_says_which_claim_failed(void **state)
 {
 	(void)state;
 	struct pagination_result r;
-	memset(&r, 0, sizeof(r));
 	struct lab_verdict v;
+	good_result(&r);
 	pagination_judge(&r, &v);
-	assert_false(v.demonstrated);
-	assert_non_null(strstr(v.evidence, "fewer than two depths"));
+	assert_true(v.demonstrated);
+	memset(&r, 0, sizeof(r));
+	judged_not_shown(&r, "fewer than two depths");
+	good_result(&r);
+	r.cost.offset[2].buffers = 30;
+	judged_not_shown(&r, "OFFSET grew only");
+	good_result(&r);
+	r.cost.keyset[2].buffers = 40;
+	judged_not_shown(&r, "keyset grew");
+	/* a walk nobody wrote under shows nothing, whatever its counts */
+	good_result(&r);
+	r.walk[PAGINATION_KEYSET].inserted = 0;
+	judged_not_shown(&r, "the keyset walk had no writes");
+	good_result(&r);
+	r.walk[PAGINATION_OFFSET].duplicates = 0;
+	judged_not_shown(&r, "OFFSET under writes");
+	good_result(&r);
+	r.walk[PAGINATION_KEYSET].skips = 1;
+	judged_not_shown(&r, "keyset under writes");
+	/* the API: a status, a reason, a walk that never followed a cursor, pages out of order */
+	good_result(&r);
+	r.api.steps[0].status = 500;
+	judged_not_shown(&r, "the API: pages got 500");
+	good_result(&r);
+	snprintf(r.api.steps[1].reason, sizeof(r.api.steps[1].reason), "malformed");
+	judged_not_shown(&r, "the API: tampered was refused as \"malformed\"");
+	good_result(&r);
+	r.api.walked_pages = 1;
+	judged_not_shown(&r, "the API walk read 1 pages");
+	good_result(&r);
+	r.api.in_order = false;
+	judged_not_shown(&r, "the API's pages did not continue");
 }
 
 static void test_ctrl_c_drops_the_schema(void **state)

@@ -161,20 +161,22 @@ struct pagination_walk {
 
 /* One request of phase 4 and what came back. */
 struct pagination_api_step {
-	char what[64];  /* "page 1 (limit 5)", "a tampered cursor", ... */
-	int status;     /* 0: no answer */
-	int want;       /* the status the API's contract gives it */
-	char note[120]; /* what the body said, shortened */
+	char what[64];           /* "page 1 (limit 5)", "a tampered cursor", ... */
+	int status;              /* 0: no answer */
+	int want;                /* the status the API's contract gives it */
+	const char *want_reason; /* and the 400's "reason" (a static string); NULL: none */
+	char reason[16];         /* the reason the body gave; "" when none */
+	char note[120];          /* what the body said, shortened */
 };
 
 struct pagination_api_story {
 	struct pagination_api_step steps[PAGINATION_API_MAX];
 	int nsteps;
-	int cursor_len;      /* characters of a next_cursor */
-	int64_t walked_rows; /* rows the followed pages returned */
-	int64_t walked_pages;
-	bool in_order;    /* each page continued where the last ended, in feed order */
-	int64_t estimate; /* /v1/items/count */
+	int cursor_len;       /* characters of a next_cursor */
+	int64_t walked_rows;  /* rows the followed pages returned */
+	int64_t walked_pages; /* pages read as JSON with an items array */
+	bool in_order;        /* each page continued where the last ended, in feed order, and parsed */
+	int64_t estimate;     /* /v1/items/count */
 	int64_t count_at_least;
 	bool exact;
 };
