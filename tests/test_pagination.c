@@ -440,8 +440,9 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	              (long long)o->first_skip);
 	assert_true(o->inserted > 0 && o->deleted_behind > 0 && o->deleted_ahead > 0);
 	assert_int_equal(o->inserted, k->inserted);
-	/* every row added at the head pushes one row back onto OFFSET's next page */
-	assert_int_equal(o->duplicates, o->inserted);
+	/* every row added at the head pushes one read row back onto OFFSET's next page; the deleter may
+	 * remove a few of those later (then they are not stable): most, never more, are counted */
+	assert_true(o->duplicates <= o->inserted && o->duplicates * 2 >= o->inserted);
 	/* every row deleted behind pulls one forward past it (unless that one is deleted later) */
 	assert_true(o->skips >= 1 && o->skips <= o->deleted_behind);
 	assert_true(o->first_duplicate > 0 && o->first_skip > 0);

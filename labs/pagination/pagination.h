@@ -153,7 +153,7 @@ struct pagination_walk {
 	int64_t deleted_behind;              /* rows the walker had passed */
 	int64_t deleted_ahead;               /* rows it had not reached */
 	int64_t stable;                      /* rows present at the start and never deleted during the walk */
-	int64_t duplicates;                  /* rows returned again after they had been returned */
+	int64_t duplicates;                  /* extra returns of stable rows (a row read twice: 1) */
 	int64_t skips;                       /* stable rows never returned */
 	int64_t first_duplicate, first_skip; /* ids; 0: none */
 	int64_t cursor_rows_deleted;         /* the walker's last row deleted before its next page */
