@@ -126,7 +126,7 @@ struct pagination_seed {
 struct pagination_measure {
 	int page;
 	int64_t offset;  /* rows before the page */
-	int64_t buffers; /* shared hit + read of the whole plan */
+	int64_t buffers; /* shared hit + read of the whole plan (the most of the repeats) */
 	int64_t hit, read;
 	int64_t rows_scanned;  /* rows the scan nodes produced, plus those their filters removed */
 	int64_t rows_returned; /* the Limit's output */
