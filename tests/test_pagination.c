@@ -107,6 +107,13 @@ static void test_b64url_matches_rfc4648_and_uses_the_url_alphabet(void **state)
 	/* too little room */
 	assert_int_equal(pagination_b64url_encode((const unsigned char *)"foobar", 6, text, 8), -1);
 	assert_int_equal(pagination_b64url_decode("Zm9vYmFy", back, 5), -1);
+	/* any length: refused past the bound, whatever the room, without reading all of it */
+	static char huge[100001];
+	memset(huge, 'A', sizeof(huge) - 1);
+	static unsigned char big[sizeof(huge)];
+	assert_int_equal(pagination_b64url_decode(huge, big, sizeof(big)), -1);
+	struct pagination_cursor c;
+	assert_int_equal(pagination_cursor_decode(KEY, huge, 0, TTL_S, &c), PAGINATION_CURSOR_MALFORMED);
 }
 
 static void test_cursor_round_trip(void **state)
