@@ -163,7 +163,7 @@ static int follow(struct api_walk *w, const struct pagination_config *cfg, char 
 	char target[256];
 	struct pagination_api_story *st = w->st;
 	struct pagination_api_step *s = &st->steps[st->nsteps++];
-	snprintf(s->what, sizeof(s->what), "pages 1-%d, each by the last one's next_cursor", cfg->api_pages);
+	snprintf(s->what, sizeof(s->what), "pages 1-%d, each by the last's next_cursor", cfg->api_pages);
 	s->want = 200;
 	st->in_order = true;
 	for (int p = 1; p <= cfg->api_pages; p++) {
@@ -188,9 +188,9 @@ static int follow(struct api_walk *w, const struct pagination_config *cfg, char 
 			break;
 	}
 	if (s->status == 200)
-		snprintf(s->note, sizeof(s->note), "%lld items on %lld pages, %s, next_cursor %d characters",
+		snprintf(s->note, sizeof(s->note), "%lld items on %lld pages %s; cursor %d chars",
 		         (long long)st->walked_rows, (long long)st->walked_pages,
-		         st->in_order ? "in feed order, none twice" : "OUT OF ORDER", st->cursor_len);
+		         st->in_order ? "in feed order" : "OUT OF ORDER", st->cursor_len);
 	return 0;
 }
 
