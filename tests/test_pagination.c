@@ -364,7 +364,9 @@ static void test_api_refuses_bad_cursors_and_limits_with_400_and_a_clear_body(vo
 	assert_int_equal(json_array_size(json_object_get(body, "items")), 100);
 	json_decref(body);
 	assert_int_equal(call(state, "POST", "/v1/items", NULL), 405);
+	assert_non_null(strcasestr(response, "\r\nAllow: GET\r\n"));
 	assert_int_equal(call(state, "DELETE", "/v1/items/count", NULL), 405);
+	assert_non_null(strcasestr(response, "\r\nAllow: GET\r\n"));
 }
 
 static void test_api_count_is_the_estimate_beside_a_capped_count(void **state)

@@ -271,6 +271,8 @@ static void route_cb(struct evhttp_request *req, void *arg, bool count)
 {
 	struct pagination_api *api = arg;
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		/* RFC 9110 15.5.6: a 405 names the methods the resource has */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
 		http_reply_error(req, 405, "only GET here");
 		return;
 	}
