@@ -86,9 +86,9 @@ struct pagination_api;
  *       jump: the message says what to do instead), limit or cursor given twice, a NUL byte
  *       (%00) anywhere in the query, or any other parameter.
  *   GET /v1/items/count
- *       200 {"estimate": pg_class.reltuples, "count_at_least": min(count(*), cap), "exact": bool,
- *            "cap": cap}
- * Other methods: 405.
+ *       200 {"estimate": pg_class.reltuples, "estimate_source": "...", "count_at_least":
+ *            min(count(*), cap), "exact": bool, "cap": cap}; any parameter: 400
+ * Other methods: 405 with Allow: GET.
  */
 struct pagination_api *pagination_api_start(const struct pagination_config *cfg, int port, char *err,
                                             size_t errlen);
