@@ -536,6 +536,9 @@ static void test_judge_says_which_claim_failed(void **state)
 	memset(&r, 0, sizeof(r));
 	judged_not_shown(&r, "fewer than two depths");
 	good_result(&r);
+	r.cost.keyset[0].buffers = 0;
+	judged_not_shown(&r, "page 1 touched no rows or no buffers");
+	good_result(&r);
 	r.cost.offset[2].buffers = 30;
 	judged_not_shown(&r, "OFFSET grew only");
 	good_result(&r);

@@ -248,6 +248,9 @@ static bool cost_disagrees(const struct pagination_cost *c, char *why, size_t le
 	       kbuf = pagination_growth_buffers(c, PAGINATION_KEYSET);
 	if (c->ndepths < 2)
 		snprintf(why, len, "fewer than two depths measured");
+	else if (c->offset[0].rows_scanned <= 0 || c->offset[0].buffers <= 0 ||
+	         c->keyset[0].rows_scanned <= 0 || c->keyset[0].buffers <= 0)
+		snprintf(why, len, "page 1 touched no rows or no buffers: EXPLAIN measured nothing");
 	else if (orow < OFFSET_GROWTH_MIN || obuf < OFFSET_GROWTH_MIN)
 		snprintf(why, len,
 		         "OFFSET grew only %.1fx in rows and %.1fx in buffers to page %d (at least %.0fx)",
