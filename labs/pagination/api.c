@@ -199,11 +199,18 @@ static void cursor_refused(struct evhttp_request *req, enum pagination_cursor_st
 static int check_names(struct evhttp_request *req, struct evkeyvalq *q, const char **cursor)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	/* a decoded value is a C string: "cursor=<good>%00junk" or "limit=5%00x" would be read up to
+	 * the NUL and the rest ignored. "%00" in the raw text is always a NUL (a literal "%00" is
+	 * sent as "%2500"), so refuse it before decoding */
+	if (query && strstr(query, "%00")) {
+		http_reply_error(req, 400, "the query string holds a NUL byte (%%00)");
+		return -1;
+	}
 	if (query && evhttp_parse_query_str(query, q) < 0) {
 		http_reply_error(req, 400, "the query string is not valid: key=value pairs joined by &");
 		return -1;
 	}
-	int cursors = 0;
+	int cursors = 0, limits = 0;
 	struct evkeyval *kv;
 	TAILQ_FOREACH(kv, q, next)
 	{
@@ -222,9 +229,12 @@ static int check_names(struct evhttp_request *req, struct evkeyvalq *q, const ch
 		}
 		if (!strcmp(kv->key, "cursor") && cursors++ == 0)
 			*cursor = kv->value;
+		limits += !strcmp(kv->key, "limit");
 	}
-	if (cursors > 1) {
-		http_reply_error(req, 400, "cursor appears %d times; send one", cursors);
+	/* which of two the client meant is not ours to guess (http_query_long would take the first) */
+	if (cursors > 1 || limits > 1) {
+		http_reply_error(req, 400, "%s appears %d times; send one", cursors > 1 ? "cursor" : "limit",
+		                 cursors > 1 ? cursors : limits);
 		return -1;
 	}
 	return 0;
@@ -261,6 +271,8 @@ static void route_cb(struct evhttp_request *req, void *arg, bool count)
 {
 	struct pagination_api *api = arg;
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		/* RFC 9110 15.5.6: a 405 names the methods the resource has */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
 		http_reply_error(req, 405, "only GET here");
 		return;
 	}

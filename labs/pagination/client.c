@@ -101,7 +101,8 @@ struct api_walk {
 };
 
 /* One request as a step of the story: its status and a note from the body. */
-static int step(struct api_walk *w, const char *what, const char *target, int want, char *err, size_t errlen)
+static int step(struct api_walk *w, const char *what, const char *target, int want, const char *want_reason,
+                char *err, size_t errlen)
 {
 	struct pagination_api_story *st = w->st;
 	if (st->nsteps == PAGINATION_API_MAX) {
@@ -111,12 +112,14 @@ static int step(struct api_walk *w, const char *what, const char *target, int wa
 	struct pagination_api_step *s = &st->steps[st->nsteps++];
 	snprintf(s->what, sizeof(s->what), "%s", what);
 	s->want = want;
+	s->want_reason = want_reason;
 	if (pagination_http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body), err,
 	                        errlen) < 0)
 		return -1;
 	json_t *doc = json_loads(w->body, 0, NULL);
 	const char *reason = json_string_value(json_object_get(doc, "reason"));
 	const char *error = json_string_value(json_object_get(doc, "error"));
+	snprintf(s->reason, sizeof(s->reason), "%s", reason ? reason : "");
 	if (error)
 		snprintf(s->note, sizeof(s->note), "%s%s%s", reason ? reason : "", reason ? ": " : "", error);
 	json_decref(doc);
@@ -160,7 +163,7 @@ static int follow(struct api_walk *w, const struct pagination_config *cfg, char 
 	char target[256];
 	struct pagination_api_story *st = w->st;
 	struct pagination_api_step *s = &st->steps[st->nsteps++];
-	snprintf(s->what, sizeof(s->what), "pages 1-%d, each by the last one's next_cursor", cfg->api_pages);
+	snprintf(s->what, sizeof(s->what), "pages 1-%d, each by the last's next_cursor", cfg->api_pages);
 	s->want = 200;
 	st->in_order = true;
 	for (int p = 1; p <= cfg->api_pages; p++) {
@@ -173,17 +176,21 @@ static int follow(struct api_walk *w, const struct pagination_config *cfg, char 
 		                        err, errlen) < 0)
 			return -1;
 		int items = s->status == 200 ? read_items(w) : -1;
-		if (items < 0)
+		if (items < 0) {
+			/* a 200 whose body is not a page shows nothing: the judge must not count it */
+			if (s->status == 200)
+				st->in_order = false;
 			break;
+		}
 		st->walked_rows += items;
 		st->walked_pages++;
 		if (!w->cursor[0])
 			break;
 	}
 	if (s->status == 200)
-		snprintf(s->note, sizeof(s->note), "%lld items on %lld pages, %s, next_cursor %d characters",
+		snprintf(s->note, sizeof(s->note), "%lld items on %lld pages %s; cursor %d chars",
 		         (long long)st->walked_rows, (long long)st->walked_pages,
-		         st->in_order ? "in feed order, none twice" : "OUT OF ORDER", st->cursor_len);
+		         st->in_order ? "in feed order" : "OUT OF ORDER", st->cursor_len);
 	return 0;
 }
 
@@ -201,23 +208,30 @@ static int refusals(struct api_walk *w, const struct pagination_config *cfg, cha
 {
 	char target[256], cursor[PAGINATION_CURSOR_TEXT_MAX + 1];
 	unsigned char other_key[PAGINATION_CURSOR_KEY_LEN] = {0};
+	if (strlen(w->cursor) != PAGINATION_CURSOR_TEXT_LEN) {
+		snprintf(err, errlen,
+		         "the walk by next_cursor left no cursor to change (a feed of %d pages?)",
+		         cfg->api_pages);
+		return -1;
+	}
 	/* one character in the middle changed: 6 bits of the position */
 	snprintf(cursor, sizeof(cursor), "%s", w->cursor);
 	cursor[PAGINATION_CURSOR_TEXT_LEN / 2] = cursor[PAGINATION_CURSOR_TEXT_LEN / 2] == 'A' ? 'B' : 'A';
 	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
-	if (step(w, "next_cursor with one character changed", target, 400, err, errlen) < 0)
+	if (step(w, "next_cursor with one character changed", target, 400, "tampered", err, errlen) < 0)
 		return -1;
 	mint(w, 0, other_key, cursor, sizeof(cursor));
 	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
-	if (step(w, "a position signed with another key", target, 400, err, errlen) < 0)
+	if (step(w, "a position signed with another key", target, 400, "tampered", err, errlen) < 0)
 		return -1;
 	mint(w, cfg->cursor_ttl_s + 60, pagination_cursor_key(), cursor, sizeof(cursor));
 	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
-	if (step(w, "a cursor issued a minute past its lifetime", target, 400, err, errlen) < 0 ||
-	    step(w, "cursor=not-a-cursor", "/v1/items?cursor=not-a-cursor", 400, err, errlen) < 0 ||
-	    step(w, "limit=0", "/v1/items?limit=0", 400, err, errlen) < 0 ||
-	    step(w, "limit=101", "/v1/items?limit=101", 400, err, errlen) < 0 ||
-	    step(w, "page=500 (jump to a page)", "/v1/items?page=500", 400, err, errlen) < 0)
+	if (step(w, "a cursor issued a minute past its lifetime", target, 400, "expired", err, errlen) < 0 ||
+	    step(w, "cursor=not-a-cursor", "/v1/items?cursor=not-a-cursor", 400, "malformed", err, errlen) <
+	            0 ||
+	    step(w, "limit=0", "/v1/items?limit=0", 400, NULL, err, errlen) < 0 ||
+	    step(w, "limit=101", "/v1/items?limit=101", 400, NULL, err, errlen) < 0 ||
+	    step(w, "page=500 (jump to a page)", "/v1/items?page=500", 400, NULL, err, errlen) < 0)
 		return -1;
 	return 0;
 }
@@ -225,7 +239,7 @@ static int refusals(struct api_walk *w, const struct pagination_config *cfg, cha
 /* GET /v1/items/count: the answers to "how many?" that a cursor cannot give. */
 static int count(struct api_walk *w, char *err, size_t errlen)
 {
-	if (step(w, "GET /v1/items/count", "/v1/items/count", 200, err, errlen) < 0)
+	if (step(w, "GET /v1/items/count", "/v1/items/count", 200, NULL, err, errlen) < 0)
 		return -1;
 	struct pagination_api_step *s = &w->st->steps[w->st->nsteps - 1];
 	json_t *doc = json_loads(w->body, 0, NULL);

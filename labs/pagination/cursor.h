@@ -57,7 +57,8 @@ int pagination_b64url_encode(const unsigned char *in, size_t n, char *out, size_
 /*
  * Decodes base64url text without padding into out (outlen bytes). Returns the byte count, or -1
  * when text holds anything outside the alphabet (padding and whitespace included), its length
- * is 1 mod 4, it is not the canonical encoding of what it decodes to, or out is too small.
+ * is 1 mod 4 or over 256 characters (it reads no further), it is not the canonical encoding of
+ * what it decodes to, or out is too small.
  */
 int pagination_b64url_decode(const char *text, unsigned char *out, size_t outlen);
 

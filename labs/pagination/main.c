@@ -218,7 +218,8 @@ static void after_api(struct lab *lab, const void *cfg, const void *result)
 	(void)cfg;
 	const struct pagination_api_story *a = &RES(result)->api;
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {{"request", 46, 'l'}, {"status", 6, 'r'}, {"answer", 70, 'l'}};
+	/* 2 + 42 + 6 + 58 and the gaps: 112 columns, as wide as the other phases' lines */
+	struct term_col cols[] = {{"request", 42, 'l'}, {"status", 6, 'r'}, {"answer", 58, 'l'}};
 	term_table_header(t, 2, cols, 3);
 	json_t *steps = json_array();
 	for (int i = 0; i < a->nsteps; i++) {
@@ -226,7 +227,7 @@ static void after_api(struct lab *lab, const void *cfg, const void *result)
 		char st[48], note[80];
 		snprintf(st, sizeof(st), "%s%d%s", s->status == s->want ? term_green(t) : term_red(t),
 		         s->status, term_reset(t));
-		snprintf(note, sizeof(note), "%.67s%s", s->note, strlen(s->note) > 67 ? "..." : "");
+		snprintf(note, sizeof(note), "%.55s%s", s->note, strlen(s->note) > 55 ? "..." : "");
 		const char *row[] = {s->what, st, note};
 		term_table_row(t, 2, cols, 3, row);
 		json_array_append_new(steps, json_pack("{s:s,s:i,s:i,s:s}", "request", s->what, "status",

@@ -236,6 +236,8 @@ double pagination_growth_buffers(const struct pagination_cost *c, enum paginatio
 #define OFFSET_ANOMALIES_MIN 1
 /* ... and keyset none: its position is a key, not a count of rows that writes move */
 #define KEYSET_ANOMALIES 0
+/* Phase 4: page 1 and at least one page reached by its next_cursor, or no cursor was shown working */
+#define API_PAGES_MIN 2
 
 /* Why phase 2 does not show the claim, into why; false when it does. */
 static bool cost_disagrees(const struct pagination_cost *c, char *why, size_t len)
@@ -246,6 +248,9 @@ static bool cost_disagrees(const struct pagination_cost *c, char *why, size_t le
 	       kbuf = pagination_growth_buffers(c, PAGINATION_KEYSET);
 	if (c->ndepths < 2)
 		snprintf(why, len, "fewer than two depths measured");
+	else if (c->offset[0].rows_scanned <= 0 || c->offset[0].buffers <= 0 ||
+	         c->keyset[0].rows_scanned <= 0 || c->keyset[0].buffers <= 0)
+		snprintf(why, len, "page 1 touched no rows or no buffers: EXPLAIN measured nothing");
 	else if (orow < OFFSET_GROWTH_MIN || obuf < OFFSET_GROWTH_MIN)
 		snprintf(why, len,
 		         "OFFSET grew only %.1fx in rows and %.1fx in buffers to page %d (at least %.0fx)",
@@ -288,12 +293,24 @@ static bool api_disagrees(const struct pagination_api_story *a, char *why, size_
 		snprintf(why, len, "the API phase made no request");
 		return true;
 	}
-	for (int i = 0; i < a->nsteps; i++)
-		if (a->steps[i].status != a->steps[i].want) {
-			snprintf(why, len, "the API: %s got %d, its contract says %d", a->steps[i].what,
-			         a->steps[i].status, a->steps[i].want);
+	for (int i = 0; i < a->nsteps; i++) {
+		const struct pagination_api_step *s = &a->steps[i];
+		if (s->status != s->want) {
+			snprintf(why, len, "the API: %s got %d, its contract says %d", s->what, s->status,
+			         s->want);
 			return true;
 		}
+		if (s->want_reason && strcmp(s->reason, s->want_reason) != 0) {
+			snprintf(why, len, "the API: %s was refused as \"%s\", its contract says \"%s\"",
+			         s->what, s->reason, s->want_reason);
+			return true;
+		}
+	}
+	if (a->walked_pages < API_PAGES_MIN) {
+		snprintf(why, len, "the API walk read %lld pages (at least %d: one by next_cursor)",
+		         (long long)a->walked_pages, API_PAGES_MIN);
+		return true;
+	}
 	if (!a->in_order) {
 		snprintf(why, len, "the API's pages did not continue one another in feed order");
 		return true;

@@ -83,11 +83,12 @@ struct pagination_api;
  *            "limit": N}
  *       400 {"error": "...", "reason": "malformed" | "tampered" | "expired"} for a bad cursor;
  *       400 {"error": ...} for a limit outside 1..100, a page= or offset= (a cursor cannot
- *       jump: the message says what to do instead), or any other parameter.
+ *       jump: the message says what to do instead), limit or cursor given twice, a NUL byte
+ *       (%00) anywhere in the query, or any other parameter.
  *   GET /v1/items/count
- *       200 {"estimate": pg_class.reltuples, "count_at_least": min(count(*), cap), "exact": bool,
- *            "cap": cap}
- * Other methods: 405.
+ *       200 {"estimate": pg_class.reltuples, "estimate_source": "...", "count_at_least":
+ *            min(count(*), cap), "exact": bool, "cap": cap}; any parameter: 400
+ * Other methods: 405 with Allow: GET.
  */
 struct pagination_api *pagination_api_start(const struct pagination_config *cfg, int port, char *err,
                                             size_t errlen);
@@ -125,7 +126,7 @@ struct pagination_seed {
 struct pagination_measure {
 	int page;
 	int64_t offset;  /* rows before the page */
-	int64_t buffers; /* shared hit + read of the whole plan */
+	int64_t buffers; /* shared hit + read of the whole plan (the most of the repeats) */
 	int64_t hit, read;
 	int64_t rows_scanned;  /* rows the scan nodes produced, plus those their filters removed */
 	int64_t rows_returned; /* the Limit's output */
@@ -152,7 +153,7 @@ struct pagination_walk {
 	int64_t deleted_behind;              /* rows the walker had passed */
 	int64_t deleted_ahead;               /* rows it had not reached */
 	int64_t stable;                      /* rows present at the start and never deleted during the walk */
-	int64_t duplicates;                  /* rows returned again after they had been returned */
+	int64_t duplicates;                  /* extra returns of stable rows (a row read twice: 1) */
 	int64_t skips;                       /* stable rows never returned */
 	int64_t first_duplicate, first_skip; /* ids; 0: none */
 	int64_t cursor_rows_deleted;         /* the walker's last row deleted before its next page */
@@ -160,20 +161,22 @@ struct pagination_walk {
 
 /* One request of phase 4 and what came back. */
 struct pagination_api_step {
-	char what[64];  /* "page 1 (limit 5)", "a tampered cursor", ... */
-	int status;     /* 0: no answer */
-	int want;       /* the status the API's contract gives it */
-	char note[120]; /* what the body said, shortened */
+	char what[64];           /* "page 1 (limit 5)", "a tampered cursor", ... */
+	int status;              /* 0: no answer */
+	int want;                /* the status the API's contract gives it */
+	const char *want_reason; /* and the 400's "reason" (a static string); NULL: none */
+	char reason[16];         /* the reason the body gave; "" when none */
+	char note[120];          /* what the body said, shortened */
 };
 
 struct pagination_api_story {
 	struct pagination_api_step steps[PAGINATION_API_MAX];
 	int nsteps;
-	int cursor_len;      /* characters of a next_cursor */
-	int64_t walked_rows; /* rows the followed pages returned */
-	int64_t walked_pages;
-	bool in_order;    /* each page continued where the last ended, in feed order */
-	int64_t estimate; /* /v1/items/count */
+	int cursor_len;       /* characters of a next_cursor */
+	int64_t walked_rows;  /* rows the followed pages returned */
+	int64_t walked_pages; /* pages read as JSON with an items array */
+	bool in_order;        /* each page continued where the last ended, in feed order, and parsed */
+	int64_t estimate;     /* /v1/items/count */
 	int64_t count_at_least;
 	bool exact;
 };

@@ -11,8 +11,9 @@
  * every round may delete ahead), so each run interleaves the same way and the counts repeat.
  *
  * Counted at the end, against the rows that existed for the whole walk (present at the start and
- * not in walk_deleted): a duplicate is a row returned again after it had been returned; a skip is
- * such a row never returned.
+ * not in walk_deleted, which the server filled): a duplicate is such a row returned again after it
+ * had been returned (each extra return counts); a skip is such a row never returned. A row the
+ * walker read twice and the deleter removed later is neither: it did not exist for the whole walk.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -256,11 +257,7 @@ static int read_page(PGconn *conn, struct walk_ctx *x, enum pagination_method m,
 		int64_t rid = atoll(PQgetvalue(res, i, 0));
 		w->rows_read++;
 		if (rid >= 1 && rid <= x->n) {
-			if (seen[rid]++ > 0) {
-				w->duplicates++;
-				if (!w->first_duplicate)
-					w->first_duplicate = rid;
-			}
+			seen[rid]++;
 			if (x->index_of[rid] + 1 > x->progress)
 				x->progress = x->index_of[rid] + 1;
 		}
@@ -311,8 +308,8 @@ static int walk_pages(PGconn *conn, struct walk_ctx *x, enum pagination_method m
 	}
 }
 
-/* The rows that existed for the whole walk, and those of them never returned. */
-static int count_skips(PGconn *conn, struct walk_ctx *x, const int *seen, char *err, size_t errlen)
+/* The rows that existed for the whole walk, those of them returned twice or more, and never. */
+static int count_anomalies(PGconn *conn, struct walk_ctx *x, const int *seen, char *err, size_t errlen)
 {
 	PGresult *res = pg_query(conn, "SELECT id FROM " SCHEMA ".walk_deleted", 0, NULL, err, errlen);
 	if (!res)
@@ -335,6 +332,12 @@ static int count_skips(PGconn *conn, struct walk_ctx *x, const int *seen, char *
 		if (deleted[id])
 			continue;
 		w->stable++;
+		/* in feed order, which is the walk's: the first found is the first the walker met */
+		if (seen[id] > 1) {
+			w->duplicates += seen[id] - 1;
+			if (!w->first_duplicate)
+				w->first_duplicate = id;
+		}
 		if (!seen[id]) {
 			w->skips++;
 			if (!w->first_skip)
@@ -378,7 +381,7 @@ out:
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
 	if (ret == 0)
-		ret = count_skips(conn, &x, seen, err, errlen);
+		ret = count_anomalies(conn, &x, seen, err, errlen);
 	free(seen);
 	free(x.order);
 	free(x.index_of);
