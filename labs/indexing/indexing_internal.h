@@ -34,12 +34,6 @@ PGconn *ix_connect(const struct indexing_config *cfg, char *err, size_t errlen);
 int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct indexing_plan *p, char *err,
                size_t errlen);
 
-/*
- * Reads the facts of one EXPLAIN (FORMAT JSON) document into p (exec_us = its Execution Time).
- * -1 and err when json is not such a document.
- */
-int ix_plan_parse(const char *json, struct indexing_plan *p, char *err, size_t errlen);
-
 /* Sets enable_seqscan, enable_indexscan and enable_bitmapscan for the session as f needs. */
 int ix_force(PGconn *conn, enum indexing_force f, char *err, size_t errlen);
 

@@ -10,6 +10,7 @@
 
 #include "indexing_internal.h"
 #include "pg.h"
+#include "pg_explain.h"
 
 PGconn *ix_connect(const struct indexing_config *cfg, char *err, size_t errlen)
 {
@@ -37,74 +38,47 @@ bool indexing_plan_uses_index(const struct indexing_plan *p)
 	       !strcmp(p->node, "Bitmap Heap Scan");
 }
 
-static int64_t json_int_of(json_t *node, const char *key, int64_t dflt)
-{
-	json_t *v = json_object_get(node, key);
-	return json_is_integer(v) ? (int64_t)json_integer_value(v)
-	       : json_is_real(v)  ? (int64_t)json_real_value(v)
-	                          : dflt;
-}
-
 /* Depth first: the first scan node (a Bitmap Index Scan is its heap scan's part) and index name. */
 static void plan_walk(json_t *node, struct indexing_plan *p)
 {
-	const char *type = json_string_value(json_object_get(node, "Node Type"));
+	const char *type = pg_plan_type(node);
 	const char *index = json_string_value(json_object_get(node, "Index Name"));
-	if (type && !p->node[0] && strstr(type, "Scan") && strcmp(type, "Bitmap Index Scan") != 0) {
+	if (!p->node[0] && strstr(type, "Scan") && strcmp(type, "Bitmap Index Scan") != 0) {
 		snprintf(p->node, sizeof(p->node), "%s", type);
-		p->heap_fetches = json_int_of(node, "Heap Fetches", -1);
-		p->scan_rows = json_int_of(node, "Actual Rows", 0);
+		p->heap_fetches = pg_plan_int(node, "Heap Fetches", -1);
+		p->scan_rows = pg_plan_int(node, "Actual Rows", 0);
 	}
 	if (index && !p->index[0])
 		snprintf(p->index, sizeof(p->index), "%s", index);
-	json_t *children = json_object_get(node, "Plans");
 	size_t i;
 	json_t *child;
-	json_array_foreach(children, i, child) plan_walk(child, p);
+	json_array_foreach(pg_plan_children(node), i, child) plan_walk(child, p);
 }
 
-int ix_plan_parse(const char *text, struct indexing_plan *p, char *err, size_t errlen)
+/* The facts of one EXPLAIN, as the lab reads them. */
+static void take_plan(const struct pg_explain *e, struct indexing_plan *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->heap_fetches = -1;
-	json_error_t jerr;
-	json_t *doc = json_loads(text, 0, &jerr);
-	json_t *top = json_array_get(doc, 0);
-	json_t *plan = json_object_get(top, "Plan");
-	json_t *exec = json_object_get(top, "Execution Time");
-	if (!json_is_object(plan) || !json_is_number(exec)) {
-		snprintf(err, errlen, "EXPLAIN did not return a JSON plan with an Execution Time%s%s",
-		         doc ? "" : ": ", doc ? "" : jerr.text);
-		json_decref(doc);
-		return -1;
-	}
-	p->buffers = json_int_of(plan, "Shared Hit Blocks", 0) + json_int_of(plan, "Shared Read Blocks", 0);
-	p->rows = json_int_of(plan, "Actual Rows", 0);
-	p->wal_bytes = json_int_of(plan, "WAL Bytes", 0);
-	p->exec_us = json_number_value(exec) * 1000.0;
-	plan_walk(plan, p);
-	json_decref(doc);
-	return 0;
+	p->buffers = e->buffers;
+	p->rows = e->rows;
+	p->wal_bytes = e->wal_bytes;
+	p->exec_us = e->exec_ms * 1000.0;
+	plan_walk(e->plan, p);
 }
 
 int ix_explain(PGconn *conn, const char *sql, int repeats, bool wal, struct indexing_plan *p, char *err,
                size_t errlen)
 {
-	char stmt[2048];
-	if (ix_sqlf(stmt, sizeof(stmt), err, errlen,
-	            "EXPLAIN (ANALYZE, BUFFERS,%s TIMING OFF, FORMAT JSON) %s", wal ? " WAL," : "", sql) < 0)
-		return -1;
 	double best = 0;
 	for (int i = 0; i < (repeats < 1 ? 1 : repeats); i++) {
-		PGresult *res = pg_query(conn, stmt, 0, NULL, err, errlen);
-		if (!res)
-			return -1;
-		int rc = -1;
-		if (PQntuples(res) != 1 || PQnfields(res) != 1)
-			snprintf(err, errlen, "EXPLAIN returned %d rows, not 1", PQntuples(res));
-		else
-			rc = ix_plan_parse(PQgetvalue(res, 0, 0), p, err, errlen);
-		PQclear(res);
+		struct pg_explain e;
+		int rc = pg_explain_run(
+		        conn, wal ? "ANALYZE, BUFFERS, WAL, TIMING OFF" : "ANALYZE, BUFFERS, TIMING OFF", sql,
+		        0, NULL, &e, err, errlen);
+		if (rc == 0)
+			take_plan(&e, p);
+		pg_explain_free(&e);
 		if (rc < 0)
 			return -1;
 		if (i == 0 || p->exec_us < best)

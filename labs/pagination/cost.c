@@ -12,86 +12,51 @@
 
 #include "internal.h"
 #include "pg.h"
+#include "pg_explain.h"
 
 #define COLUMNS "id, created_at, author, body"
-#define EXPLAIN "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
 
-static const char SQL_OFFSET[] =
-        EXPLAIN "SELECT " COLUMNS " FROM " SCHEMA ".feed " FEED_ORDER " LIMIT $1 OFFSET $2";
+static const char SQL_OFFSET[] = "SELECT " COLUMNS " FROM " SCHEMA ".feed " FEED_ORDER " LIMIT $1 OFFSET $2";
 static const char SQL_KEYSET[] =
-        EXPLAIN "SELECT " COLUMNS " FROM " SCHEMA ".feed"
-                " WHERE (created_at, id) < ($2::timestamptz, $3::bigint) " FEED_ORDER " LIMIT $1";
-static const char SQL_FIRST[] = EXPLAIN "SELECT " COLUMNS " FROM " SCHEMA ".feed " FEED_ORDER " LIMIT $1";
+        "SELECT " COLUMNS " FROM " SCHEMA ".feed"
+        " WHERE (created_at, id) < ($2::timestamptz, $3::bigint) " FEED_ORDER " LIMIT $1";
+static const char SQL_FIRST[] = "SELECT " COLUMNS " FROM " SCHEMA ".feed " FEED_ORDER " LIMIT $1";
 /* the cursor of page P: the last row of page P - 1 (not measured) */
 static const char SQL_POSITION[] =
         "SELECT created_at, id FROM " SCHEMA ".feed " FEED_ORDER " OFFSET $1 LIMIT 1";
-
-static int64_t node_int(json_t *node, const char *key)
-{
-	json_t *v = json_object_get(node, key);
-	return json_is_integer(v) ? (int64_t)json_integer_value(v)
-	       : json_is_real(v)  ? (int64_t)json_real_value(v)
-	                          : 0;
-}
 
 /* Rows the scan nodes under node produced (times their loops) plus those their filters removed. */
 static int64_t scanned(json_t *node)
 {
 	int64_t n = 0;
-	const char *type = json_string_value(json_object_get(node, "Node Type"));
-	if (type && strstr(type, "Scan"))
-		n += node_int(node, "Actual Rows") * (node_int(node, "Actual Loops") ?: 1) +
-		     node_int(node, "Rows Removed by Filter") +
-		     node_int(node, "Rows Removed by Index Recheck");
+	if (strstr(pg_plan_type(node), "Scan"))
+		n += pg_plan_int(node, "Actual Rows", 0) * (pg_plan_int(node, "Actual Loops", 0) ?: 1) +
+		     pg_plan_int(node, "Rows Removed by Filter", 0) +
+		     pg_plan_int(node, "Rows Removed by Index Recheck", 0);
 	size_t i;
 	json_t *child;
-	json_array_foreach(json_object_get(node, "Plans"), i, child) n += scanned(child);
+	json_array_foreach(pg_plan_children(node), i, child) n += scanned(child);
 	return n;
 }
 
-/* "Limit > Index Scan": the node types down the first child of each. */
-static void plan_shape(json_t *node, char *out, size_t len)
-{
-	size_t used = 0;
-	out[0] = '\0';
-	for (; node && used < len; node = json_array_get(json_object_get(node, "Plans"), 0)) {
-		const char *type = json_string_value(json_object_get(node, "Node Type"));
-		int w = snprintf(out + used, len - used, "%s%s", used ? " > " : "", type ? type : "?");
-		used += w > 0 ? (size_t)w : 0;
-	}
-}
-
 /*
- * Reads one EXPLAIN's JSON into m: the time is the best so far (the first run may pay for a cold
- * cache), buffers and rows the most any run touched, so the repeats can only flatter the clock.
+ * One EXPLAIN into m: the time is the best so far (the first run may pay for a cold cache),
+ * buffers and rows the most any run touched, so the repeats can only flatter the clock.
  */
-static int read_plan(const char *text, struct pagination_measure *m, bool first, char *err, size_t errlen)
+static void take_plan(const struct pg_explain *e, struct pagination_measure *m, bool first)
 {
-	json_error_t jerr;
-	json_t *doc = json_loads(text, 0, &jerr);
-	json_t *top = json_array_get(doc, 0);
-	json_t *plan = json_object_get(top, "Plan");
-	if (!plan) {
-		snprintf(err, errlen, "EXPLAIN gave no plan: %s", doc ? "no \"Plan\"" : jerr.text);
-		json_decref(doc);
-		return -1;
+	if (first || e->buffers > m->buffers) {
+		m->hit = e->hit;
+		m->read = e->read;
+		m->buffers = e->buffers;
 	}
-	int64_t hit = node_int(plan, "Shared Hit Blocks"), read = node_int(plan, "Shared Read Blocks");
-	if (first || hit + read > m->buffers) {
-		m->hit = hit;
-		m->read = read;
-		m->buffers = hit + read;
-	}
-	int64_t rows = scanned(plan);
+	int64_t rows = scanned(e->plan);
 	if (first || rows > m->rows_scanned)
 		m->rows_scanned = rows;
-	m->rows_returned = node_int(plan, "Actual Rows");
-	plan_shape(plan, m->plan, sizeof(m->plan));
-	double ms = json_number_value(json_object_get(top, "Execution Time"));
-	if (first || ms < m->exec_ms)
-		m->exec_ms = ms;
-	json_decref(doc);
-	return 0;
+	m->rows_returned = e->rows;
+	pg_plan_shape(e->plan, m->plan, sizeof(m->plan));
+	if (first || e->exec_ms < m->exec_ms)
+		m->exec_ms = e->exec_ms;
 }
 
 /* Runs an EXPLAIN repeats times into m. */
@@ -99,13 +64,11 @@ static int explain(PGconn *conn, const struct pagination_config *cfg, const char
                    const char *const *p, struct pagination_measure *m, char *err, size_t errlen)
 {
 	for (int i = 0; i < cfg->repeats; i++) {
-		PGresult *res = pg_query(conn, sql, n, p, err, errlen);
-		if (!res)
-			return -1;
-		int rc = PQntuples(res) == 1 ? read_plan(PQgetvalue(res, 0, 0), m, i == 0, err, errlen) : -1;
-		if (PQntuples(res) != 1)
-			snprintf(err, errlen, "EXPLAIN returned %d rows", PQntuples(res));
-		PQclear(res);
+		struct pg_explain e;
+		int rc = pg_explain_run(conn, "ANALYZE, BUFFERS", sql, n, p, &e, err, errlen);
+		if (rc == 0)
+			take_plan(&e, m, i == 0);
+		pg_explain_free(&e);
 		if (rc < 0)
 			return -1;
 	}
