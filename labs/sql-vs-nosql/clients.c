@@ -52,17 +52,49 @@ int svn_pg_cmd(struct svn_worker *w, const char *sql, int n, const char *const *
 	return 0;
 }
 
-/* A reply checked: NULL (the connection failed) or an error reply (freed) give -1 and err. */
+/* An error reply, or one inside an array (EXEC answers each queued command, errors included). */
+static const redisReply *reply_error(const redisReply *r)
+{
+	if (r->type == REDIS_REPLY_ERROR)
+		return r;
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+		const redisReply *e = reply_error(r->element[i]);
+		if (e)
+			return e;
+	}
+	return NULL;
+}
+
+/* A reply checked: NULL (the connection failed) or an error reply, at any depth, give -1 and err. */
 static int reply_ok(redisContext *c, redisReply *r, char *err, size_t errlen)
 {
 	if (!r) {
 		redis_error_text(c, errno, err, errlen);
 		return -1;
 	}
-	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(err, errlen, "%.*s", (int)r->len, r->str);
+	const redisReply *e = reply_error(r);
+	if (e) {
+		snprintf(err, errlen, "%.*s", (int)e->len, e->str);
 		return -1;
 	}
+	return 0;
+}
+
+int svn_scan_reply(const redisReply *r, char *cursor, size_t len, const redisReply **keys, char *err,
+                   size_t errlen)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_ARRAY) {
+		snprintf(err, errlen, "SCAN answered something other than [cursor, keys]");
+		return -1;
+	}
+	for (size_t i = 0; i < r->element[1]->elements; i++)
+		if (r->element[1]->element[i]->type != REDIS_REPLY_STRING) {
+			snprintf(err, errlen, "SCAN answered a key that is not a string");
+			return -1;
+		}
+	snprintf(cursor, len, "%s", r->element[0]->str);
+	*keys = r->element[1];
 	return 0;
 }
 
@@ -205,13 +237,17 @@ int svn_rows_decode(const PGresult *res, struct svn_order *o, int max)
 
 void svn_note_lost(struct svn_ctx *x, const struct svn_worker *w)
 {
+	/* clients that fail together note it together: the first one names the server */
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	const char *gone = NULL;
 	if (w && w->pg && PQstatus(w->pg) == CONNECTION_BAD)
 		gone = "PostgreSQL";
 	else if (w && w->rc && w->rc->err)
 		gone = "Redis";
+	pthread_mutex_lock(&mu);
 	if (gone && !x->lost[0])
 		snprintf(x->lost, sizeof(x->lost), "%s", gone);
+	pthread_mutex_unlock(&mu);
 }
 
 int64_t svn_pick_order(struct svn_worker *w)

@@ -85,11 +85,19 @@ int svn_redis_append(struct svn_worker *w, char *err, size_t errlen, const char 
 int svn_redis_append_argv(struct svn_worker *w, int argc, const char **argv, const size_t *lens, char *err,
                           size_t errlen);
 /*
- * Reads every pending reply: one round trip. Each is checked for NULL and REDIS_REPLY_ERROR;
+ * Reads every pending reply: one round trip. Each is checked for NULL and REDIS_REPLY_ERROR, also
+ * inside an array (an EXEC's answers);
  * when out is not NULL the replies are kept there (out has room for w->pending), else freed.
  * -1 and err at the first bad one (the others are still read and freed).
  */
 int svn_redis_flush(struct svn_worker *w, redisReply **out, char *err, size_t errlen);
+
+/*
+ * A SCAN reply taken apart: its next cursor into cursor (len bytes) and its keys (an array of
+ * strings, borrowed from r) into *keys. -1 and err when r is not [cursor, [key, ...]].
+ */
+int svn_scan_reply(const redisReply *r, char *cursor, size_t len, const redisReply **keys, char *err,
+                   size_t errlen);
 
 /* Decodes a document (the JSON text both document stores hold) into o. -1 when it is not one. */
 int svn_doc_decode(const char *text, size_t len, struct svn_order *o);
@@ -97,7 +105,8 @@ int svn_doc_decode(const char *text, size_t len, struct svn_order *o);
  * o[0..max), returns how many. */
 int svn_rows_decode(const PGresult *res, struct svn_order *o, int max);
 
-/* "PostgreSQL" when conn is gone, "Redis" when c is, else NULL: a failure's server. */
+/* Notes in x->lost "PostgreSQL" when w's connection to it is gone, else "Redis" when that one
+ * is, unless a server was noted already. Safe from any client thread. */
 void svn_note_lost(struct svn_ctx *x, const struct svn_worker *w);
 
 /*

@@ -141,13 +141,16 @@ int p2_redis(struct svn_worker *w, int64_t customer, struct svn_order *o, char *
 	                            (long long)customer);
 	if (!ids)
 		return -1;
-	for (size_t i = 0; i < ids->elements && i < 10; i++)
-		if (svn_redis_append(w, err, errlen, "GET " PREFIX "order:%s", ids->element[i]->str) < 0)
-			break;
+	int rc = ids->type == REDIS_REPLY_ARRAY ? 0 : (snprintf(err, errlen, "ZREVRANGE: not an array"), -1);
+	for (size_t i = 0; rc == 0 && i < ids->elements && i < 10; i++)
+		rc = is_str(ids->element[i])
+		             ? svn_redis_append(w, err, errlen, "GET " PREFIX "order:%s",
+		                                ids->element[i]->str)
+		             : (snprintf(err, errlen, "ZREVRANGE: an id that is not a string"), -1);
 	freeReplyObject(ids);
 	redisReply *docs[10];
 	int k = w->pending, n = 0;
-	if (svn_redis_flush(w, docs, err, errlen) < 0)
+	if (rc < 0 || svn_redis_flush(w, docs, err, errlen) < 0)
 		return -1;
 	for (int i = 0; i < k; i++) {
 		n += is_str(docs[i]) && svn_doc_decode(docs[i]->str, docs[i]->len, &o[n]) == 0;
@@ -237,7 +240,7 @@ static bool seen_before(struct seen *sn, const char *key)
 	return seen;
 }
 
-static int scan_batch(struct svn_worker *w, redisReply *keys, struct seen *sn, doc_fn each, void *arg,
+static int scan_batch(struct svn_worker *w, const redisReply *keys, struct seen *sn, doc_fn each, void *arg,
                       char *err, size_t errlen)
 {
 	const char **argv = malloc(sizeof(char *) * (keys->elements + 1));
@@ -251,6 +254,8 @@ static int scan_batch(struct svn_worker *w, redisReply *keys, struct seen *sn, d
 	redisReply *docs = NULL;
 	if (rc == 0)
 		rc = svn_redis_flush(w, &docs, err, errlen);
+	if (rc == 0 && (docs->type != REDIS_REPLY_ARRAY || docs->elements != keys->elements))
+		rc = (snprintf(err, errlen, "MGET answered something other than one reply per key"), -1);
 	for (size_t i = 0; rc == 0 && i < docs->elements; i++) {
 		w->keys_read++;
 		w->bytes_moved += (int64_t)(keys->element[i]->len + docs->element[i]->len);
@@ -277,9 +282,10 @@ static int scan_orders(struct svn_worker *w, doc_fn each, void *arg, char *err, 
 		        svn_redis(w, err, errlen, "SCAN %s MATCH " PREFIX "order:* COUNT 1000", cursor);
 		if (!s)
 			break;
-		snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
-		if (s->element[1]->elements > 0)
-			rc = scan_batch(w, s->element[1], &sn, each, arg, err, errlen);
+		const redisReply *keys;
+		rc = svn_scan_reply(s, cursor, sizeof(cursor), &keys, err, errlen);
+		if (rc == 0 && keys->elements > 0)
+			rc = scan_batch(w, keys, &sn, each, arg, err, errlen);
 		freeReplyObject(s);
 	} while (rc == 0 && strcmp(cursor, "0") != 0);
 	free(sn.ids);
@@ -513,11 +519,14 @@ int p5_redis_guarded(struct svn_worker *w, int round, int gap_us, int *sold, cha
 		    svn_redis_append(w, err, errlen, "INCR " PREFIX "race:guarded:%d:sold", round) < 0 ||
 		    svn_redis_append(w, err, errlen, "EXEC") < 0 || svn_redis_flush(w, r, err, errlen) < 0)
 			return -1;
-		bool committed = r[3]->type == REDIS_REPLY_ARRAY;
+		/* EXEC: the answers of DECR and INCR, or nil when a WATCHed key changed since */
+		int type = r[3]->type;
 		for (int i = 0; i < 4; i++)
 			freeReplyObject(r[i]);
-		if (committed)
+		if (type == REDIS_REPLY_ARRAY)
 			return *sold = 1, 0;
+		if (type != REDIS_REPLY_NIL)
+			return snprintf(err, errlen, "EXEC answered neither its replies nor nil"), -1;
 		w->conflicts++; /* another client changed the stock after our WATCH: look again */
 	}
 }

@@ -260,7 +260,11 @@ static int race_count(struct svn_ctx *x, int store, const char *variant, struct 
 	if (!r)
 		return snprintf(err, errlen, "out of memory"), -1;
 	int rc = svn_redis_flush(&w, r, err, errlen);
+	bool held = rc == 0; /* the replies are ours to free (a failed flush freed them) */
 	out->min_stock = INT64_MAX;
+	for (int i = 0; rc == 0 && i < out->rounds; i++)
+		if (r[i]->type != REDIS_REPLY_ARRAY || r[i]->elements != 2)
+			rc = (snprintf(err, errlen, "MGET answered something other than two values"), -1);
 	for (int i = 0; rc == 0 && i < out->rounds; i++) {
 		redisReply *sold = r[i]->element[0], *stock = r[i]->element[1];
 		int64_t n = sold->type == REDIS_REPLY_STRING ? atoll(sold->str) : 0;
@@ -269,8 +273,9 @@ static int race_count(struct svn_ctx *x, int store, const char *variant, struct 
 		out->oversells += n > 1 ? n - 1 : 0;
 		out->rounds_oversold += n > 1;
 		out->min_stock = q < out->min_stock ? q : out->min_stock;
-		freeReplyObject(r[i]);
 	}
+	for (int i = 0; held && i < out->rounds; i++)
+		freeReplyObject(r[i]);
 	free(r);
 	return rc;
 }

@@ -62,17 +62,17 @@ static const struct {
         [SVN_LOC_P1_REDIS] = {"p1.redis", 9},
         [SVN_LOC_P2_SQL] = {"p2.sql", 16},
         [SVN_LOC_P2_JSONB] = {"p2.jsonb", 16},
-        [SVN_LOC_P2_REDIS] = {"p2.redis", 20},
+        [SVN_LOC_P2_REDIS] = {"p2.redis", 23},
         [SVN_LOC_P3_SQL] = {"p3.sql", 16},
         [SVN_LOC_P3_JSONB] = {"p3.jsonb", 16},
-        [SVN_LOC_P3_REDIS] = {"p3.redis", 92},
+        [SVN_LOC_P3_REDIS] = {"p3.redis", 95},
         [SVN_LOC_P4_SQL] = {"p4.sql", 10},
         [SVN_LOC_P4_JSONB] = {"p4.jsonb", 15},
-        [SVN_LOC_P4_REDIS] = {"p4.redis", 110},
+        [SVN_LOC_P4_REDIS] = {"p4.redis", 113},
         [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 25},
         [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 30},
         [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 18},
-        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 29},
+        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 31},
 };
 
 const char *svn_loc_name(enum svn_loc r)

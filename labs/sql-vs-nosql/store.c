@@ -243,9 +243,12 @@ static int redis_count(redisContext *c, const char *pattern, int64_t *n, char *e
 		redisReply *r = redis_cmd(c, err, errlen, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
 		if (!r)
 			return -1;
-		snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-		*n += (int64_t)r->element[1]->elements;
+		const redisReply *keys;
+		int rc = svn_scan_reply(r, cursor, sizeof(cursor), &keys, err, errlen);
+		*n += rc == 0 ? (int64_t)keys->elements : 0;
 		freeReplyObject(r);
+		if (rc < 0)
+			return -1;
 	} while (strcmp(cursor, "0") != 0);
 	return 0;
 }
