@@ -53,6 +53,7 @@ struct svn_worker {
 	uint64_t rng;
 	struct hist lat;
 	uint64_t ops, rt, orders, cmds;
+	uint64_t wait_us; /* time spent in round trips: request sent to answer in hand */
 	int64_t checksum;
 	int64_t conflicts;
 	int64_t keys_read, bytes_moved, writes;
@@ -74,6 +75,23 @@ void svn_solo(struct svn_ctx *x, struct svn_worker *w);
 /* One statement that returns rows (TUPLES_OK); one round trip. The caller PQclears. */
 PGresult *svn_pg(struct svn_worker *w, const char *sql, int n, const char *const *params, char *err,
                  size_t errlen);
+/*
+ * The statements of patterns 1 and 2 (patterns.c): run thousands of times each, so prepared once
+ * per connection, as a driver does (pgx, JDBC past prepareThreshold, psycopg's prepare_threshold):
+ * a lookup then pays no parse and, once PostgreSQL settles on a generic plan, no planning.
+ */
+struct svn_statement {
+	const char *name, *sql;
+	const char *stats_like; /* picks it out of pg_stat_statements (LIKE) */
+};
+#define SVN_NPREPARED 4
+extern const struct svn_statement SVN_PREPARED[SVN_NPREPARED];
+/* PREPAREs SVN_PREPARED on every connection of x->pool: setup, neither timed nor counted. */
+int svn_prepare_pool(struct svn_ctx *x, char *err, size_t errlen);
+/* Runs a statement svn_prepare_pool prepared on w->pg (TUPLES_OK); one round trip. The caller
+ * PQclears. */
+PGresult *svn_pg_prepared(struct svn_worker *w, const char *name, int n, const char *const *params, char *err,
+                          size_t errlen);
 /* One statement that returns none (COMMAND_OK); one round trip; *rows: rows it touched (may be NULL). */
 int svn_pg_cmd(struct svn_worker *w, const char *sql, int n, const char *const *params, int64_t *rows,
                char *err, size_t errlen);
