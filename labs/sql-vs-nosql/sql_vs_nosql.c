@@ -330,7 +330,7 @@ void sql_vs_nosql_decide(const struct sql_vs_nosql_result *r, struct svn_decisio
 	    p2 >= DECIDE_MIN_RATIO       ? "Redis"
 	    : p2 * DECIDE_MIN_RATIO <= 1 ? "PostgreSQL"
 	                                 : "either",
-	    "Redis: a sorted set kept in step on every write", "%.1fx p50", p2 >= 1 ? p2 : 1 / p2, 0);
+	    "Redis: a sorted set kept in step on every write", "%.2fx p50", p2 >= 1 ? p2 : 1 / p2, 0);
 	row(&rows[2], "3 revenue per category", "PostgreSQL", "the unplanned question: a planner, not a scan",
 	    "%.0fx time", ratio((double)r->p3[SVN_REDIS].median_us, (double)r->p3[SVN_SQL].median_us), 0);
 	row(&rows[3], "4 product renamed", "PostgreSQL", "the fact lives once; documents hold copies",
