@@ -33,14 +33,62 @@ PGresult *svn_pg(struct svn_worker *w, const char *sql, int n, const char *const
                  size_t errlen)
 {
 	w->rt++;
-	return pg_query(w->pg, sql, n, params, err, errlen);
+	w->cmds++;
+	uint64_t t0 = hist_now_us();
+	PGresult *res = pg_query(w->pg, sql, n, params, err, errlen);
+	w->wait_us += hist_now_us() - t0;
+	return res;
+}
+
+PGresult *svn_pg_prepared(struct svn_worker *w, const char *name, int n, const char *const *params, char *err,
+                          size_t errlen)
+{
+	w->rt++;
+	w->cmds++;
+	uint64_t t0 = hist_now_us();
+	PGresult *res = PQexecPrepared(w->pg, name, n, params, NULL, NULL, 0);
+	w->wait_us += hist_now_us() - t0;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		pg_message_line(err, errlen, res ? PQresultErrorMessage(res) : PQerrorMessage(w->pg));
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+int svn_prepare_pool(struct svn_ctx *x, char *err, size_t errlen)
+{
+	int n = pgset_size(x->pool), ret = 0;
+	PGconn *conns[SVN_MAX_CLIENTS];
+	for (int i = 0; i < n; i++)
+		if (!(conns[i] = pgset_borrow(x->pool, 5000, err, errlen))) {
+			n = i;
+			ret = -1;
+		}
+	for (int i = 0; ret == 0 && i < n; i++)
+		for (int k = 0; ret == 0 && k < SVN_NPREPARED; k++) {
+			PGresult *res =
+			        PQprepare(conns[i], SVN_PREPARED[k].name, SVN_PREPARED[k].sql, 0, NULL);
+			if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+				pg_message_line(err, errlen,
+				                res ? PQresultErrorMessage(res) : PQerrorMessage(conns[i]));
+				ret = -1;
+			}
+			PQclear(res);
+		}
+	for (int i = 0; i < n; i++)
+		pgset_return(x->pool, conns[i]);
+	return ret;
 }
 
 int svn_pg_cmd(struct svn_worker *w, const char *sql, int n, const char *const *params, int64_t *rows,
                char *err, size_t errlen)
 {
 	w->rt++;
+	w->cmds++;
+	uint64_t t0 = hist_now_us();
 	PGresult *res = PQexecParams(w->pg, sql, n, NULL, params, NULL, NULL, 0);
+	w->wait_us += hist_now_us() - t0;
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		pg_message_line(err, errlen, res ? PQresultErrorMessage(res) : PQerrorMessage(w->pg));
 		PQclear(res);
@@ -52,17 +100,49 @@ int svn_pg_cmd(struct svn_worker *w, const char *sql, int n, const char *const *
 	return 0;
 }
 
-/* A reply checked: NULL (the connection failed) or an error reply (freed) give -1 and err. */
+/* An error reply, or one inside an array (EXEC answers each queued command, errors included). */
+static const redisReply *reply_error(const redisReply *r)
+{
+	if (r->type == REDIS_REPLY_ERROR)
+		return r;
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+		const redisReply *e = reply_error(r->element[i]);
+		if (e)
+			return e;
+	}
+	return NULL;
+}
+
+/* A reply checked: NULL (the connection failed) or an error reply, at any depth, give -1 and err. */
 static int reply_ok(redisContext *c, redisReply *r, char *err, size_t errlen)
 {
 	if (!r) {
 		redis_error_text(c, errno, err, errlen);
 		return -1;
 	}
-	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(err, errlen, "%.*s", (int)r->len, r->str);
+	const redisReply *e = reply_error(r);
+	if (e) {
+		snprintf(err, errlen, "%.*s", (int)e->len, e->str);
 		return -1;
 	}
+	return 0;
+}
+
+int svn_scan_reply(const redisReply *r, char *cursor, size_t len, const redisReply **keys, char *err,
+                   size_t errlen)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_ARRAY) {
+		snprintf(err, errlen, "SCAN answered something other than [cursor, keys]");
+		return -1;
+	}
+	for (size_t i = 0; i < r->element[1]->elements; i++)
+		if (r->element[1]->element[i]->type != REDIS_REPLY_STRING) {
+			snprintf(err, errlen, "SCAN answered a key that is not a string");
+			return -1;
+		}
+	snprintf(cursor, len, "%s", r->element[0]->str);
+	*keys = r->element[1];
 	return 0;
 }
 
@@ -87,7 +167,9 @@ redisReply *svn_redis(struct svn_worker *w, char *err, size_t errlen, const char
 	w->cmds++;
 	va_list ap;
 	va_start(ap, fmt);
+	uint64_t t0 = hist_now_us();
 	redisReply *r = redisvCommand(w->rc, fmt, ap);
+	w->wait_us += hist_now_us() - t0;
 	va_end(ap);
 	if (reply_ok(w->rc, r, err, errlen) < 0) {
 		if (r)
@@ -131,10 +213,13 @@ int svn_redis_flush(struct svn_worker *w, redisReply **out, char *err, size_t er
 	if (refused(err, errlen))
 		return -1; /* the appended commands stay unsent in the context's buffer */
 	w->rt++;
+	uint64_t t0 = hist_now_us();
 	for (int i = 0; i < n; i++) {
 		void *p = NULL;
 		if (redisGetReply(w->rc, &p) != REDIS_OK)
 			p = NULL;
+		if (i == n - 1)
+			w->wait_us += hist_now_us() - t0;
 		redisReply *r = p;
 		if (ret == 0 && reply_ok(w->rc, r, err, errlen) < 0)
 			ret = -1;
@@ -205,13 +290,17 @@ int svn_rows_decode(const PGresult *res, struct svn_order *o, int max)
 
 void svn_note_lost(struct svn_ctx *x, const struct svn_worker *w)
 {
+	/* clients that fail together note it together: the first one names the server */
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	const char *gone = NULL;
 	if (w && w->pg && PQstatus(w->pg) == CONNECTION_BAD)
 		gone = "PostgreSQL";
 	else if (w && w->rc && w->rc->err)
 		gone = "Redis";
+	pthread_mutex_lock(&mu);
 	if (gone && !x->lost[0])
 		snprintf(x->lost, sizeof(x->lost), "%s", gone);
+	pthread_mutex_unlock(&mu);
 }
 
 int64_t svn_pick_order(struct svn_worker *w)
@@ -307,15 +396,16 @@ static void *load_client_cb(void *arg)
 	if (svn_gate_wait(&run->go))
 		return NULL;
 	for (int i = 0; l->ops == 0 || i < l->ops; i++) {
-		uint64_t t0 = hist_now_us();
-		if ((l->ops == 0 && t0 >= run->deadline_us) || run->failed || lab_interrupted())
+		uint64_t waited = c->w.wait_us;
+		if ((l->ops == 0 && hist_now_us() >= run->deadline_us) || run->failed || lab_interrupted())
 			break;
 		if (l->op(&c->w, l->arg, err, sizeof(err)) < 0) {
 			svn_note_lost(run->x, &c->w);
 			load_fail(run, err);
 			break;
 		}
-		hist_record(&c->w.lat, hist_now_us() - t0);
+		/* the store's latency: from the request sent to the answer in hand, decoding excluded */
+		hist_record(&c->w.lat, c->w.wait_us - waited);
 		c->w.ops++;
 	}
 	return NULL;
@@ -372,6 +462,7 @@ int svn_load_run(struct svn_ctx *x, const struct svn_load *l, struct svn_reads *
 		hist_merge(&out->lat, &cs[i].w.lat);
 		out->ops += cs[i].w.ops;
 		out->round_trips += cs[i].w.rt;
+		out->commands += cs[i].w.cmds;
 		out->orders_read += cs[i].w.orders;
 		out->checksum += cs[i].w.checksum;
 	}

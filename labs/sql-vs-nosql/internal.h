@@ -53,6 +53,7 @@ struct svn_worker {
 	uint64_t rng;
 	struct hist lat;
 	uint64_t ops, rt, orders, cmds;
+	uint64_t wait_us; /* time spent in round trips: request sent to answer in hand */
 	int64_t checksum;
 	int64_t conflicts;
 	int64_t keys_read, bytes_moved, writes;
@@ -74,6 +75,23 @@ void svn_solo(struct svn_ctx *x, struct svn_worker *w);
 /* One statement that returns rows (TUPLES_OK); one round trip. The caller PQclears. */
 PGresult *svn_pg(struct svn_worker *w, const char *sql, int n, const char *const *params, char *err,
                  size_t errlen);
+/*
+ * The statements of patterns 1 and 2 (patterns.c): run thousands of times each, so prepared once
+ * per connection, as a driver does (pgx, JDBC past prepareThreshold, psycopg's prepare_threshold):
+ * a lookup then pays no parse and, once PostgreSQL settles on a generic plan, no planning.
+ */
+struct svn_statement {
+	const char *name, *sql;
+	const char *stats_like; /* picks it out of pg_stat_statements (LIKE) */
+};
+#define SVN_NPREPARED 4
+extern const struct svn_statement SVN_PREPARED[SVN_NPREPARED];
+/* PREPAREs SVN_PREPARED on every connection of x->pool: setup, neither timed nor counted. */
+int svn_prepare_pool(struct svn_ctx *x, char *err, size_t errlen);
+/* Runs a statement svn_prepare_pool prepared on w->pg (TUPLES_OK); one round trip. The caller
+ * PQclears. */
+PGresult *svn_pg_prepared(struct svn_worker *w, const char *name, int n, const char *const *params, char *err,
+                          size_t errlen);
 /* One statement that returns none (COMMAND_OK); one round trip; *rows: rows it touched (may be NULL). */
 int svn_pg_cmd(struct svn_worker *w, const char *sql, int n, const char *const *params, int64_t *rows,
                char *err, size_t errlen);
@@ -85,11 +103,19 @@ int svn_redis_append(struct svn_worker *w, char *err, size_t errlen, const char 
 int svn_redis_append_argv(struct svn_worker *w, int argc, const char **argv, const size_t *lens, char *err,
                           size_t errlen);
 /*
- * Reads every pending reply: one round trip. Each is checked for NULL and REDIS_REPLY_ERROR;
+ * Reads every pending reply: one round trip. Each is checked for NULL and REDIS_REPLY_ERROR, also
+ * inside an array (an EXEC's answers);
  * when out is not NULL the replies are kept there (out has room for w->pending), else freed.
  * -1 and err at the first bad one (the others are still read and freed).
  */
 int svn_redis_flush(struct svn_worker *w, redisReply **out, char *err, size_t errlen);
+
+/*
+ * A SCAN reply taken apart: its next cursor into cursor (len bytes) and its keys (an array of
+ * strings, borrowed from r) into *keys. -1 and err when r is not [cursor, [key, ...]].
+ */
+int svn_scan_reply(const redisReply *r, char *cursor, size_t len, const redisReply **keys, char *err,
+                   size_t errlen);
 
 /* Decodes a document (the JSON text both document stores hold) into o. -1 when it is not one. */
 int svn_doc_decode(const char *text, size_t len, struct svn_order *o);
@@ -97,7 +123,8 @@ int svn_doc_decode(const char *text, size_t len, struct svn_order *o);
  * o[0..max), returns how many. */
 int svn_rows_decode(const PGresult *res, struct svn_order *o, int max);
 
-/* "PostgreSQL" when conn is gone, "Redis" when c is, else NULL: a failure's server. */
+/* Notes in x->lost "PostgreSQL" when w's connection to it is gone, else "Redis" when that one
+ * is, unless a server was noted already. Safe from any client thread. */
 void svn_note_lost(struct svn_ctx *x, const struct svn_worker *w);
 
 /*

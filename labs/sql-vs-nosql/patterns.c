@@ -1,6 +1,9 @@
 /*
  * patterns.c — the five access patterns, written once for each store as an application would
- * write them, with parameters, one counted call per round trip (clients.c). The lines of each
+ * write them, with parameters, one counted call per round trip (clients.c). The PostgreSQL
+ * statements of patterns 1 and 2, which run thousands of times, are prepared once on each client
+ * connection (svn_prepare_pool), as an application's driver keeps its plans: their text is
+ * counted with the pattern, the one-time PREPARE is setup, like the connect. The lines of each
  * implementation are counted: each lies between "loc: <name>" and "loc end" markers, and
  * svn_loc_lines (sql_vs_nosql.c) holds the counts, non-blank lines that are not only a comment,
  * checked against this file by tests/test_sql_vs_nosql.c. Decoding an answer into an order
@@ -46,17 +49,17 @@ static bool is_str(const redisReply *r)
 /* ---- pattern 1: an order by id ---- */
 
 /* loc: p1.sql */
+static const char P1_SQL[] =
+        "SELECT o.id, extract(epoch FROM o.placed_at)::bigint, i.qty, i.price_cents, c.name, c.email, "
+        "p.name, p.category, o.status FROM " SCHEMA ".orders o JOIN " SCHEMA
+        ".customers c ON c.id = o.customer_id JOIN " SCHEMA ".order_items i ON i.order_id = o.id JOIN " SCHEMA
+        ".products p ON p.id = i.product_id WHERE o.id = $1 ORDER BY i.line";
+
 int p1_sql(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, size_t errlen)
 {
 	char b[24];
 	const char *params[] = {num(b, id)};
-	PGresult *res = svn_pg(w,
-	                       "SELECT o.id, extract(epoch FROM o.placed_at)::bigint, i.qty, i.price_cents, "
-	                       "c.name, c.email, p.name, p.category, o.status FROM " SCHEMA ".orders o "
-	                       "JOIN " SCHEMA ".customers c ON c.id = o.customer_id JOIN " SCHEMA
-	                       ".order_items i ON i.order_id = o.id JOIN " SCHEMA
-	                       ".products p ON p.id = i.product_id WHERE o.id = $1 ORDER BY i.line",
-	                       1, params, err, errlen);
+	PGresult *res = svn_pg_prepared(w, "p1_sql", 1, params, err, errlen);
 	if (!res)
 		return -1;
 	int n = svn_rows_decode(res, o, 1);
@@ -66,12 +69,13 @@ int p1_sql(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, siz
 /* loc end */
 
 /* loc: p1.jsonb */
+static const char P1_JSONB[] = "SELECT doc FROM " SCHEMA ".orders_doc WHERE id = $1";
+
 int p1_jsonb(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, size_t errlen)
 {
 	char b[24];
 	const char *params[] = {num(b, id)};
-	PGresult *res =
-	        svn_pg(w, "SELECT doc FROM " SCHEMA ".orders_doc WHERE id = $1", 1, params, err, errlen);
+	PGresult *res = svn_pg_prepared(w, "p1_jsonb", 1, params, err, errlen);
 	if (!res)
 		return -1;
 	int rc = PQntuples(res) == 1
@@ -97,16 +101,17 @@ int p1_redis(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, s
 /* ---- pattern 2: a customer's last 10 orders ---- */
 
 /* loc: p2.sql */
+static const char P2_SQL[] =
+        "SELECT o.id, extract(epoch FROM o.placed_at)::bigint, i.qty, i.price_cents FROM (SELECT id, "
+        "placed_at FROM " SCHEMA
+        ".orders WHERE customer_id = $1 ORDER BY placed_at DESC LIMIT 10) o JOIN " SCHEMA
+        ".order_items i ON i.order_id = o.id ORDER BY o.placed_at DESC, i.line";
+
 int p2_sql(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen)
 {
 	char b[24];
 	const char *params[] = {num(b, customer)};
-	PGresult *res = svn_pg(w,
-	                       "SELECT o.id, extract(epoch FROM o.placed_at)::bigint, i.qty, i.price_cents "
-	                       "FROM (SELECT id, placed_at FROM " SCHEMA ".orders WHERE customer_id = $1 "
-	                       "ORDER BY placed_at DESC LIMIT 10) o JOIN " SCHEMA
-	                       ".order_items i ON i.order_id = o.id ORDER BY o.placed_at DESC, i.line",
-	                       1, params, err, errlen);
+	PGresult *res = svn_pg_prepared(w, "p2_sql", 1, params, err, errlen);
 	if (!res)
 		return -1;
 	int n = svn_rows_decode(res, o, 10);
@@ -116,14 +121,14 @@ int p2_sql(struct svn_worker *w, int64_t customer, struct svn_order *o, char *er
 /* loc end */
 
 /* loc: p2.jsonb */
+static const char P2_JSONB[] =
+        "SELECT doc FROM " SCHEMA ".orders_doc WHERE customer_id = $1 ORDER BY ts DESC LIMIT 10";
+
 int p2_jsonb(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen)
 {
 	char b[24];
 	const char *params[] = {num(b, customer)};
-	PGresult *res = svn_pg(w,
-	                       "SELECT doc FROM " SCHEMA ".orders_doc WHERE customer_id = $1 "
-	                       "ORDER BY ts DESC LIMIT 10",
-	                       1, params, err, errlen);
+	PGresult *res = svn_pg_prepared(w, "p2_jsonb", 1, params, err, errlen);
 	if (!res)
 		return -1;
 	int n = 0;
@@ -141,13 +146,16 @@ int p2_redis(struct svn_worker *w, int64_t customer, struct svn_order *o, char *
 	                            (long long)customer);
 	if (!ids)
 		return -1;
-	for (size_t i = 0; i < ids->elements && i < 10; i++)
-		if (svn_redis_append(w, err, errlen, "GET " PREFIX "order:%s", ids->element[i]->str) < 0)
-			break;
+	int rc = ids->type == REDIS_REPLY_ARRAY ? 0 : (snprintf(err, errlen, "ZREVRANGE: not an array"), -1);
+	for (size_t i = 0; rc == 0 && i < ids->elements && i < 10; i++)
+		rc = is_str(ids->element[i])
+		             ? svn_redis_append(w, err, errlen, "GET " PREFIX "order:%s",
+		                                ids->element[i]->str)
+		             : (snprintf(err, errlen, "ZREVRANGE: an id that is not a string"), -1);
 	freeReplyObject(ids);
 	redisReply *docs[10];
 	int k = w->pending, n = 0;
-	if (svn_redis_flush(w, docs, err, errlen) < 0)
+	if (rc < 0 || svn_redis_flush(w, docs, err, errlen) < 0)
 		return -1;
 	for (int i = 0; i < k; i++) {
 		n += is_str(docs[i]) && svn_doc_decode(docs[i]->str, docs[i]->len, &o[n]) == 0;
@@ -156,6 +164,15 @@ int p2_redis(struct svn_worker *w, int64_t customer, struct svn_order *o, char *
 	return n;
 }
 /* loc end */
+
+/* pg_stat_statements keeps a statement's text with its constants ('epoch', 10) made $n: each is
+ * found there by a part of its text that has none, and that no other statement of the lab has */
+const struct svn_statement SVN_PREPARED[SVN_NPREPARED] = {
+        {"p1_sql", P1_SQL, "%c.email, p.name, p.category, o.status FROM " SCHEMA ".orders o JOIN%"},
+        {"p1_jsonb", P1_JSONB, "SELECT doc FROM " SCHEMA ".orders_doc WHERE id = $1"},
+        {"p2_sql", P2_SQL, "%FROM " SCHEMA ".orders WHERE customer_id = $1 ORDER BY placed_at DESC LIMIT%"},
+        {"p2_jsonb", P2_JSONB,
+         "SELECT doc FROM " SCHEMA ".orders_doc WHERE customer_id = $1 ORDER BY ts DESC%"}};
 
 /* ---- pattern 3: revenue per category, last week ---- */
 
@@ -237,7 +254,7 @@ static bool seen_before(struct seen *sn, const char *key)
 	return seen;
 }
 
-static int scan_batch(struct svn_worker *w, redisReply *keys, struct seen *sn, doc_fn each, void *arg,
+static int scan_batch(struct svn_worker *w, const redisReply *keys, struct seen *sn, doc_fn each, void *arg,
                       char *err, size_t errlen)
 {
 	const char **argv = malloc(sizeof(char *) * (keys->elements + 1));
@@ -251,6 +268,8 @@ static int scan_batch(struct svn_worker *w, redisReply *keys, struct seen *sn, d
 	redisReply *docs = NULL;
 	if (rc == 0)
 		rc = svn_redis_flush(w, &docs, err, errlen);
+	if (rc == 0 && (docs->type != REDIS_REPLY_ARRAY || docs->elements != keys->elements))
+		rc = (snprintf(err, errlen, "MGET answered something other than one reply per key"), -1);
 	for (size_t i = 0; rc == 0 && i < docs->elements; i++) {
 		w->keys_read++;
 		w->bytes_moved += (int64_t)(keys->element[i]->len + docs->element[i]->len);
@@ -277,9 +296,10 @@ static int scan_orders(struct svn_worker *w, doc_fn each, void *arg, char *err, 
 		        svn_redis(w, err, errlen, "SCAN %s MATCH " PREFIX "order:* COUNT 1000", cursor);
 		if (!s)
 			break;
-		snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
-		if (s->element[1]->elements > 0)
-			rc = scan_batch(w, s->element[1], &sn, each, arg, err, errlen);
+		const redisReply *keys;
+		rc = svn_scan_reply(s, cursor, sizeof(cursor), &keys, err, errlen);
+		if (rc == 0 && keys->elements > 0)
+			rc = scan_batch(w, keys, &sn, each, arg, err, errlen);
 		freeReplyObject(s);
 	} while (rc == 0 && strcmp(cursor, "0") != 0);
 	free(sn.ids);
@@ -513,11 +533,14 @@ int p5_redis_guarded(struct svn_worker *w, int round, int gap_us, int *sold, cha
 		    svn_redis_append(w, err, errlen, "INCR " PREFIX "race:guarded:%d:sold", round) < 0 ||
 		    svn_redis_append(w, err, errlen, "EXEC") < 0 || svn_redis_flush(w, r, err, errlen) < 0)
 			return -1;
-		bool committed = r[3]->type == REDIS_REPLY_ARRAY;
+		/* EXEC: the answers of DECR and INCR, or nil when a WATCHed key changed since */
+		int type = r[3]->type;
 		for (int i = 0; i < 4; i++)
 			freeReplyObject(r[i]);
-		if (committed)
+		if (type == REDIS_REPLY_ARRAY)
 			return *sold = 1, 0;
+		if (type != REDIS_REPLY_NIL)
+			return snprintf(err, errlen, "EXEC answered neither its replies nor nil"), -1;
 		w->conflicts++; /* another client changed the stock after our WATCH: look again */
 	}
 }

@@ -46,17 +46,73 @@ static int op_p2(struct svn_worker *w, const void *arg, char *err, size_t errlen
 
 static const enum svn_store STORES[SVN_STORES] = {SVN_SQL, SVN_JSONB, SVN_REDIS};
 
+/* What a server counted so far for pattern p (0 or 1) on store s: calls, microseconds executing. */
+static int server_tally(struct svn_ctx *x, int s, int p, int64_t *calls, double *us, char *err, size_t errlen)
+{
+	if (s != SVN_REDIS) {
+		/* the pattern's prepared statement (earlier runs' entries add the same to both tallies) */
+		const char *params[] = {SVN_PREPARED[p * 2 + (s == SVN_JSONB)].stats_like};
+		PGresult *res =
+		        pg_query(x->conn,
+		                 "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0) FROM "
+		                 "pg_stat_statements WHERE query LIKE $1 AND dbid = (SELECT oid FROM "
+		                 "pg_database WHERE datname = current_database())",
+		                 1, params, err, errlen);
+		if (!res)
+			return -1;
+		*calls = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		*us = strtod(PQgetvalue(res, 0, 1), NULL) * 1000;
+		PQclear(res);
+		return 0;
+	}
+	redisReply *r = redis_cmd(x->rc, err, errlen, "INFO commandstats");
+	if (!r)
+		return -1;
+	*calls = 0, *us = 0;
+	static const char *const keys[] = {"\ncmdstat_get:", "\ncmdstat_zrevrange:"};
+	for (int i = 0; i <= p && r->type == REDIS_REPLY_STRING; i++) {
+		const char *at = strstr(r->str, keys[i]);
+		long long n = 0, usec = 0;
+		if (at && sscanf(at + strlen(keys[i]), "calls=%lld,usec=%lld", &n, &usec) == 2)
+			*calls += n, *us += (double)usec;
+	}
+	int type = r->type;
+	freeReplyObject(r);
+	if (type != REDIS_REPLY_STRING)
+		return snprintf(err, errlen, "INFO commandstats: not a string"), -1;
+	return 0;
+}
+
+/* Runs l for pattern p on store s, with the server's accounting before and after. */
+static int reads_one(struct svn_ctx *x, const struct svn_load *l, int s, int p, struct svn_reads *out,
+                     char *err, size_t errlen)
+{
+	int64_t c0, c1;
+	double u0, u1;
+	if (server_tally(x, s, p, &c0, &u0, err, errlen) < 0 || svn_load_run(x, l, out, err, errlen) < 0 ||
+	    server_tally(x, s, p, &c1, &u1, err, errlen) < 0)
+		return -1;
+	out->server_calls = c1 - c0;
+	out->server_us =
+	        out->server_calls > 0 && out->ops > 0
+	                ? (u1 - u0) / (double)out->server_calls * (double)out->commands / (double)out->ops
+	                : 0;
+	return 0;
+}
+
 int svn_reads_run(struct svn_ctx *x, struct sql_vs_nosql_result *r, char *err, size_t errlen)
 {
 	const struct sql_vs_nosql_config *c = x->cfg;
 	r->clients = c->clients;
 	r->ops = c->ops;
+	if (svn_prepare_pool(x, err, errlen) < 0)
+		return -1;
 	for (int s = 0; s < SVN_STORES; s++) {
 		/* the same salt on every store: the same ids in the same order, so the checksums agree */
 		struct svn_load l1 = {STORES[s], c->clients, c->ops, 0, op_p1, &STORES[s], 1};
 		struct svn_load l2 = {STORES[s], c->clients, c->ops, 0, op_p2, &STORES[s], 2};
-		if (svn_load_run(x, &l1, &r->p1[s], err, errlen) < 0 ||
-		    svn_load_run(x, &l2, &r->p2[s], err, errlen) < 0)
+		if (reads_one(x, &l1, s, 0, &r->p1[s], err, errlen) < 0 ||
+		    reads_one(x, &l2, s, 1, &r->p2[s], err, errlen) < 0)
 			return -1;
 		svn_progress(c, "patterns 1 and 2", (s + 1.0) / SVN_STORES);
 	}
@@ -260,7 +316,11 @@ static int race_count(struct svn_ctx *x, int store, const char *variant, struct 
 	if (!r)
 		return snprintf(err, errlen, "out of memory"), -1;
 	int rc = svn_redis_flush(&w, r, err, errlen);
+	bool held = rc == 0; /* the replies are ours to free (a failed flush freed them) */
 	out->min_stock = INT64_MAX;
+	for (int i = 0; rc == 0 && i < out->rounds; i++)
+		if (r[i]->type != REDIS_REPLY_ARRAY || r[i]->elements != 2)
+			rc = (snprintf(err, errlen, "MGET answered something other than two values"), -1);
 	for (int i = 0; rc == 0 && i < out->rounds; i++) {
 		redisReply *sold = r[i]->element[0], *stock = r[i]->element[1];
 		int64_t n = sold->type == REDIS_REPLY_STRING ? atoll(sold->str) : 0;
@@ -269,8 +329,9 @@ static int race_count(struct svn_ctx *x, int store, const char *variant, struct 
 		out->oversells += n > 1 ? n - 1 : 0;
 		out->rounds_oversold += n > 1;
 		out->min_stock = q < out->min_stock ? q : out->min_stock;
-		freeReplyObject(r[i]);
 	}
+	for (int i = 0; held && i < out->rounds; i++)
+		freeReplyObject(r[i]);
 	free(r);
 	return rc;
 }

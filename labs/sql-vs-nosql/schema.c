@@ -36,8 +36,9 @@ static int query_hashes(struct svn_worker *w, int64_t *matches, char *err, size_
 		        svn_redis(w, err, errlen, "SCAN %s MATCH " PREFIX "product:* COUNT 1000", cursor);
 		if (!s)
 			return -1;
-		snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
-		redisReply *keys = s->element[1];
+		const redisReply *keys;
+		if (svn_scan_reply(s, cursor, sizeof(cursor), &keys, err, errlen) < 0)
+			return freeReplyObject(s), -1;
 		int rc = 0;
 		for (size_t i = 0; i < keys->elements && rc == 0; i++)
 			rc = svn_redis_append(w, err, errlen, "HGET %s " ATTR, keys->element[i]->str);
@@ -47,6 +48,7 @@ static int query_hashes(struct svn_worker *w, int64_t *matches, char *err, size_
 			rc = svn_redis_flush(w, r, err, errlen);
 		for (int i = 0; rc == 0 && r && i < n; i++) {
 			w->keys_read++;
+			/* a string, or nil for a product without the attribute */
 			*matches += r[i]->type == REDIS_REPLY_STRING && !strcmp(r[i]->str, ATTR_VALUE);
 			freeReplyObject(r[i]);
 		}

@@ -57,22 +57,22 @@ static const struct {
 	const char *name;
 	int lines;
 } LOC[SVN_LOC_REGIONS] = {
-        [SVN_LOC_P1_SQL] = {"p1.sql", 17},
+        [SVN_LOC_P1_SQL] = {"p1.sql", 16},
         [SVN_LOC_P1_JSONB] = {"p1.jsonb", 14},
         [SVN_LOC_P1_REDIS] = {"p1.redis", 9},
         [SVN_LOC_P2_SQL] = {"p2.sql", 16},
-        [SVN_LOC_P2_JSONB] = {"p2.jsonb", 16},
-        [SVN_LOC_P2_REDIS] = {"p2.redis", 20},
+        [SVN_LOC_P2_JSONB] = {"p2.jsonb", 15},
+        [SVN_LOC_P2_REDIS] = {"p2.redis", 23},
         [SVN_LOC_P3_SQL] = {"p3.sql", 16},
         [SVN_LOC_P3_JSONB] = {"p3.jsonb", 16},
-        [SVN_LOC_P3_REDIS] = {"p3.redis", 92},
+        [SVN_LOC_P3_REDIS] = {"p3.redis", 95},
         [SVN_LOC_P4_SQL] = {"p4.sql", 10},
         [SVN_LOC_P4_JSONB] = {"p4.jsonb", 15},
-        [SVN_LOC_P4_REDIS] = {"p4.redis", 110},
+        [SVN_LOC_P4_REDIS] = {"p4.redis", 113},
         [SVN_LOC_P5_SQL_NAIVE] = {"p5.sql.naive", 25},
         [SVN_LOC_P5_SQL_GUARD] = {"p5.sql.guarded", 30},
         [SVN_LOC_P5_REDIS_NAIVE] = {"p5.redis.naive", 18},
-        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 29},
+        [SVN_LOC_P5_REDIS_GUARD] = {"p5.redis.guarded", 31},
 };
 
 const char *svn_loc_name(enum svn_loc r)
@@ -191,14 +191,23 @@ int sql_vs_nosql_run(const struct sql_vs_nosql_config *cfg, struct sql_vs_nosql_
 	"fact with one statement; each keeps the last item's invariant only with its concurrency tool"
 
 /*
- * Pattern 1: the relational p50 over Redis' at the fixed concurrency must be at least this. A
- * GET is a hash lookup and a copy; the relational read parses, plans and joins four tables, and
- * both pay the same loopback round trip. Measured here 3.9x to 9.8x at load averages of 4 to 8
- * (normal build), 3x to 5x in the sanitizer build; 1.5 keeps the claim ("Redis is faster at
- * home") while leaving a busy machine room, whose scheduler delays stretch both sides alike and
- * pull the ratio towards 1.
+ * Pattern 1, by the servers' own accounting: the relational server time per lookup over Redis'
+ * must be at least this. A GET is a hash lookup and a copy (about 2 µs of Redis' time); the
+ * relational lookup, prepared, still walks three indexes and joins four tables (50 to 110 µs
+ * here). Measured 33x to 60x in both builds at load averages of 3 to 5 (the sanitizers slow the
+ * client, not the servers); 10 keeps "a lookup costs Redis a small fraction of PostgreSQL's work"
+ * with room for a server descheduled mid-call on a busy machine. A client sees much less (1.2x to
+ * 2.7x at p50 here) because the loopback round trip, which both pay, is most of a lookup: the lab
+ * shows that ratio and judges nothing on it, since the sanitizer build's slower client alone
+ * pulls it towards 1.
  */
-#define P1_MIN_RATIO 1.5
+#define P1_MIN_SERVER_RATIO 10.0
+/*
+ * The decision table names the faster store of a pattern by p50 only past this ratio: below it,
+ * two runs on a busy machine order the stores either way (pattern 2 measured 0.8x to 1.9x
+ * between runs of the same code).
+ */
+#define DECIDE_MIN_RATIO 1.5
 /*
  * Patterns 3 and 4, pattern 5 and the data are held to counts, not margins: the SQL answers are
  * one statement each (the rename one row), Redis' read every order key and rewrite every copy,
@@ -211,6 +220,12 @@ double svn_p1_ratio(const struct sql_vs_nosql_result *r)
 	uint64_t redis = hist_percentile(&r->p1[SVN_REDIS].lat, 50),
 	         sql = hist_percentile(&r->p1[SVN_SQL].lat, 50);
 	return redis > 0 ? (double)sql / (double)redis : 0;
+}
+
+double svn_p1_server_ratio(const struct sql_vs_nosql_result *r)
+{
+	double redis = r->p1[SVN_REDIS].server_us, sql = r->p1[SVN_SQL].server_us;
+	return redis > 0 ? sql / redis : 0;
 }
 
 static bool same_data(const struct sql_vs_nosql_result *r)
@@ -230,13 +245,16 @@ static const char *disagreement(const struct sql_vs_nosql_result *r, char *buf, 
 	const struct svn_rename *n = r->p4;
 	if (!same_data(r))
 		return "the stores did not return the same orders (checksums or revenue differ)";
-	if (svn_p1_ratio(r) < P1_MIN_RATIO) {
-		snprintf(buf, len,
-		         "pattern 1: Redis' p50 was only %.2fx faster than the relational one (at least "
-		         "%.1fx)",
-		         svn_p1_ratio(r), P1_MIN_RATIO);
+	if (svn_p1_server_ratio(r) < P1_MIN_SERVER_RATIO) {
+		snprintf(
+		        buf, len,
+		        "pattern 1: Redis spent only %.1fx less time per lookup than PostgreSQL's relational "
+		        "one (at least %.0fx)",
+		        svn_p1_server_ratio(r), P1_MIN_SERVER_RATIO);
 		return buf;
 	}
+	if (r->p3_orders_in_week <= 0) /* the answers would agree on nothing but zeros */
+		return "pattern 3: no order was placed in the last week";
 	if (a[SVN_SQL].statements != 1 || a[SVN_REDIS].orders_read != r->seed.orders ||
 	    a[SVN_REDIS].keys_read < r->seed.orders) {
 		snprintf(buf, len, "pattern 3: %lld SQL statements, Redis read %lld keys for %lld orders",
@@ -273,11 +291,13 @@ void sql_vs_nosql_judge(const struct sql_vs_nosql_result *r, struct lab_verdict 
 	const char *why = disagreement(r, buf, sizeof(buf));
 	lab_verdict_set(
 	        v, why == NULL, CLAIM,
-	        "%s%sorder by id p50 %s relational vs %s Redis (%.1fx); revenue last week: 1 statement vs "
-	        "%s keys scanned (%s MB moved); rename: 1 row vs %s copies rewritten; last item: naive "
-	        "oversold %lld (PostgreSQL) and %lld (Redis), FOR UPDATE and WATCH/MULTI 0",
-	        why ? why : "", why ? ". " : "", TERM_US(hist_percentile(&r->p1[SVN_SQL].lat, 50)),
-	        TERM_US(hist_percentile(&r->p1[SVN_REDIS].lat, 50)), svn_p1_ratio(r),
+	        "%s%sorder by id: %s of server time relational vs %.1f µs Redis (%.0fx; %.1fx at the "
+	        "client's "
+	        "p50); revenue last week: 1 statement vs %s keys scanned (%s MB moved); rename: 1 row vs %s "
+	        "copies rewritten; last item: naive oversold %lld (PostgreSQL) and %lld (Redis), FOR "
+	        "UPDATE and WATCH/MULTI 0",
+	        why ? why : "", why ? ". " : "", TERM_US(r->p1[SVN_SQL].server_us),
+	        r->p1[SVN_REDIS].server_us, svn_p1_server_ratio(r), svn_p1_ratio(r),
 	        TERM_NUM(r->p3[SVN_REDIS].keys_read, 0), TERM_NUM(r->p3[SVN_REDIS].bytes_moved / 1e6, 1),
 	        TERM_NUM(r->p4_copies, 0), (long long)r->p5[0][SVN_NAIVE].oversells,
 	        (long long)r->p5[1][SVN_NAIVE].oversells);
@@ -301,14 +321,16 @@ static void row(struct svn_decision *d, const char *pattern, const char *winner,
 
 void sql_vs_nosql_decide(const struct sql_vs_nosql_result *r, struct svn_decision *rows)
 {
-	double p1 = svn_p1_ratio(r);
+	double p1 = svn_p1_ratio(r), p1s = svn_p1_server_ratio(r);
 	double p2 = ratio((double)hist_percentile(&r->p2[SVN_SQL].lat, 50),
 	                  (double)hist_percentile(&r->p2[SVN_REDIS].lat, 50));
-	row(&rows[0], "1 order by id", p1 >= 1 ? "Redis" : "PostgreSQL",
-	    "a key lookup: no parse, plan or join", "%.1fx p50", p1 >= 1 ? p1 : 1 / p1, 0);
-	row(&rows[1], "2 customer's last 10", p2 >= 1 ? "Redis" : "PostgreSQL",
-	    "Redis: a sorted set kept in step on every write; SQL: an index", "%.1fx p50",
-	    p2 >= 1 ? p2 : 1 / p2, 0);
+	row(&rows[0], "1 order by id", p1s >= P1_MIN_SERVER_RATIO ? "Redis" : "neither clearly",
+	    "a hash lookup vs 3 index walks and a join", "%.0fx server, %.1fx p50", p1s, p1);
+	row(&rows[1], "2 customer's last 10",
+	    p2 >= DECIDE_MIN_RATIO       ? "Redis"
+	    : p2 * DECIDE_MIN_RATIO <= 1 ? "PostgreSQL"
+	                                 : "either",
+	    "Redis: a sorted set kept in step on every write", "%.2fx p50", p2 >= 1 ? p2 : 1 / p2, 0);
 	row(&rows[2], "3 revenue per category", "PostgreSQL", "the unplanned question: a planner, not a scan",
 	    "%.0fx time", ratio((double)r->p3[SVN_REDIS].median_us, (double)r->p3[SVN_SQL].median_us), 0);
 	row(&rows[3], "4 product renamed", "PostgreSQL", "the fact lives once; documents hold copies",

@@ -26,6 +26,8 @@ static int create_relational(struct svn_ctx *x, double *secs, char *err, size_t 
 {
 	const struct sql_vs_nosql_config *c = x->cfg;
 	long long seed = (long long)(c->seed % 1000000007ULL);
+	/* one statement a line: clang-format would stair-step the H() concatenations */
+	// clang-format off
 	static const char fmt[] =
 	        "CREATE UNLOGGED TABLE " SCHEMA ".customers (id int PRIMARY KEY, name text NOT NULL, "
 	        "email text NOT NULL) WITH (autovacuum_enabled = false);"
@@ -35,55 +37,26 @@ static int create_relational(struct svn_ctx *x, double *secs, char *err, size_t 
 	        "category text NOT NULL, price_cents int NOT NULL, attrs jsonb NOT NULL) "
 	        "WITH (autovacuum_enabled = false);"
 	        "INSERT INTO " SCHEMA ".products SELECT i, 'Product ' || i, (ARRAY['books','shoes','laptops',"
-	        "'coffee','garden','toys','music','kitchen'])[1 + i %% 8], 100 + " H(
-	                "i",
-	                1) " %% 20000, "
-	                   "'{}' FROM generate_series(1, %d) i;"
-	                   "CREATE UNLOGGED TABLE " SCHEMA
-	                   ".orders (id bigint PRIMARY KEY, customer_id int NOT NULL, "
-	                   "placed_at timestamptz NOT NULL, status text NOT NULL) WITH (autovacuum_enabled = "
-	                   "false);"
-	                   "INSERT INTO " SCHEMA ".orders SELECT i, 1 + " H(
-	                           "i",
-	                           2) " %% %d, to_timestamp(%lld + "
-	                              "(i * 7919) %% %lld), "
-	                              "(ARRAY['paid','shipped','delivered','refunded'])[1 + " H(
-	                                      "i",
-	                                      3) " %% 4] FROM generate_series(1, %d) i;"
-	                                         "CREATE UNLOGGED TABLE " SCHEMA
-	                                         ".order_items (order_id bigint NOT NULL, line smallint NOT "
-	                                         "NULL, product_id int NOT NULL, qty int NOT NULL, "
-	                                         "price_cents int NOT NULL, PRIMARY KEY "
-	                                         "(order_id, line)) WITH (autovacuum_enabled = false);"
-	                                         "INSERT INTO " SCHEMA
-	                                         ".order_items SELECT x.o, x.l, x.p, 1 + " H(
-	                                                 "x.o * 4 + x.l",
-	                                                 4) " %% 3, p.price_cents FROM (SELECT o.id AS o, l, "
-	                                                    "1 + " H("o.id * 4 + l",
-	                                                             5) " %% %d AS p "
-	                                                                "FROM " SCHEMA
-	                                                                ".orders o, generate_series(1, (1 "
-	                                                                "+ " H("o.id",
-	                                                                       6) " %% 4)::int) l) x "
-	                                                                          "JOIN " SCHEMA
-	                                                                          ".products p ON p.id = x.p;"
-	                                                                          "CREATE INDEX ON " SCHEMA
-	                                                                          ".orders (customer_id, "
-	                                                                          "placed_at DESC);"
-	                                                                          "ALTER TABLE " SCHEMA
-	                                                                          ".orders ADD FOREIGN KEY "
-	                                                                          "(customer_id) "
-	                                                                          "REFERENCES " SCHEMA
-	                                                                          ".customers;"
-	                                                                          "ALTER TABLE " SCHEMA
-	                                                                          ".order_items ADD FOREIGN "
-	                                                                          "KEY (order_id) "
-	                                                                          "REFERENCES " SCHEMA
-	                                                                          ".orders,"
-	                                                                          " ADD FOREIGN KEY "
-	                                                                          "(product_id) "
-	                                                                          "REFERENCES " SCHEMA
-	                                                                          ".products;";
+	        "'coffee','garden','toys','music','kitchen'])[1 + i %% 8], 100 + " H("i", 1) " %% 20000, "
+	        "'{}' FROM generate_series(1, %d) i;"
+	        "CREATE UNLOGGED TABLE " SCHEMA ".orders (id bigint PRIMARY KEY, customer_id int NOT NULL, "
+	        "placed_at timestamptz NOT NULL, status text NOT NULL) WITH (autovacuum_enabled = false);"
+	        "INSERT INTO " SCHEMA ".orders SELECT i, 1 + " H("i", 2) " %% %d, "
+	        "to_timestamp(%lld + (i * 7919) %% %lld), "
+	        "(ARRAY['paid','shipped','delivered','refunded'])[1 + " H("i", 3) " %% 4] "
+	        "FROM generate_series(1, %d) i;"
+	        "CREATE UNLOGGED TABLE " SCHEMA ".order_items (order_id bigint NOT NULL, line smallint NOT "
+	        "NULL, product_id int NOT NULL, qty int NOT NULL, price_cents int NOT NULL, "
+	        "PRIMARY KEY (order_id, line)) WITH (autovacuum_enabled = false);"
+	        "INSERT INTO " SCHEMA ".order_items SELECT x.o, x.l, x.p, 1 + " H("x.o * 4 + x.l", 4) " %% 3, "
+	        "p.price_cents FROM (SELECT o.id AS o, l, 1 + " H("o.id * 4 + l", 5) " %% %d AS p "
+	        "FROM " SCHEMA ".orders o, generate_series(1, (1 + " H("o.id", 6) " %% 4)::int) l) x "
+	        "JOIN " SCHEMA ".products p ON p.id = x.p;"
+	        "CREATE INDEX ON " SCHEMA ".orders (customer_id, placed_at DESC);"
+	        "ALTER TABLE " SCHEMA ".orders ADD FOREIGN KEY (customer_id) REFERENCES " SCHEMA ".customers;"
+	        "ALTER TABLE " SCHEMA ".order_items ADD FOREIGN KEY (order_id) REFERENCES " SCHEMA ".orders,"
+	        " ADD FOREIGN KEY (product_id) REFERENCES " SCHEMA ".products;";
+	// clang-format on
 	char *sql = NULL;
 	if (asprintf(&sql, fmt, c->customers, seed, c->products, seed, c->customers, SVN_REF_TS - SVN_SPAN_S,
 	             SVN_SPAN_S, seed, c->orders, seed, seed, c->products, seed) < 0) {
@@ -243,9 +216,12 @@ static int redis_count(redisContext *c, const char *pattern, int64_t *n, char *e
 		redisReply *r = redis_cmd(c, err, errlen, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
 		if (!r)
 			return -1;
-		snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-		*n += (int64_t)r->element[1]->elements;
+		const redisReply *keys;
+		int rc = svn_scan_reply(r, cursor, sizeof(cursor), &keys, err, errlen);
+		*n += rc == 0 ? (int64_t)keys->elements : 0;
 		freeReplyObject(r);
+		if (rc < 0)
+			return -1;
 	} while (strcmp(cursor, "0") != 0);
 	return 0;
 }
