@@ -26,19 +26,6 @@
 
 #define QUESTION "When would you choose a NoSQL database over a relational one?"
 
-/* "512 B", "12.3 kB", "1.25 MB" */
-static const char *fmt_bytes(char *buf, double v)
-{
-	if (v < 1000)
-		snprintf(buf, TERM_FMT_LEN, "%.0f B", v);
-	else if (v < 1e6)
-		snprintf(buf, TERM_FMT_LEN, "%.1f kB", v / 1e3);
-	else
-		snprintf(buf, TERM_FMT_LEN, v < 1e8 ? "%.1f MB" : "%.0f MB", v / 1e6);
-	return buf;
-}
-#define BYTES(v) fmt_bytes((char[TERM_FMT_LEN]){0}, (double)(v))
-
 /* A server's time per call: "1.4 µs" below 10 µs, where TERM_US would print "1 µs". */
 static const char *fmt_server(char *buf, double us)
 {
@@ -187,7 +174,7 @@ static void adhoc_after(struct lab *lab, const void *cfg, const void *result)
 		                     stm,
 		                     TERM_NUM(a->round_trips, 0),
 		                     TERM_NUM(a->keys_read, 0),
-		                     BYTES(a->bytes_moved),
+		                     TERM_BYTES(a->bytes_moved),
 		                     TERM_US(a->median_us),
 		                     TERM_NUM(svn_loc_lines((enum svn_loc)(SVN_LOC_P3_SQL + s)), 0)};
 		term_table_row(t, 2, cols, 7, row);
@@ -358,16 +345,16 @@ static void storage_after(struct lab *lab, const void *cfg, const void *result)
 	const struct svn_storage *s = &((const struct sql_vs_nosql_result *)result)->storage;
 	const struct term *t = &lab->term;
 	term_printf(t, "  PG relational  %s tables + %s indexes = %s on disk (orders, items, customers)\n",
-	            BYTES(s->sql_table_bytes), BYTES(s->sql_index_bytes),
-	            BYTES(s->sql_table_bytes + s->sql_index_bytes));
+	            TERM_BYTES(s->sql_table_bytes), TERM_BYTES(s->sql_index_bytes),
+	            TERM_BYTES(s->sql_table_bytes + s->sql_index_bytes));
 	term_printf(t, "  PG jsonb       %s table (its TOAST included) + %s indexes = %s\n",
-	            BYTES(s->jsonb_table_bytes), BYTES(s->jsonb_index_bytes),
-	            BYTES(s->jsonb_table_bytes + s->jsonb_index_bytes));
+	            TERM_BYTES(s->jsonb_table_bytes), TERM_BYTES(s->jsonb_index_bytes),
+	            TERM_BYTES(s->jsonb_table_bytes + s->jsonb_index_bytes));
 	term_printf(t,
 	            "  Redis          %s in RAM (MEMORY USAGE of %d keys a kind, scaled; used_memory +%s); "
 	            "the JSON alone %s\n",
-	            BYTES(s->redis_sampled_bytes), s->sampled, BYTES(s->redis_used_delta),
-	            BYTES(s->redis_doc_bytes));
+	            TERM_BYTES(s->redis_sampled_bytes), s->sampled, TERM_BYTES(s->redis_used_delta),
+	            TERM_BYTES(s->redis_doc_bytes));
 	lab_phase_metrics(lab, "storage",
 	                  json_pack("{s:I,s:I,s:I,s:I,s:I,s:i,s:I,s:I}", "sql_table_bytes",
 	                            (json_int_t)s->sql_table_bytes, "sql_index_bytes",
