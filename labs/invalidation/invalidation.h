@@ -14,11 +14,13 @@
  *   1. ttl        cache-aside with a TTL only, swept over several TTLs: hit ratio and stale-read
  *                 share against the TTL, and the worst staleness against the TTL
  *   2. delete     the writer deletes the key after COMMIT; a counted set of writes "crash"
- *                 between COMMIT and the delete (the delete is skipped): stale until the TTL
+ *                 between COMMIT and the delete (the writer's session is closed, the delete
+ *                 never sent): stale until the TTL
  *   3. notify     an AFTER UPDATE trigger calls pg_notify on a channel named for this run; a
  *                 listener thread (LISTEN, poll on the socket, PQconsumeInput, PQnotifies)
- *                 deletes the keys; the writer crashes the same writes: nothing is left stale;
- *                 the lag from COMMIT to the delete
+ *                 deletes the keys; the writer crashes after the same writes (its session
+ *                 closed right after COMMIT): nothing is left stale; the lag from COMMIT to the
+ *                 delete
  *   4. reconnect  the listener's backend is ended (pg_terminate_backend) and stays away while
  *                 writes go on; it reconnects without, then with, a re-sync (delete every key
  *                 changed since the last change it heard of, by a change sequence)
