@@ -99,6 +99,7 @@ struct inv_load {
 	int *ids;
 	int64_t *versions;
 	const char *what; /* for the progress line */
+	int salt;         /* picks the writer's permutation: the same seed, the same writes */
 };
 int load_run(struct inv *s, const struct inv_load *L, struct inv_reads *out);
 /* The order the writer visits products in: a permutation (free it); NULL when out of memory. */

@@ -58,7 +58,8 @@ static int phase_ttl(const void *cfg_, void *result, char *err, size_t errlen)
 	for (int i = 0; i < s->cfg->nttls; i++) {
 		char what[64];
 		snprintf(what, sizeof(what), "TTL %d ms", s->cfg->ttls_ms[i]);
-		struct inv_load L = {M_TTL, s->cfg->ttls_ms[i], s->cfg->ttl_run_ms, 0, NULL, NULL, what};
+		struct inv_load L = {M_TTL, s->cfg->ttls_ms[i], s->cfg->ttl_run_ms, 0, NULL, NULL, what,
+		                     1 + i};
 		r->ttl[i].ttl_ms = s->cfg->ttls_ms[i];
 		if (cache_reset(s, false, 0) < 0 || load_run(s, &L, &r->ttl[i].r) < 0)
 			return inv_report(s, err, errlen);
@@ -71,8 +72,14 @@ static int phase_delete(const void *cfg_, void *result, char *err, size_t errlen
 {
 	struct inv *s = (struct inv *)cfg_;
 	struct invalidation_result *r = result;
-	struct inv_load L = {M_DELETE, s->cfg->long_ttl_ms,  s->cfg->run_ms, s->cfg->crash_every, NULL,
-	                     NULL,     "delete after commit"};
+	struct inv_load L = {M_DELETE,
+	                     s->cfg->long_ttl_ms,
+	                     s->cfg->run_ms,
+	                     s->cfg->crash_every,
+	                     NULL,
+	                     NULL,
+	                     "delete after commit",
+	                     20};
 	if (cache_reset(s, true, L.ttl_ms) < 0 || load_run(s, &L, &r->del) < 0 ||
 	    stale_keys(s, &r->del.stale_keys_after) < 0)
 		return inv_report(s, err, errlen);
@@ -100,8 +107,14 @@ static int phase_notify(const void *cfg_, void *result, char *err, size_t errlen
 	int *ids = calloc((size_t)s->n, sizeof(int));
 	int64_t *versions = calloc((size_t)s->n, sizeof(int64_t));
 	struct listener *l = NULL;
-	struct inv_load L = {M_NOTIFY, s->cfg->long_ttl_ms, s->cfg->run_ms, s->cfg->crash_every, ids,
-	                     versions, "LISTEN/NOTIFY"};
+	struct inv_load L = {M_NOTIFY,
+	                     s->cfg->long_ttl_ms,
+	                     s->cfg->run_ms,
+	                     s->cfg->crash_every,
+	                     ids,
+	                     versions,
+	                     "LISTEN/NOTIFY",
+	                     30};
 	int ret = -1;
 	if (!ids || !versions) {
 		inv_fail(s, NULL, "out of memory");
@@ -140,8 +153,8 @@ static int phase_versioned(const void *cfg_, void *result, char *err, size_t err
 {
 	struct inv *s = (struct inv *)cfg_;
 	struct invalidation_result *r = result;
-	struct inv_load L = {M_VERSIONED, s->cfg->long_ttl_ms, s->cfg->run_ms, 0, NULL,
-	                     NULL,        "versioned keys"};
+	struct inv_load L = {
+	        M_VERSIONED, s->cfg->long_ttl_ms, s->cfg->run_ms, 0, NULL, NULL, "versioned keys", 40};
 	if (cache_reset(s, false, 0) < 0 || load_run(s, &L, &r->versioned) < 0 || versioned_after(s, r) < 0)
 		return inv_report(s, err, errlen);
 	return 0;
