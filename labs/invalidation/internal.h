@@ -34,8 +34,14 @@ enum inv_method { M_TTL, M_DELETE, M_NOTIFY, M_VERSIONED };
 /* What a run holds from setup to teardown. */
 struct inv {
 	const struct invalidation_config *cfg;
-	PGconn *conn;       /* the lab's own: setup, checks, pg_terminate_backend, teardown */
-	PGconn *wconn;      /* the writer's */
+	PGconn *conn;  /* the lab's own: setup, checks, pg_terminate_backend, teardown */
+	PGconn *wconn; /* the writer's */
+	/* the next writer's, opened by a thread while the writer works, so that a crash (the
+	 * session closed after COMMIT) costs the writer no connect of its own */
+	PGconn *spare;
+	pthread_t spare_tid;
+	bool spare_pending; /* spare_tid runs or was not joined yet */
+	char spare_err[LAB_ERRLEN];
 	redisContext *rc;   /* the lab's own and the writer's (one thread at a time) */
 	struct pgset *pool; /* the readers' */
 	int n;              /* products */
@@ -66,7 +72,9 @@ void inv_progress(struct inv *s, const char *what, double done);
 /* Deletes every lab:invalidation:* key and warms one key per product (cache-aside key, ttl_ms). */
 int cache_reset(struct inv *s, bool warm, int ttl_ms);
 /* One write by the writer: the product's version bumped and logged in one transaction, then
- * published; then, for M_DELETE, the key deleted unless crash. *version gets the new version. */
+ * published; then, for M_DELETE, the key deleted; with crash, instead, the writer's session is
+ * closed right after COMMIT (and a new one opened), as a writer dying there does. *version gets
+ * the new version. */
 int writer_write(struct inv *s, int id, enum inv_method m, bool crash, int64_t *version);
 /* Keys of products whose cached version is older than the row's (cache-aside keys). */
 int stale_keys(struct inv *s, uint64_t *out);
@@ -91,6 +99,7 @@ struct inv_load {
 	int *ids;
 	int64_t *versions;
 	const char *what; /* for the progress line */
+	int salt;         /* picks the writer's permutation: the same seed, the same writes */
 };
 int load_run(struct inv *s, const struct inv_load *L, struct inv_reads *out);
 /* The order the writer visits products in: a permutation (free it); NULL when out of memory. */

@@ -5,20 +5,32 @@
  * (8) read random products through a cache in Redis (keys lab:invalidation:*), and one writer
  * thread changes products. Every write is one transaction that bumps the product's version and
  * logs (product, version, commit time) in lab_invalidation.writes; right after COMMIT returns,
- * the writer publishes the version and the time in memory (atomics, per product), so a reader
- * knows the latest version committed before its read began. Every read is then judged: stale
- * when the value's version is older than that, and stale by how long (the read's start minus
- * the commit time of the first version it missed).
+ * the writer publishes the version and the time in memory (atomics, per product; the time first,
+ * so a reader that sees a version also sees its time), so a reader knows the latest version
+ * published before its read began. Every read is then judged: stale when the value's version is
+ * older than that, and stale by how long (the read's start minus the commit time of the first
+ * version it missed).
+ *
+ * Which way that errs: a version is published a little after it committed (COMMIT's reply, then
+ * two stores), so a read that begins in that gap is judged against the older version. A read
+ * counted stale is therefore stale for certain (its value is older than a version committed
+ * before it began); a read in the gap that got the old value is missed, and a staleness is
+ * short by the gap (microseconds against TTLs of tens of ms). So the stale counts are lower
+ * bounds: safe for "stale reads happen" (TTL, delete, reconnect); for "0 stale" (versioned keys)
+ * the version is read from PostgreSQL after the read began, so it is at least the published one
+ * and no stale value can hide in the gap; for "near zero" (NOTIFY) the gap is tiny beside the lag.
  *
  * Five phases (invalidation_run walks them in this order):
  *   1. ttl        cache-aside with a TTL only, swept over several TTLs: hit ratio and stale-read
  *                 share against the TTL, and the worst staleness against the TTL
  *   2. delete     the writer deletes the key after COMMIT; a counted set of writes "crash"
- *                 between COMMIT and the delete (the delete is skipped): stale until the TTL
+ *                 between COMMIT and the delete (the writer's session is closed, the delete
+ *                 never sent): stale until the TTL
  *   3. notify     an AFTER UPDATE trigger calls pg_notify on a channel named for this run; a
  *                 listener thread (LISTEN, poll on the socket, PQconsumeInput, PQnotifies)
- *                 deletes the keys; the writer crashes the same writes: nothing is left stale;
- *                 the lag from COMMIT to the delete
+ *                 deletes the keys; the writer crashes after the same writes (its session
+ *                 closed right after COMMIT): nothing is left stale; the lag from COMMIT to the
+ *                 delete
  *   4. reconnect  the listener's backend is ended (pg_terminate_backend) and stays away while
  *                 writes go on; it reconnects without, then with, a re-sync (delete every key
  *                 changed since the last change it heard of, by a change sequence)
@@ -133,6 +145,8 @@ struct invalidation_result {
  * (the row's SELECT sent to the SET answered). invalidation_judge holds the worst staleness of each TTL
  * to TTL + the run's longest fill + this slack: PX is whole milliseconds and Redis' clock is not
  * the lab's (both monotonic, on one machine), 2 ms covers both. No luck: a bound, not a rate.
+ * The staleness measured runs from the version's publication, microseconds after its commit, so
+ * the check is that much lenient (said above, under "Which way that errs").
  */
 #define INV_TTL_SLACK_US 2000
 

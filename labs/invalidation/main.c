@@ -233,9 +233,8 @@ static void versioned_after(struct lab *lab, const void *c, const void *result)
 	            TERM_NUM(v->reads, 0), term_green(t), (unsigned long long)v->stale, term_reset(t),
 	            TERM_NUM(v->version_lookups, 0), v->reads ? (double)v->version_lookups / v->reads : 0,
 	            v->reads ? (double)v->round_trips / v->reads : 0);
-	term_printf(t,
-	            "  old versions still held: %s keys, %s bytes (MEMORY USAGE), beside %s current ones\n",
-	            TERM_NUM(r->old_version_keys, 0), TERM_NUM(r->old_version_bytes, 0),
+	term_printf(t, "  old versions still held: %s keys, %s (MEMORY USAGE), beside %s current ones\n",
+	            TERM_NUM(r->old_version_keys, 0), TERM_BYTES(r->old_version_bytes),
 	            TERM_NUM(r->current_keys, 0));
 	term_printf(t,
 	            "  one generation bump (one UPDATE): %s of %s reads missed; %s keys of the old one wait "

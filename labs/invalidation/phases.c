@@ -115,10 +115,16 @@ static void count_old(struct inv *s, const char *key, int64_t gen, int id, int64
 	res->old_version_keys++;
 	char err[LAB_ERRLEN];
 	redisReply *r = redis_cmd(s->rc, err, sizeof(err), "MEMORY USAGE %s", key);
-	if (r && r->type == REDIS_REPLY_INTEGER)
+	if (!r) {
+		inv_fail(s, redis_gone(s->rc), "MEMORY USAGE: %s", err);
+		return;
+	}
+	/* nil: the key expired between SCAN and here; it holds nothing any more */
+	if (r->type == REDIS_REPLY_INTEGER)
 		res->old_version_bytes += (uint64_t)r->integer;
-	if (r)
-		freeReplyObject(r);
+	else if (r->type != REDIS_REPLY_NIL)
+		inv_fail(s, NULL, "MEMORY USAGE: an unexpected reply (type %d)", r->type);
+	freeReplyObject(r);
 }
 
 struct gen_count {

@@ -128,6 +128,33 @@ static int schema_create(struct inv *s, char *err, size_t errlen)
 	return pg_exec(s->conn, sql, err, errlen);
 }
 
+static void *spare_main(void *arg)
+{
+	struct inv *s = arg;
+	s->spare = pg_connect(s->cfg->pg_url, s->spare_err, sizeof(s->spare_err));
+	return NULL;
+}
+
+/* Starts opening the next writer's connection in a thread (or, without a thread, opens it here). */
+static void spare_start(struct inv *s)
+{
+	s->spare = NULL;
+	s->spare_pending = pthread_create(&s->spare_tid, NULL, spare_main, s) == 0;
+	if (!s->spare_pending)
+		spare_main(s);
+}
+
+/* The next writer's connection, once its thread is done: NULL and spare_err when it failed. */
+static PGconn *spare_take(struct inv *s)
+{
+	if (s->spare_pending)
+		pthread_join(s->spare_tid, NULL);
+	s->spare_pending = false;
+	PGconn *c = s->spare;
+	s->spare = NULL;
+	return c;
+}
+
 int store_open(struct inv *s, const struct invalidation_config *cfg, char *err, size_t errlen)
 {
 	memset(s, 0, sizeof(*s));
@@ -153,6 +180,7 @@ int store_open(struct inv *s, const struct invalidation_config *cfg, char *err, 
 		snprintf(s->lost, sizeof(s->lost), "Redis");
 		return -1;
 	}
+	spare_start(s);
 	if (schema_create(s, err, errlen) < 0)
 		return -1;
 	if (!(s->pool = pgset_open(cfg->pg_url, NULL, NULL, cfg->pg_pool, err, errlen)))
@@ -179,6 +207,7 @@ int store_close(struct inv *s, char *err, size_t errlen)
 	}
 	PQfinish(s->conn);
 	PQfinish(s->wconn);
+	PQfinish(spare_take(s));
 	free(s->committed);
 	free(s->commit_us);
 	free(s->deleted_us);
@@ -243,6 +272,20 @@ int cache_reset(struct inv *s, bool warm, int ttl_ms)
 	return replies_drain(s, s->n, "warming the cache");
 }
 
+/* The writer "dies" right after COMMIT returned: its session ends (the server sees the socket
+ * close, as when a process dies) before anything else it meant to do; a new writer takes over
+ * on the spare connection. */
+static int writer_crash(struct inv *s)
+{
+	PQfinish(s->wconn);
+	if (!(s->wconn = spare_take(s))) {
+		inv_fail(s, "PostgreSQL", "the writer after the crash: %s", s->spare_err);
+		return -1;
+	}
+	spare_start(s);
+	return 0;
+}
+
 int writer_write(struct inv *s, int id, enum inv_method m, bool crash, int64_t *version)
 {
 	char idb[16], price[32], err[LAB_ERRLEN];
@@ -256,7 +299,9 @@ int writer_write(struct inv *s, int id, enum inv_method m, bool crash, int64_t *
 	/* COMMIT returned: publish the time, then the version (a reader loads the version first) */
 	atomic_store(&s->commit_us[(size_t)id * RING + (size_t)(*version % RING)], now_us());
 	atomic_store(&s->committed[id], *version);
-	if (m != M_DELETE || crash)
+	if (crash)
+		return writer_crash(s);
+	if (m != M_DELETE)
 		return 0;
 	char key[96];
 	key_product(key, sizeof(key), id);

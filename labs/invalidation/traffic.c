@@ -251,8 +251,7 @@ int *permutation(struct inv *s, int salt)
 
 int load_run(struct inv *s, const struct inv_load *L, struct inv_reads *out)
 {
-	static int salt;
-	int *order = permutation(s, ++salt);
+	int *order = permutation(s, L->salt);
 	if (!order) {
 		inv_fail(s, NULL, "out of memory");
 		return -1;
