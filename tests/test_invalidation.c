@@ -75,6 +75,17 @@ static void test_quick_run_demonstrates_every_method_and_its_failure(void **stat
 	assert_int_equal(r->notify.stale_keys_after, 0);
 	assert_true(hist_percentile(&r->lag, 99) < (uint64_t)cfg.ttls_ms[cfg.nttls - 1] * 1000);
 	assert_true(hist_percentile(&r->lag, 99) < (uint64_t)cfg.long_ttl_ms * 1000);
+	/* a stale read can only be one that raced a DEL still on its way: no staler than the longest lag */
+	assert_true(r->notify.worst_stale_us <= hist_percentile(&r->lag, 100) + INV_TTL_SLACK_US);
+	/* ... and the judge refuses a NOTIFY run where one was staler (a key missed, then re-read) */
+	struct invalidation_result *spoiled = malloc(sizeof(*spoiled));
+	assert_non_null(spoiled);
+	*spoiled = *r;
+	spoiled->notify.worst_stale_us = hist_percentile(&r->lag, 100) + INV_TTL_SLACK_US + 1;
+	invalidation_judge(spoiled, &v);
+	assert_false(v.demonstrated);
+	assert_non_null(strstr(v.evidence, "LISTEN/NOTIFY"));
+	free(spoiled);
 	/* the dropped listener: notifications lost while away; re-sync brings the stale keys to 0 */
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(r->drop[i].missed, (uint64_t)cfg.drop_writes);
