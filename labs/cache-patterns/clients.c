@@ -21,7 +21,7 @@
 /* a reader pauses this long between reads: a busy read path, without spinning two shared cores */
 #define READER_THINK_US 200
 /* a writer pauses about this long between writes (uniform in [0.5, 1.5] x) */
-#define WRITER_THINK_US 1000
+#define WRITER_THINK_US 500
 /* room for a writer's pending second DELs: writes within one dd_delay_ms, with margin */
 #define DD_PENDING 512
 
