@@ -37,12 +37,12 @@ void cache_patterns_config_default(struct cache_patterns_config *cfg, bool quick
 	/* 5 readers + 2 writers (+ the write-behind worker): at most 8 connections to each server */
 	cfg->readers = 5;
 	cfg->writers = 2;
-	cfg->run_ms = quick ? 300 : 1500;
+	cfg->run_ms = quick ? 200 : 1500;
 	/* 8 ms: a GC pause, a slow network hop, a busy core between a miss's DB read and its SET; long
 	 * against a key's few ms between writes, so most keys' last write lands in some reader's gap */
 	cfg->gap_ms = 8;
-	/* 200 ms: short enough to wait out in the run, the bound the TTL fix puts on staleness */
-	cfg->ttl_ms = 200;
+	/* 150 ms: short enough to wait out in the run, the bound the TTL fix puts on staleness */
+	cfg->ttl_ms = 150;
 	/* 100 ms: the second DEL must come after any reader's SET that read before the write: more than
 	 * ten times the injected gap, so a reader the machine stalls a little longer is still covered */
 	cfg->dd_delay_ms = 100;

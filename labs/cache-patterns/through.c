@@ -115,7 +115,7 @@ int through_failures(struct cp *cp, struct cache_patterns_result *res, char *err
 			           errlen);
 	struct proxy_stats st;
 	proxy_stats(px, &st);
-	res->connections_cut = (int)st.cut;
+	res->connections_cut = (int)(st.cut + st.refused); /* a connection not yet accepted is refused */
 	proxy_free(px);
 	return ret;
 }
