@@ -6,8 +6,9 @@
  * The quick run is the lab itself (cache_patterns_run with the --quick config): the test asserts
  * that cache_patterns_judge found the claim demonstrated, and the counts behind it, each read
  * back from the servers (a key is stale when its cached version differs from the row's):
- * - cache-aside: every scripted race left its key stale and still stale later; keys stale after
- *   the random load; each fix at 0 (the TTL once expired; stale right after the race first);
+ * - cache-aside: every scripted race left its key stale and still stale later; the keys the
+ *   random load left stale (luck: not asserted) still stale later; each fix at 0 (the TTL and the
+ *   second DEL once they acted, stale right after the race first);
  * - update-on-write: every scripted race left the older value;
  * - write-through: the failing second write leaves exactly its cell's writes inconsistent, the
  *   failing first write none; no client was told a failed write succeeded;
@@ -56,8 +57,10 @@ static void assert_aside(const struct cache_patterns_result *r, const struct cac
 	assert_int_equal(r->fix[1].stale_later, 0);
 	/* the versioned set refused the stale SET outright */
 	assert_int_equal(r->fix[2].stale, 0);
+	assert_int_equal(r->fix[2].stale_later, 0);
+	/* under random load: how many keys cache-aside leaves stale is luck (shown, not judged); those
+	 * it left are stale for good, and each fix leaves none */
 	const struct cp_load_result *l = r->load;
-	assert_true(l[CP_ASIDE].stale_keys > 0);
 	assert_int_equal(l[CP_ASIDE].stale_keys_later, l[CP_ASIDE].stale_keys);
 	assert_int_equal(l[CP_ASIDE_TTL].stale_keys_later, 0);
 	assert_int_equal(l[CP_ASIDE_DD].stale_keys, 0);

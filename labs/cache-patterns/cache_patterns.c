@@ -37,19 +37,23 @@ void cache_patterns_config_default(struct cache_patterns_config *cfg, bool quick
 	/* 5 readers + 2 writers (+ the write-behind worker): at most 8 connections to each server */
 	cfg->readers = 5;
 	cfg->writers = 2;
-	cfg->run_ms = quick ? 200 : 1500;
+	/* long enough for hundreds of reads and writes (every load's counts are far from 0), short
+	 * enough that seven loads fit the quick run's budget */
+	cfg->run_ms = quick ? 150 : 1500;
 	/* 8 ms: a GC pause, a slow network hop, a busy core between a miss's DB read and its SET; long
 	 * against a key's few ms between writes, so most keys' last write lands in some reader's gap */
 	cfg->gap_ms = 8;
-	/* 150 ms: short enough to wait out in the run, the bound the TTL fix puts on staleness */
-	cfg->ttl_ms = 150;
+	/* the bound the TTL fix puts on staleness, waited out four times a run: several gaps long, so a
+	 * value outlives the reader that set it; 60 ms in the quick run, where each wait counts */
+	cfg->ttl_ms = quick ? 60 : 150;
 	/* 100 ms: the second DEL must come after any reader's SET that read before the write: more than
 	 * ten times the injected gap, so a reader the machine stalls a little longer is still covered */
 	cfg->dd_delay_ms = 100;
 	cfg->scripted = quick ? 5 : 10;
 	cfg->wt_writes = quick ? 5 : 10;
-	cfg->wb_writes = quick ? 200 : 1000;
-	cfg->wb_batch = quick ? 50 : 200;
+	/* AOF with appendfsync always pays an fsync a write: 100 in the quick run */
+	cfg->wb_writes = quick ? 100 : 1000;
+	cfg->wb_batch = quick ? 25 : 200;
 	cfg->coalesce_per = 10;
 	cfg->seed = 1;
 }
@@ -115,11 +119,11 @@ int cache_patterns_run(const struct cache_patterns_config *cfg, struct cache_pat
 {
 	memset(res, 0, sizeof(*res));
 	if (cfg->keys < 2 || cfg->keys > CP_MAX_KEYS || cfg->readers < 1 || cfg->writers < 1 ||
-	    cfg->readers + cfg->writers > 8 || cfg->scripted > cfg->keys) {
+	    cfg->readers + cfg->writers + 1 > CP_MAX_CLIENTS || cfg->scripted > cfg->keys) {
 		snprintf(err, errlen,
-		         "config: 2..%d keys, at least one reader and writer, at most 8 clients, "
-		         "scripted <= keys",
-		         CP_MAX_KEYS);
+		         "config: 2..%d keys, at least one reader and writer, at most %d clients with the "
+		         "worker, scripted <= keys",
+		         CP_MAX_KEYS, CP_MAX_CLIENTS);
 		return -1;
 	}
 	struct cp *cp = cp_open(cfg, res->lost_server, sizeof(res->lost_server), err, errlen);
@@ -140,50 +144,59 @@ int cache_patterns_run(const struct cache_patterns_config *cfg, struct cache_pat
 /* ---- the judge ---- */
 
 /*
- * Cache-aside under random load: at least this many keys left stale when the load ends. With
- * the gap injected into every miss and each key written every few ms, the last write of a key
- * finds a reader in its gap on most keys (docs/cache-patterns.md); one is the claim itself, that
- * the race happens without a script. The fixes are held to exactly 0 under the same load (the
- * TTL: 0 once it expired): not a margin, since a versioned set refuses an older version by
- * construction and the second DEL comes more than ten gaps later.
- */
-#define LOAD_MIN_STALE_KEYS 1
-/*
- * The scripted races, write-through's failing second write and the write-behind crash are
- * driven step by step by the lab: their counts are exact, every race stale (or none, with a fix),
- * every write of a failing cell inconsistent (or none), and AOF with appendfsync always loses no
- * acknowledged write to a process crash. Coalescing: one row written per key for coalesce_per
- * writes to it, the batch holding them all.
+ * What the judge decides from, and why nothing else:
+ * - The failures are reproduced by the scripted races, write-through's failing second write and
+ *   the write-behind crash: the lab drives them step by step, so their counts are exact on every
+ *   run (every race stale or, with a fix, none; every write of a failing cell inconsistent or
+ *   none; AOF with appendfsync always loses no acknowledged write to a process crash; coalescing
+ *   writes one row per key). The judge asks for exactly those counts.
+ * - The keys cache-aside leaves stale under random load are shown, not judged: whether the last
+ *   write of a key lands inside some reader's gap is luck (1 to 7 of 6 to 8 keys in our runs, and
+ *   0 once), and a proof in CI must hold every run. What the judge does hold the loads to is
+ *   certain: each load ran (reads, writes, and misses in the cache-aside variants, so readers went
+ *   through the gap), the keys plain cache-aside left stale were still stale after the TTL would
+ *   have expired (no expiry: stale for good), and each fix left 0 (the TTL once it expired; a
+ *   versioned set by construction; a second DEL coming more than ten gaps after the first).
  */
 
 static bool scripted_shown(const struct cache_patterns_result *r, char *why, size_t len)
 {
 	const struct cp_scripted *a = &r->aside_race, *u = &r->update_race, *f = r->fix;
-	if (a->races > 0 && a->stale == a->races && a->stale_later == a->races && u->stale == u->races &&
-	    f[0].stale == f[0].races && f[0].stale_later == 0 && f[1].stale_later == 0 && f[2].stale == 0 &&
-	    f[2].stale_later == 0)
+	if (a->races > 0 && a->stale == a->races && a->stale_later == a->races && u->races == a->races &&
+	    u->stale == u->races && f[0].stale == f[0].races && f[0].stale_later == 0 &&
+	    f[1].stale == f[1].races && f[1].stale_later == 0 && f[2].stale == 0 && f[2].stale_later == 0)
 		return true;
 	snprintf(why, len,
 	         "scripted races (%d each): cache-aside left %d stale (%d later), update-on-write %d, TTL %d "
-	         "then %d, second DEL %d, versioned set %d; expected all, all, all, all then 0, 0, 0",
-	         a->races, a->stale, a->stale_later, u->stale, f[0].stale, f[0].stale_later, f[1].stale_later,
-	         f[2].stale);
+	         "then %d, second DEL %d then %d, versioned set %d then %d; expected all, all, all, all then "
+	         "0, all then 0, 0 then 0",
+	         a->races, a->stale, a->stale_later, u->stale, f[0].stale, f[0].stale_later, f[1].stale,
+	         f[1].stale_later, f[2].stale, f[2].stale_later);
 	return false;
+}
+
+/* Every load ran: reads and writes, and misses (readers in the gap) under each cache-aside variant. */
+static bool loads_ran(const struct cp_load_result *l)
+{
+	for (int p = 0; p < CP_PATTERNS; p++)
+		if (l[p].reads == 0 || l[p].writes == 0 || (p <= CP_ASIDE_VERSION && l[p].misses == 0))
+			return false;
+	return true;
 }
 
 static bool load_shown(const struct cp_load_result *l, char *why, size_t len)
 {
-	if (l[CP_ASIDE].stale_keys >= LOAD_MIN_STALE_KEYS &&
-	    l[CP_ASIDE].stale_keys_later >= LOAD_MIN_STALE_KEYS && l[CP_ASIDE_TTL].stale_keys_later == 0 &&
-	    l[CP_ASIDE_DD].stale_keys == 0 && l[CP_ASIDE_VERSION].stale_keys == 0 &&
-	    l[CP_BEHIND].stale_keys == 0)
+	if (loads_ran(l) && l[CP_ASIDE].stale_keys_later == l[CP_ASIDE].stale_keys &&
+	    l[CP_ASIDE_TTL].stale_keys_later == 0 && l[CP_ASIDE_DD].stale_keys == 0 &&
+	    l[CP_ASIDE_VERSION].stale_keys == 0 && l[CP_BEHIND].stale_keys == 0)
 		return true;
 	snprintf(why, len,
-	         "random load: cache-aside left %d keys stale (%d after the TTL; expected at least %d), the "
-	         "TTL %d after expiry, the second DEL %d, the versioned set %d, write-behind %d (expected 0)",
-	         l[CP_ASIDE].stale_keys, l[CP_ASIDE].stale_keys_later, LOAD_MIN_STALE_KEYS,
-	         l[CP_ASIDE_TTL].stale_keys_later, l[CP_ASIDE_DD].stale_keys, l[CP_ASIDE_VERSION].stale_keys,
-	         l[CP_BEHIND].stale_keys);
+	         "random load: %s; cache-aside's %d stale keys were %d after the TTL would have expired "
+	         "(expected the same); stale keys with the TTL after expiry %d, the second DEL %d, the "
+	         "versioned set %d, write-behind %d (expected 0)",
+	         loads_ran(l) ? "every load ran" : "a load had no reads, writes or misses",
+	         l[CP_ASIDE].stale_keys, l[CP_ASIDE].stale_keys_later, l[CP_ASIDE_TTL].stale_keys_later,
+	         l[CP_ASIDE_DD].stale_keys, l[CP_ASIDE_VERSION].stale_keys, l[CP_BEHIND].stale_keys);
 	return false;
 }
 
@@ -229,9 +242,10 @@ void cache_patterns_judge(const struct cache_patterns_result *res, struct lab_ve
 	        "each pattern's failure reproduced and each fix brings it to 0: cache-aside's stale-for-good "
 	        "race (TTL bounds it, a second DEL or a versioned set ends it), write-through's failed "
 	        "second write, write-behind's lost acknowledged writes (none with AOF)",
-	        "%s%scache-aside: %d/%d scripted races and %d/%d keys under load left stale, 0 with "
-	        "each fix; update-on-write %d/%d; write-through %d + %d inconsistent; write-behind lost "
-	        "%d of %d acked writes without persistence, %d with AOF; %d writes became %d DB rows",
+	        "%s%scache-aside: %d/%d scripted races left stale, 0 with each fix (under random load "
+	        "%d/%d keys, shown, not judged: luck); update-on-write %d/%d; write-through %d + %d "
+	        "inconsistent; write-behind lost %d of %d acked writes without persistence, %d with AOF; "
+	        "%d writes became %d DB rows",
 	        why, shown ? "" : ". ", res->aside_race.stale, res->aside_race.races, l[CP_ASIDE].stale_keys,
 	        l[CP_ASIDE].keys, res->update_race.stale, res->update_race.races,
 	        res->through[CP_CACHE_FIRST][CP_DB_REFUSES].inconsistent,

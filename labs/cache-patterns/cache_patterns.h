@@ -46,6 +46,12 @@
 #include "lab.h"
 
 #define CP_MAX_KEYS 64
+/* clients of a load, the write-behind worker included: each holds one connection to each server,
+ * and two lab tests may run at once against max_connections 100 */
+#define CP_MAX_CLIENTS 8
+/* a "later" count waits this long past the TTL: Redis expires a key on the first access after its
+ * TTL, so any margin works; 20 ms keeps the printed wait a round figure */
+#define CP_TTL_MARGIN_MS 20
 
 /* The patterns measured under load, in the summary table's order. */
 enum cp_pattern {
@@ -68,7 +74,7 @@ struct cache_patterns_config {
 	const char *redis_url;
 	int keys;         /* products read and written (<= CP_MAX_KEYS) */
 	int readers;      /* reader threads of each load */
-	int writers;      /* writer threads of each load (readers + writers <= 8 connections a store) */
+	int writers;      /* writer threads of each load (readers + writers + the worker <= CP_MAX_CLIENTS) */
 	int run_ms;       /* how long each load runs */
 	int gap_ms;       /* the delay injected in a reader's miss between its DB read and its SET */
 	int ttl_ms;       /* the short TTL of the TTL fix */

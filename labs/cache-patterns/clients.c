@@ -263,36 +263,22 @@ static void *worker_cb(void *arg)
 	return NULL;
 }
 
-static int client_open(struct load_run *run, struct client *c, int id, char *err, size_t errlen)
+/* Client id of the run: the run's id-th connections (opened once by cp_open), a fresh histogram. */
+static void client_open(struct load_run *run, struct client *c, int id, uint64_t stream)
 {
 	memset(c, 0, sizeof(*c));
 	c->run = run;
-	c->rng = rng_stream(run->cfg->seed, id);
+	c->rng = rng_stream(run->cfg->seed, stream);
 	hist_init(&c->lat);
-	if (!(c->pg = pg_connect(run->cfg->pg_url, err, errlen))) {
-		cp_lost(run->cp, "PostgreSQL");
-		return -1;
-	}
-	if (!(c->rc = redis_connect_url(run->cfg->redis_url, REDIS_TIMEOUT_MS, err, errlen))) {
-		cp_lost(run->cp, "Redis");
-		return -1;
-	}
-	return 0;
-}
-
-static void client_close(struct client *c)
-{
-	if (c->pg)
-		PQfinish(c->pg);
-	if (c->rc)
-		redisFree(c->rc);
+	c->pg = run->cp->lpg[id];
+	c->rc = run->cp->lrc[id];
 }
 
 /* Readers, writers (and the worker) started, the load timed, stopped in order, joined. */
 static void load_drive(struct load_run *run, struct client *cl, int n, bool worker)
 {
 	const struct cache_patterns_config *cfg = run->cfg;
-	pthread_t th[CP_MAX_KEYS];
+	pthread_t th[CP_MAX_CLIENTS];
 	int started = 0, readers = cfg->readers, writers = cfg->writers;
 	for (int i = 0; i < n; i++) {
 		void *(*fn)(void *) = i < readers ? reader_cb : i < readers + writers ? writer_cb : worker_cb;
@@ -343,7 +329,7 @@ static int load_count(struct cp *cp, enum cp_pattern p, struct cp_load_result *r
 		return -1;
 	res->stale_keys_later = res->stale_keys;
 	if (p == CP_ASIDE || p == CP_ASIDE_TTL) {
-		cp_sleep_ms(cfg->ttl_ms + 20);
+		cp_sleep_ms(cfg->ttl_ms + CP_TTL_MARGIN_MS);
 		if (cp_count_stale(cp, load_ns(p), cfg->keys, &res->stale_keys_later, err, errlen) < 0)
 			return -1;
 	}
@@ -377,23 +363,17 @@ int load_run(struct cp *cp, enum cp_pattern p, struct cp_load_result *res, char 
 	run->p = p;
 	pthread_mutex_init(&run->mu, NULL);
 	for (int i = 0; i < n; i++)
-		if (client_open(run, &cl[i], (int)p * 100 + i, err, errlen) < 0)
-			goto out_clients;
+		client_open(run, &cl[i], i, (uint64_t)p * 100 + (uint64_t)i);
 	load_drive(run, cl, n, p == CP_BEHIND);
 	if (atomic_load(&run->failed)) {
 		snprintf(err, errlen, "%s %s", cp_pattern_name(p), run->err);
 		cp_lost(cp, run->server);
-		goto out_clients;
-	}
-	if (lab_interrupted()) {
+	} else if (lab_interrupted()) {
 		snprintf(err, errlen, "interrupted");
-		goto out_clients;
+	} else {
+		load_collect(run, cl, n, res);
+		ret = load_count(cp, p, res, err, errlen);
 	}
-	load_collect(run, cl, n, res);
-	ret = load_count(cp, p, res, err, errlen);
-out_clients:
-	for (int i = 0; i < n; i++)
-		client_close(&cl[i]);
 	pthread_mutex_destroy(&run->mu);
 out:
 	free(cl);

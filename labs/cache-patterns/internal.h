@@ -54,7 +54,11 @@ struct cp {
 	PGconn *wconn;     /* the scripted races' second client */
 	redisContext *rc;  /* the lab's own */
 	redisContext *wrc; /* the scripted races' second client */
-	char lost[16];     /* the first server seen gone: "PostgreSQL", "Redis" or "" */
+	/* the loads' clients (readers, writers, the worker), opened once and reused by every load:
+	 * seven loads opening their own would spend more time connecting than loading */
+	PGconn *lpg[CP_MAX_CLIENTS];
+	redisContext *lrc[CP_MAX_CLIENTS];
+	char lost[16]; /* the first server seen gone: "PostgreSQL", "Redis" or "" */
 };
 
 /* A cached value: what GET found. */
@@ -100,6 +104,8 @@ int cache_vset(redisContext *rc, const char *key, int64_t version, int price, bo
 /* Keys of ns whose cached value's version or price differs from the row's (a tombstone or an
  * empty key is not stale: the next read goes to the database). */
 int cp_count_stale(struct cp *cp, const char *ns, int keys, int *stale, char *err, size_t errlen);
+/* The same for key k of ns alone. */
+int cp_key_stale(struct cp *cp, const char *ns, int k, bool *stale, char *err, size_t errlen);
 /* sum(flushes) over the rows: the rows write-behind's worker wrote, as the server counted them */
 int cp_sum_flushes(struct cp *cp, int64_t *sum, char *err, size_t errlen);
 

@@ -78,7 +78,7 @@ static void aside_after(struct lab *lab, const void *c, const void *result)
 	            "  scripted: the lab holds the reader in its gap while the writer's UPDATE+DEL runs:\n"
 	            "    %s%d/%d keys stale%s, still %d after %d ms (no TTL: stale for good)\n",
 	            term_red(t), r->aside_race.stale, r->aside_race.races, term_reset(t),
-	            r->aside_race.stale_later, cfg->ttl_ms + 20);
+	            r->aside_race.stale_later, cfg->ttl_ms + CP_TTL_MARGIN_MS);
 	term_printf(
 	        t,
 	        "  update-on-write: writer 1 held between COMMIT and SET while writer 2 commits and SETs:\n"

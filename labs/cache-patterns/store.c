@@ -78,6 +78,19 @@ struct cp *cp_open(const struct cache_patterns_config *cfg, char *lost, size_t l
 		snprintf(err, errlen, "%s", e);
 		goto fail;
 	}
+	int clients = cfg->readers + cfg->writers + 1;
+	for (int i = 0; i < clients; i++) {
+		if (!(cp->lpg[i] = pg_connect(cfg->pg_url, e, sizeof(e)))) {
+			snprintf(lost, lostlen, "PostgreSQL");
+			snprintf(err, errlen, "%s", e);
+			goto fail;
+		}
+		if (!(cp->lrc[i] = redis_connect_url(cfg->redis_url, REDIS_TIMEOUT_MS, e, sizeof(e)))) {
+			snprintf(lost, lostlen, "Redis");
+			snprintf(err, errlen, "%s", e);
+			goto fail;
+		}
+	}
 	char sql[256];
 	snprintf(sql, sizeof(sql),
 	         "INSERT INTO " SCHEMA ".products (id, price_cents) SELECT g, 100 FROM "
@@ -123,6 +136,12 @@ int cp_close(struct cp *cp, char *err, size_t errlen)
 		PQfinish(cp->conn);
 	if (cp->wconn)
 		PQfinish(cp->wconn);
+	for (int i = 0; i < CP_MAX_CLIENTS; i++) {
+		if (cp->lpg[i])
+			PQfinish(cp->lpg[i]);
+		if (cp->lrc[i])
+			redisFree(cp->lrc[i]);
+	}
 	free(cp);
 	return ret;
 }
@@ -254,25 +273,33 @@ int cache_vset(redisContext *rc, const char *key, int64_t version, int price, bo
 	return ret;
 }
 
+int cp_key_stale(struct cp *cp, const char *ns, int k, bool *stale, char *err, size_t errlen)
+{
+	char key[128];
+	struct cval v;
+	int64_t ver;
+	int price;
+	cp_key(key, sizeof(key), ns, k);
+	if (cache_get(cp->rc, key, &v, err, errlen) < 0) {
+		cp_lost(cp, cp_redis_gone(cp->rc));
+		return -1;
+	}
+	if (db_read(cp->conn, k, &ver, &price, err, errlen) < 0) {
+		cp_lost(cp, cp_pg_gone(cp->conn));
+		return -1;
+	}
+	*stale = v.kind == CVAL_VALUE && (v.version != ver || v.price != price);
+	return 0;
+}
+
 int cp_count_stale(struct cp *cp, const char *ns, int keys, int *stale, char *err, size_t errlen)
 {
 	*stale = 0;
 	for (int k = 0; k < keys; k++) {
-		char key[128];
-		struct cval v;
-		int64_t ver;
-		int price;
-		cp_key(key, sizeof(key), ns, k);
-		if (cache_get(cp->rc, key, &v, err, errlen) < 0) {
-			cp_lost(cp, cp_redis_gone(cp->rc));
+		bool s;
+		if (cp_key_stale(cp, ns, k, &s, err, errlen) < 0)
 			return -1;
-		}
-		if (db_read(cp->conn, k, &ver, &price, err, errlen) < 0) {
-			cp_lost(cp, cp_pg_gone(cp->conn));
-			return -1;
-		}
-		if (v.kind == CVAL_VALUE && (v.version != ver || v.price != price))
-			(*stale)++;
+		*stale += s;
 	}
 	return 0;
 }
