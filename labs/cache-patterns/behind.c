@@ -33,10 +33,8 @@
 int wb_group(redisContext *rc, char *err, size_t errlen)
 {
 	redisReply *r = redis_cmd(rc, err, errlen, "XGROUP CREATE %s %s $ MKSTREAM", WB_STREAM, WB_GROUP);
-	if (r) {
-		freeReplyObject(r);
-		return 0;
-	}
+	if (r)
+		return cp_reply_done(r, REDIS_REPLY_STATUS, "XGROUP CREATE", err, errlen);
 	return strstr(err, "BUSYGROUP") && !rc->err ? 0 : -1;
 }
 
@@ -63,8 +61,9 @@ int wb_write(redisContext *rc, int k, int price, int64_t *version, char *err, si
 /* One stream entry's fields k, v, p. -1 when they are missing or out of range. */
 static int entry_parse(const redisReply *e, int *k, int64_t *v, int *p)
 {
-	if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[1]->type != REDIS_REPLY_ARRAY)
-		return -1;
+	if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+	    e->element[1]->type != REDIS_REPLY_ARRAY)
+		return -1; /* an id (XACK needs it) and the fields */
 	const redisReply *f = e->element[1];
 	*k = -1;
 	for (size_t i = 0; i + 1 < f->elements; i += 2) {
@@ -120,8 +119,13 @@ static int xack(redisContext *rc, const redisReply *entries, char *err, size_t e
 			freeReplyObject(r);
 		return -1;
 	}
+	/* every entry was pending for this consumer: XACK acknowledges them all */
+	int ret = r->type == REDIS_REPLY_INTEGER && r->integer == (long long)n ? 0 : -1;
+	if (ret < 0)
+		snprintf(err, errlen, "XACK acknowledged %lld of %zu entries",
+		         r->type == REDIS_REPLY_INTEGER ? r->integer : -1LL, n);
 	freeReplyObject(r);
-	return 0;
+	return ret;
 }
 
 /* The newest version of each key in entries, written; *rows written. 1 when the worker died. */
@@ -229,7 +233,8 @@ static int server_start(struct wb_server *s, bool aof, char *err, size_t errlen)
 	for (;;) {
 		redisReply *r = redis_cmd(s->rc, err, errlen, "PING");
 		if (r) {
-			freeReplyObject(r);
+			if (cp_reply_done(r, REDIS_REPLY_STATUS, "PING", err, errlen) < 0)
+				return -1;
 			break;
 		}
 		if (s->rc->err || !strstr(err, "LOADING") || hist_now_us() > until)
@@ -396,7 +401,7 @@ static int crash_both(struct cp *cp, struct wb_server *s, struct cache_patterns_
 	redisReply *r = redis_cmd(s->rc, err, errlen, "INFO server");
 	if (!r)
 		return -1;
-	const char *v = r->str ? strstr(r->str, "redis_version:") : NULL;
+	const char *v = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
 	snprintf(res->redis_server, sizeof(res->redis_server), "%.*s", v ? (int)strcspn(v + 14, "\r\n") : 1,
 	         v ? v + 14 : "?");
 	freeReplyObject(r);

@@ -81,6 +81,12 @@ void cp_lost(struct cp *cp, const char *server);
 const char *cp_pg_gone(const PGconn *c);
 const char *cp_redis_gone(const redisContext *c);
 
+/* Frees r; 0 when it is of type (a REDIS_REPLY_*), -1 and err when it is NULL (redis_cmd wrote
+ * err: no reply or an error reply) or of another type. */
+int cp_reply_done(redisReply *r, int type, const char *what, char *err, size_t errlen);
+/* A statement that returns no rows: exactly PGRES_COMMAND_OK, else -1 and err. */
+int db_command(PGconn *c, const char *sql, char *err, size_t errlen);
+
 /* Every row back to price 100, version 0, flushes 0; every key of the lab deleted. */
 int cp_reset(struct cp *cp, char *err, size_t errlen);
 /* The cache key of product k in namespace ns ("aside", "ttl", ...): lab:cache-patterns:<ns>:<k> */

@@ -51,6 +51,37 @@ void cp_lost(struct cp *cp, const char *server)
 		snprintf(cp->lost, sizeof(cp->lost), "%s", server);
 }
 
+int cp_reply_done(redisReply *r, int type, const char *what, char *err, size_t errlen)
+{
+	if (!r)
+		return -1; /* redis_cmd wrote err: no reply, or an error reply */
+	int ret = 0;
+	if (r->type != type) {
+		snprintf(err, errlen, "%s: unexpected reply type %d (expected %d)", what, r->type, type);
+		ret = -1;
+	}
+	freeReplyObject(r);
+	return ret;
+}
+
+int db_command(PGconn *c, const char *sql, char *err, size_t errlen)
+{
+	PGresult *r = PQexec(c, sql);
+	int ret = 0;
+	if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+		if (r && PQresultStatus(r) == PGRES_FATAL_ERROR)
+			pg_message_line(err, errlen, PQresultErrorMessage(r));
+		else if (r)
+			snprintf(err, errlen, "%.40s...: %s, expected PGRES_COMMAND_OK", sql,
+			         PQresStatus(PQresultStatus(r)));
+		else
+			pg_conn_error(c, err, errlen);
+		ret = -1;
+	}
+	PQclear(r);
+	return ret;
+}
+
 void cp_key(char *out, size_t outlen, const char *ns, int k)
 {
 	snprintf(out, outlen, PREFIX "%s:%d", ns, k);
@@ -97,7 +128,8 @@ struct cp *cp_open(const struct cache_patterns_config *cfg, char *lost, size_t l
 	         "generate_series(0, %d) g",
 	         cfg->keys - 1);
 	if (pg_schema_create(cp->conn, SCHEMA, e, sizeof(e)) < 0 ||
-	    pg_exec(cp->conn, SCHEMA_SQL, e, sizeof(e)) < 0 || pg_exec(cp->conn, sql, e, sizeof(e)) < 0 ||
+	    db_command(cp->conn, SCHEMA_SQL, e, sizeof(e)) < 0 ||
+	    db_command(cp->conn, sql, e, sizeof(e)) < 0 ||
 	    redis_del_prefix(cp->rc, PREFIX, NULL, e, sizeof(e)) < 0) {
 		snprintf(err, errlen, "setup: %s", e);
 		goto fail;
@@ -148,8 +180,8 @@ int cp_close(struct cp *cp, char *err, size_t errlen)
 
 int cp_reset(struct cp *cp, char *err, size_t errlen)
 {
-	if (pg_exec(cp->conn, "UPDATE " SCHEMA ".products SET price_cents = 100, version = 0, flushes = 0",
-	            err, errlen) < 0) {
+	if (db_command(cp->conn, "UPDATE " SCHEMA ".products SET price_cents = 100, version = 0, flushes = 0",
+	               err, errlen) < 0) {
 		cp_lost(cp, cp_pg_gone(cp->conn));
 		return -1;
 	}
@@ -235,19 +267,13 @@ int cache_set(redisContext *rc, const char *key, int64_t version, int price, int
 	snprintf(val, sizeof(val), "V:%" PRId64 ":%d", version, price);
 	redisReply *r = px_ms > 0 ? redis_cmd(rc, err, errlen, "SET %s %s PX %d", key, val, px_ms)
 	                          : redis_cmd(rc, err, errlen, "SET %s %s", key, val);
-	if (!r)
-		return -1;
-	freeReplyObject(r);
-	return 0;
+	return cp_reply_done(r, REDIS_REPLY_STATUS, "SET", err, errlen);
 }
 
 int cache_del(redisContext *rc, const char *key, char *err, size_t errlen)
 {
-	redisReply *r = redis_cmd(rc, err, errlen, "DEL %s", key);
-	if (!r)
-		return -1;
-	freeReplyObject(r);
-	return 0;
+	return cp_reply_done(redis_cmd(rc, err, errlen, "DEL %s", key), REDIS_REPLY_INTEGER, "DEL", err,
+	                     errlen);
 }
 
 int cache_vset(redisContext *rc, const char *key, int64_t version, int price, bool tomb, bool *set, char *err,
