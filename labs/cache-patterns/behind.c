@@ -409,18 +409,34 @@ static int crash_both(struct cp *cp, struct wb_server *s, struct cache_patterns_
 	return coalesce(cp, s, res, err, errlen);
 }
 
+int behind_open(struct cp *cp, char *err, size_t errlen)
+{
+	cp->wb = calloc(1, sizeof(*cp->wb));
+	if (!cp->wb) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return server_open(cp->wb, err, errlen);
+}
+
+void behind_close(struct cp *cp)
+{
+	struct wb_server *s = cp->wb;
+	if (!s)
+		return;
+	server_kill(s);
+	char rerr[256];
+	if (s->dir[0])
+		child_rmtree(s->dir, rerr, sizeof(rerr));
+	free(s);
+	cp->wb = NULL;
+}
+
 int behind_crash(struct cp *cp, struct cache_patterns_result *res, char *err, size_t errlen)
 {
-	struct wb_server s;
-	memset(&s, 0, sizeof(s));
-	int ret = server_open(&s, err, errlen);
-	if (ret == 0)
-		ret = crash_both(cp, &s, res, err, errlen);
+	int ret = crash_both(cp, cp->wb, res, err, errlen);
 	if (ret < 0 && cp_pg_gone(cp->conn))
 		cp_lost(cp, "PostgreSQL");
-	server_kill(&s);
-	char rerr[256];
-	if (s.dir[0])
-		child_rmtree(s.dir, rerr, sizeof(rerr));
+	server_kill(cp->wb);
 	return ret;
 }

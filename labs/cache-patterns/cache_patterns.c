@@ -132,7 +132,10 @@ int cache_patterns_run(const struct cache_patterns_config *cfg, struct cache_pat
 	if (!cp)
 		return -1;
 	struct run_ctx x = {cp};
-	int ret = lab_phases_walk(PHASES, CP_PHASES, &x, res, &cfg->hooks, err, errlen);
+	int ret = behind_open(cp, err, errlen);
+	if (ret == 0)
+		ret = lab_phases_walk(PHASES, CP_PHASES, &x, res, &cfg->hooks, err, errlen);
+	behind_close(cp);
 	if (ret < 0)
 		snprintf(res->lost_server, sizeof(res->lost_server), "%s", cp->lost);
 	char derr[LAB_ERRLEN];

@@ -48,6 +48,8 @@
 	"redis.call('xadd', KEYS[3], '*', 'k', ARGV[2], 'v', v, 'p', ARGV[1]) return v"
 
 /* What a run holds from setup to teardown. */
+struct wb_server;
+
 struct cp {
 	const struct cache_patterns_config *cfg;
 	PGconn *conn;      /* the lab's own: setup, resets, counting stale keys, teardown */
@@ -59,6 +61,9 @@ struct cp {
 	PGconn *lpg[CP_MAX_CLIENTS];
 	redisContext *lrc[CP_MAX_CLIENTS];
 	char lost[16]; /* the first server seen gone: "PostgreSQL", "Redis" or "" */
+	/* write-behind's throwaway redis-server: its program, directory and port, found and made
+	 * before phase 1 (behind_open), so a Ctrl-C at any phase has a directory to remove */
+	struct wb_server *wb;
 };
 
 /* A cached value: what GET found. */
@@ -145,6 +150,10 @@ int wb_claim(redisContext *rc, const char *consumer, int *claimed, char *err, si
 int wb_group(redisContext *rc, char *err, size_t errlen);
 /* One write-behind write: *version acknowledged. */
 int wb_write(redisContext *rc, int k, int price, int64_t *version, char *err, size_t errlen);
+/* Finds redis-server, makes the throwaway server's directory and picks its port; -1 and err. */
+int behind_open(struct cp *cp, char *err, size_t errlen);
+/* Stops the throwaway server if it runs and removes its directory. NULL-safe on cp->wb. */
+void behind_close(struct cp *cp);
 int behind_crash(struct cp *cp, struct cache_patterns_result *res, char *err, size_t errlen);
 
 #endif
