@@ -1,208 +1,68 @@
 /*
- * client.c — the lab's side of the wire: a small HTTP/1.1 client on a blocking socket kept alive
+ * client.c — the lab's side of the wire: GETs on common/http_client.h, one connection kept alive
  * between requests (so a request's cost is the server's, not a TCP handshake's), and the readers
  * a v1 or a v2 client parses a user with. A tolerant reader takes the fields it knows and ignores
  * the others (what a client must do for "add a field" to need no new version); a strict one
  * refuses what it does not know.
  */
-#include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#include "hist.h"
+#include "http_client.h"
 #include "internal.h"
 
 /* a response that takes longer than this is not coming */
 #define CLIENT_TIMEOUT_MS 5000
-#define HEAD_MAX          8192
 
 void vclient_init(struct vclient *c, int port)
 {
-	c->fd = -1;
+	c->http = NULL;
 	c->port = port;
 }
 
 void vclient_close(struct vclient *c)
 {
-	if (c->fd >= 0)
-		close(c->fd);
-	c->fd = -1;
+	http_client_free(c->http);
+	c->http = NULL;
 }
 
-static int connect_port(int port)
+static void copy_header(const struct http_answer *a, const char *name, char *out, size_t outlen)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-	                          .sin_port = htons((uint16_t)port),
-	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* Reads what is there within the timeout into buf at *n; 0 on EOF, -1 on error or timeout. */
-static ssize_t read_some(int fd, char *buf, size_t room)
-{
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	if (poll(&p, 1, CLIENT_TIMEOUT_MS) != 1)
-		return -1;
-	ssize_t r;
-	while ((r = recv(fd, buf, room, 0)) < 0 && errno == EINTR)
-		;
-	return r;
-}
-
-static void header_value(const char *head, const char *name, char *out, size_t outlen)
-{
-	out[0] = '\0';
-	size_t nl = strlen(name);
-	for (const char *line = strstr(head, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
-		const char *h = line + 2;
-		if (strncasecmp(h, name, nl) == 0 && h[nl] == ':') {
-			const char *v = h + nl + 1;
-			while (*v == ' ')
-				v++;
-			const char *end = strstr(v, "\r\n");
-			size_t len = end ? (size_t)(end - v) : strlen(v);
-			snprintf(out, outlen, "%.*s", (int)len, v);
-			return;
-		}
-	}
-}
-
-/* Reads the rest of a chunked body from buf[have..] and the socket into rs->body. */
-static int read_chunked(int fd, char *buf, size_t have, size_t cap, struct versioning_response *rs)
-{
-	size_t out = 0, pos = 0;
-	for (;;) {
-		char *crlf;
-		while (!(crlf = memmem(buf + pos, have - pos, "\r\n", 2))) {
-			ssize_t r = have < cap ? read_some(fd, buf + have, cap - have) : -1;
-			if (r <= 0)
-				return -1;
-			have += (size_t)r;
-		}
-		size_t size = strtoul(buf + pos, NULL, 16);
-		pos = (size_t)(crlf - buf) + 2;
-		while (have < pos + size + 2) {
-			ssize_t r = have < cap ? read_some(fd, buf + have, cap - have) : -1;
-			if (r <= 0)
-				return -1;
-			have += (size_t)r;
-		}
-		if (size == 0)
-			break;
-		size_t take = size < sizeof(rs->body) - 1 - out ? size : sizeof(rs->body) - 1 - out;
-		memcpy(rs->body + out, buf + pos, take);
-		out += take;
-		pos += size + 2;
-	}
-	rs->body[out] = '\0';
-	return 0;
-}
-
-/* Reads one response; -1 when the connection closed or timed out before it was whole. */
-static int read_response(int fd, struct versioning_response *rs, bool *keep)
-{
-	char buf[HEAD_MAX + VERSIONING_BODY * 2];
-	size_t n = 0;
-	char *end = NULL;
-	while (!end) {
-		ssize_t r = n < sizeof(buf) - 1 ? read_some(fd, buf + n, sizeof(buf) - 1 - n) : -1;
-		if (r <= 0)
-			return -1;
-		n += (size_t)r;
-		buf[n] = '\0';
-		end = strstr(buf, "\r\n\r\n");
-	}
-	size_t head_len = (size_t)(end - buf) + 4;
-	char head[HEAD_MAX], v[64];
-	snprintf(head, sizeof(head), "%.*s", (int)head_len, buf);
-	if (sscanf(head, "HTTP/1.%*d %d", &rs->status) != 1)
-		return -1;
-	header_value(head, "Content-Type", rs->content_type, sizeof(rs->content_type));
-	header_value(head, "Vary", rs->vary, sizeof(rs->vary));
-	header_value(head, "Cache-Control", rs->cache_control, sizeof(rs->cache_control));
-	header_value(head, "Deprecation", rs->deprecation, sizeof(rs->deprecation));
-	header_value(head, "Sunset", rs->sunset, sizeof(rs->sunset));
-	header_value(head, "Link", rs->link, sizeof(rs->link));
-	header_value(head, "X-Cache-Status", rs->cache_status, sizeof(rs->cache_status));
-	header_value(head, "Connection", v, sizeof(v));
-	*keep = strcasecmp(v, "close") != 0 && strncmp(head, "HTTP/1.0", 8) != 0;
-	header_value(head, "Transfer-Encoding", v, sizeof(v));
-	if (strcasecmp(v, "chunked") == 0)
-		return read_chunked(fd, buf + head_len, n - head_len, sizeof(buf) - head_len, rs);
-	header_value(head, "Content-Length", v, sizeof(v));
-	size_t want = v[0] ? strtoul(v, NULL, 10) : sizeof(buf) - head_len; /* none: to the close */
-	*keep = *keep && v[0];
-	while (n - head_len < want && n < sizeof(buf) - 1) {
-		ssize_t r = read_some(fd, buf + n, sizeof(buf) - 1 - n);
-		if (r < 0 || (r == 0 && v[0]))
-			return -1;
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	size_t body = n - head_len < sizeof(rs->body) - 1 ? n - head_len : sizeof(rs->body) - 1;
-	memcpy(rs->body, buf + head_len, body);
-	rs->body[body] = '\0';
-	return 0;
-}
-
-static bool send_all(int fd, const char *s, size_t len)
-{
-	for (size_t off = 0; off < len;) {
-		ssize_t w = send(fd, s + off, len - off, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return false;
-		off += (size_t)w;
-	}
-	return true;
+	const char *v = http_answer_header(a, name);
+	snprintf(out, outlen, "%s", v ? v : "");
 }
 
 int vclient_get(struct vclient *c, const char *target, const char *accept, const char *agent,
                 struct versioning_response *rs, char *err, size_t errlen)
 {
-	char req[1024], acc[256] = "";
-	if (accept)
-		snprintf(acc, sizeof(acc), "Accept: %s\r\n", accept);
-	int len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: %s\r\n%s\r\n",
-	                   target, agent, acc);
-	/* a kept-alive connection the server closed meanwhile fails the first try: one more, fresh */
-	for (int attempt = 0; attempt < 2; attempt++) {
-		memset(rs, 0, sizeof(*rs));
-		if (c->fd < 0 && (c->fd = connect_port(c->port)) < 0)
-			break;
-		uint64_t t0 = hist_now_us();
-		bool keep = false;
-		if (send_all(c->fd, req, (size_t)len) && read_response(c->fd, rs, &keep) == 0) {
-			rs->latency_us = hist_now_us() - t0;
-			if (!keep)
-				vclient_close(c);
-			return 0;
-		}
-		vclient_close(c);
+	memset(rs, 0, sizeof(*rs));
+	if (!c->http && !(c->http = http_client_new(c->port, CLIENT_TIMEOUT_MS, err, errlen)))
+		return -1;
+	struct http_header h[2] = {{"User-Agent", agent}, {"Accept", accept}};
+	struct http_call call = {"GET", target, h, accept ? 2 : 1, NULL, 0};
+	struct http_answer a;
+	if (http_client_call(c->http, &call, &a, err, errlen) < 0)
+		return -1;
+	if (a.status == 0) {
+		http_answer_free(&a);
+		snprintf(err, errlen, "no response from 127.0.0.1:%d to GET %s", c->port, target);
+		return -1;
 	}
-	snprintf(err, errlen, "no response from 127.0.0.1:%d to GET %s", c->port, target);
-	return -1;
+	rs->status = a.status;
+	rs->latency_us = a.latency_us;
+	copy_header(&a, "Content-Type", rs->content_type, sizeof(rs->content_type));
+	copy_header(&a, "Vary", rs->vary, sizeof(rs->vary));
+	copy_header(&a, "Cache-Control", rs->cache_control, sizeof(rs->cache_control));
+	copy_header(&a, "Deprecation", rs->deprecation, sizeof(rs->deprecation));
+	copy_header(&a, "Sunset", rs->sunset, sizeof(rs->sunset));
+	copy_header(&a, "Link", rs->link, sizeof(rs->link));
+	copy_header(&a, "X-Cache-Status", rs->cache_status, sizeof(rs->cache_status));
+	snprintf(rs->body, sizeof(rs->body), "%s", a.body);
+	http_answer_free(&a);
+	return 0;
 }
 
 /* ---- the readers ---- */

@@ -41,15 +41,17 @@ struct versioning_env {
 
 /* ---- client.c ---- */
 
+struct http_client;
+
 struct vclient {
-	int fd; /* -1 until the first request; kept alive between requests */
+	struct http_client *http; /* NULL until the first request; kept alive between requests */
 	int port;
 };
 
 void vclient_init(struct vclient *c, int port);
 /*
- * GET target with Accept (NULL: none) and User-Agent agent; reconnects once when a kept-alive
- * connection was closed. -1 and err when no response came.
+ * GET target with Accept (NULL: none) and User-Agent agent, on common/http_client.h (which
+ * reconnects when a kept-alive connection was closed). -1 and err when no response came.
  */
 int vclient_get(struct vclient *c, const char *target, const char *accept, const char *agent,
                 struct versioning_response *rs, char *err, size_t errlen);
