@@ -1,92 +1,40 @@
 /*
- * client.c — the API as a client sees it: a blocking HTTP GET (a socket, HTTP/1.1, Connection:
- * close) and phase 4, which pages through GET /v1/items with next_cursor and sends what a
- * client should not (a changed cursor, an old one, a forged one, a page number, a limit out of
- * range), each answer set beside the status the API's contract gives it.
+ * client.c — the API as a client sees it: a blocking HTTP GET (common/http_client.h) and phase 4, which pages
+ * through GET /v1/items with next_cursor and sends what a client should not (a changed cursor, an old one, a
+ * forged one, a page number, a limit out of range), each answer set beside the status the API's contract
+ * gives it.
  */
-#include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "hist.h"
+#include "http_client.h"
 #include "internal.h"
 
 #define TIMEOUT_MS 5000
 /* a page of 100 items is about 15 KB */
 #define BODY_MAX (256 * 1024)
 
-static int connect_local(int port, char *err, size_t errlen)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-	                          .sin_port = htons((uint16_t)port),
-	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		snprintf(err, errlen, "cannot connect to 127.0.0.1:%d: %s", port, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* Reads until the server closes, at most timeout_ms in all; the bytes read, -1 on a timeout. */
-static ssize_t read_all(int fd, char *buf, size_t len, int timeout_ms)
-{
-	size_t n = 0;
-	uint64_t deadline = hist_now_us() + (uint64_t)timeout_ms * 1000;
-	while (n + 1 < len) {
-		uint64_t now = hist_now_us();
-		if (now >= deadline)
-			return -1;
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		int r = poll(&p, 1, (int)((deadline - now) / 1000) + 1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		ssize_t got = recv(fd, buf + n, len - 1 - n, 0);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0)
-			break;
-		n += (size_t)got;
-	}
-	buf[n] = '\0';
-	return (ssize_t)n;
-}
-
 int pagination_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
                         char *err, size_t errlen)
 {
 	*status = 0;
 	body[0] = '\0';
-	int fd = connect_local(port, err, errlen);
-	if (fd < 0)
+	struct http_client *c = http_client_new(port, timeout_ms, err, errlen);
+	if (!c)
 		return -1;
-	char head[1024];
-	int len = snprintf(head, sizeof(head),
-	                   "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", target);
-	char *buf = malloc(BODY_MAX);
-	ssize_t n = -1;
-	if (buf && len > 0 && (size_t)len < sizeof(head) && send(fd, head, (size_t)len, MSG_NOSIGNAL) == len)
-		n = read_all(fd, buf, BODY_MAX, timeout_ms);
-	close(fd);
-	const char *sep = n > 0 ? strstr(buf, "\r\n\r\n") : NULL;
-	if (sep && sscanf(buf, "HTTP/1.%*d %d", status) == 1)
-		snprintf(body, bodylen, "%s", sep + 4);
-	else
-		*status = 0;
-	free(buf);
-	return 0;
+	struct http_call call = {"GET", target, NULL, 0, NULL, 0};
+	struct http_answer a;
+	int rc = http_client_call(c, &call, &a, err, errlen);
+	if (rc == 0 && a.status > 0) {
+		*status = a.status;
+		snprintf(body, bodylen, "%s", a.body);
+	}
+	http_answer_free(&a);
+	http_client_free(c);
+	return rc;
 }
 
 /* ---- phase 4 ---- */
