@@ -3,8 +3,6 @@
  * own event loop), the load driver of phase 3 on common/load.h, and the counts in PostgreSQL that
  * every claim is checked against.
  */
-#include <event2/buffer.h>
-#include <event2/event.h>
 #include <event2/keyvalq_struct.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +11,7 @@
 #include <unistd.h>
 
 #include "hist.h"
+#include "http_client.h"
 #include "internal.h"
 #include "load.h"
 #include "pg.h"
@@ -38,91 +37,48 @@ void idem_run_client(char *out, size_t outlen, const char *what)
 
 /* ---- one request ---- */
 
-struct call_ctx {
-	struct event_base *base;
-	struct idempotency_response *rs;
-	uint64_t start_us;
-};
-
-static void call_done_cb(struct evhttp_request *req, void *arg)
-{
-	struct call_ctx *cc = arg;
-	struct idempotency_response *rs = cc->rs;
-	rs->latency_us = hist_now_us() - cc->start_us;
-	if (req && evhttp_request_get_response_code(req) > 0) {
-		rs->status = evhttp_request_get_response_code(req);
-		struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-		const char *replayed = evhttp_find_header(h, "Idempotent-Replayed");
-		rs->replayed = replayed && strcmp(replayed, "true") == 0;
-		const char *expires = evhttp_find_header(h, "Idempotency-Key-Expires");
-		snprintf(rs->expires, sizeof(rs->expires), "%s", expires ? expires : "");
-		struct evbuffer *in = evhttp_request_get_input_buffer(req);
-		size_t n = evbuffer_get_length(in);
-		if (n > sizeof(rs->body) - 1)
-			n = sizeof(rs->body) - 1;
-		evbuffer_copyout(in, rs->body, n);
-		rs->body[n] = '\0';
-		rs->body_len = n;
-	}
-	event_base_loopbreak(cc->base);
-}
-
-static void add_headers(struct evhttp_request *req, const struct idempotency_request *rq)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	evhttp_add_header(h, "Host", "127.0.0.1");
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (rq->client)
-		evhttp_add_header(h, "X-Client-Id", rq->client);
-	if (rq->key)
-		evhttp_add_header(h, "Idempotency-Key", rq->key);
-	char ms[24];
-	if (rq->delay_ms > 0) {
-		snprintf(ms, sizeof(ms), "%d", rq->delay_ms);
-		evhttp_add_header(h, "X-Lab-Delay-Ms", ms);
-	}
-	if (rq->pause_ms > 0) {
-		snprintf(ms, sizeof(ms), "%d", rq->pause_ms);
-		evhttp_add_header(h, "X-Lab-Pause-Ms", ms);
-	}
-}
-
 int idempotency_call(int port, const struct idempotency_request *rq, struct idempotency_response *rs,
                      char *err, size_t errlen)
 {
 	memset(rs, 0, sizeof(*rs));
-	struct call_ctx cc = {.rs = rs};
-	struct evhttp_connection *conn = NULL;
-	int ret = -1;
-	cc.base = event_base_new();
-	if (!cc.base) {
-		snprintf(err, errlen, "cannot create an event base");
+	struct http_client *c =
+	        http_client_new(port, rq->timeout_ms > 0 ? rq->timeout_ms : 5000, err, errlen);
+	if (!c)
 		return -1;
+	struct http_header h[5];
+	char delay[24], pause[24];
+	int n = 0;
+	h[n++] = (struct http_header){"Content-Type", "application/json"};
+	if (rq->client)
+		h[n++] = (struct http_header){"X-Client-Id", rq->client};
+	if (rq->key)
+		h[n++] = (struct http_header){"Idempotency-Key", rq->key};
+	if (rq->delay_ms > 0) {
+		snprintf(delay, sizeof(delay), "%d", rq->delay_ms);
+		h[n++] = (struct http_header){"X-Lab-Delay-Ms", delay};
 	}
-	conn = evhttp_connection_base_new(cc.base, NULL, "127.0.0.1", (unsigned short)port);
-	struct evhttp_request *req = conn ? evhttp_request_new(call_done_cb, &cc) : NULL;
-	if (!req) {
-		snprintf(err, errlen, "cannot create the request");
-		goto out;
+	if (rq->pause_ms > 0) {
+		snprintf(pause, sizeof(pause), "%d", rq->pause_ms);
+		h[n++] = (struct http_header){"X-Lab-Pause-Ms", pause};
 	}
-	int timeout_ms = rq->timeout_ms > 0 ? rq->timeout_ms : 5000;
-	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-	evhttp_connection_set_timeout_tv(conn, &tv);
-	add_headers(req, rq);
-	if (rq->body)
-		evbuffer_add(evhttp_request_get_output_buffer(req), rq->body, strlen(rq->body));
-	cc.start_us = hist_now_us();
-	/* evhttp_make_request frees req when it fails */
-	if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, rq->path ? rq->path : CHARGES_PATH) != 0) {
-		snprintf(err, errlen, "cannot send the request to 127.0.0.1:%d", port);
-		goto out;
+	struct http_call call = {"POST",   rq->path ? rq->path : CHARGES_PATH, h, n,
+	                         rq->body, rq->body ? strlen(rq->body) : 0};
+	struct http_answer a;
+	int ret = http_client_call(c, &call, &a, err, errlen);
+	rs->latency_us = a.latency_us;
+	if (ret == 0 && a.status > 0) {
+		rs->status = a.status;
+		const char *replayed = http_answer_header(&a, "Idempotent-Replayed");
+		rs->replayed = replayed && strcmp(replayed, "true") == 0;
+		const char *expires = http_answer_header(&a, "Idempotency-Key-Expires");
+		snprintf(rs->expires, sizeof(rs->expires), "%s", expires ? expires : "");
+		size_t len = a.body_len < sizeof(rs->body) - 1 ? a.body_len : sizeof(rs->body) - 1;
+		memcpy(rs->body, a.body, len);
+		rs->body[len] = '\0';
+		rs->body_len = len;
 	}
-	event_base_dispatch(cc.base);
-	ret = 0;
-out:
-	if (conn)
-		evhttp_connection_free(conn);
-	event_base_free(cc.base);
+	http_answer_free(&a);
+	http_client_free(c);
 	return ret;
 }
 
