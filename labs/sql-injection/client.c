@@ -283,7 +283,7 @@ static int blind_time(struct sqli_client *c, struct sqli_route_run *run, char *e
 	}
 	o->attempted = chars;
 	run->time_errors = chars - o->leaked;
-	run->time_bit_ms = o->requests ? (hist_now_us() - t0) / 1000.0 / o->requests : 0;
+	run->time_bit_ms = chars ? (hist_now_us() - t0) / 1000.0 / (chars * CHAR_BITS) : 0;
 	return 0;
 }
 

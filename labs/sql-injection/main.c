@@ -113,9 +113,11 @@ static void after_naive(struct lab *lab, const void *cfg, const void *result)
 	int len = RES(result)->setup.secret_len;
 	term_printf(
 	        t,
-	        "  boolean-blind read \"%s\" (a bisection: 7 requests a char); time-blind %d chars at %s a "
-	        "request\n  (pg_sleep %d ms per 1-bit): all %d chars would take %d requests, ~%s\n",
-	        run->secret_read, tb->attempted, TERM_US(run->time_bit_ms * 1000), CFG(cfg)->sleep_ms, len,
+	        "  boolean-blind read \"%s\" (a bisection: 7 requests a char); time-blind: 5 plain requests "
+	        "to\n"
+	        "  time, then a bit each (pg_sleep %d ms on a 1), %d chars at %s a bit: all %d would take %d "
+	        "requests, ~%s\n",
+	        run->secret_read, CFG(cfg)->sleep_ms, tb->attempted, TERM_US(run->time_bit_ms * 1000), len,
 	        len * 7, TERM_US(run->time_bit_ms * 1000 * len * 7));
 	lab_phase_metrics(lab, "naive", run_json(run));
 }
