@@ -147,6 +147,15 @@ typedef void (*pool_query_cb)(struct pool_conn *c, PGresult *res, const char *er
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
                void *arg);
 
+/*
+ * pool_query through the simple query protocol (PQsendQuery): sql may hold several statements,
+ * which the server runs in order in one implicit transaction; cb gets the last result, or the
+ * first error (the statements after it do not run, those before it are rolled back), as PQexec
+ * would return. No parameters: for SQL with no outside input in it, or to show why that rule
+ * exists (lab-sql-injection's vulnerable handler). Same rules and failures as pool_query.
+ */
+int pool_query_simple(struct pool_conn *c, const char *sql, pool_query_cb cb, void *arg);
+
 /* A snapshot of the counters and the wait distribution. Can't fail. */
 void pool_stats(const struct pool *p, struct pool_stats *out);
 

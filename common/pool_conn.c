@@ -543,8 +543,9 @@ int pool_conn_pid(const struct pool_conn *c)
 	return c ? c->backend_pid : 0;
 }
 
-int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
-               void *arg)
+/* pool_query and pool_query_simple: simple sends sql with PQsendQuery (no parameters). */
+static int query_start(struct pool_conn *c, const char *sql, int nparams, const char *const *params,
+                       bool simple, pool_query_cb cb, void *arg)
 {
 	if (!c || !sql || !cb || c->state != POOL_CONN_ACTIVE || c->query_running || c->pool->closing)
 		return -1;
@@ -564,7 +565,8 @@ int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *co
 		query_fail(c, why, true);
 		goto fail_later;
 	}
-	if (!PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)) {
+	if (simple ? !PQsendQuery(c->pg, sql)
+	           : !PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)) {
 		query_fail(c, PQerrorMessage(c->pg), PQstatus(c->pg) != CONNECTION_OK);
 		goto fail_later;
 	}
@@ -584,4 +586,15 @@ fail_later:
 	/* the callback runs on the loop, never before pool_query returns */
 	event_active(c->query_fail_ev, EV_TIMEOUT, 1);
 	return 0;
+}
+
+int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
+               void *arg)
+{
+	return query_start(c, sql, nparams, params, false, cb, arg);
+}
+
+int pool_query_simple(struct pool_conn *c, const char *sql, pool_query_cb cb, void *arg)
+{
+	return query_start(c, sql, 0, NULL, true, cb, arg);
 }

@@ -1,7 +1,8 @@
 /*
  * test_pool.c — the connection pool of pool.h against a real PostgreSQL, never a mock: acquire
  * and release, FIFO waiters, acquire timeouts (also while the connection is still opening), leak
- * reports, pool_query (SQL errors, a parameter larger than the socket buffer), wait_ready, the
+ * reports, pool_query (SQL errors, a parameter larger than the socket buffer), pool_query_simple
+ * (several statements in one string), wait_ready, the
  * max_size cap under load, bad config and an unreachable server. test_pool_health.c tests how
  * connections break, retire and close.
  *
@@ -265,6 +266,44 @@ static void test_pool_query_runs_a_parameterised_query_and_passes_sql_errors_as_
 	pool_free(p);
 }
 
+/* pool_query_simple: the simple protocol runs every statement of a string, where pool_query
+ * (the extended protocol) refuses a string of two */
+static void test_pool_query_simple_runs_several_statements_and_pool_query_refuses_them(void **state)
+{
+	struct fixture *f = *state;
+	char conninfo[512];
+	conninfo_for(conninfo, sizeof(conninfo), "simple");
+	struct pool_config cfg = config_for(conninfo, 1, 1);
+	struct pool *p = pool_ready(f, &cfg);
+	struct pool_conn *c = acquire_now(f, p, "simple");
+
+	struct answer a = query_now(f, c, "SELECT 1; SELECT 2", 0, NULL);
+	assert_int_equal(a.status, PGRES_FATAL_ERROR);
+	assert_non_null(strstr(a.err, "cannot insert multiple commands into a prepared statement"));
+
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(
+	        pool_query_simple(c, "SET application_name = 'simple-test'; SELECT 6 * 7", answer_cb, &a), 0);
+	assert_int_equal(a.calls, 0);
+	assert_true(run_until(f->base, answer_done, &a, DEADLINE_MS));
+	/* the last result, as PQexec gives it, and the first statement ran too */
+	assert_int_equal(a.status, PGRES_TUPLES_OK);
+	assert_int_equal(a.value, 42);
+	assert_int_equal(query_int(f, c, "SELECT (current_setting('application_name') = 'simple-test')::int"),
+	                 1);
+
+	/* an error stops the string: the statement after it does not run */
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(pool_query_simple(c, "SELECT 1 / 0; SET application_name = 'after'", answer_cb, &a),
+	                 0);
+	assert_true(run_until(f->base, answer_done, &a, DEADLINE_MS));
+	assert_int_equal(a.status, PGRES_FATAL_ERROR);
+	assert_int_equal(query_int(f, c, "SELECT (current_setting('application_name') = 'simple-test')::int"),
+	                 1);
+	pool_discard(c, "its application_name was changed");
+	pool_free(p);
+}
+
 static void test_pool_query_sends_a_parameter_larger_than_the_socket_buffer(void **state)
 {
 	struct fixture *f = *state;
@@ -511,6 +550,7 @@ int main(void)
 	                test_a_connection_held_past_the_threshold_is_reported_once_naming_its_holder),
 	        cmocka_unit_test(
 	                test_pool_query_runs_a_parameterised_query_and_passes_sql_errors_as_they_are),
+	        cmocka_unit_test(test_pool_query_simple_runs_several_statements_and_pool_query_refuses_them),
 	        cmocka_unit_test(test_pool_query_sends_a_parameter_larger_than_the_socket_buffer),
 	        cmocka_unit_test(test_wait_ready_opens_min_idle_connections),
 	        cmocka_unit_test(test_max_size_is_never_exceeded_under_20_concurrent_acquires),

@@ -1,0 +1,345 @@
+/*
+ * api.c — lab-sql-injection's HTTP API (sql_injection.h lists its routes and answers): one search,
+ * written twice. Both routes check the same things first (user a whole number, q short and free of
+ * NUL bytes, each parameter once, nothing unknown); then
+ *
+ *   /v1/vulnerable/notes  puts q, sort and dir into the SQL with snprintf and sends the string with
+ *                         pool_query_simple (PQsendQuery: the simple protocol, where a string of
+ *                         several statements runs them all), and passes the server's error on;
+ *   /v1/notes             sends q as a parameter (pool_query: PQsendQueryParams, the extended
+ *                         protocol), LIKE wildcards escaped, sort and dir from an allow-list.
+ *
+ * Both connect as the API's role (lab_api), search_path lab_sql_injection. A connection whose
+ * naive string held a ';' is discarded after the request, not pooled: a stacked SET or BEGIN must
+ * not follow it into the next request.
+ */
+#include <sys/queue.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "internal.h"
+#include "pg.h"
+#include "pool.h"
+
+/* the API's connections open before it answers; a server this slow is not coming */
+#define POOL_READY_MS 10000
+/* a request waits this long for a connection, then gets 503 */
+#define ACQUIRE_TIMEOUT_MS 2000
+#define USER_MAX           1000000000L
+#define SQL_MAX            1024
+
+struct sqli_api {
+	struct http_app app;
+	struct pool *pool;
+};
+
+/* One request from its check to its reply. */
+struct request_ctx {
+	struct evhttp_request *req;
+	struct pool_conn *conn;
+	bool naive;
+	bool stacked; /* the naive string held a ';' */
+	long user;
+	char q[Q_MAX + 1], sort[Q_MAX + 1], dir[Q_MAX + 1];
+	char sql[SQL_MAX];
+};
+
+/* The naive route's statement: what string concatenation builds. */
+static int naive_sql(char *out, size_t len, long user, const char *q, const char *sort, const char *dir)
+{
+	int n = snprintf(out, len,
+	                 "SELECT " NOTE_COLUMNS " FROM notes WHERE owner_id = %ld AND title ILIKE '%%%s%%'"
+	                 " ORDER BY %s %s LIMIT 100",
+	                 user, q, sort, dir);
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+int sqli_naive_sql(char *out, size_t len, long user, const char *q)
+{
+	return naive_sql(out, len, user, q, "id", "asc");
+}
+
+/* The parameterized route's statements: one per allowed sort and direction, none built at run time. */
+#define SAFE_SQL(order)                                                                                      \
+	"SELECT " NOTE_COLUMNS " FROM " SCHEMA ".notes WHERE owner_id = $1 AND title ILIKE '%' || $2 || '%'" \
+	" ESCAPE '\\' ORDER BY " order ", id LIMIT 100"
+static const struct {
+	const char *sort, *dir, *sql;
+} ALLOWED[] = {
+        {"id", "asc", SAFE_SQL("id ASC")},
+        {"id", "desc", SAFE_SQL("id DESC")},
+        {"title", "asc", SAFE_SQL("title ASC")},
+        {"title", "desc", SAFE_SQL("title DESC")},
+};
+
+static const char *safe_sql(const char *sort, const char *dir)
+{
+	for (size_t i = 0; i < sizeof(ALLOWED) / sizeof(ALLOWED[0]); i++)
+		if (!strcmp(ALLOWED[i].sort, sort) && !strcmp(ALLOWED[i].dir, dir))
+			return ALLOWED[i].sql;
+	return NULL;
+}
+
+/* q with LIKE's wildcards and the escape character escaped: '%' matches a '%', nothing more. */
+static void like_escape(const char *q, char *out, size_t len)
+{
+	size_t n = 0;
+	for (; *q && n + 2 < len; q++) {
+		if (*q == '%' || *q == '_' || *q == LIKE_ESCAPE)
+			out[n++] = LIKE_ESCAPE;
+		out[n++] = *q;
+	}
+	out[n] = '\0';
+}
+
+static void finish(struct request_ctx *ctx)
+{
+	if (ctx->conn && ctx->stacked)
+		pool_discard(ctx->conn, "ran a string of several statements");
+	else if (ctx->conn)
+		pool_release(ctx->conn);
+	free(ctx);
+}
+
+static void fail(struct request_ctx *ctx, const char *err)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(ctx->req), "Retry-After", "1");
+	http_reply_error(ctx->req, 503, "%s", err);
+	finish(ctx);
+}
+
+static void rows_reply(struct request_ctx *ctx, PGresult *res)
+{
+	json_t *notes = json_array();
+	for (int i = 0; i < PQntuples(res); i++)
+		json_array_append_new(notes, json_pack("{s:I,s:I,s:s}", "id",
+		                                       (json_int_t)atoll(PQgetvalue(res, i, 0)), "owner",
+		                                       (json_int_t)atoll(PQgetvalue(res, i, 1)), "title",
+		                                       PQgetvalue(res, i, 2)));
+	http_reply_json(ctx->req, 200, json_pack("{s:o,s:i}", "notes", notes, "count", PQntuples(res)));
+}
+
+static void query_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)c;
+	struct request_ctx *ctx = arg;
+	if (!res) {
+		fail(ctx, err);
+		return;
+	}
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 3) {
+		rows_reply(ctx, res);
+	} else if (ctx->naive) {
+		/* what naive code does: the server's words to the client (error-based injection reads them)
+		 */
+		char msg[512];
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		pg_message_line(msg, sizeof(msg), primary ? primary : "the statement returned no rows");
+		http_reply_error(ctx->req, 500, "query failed: %s", msg);
+	} else {
+		http_reply_error(ctx->req, 500, "query failed");
+	}
+	finish(ctx);
+}
+
+static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
+{
+	struct request_ctx *ctx = arg;
+	if (!conn) {
+		fail(ctx, err);
+		return;
+	}
+	ctx->conn = conn;
+	int rc;
+	if (ctx->naive) {
+		ctx->stacked = strchr(ctx->sql, ';') != NULL;
+		rc = pool_query_simple(conn, ctx->sql, query_cb, ctx);
+	} else {
+		char user[24], pattern[2 * Q_MAX + 1];
+		snprintf(user, sizeof(user), "%ld", ctx->user);
+		like_escape(ctx->q, pattern, sizeof(pattern));
+		const char *p[] = {user, pattern};
+		rc = pool_query(conn, safe_sql(ctx->sort, ctx->dir), 2, p, query_cb, ctx);
+	}
+	if (rc < 0)
+		fail(ctx, "could not send the query");
+}
+
+/* Copies one decoded parameter: at most once, at most Q_MAX bytes. 0, or -1 having replied 400. */
+static int take(struct evhttp_request *req, const struct evkeyval *kv, char *dst, int *seen)
+{
+	if ((*seen)++) {
+		http_reply_error(req, 400, "%s appears more than once; send one", kv->key);
+		return -1;
+	}
+	if (strlen(kv->value) > Q_MAX) {
+		http_reply_error(req, 400, "%s is longer than %d bytes", kv->key, Q_MAX);
+		return -1;
+	}
+	snprintf(dst, Q_MAX + 1, "%s", kv->value);
+	return 0;
+}
+
+/* The names and values of the query into ctx. 0, or -1 having replied 400. */
+static int parse_names(struct evhttp_request *req, struct request_ctx *ctx, struct evkeyvalq *q)
+{
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	/* a decoded value is a C string: what follows a %00 would be dropped silently */
+	if (query && strstr(query, "%00")) {
+		http_reply_error(req, 400, "the query string holds a NUL byte (%%00)");
+		return -1;
+	}
+	if (query && evhttp_parse_query_str(query, q) < 0) {
+		http_reply_error(req, 400, "the query string is not valid: key=value pairs joined by &");
+		return -1;
+	}
+	int users = 0, qs = 0, sorts = 0, dirs = 0;
+	char ignored[Q_MAX + 1];
+	struct evkeyval *kv;
+	TAILQ_FOREACH(kv, q, next)
+	{
+		int rc;
+		if (!strcmp(kv->key, "q"))
+			rc = take(req, kv, ctx->q, &qs);
+		else if (!strcmp(kv->key, "sort"))
+			rc = take(req, kv, ctx->sort, &sorts);
+		else if (!strcmp(kv->key, "dir"))
+			rc = take(req, kv, ctx->dir, &dirs);
+		else if (!strcmp(kv->key, "user"))
+			rc = take(req, kv, ignored, &users);
+		else {
+			http_reply_error(req, 400, "unknown parameter \"%.40s\" (user, q, sort, dir)",
+			                 kv->key);
+			rc = -1;
+		}
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Everything a request must get right before it costs a query. 0, or -1 having replied 400. */
+static int parse(struct evhttp_request *req, struct request_ctx *ctx)
+{
+	char err[256];
+	struct evkeyvalq q;
+	TAILQ_INIT(&q);
+	snprintf(ctx->sort, sizeof(ctx->sort), "id");
+	snprintf(ctx->dir, sizeof(ctx->dir), "asc");
+	int ret = parse_names(req, ctx, &q);
+	evhttp_clear_headers(&q);
+	if (ret < 0)
+		return -1;
+	int got = http_query_long(req, "user", 1, USER_MAX, &ctx->user, err, sizeof(err));
+	if (got <= 0) {
+		http_reply_error(req, 400, "%s", got < 0 ? err : "user is required: user=ID (1..1000000000)");
+		return -1;
+	}
+	if (ctx->naive)
+		return naive_sql(ctx->sql, sizeof(ctx->sql), ctx->user, ctx->q, ctx->sort, ctx->dir) < 0 ? -1
+		                                                                                         : 0;
+	if (strcmp(ctx->sort, "id") && strcmp(ctx->sort, "title")) {
+		/* an identifier cannot be a parameter: the allow-list is the fix */
+		http_reply_error(req, 400, "sort must be one of: id, title");
+		return -1;
+	}
+	if (strcmp(ctx->dir, "asc") && strcmp(ctx->dir, "desc")) {
+		http_reply_error(req, 400, "dir must be asc or desc");
+		return -1;
+	}
+	return 0;
+}
+
+static void route_cb(struct evhttp_request *req, void *arg, bool naive)
+{
+	struct sqli_api *api = arg;
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		/* RFC 9110 15.5.6: a 405 names the methods the resource has */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+		http_reply_error(req, 405, "only GET here");
+		return;
+	}
+	struct request_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx) {
+		http_reply_error(req, 500, "out of memory");
+		return;
+	}
+	ctx->req = req;
+	ctx->naive = naive;
+	if (parse(req, ctx) < 0) {
+		free(ctx);
+		return;
+	}
+	pool_acquire(api->pool, naive ? "naive_search" : "search", acquired_cb, ctx);
+}
+
+static void naive_cb(struct evhttp_request *req, void *arg)
+{
+	route_cb(req, arg, true);
+}
+
+static void safe_cb(struct evhttp_request *req, void *arg)
+{
+	route_cb(req, arg, false);
+}
+
+struct sqli_api *sqli_api_start(const struct sqli_config *cfg, int port, bool vulnerable, char *err,
+                                size_t errlen)
+{
+	struct sqli_api *api = calloc(1, sizeof(*api));
+	char conninfo[2048];
+	if (!api) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (sqli_api_conninfo(cfg, conninfo, sizeof(conninfo), err, errlen) < 0) {
+		free(api);
+		return NULL;
+	}
+	struct pool_config pc = {
+	        .conninfo = conninfo,
+	        .min_idle = 1,
+	        .max_size = cfg->pool_size,
+	        .acquire_timeout_ms = ACQUIRE_TIMEOUT_MS,
+	};
+	if (http_app_open(&api->app, port, err, errlen) < 0 ||
+	    !(api->pool = pool_new(api->app.base, &pc, err, errlen)) ||
+	    pool_wait_ready(api->pool, POOL_READY_MS, err, errlen) < 0)
+		goto fail;
+	http_server_route(api->app.server, SQLI_ROUTE_SAFE, safe_cb, api);
+	if (vulnerable)
+		http_server_route(api->app.server, SQLI_ROUTE_NAIVE, naive_cb, api);
+	if (http_app_run(&api->app, err, errlen) < 0)
+		goto fail;
+	return api;
+fail:
+	sqli_api_stop(api);
+	return NULL;
+}
+
+int sqli_api_port(const struct sqli_api *api)
+{
+	return http_server_port(api->app.server);
+}
+
+/* http_app_stop's release step: every request still waiting or querying is answered and freed. */
+static void release_cb(void *arg)
+{
+	struct sqli_api *api = arg;
+	pool_free(api->pool);
+	api->pool = NULL;
+}
+
+void sqli_api_stop(struct sqli_api *api)
+{
+	if (!api)
+		return;
+	http_app_stop(&api->app, release_cb, api);
+	free(api);
+}
