@@ -163,6 +163,28 @@ int http_client_call(struct http_client *c, const struct http_call *call, struct
 	return 0;
 }
 
+int http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen, char *err,
+             size_t errlen)
+{
+	*status = 0;
+	if (bodylen)
+		body[0] = '\0';
+	struct http_client *c = http_client_new(port, timeout_ms, err, errlen);
+	if (!c)
+		return -1;
+	struct http_call call = {"GET", target, NULL, 0, NULL, 0};
+	struct http_answer a;
+	int rc = http_client_call(c, &call, &a, err, errlen);
+	if (rc == 0 && a.status > 0) {
+		*status = a.status;
+		if (bodylen)
+			snprintf(body, bodylen, "%s", a.body);
+	}
+	http_answer_free(&a);
+	http_client_free(c);
+	return rc;
+}
+
 const char *http_answer_header(const struct http_answer *a, const char *name)
 {
 	for (int i = 0; i < a->nheaders; i++)

@@ -55,6 +55,12 @@ void http_client_free(struct http_client *c);
  */
 int http_client_call(struct http_client *c, const struct http_call *call, struct http_answer *out, char *err,
                      size_t errlen);
+/*
+ * One GET on a connection of its own: the status (0 when no answer came within timeout_ms) and
+ * the body into body (cut to bodylen, NUL-terminated). -1 and err when it could not be made.
+ */
+int http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen, char *err,
+             size_t errlen);
 /* The first header called name (case-insensitive), or NULL. */
 const char *http_answer_header(const struct http_answer *a, const char *name);
 /* Frees what out holds and zeroes it. */

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http_client.h"
 #include "pg.h"
 #include "sql_injection.h"
 
@@ -67,7 +68,7 @@ static int get(struct group *g, const char *target)
 {
 	char err[256];
 	int status = 0;
-	if (sqli_http_get(g->port, target, 5000, &status, g->body, sizeof(g->body), err, sizeof(err)) < 0)
+	if (http_get(g->port, target, 5000, &status, g->body, sizeof(g->body), err, sizeof(err)) < 0)
 		fail_msg("GET %s: %s", target, err);
 	return status;
 }
@@ -171,8 +172,8 @@ static void test_vulnerable_route_exists_only_when_asked_for(void **state)
 	struct sqli_api *plain = sqli_api_start(&g->cfg, 0, false, err, sizeof(err));
 	assert_non_null(plain);
 	int status = 0;
-	assert_int_equal(sqli_http_get(sqli_api_port(plain), SQLI_ROUTE_NAIVE "?user=1&q=plan", 5000, &status,
-	                               g->body, sizeof(g->body), err, sizeof(err)),
+	assert_int_equal(http_get(sqli_api_port(plain), SQLI_ROUTE_NAIVE "?user=1&q=plan", 5000, &status,
+	                          g->body, sizeof(g->body), err, sizeof(err)),
 	                 0);
 	sqli_api_stop(plain);
 	assert_int_equal(status, 404);

@@ -17,26 +17,6 @@
 /* a page of 100 items is about 15 KB */
 #define BODY_MAX (256 * 1024)
 
-int pagination_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
-                        char *err, size_t errlen)
-{
-	*status = 0;
-	body[0] = '\0';
-	struct http_client *c = http_client_new(port, timeout_ms, err, errlen);
-	if (!c)
-		return -1;
-	struct http_call call = {"GET", target, NULL, 0, NULL, 0};
-	struct http_answer a;
-	int rc = http_client_call(c, &call, &a, err, errlen);
-	if (rc == 0 && a.status > 0) {
-		*status = a.status;
-		snprintf(body, bodylen, "%s", a.body);
-	}
-	http_answer_free(&a);
-	http_client_free(c);
-	return rc;
-}
-
 /* ---- phase 4 ---- */
 
 struct api_walk {
@@ -61,8 +41,7 @@ static int step(struct api_walk *w, const char *what, const char *target, int wa
 	snprintf(s->what, sizeof(s->what), "%s", what);
 	s->want = want;
 	s->want_reason = want_reason;
-	if (pagination_http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body), err,
-	                        errlen) < 0)
+	if (http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body), err, errlen) < 0)
 		return -1;
 	json_t *doc = json_loads(w->body, 0, NULL);
 	const char *reason = json_string_value(json_object_get(doc, "reason"));
@@ -120,8 +99,8 @@ static int follow(struct api_walk *w, const struct pagination_config *cfg, char 
 		else
 			snprintf(target, sizeof(target), "/v1/items?limit=%d&cursor=%s", cfg->api_limit,
 			         w->cursor);
-		if (pagination_http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body),
-		                        err, errlen) < 0)
+		if (http_get(w->port, target, TIMEOUT_MS, &s->status, w->body, sizeof(w->body), err, errlen) <
+		    0)
 			return -1;
 		int items = s->status == 200 ? read_items(w) : -1;
 		if (items < 0) {

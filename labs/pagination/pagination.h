@@ -104,14 +104,6 @@ void pagination_api_stop(struct pagination_api *api);
  */
 const unsigned char *pagination_cursor_key(void);
 
-/*
- * One GET to 127.0.0.1:port on a connection of its own (common/http_client.h): the status (0 when
- * no answer came within timeout_ms) and the body into body (cut to bodylen, NUL-terminated).
- * -1 and err when the request could not be made.
- */
-int pagination_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
-                        char *err, size_t errlen);
-
 /* ---- the phases and their numbers ---- */
 
 struct pagination_seed {

@@ -1,21 +1,17 @@
 /*
- * client.c — the attacker's side: a blocking HTTP GET (a socket, HTTP/1.1, Connection: close), the
+ * client.c — the attacker's side: a blocking HTTP GET (common/http_client.h), the
  * classic payloads, and the attacks, each counted against the truth the lab read as the schema's
  * owner (a leaked row is one whose owner is not the caller, a leaked hash one that matches a user's
  * real hash, a leaked character one that matches the secret at its place).
  */
-#include <arpa/inet.h>
-#include <errno.h>
+#include <event2/http.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "hist.h"
+#include "http_client.h"
 #include "internal.h"
 
 #define TIMEOUT_MS 8000
@@ -41,107 +37,26 @@ static const char P_ORDER[] = "(CASE WHEN ascii(substr((SELECT value FROM secret
 
 static const char *const TABLES[] = {"users", "notes", "secrets", "audit_log"};
 
-static int connect_local(int port, char *err, size_t errlen)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-	                          .sin_port = htons((uint16_t)port),
-	                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-		snprintf(err, errlen, "cannot connect to 127.0.0.1:%d: %s", port, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* Reads until the server closes, at most timeout_ms in all; the bytes read, -1 on a timeout. */
-static ssize_t read_all(int fd, char *buf, size_t len, int timeout_ms)
-{
-	size_t n = 0;
-	uint64_t deadline = hist_now_us() + (uint64_t)timeout_ms * 1000;
-	while (n + 1 < len) {
-		uint64_t now = hist_now_us();
-		if (now >= deadline)
-			return -1;
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		int r = poll(&p, 1, (int)((deadline - now) / 1000) + 1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		ssize_t got = recv(fd, buf + n, len - 1 - n, 0);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0)
-			break;
-		n += (size_t)got;
-	}
-	buf[n] = '\0';
-	return (ssize_t)n;
-}
-
-int sqli_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
-                  char *err, size_t errlen)
-{
-	*status = 0;
-	body[0] = '\0';
-	int fd = connect_local(port, err, errlen);
-	if (fd < 0)
-		return -1;
-	char head[4200];
-	int len = snprintf(head, sizeof(head),
-	                   "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", target);
-	char *buf = malloc(SQLI_BODY_MAX);
-	ssize_t n = -1;
-	if (buf && len > 0 && (size_t)len < sizeof(head) && send(fd, head, (size_t)len, MSG_NOSIGNAL) == len)
-		n = read_all(fd, buf, SQLI_BODY_MAX, timeout_ms);
-	close(fd);
-	const char *sep = n > 0 ? strstr(buf, "\r\n\r\n") : NULL;
-	if (sep && sscanf(buf, "HTTP/1.%*d %d", status) == 1)
-		snprintf(body, bodylen, "%s", sep + 4);
-	else
-		*status = 0;
-	free(buf);
-	return 0;
-}
-
-int sqli_url_encode(const char *s, char *out, size_t outlen)
-{
-	static const char HEX[] = "0123456789ABCDEF";
-	size_t n = 0;
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		bool keep = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-		            (*p >= '0' && *p <= '9') || strchr("-._~", *p);
-		if (n + (keep ? 1 : 3) >= outlen)
-			return -1;
-		if (keep) {
-			out[n++] = (char)*p;
-		} else {
-			out[n++] = '%';
-			out[n++] = HEX[*p >> 4];
-			out[n++] = HEX[*p & 15];
-		}
-	}
-	out[n] = '\0';
-	return 0;
-}
-
 /* One search; the parsed body (NULL when not JSON) for the caller to read and free. */
 static json_t *ask(struct sqli_client *c, const char *q, const char *sort, const char *dir, int *status,
                    char *err, size_t errlen)
 {
-	char target[4096], eq[700], es[700], ed[700];
-	if (sqli_url_encode(q ? q : "", eq, sizeof(eq)) < 0 ||
-	    sqli_url_encode(sort ? sort : "", es, sizeof(es)) < 0 ||
-	    sqli_url_encode(dir ? dir : "", ed, sizeof(ed)) < 0) {
+	char target[4096];
+	/* percent-encoded by libevent: everything but RFC 3986's unreserved characters */
+	char *eq = evhttp_uriencode(q ? q : "", -1, 0), *es = evhttp_uriencode(sort ? sort : "", -1, 0),
+	     *ed = evhttp_uriencode(dir ? dir : "", -1, 0);
+	int n = eq && es && ed
+	                ? snprintf(target, sizeof(target), "%s?user=%d%s%s%s%s%s%s", c->route, SQLI_CALLER,
+	                           q ? "&q=" : "", eq, sort ? "&sort=" : "", es, dir ? "&dir=" : "", ed)
+	                : -1;
+	free(eq);
+	free(es);
+	free(ed);
+	if (n < 0 || (size_t)n >= sizeof(target)) {
 		snprintf(err, errlen, "a payload does not fit a request");
 		return NULL;
 	}
-	snprintf(target, sizeof(target), "%s?user=%d%s%s%s%s%s%s", c->route, SQLI_CALLER, q ? "&q=" : "", eq,
-	         sort ? "&sort=" : "", es, dir ? "&dir=" : "", ed);
-	if (sqli_http_get(c->port, target, TIMEOUT_MS, status, c->body, SQLI_BODY_MAX, err, errlen) < 0)
+	if (http_get(c->port, target, TIMEOUT_MS, status, c->body, SQLI_BODY_MAX, err, errlen) < 0)
 		return NULL;
 	err[0] = '\0';
 	return json_loads(c->body, 0, NULL);

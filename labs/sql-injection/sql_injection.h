@@ -104,17 +104,6 @@ int sqli_api_port(const struct sqli_api *api);
 /* Stops it (http_app_stop: the loop, then the pool, whose callbacks answer what is in flight). */
 void sqli_api_stop(struct sqli_api *api);
 
-/*
- * One GET to 127.0.0.1:port, blocking, HTTP/1.1 with Connection: close: the status (0 when no
- * answer came within timeout_ms) and the body into body (cut to bodylen, NUL-terminated).
- * -1 and err when it could not connect.
- */
-int sqli_http_get(int port, const char *target, int timeout_ms, int *status, char *body, size_t bodylen,
-                  char *err, size_t errlen);
-
-/* Percent-encodes s (RFC 3986 unreserved characters kept) into out. -1 when it does not fit. */
-int sqli_url_encode(const char *s, char *out, size_t outlen);
-
 /* ---- the phases and their numbers ---- */
 
 enum sqli_attack {
