@@ -123,14 +123,13 @@ static void after_attacks(struct lab *lab, const void *cfg, const void *result)
 		                                "naive", r->naive, "naive_as", r->naive_as, "fixed", r->fixed,
 		                                "fixed_www_authenticate", r->fixed_www));
 	}
-	term_printf(t,
-	            "  red = a forged token let in (another key's signature fails in both: libjwt checks "
-	            "it). Every 401 carries WWW-Authenticate: Bearer "
-	            "error=\"invalid_token\"\n"
-	            "  (no token: just \"Bearer\", RFC 6750 3.1). The alg-none admin token on "
-	            "/vuln/v1/admin/users: %d, "
-	            "%d users listed\n",
-	            p->admin_naive, p->admin_users_leaked);
+	term_printf(
+	        t,
+	        "  red = a forged token let in; another key's signature fails in both (libjwt checks it).\n"
+	        "  Every 401: WWW-Authenticate: Bearer error=\"invalid_token\" (no token: just \"Bearer\", "
+	        "RFC 6750 "
+	        "3.1).\n  The alg-none admin token on /vuln/v1/admin/users: %d, %d users listed\n",
+	        p->admin_naive, p->admin_users_leaked);
 	lab_phase_metrics(lab, "authentication",
 	                  json_pack("{s:o,s:i,s:i}", "tokens", rows, "admin_naive", p->admin_naive,
 	                            "admin_users_leaked", p->admin_users_leaked));
