@@ -39,8 +39,11 @@ void lab_usage(const struct lab *lab, FILE *f)
 	/* the variables may hold a password: show them the way lab_env_error does */
 	pg_url_redact(pg_url_default(), pg, sizeof(pg));
 	redis_url_redact(redis_url_default(), redis, sizeof(redis));
-	fprintf(f, "usage: lab-%s [--quick] [--json] [--step] [--seed N] [--serve] [--port N]\n",
+	fprintf(f, "usage: lab-%s [--quick] [--json] [--step] [--seed N] [--serve] [--port N]",
 	        lab_name(lab));
+	for (int i = 0; i < lab->nflags; i++)
+		fprintf(f, " [%s]", lab->flags[i].name);
+	fputc('\n', f);
 	if (lab->question)
 		fprintf(f, "  answers: \"%s\"\n", lab->question);
 	fprintf(f,
@@ -51,7 +54,11 @@ void lab_usage(const struct lab *lab, FILE *f)
 	        "  --seed N    seed of the random choices, so runs repeat (default %d)\n"
 	        "  --serve     keep the lab's API up for curl or wrk until Ctrl-C (labs with an API)\n"
 	        "  --port N    port of that API, up to 65535 (default 0: a free port)\n"
-	        "  -h, --help  print this help and exit\n"
+	        "  -h, --help  print this help and exit\n",
+	        LAB_SEED_DEFAULT);
+	for (int i = 0; i < lab->nflags; i++)
+		fprintf(f, "  %-11s %s\n", lab->flags[i].name, lab->flags[i].help);
+	fprintf(f,
 	        "\n"
 	        "environment:\n"
 	        "  LAB_PG_URL     PostgreSQL to use (%s %s)\n"
@@ -59,7 +66,7 @@ void lab_usage(const struct lab *lab, FILE *f)
 	        "\n"
 	        "exit status: 0 demonstrated, 1 not demonstrated, 2 environment or usage error,\n"
 	        "             130 interrupted (Ctrl-C: the lab's schema and keys are dropped first)\n",
-	        LAB_SEED_DEFAULT, getenv("LAB_PG_URL") && *getenv("LAB_PG_URL") ? "now" : "default", pg,
+	        getenv("LAB_PG_URL") && *getenv("LAB_PG_URL") ? "now" : "default", pg,
 	        getenv("LAB_REDIS_URL") && *getenv("LAB_REDIS_URL") ? "now" : "default", redis);
 }
 
@@ -111,9 +118,22 @@ static bool is_flag(const char *arg, const char *flag, bool takes_value)
 	return !strncmp(arg, flag, n) && (arg[n] == '\0' || (takes_value && arg[n] == '='));
 }
 
+/* One of the lab's own boolean flags, by its exact name: set it and return true. */
+static bool lab_flag_set(const struct lab *lab, const char *arg)
+{
+	for (int k = 0; k < lab->nflags; k++)
+		if (!strcmp(arg, lab->flags[k].name)) {
+			*lab->flags[k].value = true;
+			return true;
+		}
+	return false;
+}
+
 static int parse_args(struct lab *lab, int argc, char **argv)
 {
 	struct lab_opts *o = &lab->opts;
+	for (int k = 0; k < lab->nflags; k++)
+		*lab->flags[k].value = false;
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
 		uint64_t v;
@@ -147,6 +167,8 @@ static int parse_args(struct lab *lab, int argc, char **argv)
 				return usage_error(lab, "--port wants a port number from 0 to %d, got \"%s\"",
 				                   LAB_PORT_MAX, val);
 			o->port = (int)v;
+		} else if (lab_flag_set(lab, arg)) {
+			continue;
 		} else if (arg[0] == '-') {
 			return usage_error(lab, "unknown flag \"%s\"", arg);
 		} else {
@@ -450,7 +472,15 @@ int lab_serve_wait(struct lab *lab, int port, const char *help)
 
 int lab_init(struct lab *lab, const char *name, const char *question, int phase_count, int argc, char **argv)
 {
+	return lab_init_flags(lab, name, question, phase_count, NULL, 0, argc, argv);
+}
+
+int lab_init_flags(struct lab *lab, const char *name, const char *question, int phase_count,
+                   const struct lab_flag *flags, int nflags, int argc, char **argv)
+{
 	memset(lab, 0, sizeof(*lab));
+	lab->flags = flags;
+	lab->nflags = flags ? nflags : 0;
 	lab->name = name;
 	lab->question = question;
 	lab->phase_count = phase_count;

@@ -96,6 +96,16 @@ struct lab_teller {
 	const void *result;
 };
 
+/*
+ * A boolean flag of one lab's own, beside the shared ones ("--vulnerable"): off unless given,
+ * shown in the usage after them. A lab passes its list to lab_init_flags.
+ */
+struct lab_flag {
+	const char *name; /* "--vulnerable" */
+	const char *help; /* one line for the usage */
+	bool *value;      /* set to true when the flag is given (false otherwise) */
+};
+
 struct lab_opts {
 	bool quick;
 	bool json;
@@ -115,9 +125,11 @@ struct lab {
 	int exit_code;    /* set when lab_init returns -1 */
 	int phase_count;  /* phases announced with lab_phase, "[i/n]" */
 	int phase_no;
-	json_t *config; /* the --json document's "config" object (labs add to it) */
-	json_t *phases; /* its "phases" array */
-	void *sink;     /* FILE * of /dev/null behind term.out with --json */
+	json_t *config;               /* the --json document's "config" object (labs add to it) */
+	json_t *phases;               /* its "phases" array */
+	void *sink;                   /* FILE * of /dev/null behind term.out with --json */
+	const struct lab_flag *flags; /* the lab's own flags (lab_init_flags), NULL when none */
+	int nflags;
 };
 
 /*
@@ -126,6 +138,14 @@ struct lab {
  * usage on stderr). Nothing is printed to stdout for a bad flag.
  */
 int lab_init(struct lab *lab, const char *name, const char *question, int phase_count, int argc, char **argv);
+
+/*
+ * lab_init for a lab with boolean flags of its own: flags[0..nflags) are parsed beside the shared
+ * ones (each name exactly; "--vulnerable=yes" is a bad flag) and listed in the usage. flags must
+ * outlive the lab. A name that is one of the shared flags is never reached (the shared one wins).
+ */
+int lab_init_flags(struct lab *lab, const char *name, const char *question, int phase_count,
+                   const struct lab_flag *flags, int nflags, int argc, char **argv);
 
 /* Usage text for lab-<name> on f. */
 void lab_usage(const struct lab *lab, FILE *f);

@@ -250,6 +250,66 @@ static void test_help_prints_usage_on_stdout_and_exits_0(void **state)
 	unsetenv("LAB_PG_URL");
 }
 
+/* A lab's own boolean flag (lab_init_flags): set when given, off when not, in the usage, and a
+ * value or a prefix of it is still a bad flag. */
+static bool own_flag;
+static const struct lab_flag OWN_FLAGS[] = {{"--vulnerable", "also serve the vulnerable routes", &own_flag}};
+
+static void init_own_cb(struct run *r)
+{
+	r->ret = lab_init_flags(&r->lab, NAME, QUESTION, 2, OWN_FLAGS, 1, argc_of(r), (char **)r->argv);
+}
+
+static void test_a_lab_may_declare_boolean_flags_of_its_own(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *args[3];
+		int ret;
+		bool set;
+	} cases[] = {
+	        {{"--quick", "--vulnerable"}, 0, true},
+	        {{"--serve"}, 0, false},
+	        {{"--vulnerable=yes"}, -1, false},
+	        {{"--vuln"}, -1, false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct run r;
+		memset(&r, 0, sizeof(r));
+		r.argv[0] = "lab-" NAME;
+		for (int a = 0; a < 3 && cases[i].args[a]; a++)
+			r.argv[a + 1] = cases[i].args[a];
+		own_flag = !cases[i].set; /* the parse must set it either way */
+		capture(&r, init_own_cb);
+		assert_int_equal(r.ret, cases[i].ret);
+		if (r.ret == 0) {
+			assert_int_equal(own_flag, cases[i].set);
+			assert_string_equal(r.err, "");
+		} else {
+			assert_int_equal(r.lab.exit_code, LAB_EXIT_ENV);
+			assert_non_null(strstr(r.err, cases[i].args[0]));
+		}
+		run_free(&r);
+	}
+	/* the usage lists it after the shared flags, with its help; a lab without it does not */
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--help";
+	capture(&r, init_own_cb);
+	assert_int_equal(r.lab.exit_code, LAB_EXIT_OK);
+	assert_non_null(strstr(r.out, "[--port N] [--vulnerable]\n"));
+	assert_non_null(strstr(r.out, "\n  --vulnerable also serve the vulnerable routes\n"));
+	run_free(&r);
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	r.argv[1] = "--vulnerable";
+	capture(&r, init_cb);
+	assert_int_equal(r.ret, -1);
+	assert_non_null(strstr(r.err, "unknown flag \"--vulnerable\""));
+	run_free(&r);
+}
+
 /* A whole --json run: narration, config, a phase with metrics, the verdict. */
 static void json_run_cb(struct run *r)
 {
@@ -696,6 +756,7 @@ int main(void)
 	        cmocka_unit_test(test_json_sends_narration_to_a_sink),
 	        cmocka_unit_test(test_bad_flag_exits_2_naming_it_with_usage_on_stderr_and_nothing_on_stdout),
 	        cmocka_unit_test(test_help_prints_usage_on_stdout_and_exits_0),
+	        cmocka_unit_test(test_a_lab_may_declare_boolean_flags_of_its_own),
 	        cmocka_unit_test(test_json_verdict_prints_one_document_of_the_agreed_shape),
 	        cmocka_unit_test(test_json_verdict_not_demonstrated_exits_1),
 	        cmocka_unit_test(test_narration_reads_title_phases_and_a_verdict_that_exits_0),

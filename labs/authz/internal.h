@@ -1,0 +1,76 @@
+/*
+ * internal.h — what the files of lab-authz share and nobody else uses:
+ *
+ *   token.c    keys, password hashes, signing (libjwt), the naive and the fixed verifier
+ *   api.c      the routes, from the Authorization header to the reply;  api_redis.c  the deny-list
+ *   client.c   the blocking client the phases use (one keep-alive connection)
+ *   phases.c   the four phases;  authz.c  config, schema, run, judge
+ */
+#ifndef LAB_AUTHZ_INTERNAL_H
+#define LAB_AUTHZ_INTERNAL_H
+
+#include <jwt.h>
+#include <stdbool.h>
+
+#include "authz.h"
+
+#define SCHEMA       "lab_authz"
+#define REDIS_PREFIX "lab:authz:"
+#define DENY_JTI     REDIS_PREFIX "deny:jti:"
+#define DENY_SUB     REDIS_PREFIX "deny:sub:"
+#define VULN         "/vuln"
+
+/* What a token claims, read from its payload after a verifier let it through. */
+struct authz_claims {
+	long long sub;
+	char role[16];
+	char aud[64];
+	char jti[48];
+	long long iat, exp;
+	char alg[16]; /* the header's */
+};
+
+/* A password hash as stored: hex salt and hex PBKDF2-HMAC-SHA256 output, with its rounds. */
+struct authz_hash {
+	char salt[33];
+	char hash[65];
+	int iterations;
+};
+
+/* token.c */
+int az_password_hash(const char *password, int iterations, struct authz_hash *out, char *err, size_t errlen);
+/* true when password matches (constant-time compare); a malformed stored hash is false */
+bool az_password_check(const char *password, const struct authz_hash *h);
+
+/* Signs c (sub, role, aud, iat, exp, jti) with alg and key via libjwt; NULL and err on failure.
+ * alg JWT_ALG_NONE takes no key. The caller frees. */
+char *az_sign(jwt_alg_t alg, const char *key, int keylen, const struct authz_claims *c, char *err,
+              size_t errlen);
+/* A fresh token id: 16 random bytes, hex. */
+int az_new_jti(char out[48], char *err, size_t errlen);
+
+/* The naive verifier: the token's header names the algorithm and so the key ("none": none). */
+int az_verify_naive(const struct authz_keys *k, const char *token, struct authz_claims *out, char *why,
+                    size_t whylen);
+/* The fixed one: RS256 and the API's public key only; exp and iat within skew_s of now; aud. */
+int az_verify_fixed(const struct authz_keys *k, const char *token, long long now, int skew_s,
+                    struct authz_claims *out, char *why, size_t whylen);
+
+/* client.c */
+struct az_client;
+struct az_response {
+	int status; /* 0: no answer */
+	char www[AUTHZ_ROW_TEXT];
+	char body[8192];
+};
+struct az_client *az_client_new(int port, char *err, size_t errlen);
+void az_client_free(struct az_client *c);
+/* One request; bearer NULL sends no Authorization. -1 only when it could not be made. */
+int az_call(struct az_client *c, const char *method, const char *path, const char *bearer, const char *body,
+            struct az_response *rs, char *err, size_t errlen);
+
+/* authz.c, for the phases: a phase failed; which server went away, if one did. Returns -1. */
+int az_lost(const struct authz_config *cfg, struct authz_result *r, char *err, size_t errlen);
+long long az_now(void);
+
+#endif
