@@ -175,6 +175,11 @@ static int parse_args(struct lab *lab, int argc, char **argv)
 			return usage_error(lab, "unexpected argument \"%s\" (a lab takes flags only)", arg);
 		}
 	}
+	for (int k = 0; k < lab->nflags; k++)
+		if (lab->flags[k].serve_only && *lab->flags[k].value && !o->serve)
+			return usage_error(lab,
+			                   "%s goes with --serve (the lab's own run needs no flag for it)",
+			                   lab->flags[k].name);
 	return 0;
 }
 

@@ -104,6 +104,7 @@ struct lab_flag {
 	const char *name; /* "--vulnerable" */
 	const char *help; /* one line for the usage */
 	bool *value;      /* set to true when the flag is given (false otherwise) */
+	bool serve_only;  /* only with --serve: without it, a usage error (exit 2) */
 };
 
 struct lab_opts {

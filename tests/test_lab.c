@@ -252,12 +252,14 @@ static void test_help_prints_usage_on_stdout_and_exits_0(void **state)
 
 /* A lab's own boolean flag (lab_init_flags): set when given, off when not, in the usage, and a
  * value or a prefix of it is still a bad flag. */
-static bool own_flag;
-static const struct lab_flag OWN_FLAGS[] = {{"--vulnerable", "also serve the vulnerable routes", &own_flag}};
+static bool own_flag, own_serve_flag;
+static const struct lab_flag OWN_FLAGS[] = {
+        {"--vulnerable", "also serve the vulnerable routes", &own_flag, false},
+        {"--open", "serve with the door open", &own_serve_flag, true}};
 
 static void init_own_cb(struct run *r)
 {
-	r->ret = lab_init_flags(&r->lab, NAME, QUESTION, 2, OWN_FLAGS, 1, argc_of(r), (char **)r->argv);
+	r->ret = lab_init_flags(&r->lab, NAME, QUESTION, 2, OWN_FLAGS, 2, argc_of(r), (char **)r->argv);
 }
 
 static void test_a_lab_may_declare_boolean_flags_of_its_own(void **state)
@@ -272,6 +274,9 @@ static void test_a_lab_may_declare_boolean_flags_of_its_own(void **state)
 	        {{"--serve"}, 0, false},
 	        {{"--vulnerable=yes"}, -1, false},
 	        {{"--vuln"}, -1, false},
+	        /* a serve-only flag without --serve is a usage error naming it */
+	        {{"--open"}, -1, false},
+	        {{"--open", "--quick"}, -1, false},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct run r;
@@ -291,6 +296,17 @@ static void test_a_lab_may_declare_boolean_flags_of_its_own(void **state)
 		}
 		run_free(&r);
 	}
+	/* with --serve, a serve-only flag is taken */
+	struct run rs;
+	memset(&rs, 0, sizeof(rs));
+	rs.argv[0] = "lab-" NAME;
+	rs.argv[1] = "--open";
+	rs.argv[2] = "--serve";
+	own_serve_flag = false;
+	capture(&rs, init_own_cb);
+	assert_int_equal(rs.ret, 0);
+	assert_true(own_serve_flag);
+	run_free(&rs);
 	/* the usage lists it after the shared flags, with its help; a lab without it does not */
 	struct run r;
 	memset(&r, 0, sizeof(r));
@@ -298,7 +314,7 @@ static void test_a_lab_may_declare_boolean_flags_of_its_own(void **state)
 	r.argv[1] = "--help";
 	capture(&r, init_own_cb);
 	assert_int_equal(r.lab.exit_code, LAB_EXIT_OK);
-	assert_non_null(strstr(r.out, "[--port N] [--vulnerable]\n"));
+	assert_non_null(strstr(r.out, "[--port N] [--vulnerable] [--open]\n"));
 	assert_non_null(strstr(r.out, "\n  --vulnerable also serve the vulnerable routes\n"));
 	run_free(&r);
 	memset(&r, 0, sizeof(r));

@@ -11,8 +11,8 @@
  *      statement shape on the server; and the stacked string refused by the extended protocol;
  *   4. what a parameter cannot be: ?sort= leaking a bit per request, the allow-list, and LIKE;
  *   5. the naive route again as a least-privilege role: what still leaks, what no longer does.
- * Flags: the common ones, and --vulnerable (with --serve: serve the naive route too), taken out of
- * argv here before lab_init sees it.
+ * Flags: the common ones, and --vulnerable (with --serve: serve the naive route too), a flag of
+ * the lab's own (lab_init_flags; refused without --serve).
  *
  * This file only tells: the experiment and every threshold are in sql_injection.c.
  */
@@ -283,37 +283,16 @@ static int serve(struct lab *lab, struct sqli_config *cfg, bool vulnerable)
 	return LAB_EXIT_OK;
 }
 
-/* Takes --vulnerable out of argv (lab_init refuses flags it does not know). */
-static bool take_vulnerable(int *argc, char **argv)
-{
-	bool found = false;
-	int n = 1;
-	for (int i = 1; i < *argc; i++) {
-		if (!strcmp(argv[i], "--vulnerable"))
-			found = true;
-		else
-			argv[n++] = argv[i];
-	}
-	argv[n] = NULL;
-	*argc = n;
-	return found;
-}
-
 int main(int argc, char **argv)
 {
 	struct lab lab;
-	bool vulnerable = take_vulnerable(&argc, argv);
-	if (lab_init(&lab, "sql-injection", QUESTION, SQLI_PHASES, argc, argv) < 0) {
-		if (lab.exit_code == LAB_EXIT_OK)
-			printf("  --vulnerable  with --serve: also serve %s, open to SQL injection on "
-			       "purpose\n",
-			       SQLI_ROUTE_NAIVE);
+	bool vulnerable = false;
+	const struct lab_flag flags[] = {{"--vulnerable",
+	                                  "with --serve, also serve " SQLI_ROUTE_NAIVE
+	                                  ", open to SQL injection on purpose (prints a warning)",
+	                                  &vulnerable, true}};
+	if (lab_init_flags(&lab, "sql-injection", QUESTION, SQLI_PHASES, flags, 1, argc, argv) < 0)
 		return lab.exit_code;
-	}
-	if (vulnerable && !lab.opts.serve)
-		return lab_fail(
-		        &lab,
-		        "--vulnerable goes with --serve (the lab's own run always attacks both routes)");
 	if (lab_probe(&lab, true, false) < 0)
 		return lab.exit_code;
 	struct sqli_config cfg;
