@@ -60,19 +60,26 @@ static const char SQL_ME[] = "SELECT a.name, a.email, a.iban, a.balance_cents, a
                              " WHERE s.token = $1";
 static const char SQL_LOGIN[] = "INSERT INTO " SCHEMA ".sessions (token, account_id) VALUES ($1, 1)";
 
-static const char *const POLICY_PATHS[CORS_POLICIES] = {"none", "star", "reflect", "allowlist", "allowlist-0"};
+static const char *const POLICY_PATHS[CORS_POLICIES] = {"none", "star", "reflect", "allowlist",
+                                                        "allowlist-0"};
 
 /* ---- the log ---- */
 
 static const char *method_name(enum evhttp_cmd_type m)
 {
 	switch (m) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	default: return "OTHER";
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	default:
+		return "OTHER";
 	}
 }
 
@@ -162,10 +169,12 @@ static bool allowed(const struct cors_api *api, const char *origin)
 /* The CORS headers of policy p on an answer (preflight: the answer to an OPTIONS). */
 static void cors_headers(struct cors_api *api, struct evhttp_request *req, enum cors_policy p, bool preflight)
 {
-	struct evkeyvalq *in = evhttp_request_get_input_headers(req), *h = evhttp_request_get_output_headers(req);
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req),
+	                 *h = evhttp_request_get_output_headers(req);
 	const char *origin = evhttp_find_header(in, "Origin");
 	switch (p) {
-	case CORS_NONE: return;
+	case CORS_NONE:
+		return;
 	case CORS_STAR:
 		/* the tempting one: "everyone, with credentials"; the standard forbids the pair */
 		evhttp_add_header(h, "Access-Control-Allow-Origin", "*");
@@ -397,9 +406,11 @@ static void api_cb(struct evhttp_request *req, void *arg)
 		me(api, req, (enum cors_policy)p);
 	else if (!is_note && m == EVHTTP_REQ_GET) {
 		cors_headers(api, req, (enum cors_policy)p, false);
-		reply(api, req, 200, json_pack("{s:s,s:s}", "status", "ok", "motd", "public data: anyone may read it"));
+		reply(api, req, 200,
+		      json_pack("{s:s,s:s}", "status", "ok", "motd", "public data: anyone may read it"));
 	} else {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", is_note ? "PUT, OPTIONS" : "GET, OPTIONS");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+		                  is_note ? "PUT, OPTIONS" : "GET, OPTIONS");
 		reply_error(api, req, 405, is_note ? "notes take PUT" : "GET only");
 	}
 }
@@ -432,14 +443,17 @@ struct cors_api *cors_api_start(const struct cors_config *cfg, int port, const c
 	snprintf(api->app_origin, sizeof(api->app_origin), "%s", app_origin);
 	if (http_app_open(&api->app, port, err, errlen) < 0)
 		goto fail;
-	struct pool_config pc = {
-	        .conninfo = cfg->pg_url, .min_idle = 1, .max_size = cfg->pool_size, .acquire_timeout_ms = 2000};
+	struct pool_config pc = {.conninfo = cfg->pg_url,
+	                         .min_idle = 1,
+	                         .max_size = cfg->pool_size,
+	                         .acquire_timeout_ms = 2000};
 	api->pool = pool_new(api->app.base, &pc, err, errlen);
 	if (!api->pool)
 		goto fail;
 	http_server_route(api->app.server, "/login", login_cb, api);
 	http_server_route_prefix(api->app.server, "/api/", api_cb, api);
-	if (pool_wait_ready(api->pool, POOL_READY_MS, err, errlen) < 0 || http_app_run(&api->app, err, errlen) < 0)
+	if (pool_wait_ready(api->pool, POOL_READY_MS, err, errlen) < 0 ||
+	    http_app_run(&api->app, err, errlen) < 0)
 		goto fail;
 	return api;
 fail:

@@ -212,6 +212,12 @@ int cors_browser_run(const struct cors_config *cfg, const char *url, struct cors
 		return -1;
 	struct child c;
 	int ret = run_child(cfg, dir, url, &c, r, err, errlen);
+	if (lab_interrupted()) {
+		/* Ctrl-C: the guard of common/lab.c killed the browser and removes its directory; removing
+		 * it here too would race the guard, which ends the process mid-way through */
+		snprintf(err, errlen, "interrupted");
+		return -1;
+	}
 	char *log = ret == 0 ? slurp(c.log_path) : NULL;
 	if (ret == 0 && !log) {
 		snprintf(err, errlen, "cannot read the browser's output %s: %s", c.log_path, strerror(errno));

@@ -14,8 +14,8 @@
 
 #include "internal.h"
 
-#define ANSWER_MAX  16384
-#define TIMEOUT_S   5
+#define ANSWER_MAX 16384
+#define TIMEOUT_S  5
 
 static int connect_local(int port, char *err, size_t errlen)
 {
@@ -55,11 +55,12 @@ int cors_client_get(int port, const char *target, const char *origin, const char
 	if (fd < 0)
 		return -1;
 	char req[1024], ans[ANSWER_MAX + 1];
-	int n = snprintf(req, sizeof(req),
-	                 "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: lab-cors-client\r\n%s%s%s%s%s%s"
-	                 "Connection: close\r\n\r\n",
-	                 target, port, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "",
-	                 cookie ? "Cookie: " COOKIE_NAME "=" : "", cookie ? cookie : "", cookie ? "\r\n" : "");
+	int n = snprintf(
+	        req, sizeof(req),
+	        "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: lab-cors-client\r\n%s%s%s%s%s%s"
+	        "Connection: close\r\n\r\n",
+	        target, port, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "",
+	        cookie ? "Cookie: " COOKIE_NAME "=" : "", cookie ? cookie : "", cookie ? "\r\n" : "");
 	size_t got = 0;
 	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
 		close(fd);

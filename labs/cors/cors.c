@@ -27,12 +27,12 @@ const struct case_def CASES[CORS_CASES] = {
 
 /* What the Fetch standard's CORS check lets the page read, case by case. */
 static const bool EXPECT_READABLE[CORS_CASES] = {
-        [CASE_NO_CORS] = false,     /* no Access-Control-Allow-Origin: the response is withheld */
-        [CASE_STAR_PUBLIC] = true,  /* "*" matches any origin when no credentials are sent */
+        [CASE_NO_CORS] = false,      /* no Access-Control-Allow-Origin: the response is withheld */
+        [CASE_STAR_PUBLIC] = true,   /* "*" matches any origin when no credentials are sent */
         [CASE_PREFLIGHT_NO] = false, /* the preflight's answer allows nothing: the PUT is never sent */
         [CASE_PREFLIGHT_OK] = true,
-        [CASE_STAR_CRED] = false,   /* "*" never matches a request with credentials */
-        [CASE_APP_ME] = true,       /* the allow-list serves the app it was made for */
+        [CASE_STAR_CRED] = false, /* "*" never matches a request with credentials */
+        [CASE_APP_ME] = true,     /* the allow-list serves the app it was made for */
         [CASE_MAXAGE_0] = true,
         [CASE_MAXAGE_600] = true,
         [CASE_EVIL_REFLECT] = true, /* the reflected Origin matches, credentials allowed: the leak */
@@ -46,10 +46,16 @@ bool cors_case_expect_readable(enum cors_case c)
 
 const char *cors_case_name(enum cors_case c)
 {
-	static const char *const names[CORS_CASES] = {
-	        "no CORS headers",        "ACAO: * (public GET)",     "preflight refused", "preflight allowed",
-	        "ACAO: * + credentials",  "allow-list, its own app",  "Max-Age: 0",        "Max-Age: 600",
-	        "reflect Origin + creds", "allow-list + Vary: Origin"};
+	static const char *const names[CORS_CASES] = {"no CORS headers",
+	                                              "ACAO: * (public GET)",
+	                                              "preflight refused",
+	                                              "preflight allowed",
+	                                              "ACAO: * + credentials",
+	                                              "allow-list, its own app",
+	                                              "Max-Age: 0",
+	                                              "Max-Age: 600",
+	                                              "reflect Origin + creds",
+	                                              "allow-list + Vary: Origin"};
 	return c < CORS_CASES ? names[c] : "?";
 }
 
@@ -67,7 +73,8 @@ const char *cors_case_request(enum cors_case c, char *buf, size_t len)
 
 const char *cors_policy_name(enum cors_policy p)
 {
-	static const char *const names[CORS_POLICIES] = {"none", "star", "reflect", "allowlist", "allowlist-0"};
+	static const char *const names[CORS_POLICIES] = {"none", "star", "reflect", "allowlist",
+	                                                 "allowlist-0"};
 	return p < CORS_POLICIES ? names[p] : "?";
 }
 
@@ -196,8 +203,9 @@ static int victim_session(const struct cors_config *cfg, char *out, size_t outle
 	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
 	if (!conn)
 		return -1;
-	PGresult *res = pg_query(conn, "SELECT token FROM " SCHEMA ".sessions ORDER BY created_at DESC LIMIT 1", 0,
-	                         NULL, err, errlen);
+	PGresult *res =
+	        pg_query(conn, "SELECT token FROM " SCHEMA ".sessions ORDER BY created_at DESC LIMIT 1", 0,
+	                 NULL, err, errlen);
 	int ret = -1;
 	if (res && PQntuples(res) == 1) {
 		snprintf(out, outlen, "%s", PQgetvalue(res, 0, 0));
@@ -229,8 +237,8 @@ static int phase_client(const void *cfg, void *result, char *err, size_t errlen)
 		char body[CORS_BODY];
 		r->client[i].what = asks[i].what;
 		if (cors_client_get(r->api_port, asks[i].target, asks[i].origin,
-		                    asks[i].cookie ? r->env->session : NULL, &r->client[i], body, sizeof(body), err,
-		                    errlen) < 0)
+		                    asks[i].cookie ? r->env->session : NULL, &r->client[i], body,
+		                    sizeof(body), err, errlen) < 0)
 			return -1;
 	}
 	return 0;
@@ -331,8 +339,9 @@ static bool browser_disagrees(const struct cors_result *r, char *why, size_t len
 		const struct cors_case_result *c = &r->cases[i];
 		bool want = cors_case_expect_readable((enum cors_case)i);
 		if (c->tries < 1 || c->readable != (want ? c->tries : 0)) {
-			snprintf(why, len, "%s: the page read %d of %d answers, expected %s", cors_case_name((enum cors_case)i),
-			         c->readable, c->tries, want ? "all" : "none");
+			snprintf(why, len, "%s: the page read %d of %d answers, expected %s",
+			         cors_case_name((enum cors_case)i), c->readable, c->tries,
+			         want ? "all" : "none");
 			return true;
 		}
 	}
@@ -347,20 +356,23 @@ static bool server_disagrees(const struct cors_result *r, char *why, size_t len)
 		const struct cors_case_result *c = &r->cases[SENT[k]];
 		if (c->requests < MIN_SENT_WHEN_UNREADABLE || c->with_cookie < MIN_SENT_WHEN_UNREADABLE ||
 		    c->server_status != 200) {
-			snprintf(why, len, "%s: %d requests reached the API (%d with the cookie, last %d), expected a 200",
+			snprintf(why, len,
+			         "%s: %d requests reached the API (%d with the cookie, last %d), expected a "
+			         "200",
 			         cors_case_name(SENT[k]), c->requests, c->with_cookie, c->server_status);
 			return true;
 		}
 	}
 	const struct cors_case_result *no = &r->cases[CASE_PREFLIGHT_NO], *ok = &r->cases[CASE_PREFLIGHT_OK];
 	if (no->preflights < 1 || no->requests != 0) {
-		snprintf(why, len, "preflight refused: %d OPTIONS and %d PUTs in the log, expected OPTIONS and no PUT",
+		snprintf(why, len,
+		         "preflight refused: %d OPTIONS and %d PUTs in the log, expected OPTIONS and no PUT",
 		         no->preflights, no->requests);
 		return true;
 	}
 	if (ok->preflights < 1 || ok->requests < 1) {
-		snprintf(why, len, "preflight allowed: %d OPTIONS and %d PUTs in the log, expected both", ok->preflights,
-		         ok->requests);
+		snprintf(why, len, "preflight allowed: %d OPTIONS and %d PUTs in the log, expected both",
+		         ok->preflights, ok->requests);
 		return true;
 	}
 	return false;
@@ -371,15 +383,16 @@ static bool attack_disagrees(const struct cors_result *r, char *why, size_t len)
 	if (r->stolen_reflect < MIN_STOLEN_BYTES || !r->secret_in_stolen ||
 	    r->stolen_reflect != r->cases[CASE_EVIL_REFLECT].bytes_sent) {
 		snprintf(why, len,
-		         "reflecting policy: the evil page read %d bytes (the API sent %d)%s, expected the victim's "
+		         "reflecting policy: the evil page read %d bytes (the API sent %d)%s, expected the "
+		         "victim's "
 		         "account",
 		         r->stolen_reflect, r->cases[CASE_EVIL_REFLECT].bytes_sent,
 		         r->secret_in_stolen ? "" : " without her email");
 		return true;
 	}
 	if (r->stolen_allowlist > MAX_STOLEN_BYTES_FIXED) {
-		snprintf(why, len, "allow-list: the evil page read %d bytes, expected %d", r->stolen_allowlist,
-		         MAX_STOLEN_BYTES_FIXED);
+		snprintf(why, len, "allow-list: the evil page read %d bytes, expected %d",
+		         r->stolen_allowlist, MAX_STOLEN_BYTES_FIXED);
 		return true;
 	}
 	return false;
@@ -389,7 +402,8 @@ static bool max_age_disagrees(const struct cors_result *r, char *why, size_t len
 {
 	const struct cors_case_result *z = &r->cases[CASE_MAXAGE_0], *s = &r->cases[CASE_MAXAGE_600];
 	if (z->tries < MIN_REPEATS || r->preflights_max_age_0 != z->tries || z->requests != z->tries) {
-		snprintf(why, len, "Max-Age 0: %d OPTIONS and %d PUTs for %d tries, expected one of each per try",
+		snprintf(why, len,
+		         "Max-Age 0: %d OPTIONS and %d PUTs for %d tries, expected one of each per try",
 		         r->preflights_max_age_0, z->requests, z->tries);
 		return true;
 	}
@@ -409,7 +423,8 @@ static bool client_disagrees(const struct cors_result *r, char *why, size_t len)
 	if (c[0].status != 200 || c[1].status != 200 || c[1].acao[0] || c[2].status != 401 ||
 	    c[1].bytes != r->cases[CASE_EVIL_REFLECT].bytes_sent) {
 		snprintf(why, len,
-		         "without a browser: %d, %d (%d bytes, Allow-Origin \"%s\"), %d; expected 200, 200 with the "
+		         "without a browser: %d, %d (%d bytes, Allow-Origin \"%s\"), %d; expected 200, 200 "
+		         "with the "
 		         "whole account and no Allow-Origin, 401",
 		         c[0].status, c[1].status, c[1].bytes, c[1].acao, c[2].status);
 		return true;
@@ -423,15 +438,16 @@ void cors_judge(const struct cors_result *r, struct lab_verdict *v)
 	bool bad = browser_disagrees(r, why, sizeof(why)) || server_disagrees(r, why, sizeof(why)) ||
 	           attack_disagrees(r, why, sizeof(why)) || max_age_disagrees(r, why, sizeof(why)) ||
 	           client_disagrees(r, why, sizeof(why));
-	lab_verdict_set(v, !bad,
-	                "the browser, not the server, enforces CORS: it withholds answers the headers do not allow "
-	                "(the requests still arrive); reflecting Origin with credentials lets any page read the "
-	                "victim's data, an allow-list stops it, and a client without a browser reads it all",
-	                "%s%sstolen %d bytes with the reflecting policy, %d with the allow-list; unreadable but "
-	                "sent: %d, %d, %d requests with the cookie; preflights for %d PUTs: %d with Max-Age 0, %d "
-	                "with 600; curl-like client: %d, %d, %d",
-	                why, bad ? ". " : "", r->stolen_reflect, r->stolen_allowlist,
-	                r->cases[CASE_NO_CORS].with_cookie, r->cases[CASE_STAR_CRED].with_cookie,
-	                r->cases[CASE_EVIL_ALLOW].with_cookie, r->cases[CASE_MAXAGE_0].tries, r->preflights_max_age_0,
-	                r->preflights_max_age_600, r->client[0].status, r->client[1].status, r->client[2].status);
+	lab_verdict_set(
+	        v, !bad,
+	        "browsers enforce CORS: they withhold what its headers do not allow, though the request "
+	        "arrives; reflecting Origin with credentials lets any page read the victim's data, an "
+	        "allow-list stops it; a client without a browser reads it all",
+	        "%s%sstolen %d bytes with the reflecting policy, %d with the allow-list; unreadable but "
+	        "sent: %d, %d, %d requests with the cookie; preflights for %d PUTs: %d with Max-Age 0, %d "
+	        "with 600; curl-like client: %d, %d, %d",
+	        why, bad ? ". " : "", r->stolen_reflect, r->stolen_allowlist,
+	        r->cases[CASE_NO_CORS].with_cookie, r->cases[CASE_STAR_CRED].with_cookie,
+	        r->cases[CASE_EVIL_ALLOW].with_cookie, r->cases[CASE_MAXAGE_0].tries, r->preflights_max_age_0,
+	        r->preflights_max_age_600, r->client[0].status, r->client[1].status, r->client[2].status);
 }

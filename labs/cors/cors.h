@@ -136,19 +136,19 @@ void cors_pages_stop(struct cors_pages *p);
 
 struct cors_case_result {
 	/* what the page could do, as the browser decided */
-	int tries;                  /* fetches the page ran (repeats for the Max-Age cases) */
-	int readable;               /* of them, a response the page could read */
-	int page_status;            /* the status the page saw (0: TypeError, nothing readable) */
-	int bytes_read;             /* the body the page read (the last try), bytes */
-	char error[48];             /* "TypeError: Failed to fetch" */
-	char body[CORS_BODY];       /* what it read (cut) */
+	int tries;            /* fetches the page ran (repeats for the Max-Age cases) */
+	int readable;         /* of them, a response the page could read */
+	int page_status;      /* the status the page saw (0: TypeError, nothing readable) */
+	int bytes_read;       /* the body the page read (the last try), bytes */
+	char error[48];       /* "TypeError: Failed to fetch" */
+	char body[CORS_BODY]; /* what it read (cut) */
 	/* what the API's log says arrived for this case */
-	int preflights;             /* OPTIONS */
-	int requests;               /* the GET or PUT itself */
-	int with_cookie;            /* of the requests, with the session cookie */
-	int server_status;          /* of the last request (0: none arrived) */
-	int bytes_sent;             /* body the API sent for the last request */
-	char origin[64];            /* the Origin the browser sent */
+	int preflights;    /* OPTIONS */
+	int requests;      /* the GET or PUT itself */
+	int with_cookie;   /* of the requests, with the session cookie */
+	int server_status; /* of the last request (0: none arrived) */
+	int bytes_sent;    /* body the API sent for the last request */
+	char origin[64];   /* the Origin the browser sent */
 };
 
 /* Phase 4: one request from the lab's own HTTP client (no browser). */

@@ -29,7 +29,9 @@
 #include "pg.h"
 
 #define QUESTION "What is CORS and why does it exist?"
-#define OWASP    "OWASP Top 10 (2021): A05 Security Misconfiguration (a CORS policy that trusts any origin), A01 Broken Access Control"
+#define OWASP                                                                                                \
+	"OWASP Top 10 (2021): A05 Security Misconfiguration (a CORS policy that trusts any origin), A01 "    \
+	"Broken Access Control"
 
 #define RES(r) ((const struct cors_result *)(r))
 
@@ -52,8 +54,8 @@ static const char *server_half(char *buf, size_t len, const struct cors_case_res
 	if (c->preflights)
 		snprintf(head, sizeof(head), "OPTIONS%s", c->requests ? " + " : " only");
 	if (c->requests)
-		snprintf(buf, len, "%s%s %d%s, %d B sent", head, method, c->server_status, c->with_cookie ? " +cookie" : "",
-		         c->bytes_sent);
+		snprintf(buf, len, "%s%s %d%s, %d B sent", head, method, c->server_status,
+		         c->with_cookie ? " +cookie" : "", c->bytes_sent);
 	else
 		snprintf(buf, len, "%s", c->preflights ? head : "nothing");
 	return buf;
@@ -62,19 +64,22 @@ static const char *server_half(char *buf, size_t len, const struct cors_case_res
 static json_t *case_json(const struct cors_result *r, enum cors_case i)
 {
 	const struct cors_case_result *c = &r->cases[i];
-	return json_pack("{s:s,s:i,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:b}", "case", cors_case_name(i), "tries",
-	                 c->tries, "readable", c->readable, "page_status", c->page_status, "bytes_read",
-	                 c->bytes_read, "error", c->error, "preflights", c->preflights, "requests", c->requests,
-	                 "with_cookie", c->with_cookie, "server_status", c->server_status, "bytes_sent",
-	                 c->bytes_sent, "origin", c->origin, "expected_readable", cors_case_expect_readable(i));
+	return json_pack("{s:s,s:i,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:b}", "case", cors_case_name(i),
+	                 "tries", c->tries, "readable", c->readable, "page_status", c->page_status,
+	                 "bytes_read", c->bytes_read, "error", c->error, "preflights", c->preflights,
+	                 "requests", c->requests, "with_cookie", c->with_cookie, "server_status",
+	                 c->server_status, "bytes_sent", c->bytes_sent, "origin", c->origin,
+	                 "expected_readable", cors_case_expect_readable(i));
 }
 
 static void case_rows(struct lab *lab, const struct cors_result *r, const enum cors_case *which, int n,
                       json_t *out)
 {
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {
-	        {"case", 25, 'l'}, {"request", 34, 'l'}, {"the page read", 20, 'l'}, {"the API received", 40, 'l'}};
+	struct term_col cols[] = {{"case", 25, 'l'},
+	                          {"request", 39, 'l'},
+	                          {"the page read", 19, 'l'},
+	                          {"the API received", 38, 'l'}};
 	term_table_header(t, 2, cols, 4);
 	for (int k = 0; k < n; k++) {
 		const struct cors_case_result *c = &r->cases[which[k]];
@@ -82,11 +87,13 @@ static void case_rows(struct lab *lab, const struct cors_result *r, const enum c
 		cors_case_request(which[k], req, sizeof(req));
 		page_half(page, sizeof(page), c);
 		bool ok = (c->readable > 0) == cors_case_expect_readable(which[k]);
-		snprintf(page_c, sizeof(page_c), "%s%s%s", ok ? "" : term_red(t), page, ok ? "" : term_reset(t));
+		snprintf(page_c, sizeof(page_c), "%s%s%s", ok ? "" : term_red(t), page,
+		         ok ? "" : term_reset(t));
 		/* the method is the request's first word */
 		char method[8];
 		snprintf(method, sizeof(method), "%.*s", (int)strcspn(req, " "), req);
-		const char *row[] = {cors_case_name(which[k]), req, page_c, server_half(srv, sizeof(srv), c, method)};
+		const char *row[] = {cors_case_name(which[k]), req, page_c,
+		                     server_half(srv, sizeof(srv), c, method)};
 		term_table_row(t, 2, cols, 4, row);
 		json_array_append_new(out, case_json(r, which[k]));
 	}
@@ -106,19 +113,24 @@ static void after_browser(struct lab *lab, const void *cfg, const void *result)
 	static const enum cors_case A[] = {CASE_NO_CORS,      CASE_STAR_PUBLIC, CASE_PREFLIGHT_NO,
 	                                   CASE_PREFLIGHT_OK, CASE_STAR_CRED,   CASE_APP_ME};
 	json_t *cases = json_array();
-	term_printf(t, "  %sA %s · B (API) http://127.0.0.1:%d · E (evil) %s · the cookie: HttpOnly, SameSite=Lax%s\n",
+	term_printf(t,
+	            "  %sA %s · B (API) http://127.0.0.1:%d · E (evil) %s · the cookie: HttpOnly, "
+	            "SameSite=Lax%s\n",
 	            term_dim(t), r->app_origin, r->api_port, r->evil_origin, term_reset(t));
 	case_rows(lab, r, A, 6, cases);
 	term_printf(t,
-	            "  withheld is not blocked: the API answered %d, %d with the cookie; the browser hid it from the "
+	            "  withheld is not blocked: the API answered %d, %d with the cookie; the browser hid it "
+	            "from the "
 	            "page\n",
 	            r->cases[CASE_NO_CORS].server_status, r->cases[CASE_STAR_CRED].server_status);
-	term_printf(t, "  %sone browser start for the whole lab (every case of phases 1-3): %s, %d requests logged%s\n",
+	term_printf(t,
+	            "  %sone browser start for the whole lab (every case of phases 1-3): %s, %d requests "
+	            "logged%s\n",
 	            term_dim(t), TERM_US((uint64_t)(r->browser_ms * 1000)), r->log_entries, term_reset(t));
 	lab_phase_metrics(lab, "browser",
 	                  json_pack("{s:o,s:f,s:i,s:s,s:s,s:i}", "cases", cases, "browser_ms", r->browser_ms,
-	                            "browser_starts", r->browser_starts, "app_origin", r->app_origin, "evil_origin",
-	                            r->evil_origin, "api_port", r->api_port));
+	                            "browser_starts", r->browser_starts, "app_origin", r->app_origin,
+	                            "evil_origin", r->evil_origin, "api_port", r->api_port));
 }
 
 static void before_attack(struct lab *lab, const void *cfg)
@@ -135,16 +147,18 @@ static void after_attack(struct lab *lab, const void *cfg, const void *result)
 	static const enum cors_case E[] = {CASE_EVIL_REFLECT, CASE_EVIL_ALLOW};
 	json_t *cases = json_array();
 	case_rows(lab, r, E, 2, cases);
-	term_printf(t, "  stolen: %s%d bytes%s with the reflecting policy, %s%d bytes%s with the allow-list + Vary: Origin\n",
+	term_printf(t,
+	            "  stolen: %s%d bytes%s with the reflecting policy, %s%d bytes%s with the allow-list + "
+	            "Vary: Origin\n",
 	            r->stolen_reflect ? term_red(t) : "", r->stolen_reflect, term_reset(t),
 	            r->stolen_allowlist ? term_red(t) : term_green(t), r->stolen_allowlist, term_reset(t));
 	if (r->stolen_reflect)
 		term_printf(t, "  what E read: %.96s\n", r->cases[CASE_EVIL_REFLECT].body);
 	term_printf(t, "  %s%s%s\n", term_dim(t), OWASP, term_reset(t));
 	lab_phase_metrics(lab, "attack",
-	                  json_pack("{s:o,s:i,s:i,s:b,s:s}", "cases", cases, "stolen_bytes_reflect", r->stolen_reflect,
-	                            "stolen_bytes_allowlist", r->stolen_allowlist, "secret_in_stolen",
-	                            r->secret_in_stolen, "owasp", "A05:2021, A01:2021"));
+	                  json_pack("{s:o,s:i,s:i,s:b,s:s}", "cases", cases, "stolen_bytes_reflect",
+	                            r->stolen_reflect, "stolen_bytes_allowlist", r->stolen_allowlist,
+	                            "secret_in_stolen", r->secret_in_stolen, "owasp", "A05:2021, A01:2021"));
 }
 
 static void before_max_age(struct lab *lab, const void *cfg)
@@ -158,23 +172,30 @@ static void after_max_age(struct lab *lab, const void *cfg, const void *result)
 	(void)cfg;
 	const struct cors_result *r = RES(result);
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {{"preflight answer", 25, 'l'}, {"PUTs", 5, 'r'}, {"OPTIONS", 7, 'r'},
-	                          {"read", 5, 'r'},              {"", 20, 'l'}};
+	struct term_col cols[] = {{"preflight answer", 25, 'l'},
+	                          {"PUTs", 5, 'r'},
+	                          {"OPTIONS", 7, 'r'},
+	                          {"read", 5, 'r'},
+	                          {"", 20, 'l'}};
 	term_table_header(t, 2, cols, 5);
 	static const enum cors_case M[] = {CASE_MAXAGE_0, CASE_MAXAGE_600};
 	int max = r->cases[CASE_MAXAGE_0].preflights > 0 ? r->cases[CASE_MAXAGE_0].preflights : 1;
 	for (int k = 0; k < 2; k++) {
 		const struct cors_case_result *c = &r->cases[M[k]];
 		char bar[64];
-		const char *row[] = {cors_case_name(M[k]), TERM_NUM(c->requests, 0), TERM_NUM(c->preflights, 0),
-		                     TERM_NUM(c->readable, 0), term_bar(bar, sizeof(bar), c->preflights, max, 20)};
+		const char *row[] = {cors_case_name(M[k]), TERM_NUM(c->requests, 0),
+		                     TERM_NUM(c->preflights, 0), TERM_NUM(c->readable, 0),
+		                     term_bar(bar, sizeof(bar), c->preflights, max, 20)};
 		term_table_row(t, 2, cols, 5, row);
 	}
-	term_printf(t, "  %sChromium caps Max-Age at 7200 s (Firefox 86400); without the header it caches 5 s%s\n",
-	            term_dim(t), term_reset(t));
+	term_printf(
+	        t,
+	        "  %sChromium caps Max-Age at 7200 s (Firefox 86400); without the header it caches 5 s%s\n",
+	        term_dim(t), term_reset(t));
 	lab_phase_metrics(lab, "max_age",
-	                  json_pack("{s:i,s:i,s:i}", "puts", r->cases[CASE_MAXAGE_0].tries, "preflights_max_age_0",
-	                            r->preflights_max_age_0, "preflights_max_age_600", r->preflights_max_age_600));
+	                  json_pack("{s:i,s:i,s:i}", "puts", r->cases[CASE_MAXAGE_0].tries,
+	                            "preflights_max_age_0", r->preflights_max_age_0, "preflights_max_age_600",
+	                            r->preflights_max_age_600));
 }
 
 static void before_client(struct lab *lab, const void *cfg)
@@ -188,8 +209,11 @@ static void after_client(struct lab *lab, const void *cfg, const void *result)
 	(void)cfg;
 	const struct cors_result *r = RES(result);
 	const struct term *t = &lab->term;
-	struct term_col cols[] = {{"client sends", 32, 'l'}, {"request", 22, 'l'}, {"status", 6, 'r'},
-	                          {"read", 7, 'r'},          {"Allow-Origin", 22, 'l'}};
+	struct term_col cols[] = {{"client sends", 32, 'l'},
+	                          {"request", 22, 'l'},
+	                          {"status", 6, 'r'},
+	                          {"read", 7, 'r'},
+	                          {"Allow-Origin", 22, 'l'}};
 	term_table_header(t, 2, cols, 5);
 	json_t *rows = json_array();
 	for (int i = 0; i < CORS_CLIENT_ROWS; i++) {
@@ -199,11 +223,13 @@ static void after_client(struct lab *lab, const void *cfg, const void *result)
 		snprintf(bytes, sizeof(bytes), "%d B", c->bytes);
 		const char *row[] = {c->what, c->target, st, bytes, c->acao[0] ? c->acao : "(none)"};
 		term_table_row(t, 2, cols, 5, row);
-		json_array_append_new(rows, json_pack("{s:s,s:s,s:s,s:b,s:i,s:i,s:s}", "what", c->what, "target", c->target,
-		                                      "origin", c->origin, "cookie", c->cookie, "status", c->status,
-		                                      "bytes", c->bytes, "allow_origin", c->acao));
+		json_array_append_new(rows,
+		                      json_pack("{s:s,s:s,s:s,s:b,s:i,s:i,s:s}", "what", c->what, "target",
+		                                c->target, "origin", c->origin, "cookie", c->cookie, "status",
+		                                c->status, "bytes", c->bytes, "allow_origin", c->acao));
 	}
-	term_printf(t, "  CORS is not authentication: the headers tell browsers what to show; the session decides\n");
+	term_printf(t, "  CORS is not authentication: the headers tell browsers what to show; the session "
+	               "decides\n");
 	lab_phase_metrics(lab, "client", json_pack("{s:o}", "rows", rows));
 }
 
@@ -222,7 +248,8 @@ static int serve(struct lab *lab, struct cors_config *cfg, bool vulnerable)
 	struct cors_pages *pages = cors_pages_start(cfg->repeats, err, sizeof(err));
 	if (pages)
 		snprintf(origin, sizeof(origin), "http://127.0.0.1:%d", cors_pages_app_port(pages));
-	struct cors_api *api = pages ? cors_api_start(cfg, lab->opts.port, origin, vulnerable, err, sizeof(err)) : NULL;
+	struct cors_api *api =
+	        pages ? cors_api_start(cfg, lab->opts.port, origin, vulnerable, err, sizeof(err)) : NULL;
 	if (!api) {
 		char terr[LAB_ERRLEN];
 		cors_pages_stop(pages);
@@ -232,15 +259,20 @@ static int serve(struct lab *lab, struct cors_config *cfg, bool vulnerable)
 	int port = cors_api_port(api);
 	cors_pages_set_api(pages, port);
 	if (vulnerable)
-		fprintf(stderr, "lab-cors: WARNING: --vulnerable: /api/reflect/ reflects any Origin with credentials; any "
-		                "page open in a browser on this machine can read the logged-in account through it\n");
+		fprintf(stderr,
+		        "lab-cors: WARNING: --vulnerable: /api/reflect/ reflects any Origin with "
+		        "credentials; any "
+		        "page open in a browser on this machine can read the logged-in account through it\n");
 	snprintf(help, sizeof(help),
-	         "  open http://127.0.0.1:%d/login in a browser (logs the victim in, then A's page runs the cases)\n"
+	         "  open http://127.0.0.1:%d/login in a browser (logs the victim in, then A's page runs the "
+	         "cases)\n"
 	         "  A (the app)  %s/app      E (evil)  http://127.0.0.1:%d/evil\n"
 	         "  policies: /api/{none,star,allowlist,allowlist-0%s}/{public,me,notes/<id>}\n"
-	         "  curl -si -H 'Origin: http://evil.example' http://127.0.0.1:%d/api/allowlist/public   no ACAO\n"
+	         "  curl -si -H 'Origin: http://evil.example' http://127.0.0.1:%d/api/allowlist/public   no "
+	         "ACAO\n"
 	         "  curl -si -X OPTIONS -H 'Origin: %s' -H 'Access-Control-Request-Method: PUT' \\\n"
-	         "       http://127.0.0.1:%d/api/allowlist/notes/1                                   a preflight\n",
+	         "       http://127.0.0.1:%d/api/allowlist/notes/1                                   a "
+	         "preflight\n",
 	         port, origin, cors_pages_evil_port(pages), vulnerable ? ",reflect" : "", port, origin, port);
 	lab_serve_wait(lab, port, help);
 	cors_api_stop(api);
@@ -283,12 +315,14 @@ int main(int argc, char **argv)
 	struct lab lab;
 	if (lab_init(&lab, "cors", QUESTION, CORS_PHASES, argc, argv) < 0) {
 		if (lab.exit_code == LAB_EXIT_OK)
-			printf("  --vulnerable   with --serve: also serve /api/reflect/ (any Origin, with credentials)\n");
+			printf("  --vulnerable   with --serve: also serve /api/reflect/ (any Origin, with "
+			       "credentials)\n");
 		return lab.exit_code;
 	}
 	if (vulnerable && !lab.opts.serve)
-		return lab_fail(&lab, "--vulnerable goes with --serve (the run always shows the reflecting policy, "
-		                      "inside its own run)");
+		return lab_fail(&lab,
+		                "--vulnerable goes with --serve (the run always shows the reflecting policy, "
+		                "inside its own run)");
 	if (lab_probe(&lab, true, false) < 0)
 		return lab.exit_code;
 	struct cors_config cfg;
@@ -313,7 +347,8 @@ int main(int argc, char **argv)
 	int ret;
 	if (cors_run(&cfg, result, err, sizeof(err)) < 0) {
 		term_progress_clear(&lab.term);
-		ret = result->lost_pg ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err) : lab_fail(&lab, "%s", err);
+		ret = result->lost_pg ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
+		                      : lab_fail(&lab, "%s", err);
 	} else {
 		struct lab_verdict verdict;
 		cors_judge(result, &verdict);

@@ -53,18 +53,17 @@ static const char JS_ONE[] =
         "  document.getElementById('lab-results').textContent = lines.join('\\n') + '\\nEND\\n';\n"
         "}\n";
 
-static const char APP_RUN[] =
-        "addEventListener('message', ev => {\n"
-        "  if (ev.origin !== E || !Array.isArray(ev.data)) return;\n"
-        "  for (const l of ev.data) lines.push(String(l));\n"
-        "  show();\n"
-        "});\n"
-        "(async () => {\n"
-        "  for (const k of CASES) await one(k);\n"
-        "  const f = document.createElement('iframe');\n"
-        "  f.src = E + '/evil';\n"
-        "  document.body.appendChild(f);\n"
-        "})();\n";
+static const char APP_RUN[] = "addEventListener('message', ev => {\n"
+                              "  if (ev.origin !== E || !Array.isArray(ev.data)) return;\n"
+                              "  for (const l of ev.data) lines.push(String(l));\n"
+                              "  show();\n"
+                              "});\n"
+                              "(async () => {\n"
+                              "  for (const k of CASES) await one(k);\n"
+                              "  const f = document.createElement('iframe');\n"
+                              "  f.src = E + '/evil';\n"
+                              "  document.body.appendChild(f);\n"
+                              "})();\n";
 
 static const char EVIL_RUN[] = "(async () => {\n"
                                "  for (const k of CASES) await one(k);\n"
@@ -91,10 +90,12 @@ static void page(struct cors_pages *p, struct evhttp_request *req, enum case_ori
 	                    api, evil, p->repeats);
 	for (int i = 0; i < CORS_CASES; i++)
 		if (CASES[i].from == from)
-			evbuffer_add_printf(out, "  {i: %d, m: '%s', p: '%s', c: %s, r: %s},\n", i, CASES[i].method,
-			                    CASES[i].path, CASES[i].credentials ? "true" : "false",
+			evbuffer_add_printf(out, "  {i: %d, m: '%s', p: '%s', c: %s, r: %s},\n", i,
+			                    CASES[i].method, CASES[i].path,
+			                    CASES[i].credentials ? "true" : "false",
 			                    CASES[i].repeated ? "true" : "false");
-	evbuffer_add_printf(out, "];\n%s%s</script></body></html>\n", JS_ONE, from == FROM_APP ? APP_RUN : EVIL_RUN);
+	evbuffer_add_printf(out, "];\n%s%s</script></body></html>\n", JS_ONE,
+	                    from == FROM_APP ? APP_RUN : EVIL_RUN);
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
 	evhttp_add_header(h, "Cache-Control", "no-store");
