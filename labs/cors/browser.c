@@ -30,6 +30,8 @@
 #define STOP_MS           2000
 #define LOG_READ_MAX      (1 << 20)
 #define POLL_MS           20
+/* what a run usually takes here (the progress line's scale only) */
+#define EXPECTED_MS 3000.0
 
 static const char *const DIRS[] = {"/usr/bin", "/usr/lib/chromium", "/snap/bin", NULL};
 
@@ -197,6 +199,12 @@ static int run_child(const struct cors_config *cfg, const char *dir, const char 
 			snprintf(err, errlen, "chromium did not finish within %d ms (stopped); its log: %s",
 			         cfg->browser_timeout_ms, tail);
 			return -1;
+		}
+		/* a progress line on a terminal: the run takes seconds, most of them the browser's start */
+		if (cfg->progress_cb) {
+			double done = (now_ms() - t0) / EXPECTED_MS;
+			cfg->progress_cb("headless Chromium runs every case", done < 0.95 ? done : 0.95,
+			                 cfg->progress_arg);
 		}
 		usleep(POLL_MS * 1000);
 	}

@@ -315,7 +315,8 @@ int main(int argc, char **argv)
 	struct lab lab;
 	if (lab_init(&lab, "cors", QUESTION, CORS_PHASES, argc, argv) < 0) {
 		if (lab.exit_code == LAB_EXIT_OK)
-			printf("  --vulnerable   with --serve: also serve /api/reflect/ (any Origin, with "
+			printf("lab-cors also takes:\n  --vulnerable   with --serve: also serve "
+			       "/api/reflect/ (any Origin, with "
 			       "credentials)\n");
 		return lab.exit_code;
 	}
