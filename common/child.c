@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,9 @@ static struct {
 	char dirs[LIVE_MAX][PATH_MAX];
 	int owner_fds[LIVE_MAX]; /* 0: none (an owner file is never descriptor 0) */
 } live = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* set by child_kill_and_remove_all: the lab is ending, no new directory or child from now on */
+static atomic_bool live_closed;
 
 static void live_pid(pid_t old, pid_t new)
 {
@@ -228,8 +232,15 @@ int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t er
 		snprintf(err, errlen, "temporary directory name too long under %s", base);
 		return -1;
 	}
-	if (!mkdtemp(out)) {
-		snprintf(err, errlen, "cannot make a temporary directory in %s: %s", base, strerror(errno));
+	/* checked, made and registered under the table's lock: a Ctrl-C guard that began before is
+	 * not raced (the lab is ending: no new directory), one that begins meanwhile waits for the
+	 * lock and then finds the directory to remove */
+	pthread_mutex_lock(&live.mu);
+	if (atomic_load(&live_closed) || !mkdtemp(out)) {
+		int e = atomic_load(&live_closed) ? ECANCELED : errno;
+		pthread_mutex_unlock(&live.mu);
+		snprintf(err, errlen, "cannot make a temporary directory in %s: %s", base,
+		         e == ECANCELED ? "the lab is ending (interrupted)" : strerror(e));
 		return -1;
 	}
 	/* the owner file, locked while this process lives: what tells a sweep the directory is in use */
@@ -241,10 +252,17 @@ int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t er
 		if (fd >= 0)
 			close(fd);
 		rm_at(AT_FDCWD, out, 0);
+		pthread_mutex_unlock(&live.mu);
 		return -1;
 	}
 	/* untracked past LIVE_MAX: the descriptor then stays open, so the lock lasts to the exit */
-	live_dir("", out, fd);
+	for (int i = 0; i < LIVE_MAX; i++)
+		if (!live.dirs[i][0]) {
+			snprintf(live.dirs[i], sizeof(live.dirs[i]), "%s", out);
+			live.owner_fds[i] = fd;
+			break;
+		}
+	pthread_mutex_unlock(&live.mu);
 	return 0;
 }
 
@@ -633,6 +651,7 @@ void child_kill_and_remove_all(void)
 	 * is ending; a few tries, then the children are killed without it (PR_SET_PDEATHSIG would do
 	 * it anyway) but no directory is removed: a path read while another thread writes it could
 	 * name anything */
+	atomic_store(&live_closed, true);
 	bool locked = false;
 	for (double deadline = now_ms() + GUARD_LOCK_MS; !locked && now_ms() < deadline; sleep_ms(1))
 		locked = pthread_mutex_trylock(&live.mu) == 0;

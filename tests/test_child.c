@@ -373,6 +373,22 @@ static void test_find_program_names_what_it_tried(void **state)
 	assert_non_null(strstr(out, "/sh"));
 }
 
+/*
+ * The Ctrl-C guard (child_kill_and_remove_all) removes the directories it knows of and the process
+ * exits: one made after it looked would be left behind, so none is made any more.
+ */
+static void test_no_directory_is_made_once_the_guard_has_looked(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], err[256];
+	assert_int_equal(child_tmpdir("child-test", dir, sizeof(dir), err, sizeof(err)), 0);
+	child_kill_and_remove_all();
+	struct stat st;
+	assert_int_not_equal(stat(dir, &st), 0);
+	assert_int_equal(child_tmpdir("child-test", dir, sizeof(dir), err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "the lab is ending"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -384,6 +400,8 @@ int main(void)
 	        cmocka_unit_test(test_the_child_dies_with_the_process_that_started_it),
 	        cmocka_unit_test(test_tmpdir_sweeps_the_directories_of_dead_labs_only),
 	        cmocka_unit_test(test_find_program_names_what_it_tried),
+	        /* last: it ends the module's life in this process, as the Ctrl-C guard does */
+	        cmocka_unit_test(test_no_directory_is_made_once_the_guard_has_looked),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

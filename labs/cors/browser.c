@@ -1,0 +1,244 @@
+/*
+ * browser.c — the real browser of lab-cors: Debian's Chromium, headless, started once per run as
+ * the lab's child (common/child.h: its own process group, PR_SET_PDEATHSIG, killed and its
+ * directory removed on Ctrl-C).
+ *
+ * One run: chromium --headless=new --dump-dom --virtual-time-budget=<ms> <url>. The budget is
+ * virtual time, which stands still while a fetch is in flight and jumps ahead when the page is
+ * idle, so the dump comes once the page has run every case (and the run costs what the browser's
+ * start costs, a second or three, not the budget). The dump goes to stdout, which child.h appends
+ * to the child's log with stderr; --log-level=3 keeps stderr to fatal errors, and the page's
+ * results are one block of plain lines between <pre id="lab-results"> and END.
+ *
+ * Everything Chromium writes stays in a private temporary directory: the profile
+ * (--user-data-dir), and HOME, XDG_CONFIG_HOME and XDG_CACHE_HOME set through /usr/bin/env (which
+ * execs Chromium in its place, so the pid, the group and the death signal stay its own), where
+ * Chromium would otherwise keep its crash reports and dconf cache.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "internal.h"
+
+/* the page runs about 40 fetches on loopback; this much virtual time is never the limit */
+#define VIRTUAL_BUDGET_MS "30000"
+#define STOP_MS           2000
+#define LOG_READ_MAX      (1 << 20)
+#define POLL_MS           20
+/* what a run usually takes here (the progress line's scale only) */
+#define EXPECTED_MS 3000.0
+
+static const char *const DIRS[] = {"/usr/bin", "/usr/lib/chromium", "/snap/bin", NULL};
+
+int cors_find_chromium(char *out, size_t outlen, char *err, size_t errlen)
+{
+	char tried[512], tried2[512];
+	if (child_find_program("chromium", "LAB_CHROMIUM", DIRS, out, outlen, tried, sizeof(tried)) == 0)
+		return 0;
+	if (!getenv("LAB_CHROMIUM") &&
+	    child_find_program("chromium-browser", NULL, DIRS, out, outlen, tried2, sizeof(tried2)) == 0)
+		return 0;
+	snprintf(err, errlen,
+	         "Chromium not found (tried %s; and chromium-browser): lab-cors needs a real browser, since "
+	         "CORS is enforced by browsers; install it with scripts/bootstrap (or apt-get install "
+	         "chromium), or point LAB_CHROMIUM at it",
+	         tried);
+	return -1;
+}
+
+void cors_chromium_version(const char *chromium, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "?");
+	char cmd[PATH_MAX + 32], line[256];
+	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", chromium);
+	FILE *p = strchr(chromium, '\'') ? NULL : popen(cmd, "r");
+	if (!p)
+		return;
+	while (fgets(line, sizeof(line), p)) {
+		/* "Chromium 120.0.6099.224 built on Debian ..." */
+		const char *v = strstr(line, "Chromium ");
+		if (v) {
+			snprintf(out, outlen, "%.*s", (int)strcspn(v + 9, " \r\n"), v + 9);
+			break;
+		}
+	}
+	pclose(p);
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* Percent-decodes s (encodeURIComponent's output) into out. */
+static void uri_decode(const char *s, size_t len, char *out, size_t outlen)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len && n + 1 < outlen; i++) {
+		unsigned v;
+		if (s[i] == '%' && i + 2 < len && sscanf(s + i + 1, "%2x", &v) == 1) {
+			out[n++] = (char)v;
+			i += 2;
+		} else
+			out[n++] = s[i];
+	}
+	out[n] = '\0';
+}
+
+/* One line "case|i|tries|readable|status|bytes|error|body" into r. false when it is not one. */
+static bool parse_line(const char *line, struct cors_result *r)
+{
+	int i, tries, readable, status, bytes, used = 0;
+	if (sscanf(line, "case|%d|%d|%d|%d|%d|%n", &i, &tries, &readable, &status, &bytes, &used) != 5 ||
+	    i < 0 || i >= CORS_CASES)
+		return false;
+	const char *e = line + used, *bar = strchr(e, '|');
+	if (!bar)
+		return false;
+	struct cors_case_result *c = &r->cases[i];
+	c->tries = tries;
+	c->readable = readable;
+	c->page_status = status;
+	c->bytes_read = bytes;
+	uri_decode(e, (size_t)(bar - e), c->error, sizeof(c->error));
+	uri_decode(bar + 1, strcspn(bar + 1, "\r\n"), c->body, sizeof(c->body));
+	return true;
+}
+
+/* The page's block in the dump; 0 when every case is there and END closes it. */
+static int read_results(const char *log, struct cors_result *r, char *err, size_t errlen)
+{
+	const char *start = strstr(log, "<pre id=\"lab-results\">");
+	const char *end = start ? strstr(start, "\nEND\n") : NULL;
+	if (!start || !end) {
+		snprintf(err, errlen, "the page did not finish: no results in the browser's dump");
+		return -1;
+	}
+	int seen = 0;
+	for (const char *p = start + strlen("<pre id=\"lab-results\">"); p && p < end; p = strchr(p, '\n')) {
+		while (*p == '\n')
+			p++;
+		seen += parse_line(p, r);
+	}
+	if (seen != CORS_CASES) {
+		snprintf(err, errlen, "the page reported %d of %d cases", seen, CORS_CASES);
+		return -1;
+	}
+	return 0;
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = f ? malloc(LOG_READ_MAX + 1) : NULL;
+	if (!buf) {
+		if (f)
+			fclose(f);
+		return NULL;
+	}
+	size_t n = fread(buf, 1, LOG_READ_MAX, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/* Starts the browser and waits for it to exit (it does after the dump); -1 and err otherwise. */
+static int run_child(const struct cors_config *cfg, const char *dir, const char *url, struct child *c,
+                     struct cors_result *r, char *err, size_t errlen)
+{
+	char home[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32], profile[PATH_MAX + 32];
+	snprintf(home, sizeof(home), "HOME=%s", dir);
+	snprintf(xdg_c, sizeof(xdg_c), "XDG_CONFIG_HOME=%s/config", dir);
+	snprintf(xdg_k, sizeof(xdg_k), "XDG_CACHE_HOME=%s/cache", dir);
+	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", dir);
+	const char *env = access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env";
+	/* Chromium refuses to run as root with its sandbox (the sandbox needs an unprivileged user):
+	 * as root only, it runs without; the pages it loads are the lab's own */
+	const char *argv[32] = {env, home, xdg_c, xdg_k, cfg->chromium};
+	int n = 5;
+	static const char *const FLAGS[] = {"--headless=new",
+	                                    "--disable-gpu",
+	                                    "--no-first-run",
+	                                    "--no-default-browser-check",
+	                                    "--disable-extensions",
+	                                    "--disable-background-networking",
+	                                    "--disable-component-update",
+	                                    "--disable-sync",
+	                                    "--disable-default-apps",
+	                                    "--mute-audio",
+	                                    "--log-level=3",
+	                                    "--virtual-time-budget=" VIRTUAL_BUDGET_MS,
+	                                    "--dump-dom"};
+	for (size_t i = 0; i < sizeof(FLAGS) / sizeof(FLAGS[0]); i++)
+		argv[n++] = FLAGS[i];
+	/* Chromium refuses to run as root with its sandbox (which needs an unprivileged user): as root
+	 * only, it runs without; the pages it loads are the lab's own, on 127.0.0.1 */
+	if (geteuid() == 0)
+		argv[n++] = "--no-sandbox";
+	argv[n++] = profile;
+	argv[n++] = url;
+	argv[n] = NULL;
+	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = dir};
+	double t0 = now_ms();
+	if (child_start(c, &spec, err, errlen) < 0)
+		return -1;
+	r->browser_pid = (int)c->pid;
+	r->browser_starts++;
+	while (child_running(c)) {
+		if (now_ms() - t0 > cfg->browser_timeout_ms) {
+			char tail[400];
+			child_log_tail(c, tail, sizeof(tail));
+			child_stop(c, STOP_MS);
+			snprintf(err, errlen, "chromium did not finish within %d ms (stopped); its log: %s",
+			         cfg->browser_timeout_ms, tail);
+			return -1;
+		}
+		/* a progress line on a terminal: the run takes seconds, most of them the browser's start */
+		if (cfg->progress_cb) {
+			double done = (now_ms() - t0) / EXPECTED_MS;
+			cfg->progress_cb("headless Chromium runs every case", done < 0.95 ? done : 0.95,
+			                 cfg->progress_arg);
+		}
+		usleep(POLL_MS * 1000);
+	}
+	r->browser_ms = now_ms() - t0;
+	return 0;
+}
+
+int cors_browser_run(const struct cors_config *cfg, const char *url, struct cors_result *r, char *err,
+                     size_t errlen)
+{
+	char dir[PATH_MAX], rerr[256];
+	if (child_tmpdir("cors", dir, sizeof(dir), err, errlen) < 0)
+		return -1;
+	struct child c;
+	int ret = run_child(cfg, dir, url, &c, r, err, errlen);
+	if (lab_interrupted()) {
+		/* Ctrl-C: the guard of common/lab.c killed the browser and removes its directory; removing
+		 * it here too would race the guard, which ends the process mid-way through */
+		snprintf(err, errlen, "interrupted");
+		return -1;
+	}
+	char *log = ret == 0 ? slurp(c.log_path) : NULL;
+	if (ret == 0 && !log) {
+		snprintf(err, errlen, "cannot read the browser's output %s: %s", c.log_path, strerror(errno));
+		ret = -1;
+	}
+	if (ret == 0 && read_results(log, r, err, errlen) < 0) {
+		char tail[300];
+		child_log_tail(&c, tail, sizeof(tail));
+		size_t n = strlen(err);
+		snprintf(err + n, errlen - n, " (exit status %d; its log: %s)", c.exit_status, tail);
+		ret = -1;
+	}
+	free(log);
+	child_rmtree(dir, rerr, sizeof(rerr));
+	return ret;
+}
