@@ -292,38 +292,16 @@ static void header(struct lab *lab, const struct cors_config *cfg)
 	lab_header(lab, "PostgreSQL %s · headless Chromium %s · three origins on 127.0.0.1", url, version);
 }
 
-/* Takes --vulnerable out of argv (lab_init knows the common flags only); true when it was there. */
-static bool take_vulnerable(int *argc, char **argv)
-{
-	bool found = false;
-	int n = 1;
-	for (int i = 1; i < *argc; i++) {
-		bool value = i > 1 && (!strcmp(argv[i - 1], "--seed") || !strcmp(argv[i - 1], "--port"));
-		if (!value && !strcmp(argv[i], "--vulnerable"))
-			found = true;
-		else
-			argv[n++] = argv[i];
-	}
-	argv[n] = NULL;
-	*argc = n;
-	return found;
-}
-
 int main(int argc, char **argv)
 {
-	bool vulnerable = take_vulnerable(&argc, argv);
+	bool vulnerable = false;
+	const struct lab_flag flags[] = {
+	        {"--vulnerable",
+	         "with --serve, also serve /api/reflect/ (any Origin, with credentials; prints a warning)",
+	         &vulnerable, true}};
 	struct lab lab;
-	if (lab_init(&lab, "cors", QUESTION, CORS_PHASES, argc, argv) < 0) {
-		if (lab.exit_code == LAB_EXIT_OK)
-			printf("lab-cors also takes:\n  --vulnerable   with --serve: also serve "
-			       "/api/reflect/ (any Origin, with "
-			       "credentials)\n");
+	if (lab_init_flags(&lab, "cors", QUESTION, CORS_PHASES, flags, 1, argc, argv) < 0)
 		return lab.exit_code;
-	}
-	if (vulnerable && !lab.opts.serve)
-		return lab_fail(&lab,
-		                "--vulnerable goes with --serve (the run always shows the reflecting policy, "
-		                "inside its own run)");
 	if (lab_probe(&lab, true, false) < 0)
 		return lab.exit_code;
 	struct cors_config cfg;
