@@ -233,29 +233,39 @@ static int kill_cluster(pid_t pm)
 	return n;
 }
 
-/* Loads the running cluster, kills it mid-load, restarts it; row is filled after the count. */
+/*
+ * Loads the running cluster with dur_clients sessions of each kind at once (off and on side by side,
+ * so one kill lands on both at the same moment), kills it mid-load, restarts it. c holds
+ * 2 * dur_clients clients: off first, then on.
+ */
 static int load_and_kill(const struct isolation_config *cfg, struct child *pg, char *url, size_t urllen,
-                         bool on, struct dur_client *c, struct iso_dur_row *row, char *err, size_t errlen)
+                         struct dur_client *c, struct isolation_result *r, char *err, size_t errlen)
 {
 	volatile bool stop = false;
-	pthread_t th[ISO_MAX_CLIENTS];
-	int n = 0;
-	for (; n < cfg->dur_clients; n++) {
-		c[n] = (struct dur_client){.url = url, .id = n, .on = on, .stop = &stop};
+	pthread_t th[2 * ISO_MAX_CLIENTS];
+	int n = 0, want = 2 * cfg->dur_clients;
+	for (; n < want; n++) {
+		c[n] = (struct dur_client){
+		        .url = url, .id = n % cfg->dur_clients, .on = n >= cfg->dur_clients, .stop = &stop};
 		if (pthread_create(&th[n], NULL, dur_client_main, &c[n]) != 0)
 			break;
 	}
 	uint64_t t0 = hist_now_us();
 	sleep_ms(cfg->dur_load_ms);
-	row->killed = kill_cluster(pg->pid);
-	row->load_s = (double)(hist_now_us() - t0) / 1e6;
+	int killed = kill_cluster(pg->pid);
+	double load_s = (double)(hist_now_us() - t0) / 1e6;
 	stop = true;
 	for (int i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	child_stop(pg, 0);
+	for (int m = 0; m < ISO_DUR_MODES; m++)
+		r->dur[m] = (struct iso_dur_row){.what = m ? "synchronous_commit = on"
+		                                           : "synchronous_commit = off",
+		                                 .killed = killed,
+		                                 .load_s = load_s};
 	for (int i = 0; i < n; i++)
-		row->acked += c[i].acked;
-	if (n < cfg->dur_clients) {
+		r->dur[c[i].on].acked += c[i].acked;
+	if (n < want) {
 		snprintf(err, errlen, "cannot start a client thread");
 		return -1;
 	}
@@ -304,7 +314,7 @@ int iso_phase_durability(const void *cfgv, void *result, char *err, size_t errle
 	struct isolation_result *r = result;
 	struct child pg = {0};
 	char url[128];
-	struct dur_client c[ISO_MAX_CLIENTS];
+	struct dur_client c[2 * ISO_MAX_CLIENTS];
 	PGconn *conn = NULL;
 	int ret = -1;
 	if (start_pg(cfg, &pg, url, sizeof(url), err, errlen) < 0)
@@ -315,22 +325,14 @@ int iso_phase_durability(const void *cfgv, void *result, char *err, size_t errle
 	            " create table t_on (client int, seq int, primary key (client, seq))",
 	            err, errlen) < 0)
 		goto out;
-	for (int m = 0; m < ISO_DUR_MODES && !lab_interrupted(); m++) {
-		bool on = m == 1;
-		struct iso_dur_row *row = &r->dur[m];
-		*row = (struct iso_dur_row){.what = on ? "synchronous_commit = on"
-		                                       : "synchronous_commit = off"};
-		PQfinish(conn);
-		conn = NULL;
-		if (load_and_kill(cfg, &pg, url, sizeof(url), on, c, row, err, errlen) < 0 ||
-		    !(conn = connect_recovered(url, err, errlen)) ||
-		    count_rows(conn, on, c, cfg->dur_clients, row, err, errlen) < 0)
-			goto out;
-		r->ndur++;
-		if (cfg->progress_cb)
-			cfg->progress_cb("kill -9 mid-load", (double)(m + 1) / ISO_DUR_MODES,
-			                 cfg->progress_arg);
-	}
+	PQfinish(conn);
+	conn = NULL;
+	if (load_and_kill(cfg, &pg, url, sizeof(url), c, r, err, errlen) < 0 ||
+	    !(conn = connect_recovered(url, err, errlen)) ||
+	    count_rows(conn, false, c, cfg->dur_clients, &r->dur[0], err, errlen) < 0 ||
+	    count_rows(conn, true, c + cfg->dur_clients, cfg->dur_clients, &r->dur[1], err, errlen) < 0)
+		goto out;
+	r->ndur = ISO_DUR_MODES;
 	ret = lab_interrupted() ? -1 : 0;
 out:
 	PQfinish(conn);

@@ -14,12 +14,13 @@ void isolation_config_default(struct isolation_config *cfg, bool quick)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->pg_url = pg_url_default();
-	/* 150 ms: a statement on loopback returns in well under 1 ms; one that has not after 150 ms and
+	/* 150 ms: a statement on loopback returns in well under 1 ms; one that has not after 100 ms and
 	 * shows a Lock wait in pg_stat_activity is blocked (a slow one without it is waited for) */
-	cfg->block_ms = 150;
+	cfg->block_ms = 100;
 	/* 2 pairs of doctors' clients (4 connections): contention per shift is a pair's */
 	cfg->ws_pairs = 2;
 	cfg->ws_rounds = quick ? 60 : 250;
+	/* of each kind, off and on side by side: 8 connections to the throwaway cluster */
 	cfg->dur_clients = 4;
 	/* long enough for thousands of commits, short enough for --quick */
 	cfg->dur_load_ms = quick ? 300 : 800;
