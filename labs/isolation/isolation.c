@@ -226,7 +226,7 @@ size_t iso_trace_format(const struct isolation_result *r, int t, int l, char *ou
 	    iso_level_names[l], iso_outcome_name(c->outcome), c->expected_prevented ? "prevented" : "anomaly",
 	    c->why);
 	for (int i = 0; i < c->ntrace; i++)
-		ADD("  %2d  T%d  %-52s %s\n", c->trace[i].step + 1, c->trace[i].session + 1, c->trace[i].sql,
+		ADD("  %2d  T%d  %-60s %s\n", c->trace[i].step + 1, c->trace[i].session + 1, c->trace[i].sql,
 		    c->trace[i].got);
 	ADD("  final rows: %s\n", c->final_rows);
 #undef ADD
