@@ -129,7 +129,7 @@ static void after_atom(struct lab *lab, const void *cfg, const void *result)
 	(void)cfg;
 	const struct isolation_result *r = RES(result);
 	term_printf(&lab->term,
-	            "  inside: debit done, %lld ledger row seen · pg_terminate_backend · the credit: %.44s\n"
+	            "  inside: debit done, %lld ledger row seen · pg_terminate_backend · the credit: %.60s\n"
 	            "  after:  %lld ledger rows, account 1 balance %lld (was 100): nothing of it is left\n",
 	            (long long)r->atom_seen_inside, r->atom_error, (long long)r->atom_rows_after,
 	            (long long)r->atom_balance_after);

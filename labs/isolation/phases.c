@@ -288,6 +288,10 @@ int iso_phase_atomicity(const void *cfgv, void *result, char *err, size_t errlen
 		snprintf(err, errlen, "the transfer's second half ran after its backend was terminated");
 		goto out;
 	}
+	/* libpq's second sentence ("This probably means...") adds nothing here */
+	char *cut = strstr(r->atom_error, " This probably");
+	if (cut)
+		*cut = '\0';
 	for (uint64_t t0 = hist_now_us(); left > 0 && hist_now_us() - t0 < 2000000;)
 		if (pg_query_int64(mon, "select count(*) from pg_stat_activity where pid = $1", 1, p, &left,
 		                   err, errlen) < 0)
