@@ -116,7 +116,7 @@ static void finish(struct drive *d, int si, int stepno)
 		d->dirty = true;
 	if ((st->flags & STEP_READ) && st->bad && strcmp(got, st->bad) == 0) {
 		d->bad_seen++;
-		snprintf(d->cell->why, sizeof(d->cell->why), "T%d read %s", si + 1, got);
+		snprintf(d->cell->why, sizeof(d->cell->why), "T%d read %.70s", si + 1, got);
 	}
 }
 

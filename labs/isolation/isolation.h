@@ -23,6 +23,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 
 #include "lab.h"
@@ -98,7 +99,7 @@ struct isolation_result {
 	/* durability */
 	struct iso_dur_row dur[ISO_DUR_MODES];
 	int ndur;
-	char pg_bindir[256];
+	char pg_bindir[PATH_MAX];
 	bool lost_pg;
 };
 
