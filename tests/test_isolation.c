@@ -104,7 +104,8 @@ static void test_matrix_counts_and_judge_agree_with_the_published_table(void **s
 	print_message("%s", trace);
 	assert_non_null(
 	        strstr(trace, "G2-item (write skew) at REPEATABLE READ: 40001, Hermitage says anomaly"));
-	assert_non_null(strstr(trace, "   1  T1  select id, value from test where id in (1, 2) order by id "));
+	assert_non_null(
+	        strstr(trace, "   1  T1  select id, value from test where id in (1, 2) order by id "));
 	assert_non_null(strstr(trace, "1=>10,2=>20"));
 	assert_non_null(strstr(trace, "final rows: 1=>11,2=>21"));
 	free(r);
