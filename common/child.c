@@ -11,8 +11,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -446,6 +448,9 @@ static void write_str(int fd, const char *s)
 		return; /* the log is all the child has to say it on */
 }
 
+/* the supplementary groups a child run as spec->user takes along, at most */
+#define CHILD_GROUPS_MAX 32
+
 /* What the child needs between fork and exec, made ready by the parent (no malloc, no stdio there). */
 struct exec_plan {
 	const struct child_spec *spec;
@@ -453,6 +458,11 @@ struct exec_plan {
 	int logfd, nullfd; /* both above 2, so dup2 onto 0, 1 and 2 always makes a copy without CLOEXEC */
 	int maxfd;         /* for when close_range is missing (kernels before 5.9) */
 	const char *exec_failed;
+	bool as_user; /* spec->user applies: become uid/gid with groups before exec */
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[CHILD_GROUPS_MAX];
+	int ngroups;
 };
 
 /* In the child, between fork and exec: async-signal-safe calls only. */
@@ -479,6 +489,12 @@ static void __attribute__((noreturn)) exec_child(const struct exec_plan *p)
 	if (close_range(3, ~0U, 0) < 0)
 		for (int fd = 3; fd < p->maxfd; fd++)
 			close(fd);
+	/* groups, then gid, then uid: once uid is dropped the others can no longer be changed */
+	if (p->as_user && (setgroups((size_t)p->ngroups, p->groups) < 0 || setgid(p->gid) < 0 ||
+	                   setuid(p->uid) < 0 || (p->uid != 0 && setuid(0) == 0))) {
+		write_str(2, "child: cannot switch to its user (setgroups/setgid/setuid failed)\n");
+		_exit(126);
+	}
 	if (chdir(p->spec->dir) < 0) {
 		write_str(2, "child: cannot chdir to its directory\n");
 		_exit(126);
@@ -584,6 +600,37 @@ static int open_high(const char *path, int flags)
 	return high;
 }
 
+/*
+ * spec->user, when the lab is root: its uid, gid and groups into plan (looked up here, before
+ * fork: getpwnam and getgrouplist are not async-signal-safe), and spec->dir and the log chowned
+ * to it. Not root, or no user: nothing to do.
+ */
+static int resolve_user(const struct child_spec *spec, struct exec_plan *plan, char *err, size_t errlen)
+{
+	if (!spec->user || geteuid() != 0)
+		return 0;
+	char buf[4096];
+	struct passwd pw, *found = NULL;
+	if (getpwnam_r(spec->user, &pw, buf, sizeof(buf), &found) != 0 || !found) {
+		snprintf(err, errlen, "cannot run %s as user %s: no such user", spec->name, spec->user);
+		return -1;
+	}
+	plan->as_user = true;
+	plan->uid = pw.pw_uid;
+	plan->gid = pw.pw_gid;
+	plan->ngroups = CHILD_GROUPS_MAX;
+	if (getgrouplist(spec->user, pw.pw_gid, plan->groups, &plan->ngroups) < 0)
+		plan->ngroups = 1, plan->groups[0] = pw.pw_gid; /* more than we keep: its primary only */
+	char log[PATH_MAX + 64];
+	snprintf(log, sizeof(log), "%s/%s.log", spec->dir, spec->name);
+	if (chown(spec->dir, pw.pw_uid, pw.pw_gid) < 0 || chown(log, pw.pw_uid, pw.pw_gid) < 0) {
+		snprintf(err, errlen, "cannot give %s to user %s: %s", spec->dir, spec->user,
+		         strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int child_start(struct child *c, const struct child_spec *spec, char *err, size_t errlen)
 {
 	memset(c, 0, sizeof(*c));
@@ -612,6 +659,11 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 			close(plan.logfd);
 		if (plan.nullfd >= 0)
 			close(plan.nullfd);
+		return -1;
+	}
+	if (resolve_user(spec, &plan, err, errlen) < 0) {
+		close(plan.logfd);
+		close(plan.nullfd);
 		return -1;
 	}
 	pid_t pid = fork();

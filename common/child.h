@@ -55,6 +55,15 @@ struct child_spec {
 	 */
 	const char *ready_file;
 	int ready_timeout_ms; /* 0 = CHILD_READY_DEFAULT_MS */
+	/*
+	 * NULL, or a user to run the program as when the lab runs as root (initdb and postgres refuse
+	 * root): child_start then chowns dir to that user and its primary group, and the child takes
+	 * the user's groups, gid and uid before exec; child_start fails, naming the user, when there
+	 * is no such user. Ignored when the lab is not root (the child runs as the lab does). A
+	 * directory chowned so is no longer swept by child_tmpdir after a lab killed the hard way
+	 * (the sweep takes only its own uid's); the Ctrl-C guard still removes it.
+	 */
+	const char *user;
 };
 
 struct child {

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -352,6 +353,52 @@ static void test_tmpdir_sweeps_the_directories_of_dead_labs_only(void **state)
 	assert_false(exists(base));
 }
 
+/* spec.user: as root, the child runs as that user (uid, gid) in a directory given to it; a user
+ * that does not exist is a clear error. The user is the one scripts/labenv runs PostgreSQL as. */
+static void test_a_child_runs_as_the_user_the_spec_names_when_root(void **state)
+{
+	(void)state;
+	const char *user =
+	        getenv("LAB_PG_OS_USER") && *getenv("LAB_PG_OS_USER") ? getenv("LAB_PG_OS_USER") : "postgres";
+	struct passwd *pw = getpwnam(user);
+	if (geteuid() != 0 || !pw) {
+		print_message("skipped: not root, or no user %s (make up creates it as root)\n", user);
+		skip();
+	}
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	char dir[PATH_MAX], err[1024], path[PATH_MAX + 16];
+	assert_int_equal(child_tmpdir("test-child", dir, sizeof(dir), err, sizeof(err)), 0);
+	const char *argv[] = {"/bin/sh", "-c", "id -u >uid && id -g >>uid", NULL};
+	struct child_spec spec = {.name = "as-user", .argv = argv, .dir = dir, .user = user};
+	struct child c;
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), 0);
+	for (double t0 = ms_now(); child_running(&c) && ms_now() - t0 < 5000;)
+		usleep(2000);
+	assert_false(child_running(&c));
+	assert_true(WIFEXITED(c.exit_status) && WEXITSTATUS(c.exit_status) == 0);
+	struct stat st;
+	assert_int_equal(stat(dir, &st), 0);
+	assert_int_equal(st.st_uid, uid);
+	snprintf(path, sizeof(path), "%s/uid", dir);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	long got_uid = -1, got_gid = -1;
+	assert_int_equal(fscanf(f, "%ld %ld", &got_uid, &got_gid), 2);
+	fclose(f);
+	assert_int_equal(got_uid, (long)uid);
+	assert_int_equal(got_gid, (long)gid);
+	/* the file it wrote is its user's, not root's */
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, uid);
+
+	spec.user = "no-such-user-of-the-labs";
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "no such user"));
+	assert_int_equal(c.pid, 0);
+	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
+}
+
 static void test_find_program_names_what_it_tried(void **state)
 {
 	(void)state;
@@ -399,6 +446,7 @@ int main(void)
 	        cmocka_unit_test(test_a_port_someone_else_holds_is_not_taken_for_the_childs),
 	        cmocka_unit_test(test_the_child_dies_with_the_process_that_started_it),
 	        cmocka_unit_test(test_tmpdir_sweeps_the_directories_of_dead_labs_only),
+	        cmocka_unit_test(test_a_child_runs_as_the_user_the_spec_names_when_root),
 	        cmocka_unit_test(test_find_program_names_what_it_tried),
 	        /* last: it ends the module's life in this process, as the Ctrl-C guard does */
 	        cmocka_unit_test(test_no_directory_is_made_once_the_guard_has_looked),
