@@ -185,6 +185,44 @@ static void test_vulnerable_route_exists_only_when_asked_for(void **state)
 	json_decref(doc);
 }
 
+/* What lab_api has left outside the schema: its large objects * 10 + its role defaults (0 or 1). */
+static int64_t api_leftovers(struct group *g)
+{
+	char err[256];
+	const char *p[] = {g->cfg.api_user};
+	int64_t n = -1;
+	if (pg_query_int64(g->lab,
+	                   "SELECT (SELECT count(*) FROM pg_largeobject_metadata WHERE lomowner ="
+	                   " (SELECT oid FROM pg_roles WHERE rolname = $1)) * 10 + (SELECT count(*) FROM"
+	                   " pg_roles WHERE rolname = $1 AND rolconfig IS NOT NULL)",
+	                   1, p, &n, err, sizeof(err)) < 0)
+		fail_msg("leftovers: %s", err);
+	return n;
+}
+
+/* A payload reaches past the schema with what PUBLIC may do (large objects) and what any role may
+ * do to itself (ALTER ROLE ... SET): the teardown undoes both. */
+static void test_teardown_undoes_what_a_payload_left_outside_the_schema(void **state)
+{
+	struct group *g = *state;
+	char err[512];
+	assert_int_equal(api_leftovers(g), 0);
+	/* a large object for each other user's note (the caller's own end the OR before it) */
+	assert_int_equal(
+	        get(g, SQLI_ROUTE_NAIVE "?user=1&q=%27%20OR%20lo_from_bytea(0%2C%20%27x%27)%20%3E%200%20--"),
+	        200);
+	assert_int_equal(get(g, SQLI_ROUTE_NAIVE
+	                     "?user=1&q=%27%3B%20ALTER%20ROLE%20CURRENT_USER%20SET%20work_mem%20%3D%20"
+	                     "%274MB%27%3B%20--"),
+	                 500);
+	assert_int_equal(api_leftovers(g), 10 * (g->cfg.users - 1) * g->cfg.notes_per_user + 1);
+	if (sql_injection_teardown(&g->cfg, err, sizeof(err)) < 0)
+		fail_msg("teardown: %s", err);
+	assert_int_equal(api_leftovers(g), 0);
+	if (sql_injection_setup(&g->cfg, err, sizeof(err)) < 0)
+		fail_msg("setup again: %s", err);
+}
+
 static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 {
 	(void)state;
@@ -278,6 +316,7 @@ int main(void)
 	        cmocka_unit_test(test_search_returns_only_the_callers_notes_and_escapes_like),
 	        cmocka_unit_test(test_bad_input_gets_400_and_reaches_no_statement),
 	        cmocka_unit_test(test_vulnerable_route_exists_only_when_asked_for),
+	        cmocka_unit_test(test_teardown_undoes_what_a_payload_left_outside_the_schema),
 	        cmocka_unit_test(test_judge_says_which_claim_failed),
 	        cmocka_unit_test(test_run_demonstrates_the_claim_and_the_counts_agree),
 	        cmocka_unit_test(test_ctrl_c_drops_the_schema),

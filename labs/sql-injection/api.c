@@ -9,9 +9,14 @@
  *   /v1/notes             sends q as a parameter (pool_query: PQsendQueryParams, the extended
  *                         protocol), LIKE wildcards escaped, sort and dir from an allow-list.
  *
- * Both connect as the API's role (lab_api), search_path lab_sql_injection. A connection whose
- * naive string held a ';' is discarded after the request, not pooled: a stacked SET or BEGIN must
- * not follow it into the next request.
+ * Both connect as the API's role (lab_api), search_path lab_sql_injection, statement_timeout 5 s.
+ * A payload changes its session without any ';' (' AND set_config('statement_timeout', '0',
+ * false) ... turns the timeout off for every later statement on that connection; pg_advisory_lock
+ * holds a lock of the whole database), so after every naive request, replied to, the connection
+ * runs DISCARD ALL (what a pooler such as PgBouncer runs between clients: settings back to the
+ * connection's own, session locks, temporary tables and prepared statements gone) and goes back
+ * to the pool only when that succeeded; a string that left a transaction open is discarded by
+ * pool_release.
  */
 #include <sys/queue.h>
 
@@ -44,7 +49,6 @@ struct request_ctx {
 	struct evhttp_request *req;
 	struct pool_conn *conn;
 	bool naive;
-	bool stacked; /* the naive string held a ';' */
 	long user;
 	char q[Q_MAX + 1], sort[Q_MAX + 1], dir[Q_MAX + 1];
 	char sql[SQL_MAX];
@@ -98,12 +102,26 @@ static void like_escape(const char *q, char *out, size_t len)
 	out[n] = '\0';
 }
 
+/* The connection back to the pool only when DISCARD ALL reset what the payload may have set. */
+static void reset_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)err;
+	if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
+		pool_release(c);
+	else
+		pool_discard(c, "DISCARD ALL failed after a naive request");
+	free(arg);
+}
+
 static void finish(struct request_ctx *ctx)
 {
-	if (ctx->conn && ctx->stacked)
-		pool_discard(ctx->conn, "ran a string of several statements");
-	else if (ctx->conn)
+	if (ctx->conn && ctx->naive) {
+		if (pool_query(ctx->conn, "DISCARD ALL", 0, NULL, reset_cb, ctx) == 0)
+			return;
+		pool_discard(ctx->conn, "could not send DISCARD ALL after a naive request");
+	} else if (ctx->conn) {
 		pool_release(ctx->conn);
+	}
 	free(ctx);
 }
 
@@ -158,7 +176,6 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	ctx->conn = conn;
 	int rc;
 	if (ctx->naive) {
-		ctx->stacked = strchr(ctx->sql, ';') != NULL;
 		rc = pool_query_simple(conn, ctx->sql, query_cb, ctx);
 	} else {
 		char user[24], pattern[2 * Q_MAX + 1];

@@ -211,6 +211,28 @@ int sqli_grant(const struct sqli_config *cfg, enum sqli_grants g, char *err, siz
 	return ret;
 }
 
+/*
+ * What a payload running as lab_api can leave OUTSIDE the schema, undone (lab may: it is a member
+ * of lab_api): large objects (lo_create / lo_from_bytea are open to PUBLIC, and a DROP SCHEMA does
+ * not see them) and anything else it owns in this database, by DROP OWNED; and its own role's
+ * defaults (an ordinary role may ALTER ROLE itself SET ...), reset as lab_api. Run after the
+ * schema is dropped, and before it is made (a Ctrl-C'd run's leftovers: the guard drops only the
+ * schema). What it cannot undo: a payload's ALTER ROLE ... PASSWORD (docs/sql-injection.md).
+ */
+static int role_clean(PGconn *conn, const struct sqli_config *cfg, char *err, size_t errlen)
+{
+	char *role = PQescapeIdentifier(conn, cfg->api_user, strlen(cfg->api_user));
+	if (!role) {
+		pg_conn_error(conn, err, errlen);
+		return -1;
+	}
+	char sql[512];
+	snprintf(sql, sizeof(sql), "DROP OWNED BY %s; SET ROLE %s; ALTER ROLE %s RESET ALL; RESET ROLE", role,
+	         role, role);
+	PQfreemem(role);
+	return pg_exec(conn, sql, err, errlen);
+}
+
 int sql_injection_setup(const struct sqli_config *cfg, char *err, size_t errlen)
 {
 	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
@@ -218,8 +240,9 @@ int sql_injection_setup(const struct sqli_config *cfg, char *err, size_t errlen)
 		return -1;
 	int ret = role_check(conn, cfg, err, errlen);
 	if (ret == 0 &&
-	    (pg_schema_create(conn, SCHEMA, err, errlen) < 0 || pg_exec(conn, DDL, err, errlen) < 0 ||
-	     seed_data(conn, cfg, err, errlen) < 0 || grant_on(conn, cfg, SQLI_WIDE, err, errlen) < 0))
+	    (role_clean(conn, cfg, err, errlen) < 0 || pg_schema_create(conn, SCHEMA, err, errlen) < 0 ||
+	     pg_exec(conn, DDL, err, errlen) < 0 || seed_data(conn, cfg, err, errlen) < 0 ||
+	     grant_on(conn, cfg, SQLI_WIDE, err, errlen) < 0))
 		ret = -1;
 	PQfinish(conn);
 	return ret;
@@ -227,7 +250,13 @@ int sql_injection_setup(const struct sqli_config *cfg, char *err, size_t errlen)
 
 int sql_injection_teardown(const struct sqli_config *cfg, char *err, size_t errlen)
 {
-	return pg_url_schema_drop(cfg->pg_url, SCHEMA, err, errlen);
+	PGconn *conn = pg_connect(cfg->pg_url, err, errlen);
+	if (!conn)
+		return -1;
+	int ret = pg_schema_drop(conn, SCHEMA, err, errlen) < 0 || role_clean(conn, cfg, err, errlen) < 0 ? -1
+	                                                                                                  : 0;
+	PQfinish(conn);
+	return ret;
 }
 
 int sqli_table_exists(const struct sqli_config *cfg, char *err, size_t errlen)
@@ -296,7 +325,9 @@ out:
 static const char STMTS_SQL[] =
         "SELECT queryid, calls, query FROM pg_stat_statements"
         " WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1)"
-        " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        /* the API's reset after each naive request (api.c), not a statement a payload made */
+        " AND query <> 'DISCARD ALL'";
 
 static const char *api_user_of_lab;
 
