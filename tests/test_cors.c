@@ -134,8 +134,17 @@ static void test_each_policy_sends_its_cors_headers(void **state)
 	assert_int_equal(ask(port, "PUT", "/api/allowlist/notes/x", NULL, "{}", out, sizeof(out)), 404);
 	assert_int_equal(ask(port, "DELETE", "/api/allowlist/public", NULL, NULL, out, sizeof(out)), 405);
 	assert_int_equal(ask(port, "GET", "/api/bogus/public", NULL, NULL, out, sizeof(out)), 404);
+	/* two Origins, or one longer than any origin: 400, and nothing reflected, even by reflect */
+	assert_int_equal(ask(port, "GET", "/api/allowlist/public",
+	                     "Origin: " STRANGER "\r\nOrigin: " APP "\r\n", NULL, out, sizeof(out)),
+	                 400);
+	assert_string_equal(hdr(out, "Access-Control-Allow-Origin"), "");
+	char huge[1200];
+	snprintf(huge, sizeof(huge), "Origin: http://%01000d.test\r\n", 0);
+	assert_int_equal(ask(port, "GET", "/api/reflect/public", huge, NULL, out, sizeof(out)), 400);
+	assert_string_equal(hdr(out, "Access-Control-Allow-Origin"), "");
 	/* the log has every request, with its Origin */
-	assert_int_equal(cors_api_log_count(api), 14);
+	assert_int_equal(cors_api_log_count(api), 16);
 	struct cors_log_entry e;
 	assert_int_equal(cors_api_log(api, 2, &e, 1), 1);
 	assert_string_equal(e.method, "GET");
