@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -243,7 +244,10 @@ int cors_browser_run(const struct cors_config *cfg, const char *url, struct cors
 		char tail[300];
 		child_log_tail(&c, tail, sizeof(tail));
 		size_t n = strlen(err);
-		snprintf(err + n, errlen - n, " (exit status %d; its log: %s)", c.exit_status, tail);
+		int st = c.exit_status;
+		snprintf(err + n, errlen - n, " (chromium %s %d; its log: %s)",
+		         WIFSIGNALED(st) ? "killed by signal" : "exited with",
+		         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), tail);
 		ret = -1;
 	}
 	free(log);
