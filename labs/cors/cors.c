@@ -107,7 +107,7 @@ int cors_setup(const struct cors_config *cfg, char *err, size_t errlen)
 	            "CREATE TABLE " SCHEMA ".sessions (token text PRIMARY KEY,"
 	            " account_id int NOT NULL REFERENCES " SCHEMA ".accounts,"
 	            " created_at timestamptz NOT NULL DEFAULT now());"
-	            "INSERT INTO " SCHEMA ".accounts VALUES (1, 'Ada Lovelace', 'ada@example.com',"
+	            "INSERT INTO " SCHEMA ".accounts VALUES (1, 'Ada Lovelace', '" VICTIM_EMAIL "',"
 	            " 'GB33 BUKB 2020 1555 5555 55', 1234567, '12 St James''s Square, London')",
 	            err, errlen) < 0)
 		goto out;
@@ -278,7 +278,7 @@ static int env_start(const struct cors_config *cfg, struct cors_env *env, struct
 		return -1;
 	r->api_port = cors_api_port(env->api);
 	cors_pages_set_api(env->pages, r->api_port);
-	snprintf(r->victim_email, sizeof(r->victim_email), "ada@example.com");
+	snprintf(r->victim_email, sizeof(r->victim_email), "%s", VICTIM_EMAIL);
 	return 0;
 }
 
