@@ -57,7 +57,8 @@ static struct {
 	int owner_fds[LIVE_MAX]; /* 0: none (an owner file is never descriptor 0) */
 } live = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-/* set by child_kill_and_remove_all: the lab is ending, no new directory or child from now on */
+/* set by child_kill_and_remove_all: the lab is ending, no new directory or child from now on
+ * (child_tmpdir and child_start check it under live.mu) */
 static atomic_bool live_closed;
 
 static void live_pid(pid_t old, pid_t new)
@@ -639,6 +640,10 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 		return -1;
 	}
 	snprintf(c->name, sizeof(c->name), "%s", spec->name);
+	if (atomic_load(&live_closed)) { /* checked again under the lock below: this only spares the log */
+		snprintf(err, errlen, "cannot start %s: the lab is ending (interrupted)", spec->name);
+		return -1;
+	}
 	snprintf(c->log_path, sizeof(c->log_path), "%s/%s.log", spec->dir, spec->name);
 	c->port = spec->port;
 	char exec_failed[PATH_MAX + 64];
@@ -666,20 +671,32 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
 		close(plan.nullfd);
 		return -1;
 	}
-	pid_t pid = fork();
+	/* checked, forked and registered under the table's lock, as child_tmpdir does: a child forked
+	 * after the Ctrl-C guard looked would be neither killed by it nor stopped by the lab, and a
+	 * browser recreates its profile directory under the one the guard just removed */
+	pthread_mutex_lock(&live.mu);
+	bool closed = atomic_load(&live_closed);
+	pid_t pid = closed ? -1 : fork();
 	if (pid == 0)
 		exec_child(&plan);
-	int fork_errno = errno;
+	int fork_errno = closed ? ECANCELED : errno;
+	if (pid > 0)
+		for (int i = 0; i < LIVE_MAX; i++)
+			if (live.pids[i] == 0) {
+				live.pids[i] = pid;
+				break;
+			}
+	pthread_mutex_unlock(&live.mu);
 	close(plan.logfd);
 	close(plan.nullfd);
 	if (pid < 0) {
-		snprintf(err, errlen, "cannot start %s: fork: %s", spec->name, strerror(fork_errno));
+		snprintf(err, errlen, "cannot start %s: %s", spec->name,
+		         closed ? "the lab is ending (interrupted)" : strerror(fork_errno));
 		return -1;
 	}
 	/* the child does it too: whichever runs first, the group exists before either relies on it */
 	setpgid(pid, pid);
 	c->pid = pid;
-	live_pid(0, pid);
 	if (spec->port <= 0)
 		return 0;
 	return wait_ready(c, spec->ready_file,

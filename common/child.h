@@ -130,9 +130,9 @@ int child_stop(struct child *c, int grace_ms);
  * its group), waits (200 ms at most) until they are gone, and removes every directory
  * child_tmpdir made that was not removed yet, so an interrupted lab leaves no process and no
  * directory behind. Never blocks on a lock: when its table stays locked for 100 ms, it kills
- * and leaves the directories (to the next sweep). From its first call on, child_tmpdir fails
- * ("the lab is ending"): a thread still running meanwhile (the lab's main thread, about to start a
- * browser) makes no directory after the guard has looked.
+ * and leaves the directories (to the next sweep). From its first call on, child_tmpdir and
+ * child_start fail ("the lab is ending"): a thread still running meanwhile (the lab's main thread,
+ * about to start a browser) makes no directory and starts no child after the guard has looked.
  */
 void child_kill_and_remove_all(void);
 /* The last lines of the child's log (at most about outlen bytes, on one line, " | " between). */

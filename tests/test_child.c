@@ -422,7 +422,7 @@ static void test_find_program_names_what_it_tried(void **state)
 
 /*
  * The Ctrl-C guard (child_kill_and_remove_all) removes the directories it knows of and the process
- * exits: one made after it looked would be left behind, so none is made any more.
+ * exits: one made (or a child started) after it looked would be left behind, so none is any more.
  */
 static void test_no_directory_is_made_once_the_guard_has_looked(void **state)
 {
@@ -434,6 +434,14 @@ static void test_no_directory_is_made_once_the_guard_has_looked(void **state)
 	assert_int_not_equal(stat(dir, &st), 0);
 	assert_int_equal(child_tmpdir("child-test", dir, sizeof(dir), err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "the lab is ending"));
+	/* nor is a child started: the guard would not know it */
+	const char *argv[] = {"/bin/sleep", "5", NULL};
+	struct child_spec spec = {.name = "late", .argv = argv, .dir = "/nonexistent"};
+	struct child c;
+	err[0] = '\0';
+	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "the lab is ending"));
+	assert_int_equal(c.pid, 0);
 }
 
 int main(void)

@@ -154,6 +154,34 @@ static void test_each_policy_sends_its_cors_headers(void **state)
 	assert_int_equal(cors_teardown(&cfg, err, sizeof(err)), 0);
 }
 
+/* Two Origins, or one longer than any origin: 400, and nothing reflected, even by reflect. */
+static void test_a_repeated_or_huge_origin_gets_400_and_no_cors_header(void **state)
+{
+	(void)state;
+	struct cors_config cfg;
+	cors_config_default(&cfg, true);
+	char err[512], out[4096];
+	assert_int_equal(cors_setup(&cfg, err, sizeof(err)), 0);
+	struct cors_api *api = cors_api_start(&cfg, 0, APP, true, err, sizeof(err));
+	if (!api)
+		fail_msg("cors_api_start: %s", err);
+	int port = cors_api_port(api);
+	assert_int_equal(ask(port, "GET", "/api/allowlist/public",
+	                     "Origin: " STRANGER "\r\nOrigin: " APP "\r\n", NULL, out, sizeof(out)),
+	                 400);
+	assert_string_equal(hdr(out, "Access-Control-Allow-Origin"), "");
+	char huge[1200];
+	snprintf(huge, sizeof(huge), "Origin: http://%01000d.test\r\n", 0);
+	assert_int_equal(ask(port, "GET", "/api/reflect/public", huge, NULL, out, sizeof(out)), 400);
+	assert_string_equal(hdr(out, "Access-Control-Allow-Origin"), "");
+	/* one Origin of the allowed app still passes */
+	assert_int_equal(
+	        ask(port, "GET", "/api/reflect/public", "Origin: " APP "\r\n", NULL, out, sizeof(out)), 200);
+	assert_string_equal(hdr(out, "Access-Control-Allow-Origin"), APP);
+	cors_api_stop(api);
+	assert_int_equal(cors_teardown(&cfg, err, sizeof(err)), 0);
+}
+
 /* lab-cors-<pid>- directories under dir (pid 0: any). */
 static int own_tmpdirs(const char *dir, pid_t pid)
 {
@@ -232,6 +260,38 @@ static void test_run_the_browser_decides_and_the_log_agrees(void **state)
 	assert_true(r->browser_pid > 0);
 	assert_true(kill(r->browser_pid, 0) < 0);
 	assert_int_equal(own_tmpdirs(tmp, getpid()), 0);
+	free(r);
+	lab_assert_nothing_left("lab_cors", NULL);
+}
+
+/*
+ * A browser that dies printing no page is an error naming the end of its log, never a run where
+ * "nothing was readable": the stand-in says one line on stderr and exits 1.
+ */
+static void test_a_browser_that_prints_no_page_is_an_error_with_its_log(void **state)
+{
+	(void)state;
+	char script[128], err[1024];
+	snprintf(script, sizeof(script), "/tmp/test-cors-fake-chromium-%d", (int)getpid());
+	FILE *f = fopen(script, "w");
+	assert_non_null(f);
+	fputs("#!/bin/sh\necho 'fake chromium: cannot open display' >&2\nexit 1\n", f);
+	fclose(f);
+	assert_int_equal(chmod(script, 0700), 0);
+	struct cors_config cfg;
+	cors_config_default(&cfg, true);
+	cfg.chromium = script;
+	struct cors_result *r = calloc(1, sizeof(*r));
+	assert_non_null(r);
+	const char *tmp = getenv("TMPDIR");
+	int rc = cors_run(&cfg, r, err, sizeof(err));
+	remove(script);
+	assert_int_equal(rc, -1);
+	assert_non_null(strstr(err, "no results in the browser's dump"));
+	assert_non_null(strstr(err, "chromium exited with 1"));
+	assert_non_null(strstr(err, "fake chromium: cannot open display"));
+	assert_int_equal(r->browser_starts, 1);
+	assert_int_equal(own_tmpdirs(tmp && *tmp ? tmp : "/tmp", getpid()), 0);
 	free(r);
 	lab_assert_nothing_left("lab_cors", NULL);
 }
@@ -394,7 +454,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_each_policy_sends_its_cors_headers),
+	        cmocka_unit_test(test_a_repeated_or_huge_origin_gets_400_and_no_cors_header),
 	        cmocka_unit_test(test_run_the_browser_decides_and_the_log_agrees),
+	        cmocka_unit_test(test_a_browser_that_prints_no_page_is_an_error_with_its_log),
 	        cmocka_unit_test(test_ctrl_c_leaves_no_schema),
 	        cmocka_unit_test(test_ctrl_c_while_the_browser_runs_leaves_no_browser),
 	        cmocka_unit_test(test_serve_is_safe_unless_vulnerable_and_says_so),

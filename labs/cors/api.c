@@ -30,6 +30,9 @@
 /* how long the browser may cache an allowed preflight (Chromium caps it at 7200 s, Firefox at
  * 86400 s): a client making many calls pays one preflight, not one per call */
 #define MAX_AGE_S "600"
+/* an Origin is scheme://host[:port]: a host name is at most 253 bytes, so a longer one is no origin
+ * (and is never echoed back, not even by the reflecting policy) */
+#define ORIGIN_MAX 300
 
 struct req_ctx;
 
@@ -390,7 +393,15 @@ static void api_cb(struct evhttp_request *req, void *arg)
 		reply_error(api, req, 404, "no such policy: /api/{none,star,allowlist,allowlist-0}/...");
 		return;
 	}
-	const char *res = path + len + 1;
+	/* one Origin, short, no control characters: two would leave "which one is allowed" to whoever
+	 * reads the first, so such a request gets 400 and no CORS header at all */
+	const char *origin, *res = path + len + 1;
+	char err[128];
+	if (http_header_one(req, "Origin", &origin, err, sizeof(err)) < 0 ||
+	    (origin && strlen(origin) > ORIGIN_MAX)) {
+		reply_error(api, req, 400, origin ? "Origin is longer than any origin" : err);
+		return;
+	}
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
 	bool is_note = strncmp(res, "notes/", 6) == 0;
 	if (!is_note && strcmp(res, "public") && strcmp(res, "me")) {

@@ -11,14 +11,15 @@
  * results are one block of plain lines between <pre id="lab-results"> and END.
  *
  * Everything Chromium writes stays in a private temporary directory: the profile
- * (--user-data-dir), and HOME, XDG_CONFIG_HOME and XDG_CACHE_HOME set through /usr/bin/env (which
+ * (--user-data-dir), and HOME, TMPDIR, XDG_CONFIG_HOME and XDG_CACHE_HOME set through /usr/bin/env (which
  * execs Chromium in its place, so the pid, the group and the death signal stay its own), where
- * Chromium would otherwise keep its crash reports and dconf cache.
+ * Chromium would otherwise keep its crash reports, dconf cache and scratch files.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,16 +93,16 @@ static void uri_decode(const char *s, size_t len, char *out, size_t outlen)
 	out[n] = '\0';
 }
 
-/* One line "case|i|tries|readable|status|bytes|error|body" into r. false when it is not one. */
-static bool parse_line(const char *line, struct cors_result *r)
+/* One line "case|i|tries|readable|status|bytes|error|body" into r: its case, or -1 when it is none. */
+static int parse_line(const char *line, struct cors_result *r)
 {
 	int i, tries, readable, status, bytes, used = 0;
 	if (sscanf(line, "case|%d|%d|%d|%d|%d|%n", &i, &tries, &readable, &status, &bytes, &used) != 5 ||
-	    i < 0 || i >= CORS_CASES)
-		return false;
+	    i < 0 || i >= CORS_CASES || used == 0)
+		return -1;
 	const char *e = line + used, *bar = strchr(e, '|');
 	if (!bar)
-		return false;
+		return -1;
 	struct cors_case_result *c = &r->cases[i];
 	c->tries = tries;
 	c->readable = readable;
@@ -109,7 +110,7 @@ static bool parse_line(const char *line, struct cors_result *r)
 	c->bytes_read = bytes;
 	uri_decode(e, (size_t)(bar - e), c->error, sizeof(c->error));
 	uri_decode(bar + 1, strcspn(bar + 1, "\r\n"), c->body, sizeof(c->body));
-	return true;
+	return i;
 }
 
 /* The page's block in the dump; 0 when every case is there and END closes it. */
@@ -121,14 +122,22 @@ static int read_results(const char *log, struct cors_result *r, char *err, size_
 		snprintf(err, errlen, "the page did not finish: no results in the browser's dump");
 		return -1;
 	}
-	int seen = 0;
+	/* each case once: a line twice must not stand in for a case that never ran */
+	bool got[CORS_CASES] = {0};
+	int seen = 0, lines = 0;
 	for (const char *p = start + strlen("<pre id=\"lab-results\">"); p && p < end; p = strchr(p, '\n')) {
 		while (*p == '\n')
 			p++;
-		seen += parse_line(p, r);
+		int i = p < end ? parse_line(p, r) : -1;
+		lines += i >= 0;
+		if (i >= 0 && !got[i]) {
+			got[i] = true;
+			seen++;
+		}
 	}
-	if (seen != CORS_CASES) {
-		snprintf(err, errlen, "the page reported %d of %d cases", seen, CORS_CASES);
+	if (seen != CORS_CASES || lines != CORS_CASES) {
+		snprintf(err, errlen, "the page reported %d distinct of %d cases in %d lines", seen,
+		         CORS_CASES, lines);
 		return -1;
 	}
 	return 0;
@@ -153,16 +162,16 @@ static char *slurp(const char *path)
 static int run_child(const struct cors_config *cfg, const char *dir, const char *url, struct child *c,
                      struct cors_result *r, char *err, size_t errlen)
 {
-	char home[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32], profile[PATH_MAX + 32];
+	char home[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32], profile[PATH_MAX + 32],
+	        tmp[PATH_MAX + 16];
 	snprintf(home, sizeof(home), "HOME=%s", dir);
+	snprintf(tmp, sizeof(tmp), "TMPDIR=%s", dir);
 	snprintf(xdg_c, sizeof(xdg_c), "XDG_CONFIG_HOME=%s/config", dir);
 	snprintf(xdg_k, sizeof(xdg_k), "XDG_CACHE_HOME=%s/cache", dir);
 	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", dir);
 	const char *env = access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env";
-	/* Chromium refuses to run as root with its sandbox (the sandbox needs an unprivileged user):
-	 * as root only, it runs without; the pages it loads are the lab's own */
-	const char *argv[32] = {env, home, xdg_c, xdg_k, cfg->chromium};
-	int n = 5;
+	const char *argv[32] = {env, home, tmp, xdg_c, xdg_k, cfg->chromium};
+	int n = 6;
 	static const char *const FLAGS[] = {"--headless=new",
 	                                    "--disable-gpu",
 	                                    "--no-first-run",
@@ -235,7 +244,10 @@ int cors_browser_run(const struct cors_config *cfg, const char *url, struct cors
 		char tail[300];
 		child_log_tail(&c, tail, sizeof(tail));
 		size_t n = strlen(err);
-		snprintf(err + n, errlen - n, " (exit status %d; its log: %s)", c.exit_status, tail);
+		int st = c.exit_status;
+		snprintf(err + n, errlen - n, " (chromium %s %d; its log: %s)",
+		         WIFSIGNALED(st) ? "killed by signal" : "exited with",
+		         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), tail);
 		ret = -1;
 	}
 	free(log);

@@ -37,6 +37,8 @@ int cors_client_get(int port, const char *target, const char *origin, const char
 		row->status = a.status;
 		const char *acao = http_answer_header(&a, "Access-Control-Allow-Origin");
 		snprintf(row->acao, sizeof(row->acao), "%s", acao ? acao : "");
+		const char *vary = http_answer_header(&a, "Vary");
+		snprintf(row->vary, sizeof(row->vary), "%s", vary ? vary : "");
 		row->bytes = (int)a.body_len;
 		snprintf(body, bodylen, "%s", a.body);
 		snprintf(row->target, sizeof(row->target), "%s", target);

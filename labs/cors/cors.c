@@ -107,7 +107,7 @@ int cors_setup(const struct cors_config *cfg, char *err, size_t errlen)
 	            "CREATE TABLE " SCHEMA ".sessions (token text PRIMARY KEY,"
 	            " account_id int NOT NULL REFERENCES " SCHEMA ".accounts,"
 	            " created_at timestamptz NOT NULL DEFAULT now());"
-	            "INSERT INTO " SCHEMA ".accounts VALUES (1, 'Ada Lovelace', 'ada@example.com',"
+	            "INSERT INTO " SCHEMA ".accounts VALUES (1, 'Ada Lovelace', '" VICTIM_EMAIL "',"
 	            " 'GB33 BUKB 2020 1555 5555 55', 1234567, '12 St James''s Square, London')",
 	            err, errlen) < 0)
 		goto out;
@@ -278,7 +278,7 @@ static int env_start(const struct cors_config *cfg, struct cors_env *env, struct
 		return -1;
 	r->api_port = cors_api_port(env->api);
 	cors_pages_set_api(env->pages, r->api_port);
-	snprintf(r->victim_email, sizeof(r->victim_email), "ada@example.com");
+	snprintf(r->victim_email, sizeof(r->victim_email), "%s", VICTIM_EMAIL);
 	return 0;
 }
 
@@ -351,7 +351,17 @@ static bool browser_disagrees(const struct cors_result *r, char *why, size_t len
 /* The server's half: what reached the API for each case. */
 static bool server_disagrees(const struct cors_result *r, char *why, size_t len)
 {
-	static const enum cors_case SENT[] = {CASE_NO_CORS, CASE_STAR_CRED, CASE_EVIL_ALLOW};
+	/* every case reached the API from the page it belongs to: the attack really came from E */
+	for (int i = 0; i < CORS_CASES; i++) {
+		const char *want = CASES[i].from == FROM_EVIL ? r->evil_origin : r->app_origin;
+		if (strcmp(r->cases[i].origin, want) != 0) {
+			snprintf(why, len, "%s: the API saw Origin \"%s\", expected %s",
+			         cors_case_name((enum cors_case)i), r->cases[i].origin, want);
+			return true;
+		}
+	}
+	static const enum cors_case SENT[] = {CASE_NO_CORS, CASE_STAR_CRED, CASE_EVIL_REFLECT,
+	                                      CASE_EVIL_ALLOW};
 	for (size_t k = 0; k < sizeof(SENT) / sizeof(SENT[0]); k++) {
 		const struct cors_case_result *c = &r->cases[SENT[k]];
 		if (c->requests < MIN_SENT_WHEN_UNREADABLE || c->with_cookie < MIN_SENT_WHEN_UNREADABLE ||
@@ -424,9 +434,14 @@ static bool client_disagrees(const struct cors_result *r, char *why, size_t len)
 	    c[1].bytes != r->cases[CASE_EVIL_REFLECT].bytes_sent) {
 		snprintf(why, len,
 		         "without a browser: %d, %d (%d bytes, Allow-Origin \"%s\"), %d; expected 200, 200 "
-		         "with the "
-		         "whole account and no Allow-Origin, 401",
+		         "with the whole account and no Allow-Origin, 401",
 		         c[0].status, c[1].status, c[1].bytes, c[1].acao, c[2].status);
+		return true;
+	}
+	/* the allow-list's answer depends on Origin, so it says so to every cache in between */
+	if (strcmp(c[1].vary, "Origin") != 0 || strcmp(c[2].vary, "Origin") != 0) {
+		snprintf(why, len, "allow-list: Vary \"%s\" (refused) and \"%s\" (allowed), expected Origin",
+		         c[1].vary, c[2].vary);
 		return true;
 	}
 	return false;

@@ -160,6 +160,7 @@ struct cors_client_row {
 	int status;
 	int bytes;
 	char acao[64]; /* Access-Control-Allow-Origin in the answer, "" when none */
+	char vary[32]; /* Vary in the answer, "" when none */
 };
 
 #define CORS_CLIENT_ROWS 3

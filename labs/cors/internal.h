@@ -16,6 +16,8 @@
 #include "cors.h"
 
 #define SCHEMA "lab_cors"
+/* the victim's email: in her account (cors_setup), and what phase 2 looks for in what E read */
+#define VICTIM_EMAIL "ada@example.com"
 /* the session cookie */
 #define COOKIE_NAME "sid"
 /* the log keeps this many requests (a run makes about 40) */
