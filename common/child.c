@@ -496,6 +496,10 @@ static void __attribute__((noreturn)) exec_child(const struct exec_plan *p)
 		write_str(2, "child: cannot switch to its user (setgroups/setgid/setuid failed)\n");
 		_exit(126);
 	}
+	/* a change of uid or gid clears the parent-death signal (prctl(2)): set it again, and look
+	 * once more whether the parent went in between */
+	if (p->as_user && (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != p->parent))
+		_exit(126);
 	if (chdir(p->spec->dir) < 0) {
 		write_str(2, "child: cannot chdir to its directory\n");
 		_exit(126);

@@ -369,7 +369,7 @@ static void test_a_child_runs_as_the_user_the_spec_names_when_root(void **state)
 	gid_t gid = pw->pw_gid;
 	char dir[PATH_MAX], err[1024], path[PATH_MAX + 16];
 	assert_int_equal(child_tmpdir("test-child", dir, sizeof(dir), err, sizeof(err)), 0);
-	const char *argv[] = {"/bin/sh", "-c", "id -u >uid && id -g >>uid", NULL};
+	const char *argv[] = {"/bin/sh", "-c", "id -u >uid && id -g >>uid && id -G >groups", NULL};
 	struct child_spec spec = {.name = "as-user", .argv = argv, .dir = dir, .user = user};
 	struct child c;
 	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), 0);
@@ -391,6 +391,47 @@ static void test_a_child_runs_as_the_user_the_spec_names_when_root(void **state)
 	/* the file it wrote is its user's, not root's */
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_uid, uid);
+	/* root's supplementary groups (0 among them) did not come along: setgroups ran */
+	snprintf(path, sizeof(path), "%s/groups", dir);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	for (long g; fscanf(f, "%ld", &g) == 1;)
+		if (g == 0 && gid != 0)
+			fail_msg("the child kept group 0");
+	fclose(f);
+
+	/* the parent-death signal survives the switch of user (a uid change clears it): a child
+	 * started by a process that then dies is killed with it */
+	const char *sleeper[] = {"/bin/sleep", "30", NULL};
+	spec.argv = sleeper;
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	pid_t mid = fork();
+	if (mid == 0) {
+		struct child m;
+		pid_t got = child_start(&m, &spec, err, sizeof(err)) == 0 ? m.pid : -1;
+		_exit(write(fds[1], &got, sizeof(got)) == sizeof(got) ? 0 : 1);
+	}
+	pid_t orphan = -1;
+	assert_int_equal(read(fds[0], &orphan, sizeof(orphan)), (ssize_t)sizeof(orphan));
+	close(fds[0]);
+	close(fds[1]);
+	waitpid(mid, NULL, 0);
+	assert_true(orphan > 1);
+	bool gone = false;
+	for (double t0 = ms_now(); !gone && ms_now() - t0 < 3000; usleep(5000)) {
+		char stat_path[64], line[256] = "";
+		snprintf(stat_path, sizeof(stat_path), "/proc/%d/stat", (int)orphan);
+		FILE *sf = fopen(stat_path, "r");
+		/* gone, or a zombie its new parent has not reaped yet */
+		gone = !sf || !fgets(line, sizeof(line), sf) || strstr(line, ") Z ");
+		if (sf)
+			fclose(sf);
+	}
+	if (!gone) {
+		kill(orphan, SIGKILL);
+		fail_msg("the child run as %s outlived the process that started it", user);
+	}
 
 	spec.user = "no-such-user-of-the-labs";
 	assert_int_equal(child_start(&c, &spec, err, sizeof(err)), -1);

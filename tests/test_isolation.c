@@ -30,8 +30,10 @@ static struct isolation_result *run_small(void)
 {
 	struct isolation_config cfg;
 	isolation_config_default(&cfg, true);
-	cfg.ws_rounds = 40;
-	cfg.dur_load_ms = 250;
+	/* every shift is a race now (ws_meet): 20 per pair are 40 races per mode */
+	cfg.ws_rounds = 20;
+	/* the kill waits anyway until every client has had a commit acknowledged */
+	cfg.dur_load_ms = 100;
 	struct isolation_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
 	char err[LAB_ERRLEN];
@@ -78,7 +80,11 @@ static void test_matrix_counts_and_judge_agree_with_the_published_table(void **s
 	/* without: more went off call than the shifts allow, and the empty shifts are those */
 	assert_true(r->ws[0].off_call > r->ws[0].shifts);
 	assert_int_equal(r->ws[0].violated, r->ws[0].off_call - r->ws[0].shifts);
+	/* each fix met the race: a retry or a refusal, and one doctor declined or refused per shift */
 	assert_true(r->ws[1].retries > 0);
+	assert_true(r->ws[3].refused > 0);
+	for (int m = 1; m < ISO_WS_MODES; m++)
+		assert_int_equal(r->ws[m].off_call, r->ws[m].shifts);
 
 	/* atomicity and durability */
 	assert_int_equal(r->atom_seen_inside, 1);
@@ -90,6 +96,13 @@ static void test_matrix_counts_and_judge_agree_with_the_published_table(void **s
 	print_message("kill -9: off lost %llu of %llu, on lost %llu of %llu\n",
 	              (unsigned long long)r->dur[0].lost, (unsigned long long)r->dur[0].acked,
 	              (unsigned long long)r->dur[1].lost, (unsigned long long)r->dur[1].acked);
+
+	/* one shift spared under REPEATABLE READ: the judge says so (every shift is a race) */
+	r->ws[0].violated--;
+	isolation_judge(r, &v);
+	assert_false(v.demonstrated);
+	assert_non_null(strstr(v.evidence, "REPEATABLE READ left"));
+	r->ws[0].violated++;
 
 	/* a spoiled cell: the judge fails, names it first, and its trace shows each step */
 	r->cells[8][1].outcome = ISO_ABORTED;

@@ -102,7 +102,10 @@ static void finish(struct drive *d, int si, int stepno)
 			d->aborts++;
 		else
 			d->error = true;
-		PQclear(PQexec(s->conn, "rollback"));
+		PGresult *rb = PQexec(s->conn, "rollback");
+		/* a session that cannot roll back is in no state for the next cell */
+		d->error = d->error || PQresultStatus(rb) != PGRES_COMMAND_OK;
+		PQclear(rb);
 		s->aborted = true;
 		return;
 	}
@@ -181,8 +184,11 @@ static int run_step(struct drive *d, int k, int block_ms, char *err, size_t errl
 		snprintf(err, errlen, "T%d still blocked before step %d", st->s + 1, k + 1);
 		return -1;
 	}
-	if (c->ntrace >= ISO_TRACE_MAX)
-		return 0;
+	if (c->ntrace >= ISO_TRACE_MAX) {
+		/* a step never run would decide the cell on half a script */
+		snprintf(err, errlen, "a script longer than its trace (%d steps)", ISO_TRACE_MAX);
+		return -1;
+	}
 	struct iso_trace_line *tl = &c->trace[c->ntrace];
 	*tl = (struct iso_trace_line){.step = k, .session = st->s};
 	snprintf(tl->sql, sizeof(tl->sql), "%s", st->sql);

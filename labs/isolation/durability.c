@@ -161,9 +161,15 @@ struct dur_client {
 	int id;
 	bool on;
 	volatile bool *stop;
-	uint64_t acked; /* seq 1..acked were acknowledged, in order, on one connection */
-	char err[LAB_ERRLEN];
+	uint64_t acked;       /* seq 1..acked were acknowledged, in order, on one connection (atomic) */
+	bool done;            /* the thread has finished (atomic) */
+	char err[LAB_ERRLEN]; /* it could not connect or set synchronous_commit */
 };
+
+/* Beyond dur_load_ms, the kill waits (at most this long) until every client has had a commit
+ * acknowledged: on a loaded machine connecting and the first fsync can outlast the load itself,
+ * and a mode with nothing acknowledged would measure nothing. */
+#define DUR_FIRST_ACK_MS 5000
 
 static void *dur_client_main(void *arg)
 {
@@ -172,6 +178,7 @@ static void *dur_client_main(void *arg)
 	if (!conn || pg_exec(conn, c->on ? "set synchronous_commit = on" : "set synchronous_commit = off",
 	                     c->err, sizeof(c->err)) < 0) {
 		PQfinish(conn);
+		__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);
 		return NULL;
 	}
 	char id[16], seq[24];
@@ -187,10 +194,21 @@ static void *dur_client_main(void *arg)
 		PQclear(res);
 		if (!ok)
 			break; /* the server was killed: what was acknowledged so far is the claim */
-		c->acked++;
+		__atomic_store_n(&c->acked, c->acked + 1, __ATOMIC_RELEASE);
 	}
 	PQfinish(conn);
+	__atomic_store_n(&c->done, true, __ATOMIC_RELEASE);
 	return NULL;
+}
+
+/* Whether every client has had a commit acknowledged, or has given up. */
+static bool all_acked(struct dur_client *c, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (__atomic_load_n(&c[i].acked, __ATOMIC_ACQUIRE) == 0 &&
+		    !__atomic_load_n(&c[i].done, __ATOMIC_ACQUIRE))
+			return false;
+	return true;
 }
 
 /*
@@ -252,6 +270,9 @@ static int load_and_kill(const struct isolation_config *cfg, struct child *pg, c
 	}
 	uint64_t t0 = hist_now_us();
 	sleep_ms(cfg->dur_load_ms);
+	while (!all_acked(c, n) &&
+	       hist_now_us() - t0 < (uint64_t)(cfg->dur_load_ms + DUR_FIRST_ACK_MS) * 1000)
+		sleep_ms(10);
 	int killed = kill_cluster(pg->pid);
 	double load_s = (double)(hist_now_us() - t0) / 1e6;
 	stop = true;
@@ -269,6 +290,12 @@ static int load_and_kill(const struct isolation_config *cfg, struct child *pg, c
 		snprintf(err, errlen, "cannot start a client thread");
 		return -1;
 	}
+	/* a client that never connected would count as one that lost nothing */
+	for (int i = 0; i < n; i++)
+		if (c[i].err[0]) {
+			snprintf(err, errlen, "a durability client: %s", c[i].err);
+			return -1;
+		}
 	return start_pg(cfg, pg, url, urllen, err, errlen);
 }
 

@@ -142,10 +142,10 @@ static void after_atom(struct lab *lab, const void *cfg, const void *result)
 static void before_dur(struct lab *lab, const void *cfgv)
 {
 	const struct isolation_config *cfg = cfgv;
-	lab_phase(
-	        lab,
-	        "Durability: %d + %d clients (sync commit off + on) insert; kill -9 of the cluster at %d ms",
-	        cfg->dur_clients, cfg->dur_clients, cfg->dur_load_ms);
+	lab_phase(lab,
+	          "Durability: %d + %d clients (sync commit off + on) insert; kill -9 of the cluster after "
+	          "%d ms",
+	          cfg->dur_clients, cfg->dur_clients, cfg->dur_load_ms);
 }
 
 static void after_dur(struct lab *lab, const void *cfg, const void *result)
@@ -178,11 +178,11 @@ static void after_dur(struct lab *lab, const void *cfg, const void *result)
 		        t,
 		        "  off lost nothing this time: the WAL writer had flushed before the kill landed\n");
 	if (r->ndur == ISO_DUR_MODES)
-		term_printf(
-		        t,
-		        "  SIGKILL to its %d processes at once (postmaster, backends, WAL writer), then a "
-		        "restart\n",
-		        r->dur[0].killed);
+		term_printf(t,
+		            "  SIGKILL to its %d processes at once (postmaster, backends, WAL writer) after "
+		            "%s of "
+		            "load, then a restart\n",
+		            r->dur[0].killed, TERM_US(r->dur[0].load_s * 1e6));
 	term_printf(t, "  a process kill keeps the OS page cache: an OS crash or power cut is where fsync "
 	               "matters\n");
 	lab_phase_metrics(lab, "durability", json_pack("{s:o}", "modes", rows));

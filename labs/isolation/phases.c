@@ -82,6 +82,8 @@ struct ws_client {
 	const struct isolation_config *cfg;
 	int mode, pair, who;
 	pthread_barrier_t *barrier; /* the pair's: both doctors click at the same moment */
+	pthread_barrier_t *decided; /* the pair's: both have made their decision, neither has written */
+	bool to_meet;               /* this round's meeting at decided is still ahead */
 	PGconn *conn;
 	uint64_t attempts, off_call, declined, retries, refused;
 	char err[LAB_ERRLEN];
@@ -107,15 +109,33 @@ static int ws_exec(struct ws_client *c, const char *sql, int n, const char *cons
 	return ok ? 0 : -1;
 }
 
+/*
+ * The pair meets once a round, so that both decide before either writes: then every shift is a
+ * race, under REPEATABLE READ every one is broken, and a fix is tested on the same races rather
+ * than on requests the scheduler happened to serialize. FOR UPDATE meets before its locking read
+ * instead (after it, the one waiting for the lock could never meet the one holding it). A retry
+ * after 40001 does not meet again: its partner has gone on.
+ */
+static void ws_meet(struct ws_client *c)
+{
+	if (c->to_meet)
+		pthread_barrier_wait(c->decided);
+	c->to_meet = false;
+}
+
 /* One doctor's request on shift: 1 done (off call, declined or refused), 0 to retry (40001), -1 failed. */
 static int ws_once(struct ws_client *c, const char *shift)
 {
 	const char *p[] = {shift, c->who ? "b" : "a"};
 	char state[8] = "";
 	long on = 0;
-	if (ws_exec(c, WS_BEGIN[c->mode], 0, NULL, PGRES_COMMAND_OK, NULL, state) < 0 ||
-	    ws_exec(c, WS_CHECK[c->mode], 1, p, PGRES_TUPLES_OK, &on, state) < 0)
+	if (ws_exec(c, WS_BEGIN[c->mode], 0, NULL, PGRES_COMMAND_OK, NULL, state) < 0)
 		goto failed;
+	if (c->mode == WS_FOR_UPDATE)
+		ws_meet(c);
+	if (ws_exec(c, WS_CHECK[c->mode], 1, p, PGRES_TUPLES_OK, &on, state) < 0)
+		goto failed;
+	ws_meet(c);
 	if (on < 2) {
 		c->declined++;
 		return ws_exec(c, "commit", 0, NULL, PGRES_COMMAND_OK, NULL, state) < 0 ? -1 : 1;
@@ -155,11 +175,16 @@ static void *ws_client_main(void *arg)
 		snprintf(shift, sizeof(shift), "%d", c->pair * c->cfg->ws_rounds + round);
 		/* a failed client still meets its partner, so neither waits forever */
 		pthread_barrier_wait(c->barrier);
-		if (failed || lab_interrupted())
+		c->to_meet = true;
+		if (failed || lab_interrupted()) {
+			ws_meet(c);
 			continue;
+		}
 		int rc;
 		while ((rc = ws_once(c, shift)) == 0)
 			;
+		/* a request that failed before the meeting still meets its partner */
+		ws_meet(c);
 		c->attempts++;
 		failed = rc < 0;
 	}
@@ -183,17 +208,23 @@ static int ws_mode(const struct isolation_config *cfg, PGconn *mon, int mode, st
 		return -1;
 	int n = cfg->ws_pairs * 2;
 	struct ws_client c[ISO_MAX_CLIENTS] = {0};
-	pthread_barrier_t bar[ISO_MAX_CLIENTS / 2];
+	pthread_barrier_t bar[ISO_MAX_CLIENTS / 2], dec[ISO_MAX_CLIENTS / 2];
 	pthread_t th[ISO_MAX_CLIENTS];
 	int ret = 0, started = 0;
 	for (int i = 0; i < n && ret == 0; i++) {
-		c[i] = (struct ws_client){
-		        .cfg = cfg, .mode = mode, .pair = i / 2, .who = i % 2, .barrier = &bar[i / 2]};
+		c[i] = (struct ws_client){.cfg = cfg,
+		                          .mode = mode,
+		                          .pair = i / 2,
+		                          .who = i % 2,
+		                          .barrier = &bar[i / 2],
+		                          .decided = &dec[i / 2]};
 		if (!(c[i].conn = session(cfg->pg_url, err, errlen)))
 			ret = -1;
 	}
-	for (int p = 0; p < cfg->ws_pairs; p++)
+	for (int p = 0; p < cfg->ws_pairs; p++) {
 		pthread_barrier_init(&bar[p], NULL, 2);
+		pthread_barrier_init(&dec[p], NULL, 2);
+	}
 	uint64_t t0 = hist_now_us();
 	for (int i = 0; i < n && ret == 0; i++) {
 		if (pthread_create(&th[i], NULL, ws_client_main, &c[i]) != 0) {
@@ -204,8 +235,10 @@ static int ws_mode(const struct isolation_config *cfg, PGconn *mon, int mode, st
 	}
 	/* a client whose partner could not start would wait forever at the barrier: stand in for it */
 	if (ret < 0 && started % 2)
-		for (int k = 0; k < cfg->ws_rounds; k++)
+		for (int k = 0; k < cfg->ws_rounds; k++) {
 			pthread_barrier_wait(&bar[started / 2]);
+			pthread_barrier_wait(&dec[started / 2]);
+		}
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
 	*row = (struct iso_ws_row){.what = WS_NAMES[mode],
@@ -221,8 +254,10 @@ static int ws_mode(const struct isolation_config *cfg, PGconn *mon, int mode, st
 		}
 		PQfinish(c[i].conn);
 	}
-	for (int p = 0; p < cfg->ws_pairs; p++)
+	for (int p = 0; p < cfg->ws_pairs; p++) {
 		pthread_barrier_destroy(&bar[p]);
+		pthread_barrier_destroy(&dec[p]);
+	}
 	int64_t v = 0;
 	if (ret == 0 && pg_query_int64(mon,
 	                               "select count(*) from (select shift from doctors group by shift"
