@@ -20,7 +20,10 @@
  * (synchronous_commit on with the standby down) is cancelled instead of hanging the run */
 #define CONS_STATEMENT_TIMEOUT "5s"
 /* how long a stale read is followed until the replica shows the write */
-#define CONS_VISIBLE_MAX_US   2000000
+#define CONS_VISIBLE_MAX_US 2000000
+/* stale reads followed per row: the time distribution needs a few dozen, and following each one
+ * under heavy load costs up to its lag (tens of ms) */
+#define CONS_FOLLOW_MAX       24
 #define CONS_REDIS_TIMEOUT_MS 3000
 
 struct cons_node {

@@ -196,6 +196,8 @@ static int pair(const struct cons_ctx *x, struct cons_rw *row, int64_t id, enum 
 		return 0;
 	row->stale++;
 	hist_record(&row->behind_b, (uint64_t)behind);
+	if (row->visible_us.count >= CONS_FOLLOW_MAX)
+		return 0;
 	while (!seen && hist_now_us() - committed < CONS_VISIBLE_MAX_US)
 		if (read_row(rc, true, ids, lsn, &seen, &behind, err, errlen) < 0)
 			return -1;
