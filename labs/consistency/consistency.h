@@ -87,7 +87,7 @@ struct cons_rw {
 
 struct cons_redis_rw {
 	int pairs;
-	int stale;
+	int stale;      /* reads that missed the write (with WAIT: of those WAIT said replicated) */
 	int wait_short; /* WAITs that returned fewer replicas than asked */
 	struct hist pair_us;
 };

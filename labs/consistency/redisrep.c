@@ -91,7 +91,8 @@ static int wait_row(const struct cons_ctx *x, struct cons_redis_rw *row, bool wa
 			return -1;
 		hist_record(&row->pair_us, hist_now_us() - t0);
 		row->pairs++;
-		row->stale += got != v;
+		/* a WAIT that timed out told the client so: its read is not the guarantee's */
+		row->stale += got != v && acked >= 1;
 		row->wait_short += acked < 1;
 	}
 	return 0;
