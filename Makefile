@@ -20,6 +20,10 @@ ARGS       ?=
 CMAKE      ?= cmake
 CTEST      ?= ctest
 
+# Labs that need the replica set of `scripts/labenv up --replicas` (a second PostgreSQL cluster
+# and its standby, a Redis pair): started for them only; `make down` stops it with the rest.
+REPLICA_LABS := consistency
+
 LABS := $(sort $(patsubst labs/%/main.c,%,$(wildcard labs/*/main.c)))
 
 # The sanitizer run: leaks count as failures, and any UB stops the test with a stack.
@@ -69,9 +73,11 @@ status:
 lab-%:
 	@test -f labs/$*/main.c || { echo "no lab '$*' (labs: $(or $(LABS),none yet))" >&2; exit 2; }
 	@$(MAKE) --no-print-directory build up
+	@if [ -n "$(filter $*,$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
 	$(BUILD)/lab-$* $(ARGS)
 
 labs: build up
+	@if [ -n "$(filter $(LABS),$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
 	@set -e; \
 	if [ -z "$(LABS)" ]; then echo "no labs yet (labs/<name>/main.c)"; exit 0; fi; \
 	for lab in $(LABS); do \

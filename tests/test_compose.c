@@ -11,7 +11,9 @@
  *     default (PG_DEFAULT_URL, REDIS_DEFAULT_URL) and the ports scripts/labenv listens on;
  *   - PostgreSQL runs with the settings labenv writes into postgresql.conf (pg_stat_statements
  *     preloaded, no fsync), and scripts/docker-initdb.sql is mounted as an init script;
- *   - both services have a healthcheck, which `up --wait` waits on.
+ *   - every service has a healthcheck, which `up --wait` waits on;
+ *   - the replica set of lab-consistency (profile "replicas") publishes the ports that
+ *     `scripts/labenv up --replicas` listens on (its LAB_*_PORT defaults).
  * And on scripts/docker-initdb.sql (SQL, which no Compose client reads): role lab is an
  * ordinary user, not a superuser (superusers bypass the connection limits a lab shows).
  *
@@ -310,12 +312,29 @@ static void test_compose_publishes_the_labs_ports_on_loopback_only(void **state)
 	assert_int_equal(number_after(c->labenv, "LAB_REDIS_PORT:-"), redis_port);
 	assert_publishes(c, "postgres", pg_port, 5432);
 	assert_publishes(c, "redis", redis_port, 6379);
-	/* and no third service publishes anything */
+	/* the replica set of lab-consistency (profile "replicas"): the ports `labenv up --replicas`
+	 * listens on, read from labenv's defaults */
+	static const struct {
+		const char *service, *labenv_key;
+		int target;
+	} replicas[] = {{"postgres-primary", "LAB_PG_PRIMARY_PORT:-", 5432},
+	                {"postgres-replica", "LAB_PG_REPLICA_PORT:-", 5432},
+	                {"redis-primary", "LAB_REDIS_PRIMARY_PORT:-", 6379},
+	                {"redis-replica", "LAB_REDIS_REPLICA_PORT:-", 6379}};
+	for (size_t i = 0; i < sizeof replicas / sizeof replicas[0]; i++) {
+		int port = number_after(c->labenv, replicas[i].labenv_key);
+		assert_true(port > 0);
+		assert_publishes(c, replicas[i].service, port, replicas[i].target);
+	}
+	/* and no other service publishes anything */
 	const char *name;
 	json_t *s;
 	json_object_foreach(json_object_get(c->config, "services"), name, s)
 	{
-		if (strcmp(name, "postgres") != 0 && strcmp(name, "redis") != 0)
+		bool known = !strcmp(name, "postgres") || !strcmp(name, "redis");
+		for (size_t i = 0; i < sizeof replicas / sizeof replicas[0]; i++)
+			known = known || !strcmp(name, replicas[i].service);
+		if (!known)
 			assert_int_equal(json_array_size(json_object_get(s, "ports")), 0);
 	}
 }
@@ -399,9 +418,10 @@ static void test_compose_postgres_runs_the_init_script(void **state)
 static void test_compose_services_have_healthchecks_for_up_wait(void **state)
 {
 	const struct compose *c = *state;
-	const char *names[] = {"postgres", "redis"};
+	const char *names[] = {"postgres",         "redis",         "postgres-primary",
+	                       "postgres-replica", "redis-primary", "redis-replica"};
 
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		const json_t *hc = json_object_get(service(c, names[i]), "healthcheck");
 		const json_t *test = json_object_get(hc, "test");
 		if (!json_is_array(test) || json_array_size(test) < 2 ||

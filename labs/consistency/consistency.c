@@ -1,0 +1,363 @@
+/*
+ * consistency.c — lab-consistency's run and judge: the servers checked, the schema and the
+ * throwaway redis-servers set up, the six phases in order, teardown; then the claim and every
+ * threshold it is held to. The work is in pgrep.c and redisrep.c; nothing here prints.
+ *
+ * The schema lives on the lab's own primary (55433), which the Ctrl-C guard of common/lab.c does
+ * not know (it drops lab_consistency on LAB_PG_URL's cluster). So the run starts a janitor: a
+ * shell in a session of its own that reads one line from a pipe. The run writes "done" there at
+ * its end; when the process dies without writing it (Ctrl-C: the guard's _exit, or a kill), the
+ * pipe closes empty and the janitor drops the schema on the primary and deletes the keys.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "pg.h"
+#include "redis.h"
+
+extern char **environ;
+
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+	return v && *v ? v : def;
+}
+
+void consistency_config_default(struct consistency_config *cfg, bool quick)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->primary_url = env_or("LAB_PG_PRIMARY_URL", CONS_PRIMARY_URL);
+	cfg->replica_url = env_or("LAB_PG_REPLICA_URL", CONS_REPLICA_URL);
+	cfg->redis_primary_url = env_or("LAB_REDIS_PRIMARY_URL", CONS_REDIS_PRIMARY_URL);
+	cfg->redis_replica_url = env_or("LAB_REDIS_REPLICA_URL", CONS_REDIS_REPLICA_URL);
+	/* enough pairs that a level which lets reads run ahead of the replay shows it many times */
+	cfg->pairs = quick ? 80 : 300;
+	/* two writers: the replica's startup process has WAL to replay at every read, on 2 cores */
+	cfg->writers = 2;
+	cfg->batch = 200;
+	cfg->redis_pairs = quick ? 200 : 1000;
+	/* a replica on loopback acks within a millisecond; 100 ms is a slow network's worth */
+	cfg->wait_timeout_ms = 100;
+	cfg->cut_writes = quick ? 3 : 10;
+	cfg->quorum_pairs = quick ? 150 : 1000;
+	cfg->seed = 1;
+}
+
+void cons_progress(const struct cons_ctx *x, const char *what, double done)
+{
+	if (x->cfg->progress_cb)
+		x->cfg->progress_cb(what, done, x->cfg->progress_arg);
+}
+
+void cons_sleep_us(long us)
+{
+	struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* ---- the janitor ---- */
+
+#define JANITOR_SCRIPT                                                                                       \
+	"IFS= read -r x; [ \"$x\" = done ] && exit 0; "                                                      \
+	"PGOPTIONS='-c lock_timeout=3s' psql -Xq \"$LAB_CONS_PG\" -c 'DROP SCHEMA IF EXISTS " CONS_SCHEMA    \
+	" CASCADE' >/dev/null 2>&1; "                                                                        \
+	"redis-cli -u \"$LAB_CONS_REDIS\" --scan --pattern '" CONS_PREFIX "*' 2>/dev/null | "                \
+	"xargs -r redis-cli -u \"$LAB_CONS_REDIS\" del >/dev/null 2>&1"
+
+static int janitor_start(const struct consistency_config *cfg, char *err, size_t errlen)
+{
+	int fd[2];
+	if (pipe2(fd, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "janitor: pipe: %s", strerror(errno));
+		return -1;
+	}
+	setenv("LAB_CONS_PG", cfg->primary_url, 1);
+	setenv("LAB_CONS_REDIS", cfg->redis_primary_url, 1);
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd[0], 0);
+	/* not the lab's stdout: a reader waiting for its end must not wait for the janitor */
+	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+	posix_spawnattr_init(&attr);
+	/* a session of its own: the terminal's Ctrl-C reaches the lab, not the janitor */
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
+	char *argv[] = {"sh", "-c", JANITOR_SCRIPT, NULL};
+	pid_t pid;
+	int rc = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(fd[0]);
+	if (rc != 0) {
+		close(fd[1]);
+		snprintf(err, errlen, "janitor: cannot start /bin/sh: %s", strerror(rc));
+		return -1;
+	}
+	return fd[1];
+}
+
+static void janitor_done(int fd)
+{
+	if (fd >= 0) {
+		ssize_t n = write(fd, "done\n", 5);
+		(void)n;
+		close(fd);
+	}
+}
+
+/* ---- the throwaway redis-servers ---- */
+
+int cons_nodes_start(struct cons_ctx *x, char *err, size_t errlen)
+{
+	const char *const dirs[] = {"/usr/bin", "/usr/local/bin", "/usr/sbin", NULL};
+	char tried[512];
+	if (child_find_program("redis-server", "LAB_REDIS_SERVER", dirs, x->program, sizeof(x->program),
+	                       tried, sizeof(tried)) < 0) {
+		snprintf(err, errlen, "the cut and quorum phases need redis-server: tried %s", tried);
+		return -1;
+	}
+	if (child_tmpdir("consistency", x->dir, sizeof(x->dir), err, errlen) < 0)
+		return -1;
+	for (int i = 0; i < CONS_NODES; i++) {
+		struct cons_node *n = &x->node[i];
+		if ((n->port = child_free_port(err, errlen)) < 0)
+			return -1;
+		char port[16], url[64];
+		snprintf(port, sizeof(port), "%d", n->port);
+		const char *argv[] = {x->program,
+		                      "--port",
+		                      port,
+		                      "--bind",
+		                      "127.0.0.1",
+		                      "--dir",
+		                      x->dir,
+		                      "--save",
+		                      "",
+		                      "--appendonly",
+		                      "no",
+		                      "--dbfilename",
+		                      i == 0   ? "n0.rdb"
+		                      : i == 1 ? "n1.rdb"
+		                               : "n2.rdb",
+		                      "--repl-diskless-sync",
+		                      "yes",
+		                      "--repl-diskless-sync-delay",
+		                      "0",
+		                      NULL};
+		char name[16];
+		snprintf(name, sizeof(name), "redis-n%d", i);
+		struct child_spec spec = {.name = name, .argv = argv, .dir = x->dir, .port = n->port};
+		if (child_start(&n->child, &spec, err, errlen) < 0)
+			return -1;
+		snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", n->port);
+		if (!(n->rc = redis_connect_url(url, CONS_REDIS_TIMEOUT_MS, err, errlen)))
+			return -1;
+	}
+	return 0;
+}
+
+void cons_nodes_stop(struct cons_ctx *x)
+{
+	for (int i = 0; i < CONS_NODES; i++) {
+		if (x->node[i].rc)
+			redisFree(x->node[i].rc);
+		x->node[i].rc = NULL;
+		child_stop(&x->node[i].child, 0);
+	}
+	if (x->dir[0]) {
+		char rerr[LAB_ERRLEN];
+		child_rmtree(x->dir, rerr, sizeof(rerr));
+		x->dir[0] = '\0';
+	}
+}
+
+/* ---- setup, the walk, teardown ---- */
+
+static const struct lab_phase_def PHASES[CONS_PHASES] = {
+        [CONS_RYW] = {"read_your_writes", cons_phase_ryw}, [CONS_FIXES] = {"fixes", cons_phase_fixes},
+        [CONS_KNOB] = {"knob", cons_phase_knob},           [CONS_WAIT] = {"redis_wait", cons_phase_wait},
+        [CONS_CUT] = {"redis_cut", cons_phase_cut},        [CONS_QUORUM] = {"quorum", cons_phase_quorum},
+};
+
+/* The primary has the replica as its synchronous standby, streaming: else `on` would hang. */
+static int check_standby(struct cons_ctx *x, char *err, size_t errlen)
+{
+	int64_t n;
+	if (pg_query_int64(x->primary,
+	                   "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'lab_replica' "
+	                   "AND state = 'streaming' AND sync_state = 'sync'",
+	                   0, NULL, &n, err, errlen) < 0)
+		return -1;
+	if (n != 1) {
+		snprintf(err, errlen,
+		         "the primary has no synchronous standby 'lab_replica' streaming: "
+		         "scripts/labenv up --replicas");
+		return -1;
+	}
+	return 0;
+}
+
+static int setup(struct cons_ctx *x, struct consistency_result *res, char *err, size_t errlen)
+{
+	const struct consistency_config *cfg = x->cfg;
+	char e[LAB_ERRLEN];
+	if (!(x->primary = pg_connect(cfg->primary_url, e, sizeof(e))) ||
+	    !(x->replica = pg_connect(cfg->replica_url, e, sizeof(e)))) {
+		snprintf(err, errlen, "%s (scripts/labenv up --replicas starts the replica set)", e);
+		return -1;
+	}
+	if (check_standby(x, err, errlen) < 0)
+		return -1;
+	snprintf(res->server_version, sizeof(res->server_version), "%s",
+	         PQparameterStatus(x->primary, "server_version") ?: "?");
+	if (pg_exec(x->primary, "SET statement_timeout = '" CONS_STATEMENT_TIMEOUT "'", err, errlen) < 0 ||
+	    pg_exec(x->replica, "SET statement_timeout = '" CONS_STATEMENT_TIMEOUT "'", err, errlen) < 0 ||
+	    pg_exec(x->primary, "SET synchronous_commit = on", err, errlen) < 0 ||
+	    pg_schema_create(x->primary, CONS_SCHEMA, err, errlen) < 0 ||
+	    pg_exec(x->primary,
+	            "CREATE TABLE " CONS_SCHEMA ".item (id bigint PRIMARY KEY, at timestamptz DEFAULT now());"
+	            "CREATE TABLE " CONS_SCHEMA ".load (id bigserial PRIMARY KEY, pad text)",
+	            err, errlen) < 0)
+		return -1;
+	if (!(x->rp = redis_connect_url(cfg->redis_primary_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e))) ||
+	    !(x->rr = redis_connect_url(cfg->redis_replica_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e)))) {
+		snprintf(err, errlen, "%s (scripts/labenv up --replicas starts the replica set)", e);
+		return -1;
+	}
+	return cons_nodes_start(x, err, errlen);
+}
+
+static void teardown(struct cons_ctx *x)
+{
+	char e[LAB_ERRLEN];
+	cons_nodes_stop(x);
+	if (x->rp) {
+		redis_del_prefix(x->rp, CONS_PREFIX, NULL, e, sizeof(e));
+		redisFree(x->rp);
+	}
+	if (x->rr)
+		redisFree(x->rr);
+	if (x->primary && PQstatus(x->primary) == CONNECTION_OK)
+		pg_schema_drop(x->primary, CONS_SCHEMA, e, sizeof(e));
+	PQfinish(x->primary);
+	PQfinish(x->replica);
+}
+
+int consistency_run(const struct consistency_config *cfg, struct consistency_result *res, char *err,
+                    size_t errlen)
+{
+	memset(res, 0, sizeof(*res));
+	struct cons_ctx *x = calloc(1, sizeof(*x));
+	if (!x) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	x->cfg = cfg;
+	int janitor = janitor_start(cfg, err, errlen);
+	int ret = janitor < 0 ? -1 : setup(x, res, err, errlen);
+	if (ret == 0)
+		ret = lab_phases_walk(PHASES, CONS_PHASES, x, res, &cfg->hooks, err, errlen);
+	teardown(x);
+	janitor_done(janitor);
+	free(x);
+	return ret;
+}
+
+/* ---- the judge ---- */
+
+/*
+ * The thresholds, and why:
+ * - A weak level "lets a read run ahead of the replica" when at least one of its pairs read
+ *   stale. The judge asks it of asynchronous replication (local, phase 1 light and heavy
+ *   together, and the knob's off and local under load): a commit there returns before the WAL is
+ *   even sent. remote_write and on are shown, not judged: their commit waits for the standby to
+ *   write or flush the WAL, but not to replay it, so a stale read there is a race a fast replica
+ *   may win every time on loopback.
+ * - remote_apply, the LSN wait and stickiness are held to exactly 0 stale reads: they are the
+ *   guarantees, and one stale read would disprove them.
+ * - Commit latency by level is shown, not judged: on a machine shared with other tests a p50 can
+ *   move by more than the gap between two levels.
+ * - Redis: a read after a WAIT 1 that counted the replica is never stale (0), and at least one
+ *   WAIT counted it (a WAIT that timed out on a busy machine told its client so, and is shown,
+ *   not judged); cut off,
+ *   every WAIT returns 0 replicas and the replica serves the old value; healed, WAIT counts 1.
+ * - Quorums: every row with R + W > N has 0 stale reads (the read set meets the write set), and
+ *   every row with R + W <= N has at least one (the RNG chooses disjoint sets in a third or more
+ *   of its pairs; the seed fixes the choices, so the count is the same every run).
+ */
+#define WEAK_STALE_MIN   1 /* stale reads that show a level is eventual */
+#define STRONG_STALE_MAX 0 /* stale reads a guarantee allows */
+
+static bool quorum_ok(const struct consistency_result *r, char *why, size_t len)
+{
+	for (int i = 0; i < CONS_QUORUMS; i++) {
+		const struct cons_quorum *q = &r->quorum[i];
+		bool strict = q->r + q->w > CONS_NODES;
+		if (q->pairs == 0 || (strict ? q->stale > STRONG_STALE_MAX : q->stale < WEAK_STALE_MIN)) {
+			snprintf(why, len, "quorum W=%d R=%d: %d/%d stale; ", q->w, q->r, q->stale, q->pairs);
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool redis_ok(const struct consistency_result *r, char *why, size_t len)
+{
+	const struct cons_cut *c = &r->cut;
+	if (r->redis[1].pairs - r->redis[1].wait_short < 1 || r->redis[1].stale > STRONG_STALE_MAX)
+		snprintf(why, len, "with WAIT: %d/%d stale, %d WAITs short; ", r->redis[1].stale,
+		         r->redis[1].pairs, r->redis[1].wait_short);
+	else if (c->wait_before != 1 || c->writes == 0 || c->wait_zero != c->writes ||
+	         c->stale != c->writes || c->wait_after_heal != 1)
+		snprintf(why, len, "cut: WAIT %d before, %d/%d returned 0, %d stale, %d after heal; ",
+		         c->wait_before, c->wait_zero, c->writes, c->stale, c->wait_after_heal);
+	else
+		return true;
+	return false;
+}
+
+void consistency_judge(const struct consistency_result *r, struct lab_verdict *v)
+{
+	char why[256] = "";
+	int async_stale = r->ryw[0].stale + r->ryw[1].stale;
+	bool ok = true;
+	if (async_stale < WEAK_STALE_MIN || r->knob[CONS_OFF].stale < WEAK_STALE_MIN ||
+	    r->knob[CONS_LOCAL].stale < WEAK_STALE_MIN) {
+		snprintf(why, sizeof(why),
+		         "asynchronous replication read no stale row (ryw %d, off %d, local %d); ",
+		         async_stale, r->knob[CONS_OFF].stale, r->knob[CONS_LOCAL].stale);
+		ok = false;
+	} else if (r->knob[CONS_REMOTE_APPLY].pairs == 0 ||
+	           r->knob[CONS_REMOTE_APPLY].stale > STRONG_STALE_MAX) {
+		snprintf(why, sizeof(why), "remote_apply read %d stale; ", r->knob[CONS_REMOTE_APPLY].stale);
+		ok = false;
+	} else {
+		for (int f = 0; f < CONS_FIXES_N && ok; f++)
+			if (r->fixes[f].pairs == 0 || r->fixes[f].stale > STRONG_STALE_MAX) {
+				snprintf(why, sizeof(why), "%s read %d/%d stale; ",
+				         cons_fix_name((enum cons_fix)f), r->fixes[f].stale,
+				         r->fixes[f].pairs);
+				ok = false;
+			}
+	}
+	ok = ok && redis_ok(r, why, sizeof(why)) && quorum_ok(r, why, sizeof(why));
+	lab_verdict_set(
+	        v, ok,
+	        "consistency is a per-operation knob: async replicas serve stale reads; remote_apply, "
+	        "an LSN wait, WAIT and R+W>N do not (WAIT says 0 when cut off)",
+	        "%sstale reads: async %d/%d, off %d, local %d, remote_apply %d, LSN wait %d, sticky %d; "
+	        "Redis WAIT %d stale, cut %d/%d WAITs 0; quorum W1R1 %d/%d, W2R2 %d/%d",
+	        why, async_stale, r->ryw[0].pairs + r->ryw[1].pairs, r->knob[CONS_OFF].stale,
+	        r->knob[CONS_LOCAL].stale, r->knob[CONS_REMOTE_APPLY].stale, r->fixes[CONS_LSN_WAIT].stale,
+	        r->fixes[CONS_STICKY].stale, r->redis[1].stale, r->cut.wait_zero, r->cut.writes,
+	        r->quorum[0].stale, r->quorum[0].pairs, r->quorum[2].stale, r->quorum[2].pairs);
+}
