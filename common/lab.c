@@ -194,8 +194,11 @@ static int parse_args(struct lab *lab, int argc, char **argv)
 #define GUARD_CLEANUP_MS       1700 /* the whole cleanup, so the lab is gone within 2 s */
 #define GUARD_REDIS_TIMEOUT_MS 300  /* kept for the keys out of the cleanup's time */
 
+#define GUARD_EXTRA 2 /* servers of a lab's own that hold its schema or keys too (lab_guard_servers) */
+
 static struct {
 	char name[64], pg_url[1024], redis_url[1024];
+	char extra_pg[GUARD_EXTRA][1024], extra_redis[GUARD_EXTRA][1024]; /* under mu */
 	atomic_bool interrupted; /* a signal arrived: phases stop, exits wait for the cleanup */
 	atomic_bool serving;     /* lab_serve_wait is waiting: the first signal is its to handle */
 	atomic_bool serve_done;  /* after it, lab_free ran: the API stopped in order */
@@ -204,6 +207,24 @@ static struct {
 	pthread_cond_t never; /* exits wait on it while the guard cleans up and _exits */
 	bool exiting;         /* exit() began before any signal (under mu): the guard leaves it be */
 } guard = {.serve_pipe = {-1, -1}, .mu = PTHREAD_MUTEX_INITIALIZER, .never = PTHREAD_COND_INITIALIZER};
+
+void lab_guard_servers(const char *pg_url, const char *redis_url)
+{
+	pthread_mutex_lock(&guard.mu);
+	if (pg_url)
+		for (int i = 0; i < GUARD_EXTRA; i++)
+			if (!guard.extra_pg[i][0] || !strcmp(guard.extra_pg[i], pg_url)) {
+				snprintf(guard.extra_pg[i], sizeof(guard.extra_pg[i]), "%s", pg_url);
+				break;
+			}
+	if (redis_url)
+		for (int i = 0; i < GUARD_EXTRA; i++)
+			if (!guard.extra_redis[i][0] || !strcmp(guard.extra_redis[i], redis_url)) {
+				snprintf(guard.extra_redis[i], sizeof(guard.extra_redis[i]), "%s", redis_url);
+				break;
+			}
+	pthread_mutex_unlock(&guard.mu);
+}
 
 bool lab_interrupted(void)
 {
@@ -234,10 +255,11 @@ static void guard_notice_ignore(void *arg, const char *message)
 }
 
 /* Ends this process's other backends and drops the schema: -1 and err when it could not. */
-static int guard_drop_schema(const char *schema, double deadline_ms, char *err, size_t errlen)
+static int guard_drop_schema(const char *url, const char *schema, double deadline_ms, char *err,
+                             size_t errlen)
 {
 	const char *keys[] = {"connect_timeout", NULL}, *vals[] = {"1", NULL};
-	PGconn *conn = pg_connect_with(guard.pg_url, keys, vals, err, errlen);
+	PGconn *conn = pg_connect_with(url, keys, vals, err, errlen);
 	if (!conn)
 		return -1;
 	PQsetNoticeProcessor(conn, guard_notice_ignore, NULL);
@@ -288,9 +310,9 @@ static void guard_say(const char *fmt, ...)
 }
 
 /* Deletes lab:<name>:* until a pass finds none: a lab thread may still write one meanwhile. */
-static int guard_del_keys(const char *prefix, double deadline_ms, char *err, size_t errlen)
+static int guard_del_keys(const char *url, const char *prefix, double deadline_ms, char *err, size_t errlen)
 {
-	redisContext *rc = redis_connect_url(guard.redis_url, GUARD_REDIS_TIMEOUT_MS, err, errlen);
+	redisContext *rc = redis_connect_url(url, GUARD_REDIS_TIMEOUT_MS, err, errlen);
 	if (!rc)
 		return -1;
 	int ret = -1;
@@ -311,10 +333,18 @@ out:
  */
 static void guard_cleanup_exit(void)
 {
+	static char pgs[1 + GUARD_EXTRA][1024], rediss[1 + GUARD_EXTRA][1024];
 	pthread_mutex_lock(&guard.mu);
 	bool exiting = guard.exiting;
-	if (!exiting)
+	if (!exiting) {
 		atomic_store(&guard.interrupted, true);
+		memcpy(pgs[0], guard.pg_url, sizeof(pgs[0]));
+		memcpy(rediss[0], guard.redis_url, sizeof(rediss[0]));
+		for (int i = 0; i < GUARD_EXTRA; i++) {
+			memcpy(pgs[1 + i], guard.extra_pg[i], sizeof(pgs[0]));
+			memcpy(rediss[1 + i], guard.extra_redis[i], sizeof(rediss[0]));
+		}
+	}
 	pthread_mutex_unlock(&guard.mu);
 	if (exiting)
 		return;
@@ -329,13 +359,18 @@ static void guard_cleanup_exit(void)
 	guard_say("\nlab-%s: interrupted: dropping schema %s and keys %s* …\n", guard.name, schema, prefix);
 	/* the servers the lab started (nginx, ...) and their directories: local, quick, first */
 	child_kill_and_remove_all();
-	if (guard_drop_schema(schema, deadline - GUARD_REDIS_TIMEOUT_MS, err, sizeof(err)) < 0) {
-		pg_url_redact(guard.pg_url, shown, sizeof(shown));
-		guard_say("lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown, err);
-	}
-	if (guard_del_keys(prefix, deadline, err, sizeof(err)) < 0) {
-		redis_url_redact(guard.redis_url, shown, sizeof(shown));
-		guard_say("lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown, err);
+	for (int i = 0; i < 1 + GUARD_EXTRA; i++) {
+		if (pgs[i][0] && guard_drop_schema(pgs[i], schema, deadline - GUARD_REDIS_TIMEOUT_MS, err,
+		                                   sizeof(err)) < 0) {
+			pg_url_redact(pgs[i], shown, sizeof(shown));
+			guard_say("lab-%s: could not drop schema %s at %s: %s\n", guard.name, schema, shown,
+			          err);
+		}
+		if (rediss[i][0] && guard_del_keys(rediss[i], prefix, deadline, err, sizeof(err)) < 0) {
+			redis_url_redact(rediss[i], shown, sizeof(shown));
+			guard_say("lab-%s: could not delete keys %s* at %s: %s\n", guard.name, prefix, shown,
+			          err);
+		}
 	}
 	_exit(LAB_EXIT_INTERRUPTED);
 }

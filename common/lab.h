@@ -247,6 +247,13 @@ int lab_lost(struct lab *lab, const char *what, const char *url, const char *ser
  * pipe holds no lock the guard needs; SIGPIPE is ignored from lab_init on.
  */
 bool lab_interrupted(void);
+/*
+ * A lab that keeps its schema or keys on servers of its own too (lab-consistency's primary and
+ * Redis primary, beside LAB_PG_URL's and LAB_REDIS_URL's) names them here, before it writes there:
+ * on Ctrl-C the guard ends the lab's backends, drops lab_<name> and deletes lab:<name>:* on them as
+ * well, within the same deadline. Either may be NULL; up to two of each; any thread.
+ */
+void lab_guard_servers(const char *pg_url, const char *redis_url);
 
 /*
  * For --serve: prints "listening on http://127.0.0.1:PORT" (one line, for scripts to wait on),

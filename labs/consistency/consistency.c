@@ -3,15 +3,11 @@
  * throwaway redis-servers set up, the six phases in order, teardown; then the claim and every
  * threshold it is held to. The work is in pgrep.c and redisrep.c; nothing here prints.
  *
- * The schema lives on the lab's own primary (55433), which the Ctrl-C guard of common/lab.c does
- * not know (it drops lab_consistency on LAB_PG_URL's cluster). So the run starts a janitor: a
- * shell in a session of its own that reads one line from a pipe. The run writes "done" there at
- * its end; when the process dies without writing it (Ctrl-C: the guard's _exit, or a kill), the
- * pipe closes empty and the janitor drops the schema on the primary and deletes the keys.
+ * The schema lives on the replica set's primary (55433) and the keys on its Redis primary (56380):
+ * the run names both to the Ctrl-C guard of common/lab.c (lab_guard_servers), which drops the
+ * schema and deletes the keys there as well as on LAB_PG_URL's and LAB_REDIS_URL's.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,57 +57,6 @@ void cons_sleep_us(long us)
 	struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
-}
-
-/* ---- the janitor ---- */
-
-#define JANITOR_SCRIPT                                                                                       \
-	"IFS= read -r x; [ \"$x\" = done ] && exit 0; "                                                      \
-	"PGOPTIONS='-c lock_timeout=3s' psql -Xq \"$LAB_CONS_PG\" -c 'DROP SCHEMA IF EXISTS " CONS_SCHEMA    \
-	" CASCADE' >/dev/null 2>&1; "                                                                        \
-	"redis-cli -u \"$LAB_CONS_REDIS\" --scan --pattern '" CONS_PREFIX "*' 2>/dev/null | "                \
-	"xargs -r redis-cli -u \"$LAB_CONS_REDIS\" del >/dev/null 2>&1"
-
-static int janitor_start(const struct consistency_config *cfg, char *err, size_t errlen)
-{
-	int fd[2];
-	if (pipe2(fd, O_CLOEXEC) < 0) {
-		snprintf(err, errlen, "janitor: pipe: %s", strerror(errno));
-		return -1;
-	}
-	setenv("LAB_CONS_PG", cfg->primary_url, 1);
-	setenv("LAB_CONS_REDIS", cfg->redis_primary_url, 1);
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fd[0], 0);
-	/* not the lab's stdout: a reader waiting for its end must not wait for the janitor */
-	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-	posix_spawnattr_init(&attr);
-	/* a session of its own: the terminal's Ctrl-C reaches the lab, not the janitor */
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
-	char *argv[] = {"sh", "-c", JANITOR_SCRIPT, NULL};
-	pid_t pid;
-	int rc = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&attr);
-	close(fd[0]);
-	if (rc != 0) {
-		close(fd[1]);
-		snprintf(err, errlen, "janitor: cannot start /bin/sh: %s", strerror(rc));
-		return -1;
-	}
-	return fd[1];
-}
-
-static void janitor_done(int fd)
-{
-	if (fd >= 0) {
-		ssize_t n = write(fd, "done\n", 5);
-		(void)n;
-		close(fd);
-	}
 }
 
 /* ---- the throwaway redis-servers ---- */
@@ -262,12 +207,12 @@ int consistency_run(const struct consistency_config *cfg, struct consistency_res
 		return -1;
 	}
 	x->cfg = cfg;
-	int janitor = janitor_start(cfg, err, errlen);
-	int ret = janitor < 0 ? -1 : setup(x, res, err, errlen);
+	/* the schema and keys live on the replica set's primaries: the Ctrl-C guard cleans there too */
+	lab_guard_servers(cfg->primary_url, cfg->redis_primary_url);
+	int ret = setup(x, res, err, errlen);
 	if (ret == 0)
 		ret = lab_phases_walk(PHASES, CONS_PHASES, x, res, &cfg->hooks, err, errlen);
 	teardown(x);
-	janitor_done(janitor);
 	free(x);
 	return ret;
 }
