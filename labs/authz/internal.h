@@ -3,7 +3,7 @@
  *
  *   token.c    keys, password hashes, signing (libjwt), the naive and the fixed verifier
  *   api.c      the routes, from the Authorization header to the reply;  api_redis.c  the deny-list
- *   client.c   the blocking client the phases use (one keep-alive connection)
+ *   client.c   the phases' requests, on common/http_client.h (one keep-alive connection)
  *   phases.c   the four phases;  authz.c  config, schema, run, judge
  */
 #ifndef LAB_AUTHZ_INTERNAL_H
