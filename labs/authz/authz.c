@@ -250,7 +250,13 @@ static bool attacks_disagree(const struct authz_attacks *a, char *why, size_t le
 static bool access_disagrees(const struct authz_access *a, char *why, size_t len)
 {
 	const struct authz_bola *b = &a->bola;
+	if (a->nrows != AUTHZ_ACCESS_ROWS) {
+		snprintf(why, len, "phase 3 sent %d of its %d requests", a->nrows, AUTHZ_ACCESS_ROWS);
+		return true;
+	}
+	int forbidden = 0;
 	for (int i = 0; i < a->nrows; i++) {
+		forbidden += a->rows[i].want == STATUS_FORBIDDEN && a->rows[i].got == STATUS_FORBIDDEN;
 		const struct authz_call_row *r = &a->rows[i];
 		if (r->got != r->want || r->changed != r->want_change) {
 			snprintf(why, len, "%s: %d and %s, not %d", r->what, r->got,
@@ -258,8 +264,8 @@ static bool access_disagrees(const struct authz_access *a, char *why, size_t len
 			return true;
 		}
 	}
-	if (a->nrows == 0)
-		snprintf(why, len, "phase 3 sent nothing");
+	if (forbidden == 0)
+		snprintf(why, len, "no valid user token was answered %d on an admin route", STATUS_FORBIDDEN);
 	else if (b->naive_foreign < MIN_FOREIGN_NAIVE)
 		snprintf(why, len, "the naive route leaked %d foreign orders, fewer than %d",
 		         b->naive_foreign, MIN_FOREIGN_NAIVE);

@@ -1,43 +1,33 @@
 /*
- * client.c — the lab's side of the wire: a blocking HTTP client on one keep-alive connection with
- * its own event loop, so that every attack is a real request to the real API.
+ * client.c — the lab's side of the wire: common/http_client.h's blocking client on one keep-alive
+ * connection, so that every attack is a real request to the real API; this file only adds the
+ * bearer token and keeps the two things a phase reads (WWW-Authenticate, the body).
  */
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "http_client.h"
 #include "internal.h"
 
 /* no answer within this is status 0: the API is on the same machine, seconds mean it is gone */
-#define CALL_TIMEOUT_S 5
+#define CALL_TIMEOUT_MS 5000
 
 struct az_client {
-	struct event_base *base;
-	struct evhttp_connection *conn;
-	int port;
-};
-
-struct az_call_state {
-	struct az_client *c;
-	struct az_response *rs;
+	struct http_client *http;
 };
 
 struct az_client *az_client_new(int port, char *err, size_t errlen)
 {
 	struct az_client *c = calloc(1, sizeof(*c));
-	if (c && (c->base = event_base_new()))
-		c->conn = evhttp_connection_base_new(c->base, NULL, "127.0.0.1", (unsigned short)port);
-	if (!c || !c->conn) {
-		snprintf(err, errlen, "cannot make a client for 127.0.0.1:%d", port);
-		az_client_free(c);
+	if (!c) {
+		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	c->port = port;
-	evhttp_connection_set_timeout(c->conn, CALL_TIMEOUT_S);
+	if (!(c->http = http_client_new(port, CALL_TIMEOUT_MS, err, errlen))) {
+		free(c);
+		return NULL;
+	}
 	return c;
 }
 
@@ -45,71 +35,40 @@ void az_client_free(struct az_client *c)
 {
 	if (!c)
 		return;
-	if (c->conn)
-		evhttp_connection_free(c->conn);
-	if (c->base)
-		event_base_free(c->base);
+	http_client_free(c->http);
 	free(c);
-}
-
-static void done_cb(struct evhttp_request *req, void *arg)
-{
-	struct az_call_state *cl = arg;
-	struct az_response *rs = cl->rs;
-	if (req && evhttp_request_get_response_code(req) > 0) {
-		rs->status = evhttp_request_get_response_code(req);
-		const char *w = evhttp_find_header(evhttp_request_get_input_headers(req), "WWW-Authenticate");
-		snprintf(rs->www, sizeof(rs->www), "%s", w ? w : "");
-		struct evbuffer *in = evhttp_request_get_input_buffer(req);
-		size_t n = evbuffer_get_length(in);
-		if (n > sizeof(rs->body) - 1)
-			n = sizeof(rs->body) - 1;
-		evbuffer_copyout(in, rs->body, n);
-		rs->body[n] = '\0';
-	}
-	event_base_loopbreak(cl->c->base);
-}
-
-static enum evhttp_cmd_type method_of(const char *m)
-{
-	return !strcmp(m, "POST")     ? EVHTTP_REQ_POST
-	       : !strcmp(m, "DELETE") ? EVHTTP_REQ_DELETE
-	                              : EVHTTP_REQ_GET;
 }
 
 int az_call(struct az_client *c, const char *method, const char *path, const char *bearer, const char *body,
             struct az_response *rs, char *err, size_t errlen)
 {
 	memset(rs, 0, sizeof(*rs));
-	struct az_call_state cl = {c, rs};
-	struct evhttp_request *req = evhttp_request_new(done_cb, &cl);
-	if (!req) {
-		snprintf(err, errlen, "cannot create the request");
-		return -1;
-	}
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	evhttp_add_header(h, "Host", "127.0.0.1");
+	char *auth = NULL;
+	struct http_header h[2];
+	int n = 0;
 	if (bearer) {
-		size_t n = strlen(bearer) + 8;
-		char *auth = malloc(n);
-		if (!auth) {
-			evhttp_request_free(req);
+		size_t len = strlen(bearer) + sizeof("Bearer ");
+		if (!(auth = malloc(len))) {
 			snprintf(err, errlen, "out of memory");
 			return -1;
 		}
-		snprintf(auth, n, "Bearer %s", bearer);
-		evhttp_add_header(h, "Authorization", auth);
-		free(auth);
+		snprintf(auth, len, "Bearer %s", bearer);
+		h[n++] = (struct http_header){"Authorization", auth};
 	}
-	if (body) {
-		evhttp_add_header(h, "Content-Type", "application/json");
-		evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+	if (body)
+		h[n++] = (struct http_header){"Content-Type", "application/json"};
+	struct http_call call = {method, path, h, n, body, body ? strlen(body) : 0};
+	struct http_answer a;
+	int rc = http_client_call(c->http, &call, &a, err, errlen);
+	free(auth);
+	if (rc == 0 && a.status > 0) {
+		rs->status = a.status;
+		const char *w = http_answer_header(&a, "WWW-Authenticate");
+		snprintf(rs->www, sizeof(rs->www), "%s", w ? w : "");
+		size_t len = a.body_len < sizeof(rs->body) - 1 ? a.body_len : sizeof(rs->body) - 1;
+		memcpy(rs->body, a.body, len);
+		rs->body[len] = '\0';
 	}
-	/* evhttp_make_request frees req when it fails */
-	if (evhttp_make_request(c->conn, req, method_of(method), path) != 0) {
-		snprintf(err, errlen, "cannot send the request to 127.0.0.1:%d", c->port);
-		return -1;
-	}
-	event_base_dispatch(c->base);
-	return 0;
+	http_answer_free(&a);
+	return rc;
 }

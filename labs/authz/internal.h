@@ -3,7 +3,7 @@
  *
  *   token.c    keys, password hashes, signing (libjwt), the naive and the fixed verifier
  *   api.c      the routes, from the Authorization header to the reply;  api_redis.c  the deny-list
- *   client.c   the blocking client the phases use (one keep-alive connection)
+ *   client.c   the phases' requests, on common/http_client.h (one keep-alive connection)
  *   phases.c   the four phases;  authz.c  config, schema, run, judge
  */
 #ifndef LAB_AUTHZ_INTERNAL_H
@@ -27,7 +27,9 @@ struct authz_claims {
 	char aud[64];
 	char jti[48];
 	long long iat, exp;
-	char alg[16]; /* the header's */
+	bool has_nbf;
+	long long nbf; /* LLONG_MAX when present but not an integer */
+	char alg[16];  /* the header's */
 };
 
 /* A password hash as stored: hex salt and hex PBKDF2-HMAC-SHA256 output, with its rounds. */
@@ -49,10 +51,14 @@ char *az_sign(jwt_alg_t alg, const char *key, int keylen, const struct authz_cla
 /* A fresh token id: 16 random bytes, hex. */
 int az_new_jti(char out[48], char *err, size_t errlen);
 
+/* The "alg" of the token's header, read without verifying anything (cut to len - 1); -1 when the
+ * token has no readable header. Reading is not verifying. */
+int az_header_alg(const char *token, char *alg, size_t len);
 /* The naive verifier: the token's header names the algorithm and so the key ("none": none). */
 int az_verify_naive(const struct authz_keys *k, const char *token, struct authz_claims *out, char *why,
                     size_t whylen);
-/* The fixed one: RS256 and the API's public key only; exp and iat within skew_s of now; aud. */
+/* The fixed one: RS256 and the API's public key only (never a key the token names: kid, jku, jwk
+ * are not read); exp required, exp, iat and nbf (when present) within skew_s of now; aud. */
 int az_verify_fixed(const struct authz_keys *k, const char *token, long long now, int skew_s,
                     struct authz_claims *out, char *why, size_t whylen);
 

@@ -166,22 +166,10 @@ static char *forge(const struct authz_config *cfg, int i, const char *public_pem
 	}
 }
 
-static void header_alg_of(const char *token, char *out, size_t len)
-{
-	struct authz_claims c;
-	char why[64];
-	struct authz_keys none = {0};
-	/* the naive reader fills alg before it verifies anything; the verdict does not matter here */
-	az_verify_naive(&none, token, &c, why, sizeof(why));
-	snprintf(out, len, "%s", c.alg[0] ? c.alg : "-");
-}
-
 static int attack(struct env *e, struct authz_attack_row *row, const char *token, char *err, size_t errlen)
 {
 	struct az_response rs;
-	if (token)
-		header_alg_of(token, row->alg, sizeof(row->alg));
-	else
+	if (!token || az_header_alg(token, row->alg, sizeof(row->alg)) < 0)
 		snprintf(row->alg, sizeof(row->alg), "-");
 	if (az_call(e->c, "GET", VULN "/v1/me", token, NULL, &rs, err, errlen) < 0)
 		return -1;
@@ -208,8 +196,15 @@ static int attacks(const struct authz_config *cfg, struct env *e, struct authz_a
 	char *valid = NULL;
 	/* the attacker's key material: the public key, fetched like any client would */
 	if (login(e, "alice", AUTHZ_PASSWORD, &valid, &rs, err, errlen) < 0 ||
-	    az_call(e->c, "GET", "/v1/public-key", NULL, NULL, &key, err, errlen) < 0)
+	    az_call(e->c, "GET", "/v1/public-key", NULL, NULL, &key, err, errlen) < 0) {
+		free(valid);
 		return -1;
+	}
+	if (!valid || key.status != 200) {
+		snprintf(err, errlen, "login answered %d, /v1/public-key %d", rs.status, key.status);
+		free(valid);
+		return -1;
+	}
 	int rc = 0;
 	for (int i = 0; i < AUTHZ_ATTACKS && rc == 0; i++) {
 		char *forged = i == AUTHZ_ATK_VALID || i == AUTHZ_ATK_NO_TOKEN
@@ -336,13 +331,14 @@ static int access_rows(const struct authz_config *cfg, struct env *e, struct aut
 	snprintf(c.aud, sizeof(c.aud), AUTHZ_AUDIENCE);
 	snprintf(c.jti, sizeof(c.jti), "forged");
 	int rc = login(e, "alice", AUTHZ_PASSWORD, &alice, &rs, err, errlen) < 0 ||
-	                         login(e, "root", AUTHZ_PASSWORD, &root, &rs, err, errlen) < 0 || !alice ||
-	                         !root || !(none = az_sign(JWT_ALG_NONE, NULL, 0, &c, err, errlen)) ||
+	                         login(e, "root", AUTHZ_PASSWORD, &root, &rs, err, errlen) < 0 ||
+	                         (!alice || !root
+	                                  ? (snprintf(err, errlen, "alice or root could not log in"), 1)
+	                                  : 0) ||
+	                         !(none = az_sign(JWT_ALG_NONE, NULL, 0, &c, err, errlen)) ||
 	                         count(e->db, SQL_FIRST_OF_BOB, &bobs, err, errlen) < 0
 	                 ? -1
 	                 : 0;
-	if (rc == 0 && !alice)
-		snprintf(err, errlen, "alice could not log in");
 	const char *order = "{\"item\":\"a forged order\",\"amount_cents\":100}";
 	snprintf(path, sizeof(path), "/v1/orders/%lld", bobs);
 	if (rc == 0)

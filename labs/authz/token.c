@@ -21,6 +21,7 @@
 #include <openssl/rsa.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +41,8 @@
 
 static char *pem_of(EVP_PKEY *pkey, bool private_key, int *len)
 {
-	BIO *b = BIO_new(BIO_s_mem());
+	/* a private key's PEM passes through a secure-heap BIO, cleansed when freed */
+	BIO *b = BIO_new(private_key ? BIO_s_secmem() : BIO_s_mem());
 	char *out = NULL, *data = NULL;
 	if (b && (private_key ? PEM_write_bio_PrivateKey(b, pkey, NULL, NULL, 0, NULL, NULL)
 	                      : PEM_write_bio_PUBKEY(b, pkey)) == 1) {
@@ -178,7 +180,7 @@ char *az_sign(jwt_alg_t alg, const char *key, int keylen, const struct authz_cla
  * into alg (cut to len - 1). -1 when the token has no readable header. Reading is not verifying:
  * what a verifier does with this is the whole difference between the two below.
  */
-static int header_alg(const char *token, char *alg, size_t len)
+int az_header_alg(const char *token, char *alg, size_t len)
 {
 	const char *dot = strchr(token, '.');
 	size_t n = dot ? (size_t)(dot - token) : 0;
@@ -213,15 +215,22 @@ static void read_claims(jwt_t *jwt, struct authz_claims *c)
 	char *text = jwt_get_grants_json(jwt, NULL);
 	json_t *g = text ? json_loads(text, 0, NULL) : NULL;
 	free(text);
+	/* sub: a user id as the API writes it, digits without a leading zero, at most 18 of them (no
+	 * overflow, no sign, no "007" aliasing 7); anything else stays 0, which the fixed verifier refuses */
 	const char *sub = json_string_value(json_object_get(g, "sub"));
-	if (sub && *sub && strlen(sub) < 19 && strspn(sub, "0123456789") == strlen(sub))
+	if (sub && sub[0] >= '1' && sub[0] <= '9' && strlen(sub) <= 18 &&
+	    strspn(sub, "0123456789") == strlen(sub))
 		c->sub = strtoll(sub, NULL, 10);
 	snprintf(c->role, sizeof(c->role), "%s", str_claim(g, "role"));
 	snprintf(c->aud, sizeof(c->aud), "%s", str_claim(g, "aud"));
 	snprintf(c->jti, sizeof(c->jti), "%s", str_claim(g, "jti"));
-	json_t *iat = json_object_get(g, "iat"), *exp = json_object_get(g, "exp");
+	json_t *iat = json_object_get(g, "iat"), *exp = json_object_get(g, "exp"),
+	       *nbf = json_object_get(g, "nbf");
 	c->iat = json_is_integer(iat) ? (long long)json_integer_value(iat) : 0;
 	c->exp = json_is_integer(exp) ? (long long)json_integer_value(exp) : 0;
+	/* nbf is optional; when present and not an integer it is unreadable, which the verifier refuses */
+	c->has_nbf = nbf != NULL;
+	c->nbf = json_is_integer(nbf) ? (long long)json_integer_value(nbf) : LLONG_MAX;
 	json_decref(g);
 }
 
@@ -239,7 +248,7 @@ int az_verify_naive(const struct authz_keys *k, const char *token, struct authz_
                     size_t whylen)
 {
 	memset(out, 0, sizeof(*out));
-	if (header_alg(token, out->alg, sizeof(out->alg)) < 0) {
+	if (az_header_alg(token, out->alg, sizeof(out->alg)) < 0) {
 		snprintf(why, whylen, "not a JWT");
 		return -1;
 	}
@@ -261,7 +270,7 @@ int az_verify_fixed(const struct authz_keys *k, const char *token, long long now
                     struct authz_claims *out, char *why, size_t whylen)
 {
 	memset(out, 0, sizeof(*out));
-	if (header_alg(token, out->alg, sizeof(out->alg)) < 0) {
+	if (az_header_alg(token, out->alg, sizeof(out->alg)) < 0) {
 		snprintf(why, whylen, "not a JWT");
 		return -1;
 	}
@@ -283,10 +292,13 @@ int az_verify_fixed(const struct authz_keys *k, const char *token, long long now
 		snprintf(why, whylen, "alg %s not accepted, only " AUTHZ_ALG, jwt_alg_str(used));
 	else if (!out->exp || !out->iat)
 		snprintf(why, whylen, "exp and iat are required");
-	else if (now > out->exp + skew_s)
-		snprintf(why, whylen, "token expired %llds ago", (long long)(now - out->exp));
-	else if (out->iat > now + skew_s)
+	/* the clock comparisons move the skew to the side of now, so no claim's value can overflow */
+	else if (now - skew_s > out->exp)
+		snprintf(why, whylen, "token expired %llds ago", now - out->exp);
+	else if (now + skew_s < out->iat)
 		snprintf(why, whylen, "token issued in the future");
+	else if (out->has_nbf && now + skew_s < out->nbf)
+		snprintf(why, whylen, "token not valid yet (nbf)");
 	else if (strcmp(out->aud, AUTHZ_AUDIENCE) != 0)
 		snprintf(why, whylen, "token is for another audience");
 	else if (out->sub <= 0 || !out->jti[0] || (strcmp(out->role, "user") && strcmp(out->role, "admin")))
