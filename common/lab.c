@@ -259,7 +259,7 @@ static int guard_drop_schema(const char *url, const char *schema, double deadlin
                              size_t errlen)
 {
 	const char *keys[] = {"connect_timeout", NULL}, *vals[] = {"1", NULL};
-	PGconn *conn = pg_connect_with(url, keys, vals, err, errlen);
+	PGconn *conn = pg_connect_always(url, keys, vals, err, errlen);
 	if (!conn)
 		return -1;
 	PQsetNoticeProcessor(conn, guard_notice_ignore, NULL);
@@ -338,6 +338,7 @@ static void guard_cleanup_exit(void)
 	bool exiting = guard.exiting;
 	if (!exiting) {
 		atomic_store(&guard.interrupted, true);
+		pg_refuse_connections();
 		memcpy(pgs[0], guard.pg_url, sizeof(pgs[0]));
 		memcpy(rediss[0], guard.redis_url, sizeof(rediss[0]));
 		for (int i = 0; i < GUARD_EXTRA; i++) {

@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,8 +202,20 @@ int pg_conn_params(const char *url, const char *const *extra_keys, const char *c
 	return 0;
 }
 
-PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const char *const *extra_vals,
-                        char *err, size_t errlen)
+static atomic_bool connections_refused;
+
+void pg_refuse_connections(void)
+{
+	atomic_store(&connections_refused, true);
+}
+
+bool pg_connections_refused(void)
+{
+	return atomic_load(&connections_refused);
+}
+
+PGconn *pg_connect_always(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                          char *err, size_t errlen)
 {
 	const char *keys[PG_CONN_PARAMS_MAX], *vals[PG_CONN_PARAMS_MAX];
 	if (pg_conn_params(url, extra_keys, extra_vals, keys, vals, PG_CONN_PARAMS_MAX) < 0) {
@@ -213,6 +226,24 @@ PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const ch
 	if (!conn || PQstatus(conn) != CONNECTION_OK) {
 		pg_conn_error(conn, err, errlen);
 		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                        char *err, size_t errlen)
+{
+	if (pg_connections_refused()) {
+		snprintf(err, errlen, "the lab is ending (interrupted): no new connection");
+		return NULL;
+	}
+	PGconn *conn = pg_connect_always(url, extra_keys, extra_vals, err, errlen);
+	/* opened while the guard began: its backend may have missed the guard's sweep, so it runs
+	 * nothing (a CREATE after the guard's DROP would leave the schema behind) */
+	if (conn && pg_connections_refused()) {
+		PQfinish(conn);
+		snprintf(err, errlen, "the lab is ending (interrupted): no new connection");
 		return NULL;
 	}
 	return conn;

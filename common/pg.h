@@ -11,6 +11,7 @@
 #define LAB_PG_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,6 +67,17 @@ int pg_conn_params(const char *url, const char *const *extra_keys, const char *c
  */
 PGconn *pg_connect(const char *url, char *err, size_t errlen);
 
+/*
+ * The Ctrl-C guard's first step (common/lab.c): from now on pg_connect and pg_connect_with refuse,
+ * and close a connection that finished opening after it, and the pool opens none (pool.h). So
+ * every backend the lab has is one the guard can see and end before it drops the schema: a
+ * thread opening a connection at that moment cannot CREATE what the guard just dropped.
+ */
+void pg_refuse_connections(void);
+bool pg_connections_refused(void);
+/* pg_connect_with, refused or not: the guard's own connection. */
+PGconn *pg_connect_always(const char *url, const char *const *extra_keys, const char *const *extra_vals,
+                          char *err, size_t errlen);
 /* pg_connect with extra keyword/value pairs that override the URL's (NULL-terminated). */
 PGconn *pg_connect_with(const char *url, const char *const *extra_keys, const char *const *extra_vals,
                         char *err, size_t errlen);

@@ -202,6 +202,12 @@ static int conn_open(struct pool *p)
 	c->pool = p;
 	c->io_fd = -1;
 	c->read_fd = -1;
+	if (pg_connections_refused()) { /* the Ctrl-C guard began (pg.h) */
+		p->stats.connect_errors++;
+		pool_set_error(p, "the lab is ending (interrupted): no new connection");
+		free(c);
+		return -1;
+	}
 	c->pg = PQconnectStartParams(keys, vals, 1);
 	if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
 		p->stats.connect_errors++;
@@ -303,6 +309,10 @@ static void conn_connect_step(struct pool_conn *c)
 			break;
 		return;
 	case PGRES_POLLING_OK:
+		if (pg_connections_refused()) { /* opened while the guard began: it may not see it (pg.h) */
+			conn_connect_failed(c, "the lab is ending (interrupted): no new connection");
+			return;
+		}
 		conn_ready(c);
 		return;
 	case PGRES_POLLING_FAILED:
