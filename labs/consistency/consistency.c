@@ -145,21 +145,35 @@ static int check_standby(struct cons_ctx *x, char *err, size_t errlen)
 	if (n != 1) {
 		snprintf(err, errlen,
 		         "the primary has no synchronous standby 'lab_replica' streaming: "
-		         "scripts/labenv up --replicas");
+		         "scripts/labenv up --replicas (or make lab-consistency)");
 		return -1;
 	}
 	return 0;
+}
+
+/* One line: which server of the replica set, at which URL (no password), what it said, the fix. */
+static int unreachable(const char *what, const char *url, const char *said, char *err, size_t errlen)
+{
+	char shown[256];
+	if (!strncmp(url, "redis://", 8))
+		redis_url_redact(url, shown, sizeof(shown));
+	else
+		pg_url_redact(url, shown, sizeof(shown));
+	snprintf(err, errlen,
+	         "cannot connect to the replica set's %s at %s: %.200s; start it: scripts/labenv up "
+	         "--replicas (or make lab-consistency)",
+	         what, shown, said);
+	return -1;
 }
 
 static int setup(struct cons_ctx *x, struct consistency_result *res, char *err, size_t errlen)
 {
 	const struct consistency_config *cfg = x->cfg;
 	char e[LAB_ERRLEN];
-	if (!(x->primary = pg_connect(cfg->primary_url, e, sizeof(e))) ||
-	    !(x->replica = pg_connect(cfg->replica_url, e, sizeof(e)))) {
-		snprintf(err, errlen, "%s (scripts/labenv up --replicas starts the replica set)", e);
-		return -1;
-	}
+	if (!(x->primary = pg_connect(cfg->primary_url, e, sizeof(e))))
+		return unreachable("PostgreSQL primary", cfg->primary_url, e, err, errlen);
+	if (!(x->replica = pg_connect(cfg->replica_url, e, sizeof(e))))
+		return unreachable("PostgreSQL replica", cfg->replica_url, e, err, errlen);
 	if (check_standby(x, err, errlen) < 0)
 		return -1;
 	snprintf(res->server_version, sizeof(res->server_version), "%s",
@@ -173,11 +187,10 @@ static int setup(struct cons_ctx *x, struct consistency_result *res, char *err, 
 	            "CREATE TABLE " CONS_SCHEMA ".load (id bigserial PRIMARY KEY, pad text)",
 	            err, errlen) < 0)
 		return -1;
-	if (!(x->rp = redis_connect_url(cfg->redis_primary_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e))) ||
-	    !(x->rr = redis_connect_url(cfg->redis_replica_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e)))) {
-		snprintf(err, errlen, "%s (scripts/labenv up --replicas starts the replica set)", e);
-		return -1;
-	}
+	if (!(x->rp = redis_connect_url(cfg->redis_primary_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e))))
+		return unreachable("Redis primary", cfg->redis_primary_url, e, err, errlen);
+	if (!(x->rr = redis_connect_url(cfg->redis_replica_url, CONS_REDIS_TIMEOUT_MS, e, sizeof(e))))
+		return unreachable("Redis replica", cfg->redis_replica_url, e, err, errlen);
 	return cons_nodes_start(x, err, errlen);
 }
 
