@@ -237,7 +237,15 @@ int consistency_run(const struct consistency_config *cfg, struct consistency_res
  * - A weak level "lets a read run ahead of the replica" when at least one of its pairs read
  *   stale. The judge asks it of asynchronous replication (local, phase 1 light and heavy
  *   together, and the knob's off and local under load): a commit there returns before the WAL is
- *   even sent. remote_write and on are shown, not judged: their commit waits for the standby to
+ *   even sent. One stale read in 80 is not luck but near certainty, and says why: at off the
+ *   commit returns before its WAL is flushed, and a walsender ships only flushed WAL (the
+ *   walwriter flushes every wal_writer_delay, 200 ms), so a read ~100 us later finds the row
+ *   missing unless another flush came in between (80/80 in every run seen); at local the
+ *   walsender, walreceiver and startup process must each be woken and scheduled before the
+ *   replay, against one round trip of the client, while two writers keep the replay 100 kB or
+ *   more behind (40 to 69 of 80 stale in the runs seen, on a loaded 2-core machine). Only a
+ *   delay the lab controlled on the standby (recovery_min_apply_delay) would make it certain,
+ *   and the standby is shared and needs a superuser: not done. remote_write and on are shown, not judged: their commit waits for the standby to
  *   write or flush the WAL, but not to replay it, so a stale read there is a race a fast replica
  *   may win every time on loopback.
  * - remote_apply, the LSN wait and stickiness are held to exactly 0 stale reads: they are the
