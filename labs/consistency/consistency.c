@@ -245,9 +245,9 @@ int consistency_run(const struct consistency_config *cfg, struct consistency_res
  *   replay, against one round trip of the client, while two writers keep the replay 100 kB or
  *   more behind (40 to 69 of 80 stale in the runs seen, on a loaded 2-core machine). Only a
  *   delay the lab controlled on the standby (recovery_min_apply_delay) would make it certain,
- *   and the standby is shared and needs a superuser: not done. remote_write and on are shown, not judged: their commit waits for the standby to
- *   write or flush the WAL, but not to replay it, so a stale read there is a race a fast replica
- *   may win every time on loopback.
+ *   and the standby is shared and needs a superuser: not done. remote_write and on are shown,
+ *   not judged: their commit waits for the standby to write or flush the WAL, but not to replay
+ *   it, so a stale read there is a race a fast replica may win every time on loopback.
  * - remote_apply, the LSN wait and stickiness are held to exactly 0 stale reads: they are the
  *   guarantees, and one stale read would disprove them.
  * - Commit latency by level is shown, not judged: on a machine shared with other tests a p50 can
