@@ -21,6 +21,9 @@
 #define CONS_STATEMENT_TIMEOUT "5s"
 /* how long a stale read is followed until the replica shows the write */
 #define CONS_VISIBLE_MAX_US 2000000
+/* between two polls of the replica (the LSN wait, a stale read followed): a loop with no pause
+ * takes a core from the startup process whose replay it waits for, on a 2-core machine */
+#define CONS_POLL_US 100
 /* stale reads followed per row: the time distribution needs a few dozen, and following each one
  * under heavy load costs up to its lag (tens of ms) */
 #define CONS_FOLLOW_MAX       24

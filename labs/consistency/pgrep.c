@@ -131,6 +131,7 @@ static int wait_lsn(PGconn *replica, const char *lsn, char *err, size_t errlen)
 			snprintf(err, errlen, "the replica did not replay up to %s within 2 s", lsn);
 			return -1;
 		}
+		cons_sleep_us(CONS_POLL_US);
 	}
 }
 
@@ -170,7 +171,12 @@ static int pair(const struct cons_ctx *x, struct cons_rw *row, int64_t id, enum 
 	                       1, p, err, errlen);
 	if (!r)
 		return -1;
-	snprintf(lsn, sizeof(lsn), "%s", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "0/0");
+	if (PQntuples(r) != 1 || PQgetisnull(r, 0, 0)) {
+		snprintf(err, errlen, "INSERT ... RETURNING gave %d rows, not one LSN", PQntuples(r));
+		PQclear(r);
+		return -1;
+	}
+	snprintf(lsn, sizeof(lsn), "%s", PQgetvalue(r, 0, 0));
 	PQclear(r);
 	uint64_t committed = hist_now_us();
 	hist_record(&row->commit_us, committed - t0);
@@ -180,7 +186,12 @@ static int pair(const struct cons_ctx *x, struct cons_rw *row, int64_t id, enum 
 		PGresult *w = pg_query(x->primary, "SELECT pg_current_wal_lsn()::text", 0, NULL, err, errlen);
 		if (!w)
 			return -1;
-		snprintf(lsn, sizeof(lsn), "%s", PQntuples(w) == 1 ? PQgetvalue(w, 0, 0) : "0/0");
+		if (PQntuples(w) != 1 || PQgetisnull(w, 0, 0)) {
+			snprintf(err, errlen, "pg_current_wal_lsn() gave %d rows", PQntuples(w));
+			PQclear(w);
+			return -1;
+		}
+		snprintf(lsn, sizeof(lsn), "%s", PQgetvalue(w, 0, 0));
 		PQclear(w);
 		if (wait_lsn(x->replica, lsn, err, errlen) < 0)
 			return -1;
@@ -198,9 +209,11 @@ static int pair(const struct cons_ctx *x, struct cons_rw *row, int64_t id, enum 
 	hist_record(&row->behind_b, (uint64_t)behind);
 	if (row->visible_us.count >= CONS_FOLLOW_MAX)
 		return 0;
-	while (!seen && hist_now_us() - committed < CONS_VISIBLE_MAX_US)
+	while (!seen && hist_now_us() - committed < CONS_VISIBLE_MAX_US) {
+		cons_sleep_us(CONS_POLL_US);
 		if (read_row(rc, true, ids, lsn, &seen, &behind, err, errlen) < 0)
 			return -1;
+	}
 	hist_record(&row->visible_us, hist_now_us() - committed);
 	return 0;
 }

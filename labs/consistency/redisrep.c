@@ -114,8 +114,11 @@ static int replicaof(redisContext *c, const char *host, const char *port, char *
 	redisReply *r = redis_cmd(c, err, errlen, "REPLICAOF %s %s", host, port);
 	if (!r)
 		return -1;
+	int ok = r->type == REDIS_REPLY_STATUS;
+	if (!ok)
+		snprintf(err, errlen, "REPLICAOF %s %s: not a status reply (type %d)", host, port, r->type);
 	freeReplyObject(r);
-	return 0;
+	return ok ? 0 : -1;
 }
 
 /* Waits (5 s at most) until node's INFO replication says master_link_status:up. */
