@@ -423,7 +423,7 @@ static void test_deny_list_fails_closed_when_redis_is_lost(void **state)
 	/* Redis drops this API's connection (and only its: by its address) */
 	struct sockaddr_in sa;
 	socklen_t len = sizeof(sa);
-	assert_int_equal(getsockname(own->redis->c.fd, (struct sockaddr *)&sa, &len), 0);
+	assert_int_equal(getsockname(own->redis.ctx->c.fd, (struct sockaddr *)&sa, &len), 0);
 	redisContext *rc = redis_connect_url(cfg.redis_url, 2000, err, sizeof(err));
 	assert_non_null(rc);
 	redisReply *r = redis_cmd(rc, err, sizeof(err), "CLIENT KILL ADDR 127.0.0.1:%d", ntohs(sa.sin_port));

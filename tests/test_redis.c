@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "redis.h"
+#include "redis_async.h"
 
 /* 1 s: the local server answers in microseconds; a refused port must not hang a test */
 #define TIMEOUT_MS 1000
@@ -282,6 +283,53 @@ static void test_wrong_password_fails_with_the_servers_auth_message(void **state
 		fail_msg("unexpected error: %s", err);
 }
 
+static void pong_cb(redisAsyncContext *ac, void *reply, void *arg)
+{
+	(void)ac;
+	redisReply *r = reply;
+	*(int *)arg = r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "PONG") ? 1 : -1;
+}
+
+static void test_async_opens_ready_and_refuses_a_bad_password_or_port(void **state)
+{
+	(void)state;
+	char err[256] = "", url[512], shown[256];
+	struct event_base *base = event_base_new();
+	assert_non_null(base);
+	struct redis_async r;
+	if (redis_async_open(&r, base, redis_url_default(), TIMEOUT_MS, err, sizeof(err)) != 0)
+		fail_msg("redis_async_open: %s", err);
+	assert_true(r.ready);
+	assert_string_equal(r.error, "");
+	int pong = 0;
+	assert_int_equal(redisAsyncCommand(r.ctx, pong_cb, &pong, "PING"), REDIS_OK);
+	while (!pong)
+		event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(pong, 1);
+	/* a command pending at close gets its callback with no reply, and nothing after */
+	pong = 0;
+	assert_int_equal(redisAsyncCommand(r.ctx, pong_cb, &pong, "PING"), REDIS_OK);
+	redis_async_close(&r);
+	assert_int_equal(pong, -1);
+	assert_null(r.ctx);
+	assert_false(r.ready);
+	redis_async_close(&r); /* twice: a no-op */
+
+	/* a wrong password: AUTH's error, not a ready connection */
+	redis_url_redact(redis_url_default(), shown, sizeof(shown));
+	snprintf(url, sizeof(url), "redis://:surely-not-the-password@%s", shown + 8);
+	assert_int_equal(redis_async_open(&r, base, url, TIMEOUT_MS, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "AUTH failed"));
+	assert_false(r.ready);
+	redis_async_close(&r);
+	/* nobody on the port */
+	assert_int_equal(redis_async_open(&r, base, "redis://127.0.0.1:1/0", TIMEOUT_MS, err, sizeof(err)),
+	                 -1);
+	assert_non_null(strstr(err, "Redis"));
+	redis_async_close(&r);
+	event_base_free(base);
+}
+
 static void test_redact_drops_the_password_and_keeps_the_rest(void **state)
 {
 	(void)state;
@@ -351,6 +399,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_url_with_endpoint_keeps_user_password_and_db_and_changes_host_and_port),
+	        cmocka_unit_test(test_async_opens_ready_and_refuses_a_bad_password_or_port),
 	        cmocka_unit_test(test_set_then_get_under_the_prefix_returns_the_value),
 	        cmocka_unit_test(test_del_prefix_deletes_exactly_the_prefixed_keys_across_scan_batches),
 	        cmocka_unit_test(test_del_prefix_takes_glob_characters_literally),

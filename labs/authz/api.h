@@ -11,6 +11,7 @@
 #include "http.h"
 #include "internal.h"
 #include "pool.h"
+#include "redis_async.h"
 
 enum az_route_kind { R_LOGIN, R_KEY, R_ME, R_ADMIN_USERS, R_LOGOUT, R_ORDERS_NEW, R_ORDER, R_USER, R_KINDS };
 
@@ -30,9 +31,7 @@ struct authz_api {
 	struct authz_keys keys; /* a copy of the PEMs the API signs and verifies with */
 	struct http_app app;
 	struct pool *pool;
-	redisAsyncContext *redis;
-	bool redis_ready;
-	char redis_error[200];
+	struct redis_async redis; /* the deny-list; its ctx NULL when lost (503 then) */
 	bool stopping;
 	struct az_ctx *live;
 	struct authz_hash dummy; /* checked for an unknown user, so that it costs what a known one does */

@@ -19,6 +19,7 @@
 #include "http.h"
 #include "idempotency.h"
 #include "pool.h"
+#include "redis_async.h"
 
 #define SCHEMA       "lab_idempotency"
 #define REDIS_PREFIX "lab:idempotency:"
@@ -50,9 +51,7 @@ struct idempotency_api {
 	struct idempotency_config cfg;
 	struct http_app app; /* base, server, loop thread: stopped by http_app_stop only */
 	struct pool *pool;
-	redisAsyncContext *redis; /* NULL when there is none or it was lost (its callbacks free it) */
-	char redis_error[256];    /* why Redis is unavailable, "" while it is fine */
-	bool redis_ready;         /* connected, and AUTH and SELECT answered OK */
+	struct redis_async redis; /* its ctx NULL when there is none or it was lost */
 	struct event *reaper, *completer;
 	bool reaping, completing;
 	bool stopping; /* http_app_stop is releasing: a request that still arrives gets 503 */
