@@ -263,14 +263,32 @@ static void created_cb(struct az_ctx *ctx, PGresult *res)
 
 static void deleted_cb(struct az_ctx *ctx, PGresult *res)
 {
-	if (PQntuples(res) != 1) {
+	if (PQntuples(res) != 1)
 		az_fail(ctx, 404, "no such user");
-		return;
-	}
+	else
+		az_no_content(ctx);
+}
+
+/* After the deny-list holds the user's tokens: the row. */
+static void delete_user(struct az_ctx *ctx)
+{
+	db(ctx,
+	   "UPDATE " SCHEMA ".users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+	   1, deleted_cb);
+}
+
+/*
+ * DELETE /v1/users/{id}: the deny-list first, then the row. In this order a failure fails closed:
+ * Redis down is a 503 with nothing changed; the database failing after the SET leaves a live user
+ * whose tokens are refused until the admin's retry, never a deleted one whose tokens still work.
+ * A deny key for an id with no user (404) only refuses tokens nobody holds.
+ */
+static void delete_user_start(struct az_ctx *ctx)
+{
 	/* every token of theirs: none outlives token_ttl_s + skew_s from now */
 	char key[96];
 	snprintf(key, sizeof(key), DENY_SUB "%lld", ctx->id);
-	az_redis_deny(ctx, key, (long long)ctx->api->cfg.token_ttl_s + ctx->api->cfg.skew_s);
+	az_redis_deny(ctx, key, (long long)ctx->api->cfg.token_ttl_s + ctx->api->cfg.skew_s, delete_user);
 }
 
 static void new_order(struct az_ctx *ctx)
@@ -321,10 +339,7 @@ void az_dispatch(struct az_ctx *ctx)
 		if (!admin)
 			forbidden(ctx, "admin role required");
 		else
-			db(ctx,
-			   "UPDATE " SCHEMA
-			   ".users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id",
-			   1, deleted_cb);
+			delete_user_start(ctx);
 		return;
 	case R_ORDER:
 		/* the naive route trusts the id; the fixed one asks for the caller's order with that id */
@@ -342,7 +357,7 @@ void az_dispatch(struct az_ctx *ctx)
 		/* until the verifier would refuse it anyway: exp plus the skew it allows */
 		char key[96];
 		snprintf(key, sizeof(key), DENY_JTI "%s", c->jti);
-		az_redis_deny(ctx, key, c->exp + ctx->api->cfg.skew_s - az_now());
+		az_redis_deny(ctx, key, c->exp + ctx->api->cfg.skew_s - az_now(), NULL);
 		return;
 	}
 	default:

@@ -51,7 +51,8 @@ struct az_ctx {
 	int np;
 	const char *sql;
 	void (*done)(struct az_ctx *ctx, PGresult *res);
-	char password[256]; /* login only, cleansed when the context is freed */
+	void (*then)(struct az_ctx *ctx); /* after a deny-list SET (az_redis_deny) */
+	char password[256];               /* login only, cleansed when the context is freed */
 };
 
 /* api.c */
@@ -69,7 +70,7 @@ void az_redis_free(struct authz_api *api);
 /* fixed side: 401 when the token's jti or sub is on the deny-list, else az_dispatch; 503 when Redis
  * cannot say (fail closed) */
 void az_redis_check(struct az_ctx *ctx);
-/* SET key value EX ttl_s, then 204 (503 when Redis fails) */
-void az_redis_deny(struct az_ctx *ctx, const char *key, long long ttl_s);
+/* SET key value EX ttl_s, then then(ctx) (NULL: 204); 503 when Redis fails, and then never runs */
+void az_redis_deny(struct az_ctx *ctx, const char *key, long long ttl_s, void (*then)(struct az_ctx *ctx));
 
 #endif

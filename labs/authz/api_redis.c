@@ -66,11 +66,12 @@ static void deny_cb(redisAsyncContext *ac, void *r, void *privdata)
 	if (!reply || reply->type != REDIS_REPLY_STATUS)
 		unavailable(ctx);
 	else
-		az_no_content(ctx);
+		ctx->then(ctx);
 }
 
-void az_redis_deny(struct az_ctx *ctx, const char *key, long long ttl_s)
+void az_redis_deny(struct az_ctx *ctx, const char *key, long long ttl_s, void (*then)(struct az_ctx *ctx))
 {
+	ctx->then = then ? then : az_no_content;
 	struct authz_api *api = ctx->api;
 	if (ttl_s < 1)
 		ttl_s = 1; /* the token is already past what the verifier accepts: a second is plenty */
