@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hist.h"
+
 /* how often child_start tries the port and child_stop looks for the exit */
 #define POLL_MS 5
 /* a directory tree deeper than this is not one of ours */
@@ -89,19 +91,6 @@ static int live_dir(const char *old, const char *new, int fd)
 		}
 	pthread_mutex_unlock(&live.mu);
 	return was;
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
 }
 
 /* The group and the process: never pid 0 (our own group) or 1 (kill(-1) is every process). */
@@ -409,11 +398,11 @@ int child_stop(struct child *c, int grace_ms)
 		grace_ms = CHILD_STOP_DEFAULT_MS;
 	/* the group: a server that forked workers of its own takes them along */
 	kill_group(c->pid, SIGTERM);
-	double deadline = now_ms() + grace_ms;
-	while (now_ms() < deadline) {
+	double deadline = hist_now_ms() + grace_ms;
+	while (hist_now_ms() < deadline) {
 		if (!child_running(c))
 			return 0;
-		sleep_ms(POLL_MS);
+		hist_sleep_us(1000LL * POLL_MS);
 	}
 	kill_group(c->pid, SIGKILL);
 	int status = 0;
@@ -561,7 +550,7 @@ static bool file_holds_pid(const char *path, pid_t pid)
 static int wait_ready(struct child *c, const char *ready_file, int timeout_ms, char *err, size_t errlen)
 {
 	char tail[768], how[96];
-	double deadline = now_ms() + timeout_ms;
+	double deadline = hist_now_ms() + timeout_ms;
 	bool accepted = false; /* once at least: the last try may find a stranger's backlog full */
 	for (;;) {
 		/* in this order: a child that bound the port and then exited is not ready */
@@ -577,9 +566,9 @@ static int wait_ready(struct child *c, const char *ready_file, int timeout_ms, c
 		}
 		if (accepts && its_own)
 			return 0;
-		if (now_ms() >= deadline)
+		if (hist_now_ms() >= deadline)
 			break;
-		sleep_ms(POLL_MS);
+		hist_sleep_us(1000LL * POLL_MS);
 	}
 	child_stop(c, CHILD_STOP_DEFAULT_MS);
 	child_log_tail(c, tail, sizeof(tail));
@@ -712,10 +701,10 @@ int child_start(struct child *c, const struct child_spec *spec, char *err, size_
  * removed. */
 static void reap_killed(const pid_t *pids)
 {
-	double deadline = now_ms() + GUARD_REAP_MS;
+	double deadline = hist_now_ms() + GUARD_REAP_MS;
 	for (int i = 0; i < LIVE_MAX; i++)
-		while (pids[i] > 1 && waitpid(pids[i], NULL, WNOHANG) == 0 && now_ms() < deadline)
-			sleep_ms(1);
+		while (pids[i] > 1 && waitpid(pids[i], NULL, WNOHANG) == 0 && hist_now_ms() < deadline)
+			hist_sleep_us(1000);
 }
 
 void child_kill_and_remove_all(void)
@@ -726,7 +715,8 @@ void child_kill_and_remove_all(void)
 	 * name anything */
 	atomic_store(&live_closed, true);
 	bool locked = false;
-	for (double deadline = now_ms() + GUARD_LOCK_MS; !locked && now_ms() < deadline; sleep_ms(1))
+	for (double deadline = hist_now_ms() + GUARD_LOCK_MS; !locked && hist_now_ms() < deadline;
+	     hist_sleep_us(1000))
 		locked = pthread_mutex_trylock(&live.mu) == 0;
 	pid_t pids[LIVE_MAX];
 	for (int i = 0; i < LIVE_MAX; i++) {

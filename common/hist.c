@@ -4,6 +4,7 @@
  * is at most 1/32 of its lower bound, up to 2^HIST_TOP_BIT us. The last bucket takes every
  * sample past that: its upper bound is open, so a percentile that lands there answers max_us.
  */
+#include <errno.h>
 #include "hist.h"
 
 #include <math.h>
@@ -17,6 +18,20 @@ uint64_t hist_now_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+double hist_now_ms(void)
+{
+	return hist_now_us() / 1000.0;
+}
+
+void hist_sleep_us(int64_t us)
+{
+	if (us <= 0)
+		return;
+	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
 }
 
 void hist_init(struct hist *h)

@@ -30,6 +30,10 @@ struct hist {
 
 /* Microseconds on a monotonic clock (CLOCK_MONOTONIC). This function can't fail. */
 uint64_t hist_now_us(void);
+/* The same clock in milliseconds, for deadlines counted in ms. This function can't fail. */
+double hist_now_ms(void);
+/* Sleeps us microseconds, the whole of them even when a signal interrupts; nothing for us <= 0. */
+void hist_sleep_us(int64_t us);
 
 /* Empties h. This function can't fail. */
 void hist_init(struct hist *h);

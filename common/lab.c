@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "child.h"
+#include "hist.h"
 #include "lab_internal.h"
 #include "loop.h"
 #include "pg.h"
@@ -80,13 +81,6 @@ static void guard_signal_set(sigset_t *set)
 	sigaddset(set, SIGTERM);
 }
 
-static double monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
 /* The guard's connection says nothing: libpq's default would fprintf a WARNING for a backend that
  * ended before pg_terminate_backend reached it, and stdio's lock may be held by the thread being
  * ended. */
@@ -111,7 +105,7 @@ static int guard_drop_schema(const char *url, const char *schema, double deadlin
 		/* a short lock wait first (a backend of ours that reconnected holds a lock a moment);
 		 * the last outwaits deadlock_timeout (1 s), which is when an autovacuum worker in the
 		 * way cancels itself; every statement ends by the deadline */
-		long left = (long)(deadline_ms - monotonic_ms());
+		long left = (long)(deadline_ms - hist_now_ms());
 		if (left < 50) {
 			snprintf(err, errlen, "out of time");
 			break;
@@ -159,7 +153,7 @@ static int guard_del_keys(const char *url, const char *prefix, double deadline_m
 		return -1;
 	int ret = -1;
 	long long deleted = 1;
-	while (deleted > 0 && monotonic_ms() < deadline_ms)
+	while (deleted > 0 && hist_now_ms() < deadline_ms)
 		if (redis_del_prefix(rc, prefix, &deleted, err, errlen) < 0)
 			goto out;
 	ret = 0;
@@ -191,7 +185,7 @@ static void guard_cleanup_exit(void)
 	pthread_mutex_unlock(&guard.mu);
 	if (exiting)
 		return;
-	double deadline = monotonic_ms() + GUARD_CLEANUP_MS;
+	double deadline = hist_now_ms() + GUARD_CLEANUP_MS;
 
 	char schema[96], prefix[96], err[LAB_ERRLEN], shown[256];
 	snprintf(schema, sizeof(schema), "lab_%s", guard.name);
@@ -252,9 +246,9 @@ static void guard_atexit(void)
  */
 static bool guard_wait_signal_ms(const sigset_t *set, int ms)
 {
-	double deadline = monotonic_ms() + ms;
+	double deadline = hist_now_ms() + ms;
 	for (;;) {
-		double left = deadline - monotonic_ms();
+		double left = deadline - hist_now_ms();
 		if (left <= 0)
 			return false;
 		struct timespec ts = {(time_t)(left / 1000), (long)(fmod(left, 1000.0) * 1e6)};

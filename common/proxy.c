@@ -8,6 +8,7 @@
  * proxy_internal.h the structures the two share.
  */
 #include "proxy.h"
+#include "hist.h"
 #include "proxy_internal.h"
 #include "loop.h"
 
@@ -271,7 +272,7 @@ int proxy_set_delay(struct proxy *p, int delay_up_us, int delay_down_us)
 static int proxy_set_bandwidth_fn(struct proxy *p, void *arg)
 {
 	int64_t bps = *(int64_t *)arg;
-	uint64_t now = proxy_now_us();
+	uint64_t now = hist_now_us();
 	p->bandwidth_bps = bps;
 	for (struct proxy_conn *c = p->conns, *next; c; c = next) {
 		next = c->next;

@@ -91,8 +91,6 @@ struct proxy_call {
 	int ret;
 };
 
-/* proxy_relay.c (each is commented where it is defined) */
-uint64_t proxy_now_us(void);
 int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now);
 void proxy_conn_close(struct proxy_conn *c);
 void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int addrlen,

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "proxy_internal.h"
 
 /* 4 MiB held per direction at most: throughput stays above 400 MB/s behind a 10 ms delay. */
@@ -38,13 +39,6 @@
 #define PROXY_BUCKET_MS 10
 /* ...but at most 64 KiB, so a fast limit still wakes often enough to stay smooth. */
 #define PROXY_BUCKET_MAX (64 * 1024)
-
-uint64_t proxy_now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static double proxy_bucket_cap(int64_t bps)
 {
@@ -160,7 +154,7 @@ int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now)
 static void proxy_pipe_pump(struct proxy_pipe *pp)
 {
 	struct proxy_conn *c = pp->conn;
-	uint64_t now = proxy_now_us();
+	uint64_t now = hist_now_us();
 
 	while (pp->seg_count > 0 && pp->segs[pp->seg_head].due_us <= now) {
 		struct proxy_seg *s = &pp->segs[pp->seg_head];
@@ -212,7 +206,7 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct proxy_conn *c = pp->conn;
 	struct proxy *p = c->proxy;
 	char buf[PROXY_READ_CHUNK];
-	uint64_t now = proxy_now_us();
+	uint64_t now = hist_now_us();
 	int delay = pp == &c->up ? p->delay_up_us : p->delay_down_us;
 	/* zero delay and nothing waiting: straight to ready, the proxy's fastest path */
 	struct evbuffer *into = delay == 0 && pp->seg_count == 0 ? pp->ready : pp->held;
@@ -308,7 +302,7 @@ static int proxy_pipe_init(struct proxy_pipe *pp, struct proxy_conn *c, evutil_s
 	pp->src = src;
 	pp->dst = dst;
 	pp->bytes = bytes;
-	pp->tokens_at_us = proxy_now_us();
+	pp->tokens_at_us = hist_now_us();
 	pp->read_ev = event_new(base, src, EV_READ | EV_PERSIST, proxy_read_cb, pp);
 	pp->write_ev = event_new(base, dst, EV_WRITE | EV_PERSIST, proxy_write_cb, pp);
 	pp->timer_ev = evtimer_new(base, proxy_timer_cb, pp);

@@ -45,6 +45,18 @@ static uint64_t *log_uniform_samples(uint64_t seed, size_t n, double max_us)
 	return v;
 }
 
+static void test_sleep_lasts_at_least_what_was_asked_and_nothing_for_zero(void **state)
+{
+	(void)state;
+	uint64_t t0 = hist_now_us();
+	hist_sleep_us(2000);
+	assert_true(hist_now_us() - t0 >= 2000); /* nanosleep never returns early but by a signal, retried */
+	double m0 = hist_now_ms();
+	hist_sleep_us(0);
+	hist_sleep_us(-5);
+	assert_true(hist_now_ms() >= m0);
+}
+
 static void test_an_empty_histogram_answers_zero(void **state)
 {
 	(void)state;
@@ -174,6 +186,7 @@ static void test_the_range_reaches_2_to_the_40_us_and_clamps_past_it(void **stat
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_sleep_lasts_at_least_what_was_asked_and_nothing_for_zero),
 	        cmocka_unit_test(test_an_empty_histogram_answers_zero),
 	        cmocka_unit_test(test_values_below_64_us_are_exact),
 	        cmocka_unit_test(test_percentiles_land_within_their_buckets_relative_error),

@@ -75,7 +75,7 @@ int scripted_aside(struct cp *cp, int fix, struct cp_scripted *res, char *err, s
 	}
 	/* later: past the TTL (none and TTL), or once the writer's second DEL came */
 	if (fix == 1) {
-		cp_sleep_ms(cfg->dd_delay_ms);
+		hist_sleep_us(1000LL * cfg->dd_delay_ms);
 		for (int k = 0; k < cfg->scripted; k++) {
 			char key[128];
 			cp_key(key, sizeof(key), ns, k);
@@ -83,7 +83,7 @@ int scripted_aside(struct cp *cp, int fix, struct cp_scripted *res, char *err, s
 				return step_fail(cp, NULL, cp->wrc);
 		}
 	} else if (fix <= 0) {
-		cp_sleep_ms(cfg->ttl_ms + CP_TTL_MARGIN_MS);
+		hist_sleep_us(1000LL * (cfg->ttl_ms + CP_TTL_MARGIN_MS));
 	}
 	return cp_count_stale(cp, ns, cfg->scripted, &res->stale_later, err, errlen);
 }

@@ -239,7 +239,7 @@ static int server_start(struct wb_server *s, bool aof, char *err, size_t errlen)
 		}
 		if (s->rc->err || !strstr(err, "LOADING") || hist_now_us() > until)
 			return -1;
-		cp_sleep_ms(5);
+		hist_sleep_us(5000);
 	}
 	return wb_group(s->rc, err, errlen);
 }
@@ -255,7 +255,7 @@ static void server_kill(struct wb_server *s)
 		kill(s->child.pid, SIGKILL);
 		uint64_t until = hist_now_us() + KILL_WAIT_MS * 1000ULL;
 		while (child_running(&s->child) && hist_now_us() < until)
-			cp_sleep_ms(5);
+			hist_sleep_us(5000);
 	}
 	child_stop(&s->child, 0);
 }

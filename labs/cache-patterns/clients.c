@@ -94,7 +94,7 @@ static int read_miss(struct client *c, const char *key, int k, int64_t *got)
 		return client_fail(c, false, "read", err);
 	enum cp_pattern p = c->run->p;
 	if (p <= CP_ASIDE_VERSION)
-		cp_sleep_ms(cfg->gap_ms);
+		hist_sleep_us(1000LL * cfg->gap_ms);
 	int r;
 	bool set = true;
 	if (p == CP_ASIDE_VERSION || p == CP_BEHIND) /* write-behind: never over a newer acked write */
@@ -134,7 +134,7 @@ static int dd_run(struct client *c, bool flush)
 			continue;
 		}
 		if (flush && c->dd_due[i] > now) {
-			cp_sleep_ms((int)((c->dd_due[i] - now) / 1000 + 1));
+			hist_sleep_us(1000LL * ((int)((c->dd_due[i] - now) / 1000 + 1)));
 			now = hist_now_us();
 		}
 		char key[128], err[LAB_ERRLEN];
@@ -169,7 +169,7 @@ static int write_cache(struct client *c, const char *key, int k, int64_t ver, in
 		break;
 	case CP_UPDATE:
 		/* the writer's gap: between its commit and its SET */
-		cp_sleep_ms(cfg->gap_ms);
+		hist_sleep_us(1000LL * cfg->gap_ms);
 		__attribute__((fallthrough));
 	case CP_THROUGH:
 		r = cache_set(c->rc, key, ver, price, 0, err, sizeof(err));
@@ -258,7 +258,7 @@ static void *worker_cb(void *arg)
 		if (entries == 0 && stopping)
 			break;
 		if (entries == 0)
-			cp_sleep_ms(2);
+			hist_sleep_us(2000);
 	}
 	return NULL;
 }
@@ -291,7 +291,7 @@ static void load_drive(struct load_run *run, struct client *cl, int n, bool work
 	uint64_t t0 = hist_now_us(), end = t0 + (uint64_t)cfg->run_ms * 1000;
 	while (hist_now_us() < end && !atomic_load(&run->failed) && !lab_interrupted()) {
 		cp_progress(cfg, cp_pattern_name(run->p), (double)(hist_now_us() - t0) / (end - t0));
-		cp_sleep_ms(50);
+		hist_sleep_us(50000);
 	}
 	atomic_store(&run->stop_writers, true);
 	for (int i = readers; i < readers + writers && i < started; i++)
@@ -329,7 +329,7 @@ static int load_count(struct cp *cp, enum cp_pattern p, struct cp_load_result *r
 		return -1;
 	res->stale_keys_later = res->stale_keys;
 	if (p == CP_ASIDE || p == CP_ASIDE_TTL) {
-		cp_sleep_ms(cfg->ttl_ms + CP_TTL_MARGIN_MS);
+		hist_sleep_us(1000LL * (cfg->ttl_ms + CP_TTL_MARGIN_MS));
 		if (cp_count_stale(cp, load_ns(p), cfg->keys, &res->stale_keys_later, err, errlen) < 0)
 			return -1;
 	}

@@ -120,7 +120,6 @@ int cp_key_stale(struct cp *cp, const char *ns, int k, bool *stale, char *err, s
 /* sum(flushes) over the rows: the rows write-behind's worker wrote, as the server counted them */
 int cp_sum_flushes(struct cp *cp, int64_t *sum, char *err, size_t errlen);
 
-void cp_sleep_ms(int ms);
 void cp_progress(const struct cache_patterns_config *cfg, const char *what, double done);
 
 /* ---- clients.c: a pattern under random load ---- */

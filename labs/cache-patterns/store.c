@@ -20,15 +20,6 @@
 	"price_cents int NOT NULL CONSTRAINT price_not_negative CHECK (price_cents >= 0), "                  \
 	"version bigint NOT NULL DEFAULT 0, flushes int NOT NULL DEFAULT 0)"
 
-void cp_sleep_ms(int ms)
-{
-	if (ms <= 0)
-		return;
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 void cp_progress(const struct cache_patterns_config *cfg, const char *what, double done)
 {
 	if (cfg->progress_cb)

@@ -52,13 +52,6 @@ void cons_progress(const struct cons_ctx *x, const char *what, double done)
 		x->cfg->progress_cb(what, done, x->cfg->progress_arg);
 }
 
-void cons_sleep_us(long us)
-{
-	struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 /* ---- the throwaway redis-servers ---- */
 
 int cons_nodes_start(struct cons_ctx *x, char *err, size_t errlen)

@@ -45,7 +45,6 @@ struct cons_ctx {
 };
 
 void cons_progress(const struct cons_ctx *x, const char *what, double done);
-void cons_sleep_us(long us);
 
 int cons_phase_ryw(const void *c, void *r, char *err, size_t errlen);
 int cons_phase_fixes(const void *c, void *r, char *err, size_t errlen);

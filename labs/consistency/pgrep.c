@@ -87,7 +87,7 @@ static int load_start(struct load *l, const struct cons_ctx *x, int writers, cha
 			snprintf(err, errlen, "cannot start a writer thread");
 			return -1;
 		}
-	cons_sleep_us(50000); /* the load is running before the first pair */
+	hist_sleep_us(50000); /* the load is running before the first pair */
 	return 0;
 }
 
@@ -131,7 +131,7 @@ static int wait_lsn(PGconn *replica, const char *lsn, char *err, size_t errlen)
 			snprintf(err, errlen, "the replica did not replay up to %s within 2 s", lsn);
 			return -1;
 		}
-		cons_sleep_us(CONS_POLL_US);
+		hist_sleep_us(CONS_POLL_US);
 	}
 }
 
@@ -210,7 +210,7 @@ static int pair(const struct cons_ctx *x, struct cons_rw *row, int64_t id, enum 
 	if (row->visible_us.count >= CONS_FOLLOW_MAX)
 		return 0;
 	while (!seen && hist_now_us() - committed < CONS_VISIBLE_MAX_US) {
-		cons_sleep_us(CONS_POLL_US);
+		hist_sleep_us(CONS_POLL_US);
 		if (read_row(rc, true, ids, lsn, &seen, &behind, err, errlen) < 0)
 			return -1;
 	}

@@ -138,7 +138,7 @@ static int link_up(redisContext *c, char *err, size_t errlen)
 			         "the cut phase's replica did not sync with its primary within 5 s");
 			return -1;
 		}
-		cons_sleep_us(10000);
+		hist_sleep_us(10000);
 	}
 }
 

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "hist.h"
 #include "internal.h"
 
 /* the page runs about 40 fetches on loopback; this much virtual time is never the limit */
@@ -69,13 +70,6 @@ void cors_chromium_version(const char *chromium, char *out, size_t outlen)
 		}
 	}
 	pclose(p);
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
 }
 
 /* Percent-decodes s (encodeURIComponent's output) into out. */
@@ -195,13 +189,13 @@ static int run_child(const struct cors_config *cfg, const char *dir, const char 
 	argv[n++] = url;
 	argv[n] = NULL;
 	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = dir};
-	double t0 = now_ms();
+	double t0 = hist_now_ms();
 	if (child_start(c, &spec, err, errlen) < 0)
 		return -1;
 	r->browser_pid = (int)c->pid;
 	r->browser_starts++;
 	while (child_running(c)) {
-		if (now_ms() - t0 > cfg->browser_timeout_ms) {
+		if (hist_now_ms() - t0 > cfg->browser_timeout_ms) {
 			char tail[400];
 			child_log_tail(c, tail, sizeof(tail));
 			child_stop(c, STOP_MS);
@@ -211,13 +205,13 @@ static int run_child(const struct cors_config *cfg, const char *dir, const char 
 		}
 		/* a progress line on a terminal: the run takes seconds, most of them the browser's start */
 		if (cfg->progress_cb) {
-			double done = (now_ms() - t0) / EXPECTED_MS;
+			double done = (hist_now_ms() - t0) / EXPECTED_MS;
 			cfg->progress_cb("headless Chromium runs every case", done < 0.95 ? done : 0.95,
 			                 cfg->progress_arg);
 		}
-		usleep(POLL_MS * 1000);
+		hist_sleep_us(1000LL * POLL_MS);
 	}
-	r->browser_ms = now_ms() - t0;
+	r->browser_ms = hist_now_ms() - t0;
 	return 0;
 }
 

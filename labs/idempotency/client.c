@@ -22,12 +22,6 @@
 #define SETTLE_EVERY_MS 50
 #define SETTLE_TRIES    50
 
-void idem_sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
-}
-
 void idem_run_client(char *out, size_t outlen, const char *what)
 {
 	static unsigned runs;
@@ -221,7 +215,7 @@ static int settle(struct idempotency_api *api, const struct load_ctx *lc, char *
 				         rs.body);
 				return -1;
 			}
-			idem_sleep_ms(SETTLE_EVERY_MS);
+			hist_sleep_us(1000LL * SETTLE_EVERY_MS);
 		}
 	}
 	return 0;

@@ -121,7 +121,6 @@ int idem_lost(const struct idempotency_config *cfg, struct idempotency_result *r
 /* idempotency_count on a connection of the caller's */
 int idem_count_on(PGconn *conn, const char *client, int64_t *charges, int64_t *cents, char *err,
                   size_t errlen);
-void idem_sleep_ms(int ms);
 /* A client id of its own for every run, so that counts are this run's alone. */
 void idem_run_client(char *out, size_t outlen, const char *what);
 /*

@@ -90,7 +90,7 @@ static int flaky_attempts(const struct idempotency_config *cfg, int port, bool w
 	/* with a key, once more after the slow answer went out, to see that the replay holds */
 	uint64_t waited_ms = (hist_now_us() - t0) / 1000;
 	if (waited_ms < (uint64_t)cfg->slow_ms + 50)
-		idem_sleep_ms(cfg->slow_ms + 50 - (int)waited_ms);
+		hist_sleep_us(1000LL * (cfg->slow_ms + 50 - (int)waited_ms));
 	return attempt(st, port, "retry again", &rq, err, errlen);
 }
 
@@ -254,7 +254,7 @@ static int kill_paused(PGconn *side, int want, char *err, size_t errlen)
 		}
 		PQclear(res);
 		if (killed < want)
-			idem_sleep_ms(KILL_POLL_MS);
+			hist_sleep_us(1000LL * KILL_POLL_MS);
 	}
 	if (killed < want) {
 		snprintf(err, errlen, "only %d of %d paused requests showed in pg_stat_activity", killed,
@@ -269,7 +269,7 @@ static void wait_lock_timeout(const struct idempotency_config *cfg, uint64_t t0_
 {
 	int64_t left_ms = cfg->lock_timeout_ms + LOCK_MARGIN_MS - (int64_t)(hist_now_us() - t0_us) / 1000;
 	if (left_ms > 0)
-		idem_sleep_ms((int)left_ms);
+		hist_sleep_us(1000LL * ((int)left_ms));
 }
 
 static int recovery_point(PGconn *side, const char *client, const char *key, struct idempotency_story *st,

@@ -67,7 +67,6 @@ int inv_report(struct inv *s, char *err, size_t errlen);
 const char *pg_gone(const PGconn *c);
 const char *redis_gone(const redisContext *c);
 int64_t now_us(void);
-void sleep_us(int64_t us);
 void inv_progress(struct inv *s, const char *what, double done);
 /* Deletes every lab:invalidation:* key and warms one key per product (cache-aside key, ttl_ms). */
 int cache_reset(struct inv *s, bool warm, int ttl_ms);

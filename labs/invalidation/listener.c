@@ -124,7 +124,7 @@ static void *listener_main(void *arg)
 	while (!atomic_load(&l->stop) && !inv_failed(l->s)) {
 		if (!l->conn) {
 			if (!atomic_load(&l->allowed))
-				sleep_us(2000);
+				hist_sleep_us(2000);
 			else if (listener_connect(l) < 0)
 				break;
 			continue;
@@ -184,7 +184,7 @@ int listener_wait_connected(struct listener *l, bool connected, int timeout_ms)
 			         connected ? "connect" : "drop", timeout_ms);
 			return -1;
 		}
-		sleep_us(1000);
+		hist_sleep_us(1000);
 	}
 	return 0;
 }
@@ -201,7 +201,7 @@ int listener_wait_notified(struct listener *l, uint64_t n, int timeout_ms)
 			         timeout_ms);
 			return -1;
 		}
-		sleep_us(1000);
+		hist_sleep_us(1000);
 	}
 	return 0;
 }

@@ -20,7 +20,7 @@ static int write_batch(struct inv *s, const int *order, int from, int n)
 		int64_t v;
 		if (writer_write(s, order[i], M_NOTIFY, false, &v) < 0)
 			return -1;
-		sleep_us(s->cfg->write_pause_us);
+		hist_sleep_us(s->cfg->write_pause_us);
 	}
 	return 0;
 }

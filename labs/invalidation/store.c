@@ -69,15 +69,6 @@ int64_t now_us(void)
 	return (int64_t)hist_now_us();
 }
 
-void sleep_us(int64_t us)
-{
-	if (us <= 0)
-		return;
-	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 void inv_progress(struct inv *s, const char *what, double done)
 {
 	if (s->cfg->progress_cb)

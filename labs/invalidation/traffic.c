@@ -174,7 +174,7 @@ static void *reader_main(void *arg)
 	while (!atomic_load(&r->all->stop) && !inv_failed(s)) {
 		if (read_one(&r->ctx, rng_between(&r->rng, 0, s->n - 1)) < 0)
 			break;
-		sleep_us(s->cfg->read_pause_us);
+		hist_sleep_us(s->cfg->read_pause_us);
 	}
 	return NULL;
 }
@@ -274,7 +274,7 @@ int load_run(struct inv *s, const struct inv_load *L, struct inv_reads *out)
 			last = now_us();
 			inv_progress(s, L->what, (double)(last - t0) / (end - t0));
 		}
-		sleep_us(s->cfg->write_pause_us);
+		hist_sleep_us(s->cfg->write_pause_us);
 	}
 	out->writes = (uint64_t)w;
 	out->run_s = (now_us() - t0) / 1e6;

@@ -27,12 +27,6 @@
 static char dir[PATH_MAX]; /* the child_tmpdir: log, socket, data/ */
 static char bindir[PATH_MAX];
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
-}
-
 static bool has_postgres(const char *d)
 {
 	char p[PATH_MAX + 16];
@@ -74,7 +68,7 @@ static int run_to_end(const char *name, const char *const *argv, const char *use
 	if (child_start(&c, &spec, err, errlen) < 0)
 		return -1;
 	for (uint64_t t0 = hist_now_us(); child_running(&c) && hist_now_us() - t0 < 60000000;)
-		sleep_ms(10);
+		hist_sleep_us(10000);
 	if (child_running(&c))
 		child_stop(&c, 0);
 	if (WIFEXITED(c.exit_status) && WEXITSTATUS(c.exit_status) == 0)
@@ -269,10 +263,10 @@ static int load_and_kill(const struct isolation_config *cfg, struct child *pg, c
 			break;
 	}
 	uint64_t t0 = hist_now_us();
-	sleep_ms(cfg->dur_load_ms);
+	hist_sleep_us(1000LL * cfg->dur_load_ms);
 	while (!all_acked(c, n) &&
 	       hist_now_us() - t0 < (uint64_t)(cfg->dur_load_ms + DUR_FIRST_ACK_MS) * 1000)
-		sleep_ms(10);
+		hist_sleep_us(10000);
 	int killed = kill_cluster(pg->pid);
 	double load_s = (double)(hist_now_us() - t0) / 1e6;
 	stop = true;
@@ -331,7 +325,7 @@ static PGconn *connect_recovered(const char *url, char *err, size_t errlen)
 		if (conn || (!strstr(err, "starting up") && !strstr(err, "not yet accepting")) ||
 		    hist_now_us() - t0 > 20000000)
 			return conn;
-		sleep_ms(20);
+		hist_sleep_us(20000);
 	}
 }
 

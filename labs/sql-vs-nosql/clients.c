@@ -313,15 +313,6 @@ int64_t svn_pick_customer(struct svn_worker *w)
 	return 1 + (int64_t)(rng_next(&w->rng) % (uint64_t)w->x->cfg->customers);
 }
 
-void svn_sleep_us(int64_t us)
-{
-	if (us <= 0)
-		return;
-	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 void svn_progress(const struct sql_vs_nosql_config *cfg, const char *what, double done)
 {
 	if (cfg->progress_cb)

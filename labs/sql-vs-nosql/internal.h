@@ -165,8 +165,6 @@ bool svn_gate_wait(struct svn_gate *g);
 int64_t svn_pick_order(struct svn_worker *w);
 /* A random customer id (1..customers). */
 int64_t svn_pick_customer(struct svn_worker *w);
-/* Sleeps us microseconds (the race's injected gap). */
-void svn_sleep_us(int64_t us);
 /* cfg's progress callback, done clamped to 0..1. */
 void svn_progress(const struct sql_vs_nosql_config *cfg, const char *what, double done);
 

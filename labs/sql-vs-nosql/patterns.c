@@ -444,7 +444,7 @@ int p5_sql_naive(struct svn_worker *w, int round, int gap_us, int *sold, char *e
 	*sold = 0;
 	if (qty <= 0)
 		return 0;
-	svn_sleep_us(gap_us);
+	hist_sleep_us(gap_us);
 	if (svn_pg_cmd(w,
 	               "UPDATE " SCHEMA
 	               ".race_stock SET qty = qty - 1 WHERE variant = 'naive' AND round = $1",
@@ -473,7 +473,7 @@ int p5_sql_guarded(struct svn_worker *w, int round, int gap_us, int *sold, char 
 	int qty = ok && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
 	PQclear(res);
 	if (ok && qty > 0) {
-		svn_sleep_us(gap_us); /* the row stays locked: the others wait here, then see 0 */
+		hist_sleep_us(gap_us); /* the row stays locked: the others wait here, then see 0 */
 		ok = svn_pg_cmd(w,
 		                "UPDATE " SCHEMA
 		                ".race_stock SET qty = qty - 1 WHERE variant = 'guarded' AND round = $1",
@@ -501,7 +501,7 @@ int p5_redis_naive(struct svn_worker *w, int round, int gap_us, int *sold, char 
 	*sold = 0;
 	if (qty <= 0)
 		return 0;
-	svn_sleep_us(gap_us);
+	hist_sleep_us(gap_us);
 	if (svn_redis_append(w, err, errlen, "DECR " PREFIX "race:naive:%d:stock", round) < 0 ||
 	    svn_redis_append(w, err, errlen, "INCR " PREFIX "race:naive:%d:sold", round) < 0 ||
 	    svn_redis_flush(w, NULL, err, errlen) < 0)
@@ -527,7 +527,7 @@ int p5_redis_guarded(struct svn_worker *w, int round, int gap_us, int *sold, cha
 			redisReply *u = svn_redis(w, err, errlen, "UNWATCH");
 			return u ? (freeReplyObject(u), 0) : -1;
 		}
-		svn_sleep_us(gap_us);
+		hist_sleep_us(gap_us);
 		if (svn_redis_append(w, err, errlen, "MULTI") < 0 ||
 		    svn_redis_append(w, err, errlen, "DECR " PREFIX "race:guarded:%d:stock", round) < 0 ||
 		    svn_redis_append(w, err, errlen, "INCR " PREFIX "race:guarded:%d:sold", round) < 0 ||

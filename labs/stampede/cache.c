@@ -297,7 +297,7 @@ static int lock_wait(struct client *c, struct cached *v, bool *hit)
 	uint64_t until = hist_now_us() + (uint64_t)cfg->lock_ms * 1000;
 	*hit = false;
 	while (hist_now_us() < until) {
-		stp_sleep_us((int64_t)cfg->lock_poll_ms * 1000);
+		hist_sleep_us((int64_t)cfg->lock_poll_ms * 1000);
 		int r = client_get(c, v, hit);
 		if (r != 0 || *hit)
 			return r;
@@ -494,7 +494,7 @@ void *client_main_cb(void *arg)
 				c->reads_after_loss++;
 		}
 		/* think: uniform in [0.5, 1.5] x think_ms, so the clients do not march in step */
-		stp_sleep_us((int64_t)((0.5 + rng_unit(&c->rng)) * run->cfg->think_ms * 1000));
+		hist_sleep_us((int64_t)((0.5 + rng_unit(&c->rng)) * run->cfg->think_ms * 1000));
 	}
 	return NULL;
 }

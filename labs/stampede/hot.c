@@ -104,7 +104,7 @@ static void hot_wait(struct hot_run *run, int (*take_away_cb)(void *), void *tak
 		             (double)(now - run->clock_us) / (cfg->run_ms * 1000.0));
 		int64_t left = (int64_t)(atomic_load(&run->deadline_us) - now);
 		int64_t nap = take_away_cb && !taken ? 10000 : 250000;
-		stp_sleep_us(nap < left ? nap : left);
+		hist_sleep_us(nap < left ? nap : left);
 	}
 }
 
@@ -152,7 +152,7 @@ static int hot_drive(struct stampede *s, struct hot_run *run, struct client *cli
 		/* once the clients' load is on, the value is computed again, so its delta (XFetch's) is
 		 * what a recompute costs under this load, as it would be in a running service; the
 		 * first expiry comes a TTL after this */
-		stp_sleep_us(SETTLE_MS * 1000);
+		hist_sleep_us(SETTLE_MS * 1000);
 		if (warm_key(s, run, false) == 0) {
 			/* the run's clock starts SETTLE_MS before that value, however long a busy machine
 			 * took to compute it: the first expiry (and phase 4's outage) keeps its place */

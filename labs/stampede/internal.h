@@ -105,7 +105,6 @@ const char *stp_redis_gone(const redisContext *c);
 void stampede_lost(struct stampede *s, const char *server);
 
 int64_t stp_wall_us(void);
-void stp_sleep_us(int64_t us);
 /* cfg's progress callback, with done clamped to 0..1. */
 void stp_progress(const struct stampede_config *cfg, const char *what, double done);
 

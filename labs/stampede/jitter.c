@@ -146,7 +146,7 @@ static void *sweeper_main_cb(void *arg)
 		uint64_t t0 = hist_now_us();
 		if (sweep_once(w) < 0)
 			break;
-		stp_sleep_us((int64_t)(t0 + (uint64_t)run->cfg->sweep_ms * 1000) - (int64_t)hist_now_us());
+		hist_sleep_us((int64_t)(t0 + (uint64_t)run->cfg->sweep_ms * 1000) - (int64_t)hist_now_us());
 	}
 	return NULL;
 }
@@ -287,7 +287,7 @@ static void sweepers_run(struct jitter_run *run, struct sweeper *w, uint64_t t0)
 	       hist_now_us() < run->deadline_us) {
 		stp_progress(cfg, run->jittered ? "jittered TTL" : "same TTL",
 		             (hist_now_us() - t0) / (span * 1000.0));
-		stp_sleep_us(100000);
+		hist_sleep_us(100000);
 	}
 	atomic_store(&run->stop, true);
 	for (int i = 0; i < started; i++)

@@ -166,15 +166,6 @@ int64_t stp_wall_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-void stp_sleep_us(int64_t us)
-{
-	if (us <= 0)
-		return;
-	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 void stp_progress(const struct stampede_config *cfg, const char *what, double done)
 {
 	if (cfg->progress_cb)
