@@ -16,6 +16,7 @@
  * Chromium would otherwise keep its crash reports, dconf cache and scratch files.
  */
 #include <errno.h>
+#include <event2/http.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,19 +73,14 @@ void cors_chromium_version(const char *chromium, char *out, size_t outlen)
 	pclose(p);
 }
 
-/* Percent-decodes s (encodeURIComponent's output) into out. */
+/* Percent-decodes the len bytes at s (encodeURIComponent's output) into out, with libevent's decoder. */
 static void uri_decode(const char *s, size_t len, char *out, size_t outlen)
 {
-	size_t n = 0;
-	for (size_t i = 0; i < len && n + 1 < outlen; i++) {
-		unsigned v;
-		if (s[i] == '%' && i + 2 < len && sscanf(s + i + 1, "%2x", &v) == 1) {
-			out[n++] = (char)v;
-			i += 2;
-		} else
-			out[n++] = s[i];
-	}
-	out[n] = '\0';
+	/* libevent's decoder wants a whole string: the field is cut out of its line first */
+	char *field = strndup(s, len), *text = field ? evhttp_uridecode(field, 0, NULL) : NULL;
+	snprintf(out, outlen, "%s", text ? text : "");
+	free(text);
+	free(field);
 }
 
 /* One line "case|i|tries|readable|status|bytes|error|body" into r: its case, or -1 when it is none. */
