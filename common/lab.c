@@ -602,6 +602,7 @@ int lab_probe(struct lab *lab, bool pg, bool redis)
 int lab_lost(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
 	guard_hold();
+	term_progress_clear(&lab->term); /* the message must not run into a progress line */
 	char shown[512], said[LAB_ERRLEN];
 	bool redis = (what && !strcmp(what, "Redis")) || (url && !strncmp(url, "redis://", 8));
 	if (redis)
@@ -615,9 +616,19 @@ int lab_lost(struct lab *lab, const char *what, const char *url, const char *ser
 	return LAB_EXIT_ENV;
 }
 
+int lab_run_failed(struct lab *lab, const char *lost, const char *err)
+{
+	if (lost && !strcmp(lost, "PostgreSQL"))
+		return lab_lost(lab, lost, lab->opts.pg_url, err);
+	if (lost && !strcmp(lost, "Redis"))
+		return lab_lost(lab, lost, lab->opts.redis_url, err);
+	return lab_fail(lab, "%s", err);
+}
+
 int lab_env_error(struct lab *lab, const char *what, const char *url, const char *server_said)
 {
 	guard_hold();
+	term_progress_clear(&lab->term);
 	char shown[512], said[LAB_ERRLEN];
 	bool redis = (what && !strcmp(what, "Redis")) || (url && !strncmp(url, "redis://", 8));
 	if (redis)
@@ -639,6 +650,7 @@ int lab_env_error(struct lab *lab, const char *what, const char *url, const char
 int lab_fail(struct lab *lab, const char *fmt, ...)
 {
 	guard_hold();
+	term_progress_clear(&lab->term); /* the message must not run into a progress line */
 	va_list ap;
 	fprintf(stderr, "lab-%s: ", lab_name(lab));
 	va_start(ap, fmt);

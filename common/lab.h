@@ -230,6 +230,12 @@ int lab_probe(struct lab *lab, bool pg, bool redis);
  * closed the connection", then how to start it. Frees the lab, returns LAB_EXIT_ENV.
  */
 int lab_lost(struct lab *lab, const char *what, const char *url, const char *server_said);
+/*
+ * A lab's run failed with err: lab_lost for the server it names ("PostgreSQL" at opts.pg_url,
+ * "Redis" at opts.redis_url), else lab_fail. NULL or "" for lost: no server was lost. Frees the
+ * lab, returns LAB_EXIT_ENV. (lab_fail, lab_lost and lab_env_error first clear a progress line.)
+ */
+int lab_run_failed(struct lab *lab, const char *lost, const char *err);
 
 /*
  * Ctrl-C and SIGTERM. lab_init (once per process, after the flags parsed) blocks both in the

@@ -587,6 +587,41 @@ static void test_fail_prints_one_line_on_stderr_and_exits_2(void **state)
 	run_free(&r);
 }
 
+static void run_failed_pg_cb(struct run *r)
+{
+	init_cb(r);
+	r->ret = lab_run_failed(&r->lab, "PostgreSQL", "server closed the connection unexpectedly");
+}
+
+static void run_failed_none_cb(struct run *r)
+{
+	init_cb(r);
+	r->ret = lab_run_failed(&r->lab, "", "the phase found no rows");
+}
+
+static void test_run_failed_names_the_lost_server_by_its_url_or_else_just_fails(void **state)
+{
+	(void)state;
+	struct run r;
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	setenv("LAB_PG_URL", "postgres://lab:secret@127.0.0.1:55432/lab", 1);
+	capture(&r, run_failed_pg_cb);
+	unsetenv("LAB_PG_URL");
+	assert_int_equal(r.ret, LAB_EXIT_ENV);
+	assert_non_null(strstr(r.err,
+	                       "lab-" NAME ": lost PostgreSQL at postgres://lab@127.0.0.1:55432/lab: server "
+	                       "closed the connection unexpectedly\n"));
+	assert_null(strstr(r.err, "secret"));
+	run_free(&r);
+	memset(&r, 0, sizeof(r));
+	r.argv[0] = "lab-" NAME;
+	capture(&r, run_failed_none_cb);
+	assert_int_equal(r.ret, LAB_EXIT_ENV);
+	assert_string_equal(r.err, "lab-" NAME ": the phase found no rows\n");
+	run_free(&r);
+}
+
 static void test_free_twice_after_a_verdict_is_harmless(void **state)
 {
 	(void)state;
@@ -780,6 +815,7 @@ int main(void)
 	        cmocka_unit_test(test_step_waits_for_one_line_on_stdin_before_a_phase),
 	        cmocka_unit_test(test_env_error_names_the_url_without_password_and_how_to_start_it),
 	        cmocka_unit_test(test_fail_prints_one_line_on_stderr_and_exits_2),
+	        cmocka_unit_test(test_run_failed_names_the_lost_server_by_its_url_or_else_just_fails),
 	        cmocka_unit_test(test_free_twice_after_a_verdict_is_harmless),
 	        cmocka_unit_test(test_walk_runs_phases_in_order_and_stops_at_the_first_failure),
 	        cmocka_unit_test(test_verdict_set_cuts_long_evidence_and_keeps_the_claim),

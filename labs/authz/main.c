@@ -319,10 +319,11 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int ret;
 	if (authz_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		ret = result->lost_pg      ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		      : result->lost_redis ? lab_lost(&lab, "Redis", cfg.redis_url, err)
-		                           : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab,
+		                     result->lost_pg      ? "PostgreSQL"
+		                     : result->lost_redis ? "Redis"
+		                                          : NULL,
+		                     err);
 	} else {
 		struct lab_verdict verdict;
 		authz_judge(result, &verdict);

@@ -225,7 +225,6 @@ int main(int argc, char **argv)
 	cfg.hooks = lab_teller_hooks(&teller);
 	char err[LAB_ERRLEN];
 	if (consistency_run(&cfg, res, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
 		free(res);
 		return lab_fail(&lab, "%s", err);
 	}

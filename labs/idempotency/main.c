@@ -351,10 +351,7 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int ret;
 	if (idempotency_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		const char *server = idempotency_server_name(result->lost);
-		const char *url = result->lost == IDEMPOTENCY_SERVER_PG ? cfg.pg_url : cfg.redis_url;
-		ret = server ? lab_lost(&lab, server, url, err) : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab, idempotency_server_name(result->lost), err);
 	} else {
 		struct lab_verdict verdict;
 		idempotency_judge(result, &verdict);

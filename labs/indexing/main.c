@@ -356,10 +356,9 @@ int main(int argc, char **argv)
 	struct lab_teller teller = {&lab, TELLS, INDEXING_PHASES, &cfg, result};
 	cfg.hooks = lab_teller_hooks(&teller);
 	if (indexing_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
 		bool lost = result->server_lost;
 		free(result);
-		return lost ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err) : lab_fail(&lab, "%s", err);
+		return lab_run_failed(&lab, lost ? "PostgreSQL" : NULL, err);
 	}
 	struct lab_verdict verdict;
 	indexing_judge(result, &verdict);

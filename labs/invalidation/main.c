@@ -308,13 +308,7 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int rc = invalidation_run(&cfg, res, err, sizeof(err));
 	if (rc < 0) {
-		term_progress_clear(&lab.term);
-		if (!strcmp(res->lost_server, "Redis"))
-			rc = lab_lost(&lab, "Redis", cfg.redis_url, err);
-		else if (!strcmp(res->lost_server, "PostgreSQL"))
-			rc = lab_lost(&lab, "PostgreSQL", cfg.pg_url, err);
-		else
-			rc = lab_fail(&lab, "%s", err);
+		rc = lab_run_failed(&lab, res->lost_server, err);
 		free(res);
 		return rc;
 	}

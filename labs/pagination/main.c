@@ -320,9 +320,7 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int ret;
 	if (pagination_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		ret = result->lost ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		                   : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab, result->lost ? "PostgreSQL" : NULL, err);
 	} else {
 		struct lab_verdict verdict;
 		pagination_judge(result, &verdict);

@@ -349,10 +349,9 @@ int main(int argc, char **argv)
 	struct lab_teller teller = {&lab, TELLS, POOLING_PHASES, &cfg, result};
 	cfg.hooks = lab_teller_hooks(&teller);
 	if (pooling_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
 		bool lost = result->pg_lost;
 		free(result);
-		return lost ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err) : lab_fail(&lab, "%s", err);
+		return lab_run_failed(&lab, lost ? "PostgreSQL" : NULL, err);
 	}
 	struct lab_verdict verdict;
 	pooling_judge(result, &verdict);

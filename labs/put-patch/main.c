@@ -287,9 +287,7 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int ret;
 	if (put_patch_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		ret = result->lost_pg ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		                      : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab, result->lost_pg ? "PostgreSQL" : NULL, err);
 	} else {
 		struct lab_verdict verdict;
 		put_patch_judge(result, &verdict);

@@ -318,9 +318,7 @@ int main(int argc, char **argv)
 	char err[LAB_ERRLEN];
 	int ret;
 	if (sql_injection_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		ret = result->lost ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		                   : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab, result->lost ? "PostgreSQL" : NULL, err);
 	} else {
 		struct lab_verdict verdict;
 		sql_injection_judge(result, &verdict);

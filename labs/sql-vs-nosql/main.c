@@ -499,11 +499,7 @@ int main(int argc, char **argv)
 	cfg.hooks = lab_teller_hooks(&teller);
 	char err[LAB_ERRLEN];
 	if (sql_vs_nosql_run(&cfg, res, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		int rc = !strcmp(res->lost_server, "Redis") ? lab_lost(&lab, "Redis", cfg.redis_url, err)
-		         : !strcmp(res->lost_server, "PostgreSQL")
-		                 ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		                 : lab_fail(&lab, "%s", err);
+		int rc = lab_run_failed(&lab, res->lost_server, err);
 		free(res);
 		return rc;
 	}

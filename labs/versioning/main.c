@@ -326,9 +326,7 @@ int main(int argc, char **argv)
 	cfg.progress_arg = &lab;
 	int ret;
 	if (versioning_run(&cfg, result, err, sizeof(err)) < 0) {
-		term_progress_clear(&lab.term);
-		ret = result->lost_pg ? lab_lost(&lab, "PostgreSQL", cfg.pg_url, err)
-		                      : lab_fail(&lab, "%s", err);
+		ret = lab_run_failed(&lab, result->lost_pg ? "PostgreSQL" : NULL, err);
 	} else {
 		struct lab_verdict verdict;
 		versioning_judge(result, &verdict);
