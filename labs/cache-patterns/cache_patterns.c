@@ -18,14 +18,6 @@ const char *cp_pattern_name(enum cp_pattern p)
 	return (unsigned)p < CP_PATTERNS ? names[p] : "?";
 }
 
-const char *cp_pattern_id(enum cp_pattern p)
-{
-	static const char *const ids[CP_PATTERNS] = {
-	        "aside",           "aside_ttl",     "aside_double_delete", "aside_versioned",
-	        "update_on_write", "write_through", "write_behind"};
-	return (unsigned)p < CP_PATTERNS ? ids[p] : "?";
-}
-
 void cache_patterns_config_default(struct cache_patterns_config *cfg, bool quick)
 {
 	memset(cfg, 0, sizeof(*cfg));

@@ -65,9 +65,8 @@ enum cp_pattern {
 	CP_PATTERNS
 };
 
-/* "cache-aside (DEL)", ...: the table's names; cp_pattern_id: the --json names */
+/* "cache-aside (DEL)", ...: the table's names */
 const char *cp_pattern_name(enum cp_pattern p);
-const char *cp_pattern_id(enum cp_pattern p);
 
 struct cache_patterns_config {
 	const char *pg_url;

@@ -71,13 +71,6 @@ const char *cors_case_request(enum cors_case c, char *buf, size_t len)
 	return buf;
 }
 
-const char *cors_policy_name(enum cors_policy p)
-{
-	static const char *const names[CORS_POLICIES] = {"none", "star", "reflect", "allowlist",
-	                                                 "allowlist-0"};
-	return p < CORS_POLICIES ? names[p] : "?";
-}
-
 void cors_config_default(struct cors_config *cfg, bool quick)
 {
 	memset(cfg, 0, sizeof(*cfg));

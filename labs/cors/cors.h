@@ -91,7 +91,6 @@ void cors_chromium_version(const char *chromium, char *out, size_t outlen);
 int cors_setup(const struct cors_config *cfg, char *err, size_t errlen);
 int cors_teardown(const struct cors_config *cfg, char *err, size_t errlen);
 
-const char *cors_policy_name(enum cors_policy p);
 const char *cors_case_name(enum cors_case c);
 
 /* ---- the API (origin B) and the pages (origins A and E) ---- */

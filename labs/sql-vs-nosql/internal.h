@@ -178,7 +178,7 @@ int p1_redis(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, s
 int p2_sql(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
 int p2_jsonb(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
 int p2_redis(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
-/* Pattern 3: revenue per category (svn_category_name order) of orders placed at or after since. */
+/* Pattern 3: revenue per category (the order of CATEGORIES in patterns.c) of orders placed at or after since. */
 int p3_sql(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);
 int p3_jsonb(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);
 int p3_redis(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);
@@ -191,7 +191,7 @@ int p5_sql_naive(struct svn_worker *w, int round, int gap_us, int *sold, char *e
 int p5_sql_guarded(struct svn_worker *w, int round, int gap_us, int *sold, char *err, size_t errlen);
 int p5_redis_naive(struct svn_worker *w, int round, int gap_us, int *sold, char *err, size_t errlen);
 int p5_redis_guarded(struct svn_worker *w, int round, int gap_us, int *sold, char *err, size_t errlen);
-/* The category's index in svn_category_name order, -1 when unknown. */
+/* The category's index in the order of CATEGORIES (patterns.c), -1 when unknown. */
 int svn_category_index(const char *name);
 
 /* ---- store.c ---- */

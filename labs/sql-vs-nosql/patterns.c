@@ -20,11 +20,6 @@
 static const char *const CATEGORIES[SVN_CATEGORIES] = {"books",  "shoes", "laptops", "coffee",
                                                        "garden", "toys",  "music",   "kitchen"};
 
-const char *svn_category_name(int i)
-{
-	return i >= 0 && i < SVN_CATEGORIES ? CATEGORIES[i] : "?";
-}
-
 int svn_category_index(const char *name)
 {
 	for (int i = 0; i < SVN_CATEGORIES; i++)

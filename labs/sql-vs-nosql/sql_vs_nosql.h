@@ -52,8 +52,6 @@ enum svn_store { SVN_SQL, SVN_JSONB, SVN_REDIS, SVN_STORES };
 
 /* "PG relational", "PG jsonb", "Redis" */
 const char *svn_store_name(enum svn_store s);
-/* The categories, in the order of the revenue arrays: "books", "shoes", ... */
-const char *svn_category_name(int i);
 
 struct sql_vs_nosql_config {
 	const char *pg_url;
