@@ -6,6 +6,7 @@
 #ifndef LAB_TEST_LAB_RUN_H
 #define LAB_TEST_LAB_RUN_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -14,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -189,6 +191,67 @@ __attribute__((unused)) static void lab_assert_nothing_left(const char *schema, 
 		fail_msg("cannot list keys %s: %s", pattern, err);
 	if (keys != 0)
 		fail_msg("%zu keys under %s were left behind", keys, redis_prefix);
+}
+
+/*
+ * The lab-<tag>-<pid>- directories (common/child.h's child_tmpdir) under dir; pid 0: of any
+ * process (a lab binary the test ran).
+ */
+__attribute__((unused)) static int lab_tmpdirs(const char *dir, const char *tag, pid_t pid)
+{
+	char prefix[64];
+	if (pid)
+		snprintf(prefix, sizeof(prefix), "lab-%s-%d-", tag, (int)pid);
+	else
+		snprintf(prefix, sizeof(prefix), "lab-%s-", tag);
+	DIR *d = opendir(dir);
+	int n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* Processes whose command line holds needle (a server a lab started with its directory in argv). */
+__attribute__((unused)) static int lab_processes_with(const char *needle)
+{
+	DIR *d = opendir("/proc");
+	int n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		char path[300], cmd[8192];
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		size_t len = fread(cmd, 1, sizeof(cmd) - 1, f);
+		fclose(f);
+		for (size_t i = 0; i < len; i++)
+			if (cmd[i] == '\0')
+				cmd[i] = ' ';
+		cmd[len] = '\0';
+		n += strstr(cmd, needle) != NULL;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/*
+ * A TMPDIR of the test's own (/tmp/test-<lab>-<what>-<pid>), set in the environment, so what the
+ * lab binary it runs makes there can be counted and found by its directory.
+ */
+__attribute__((unused)) static void lab_private_tmpdir(char *dir, size_t len, const char *lab,
+                                                       const char *what)
+{
+	snprintf(dir, len, "/tmp/test-%s-%s-%d", lab, what, (int)getpid());
+	if (mkdir(dir, 0700) != 0)
+		fail_msg("cannot make %s: %s", dir, strerror(errno));
+	setenv("TMPDIR", dir, 1);
 }
 
 #endif

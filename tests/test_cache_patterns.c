@@ -145,19 +145,6 @@ static void test_bad_config_is_refused_and_changes_nothing(void **state)
 }
 
 /* No directory lab-cache-patterns-<pid>-* of a process that ran is left in the temp dir. */
-/* The lab-cache-patterns-* directories in dir. */
-static int leftover_dirs(const char *dir)
-{
-	DIR *d = opendir(dir);
-	assert_non_null(d);
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)))
-		n += !strncmp(e->d_name, "lab-cache-patterns-", 19);
-	closedir(d);
-	return n;
-}
-
 /* redis-server processes whose working directory is (or was) one of this lab's: child_start runs
  * the server in its data directory, and redis-server's process title hides its argv. */
 static int lab_redis_servers(void)
@@ -209,7 +196,7 @@ static void test_ctrl_c_mid_run_leaves_no_schema_keys_child_or_dir(void **state)
 	lab_assert_nothing_left("lab_cache_patterns", "lab:cache-patterns:");
 	/* the guard killed the throwaway redis-server and removed its directory */
 	assert_int_equal(lab_redis_servers(), 0);
-	assert_int_equal(leftover_dirs(tmp), 0);
+	assert_int_equal(lab_tmpdirs(tmp, "cache-patterns", 0), 0);
 	assert_int_equal(rmdir(tmp), 0);
 }
 

@@ -182,24 +182,6 @@ static void test_a_repeated_or_huge_origin_gets_400_and_no_cors_header(void **st
 	assert_int_equal(cors_teardown(&cfg, err, sizeof(err)), 0);
 }
 
-/* lab-cors-<pid>- directories under dir (pid 0: any). */
-static int own_tmpdirs(const char *dir, pid_t pid)
-{
-	char prefix[64];
-	if (pid)
-		snprintf(prefix, sizeof(prefix), "lab-cors-%d-", (int)pid);
-	else
-		snprintf(prefix, sizeof(prefix), "lab-cors-");
-	DIR *d = opendir(dir);
-	int n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d)))
-		n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
-	if (d)
-		closedir(d);
-	return n;
-}
-
 static void test_run_the_browser_decides_and_the_log_agrees(void **state)
 {
 	(void)state;
@@ -259,7 +241,7 @@ static void test_run_the_browser_decides_and_the_log_agrees(void **state)
 	assert_int_equal(r->browser_starts, 1);
 	assert_true(r->browser_pid > 0);
 	assert_true(kill(r->browser_pid, 0) < 0);
-	assert_int_equal(own_tmpdirs(tmp, getpid()), 0);
+	assert_int_equal(lab_tmpdirs(tmp, "cors", getpid()), 0);
 	free(r);
 	lab_assert_nothing_left("lab_cors", NULL);
 }
@@ -291,53 +273,19 @@ static void test_a_browser_that_prints_no_page_is_an_error_with_its_log(void **s
 	assert_non_null(strstr(err, "chromium exited with 1"));
 	assert_non_null(strstr(err, "fake chromium: cannot open display"));
 	assert_int_equal(r->browser_starts, 1);
-	assert_int_equal(own_tmpdirs(tmp && *tmp ? tmp : "/tmp", getpid()), 0);
+	assert_int_equal(lab_tmpdirs(tmp && *tmp ? tmp : "/tmp", "cors", getpid()), 0);
 	free(r);
 	lab_assert_nothing_left("lab_cors", NULL);
-}
-
-/* Processes whose command line holds needle (Chromium runs with --user-data-dir=<its dir>/profile). */
-static int processes_with(const char *needle)
-{
-	DIR *d = opendir("/proc");
-	int n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		if (e->d_name[0] < '0' || e->d_name[0] > '9')
-			continue;
-		char path[300], cmd[8192];
-		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		size_t len = fread(cmd, 1, sizeof(cmd) - 1, f);
-		fclose(f);
-		for (size_t i = 0; i < len; i++)
-			if (cmd[i] == '\0')
-				cmd[i] = ' ';
-		cmd[len] = '\0';
-		n += strstr(cmd, needle) != NULL;
-	}
-	if (d)
-		closedir(d);
-	return n;
-}
-
-static void private_tmpdir(char *dir, size_t len, const char *what)
-{
-	snprintf(dir, len, "/tmp/test-cors-%s-%d", what, (int)getpid());
-	assert_int_equal(mkdir(dir, 0700), 0);
-	setenv("TMPDIR", dir, 1);
 }
 
 static void assert_no_browser_and_no_dir(const char *dir)
 {
 	char err[256];
-	for (int i = 0; i < 100 && processes_with(dir) > 0; i++)
+	for (int i = 0; i < 100 && lab_processes_with(dir) > 0; i++)
 		usleep(10000);
-	if (processes_with(dir) > 0)
+	if (lab_processes_with(dir) > 0)
 		fail_msg("a Chromium started under %s is still running", dir);
-	assert_int_equal(own_tmpdirs(dir, 0), 0);
+	assert_int_equal(lab_tmpdirs(dir, "cors", 0), 0);
 	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
 }
 
@@ -346,7 +294,7 @@ static void test_ctrl_c_leaves_no_schema(void **state)
 	(void)state;
 	static char out[16384], errout[4096];
 	char dir[128];
-	private_tmpdir(dir, sizeof(dir), "ctrl-c");
+	lab_private_tmpdir(dir, sizeof(dir), "cors", "ctrl-c");
 	double stop_ms;
 	int rc = lab_interrupt("cors", "--quick", "[1/", SIGINT, 15000, &stop_ms, out, sizeof(out), errout,
 	                       sizeof(errout));
@@ -365,7 +313,7 @@ static void test_ctrl_c_while_the_browser_runs_leaves_no_browser(void **state)
 {
 	(void)state;
 	char dir[128], cmd[PATH_MAX + 64];
-	private_tmpdir(dir, sizeof(dir), "browser");
+	lab_private_tmpdir(dir, sizeof(dir), "cors", "browser");
 	char log[160];
 	snprintf(log, sizeof(log), "/tmp/test-cors-stderr-%d", (int)getpid());
 	snprintf(cmd, sizeof(cmd), "exec %s/lab-cors --quick >/dev/null 2>%s </dev/null", LAB_BIN_DIR, log);
@@ -381,7 +329,7 @@ static void test_ctrl_c_while_the_browser_runs_leaves_no_browser(void **state)
 	bool running = false, exited = false;
 	char needle[160];
 	snprintf(needle, sizeof(needle), "%s/lab-cors-", dir);
-	while (!(running = processes_with(needle) > 0) && lab_run_now_ms() - start < 15000 &&
+	while (!(running = lab_processes_with(needle) > 0) && lab_run_now_ms() - start < 15000 &&
 	       !(exited = waitpid(pid, &status, WNOHANG) == pid))
 		usleep(5000);
 	kill(pid, SIGINT);

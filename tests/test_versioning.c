@@ -311,24 +311,6 @@ static void test_the_cache_keeps_a_variant_per_accept_with_vary(void **state)
 	json_decref(doc);
 }
 
-/* The lab-<tag>-<pid>-* directories in dir; pid 0: of any process (a lab binary the test ran). */
-static int own_tmpdirs(const char *dir, const char *tag, pid_t pid)
-{
-	char prefix[64];
-	if (pid)
-		snprintf(prefix, sizeof(prefix), "lab-%s-%d-", tag, (int)pid);
-	else
-		snprintf(prefix, sizeof(prefix), "lab-%s-", tag);
-	DIR *d = opendir(dir);
-	int n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d)))
-		n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
-	if (d)
-		closedir(d);
-	return n;
-}
-
 static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 {
 	struct group *g = *state;
@@ -338,7 +320,7 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	const char *tmp = getenv("TMPDIR");
 	tmp = tmp && *tmp ? tmp : "/tmp";
 	/* the group's own cache has one */
-	int dirs_before = own_tmpdirs(tmp, "versioning", getpid());
+	int dirs_before = lab_tmpdirs(tmp, "versioning", getpid());
 	if (versioning_run(&g->cfg, r, err, sizeof(err)) < 0)
 		fail_msg("versioning_run: %s", err);
 	struct lab_verdict v;
@@ -388,51 +370,16 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	/* nothing left: the schema, nginx, its directory */
 	assert_true(r->nginx_pid > 0);
 	assert_true(kill(r->nginx_pid, 0) < 0);
-	assert_int_equal(own_tmpdirs(tmp, "versioning", getpid()), dirs_before);
+	assert_int_equal(lab_tmpdirs(tmp, "versioning", getpid()), dirs_before);
 	free(r);
 	lab_assert_nothing_left("lab_versioning", NULL);
 }
 
-/* Processes whose command line holds needle (nginx runs with -p <its dir>). */
-static int processes_with(const char *needle)
-{
-	DIR *d = opendir("/proc");
-	int n = 0;
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		if (e->d_name[0] < '0' || e->d_name[0] > '9')
-			continue;
-		char path[300], cmd[4096];
-		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		size_t len = fread(cmd, 1, sizeof(cmd) - 1, f);
-		fclose(f);
-		for (size_t i = 0; i < len; i++)
-			if (cmd[i] == '\0')
-				cmd[i] = ' ';
-		cmd[len] = '\0';
-		n += strstr(cmd, needle) != NULL;
-	}
-	if (d)
-		closedir(d);
-	return n;
-}
-
-/* A TMPDIR of this test's own, so the lab's nginx is found by its directory. */
-static void private_tmpdir(char *dir, size_t len, const char *what)
-{
-	snprintf(dir, len, "/tmp/test-versioning-%s-%d", what, (int)getpid());
-	assert_int_equal(mkdir(dir, 0700), 0);
-	setenv("TMPDIR", dir, 1);
-}
-
 static void wait_no_process_with(const char *needle)
 {
-	for (int i = 0; i < 100 && processes_with(needle) > 0; i++)
+	for (int i = 0; i < 100 && lab_processes_with(needle) > 0; i++)
 		usleep(10000);
-	if (processes_with(needle) > 0)
+	if (lab_processes_with(needle) > 0)
 		fail_msg("an nginx started under %s is still running", needle);
 }
 
@@ -441,7 +388,7 @@ static void test_ctrl_c_leaves_no_schema_and_no_nginx(void **state)
 	(void)state;
 	static char out[16384], errout[4096];
 	char dir[128], err[256];
-	private_tmpdir(dir, sizeof(dir), "ctrl-c");
+	lab_private_tmpdir(dir, sizeof(dir), "versioning", "ctrl-c");
 	double stop_ms;
 	/* "[2/": the cache started before phase 1, so nginx runs when the signal comes */
 	int rc = lab_interrupt("versioning", "--quick", "[2/", SIGINT, 15000, &stop_ms, out, sizeof(out),
@@ -452,7 +399,7 @@ static void test_ctrl_c_leaves_no_schema_and_no_nginx(void **state)
 	lab_assert_nothing_left("lab_versioning", NULL);
 	/* nginx ran ("[2/" comes after the cache started) and the guard removed its directory */
 	assert_non_null(strstr(out, "[1/"));
-	assert_int_equal(own_tmpdirs(dir, "versioning", 0), 0);
+	assert_int_equal(lab_tmpdirs(dir, "versioning", 0), 0);
 	wait_no_process_with(dir);
 	assert_int_equal(child_rmtree(dir, err, sizeof(err)), 0);
 }
@@ -462,7 +409,7 @@ static void test_serve_stops_nginx_and_removes_its_directory(void **state)
 	(void)state;
 	static char out[16384], errout[4096];
 	char dir[128], err[256];
-	private_tmpdir(dir, sizeof(dir), "serve");
+	lab_private_tmpdir(dir, sizeof(dir), "versioning", "serve");
 	double stop_ms;
 	int rc = lab_interrupt("versioning", "--serve", "Ctrl-C", SIGINT, 15000, &stop_ms, out, sizeof(out),
 	                       errout, sizeof(errout));
@@ -472,7 +419,7 @@ static void test_serve_stops_nginx_and_removes_its_directory(void **state)
 	assert_non_null(strstr(out, "cache: nginx proxy_cache in front of it on http://127.0.0.1:"));
 	assert_non_null(strstr(out, "curl -si http://127.0.0.1:"));
 	wait_no_process_with(dir);
-	assert_int_equal(own_tmpdirs(dir, "versioning", 0), 0);
+	assert_int_equal(lab_tmpdirs(dir, "versioning", 0), 0);
 	DIR *d = opendir(dir);
 	int entries = 0;
 	struct dirent *e;
