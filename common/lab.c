@@ -376,7 +376,8 @@ int lab_init_flags(struct lab *lab, const char *name, const char *question, int 
 
 	lab->config = json_object();
 	lab->phases = json_array();
-	if (!lab->config || !lab->phases)
+	lab->questions = json_array();
+	if (!lab->config || !lab->phases || !lab->questions)
 		goto oom;
 	/* what makes a run repeatable belongs with its numbers */
 	if (json_object_set_new(lab->config, "quick", json_boolean(lab->opts.quick)) < 0 ||
@@ -489,8 +490,13 @@ static int print_document(struct lab *lab, bool demonstrated, const char *claim,
 	    json_object_set_new(verdict, "evidence", json_string(evidence)) < 0)
 		goto err;
 	if (json_object_set_new(doc, "lab", json_string(lab_name(lab))) < 0 ||
+	    json_object_set_new(doc, "question", json_string(lab->question ? lab->question : "")) < 0 ||
 	    json_object_set_new(doc, "config", lab->config ? json_incref(lab->config) : json_object()) < 0 ||
 	    json_object_set_new(doc, "phases", lab->phases ? json_incref(lab->phases) : json_array()) < 0 ||
+	    json_object_set_new(doc, "questions",
+	                        lab->questions ? json_incref(lab->questions) : json_array()) < 0 ||
+	    json_object_set_new(doc, "score", lab_predict_score_json(lab)) < 0 ||
+	    json_object_set_new(doc, "chart", lab->chart ? json_incref(lab->chart) : json_null()) < 0 ||
 	    json_object_set(doc, "verdict", verdict) < 0)
 		goto err;
 	/* one line, so scripts read it in one read (`jq .` makes it pretty); 15 digits print 248.1 as
@@ -509,6 +515,7 @@ int lab_finish(struct lab *lab, const struct lab_verdict *v)
 {
 	guard_hold();
 	int ret = v->demonstrated ? LAB_EXIT_OK : LAB_EXIT_NOT_SHOWN;
+	lab_predict_score(lab);
 	if (lab->opts.json) {
 		if (print_document(lab, v->demonstrated, v->claim, v->evidence) < 0) {
 			fprintf(stderr, "lab-%s: cannot write the JSON document on stdout\n", lab_name(lab));
@@ -526,6 +533,12 @@ int lab_finish(struct lab *lab, const struct lab_verdict *v)
 	}
 	lab_free(lab);
 	return ret;
+}
+
+void lab_chart(struct lab *lab, json_t *chart)
+{
+	json_decref(lab->chart);
+	lab->chart = chart;
 }
 
 void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt,
@@ -548,28 +561,30 @@ int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, vo
 			return -1;
 		}
 		if (hooks && hooks->begin_cb)
-			hooks->begin_cb(i, hooks->arg);
+			hooks->begin_cb(i, &defs[i], hooks->arg);
 		if (defs[i].run(cfg, result, err, errlen) < 0)
 			return -1;
 		if (hooks && hooks->end_cb)
-			hooks->end_cb(i, hooks->arg);
+			hooks->end_cb(i, &defs[i], hooks->arg);
 	}
 	return 0;
 }
 
-static void teller_begin_cb(int phase, void *arg)
+static void teller_begin_cb(int phase, const struct lab_phase_def *def, void *arg)
 {
 	struct lab_teller *t = arg;
 	if (phase < t->ntells && t->tells[phase].before)
 		t->tells[phase].before(t->lab, t->cfg);
+	lab_question_ask(t->lab, def, t->cfg);
 }
 
-static void teller_end_cb(int phase, void *arg)
+static void teller_end_cb(int phase, const struct lab_phase_def *def, void *arg)
 {
 	struct lab_teller *t = arg;
 	term_progress_clear(&t->lab->term);
 	if (phase < t->ntells && t->tells[phase].after)
 		t->tells[phase].after(t->lab, t->cfg, t->result);
+	lab_question_answer(t->lab, def, t->cfg, t->result);
 }
 
 struct lab_phase_hooks lab_teller_hooks(struct lab_teller *t)
@@ -670,6 +685,10 @@ void lab_free(struct lab *lab)
 	lab->config = NULL;
 	json_decref(lab->phases);
 	lab->phases = NULL;
+	json_decref(lab->questions);
+	lab->questions = NULL;
+	json_decref(lab->chart);
+	lab->chart = NULL;
 	if (lab->sink) {
 		fclose(lab->sink);
 		lab->sink = NULL;

@@ -25,13 +25,18 @@
  *   tests/test_<lab>.c   calls <lab>_run with a small config and asserts <lab>_judge's verdict
  *                        and the counts behind it.
  *
- * Flags (parsed here, the same for every lab): --quick --json --step --seed N --serve
+ * Flags (parsed here, the same for every lab): --quick --json --step --predict --seed N --serve
  * --port N --help. Exit codes: LAB_EXIT_OK (demonstrated), LAB_EXIT_NOT_SHOWN (the numbers
  * disagree with the claim), LAB_EXIT_ENV (server unreachable, bad flag), LAB_EXIT_INTERRUPTED
  * (Ctrl-C or SIGTERM: the lab's schema and keys were dropped on the way out).
  *
  * With --json, narration goes to a sink (lab.term writes to /dev/null) and stdout carries only
- * one document: {"lab", "config", "phases": [{"name", "metrics"}], "verdict"}.
+ * one document: {"lab", "question", "config", "phases": [{"name", "metrics"}], "questions",
+ * "chart", "verdict"} (docs/architecture.md).
+ *
+ * With --predict, before each phase that has a question (struct lab_question) the lab asks it on
+ * the terminal, and after the phase's table it shows the guess beside what the phase measured;
+ * lab_finish prints the score. --predict needs a terminal on stdin (else exit 2).
  */
 #ifndef LAB_LAB_H
 #define LAB_LAB_H
@@ -63,6 +68,40 @@ struct lab_verdict {
 	char evidence[LAB_EVIDENCELEN];
 };
 
+/* How a question of --predict is answered: a number (with a tolerance) or one of a few choices. */
+enum lab_answer_kind { LAB_ANSWER_NUMBER, LAB_ANSWER_CHOICE };
+
+#define LAB_CHOICES_MAX 4
+
+/*
+ * The question --predict asks before a phase shows its numbers, whose answer the phase then
+ * measures. It is data beside the phase in <lab>.c (the phase's `question`), so every lab can add
+ * them and main.c never does:
+ *
+ *	static double q_loop_users(const void *cfg, int i) { (void)i; return users_of(cfg); }
+ *	static double q_loop_measured(const void *cfg, const void *result) { return statements; }
+ *	static const struct lab_question Q_LOOP = {
+ *		.text = "{} users, an ORM loop: how many statements will the server run?",
+ *		.given = q_loop_users, .kind = LAB_ANSWER_NUMBER, .unit = "statements",
+ *		.measured = q_loop_measured, .why = "one for the list, one per user: 1 + N"};
+ *
+ * A number counts as right when |guess - measured| <= max(within, within_pct % of |measured|):
+ * give counts an exact or small absolute margin (within = 0 means exactly), rates a percentage.
+ */
+struct lab_question {
+	const char *text;                        /* "{} users ...": each {} is given(cfg, i), i from 0 */
+	double (*given)(const void *cfg, int i); /* the numbers text names (NULL when it names none) */
+	enum lab_answer_kind kind;
+	const char *unit;  /* NUMBER: what is counted, "statements", "requests/s" */
+	double within;     /* NUMBER: absolute margin (0 = exactly, for counts) */
+	double within_pct; /* NUMBER: or this percentage of the measured value, whichever is wider */
+	const char *choices[LAB_CHOICES_MAX + 1]; /* CHOICE: shown as a) b) c), NULL-terminated */
+	/* the phase's answer from its result: NUMBER the value, CHOICE the index of the right choice;
+	 * NAN (math.h) when this run did not decide it (the question is then left out of the score) */
+	double (*measured)(const void *cfg, const void *result);
+	const char *why; /* one line shown after the answer: why it is what it is (may be NULL) */
+};
+
 /*
  * One phase of a lab's experiment, as <lab>.c lists them: run measures into the lab's result
  * (cfg and result are the lab's own structs) and returns 0, or -1 with one line in err.
@@ -70,12 +109,16 @@ struct lab_verdict {
 struct lab_phase_def {
 	const char *name; /* the phase's name in the --json document: "exhaustion" */
 	int (*run)(const void *cfg, void *result, char *err, size_t errlen);
+	const struct lab_question *question; /* what --predict asks before it (NULL: nothing) */
 };
 
-/* Called around each phase by lab_phases_walk (main.c tells through them); each may be NULL. */
+/*
+ * Called around each phase by lab_phases_walk (main.c tells through them); each may be NULL.
+ * def is the phase's entry in the lab's list (its name, its question).
+ */
 struct lab_phase_hooks {
-	void (*begin_cb)(int phase, void *arg); /* before phase i runs: its title, --step */
-	void (*end_cb)(int phase, void *arg);   /* after it succeeded: its table, its metrics */
+	void (*begin_cb)(int phase, const struct lab_phase_def *def, void *arg); /* its title, --step */
+	void (*end_cb)(int phase, const struct lab_phase_def *def, void *arg);   /* its table, metrics */
 	void *arg;
 };
 
@@ -111,6 +154,7 @@ struct lab_opts {
 	bool quick;
 	bool json;
 	bool step;
+	bool predict; /* ask each phase's question first (stdin is a terminal: lab_init checked) */
 	bool serve;
 	int port;              /* --port N, 0 = a free port */
 	uint64_t seed;         /* --seed N, default 1 so runs repeat */
@@ -128,6 +172,9 @@ struct lab {
 	int phase_no;
 	json_t *config;               /* the --json document's "config" object (labs add to it) */
 	json_t *phases;               /* its "phases" array */
+	json_t *questions;            /* its "questions": each phase's question, answer, outcome */
+	json_t *chart;                /* its "chart" (lab_chart), NULL until the lab sets one */
+	int asked, answered, right;   /* --predict's score */
 	void *sink;                   /* FILE * of /dev/null behind term.out with --json */
 	const struct lab_flag *flags; /* the lab's own flags (lab_init_flags), NULL when none */
 	int nflags;
@@ -169,6 +216,20 @@ void lab_phase(struct lab *lab, const char *fmt, ...) __attribute__((format(prin
 /* Appends {"name": name, "metrics": metrics} to the document; steals metrics. */
 void lab_phase_metrics(struct lab *lab, const char *name, json_t *metrics);
 
+/*
+ * The lab's key chart, which `make report` draws as an SVG from the --json document's "chart"
+ * (steals chart; a second call replaces the first). The shape:
+ *
+ *   {"title": "statements per strategy", "unit": "statements",
+ *    "labels": ["loop", "JOIN", "batched"],                  one group of bars per label
+ *    "series": [{"name": "N = 100", "values": [101, 1, 2]},  one bar per series in each group
+ *               {"name": "Little's law", "values": [...], "line": true}],  drawn as a line
+ *    "log": false}                                           a log scale when values span decades
+ *
+ * Values are numbers (null: no bar). main.c sets it from the result, beside the tables.
+ */
+void lab_chart(struct lab *lab, json_t *chart);
+
 /* Fills v: what a judge calls once, at its end. This function can't fail (long text is cut). */
 void lab_verdict_set(struct lab_verdict *v, bool demonstrated, const char *claim, const char *evidence_fmt,
                      ...) __attribute__((format(printf, 4, 5)));
@@ -190,7 +251,9 @@ int lab_phases_walk(const struct lab_phase_def *defs, int n, const void *cfg, vo
 
 /*
  * Hooks that tell phase i with t->tells[i]: before() runs after --step's pause; after() runs
- * once the progress line is cleared. t must outlive the walk. This function can't fail.
+ * once the progress line is cleared. With --predict, the phase's question is asked after
+ * before() and answered after after(); without it, what the phase measured is still recorded in
+ * the document's "questions". t must outlive the walk. This function can't fail.
  */
 struct lab_phase_hooks lab_teller_hooks(struct lab_teller *t);
 

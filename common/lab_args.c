@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lab.h"
 #include "lab_internal.h"
@@ -23,7 +24,7 @@ void lab_usage(const struct lab *lab, FILE *f)
 	/* the variables may hold a password: show them the way lab_env_error does */
 	pg_url_redact(pg_url_default(), pg, sizeof(pg));
 	redis_url_redact(redis_url_default(), redis, sizeof(redis));
-	fprintf(f, "usage: lab-%s [--quick] [--json] [--step] [--seed N] [--serve] [--port N]",
+	fprintf(f, "usage: lab-%s [--quick] [--json] [--step] [--predict] [--seed N] [--serve] [--port N]",
 	        lab_name(lab));
 	for (int i = 0; i < lab->nflags; i++)
 		fprintf(f, " [%s]", lab->flags[i].name);
@@ -35,6 +36,7 @@ void lab_usage(const struct lab *lab, FILE *f)
 	        "  --quick     small sizes: a run of seconds, for CI and a short demo\n"
 	        "  --json      print only one JSON document (config, phases, verdict) on stdout\n"
 	        "  --step      pause before each phase until Enter, for a live demo\n"
+	        "  --predict   before each phase, guess what it will measure; then see it, and a score\n"
 	        "  --seed N    seed of the random choices, so runs repeat (default %d)\n"
 	        "  --serve     keep the lab's API up for curl or wrk until Ctrl-C (labs with an API)\n"
 	        "  --port N    port of that API, up to 65535 (default 0: a free port)\n"
@@ -131,6 +133,8 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 			o->json = true;
 		} else if (!strcmp(arg, "--step")) {
 			o->step = true;
+		} else if (!strcmp(arg, "--predict")) {
+			o->predict = true;
 		} else if (!strcmp(arg, "--serve")) {
 			o->serve = true;
 		} else if (is_flag(arg, "--seed", true)) {
@@ -158,6 +162,17 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 		} else {
 			return usage_error(lab, "unexpected argument \"%s\" (a lab takes flags only)", arg);
 		}
+	}
+	if (o->predict && o->serve)
+		return usage_error(lab, "--predict goes with a run, not --serve (there is nothing to guess)");
+	/* the questions are asked on the terminal: a pipe or a file cannot answer them */
+	if (o->predict && !isatty(STDIN_FILENO)) {
+		fprintf(stderr,
+		        "lab-%s: --predict asks its questions on a terminal, and stdin is not one\n"
+		        "  run it in a terminal (no < or |), or drop --predict\n",
+		        lab_name(lab));
+		lab->exit_code = LAB_EXIT_ENV;
+		return -1;
 	}
 	for (int k = 0; k < lab->nflags; k++)
 		if (lab->flags[k].serve_only && *lab->flags[k].value && !o->serve)

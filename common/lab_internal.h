@@ -20,4 +20,12 @@ static inline const char *lab_name(const struct lab *lab)
  * naming it and the usage on stderr).
  */
 int lab_parse_args(struct lab *lab, int argc, char **argv);
+
+/* --predict (lab_predict.c), called by the teller's hooks around phase def. */
+void lab_question_ask(struct lab *lab, const struct lab_phase_def *def, const void *cfg);
+void lab_question_answer(struct lab *lab, const struct lab_phase_def *def, const void *cfg,
+                         const void *result);
+/* The score line before the verdict (with --predict), and the document's "score" (null without). */
+void lab_predict_score(struct lab *lab);
+json_t *lab_predict_score_json(const struct lab *lab);
 #endif

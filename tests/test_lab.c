@@ -372,8 +372,13 @@ static void test_json_verdict_prints_one_document_of_the_agreed_shape(void **sta
 
 	json_t *doc = parse_document(r.out);
 	assert_true(json_is_object(doc));
-	assert_int_equal(json_object_size(doc), 4);
+	/* lab, question, config, phases, questions, score, chart, verdict */
+	assert_int_equal(json_object_size(doc), 8);
 	assert_string_equal(json_string_value(json_object_get(doc, "lab")), NAME);
+	assert_true(json_is_string(json_object_get(doc, "question")));
+	assert_int_equal(json_array_size(json_object_get(doc, "questions")), 0); /* no phase asks one */
+	assert_true(json_is_null(json_object_get(doc, "score")));                /* no --predict */
+	assert_true(json_is_null(json_object_get(doc, "chart")));                /* none set */
 
 	json_t *config = json_object_get(doc, "config");
 	assert_true(json_is_object(config));
@@ -750,14 +755,19 @@ static int phase_fails(const void *cfg, void *res, char *err, size_t errlen)
 	return -1;
 }
 
-static void walk_begin_cb(int phase, void *arg)
+/* each hook is handed its phase's own entry of the list: its name is "one", "two", "three" */
+static const char *const WALK_NAMES[] = {"one", "two", "three"};
+
+static void walk_begin_cb(int phase, const struct lab_phase_def *def, void *arg)
 {
-	((struct walk_result *)arg)->begun += phase + 1;
+	if (!strcmp(def->name, WALK_NAMES[phase]))
+		((struct walk_result *)arg)->begun += phase + 1;
 }
 
-static void walk_end_cb(int phase, void *arg)
+static void walk_end_cb(int phase, const struct lab_phase_def *def, void *arg)
 {
-	((struct walk_result *)arg)->ended += phase + 1;
+	if (!strcmp(def->name, WALK_NAMES[phase]))
+		((struct walk_result *)arg)->ended += phase + 1;
 }
 
 static void test_walk_runs_phases_in_order_and_stops_at_the_first_failure(void **state)
@@ -765,7 +775,8 @@ static void test_walk_runs_phases_in_order_and_stops_at_the_first_failure(void *
 	(void)state;
 	struct walk_result w = {0};
 	struct lab_phase_hooks hooks = {walk_begin_cb, walk_end_cb, &w};
-	const struct lab_phase_def all_ok[] = {{"one", phase_ok}, {"two", phase_ok}, {"three", phase_ok}};
+	const struct lab_phase_def all_ok[] = {
+	        {"one", phase_ok, NULL}, {"two", phase_ok, NULL}, {"three", phase_ok, NULL}};
 	char err[128] = "";
 	assert_int_equal(lab_phases_walk(all_ok, 3, NULL, &w, &hooks, err, sizeof(err)), 0);
 	assert_int_equal(w.ran[0], 1);
@@ -774,7 +785,8 @@ static void test_walk_runs_phases_in_order_and_stops_at_the_first_failure(void *
 	assert_int_equal(w.ended, 1 + 2 + 3);
 
 	memset(&w, 0, sizeof(w));
-	const struct lab_phase_def broken[] = {{"one", phase_ok}, {"two", phase_fails}, {"three", phase_ok}};
+	const struct lab_phase_def broken[] = {
+	        {"one", phase_ok, NULL}, {"two", phase_fails, NULL}, {"three", phase_ok, NULL}};
 	assert_int_equal(lab_phases_walk(broken, 3, NULL, &w, &hooks, err, sizeof(err)), -1);
 	assert_string_equal(err, "phase two broke");
 	assert_int_equal(w.order, 1); /* phase three never ran */

@@ -187,8 +187,9 @@ static void *cut_later_cb(void *arg)
 }
 
 /* At the first phase's start, starts the thread that cuts the proxy a moment later. */
-static void cut_in_phase_one_cb(int phase, void *arg)
+static void cut_in_phase_one_cb(int phase, const struct lab_phase_def *def, void *arg)
 {
+	(void)def;
 	struct cutter *c = arg;
 	if (atomic_fetch_add(&c->begun, 1) == 0 && phase == 0)
 		assert_int_equal(pthread_create(&c->thread, NULL, cut_later_cb, c), 0);

@@ -159,10 +159,10 @@ int az_lost(const struct authz_config *cfg, struct authz_result *r, char *err, s
 }
 
 static const struct lab_phase_def PHASES[AUTHZ_PHASES] = {
-        {"login", authz_phase_login},
-        {"authentication", authz_phase_attacks},
-        {"authorization", authz_phase_access},
-        {"revocation", authz_phase_revocation},
+        {"login", authz_phase_login, NULL},
+        {"authentication", authz_phase_attacks, NULL},
+        {"authorization", authz_phase_access, NULL},
+        {"revocation", authz_phase_revocation, NULL},
 };
 
 int authz_run(const struct authz_config *cfgv, struct authz_result *result, char *err, size_t errlen)

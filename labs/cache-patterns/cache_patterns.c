@@ -102,10 +102,10 @@ static int phase_behind(const void *ctx, void *result, char *err, size_t errlen)
 }
 
 static const struct lab_phase_def PHASES[CP_PHASES] = {
-        [CP_PHASE_ASIDE] = {"aside", phase_aside},
-        [CP_PHASE_FIXES] = {"fixes", phase_fixes},
-        [CP_PHASE_THROUGH] = {"through", phase_through},
-        [CP_PHASE_BEHIND] = {"behind", phase_behind},
+        [CP_PHASE_ASIDE] = {"aside", phase_aside, NULL},
+        [CP_PHASE_FIXES] = {"fixes", phase_fixes, NULL},
+        [CP_PHASE_THROUGH] = {"through", phase_through, NULL},
+        [CP_PHASE_BEHIND] = {"behind", phase_behind, NULL},
 };
 
 int cache_patterns_run(const struct cache_patterns_config *cfg, struct cache_patterns_result *res, char *err,

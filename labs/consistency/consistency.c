@@ -121,9 +121,12 @@ void cons_nodes_stop(struct cons_ctx *x)
 /* ---- setup, the walk, teardown ---- */
 
 static const struct lab_phase_def PHASES[CONS_PHASES] = {
-        [CONS_RYW] = {"read_your_writes", cons_phase_ryw}, [CONS_FIXES] = {"fixes", cons_phase_fixes},
-        [CONS_KNOB] = {"knob", cons_phase_knob},           [CONS_WAIT] = {"redis_wait", cons_phase_wait},
-        [CONS_CUT] = {"redis_cut", cons_phase_cut},        [CONS_QUORUM] = {"quorum", cons_phase_quorum},
+        [CONS_RYW] = {"read_your_writes", cons_phase_ryw, NULL},
+        [CONS_FIXES] = {"fixes", cons_phase_fixes, NULL},
+        [CONS_KNOB] = {"knob", cons_phase_knob, NULL},
+        [CONS_WAIT] = {"redis_wait", cons_phase_wait, NULL},
+        [CONS_CUT] = {"redis_cut", cons_phase_cut, NULL},
+        [CONS_QUORUM] = {"quorum", cons_phase_quorum, NULL},
 };
 
 /* The primary has the replica as its synchronous standby, streaming: else `on` would hang. */

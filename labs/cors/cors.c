@@ -238,10 +238,10 @@ static int phase_client(const void *cfg, void *result, char *err, size_t errlen)
 }
 
 static const struct lab_phase_def PHASES[CORS_PHASES] = {
-        {"browser", phase_browser},
-        {"attack", phase_attack},
-        {"max_age", phase_max_age},
-        {"client", phase_client},
+        {"browser", phase_browser, NULL},
+        {"attack", phase_attack, NULL},
+        {"max_age", phase_max_age, NULL},
+        {"client", phase_client, NULL},
 };
 
 /* ---- the run ---- */

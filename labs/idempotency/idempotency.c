@@ -178,9 +178,9 @@ int idem_lost(const struct idempotency_config *cfg, struct idempotency_result *r
 
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[IDEMPOTENCY_PHASES] = {
-        {"no_key", idempotency_phase_no_key},         {"with_key", idempotency_phase_with_key},
-        {"duplicates", idempotency_phase_duplicates}, {"mismatch", idempotency_phase_mismatch},
-        {"crash", idempotency_phase_crash},           {"redis_guard", idempotency_phase_guard},
+        {"no_key", idempotency_phase_no_key, NULL},         {"with_key", idempotency_phase_with_key, NULL},
+        {"duplicates", idempotency_phase_duplicates, NULL}, {"mismatch", idempotency_phase_mismatch, NULL},
+        {"crash", idempotency_phase_crash, NULL},           {"redis_guard", idempotency_phase_guard, NULL},
 };
 
 int idempotency_run(const struct idempotency_config *cfg, struct idempotency_result *result, char *err,

@@ -70,8 +70,9 @@ static int phase_followups(const void *cfg, void *result, char *err, size_t errl
 }
 
 static const struct lab_phase_def PHASES[INDEXING_PHASES] = {
-        {"reads", phase_reads},       {"writes", phase_writes},        {"small_table", phase_small},
-        {"selectivity", phase_sweep}, {"follow_ups", phase_followups},
+        {"reads", phase_reads, NULL},          {"writes", phase_writes, NULL},
+        {"small_table", phase_small, NULL},    {"selectivity", phase_sweep, NULL},
+        {"follow_ups", phase_followups, NULL},
 };
 
 /* After a failure: does PostgreSQL still answer? When not, the failure was losing it. */

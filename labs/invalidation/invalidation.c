@@ -161,11 +161,11 @@ static int phase_versioned(const void *cfg_, void *result, char *err, size_t err
 }
 
 static const struct lab_phase_def PHASES[INV_PHASES] = {
-        [INV_PHASE_TTL] = {"ttl", phase_ttl},
-        [INV_PHASE_DELETE] = {"delete", phase_delete},
-        [INV_PHASE_NOTIFY] = {"notify", phase_notify},
-        [INV_PHASE_RECONNECT] = {"reconnect", phase_reconnect},
-        [INV_PHASE_VERSIONED] = {"versioned", phase_versioned},
+        [INV_PHASE_TTL] = {"ttl", phase_ttl, NULL},
+        [INV_PHASE_DELETE] = {"delete", phase_delete, NULL},
+        [INV_PHASE_NOTIFY] = {"notify", phase_notify, NULL},
+        [INV_PHASE_RECONNECT] = {"reconnect", phase_reconnect, NULL},
+        [INV_PHASE_VERSIONED] = {"versioned", phase_versioned, NULL},
 };
 
 int invalidation_run(const struct invalidation_config *cfg, struct invalidation_result *res, char *err,

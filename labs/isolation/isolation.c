@@ -30,10 +30,10 @@ void isolation_config_default(struct isolation_config *cfg, bool quick)
 }
 
 static const struct lab_phase_def PHASES[ISOLATION_PHASES] = {
-        {"matrix", iso_phase_matrix},
-        {"write_skew", iso_phase_write_skew},
-        {"atomicity", iso_phase_atomicity},
-        {"durability", iso_phase_durability},
+        {"matrix", iso_phase_matrix, NULL},
+        {"write_skew", iso_phase_write_skew, NULL},
+        {"atomicity", iso_phase_atomicity, NULL},
+        {"durability", iso_phase_durability, NULL},
 };
 
 static int lost(const struct isolation_config *cfg, struct isolation_result *r, char *err, size_t errlen)

@@ -129,8 +129,8 @@ static int phase_detect(const void *cfg, void *result, char *err, size_t errlen)
 }
 
 static const struct lab_phase_def PHASES[N_PLUS_ONE_PHASES] = {
-        {"loop", phase_loop},       {"join", phase_join},   {"batched", phase_batched},
-        {"network", phase_network}, {"width", phase_width}, {"detector", phase_detect},
+        {"loop", phase_loop, NULL},       {"join", phase_join, NULL},   {"batched", phase_batched, NULL},
+        {"network", phase_network, NULL}, {"width", phase_width, NULL}, {"detector", phase_detect, NULL},
 };
 
 /* After a failure: does PostgreSQL still answer? When not, the failure was losing it. */

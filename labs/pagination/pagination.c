@@ -172,10 +172,10 @@ int pag_lost(const struct pagination_config *cfg, struct pagination_result *r, c
 
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[PAGINATION_PHASES] = {
-        {"seed", pagination_phase_seed},
-        {"cost", pagination_phase_cost},
-        {"walk", pagination_phase_walk},
-        {"api", pagination_phase_api},
+        {"seed", pagination_phase_seed, NULL},
+        {"cost", pagination_phase_cost, NULL},
+        {"walk", pagination_phase_walk, NULL},
+        {"api", pagination_phase_api, NULL},
 };
 
 int pagination_run(const struct pagination_config *cfg, struct pagination_result *result, char *err,

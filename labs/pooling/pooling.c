@@ -553,10 +553,10 @@ static int maxconn_phase(const void *cfgp, void *resultp, char *err, size_t errl
 /* ---- the run ---- */
 
 static const struct lab_phase_def PHASES[POOLING_PHASES] = {
-        {"compare", compare_phase},
-        {"exhaustion", exhaust_phase},
-        {"leak", leak_phase},
-        {"max_connections", maxconn_phase},
+        {"compare", compare_phase, NULL},
+        {"exhaustion", exhaust_phase, NULL},
+        {"leak", leak_phase, NULL},
+        {"max_connections", maxconn_phase, NULL},
 };
 
 /* After a failure: true, and err = what PostgreSQL says now, when it no longer answers. */

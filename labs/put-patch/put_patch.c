@@ -150,10 +150,10 @@ bool put_patch_retry_idempotent(const struct put_patch_retry_row *r)
 
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[PUT_PATCH_PHASES] = {
-        {"retries", put_patch_phase_retries},
-        {"contract", put_patch_phase_contract},
-        {"editors", put_patch_phase_editors},
-        {"race", put_patch_phase_race},
+        {"retries", put_patch_phase_retries, NULL},
+        {"contract", put_patch_phase_contract, NULL},
+        {"editors", put_patch_phase_editors, NULL},
+        {"race", put_patch_phase_race, NULL},
 };
 
 int put_patch_run(const struct put_patch_config *cfg, struct put_patch_result *result, char *err,

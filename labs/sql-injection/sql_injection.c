@@ -403,9 +403,9 @@ int sqli_lost(const struct sqli_config *cfg, struct sqli_result *r, char *err, s
 
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[SQLI_PHASES] = {
-        {"setup", sqli_phase_setup},           {"naive", sqli_phase_naive},
-        {"parameterized", sqli_phase_param},   {"order_by", sqli_phase_order},
-        {"least_privilege", sqli_phase_least},
+        {"setup", sqli_phase_setup, NULL},           {"naive", sqli_phase_naive, NULL},
+        {"parameterized", sqli_phase_param, NULL},   {"order_by", sqli_phase_order, NULL},
+        {"least_privilege", sqli_phase_least, NULL},
 };
 
 int sql_injection_run(const struct sqli_config *cfg, struct sqli_result *result, char *err, size_t errlen)

@@ -130,14 +130,14 @@ static int phase_sweep(const void *ctx, void *result, char *err, size_t errlen)
 }
 
 static const struct lab_phase_def PHASES[SVN_PHASES] = {
-        [SVN_PHASE_SEED] = {"seed", phase_seed},
-        [SVN_PHASE_READS] = {"reads", phase_reads},
-        [SVN_PHASE_ADHOC] = {"adhoc", phase_adhoc},
-        [SVN_PHASE_RENAME] = {"rename", phase_rename},
-        [SVN_PHASE_RACE] = {"race", phase_race},
-        [SVN_PHASE_SCHEMA] = {"schema", phase_schema},
-        [SVN_PHASE_STORAGE] = {"storage", phase_storage},
-        [SVN_PHASE_THROUGHPUT] = {"throughput", phase_sweep},
+        [SVN_PHASE_SEED] = {"seed", phase_seed, NULL},
+        [SVN_PHASE_READS] = {"reads", phase_reads, NULL},
+        [SVN_PHASE_ADHOC] = {"adhoc", phase_adhoc, NULL},
+        [SVN_PHASE_RENAME] = {"rename", phase_rename, NULL},
+        [SVN_PHASE_RACE] = {"race", phase_race, NULL},
+        [SVN_PHASE_SCHEMA] = {"schema", phase_schema, NULL},
+        [SVN_PHASE_STORAGE] = {"storage", phase_storage, NULL},
+        [SVN_PHASE_THROUGHPUT] = {"throughput", phase_sweep, NULL},
 };
 
 static int config_check(const struct sql_vs_nosql_config *c, char *err, size_t errlen)

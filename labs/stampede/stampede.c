@@ -226,10 +226,10 @@ static int phase_outage(const void *ctx, void *result, char *err, size_t errlen)
 }
 
 static const struct lab_phase_def PHASES[STAMPEDE_PHASES] = {
-        [STAMPEDE_PHASE_HERD] = {"herd", phase_herd},
-        [STAMPEDE_PHASE_DEFENCES] = {"defences", phase_defences},
-        [STAMPEDE_PHASE_JITTER] = {"jitter", phase_jitter},
-        [STAMPEDE_PHASE_OUTAGE] = {"outage", phase_outage},
+        [STAMPEDE_PHASE_HERD] = {"herd", phase_herd, NULL},
+        [STAMPEDE_PHASE_DEFENCES] = {"defences", phase_defences, NULL},
+        [STAMPEDE_PHASE_JITTER] = {"jitter", phase_jitter, NULL},
+        [STAMPEDE_PHASE_OUTAGE] = {"outage", phase_outage, NULL},
 };
 
 int stampede_run(const struct stampede_config *cfg, struct stampede_result *res, char *err, size_t errlen)

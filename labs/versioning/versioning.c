@@ -177,9 +177,9 @@ static bool pg_lost(const char *url)
 }
 
 static const struct lab_phase_def PHASES[VERSIONING_PHASES] = {
-        {"direct", vers_phase_direct},
-        {"cache", vers_phase_cache},
-        {"deprecation", vers_phase_deprecation},
+        {"direct", vers_phase_direct, NULL},
+        {"cache", vers_phase_cache, NULL},
+        {"deprecation", vers_phase_deprecation, NULL},
 };
 
 static void env_stop(struct versioning_env *env)
