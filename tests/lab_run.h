@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lab.h"
 #include "pg.h"
 #include "redis.h"
 
@@ -252,6 +254,84 @@ __attribute__((unused)) static void lab_private_tmpdir(char *dir, size_t len, co
 	if (mkdir(dir, 0700) != 0)
 		fail_msg("cannot make %s: %s", dir, strerror(errno));
 	setenv("TMPDIR", dir, 1);
+}
+
+/*
+ * What each phase's --predict question (struct lab_question) measured in one <lab>_run, for the
+ * lab's test to assert beside its verdict: the answers a person is scored against are numbers
+ * the run really produced, and every phase asks one.
+ *
+ *	struct lab_answers answers = {0};
+ *	cfg.hooks = lab_answers_hooks(&answers, &cfg, result);
+ *	assert_int_equal(n_plus_one_run(&cfg, result, err, sizeof(err)), 0);
+ *	lab_assert_every_phase_asks(&answers, N_PLUS_ONE_PHASES);
+ *	assert_true(lab_answer(&answers, "loop") == cfg.users + 1);
+ */
+#define LAB_ANSWERS_MAX 16
+struct lab_answers {
+	const void *cfg, *result;
+	int phases; /* phases that ended */
+	int n;      /* of them, those with a question */
+	struct {
+		const char *phase;
+		const struct lab_question *q;
+		double measured;
+	} a[LAB_ANSWERS_MAX];
+};
+
+static void lab_answers_end_cb(int phase, const struct lab_phase_def *def, void *arg)
+{
+	(void)phase;
+	struct lab_answers *a = arg;
+	a->phases++;
+	if (!def->question || a->n >= LAB_ANSWERS_MAX)
+		return;
+	a->a[a->n].phase = def->name;
+	a->a[a->n].q = def->question;
+	a->a[a->n].measured = def->question->measured ? def->question->measured(a->cfg, a->result) : NAN;
+	a->n++;
+}
+
+__attribute__((unused)) static struct lab_phase_hooks lab_answers_hooks(struct lab_answers *a,
+                                                                        const void *cfg, const void *result)
+{
+	a->cfg = cfg;
+	a->result = result;
+	return (struct lab_phase_hooks){NULL, lab_answers_end_cb, a};
+}
+
+/* What phase's question measured; the test fails when that phase asked none. */
+__attribute__((unused)) static double lab_answer(const struct lab_answers *a, const char *phase)
+{
+	for (int i = 0; i < a->n; i++)
+		if (!strcmp(a->a[i].phase, phase))
+			return a->a[i].measured;
+	fail_msg("phase \"%s\" asked no question (or did not end)", phase);
+	return NAN;
+}
+
+/*
+ * Every one of nphases phases ran and asked a question, and this run decided each: a number, or a
+ * choice among those offered.
+ */
+__attribute__((unused)) static void lab_assert_every_phase_asks(const struct lab_answers *a, int nphases)
+{
+	assert_int_equal(a->phases, nphases);
+	assert_int_equal(a->n, nphases);
+	for (int i = 0; i < a->n; i++) {
+		const struct lab_question *q = a->a[i].q;
+		double m = a->a[i].measured;
+		if (!isfinite(m))
+			fail_msg("phase \"%s\": its question was not decided by this run", a->a[i].phase);
+		if (q->kind == LAB_ANSWER_CHOICE) {
+			int n = 0;
+			while (n < LAB_CHOICES_MAX && q->choices[n])
+				n++;
+			if (m < 0 || m >= n || m != (double)(int)m)
+				fail_msg("phase \"%s\": answer %g is not one of its %d choices",
+				         a->a[i].phase, m, n);
+		}
+	}
 }
 
 #endif

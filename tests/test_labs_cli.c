@@ -52,6 +52,21 @@ static void test_every_lab_refuses_a_bad_flag_with_exit_2_and_usage(void **state
 	each_lab(bad_flag);
 }
 
+/* lab_run gives stdin /dev/null: what a script or CI would do, and no one to answer */
+static void predict_off_a_terminal(const char *lab)
+{
+	assert_int_equal(lab_run(lab, NULL, "--quick --predict", out, sizeof(out), err, sizeof(err)),
+	                 LAB_EXIT_ENV);
+	assert_non_null(strstr(err, "--predict asks its questions on a terminal, and stdin is not one"));
+	assert_string_equal(out, "");
+}
+
+static void test_every_lab_refuses_predict_without_a_terminal(void **state)
+{
+	(void)state;
+	each_lab(predict_off_a_terminal);
+}
+
 static void help(const char *lab)
 {
 	assert_int_equal(lab_run(lab, NULL, "--help", out, sizeof(out), err, sizeof(err)), LAB_EXIT_OK);
@@ -128,6 +143,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_every_lab_refuses_a_bad_flag_with_exit_2_and_usage),
 	        cmocka_unit_test(test_every_lab_prints_its_question_with_help),
+	        cmocka_unit_test(test_every_lab_refuses_predict_without_a_terminal),
 	        cmocka_unit_test(test_every_lab_without_postgres_names_the_url_without_password_and_exits_2),
 	        cmocka_unit_test(test_every_lab_facing_another_server_on_the_port_exits_2),
 	};
