@@ -85,16 +85,21 @@ static void margin_text(const struct lab_question *q, char *buf, size_t len)
 }
 
 /*
- * A number as typed: digits with optional sign, point, exponent and thousands commas or
- * underscores; nothing else but spaces (and a "%" when the unit is one). 0 and *out, or -1.
+ * A number as typed: digits with optional sign, point, exponent and commas grouping thousands
+ * or underscores; nothing else but spaces (and a "%" when the unit is one). 0 and *out, or -1.
  */
 static int parse_number(const char *line, const char *unit, double *out)
 {
 	char clean[128];
 	size_t n = 0;
-	for (const char *p = line; *p && n + 1 < sizeof(clean); p++)
+	for (const char *p = line; *p && n + 1 < sizeof(clean); p++) {
+		/* a comma groups thousands (1,000) and nothing else: "0,5" is not a number here */
+		if (*p == ',' && !(isdigit((unsigned char)p[1]) && isdigit((unsigned char)p[2]) &&
+		                   isdigit((unsigned char)p[3]) && !isdigit((unsigned char)p[4])))
+			return -1;
 		if (*p != ',' && *p != '_')
 			clean[n++] = *p;
+	}
 	clean[n] = '\0';
 	const char *s = clean;
 	while (isspace((unsigned char)*s))
@@ -215,6 +220,10 @@ void lab_question_ask(struct lab *lab, const struct lab_phase_def *def, const vo
 		return;
 	struct term t = dialogue_term(lab);
 	lab->asked++;
+	/* with --json the phase's title went nowhere: name the phase on the dialogue's screen */
+	if (lab->opts.json)
+		term_printf(&t, "\n%s[%d/%d] %s%s\n", term_bold(&t), lab->phase_no, lab->phase_count,
+		            def->name ? def->name : "", term_reset(&t));
 	term_printf(&t, "  %s? %s%s", term_bold(&t), text, term_reset(&t));
 	if (q->kind == LAB_ANSWER_NUMBER)
 		term_printf(&t, "  %s(%s; Enter skips)%s\n", term_dim(&t), q->unit ? q->unit : "a number",
@@ -258,7 +267,10 @@ void lab_question_answer(struct lab *lab, const struct lab_phase_def *def, const
 	const struct lab_question *q = def->question;
 	if (!q || !lab->questions || json_array_size(lab->questions) == 0)
 		return;
+	/* the entry lab_question_ask appended for this phase (none if it could not) */
 	json_t *e = json_array_get(lab->questions, json_array_size(lab->questions) - 1);
+	if (strcmp(json_string_value(json_object_get(e, "phase")), def->name ? def->name : ""))
+		return;
 	double measured = q->measured ? q->measured(cfg, result) : NAN;
 	bool decided = isfinite(measured) &&
 	               (q->kind != LAB_ANSWER_CHOICE || (measured >= 0 && measured < choice_count(q)));
@@ -287,20 +299,25 @@ void lab_question_answer(struct lab *lab, const struct lab_phase_def *def, const
 		return;
 	}
 	answer_text(q, measured, was, sizeof(was));
+	/* a choice "was" the answer; a number was measured */
+	const char *verb = q->kind == LAB_ANSWER_CHOICE ? "it was" : "measured";
 	if (!guessed) {
-		term_printf(&t, "  %s–%s skipped · measured %s\n", term_dim(&t), term_reset(&t), was);
+		term_printf(&t, "  %s–%s skipped · %s %s\n", term_dim(&t), term_reset(&t), verb, was);
 	} else {
-		answer_text(q, json_number_value(g), said, sizeof(said));
+		double gv = json_number_value(g);
+		answer_text(q, gv, said, sizeof(said));
 		if (q->kind == LAB_ANSWER_CHOICE)
 			snprintf(margin, sizeof(margin), "%s", right ? "right" : "wrong");
+		else if (q->within <= 0 && q->within_pct <= 0)
+			snprintf(margin, sizeof(margin), right ? "exactly" : "off by %s",
+			         VALUE(fabs(gv - measured)));
 		else {
 			char m[48];
 			margin_text(q, m, sizeof(m));
 			snprintf(margin, sizeof(margin), "%s %s", right ? "within" : "outside", m);
 		}
-		term_printf(&t, "  %s%s%s you said %s · measured %s · %s\n",
-		            right ? term_green(&t) : term_red(&t), right ? "✔" : "✘", term_reset(&t), said,
-		            was, margin);
+		term_printf(&t, "  %s%s%s you said %s · %s %s · %s\n", right ? term_green(&t) : term_red(&t),
+		            right ? "✔" : "✘", term_reset(&t), said, verb, was, margin);
 	}
 	if (q->why)
 		term_printf(&t, "    %s%s%s\n", term_dim(&t), q->why, term_reset(&t));

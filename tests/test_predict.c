@@ -254,12 +254,12 @@ static void test_right_wrong_and_skipped_answers_are_scored(void **state)
 	run_on_pty(&r, args, "101\nabc\n400\n\n7\n", false, 0);
 	assert_int_equal(r.exit_code, LAB_EXIT_OK);
 	assert_true(shows(&r, "? 100 users, an ORM loop: how many statements?"));
-	assert_true(shows(&r, "✔ you said 101 statements · measured 101 statements · within exactly"));
+	assert_true(shows(&r, "✔ you said 101 statements · measured 101 statements · exactly"));
 	assert_true(shows(&r, "one for the list, one per user"));
 	assert_true(shows(&r, "a number, like 250"));
 	assert_true(shows(&r, "✘ you said 400 requests/s · measured 250 requests/s · outside ±10%"));
 	assert_true(shows(&r, "b) the JOIN"));
-	assert_true(shows(&r, "– skipped · measured b (the JOIN)"));
+	assert_true(shows(&r, "– skipped · it was b (the JOIN)"));
 	assert_true(shows(&r, "this run did not decide it"));
 	/* the undecided question is left out: three asked, one right, one skipped */
 	assert_true(shows(&r, "prediction score: 1 of 3 within tolerance (1 skipped)"));
@@ -282,7 +282,8 @@ static void test_json_carries_questions_guesses_and_score_and_ctrl_d_skips(void 
 	assert_int_equal(r.exit_code, LAB_EXIT_OK);
 	assert_true(shows(&r, "one letter, a to c"));
 	assert_true(shows(&r, "✔ you said 260 requests/s"));
-	assert_true(shows(&r, "✔ you said b (the JOIN) · measured b (the JOIN) · right"));
+	assert_true(shows(&r, "✔ you said b (the JOIN) · it was b (the JOIN) · right"));
+	assert_true(shows(&r, "[3/5] choice")); /* the phase named on stderr: its title went nowhere */
 	assert_true(shows(&r, "prediction score: 2 of 3 within tolerance (1 skipped)"));
 
 	json_error_t jerr;
@@ -313,6 +314,21 @@ static void test_json_carries_questions_guesses_and_score_and_ctrl_d_skips(void 
 	/* the dialogue stayed off stdout, which holds the document alone */
 	assert_null(strstr(r.out, "you said"));
 	json_decref(doc);
+}
+
+static void test_a_wrong_count_says_how_far_off(void **state)
+{
+	(void)state;
+	struct run r;
+	const char *args[] = {"--predict", NULL};
+	/* "0,5" and "1,00" are no numbers here (a comma groups thousands): asked again; then 100 */
+	run_on_pty(&r, args, "0,5\n1,00\n100\n\n\n\n", false, 0);
+	assert_int_equal(r.exit_code, LAB_EXIT_OK);
+	const char *again = strstr(r.screen, "a number, like");
+	assert_non_null(again);
+	assert_non_null(strstr(again + 1, "a number, like")); /* twice */
+	assert_true(shows(&r, "✘ you said 100 statements · measured 101 statements · off by 1"));
+	assert_true(shows(&r, "prediction score: 0 of 3 within tolerance (2 skipped)"));
 }
 
 static void test_without_predict_the_document_still_has_each_measured_answer(void **state)
@@ -390,6 +406,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_right_wrong_and_skipped_answers_are_scored),
 	        cmocka_unit_test(test_json_carries_questions_guesses_and_score_and_ctrl_d_skips),
+	        cmocka_unit_test(test_a_wrong_count_says_how_far_off),
 	        cmocka_unit_test(test_without_predict_the_document_still_has_each_measured_answer),
 	        cmocka_unit_test(test_predict_off_a_terminal_is_refused_with_exit_2),
 	        cmocka_unit_test(test_ctrl_c_at_a_question_exits_130),
