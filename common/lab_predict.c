@@ -79,7 +79,9 @@ static void margin_text(const struct lab_question *q, char *buf, size_t len)
 	else if (q->within_pct > 0)
 		snprintf(buf, len, "±%g%%", q->within_pct);
 	else if (q->within > 0)
-		snprintf(buf, len, "±%s", VALUE(q->within));
+		/* an absolute margin on a percentage is in points: "±10 points", not "±10%" */
+		snprintf(buf, len, "±%s%s", VALUE(q->within),
+		         q->unit && !strcmp(q->unit, "%") ? " points" : "");
 	else
 		snprintf(buf, len, "exactly");
 }
@@ -257,7 +259,9 @@ static void answer_text(const struct lab_question *q, double v, char *buf, size_
 		snprintf(buf, len, "%c (%s)", (char)('a' + i),
 		         i >= 0 && i < choice_count(q) ? q->choices[i] : "?");
 	} else {
-		snprintf(buf, len, "%s%s%s", VALUE(v), q->unit ? " " : "", q->unit ? q->unit : "");
+		/* "101 statements", but "47.5%" */
+		bool pct = q->unit && !strcmp(q->unit, "%");
+		snprintf(buf, len, "%s%s%s", VALUE(v), q->unit && !pct ? " " : "", q->unit ? q->unit : "");
 	}
 }
 
@@ -306,9 +310,15 @@ void lab_question_answer(struct lab *lab, const struct lab_phase_def *def, const
 	} else {
 		double gv = json_number_value(g);
 		answer_text(q, gv, said, sizeof(said));
-		if (q->kind == LAB_ANSWER_CHOICE)
-			snprintf(margin, sizeof(margin), "%s", right ? "right" : "wrong");
-		else if (q->within <= 0 && q->within_pct <= 0)
+		if (q->kind == LAB_ANSWER_CHOICE) {
+			/* a right choice is said once; a wrong one beside the right one */
+			if (right)
+				term_printf(&t, "  %s✔%s you said %s · right\n", term_green(&t),
+				            term_reset(&t), said);
+			else
+				term_printf(&t, "  %s✘%s you said %s · it was %s\n", term_red(&t),
+				            term_reset(&t), said, was);
+		} else if (q->within <= 0 && q->within_pct <= 0)
 			snprintf(margin, sizeof(margin), right ? "exactly" : "off by %s",
 			         VALUE(fabs(gv - measured)));
 		else {
@@ -316,8 +326,10 @@ void lab_question_answer(struct lab *lab, const struct lab_phase_def *def, const
 			margin_text(q, m, sizeof(m));
 			snprintf(margin, sizeof(margin), "%s %s", right ? "within" : "outside", m);
 		}
-		term_printf(&t, "  %s%s%s you said %s · %s %s · %s\n", right ? term_green(&t) : term_red(&t),
-		            right ? "✔" : "✘", term_reset(&t), said, verb, was, margin);
+		if (q->kind != LAB_ANSWER_CHOICE)
+			term_printf(&t, "  %s%s%s you said %s · measured %s · %s\n",
+			            right ? term_green(&t) : term_red(&t), right ? "✔" : "✘", term_reset(&t),
+			            said, was, margin);
 	}
 	if (q->why)
 		term_printf(&t, "    %s%s%s\n", term_dim(&t), q->why, term_reset(&t));
