@@ -17,6 +17,7 @@
 
 #include "lab_run.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@ struct run_fixture {
 	struct indexing_config cfg;
 	struct indexing_result *result;
 	struct lab_verdict verdict;
+	struct lab_answers answers; /* what each phase's --predict question measured */
 };
 
 static int run_setup(void **state)
@@ -44,6 +46,7 @@ static int run_setup(void **state)
 	memcpy(rf.cfg.sweep, sweep, sizeof(sweep));
 	rf.cfg.nsweep = 4;
 	rf.result = calloc(1, sizeof(*rf.result));
+	rf.cfg.hooks = lab_answers_hooks(&rf.answers, &rf.cfg, rf.result);
 	if (!rf.result || indexing_run(&rf.cfg, rf.result, err, sizeof(err)) < 0) {
 		pg_url_redact(rf.cfg.pg_url, url, sizeof(url));
 		fprintf(stderr, "test_indexing: indexing_run against %s: %s\n", url, err);
@@ -77,6 +80,28 @@ static void test_run_demonstrates_the_claim(void **state)
 	assert_int_equal(rf->result->rows, rf->cfg.rows);
 	/* the run dropped its schema */
 	lab_assert_nothing_left(INDEXING_SCHEMA, NULL);
+}
+
+/* --predict's answers are the run's own counts, and the reasoned numbers score */
+static void test_every_phase_asks_and_the_answers_are_the_counts(void **state)
+{
+	const struct run_fixture *rf = *state;
+	const struct indexing_result *r = rf->result;
+	lab_assert_every_phase_asks(&rf->answers, INDEXING_PHASES);
+	/* root, leaf (an inner page at most more), heap page: 3 or 4 */
+	double point = lab_answer(&rf->answers, "reads");
+	assert_true(point == (double)r->reads.point[IX_BTREE].buffers);
+	assert_true(point >= 3 && point <= 4);
+	assert_true(lab_answer(&rf->answers, "writes") == 1);      /* 1.5x to 10x the WAL a row */
+	assert_true(lab_answer(&rf->answers, "small_table") == 2); /* nothing saved at 2% */
+	/* a heap page a row: the rows matched, within the question's 15% */
+	const struct indexing_sweep_point *hi = &r->sweep.p[r->sweep.n - 1];
+	double pages = lab_answer(&rf->answers, "selectivity");
+	assert_true(pages == (double)hi->plan[IX_FORCE_INDEX].buffers);
+	if (fabs(pages - (double)hi->rows) > 0.15 * pages)
+		fail_msg("the Index Scan touched %.0f pages for %lld rows: not a page a row", pages,
+		         (long long)hi->rows);
+	assert_true(lab_answer(&rf->answers, "follow_ups") == 2); /* b = ? alone */
 }
 
 static void test_reads_index_cuts_pages_covering_skips_the_heap(void **state)
@@ -334,6 +359,7 @@ int main(void)
 {
 	const struct CMUnitTest run[] = {
 	        cmocka_unit_test(test_run_demonstrates_the_claim),
+	        cmocka_unit_test(test_every_phase_asks_and_the_answers_are_the_counts),
 	        cmocka_unit_test(test_reads_index_cuts_pages_covering_skips_the_heap),
 	        cmocka_unit_test(test_writes_each_index_adds_wal_and_space),
 	        cmocka_unit_test(test_small_table_index_saves_a_few_pages_none_for_2_percent),

@@ -429,6 +429,8 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	cfg.walk_rows = 1000;
 	struct pagination_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	char err[LAB_ERRLEN];
 	if (pagination_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("pagination_run: %s", err);
@@ -436,6 +438,15 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	pagination_judge(r, &v);
 	print_message("%s\n  %s\n", v.claim, v.evidence);
 	assert_true(v.demonstrated);
+	/* --predict's answers: ties (b); the deepest OFFSET page reads OFFSET + LIMIT rows, as the
+	 * question's own numbers say; only OFFSET served duplicates or skips (a); a changed cursor
+	 * fails its signature (b) */
+	lab_assert_every_phase_asks(&answers, PAGINATION_PHASES);
+	assert_true(lab_answer(&answers, "seed") == 1);
+	int deepest = cfg.pages[PAGINATION_DEPTHS - 1];
+	assert_true(lab_answer(&answers, "cost") == (double)(deepest - 1) * cfg.page_size + cfg.page_size);
+	assert_true(lab_answer(&answers, "walk") == 0);
+	assert_true(lab_answer(&answers, "api") == 1);
 
 	/* phase 1: the feed as seeded, about three rows to a created_at */
 	assert_int_equal(r->seed.rows, 50000);

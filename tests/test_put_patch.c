@@ -587,6 +587,8 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	cfg.race_rounds = 20;
 	struct put_patch_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	char err[512];
 	if (put_patch_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("the run failed: %s", err);
@@ -594,6 +596,14 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	put_patch_judge(r, &v);
 	print_message("%s\n", v.evidence);
 	assert_true(v.demonstrated);
+	/* --predict's answers are the counts below: 2 + 5 tags; PUT reset the bio (b); the blind
+	 * story lost A's email (b); only the blind PUT lost increments (a) */
+	lab_assert_every_phase_asks(&answers, PUT_PATCH_PHASES);
+	assert_true(lab_answer(&answers, "retries") ==
+	            (double)(r->retries.rows[PP_RETRY_ADD].base_tags + put_patch_send_counts[2]));
+	assert_true(lab_answer(&answers, "contract") == 1);
+	assert_true(lab_answer(&answers, "editors") == 1);
+	assert_true(lab_answer(&answers, "race") == 0);
 	judge_refuses(r, put_refused, "a send was refused");
 	judge_refuses(r, blind_refused, "editors' last writes answered");
 	judge_refuses(r, no_rounds, "rounds acknowledged");

@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -321,12 +322,28 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	tmp = tmp && *tmp ? tmp : "/tmp";
 	/* the group's own cache has one */
 	int dirs_before = lab_tmpdirs(tmp, "versioning", getpid());
-	if (versioning_run(&g->cfg, r, err, sizeof(err)) < 0)
+	struct versioning_config cfg = g->cfg;
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
+	if (versioning_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("versioning_run: %s", err);
 	struct lab_verdict v;
 	versioning_judge(r, &v);
 	if (!v.demonstrated)
 		fail_msg("not demonstrated: %s", v.evidence);
+	/* --predict's answers: the strict reader broke (b); the wrong share is the count below, and
+	 * the reasoned answer (half of what the first answer per user serves) is within its ±10
+	 * points; only the edge's log has all of mobile-ios's v1 calls (b) */
+	lab_assert_every_phase_asks(&answers, VERSIONING_PHASES);
+	assert_true(lab_answer(&answers, "direct") == 1);
+	const struct versioning_cache_row *nv = &r->rows[ROW_HEADER_NO_VARY];
+	double wrong_pct = lab_answer(&answers, "cache");
+	assert_true(wrong_pct == 100.0 * nv->wrong / nv->requests);
+	double reasoned = 50.0 * (cfg.cache_requests - cfg.users) / cfg.cache_requests;
+	if (fabs(wrong_pct - reasoned) > 10)
+		fail_msg("wrong answers %.1f%%, the reasoned %.1f%% is not within 10 points", wrong_pct,
+		         reasoned);
+	assert_true(lab_answer(&answers, "deprecation") == 1);
 	/* phase 1: every request right, in every approach and version */
 	for (int a = 0; a < VERSIONING_APPROACHES; a++)
 		for (int k = 0; k < 2; k++) {

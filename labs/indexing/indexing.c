@@ -70,9 +70,11 @@ static int phase_followups(const void *cfg, void *result, char *err, size_t errl
 }
 
 static const struct lab_phase_def PHASES[INDEXING_PHASES] = {
-        {"reads", phase_reads, NULL},          {"writes", phase_writes, NULL},
-        {"small_table", phase_small, NULL},    {"selectivity", phase_sweep, NULL},
-        {"follow_ups", phase_followups, NULL},
+        {"reads", phase_reads, &ix_q_reads},
+        {"writes", phase_writes, &ix_q_writes},
+        {"small_table", phase_small, &ix_q_small},
+        {"selectivity", phase_sweep, &ix_q_sweep},
+        {"follow_ups", phase_followups, &ix_q_followups},
 };
 
 /* After a failure: does PostgreSQL still answer? When not, the failure was losing it. */

@@ -75,4 +75,7 @@ int ix_sweep_run(const struct indexing_config *cfg, struct indexing_sweep *res, 
 int ix_followups_run(const struct indexing_config *cfg, struct indexing_followups *res, char *err,
                      size_t errlen);
 
+/* The questions --predict asks before each phase, beside it (indexing_phases.c, indexing_more.c). */
+extern const struct lab_question ix_q_reads, ix_q_writes, ix_q_small, ix_q_sweep, ix_q_followups;
+
 #endif

@@ -3,6 +3,7 @@
  * point planned and forced three ways, and the follow-ups an interviewer pulls on, ending with
  * the index nobody used, found the way a real system finds it: pg_stat_user_indexes.idx_scan = 0.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,33 @@ out:
 	PQfinish(conn);
 	return ret;
 }
+
+/* --predict: the pages a forced Index Scan touches at the sweep's widest point */
+static double q_sweep_given(const void *cfgv, int i)
+{
+	const struct indexing_config *cfg = cfgv;
+	return i == 0 ? 100 * cfg->sweep[cfg->nsweep - 1] : cfg->rows;
+}
+
+static double q_sweep_measured(const void *cfg, const void *result)
+{
+	const struct indexing_sweep *sw = &((const struct indexing_result *)result)->sweep;
+	if (sw->n != ((const struct indexing_config *)cfg)->nsweep || sw->n == 0)
+		return NAN;
+	int64_t b = sw->p[sw->n - 1].plan[IX_FORCE_INDEX].buffers;
+	return b > 0 ? (double)b : NAN;
+}
+
+const struct lab_question ix_q_sweep = {
+        .text = "WHERE bucket < k matches {}% of {} orders, scattered through the table. How many "
+                "pages (buffers) does an Index Scan touch to fetch them?",
+        .given = q_sweep_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "pages",
+        .within_pct = 15,
+        .measured = q_sweep_measured,
+        .why = "about one heap page per row, as the rows lie on different pages: many times the table, "
+               "which a Seq Scan reads once; that is where the planner drops the Index Scan"};
 
 /* ---- phase 5: follow-ups ---- */
 
@@ -241,3 +269,25 @@ out:
 	PQfinish(conn);
 	return ret;
 }
+
+/* --predict: the one query of the composite index that reads at least all of its pages (its index) */
+static double q_followups_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct indexing_followups *fu = &((const struct indexing_result *)result)->followups;
+	static const enum indexing_followup Q[] = {IX_FU_AB, IX_FU_A, IX_FU_B};
+	int whole = -1, n = 0;
+	for (int i = 0; i < 3; i++)
+		if (fu->ab_pages > 0 && fu->q[Q[i]].buffers >= fu->ab_pages)
+			whole = i, n++;
+	return n == 1 ? whole : NAN;
+}
+
+const struct lab_question ix_q_followups = {
+        .text = "An index on (a, b). Which query cannot descend it to its rows, and reads at least "
+                "every page of it?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"a = ? AND b = ?", "a = ?", "b = ?"},
+        .measured = q_followups_measured,
+        .why = "the index is sorted by a, then b within each a: a leading-column prefix descends to "
+               "its rows; b alone is scattered across every a, so it scans all of the index"};

@@ -4,6 +4,7 @@
  * indexes; a small table, planned and forced. Each phase opens its own session and leaves the
  * orders table with no secondary index, as it found it.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,6 +158,31 @@ out:
 	return ret;
 }
 
+/* --predict: the pages a B-tree point lookup reads, as EXPLAIN (BUFFERS) counted them */
+static double q_rows_given(const void *cfg, int i)
+{
+	(void)i;
+	return ((const struct indexing_config *)cfg)->rows;
+}
+
+static double q_reads_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct indexing_plan *p = &((const struct indexing_result *)result)->reads.point[IX_BTREE];
+	return p->buffers > 0 ? (double)p->buffers : NAN;
+}
+
+const struct lab_question ix_q_reads = {
+        .text = "{} orders; a B-tree index on code. How many pages does WHERE code = ? read to find "
+                "its one row?",
+        .given = q_rows_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "pages",
+        .within = 1,
+        .measured = q_reads_measured,
+        .why = "a B-tree is shallow: its root, an inner page or none, the leaf, then the heap page "
+               "with the row; without it, the Seq Scan reads every page of the table"};
+
 /* ---- phase 2: writes ---- */
 
 const int indexing_write_sets[INDEXING_WRITE_SETS] = {0, 1, 3, 6};
@@ -278,6 +304,34 @@ out:
 	return ret;
 }
 
+/* --predict: the WAL a row with the most indexes against none, as a band (the answer's index) */
+static double q_writes_given(const void *cfg, int i)
+{
+	return i == 0 ? ((const struct indexing_config *)cfg)->write_rows
+	              : indexing_write_sets[INDEXING_WRITE_SETS - 1];
+}
+
+static double q_writes_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct indexing_write *w = ((const struct indexing_result *)result)->writes;
+	double none = indexing_wal_per_row(&w[0]), most = indexing_wal_per_row(&w[INDEXING_WRITE_SETS - 1]);
+	if (!(none > 0) || !(most > 0))
+		return NAN;
+	double x = most / none;
+	return x < 1.5 ? 0 : x <= 10 ? 1 : 2;
+}
+
+const struct lab_question ix_q_writes = {
+        .text = "The same {} rows inserted into a table with no secondary index and into one with "
+                "{}. The WAL written per row with them, against none?",
+        .given = q_writes_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"about the same (under 1.5x)", "1.5x to 10x as much", "over 10x as much"},
+        .measured = q_writes_measured,
+        .why = "every index gets its own entry for every row, logged, stored and vacuumed: each adds "
+               "a fraction of the row's own WAL, so an index nobody reads is paid on every insert"};
+
 /* ---- phase 3: the small table ---- */
 
 #define SMALL            SCHEMA ".small"
@@ -348,3 +402,33 @@ out:
 	PQfinish(conn);
 	return ret;
 }
+
+/* --predict: what the index on category saves of the small table's pages, as a band (its index) */
+static double q_small_given(const void *cfg, int i)
+{
+	(void)i;
+	return ((const struct indexing_config *)cfg)->small_rows;
+}
+
+static double q_small_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct indexing_small_query *q = &((const struct indexing_result *)result)->small.share;
+	double seq = (double)q->plan[IX_FORCE_SEQ].buffers;
+	double idx = fmin((double)q->plan[IX_FORCE_INDEX].buffers, (double)q->plan[IX_FORCE_BITMAP].buffers);
+	if (!(seq > 0) || !(idx > 0))
+		return NAN;
+	double share = idx / seq;
+	return share < 0.25 ? 0 : share < 0.75 ? 1 : 2;
+}
+
+const struct lab_question ix_q_small = {
+        .text = "A table of {} short rows; category = ? matches 2% of them, spread through the "
+                "table. An index on category: how much of the Seq Scan's reading does it save?",
+        .given = q_small_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"most of it: it reads about 2% of the pages", "about half",
+                    "nothing: the matching rows sit on nearly every page"},
+        .measured = q_small_measured,
+        .why = "selectivity is in pages, not rows: 40 rows scattered over a dozen pages touch all of "
+               "them, plus the index's own; on a small table the Seq Scan is as cheap"};

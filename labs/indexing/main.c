@@ -326,6 +326,33 @@ static const struct lab_phase_tell TELLS[INDEXING_PHASES] = {
         {before_sweep, after_sweep}, {before_followups, after_followups},
 };
 
+/*
+ * The key chart: the pages each plan reads as the predicate matches more of the table (the
+ * selectivity sweep, log scale): the Index Scan's climb, a page per row, past the Seq Scan's
+ * flat table, and the Bitmap Heap Scan between them. Where to index, and where not, at a glance.
+ */
+static void chart(struct lab *lab, const struct indexing_result *r)
+{
+	static const enum indexing_force PLANS[] = {IX_FORCE_SEQ, IX_FORCE_INDEX, IX_FORCE_BITMAP};
+	const struct indexing_sweep *sw = &r->sweep;
+	json_t *labels = json_array(), *series = json_array();
+	for (int i = 0; i < sw->n; i++) {
+		char label[24];
+		snprintf(label, sizeof(label), "%g%%", sw->p[i].fraction * 100);
+		json_array_append_new(labels, json_string(label));
+	}
+	for (size_t k = 0; k < sizeof(PLANS) / sizeof(PLANS[0]); k++) {
+		json_t *values = json_array();
+		for (int i = 0; i < sw->n; i++)
+			json_array_append_new(values, json_integer(sw->p[i].plan[PLANS[k]].buffers));
+		json_array_append_new(series, json_pack("{s:s,s:o}", "name", indexing_force_node(PLANS[k]),
+		                                        "values", values));
+	}
+	lab_chart(lab, json_pack("{s:s,s:s,s:o,s:o,s:b}", "title",
+	                         "pages each plan reads, by the share of the rows matched", "unit",
+	                         "pages (buffers)", "labels", labels, "series", series, "log", true));
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -362,6 +389,7 @@ int main(int argc, char **argv)
 	}
 	struct lab_verdict verdict;
 	indexing_judge(result, &verdict);
+	chart(&lab, result);
 	free(result);
 	return lab_finish(&lab, &verdict);
 }

@@ -5,6 +5,7 @@
  * gives it.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@
 #define TIMEOUT_MS 5000
 /* a page of 100 items is about 15 KB */
 #define BODY_MAX (256 * 1024)
+/* the step of the changed cursor, as the table names it and --predict's question finds it */
+#define CHANGED_CURSOR "next_cursor with one character changed"
 
 /* ---- phase 4 ---- */
 
@@ -145,7 +148,7 @@ static int refusals(struct api_walk *w, const struct pagination_config *cfg, cha
 	snprintf(cursor, sizeof(cursor), "%s", w->cursor);
 	cursor[PAGINATION_CURSOR_TEXT_LEN / 2] = cursor[PAGINATION_CURSOR_TEXT_LEN / 2] == 'A' ? 'B' : 'A';
 	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
-	if (step(w, "next_cursor with one character changed", target, 400, "tampered", err, errlen) < 0)
+	if (step(w, CHANGED_CURSOR, target, 400, "tampered", err, errlen) < 0)
 		return -1;
 	mint(w, 0, other_key, cursor, sizeof(cursor));
 	snprintf(target, sizeof(target), "/v1/items?cursor=%s", cursor);
@@ -204,3 +207,31 @@ int pagination_phase_api(const void *cfgv, void *result, char *err, size_t errle
 	free(w);
 	return ret < 0 ? pag_lost(cfg, r, err, errlen) : 0;
 }
+
+/* --predict: what the API answers a next_cursor with one character changed (the answer's index) */
+static double q_api_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct pagination_api_story *a = &((const struct pagination_result *)result)->api;
+	for (int i = 0; i < a->nsteps; i++) {
+		const struct pagination_api_step *s = &a->steps[i];
+		if (strcmp(s->what, CHANGED_CURSOR) != 0)
+			continue;
+		if (s->status == 200)
+			return 0;
+		if (s->status == 400 && strcmp(s->reason, "tampered") == 0)
+			return 1;
+		return s->status >= 500 ? 2 : NAN;
+	}
+	return NAN;
+}
+
+const struct lab_question pag_q_api = {
+        .text = "The API hands out an opaque next_cursor. A client changes one character of it and "
+                "sends it back. What does it get?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"200: the page at the position it now names", "400: the cursor fails its signature check",
+                    "500: the server cannot decode it"},
+        .measured = q_api_measured,
+        .why = "the cursor is the position signed with HMAC-SHA256: a changed one fails the check and "
+               "is refused, so clients cannot forge positions or depend on its format"};

@@ -6,6 +6,7 @@
  * at depth P starts after the last row of page P - 1, as a client holding its cursor would.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,3 +131,32 @@ int pagination_phase_cost(const void *cfgv, void *result, char *err, size_t errl
 	PQfinish(conn);
 	return ret;
 }
+
+/* --predict: the rows the deepest OFFSET page reads, as EXPLAIN counted them */
+static double q_cost_given(const void *cfgv, int i)
+{
+	const struct pagination_config *cfg = cfgv;
+	int page = cfg->pages[PAGINATION_DEPTHS - 1];
+	return i == 0 ? page : i == 1 ? cfg->page_size : (double)(page - 1) * cfg->page_size;
+}
+
+static double q_cost_measured(const void *cfgv, const void *result)
+{
+	const struct pagination_config *cfg = cfgv;
+	const struct pagination_cost *c = &((const struct pagination_result *)result)->cost;
+	if (c->ndepths != PAGINATION_DEPTHS ||
+	    c->offset[c->ndepths - 1].page != cfg->pages[PAGINATION_DEPTHS - 1])
+		return NAN;
+	return (double)c->offset[c->ndepths - 1].rows_scanned;
+}
+
+const struct lab_question pag_q_cost = {
+        .text = "Page {} of the feed in pages of {} rows, by LIMIT and OFFSET {}: how many rows does "
+                "PostgreSQL read to return it?",
+        .given = q_cost_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "rows",
+        .within_pct = 1,
+        .measured = q_cost_measured,
+        .why = "OFFSET n reads the n rows it skips, then the page: OFFSET + LIMIT, page after page "
+               "deeper; keyset seeks to its cursor and reads the page alone, at any depth"};

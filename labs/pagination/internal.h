@@ -36,4 +36,7 @@ int pag_lost(const struct pagination_config *cfg, struct pagination_result *r, c
 
 void pag_progress(const struct pagination_config *cfg, const char *what, double done);
 
+/* The questions --predict asks before phases 2 to 4, beside each phase (cost.c, walk.c, client.c) */
+extern const struct lab_question pag_q_cost, pag_q_walk, pag_q_api;
+
 #endif

@@ -295,6 +295,28 @@ static void header(struct lab *lab, const struct pagination_config *cfg)
 	           TERM_NUM(cfg->rows, 0), cfg->page_size, TERM_NUM(cfg->walk_rows, 0), cfg->walk_page);
 }
 
+/*
+ * The key chart: the rows PostgreSQL read for one page at each depth, OFFSET beside keyset, on a
+ * log scale: OFFSET's climb with the depth (it reads what it skips) against keyset's flat page.
+ */
+static void chart(struct lab *lab, const struct pagination_result *r)
+{
+	const struct pagination_cost *c = &r->cost;
+	json_t *labels = json_array(), *offset = json_array(), *keyset = json_array();
+	for (int i = 0; i < c->ndepths; i++) {
+		char label[32];
+		snprintf(label, sizeof(label), "page %s", TERM_NUM(c->offset[i].page, 0));
+		json_array_append_new(labels, json_string(label));
+		json_array_append_new(offset, json_integer(c->offset[i].rows_scanned));
+		json_array_append_new(keyset, json_integer(c->keyset[i].rows_scanned));
+	}
+	char title[96];
+	snprintf(title, sizeof(title), "rows read to return one page of %d, by depth", c->page_size);
+	lab_chart(lab, json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o}],s:b}", "title", title, "unit", "rows",
+	                         "labels", labels, "series", "name", "OFFSET", "values", offset, "name",
+	                         "keyset", "values", keyset, "log", true));
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -324,6 +346,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		pagination_judge(result, &verdict);
+		chart(&lab, result);
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

@@ -3,6 +3,7 @@
  * feed (phase 1), the run over the four phases (cost.c, walk.c, client.c) and the judge that
  * decides from their numbers. The telling is in main.c; nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,12 +171,40 @@ int pag_lost(const struct pagination_config *cfg, struct pagination_result *r, c
 	return -1;
 }
 
-/* The phases, in the order main.c tells them. */
+/* --predict: why the feed's order ends in id; decided by the ties the seed made (its answer's index) */
+static double q_seed_given(const void *cfgv, int i)
+{
+	(void)i;
+	return ((const struct pagination_config *)cfgv)->rows;
+}
+
+static double q_seed_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct pagination_seed *s = &((const struct pagination_result *)result)->seed;
+	if (s->rows <= 0 || s->max_ties <= 0)
+		return NAN;
+	return s->max_ties > 1 ? 1 : 2;
+}
+
+static const struct lab_question Q_SEED = {
+        .text = "{} posts, written about 3 a second. The feed reads them ORDER BY created_at DESC, "
+                "id DESC. Why the id?",
+        .given = q_seed_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"speed: a B-tree needs a unique last column",
+                    "ties: several rows share a created_at, and a page's edge would skip or repeat them",
+                    "no reason: timestamps are unique enough"},
+        .measured = q_seed_measured,
+        .why = "the seed counts the rows per created_at: several share one, so the order among them is "
+               "undefined without a tie-breaker, and a cursor must be (created_at, id)"};
+
+/* The phases, in the order main.c tells them, each with the question --predict asks before it. */
 static const struct lab_phase_def PHASES[PAGINATION_PHASES] = {
-        {"seed", pagination_phase_seed, NULL},
-        {"cost", pagination_phase_cost, NULL},
-        {"walk", pagination_phase_walk, NULL},
-        {"api", pagination_phase_api, NULL},
+        {"seed", pagination_phase_seed, &Q_SEED},
+        {"cost", pagination_phase_cost, &pag_q_cost},
+        {"walk", pagination_phase_walk, &pag_q_walk},
+        {"api", pagination_phase_api, &pag_q_api},
 };
 
 int pagination_run(const struct pagination_config *cfg, struct pagination_result *result, char *err,

@@ -15,6 +15,7 @@
  * had been returned (each extra return counts); a skip is such a row never returned. A row the
  * walker read twice and the deleter removed later is neither: it did not exist for the whole walk.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,3 +410,33 @@ int pagination_phase_walk(const void *cfgv, void *result, char *err, size_t errl
 	PQfinish(conn);
 	return ret < 0 && !lab_interrupted() ? pag_lost(cfg, r, err, errlen) : ret;
 }
+
+/* --predict: which walk served duplicates or skips under the writes (the answer's index) */
+static double q_walk_given(const void *cfgv, int i)
+{
+	const struct pagination_config *cfg = cfgv;
+	return i == 0 ? cfg->walk_rows : cfg->walk_page;
+}
+
+static double q_walk_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct pagination_walk *w = ((const struct pagination_result *)result)->walk;
+	const struct pagination_walk *o = &w[PAGINATION_OFFSET], *k = &w[PAGINATION_KEYSET];
+	if (o->pages == 0 || k->pages == 0)
+		return NAN;
+	bool off = o->duplicates + o->skips > 0, key = k->duplicates + k->skips > 0;
+	return off ? (key ? 2 : 0) : (key ? 1 : 3);
+}
+
+const struct lab_question pag_q_walk = {
+        .text = "A client walks {} rows in pages of {}, once by OFFSET and once by keyset, while "
+                "between its pages rows are inserted at the head and deleted behind and ahead of it. "
+                "Which walk returns a row twice or never?",
+        .given = q_walk_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"OFFSET", "keyset", "both", "neither"},
+        .measured = q_walk_measured,
+        .why = "OFFSET counts rows: one inserted ahead of the count shifts it back (a duplicate), one "
+               "deleted behind shifts it forward (a skip); keyset resumes after its last row's key, "
+               "whatever moved"};

@@ -58,4 +58,7 @@ void pp_progress(const struct put_patch_config *cfg, const char *what, double do
 struct put_patch_api *pp_phase_api(const struct put_patch_config *cfg, bool require_if_match, char *err,
                                    size_t errlen);
 
+/* The questions --predict asks before each phase (beside the phase: phases.c, race.c) */
+extern const struct lab_question pp_q_retries, pp_q_contract, pp_q_editors, pp_q_race;
+
 #endif

@@ -210,6 +210,28 @@ static const struct lab_phase_tell TELLS[PUT_PATCH_PHASES] = {
         {before_race, after_race},
 };
 
+/*
+ * The key chart: per way of writing in the race, the increments the clients were answered 2xx for
+ * beside those PostgreSQL holds. Equal bars are no lost update; the blind PUT's gap is the lost
+ * ones, at a glance.
+ */
+static void chart(struct lab *lab, const struct put_patch_result *r)
+{
+	static const char *const LABELS[PUT_PATCH_RACE_ROWS] = {[PP_RACE_BLIND] = "blind PUT",
+	                                                        [PP_RACE_IF_MATCH] = "PUT + If-Match",
+	                                                        [PP_RACE_PATCH] = "merge PATCH"};
+	json_t *labels = json_array(), *acked = json_array(), *stored = json_array();
+	for (int i = 0; i < r->race.nrows; i++) {
+		json_array_append_new(labels, json_string(LABELS[i]));
+		json_array_append_new(acked, json_integer((json_int_t)r->race.rows[i].acked));
+		json_array_append_new(stored, json_integer((json_int_t)r->race.rows[i].stored));
+	}
+	lab_chart(lab, json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o}],s:b}", "title",
+	                         "increments answered 2xx vs held by PostgreSQL, per way of writing", "unit",
+	                         "increments", "labels", labels, "series", "name", "answered 2xx", "values",
+	                         acked, "name", "in PostgreSQL", "values", stored, "log", false));
+}
+
 static int serve(struct lab *lab, struct put_patch_config *cfg)
 {
 	char err[LAB_ERRLEN], help[2000];
@@ -291,6 +313,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		put_patch_judge(result, &verdict);
+		chart(&lab, result);
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

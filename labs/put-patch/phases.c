@@ -3,6 +3,7 @@
  * Each starts the lab's own API, sends real HTTP requests with the blocking client, and reads
  * what PostgreSQL holds after: the row's SHA-256, its tags and visits. Nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +156,32 @@ int put_patch_phase_retries(const void *cfgv, void *result, char *err, size_t er
 	return ret < 0 ? pp_lost(cfg, r, err, errlen) : 0;
 }
 
+/* --predict: a retried JSON Patch add appends once per send (the row's tags, counted by PostgreSQL) */
+static double q_retries_given(const void *cfg, int i)
+{
+	(void)cfg;
+	return i == 0 ? ADA_TAGS : put_patch_send_counts[PUT_PATCH_SEND_COUNTS - 1];
+}
+
+static double q_retries_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct put_patch_retries *p = &((const struct put_patch_result *)result)->retries;
+	if (p->nrows <= PP_RETRY_ADD)
+		return NAN;
+	return (double)p->rows[PP_RETRY_ADD].after[PUT_PATCH_SEND_COUNTS - 1].tags;
+}
+
+const struct lab_question pp_q_retries = {
+        .text = "A user with {} tags; a client sends the JSON Patch [add /tags/- \"vip\"] {} times "
+                "(it retries): how many tags does it have after?",
+        .given = q_retries_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "tags",
+        .measured = q_retries_measured,
+        .why = "add to /tags/- appends on every send: 2 + 5, not idempotent; a PUT or a merge patch "
+               "sent 5 times leaves the row of one send"};
+
 /* ---- phase 2: the HTTP contract ---- */
 
 struct contract_req {
@@ -192,6 +219,32 @@ static const struct contract_req CONTRACT_REQS[PUT_PATCH_CONTRACT_ROWS] = {
          "Lovelace\",\"email\":\"ada@example.com\",\"tags\":[\"admin\",\"math\"],\"visits\":41}",
          200, true},
 };
+
+/* the last request of the list: a PUT that leaves out an optional field, the one that writes */
+#define CONTRACT_PUT_NO_BIO (PUT_PATCH_CONTRACT_ROWS - 1)
+
+/* --predict: what a PUT without the optional bio does to the stored one; the answer's index */
+static double q_contract_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct put_patch_contract *p = &((const struct put_patch_result *)result)->contract;
+	if (p->nrows <= CONTRACT_PUT_NO_BIO)
+		return NAN;
+	const struct put_patch_contract_row *row = &p->rows[CONTRACT_PUT_NO_BIO];
+	if (row->got == 200)
+		return row->changed ? 1 : 0;
+	return row->got == PP_STATUS_MALFORMED && !row->changed ? 2 : NAN;
+}
+
+const struct lab_question pp_q_contract = {
+        .text = "The stored user has a bio. A PUT sends the whole user without it (bio is optional): "
+                "what happens?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"200, the bio is kept: PUT changes the fields it sends",
+                    "200, the bio is gone: PUT replaces the whole user", "400: a PUT must send every field"},
+        .measured = q_contract_measured,
+        .why = "PUT replaces: what the body leaves out is reset (a required field missing is 400); to "
+               "change some fields, PATCH"};
 
 static int contract(PGconn *db, struct put_patch_client *c, struct put_patch_contract *p, char *err,
                     size_t errlen)
@@ -320,6 +373,26 @@ static const char *const STORY_NAMES[PUT_PATCH_EDITOR_ROWS] = {
         [PP_EDIT_IF_MATCH] = "PUT with If-Match",
         [PP_EDIT_PATCH] = "merge PATCH, no precondition",
 };
+
+/* --predict: which change the blind story's final row kept; the answer's index */
+static double q_editors_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct put_patch_editors *e = &((const struct put_patch_result *)result)->editors;
+	if (e->nrows <= PP_EDIT_BLIND)
+		return NAN;
+	const struct put_patch_editors_row *b = &e->rows[PP_EDIT_BLIND];
+	return b->a_kept && b->b_kept ? 0 : b->b_kept ? 1 : b->a_kept ? 2 : NAN;
+}
+
+const struct lab_question pp_q_editors = {
+        .text = "A and B GET the same user. A PUTs it back with a new email, then B with a new name; no "
+                "If-Match. What does the row keep?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"both changes", "B's name only: A's email is lost", "A's email only: B's name is lost"},
+        .measured = q_editors_measured,
+        .why = "B's copy still had the old email and PUT replaces the whole user: the last write wins, "
+               "though A was told 200; If-Match would have answered B 412"};
 
 /* The strict API: a PUT without If-Match. */
 static int strict(const struct put_patch_config *cfg, PGconn *db, struct put_patch_editors *e, char *err,

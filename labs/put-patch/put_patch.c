@@ -148,12 +148,12 @@ bool put_patch_retry_idempotent(const struct put_patch_retry_row *r)
 	return r->after[0].digest[0] != '\0';
 }
 
-/* The phases, in the order main.c tells them. */
+/* The phases, in the order main.c tells them, each with the question --predict asks before it. */
 static const struct lab_phase_def PHASES[PUT_PATCH_PHASES] = {
-        {"retries", put_patch_phase_retries, NULL},
-        {"contract", put_patch_phase_contract, NULL},
-        {"editors", put_patch_phase_editors, NULL},
-        {"race", put_patch_phase_race, NULL},
+        {"retries", put_patch_phase_retries, &pp_q_retries},
+        {"contract", put_patch_phase_contract, &pp_q_contract},
+        {"editors", put_patch_phase_editors, &pp_q_editors},
+        {"race", put_patch_phase_race, &pp_q_race},
 };
 
 int put_patch_run(const struct put_patch_config *cfg, struct put_patch_result *result, char *err,

@@ -7,6 +7,7 @@
  * Client i only ever changes counters.c<i>, so after the race PostgreSQL must hold, for each
  * client, as many increments as it was answered 2xx for; what is missing was lost.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,3 +188,39 @@ int put_patch_phase_race(const void *cfgv, void *result, char *err, size_t errle
 	put_patch_api_stop(api);
 	return ret < 0 ? pp_lost(cfg, r, err, errlen) : 0;
 }
+
+/* --predict: which ways of writing lost increments (PostgreSQL holds fewer than were answered 2xx) */
+static double q_race_given(const void *cfgv, int i)
+{
+	const struct put_patch_config *cfg = cfgv;
+	return i == 0 ? cfg->race_clients : cfg->race_rounds;
+}
+
+static double q_race_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct put_patch_race *r = &((const struct put_patch_result *)result)->race;
+	if (r->nrows != PUT_PATCH_RACE_ROWS)
+		return NAN;
+	bool blind = r->rows[PP_RACE_BLIND].lost > 0, if_match = r->rows[PP_RACE_IF_MATCH].lost > 0;
+	bool patch = r->rows[PP_RACE_PATCH].lost > 0;
+	if (blind && !if_match && !patch)
+		return 0;
+	if (blind && !if_match && patch)
+		return 1;
+	if (blind && if_match && patch)
+		return 2;
+	return !blind && !if_match && !patch ? 3 : NAN;
+}
+
+const struct lab_question pp_q_race = {
+        .text = "{} clients x {} rounds each: GET the user, add one to my own counter, write it back. "
+                "Three ways: a blind PUT, a PUT with If-Match (re-read on 412), a merge PATCH of my "
+                "counter. Which lose increments?",
+        .given = q_race_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"the blind PUT only", "the blind PUT and the PATCH", "all three", "none of them"},
+        .measured = q_race_measured,
+        .why = "a blind PUT writes back the others' counters as it read them; If-Match turns that into "
+               "a 412 and a re-read; the PATCH names my counter only and the server merges it under "
+               "the row lock"};

@@ -81,5 +81,7 @@ void vers_progress(const struct versioning_config *cfg, const char *what, double
 int vers_phase_direct(const void *cfg, void *result, char *err, size_t errlen);
 int vers_phase_cache(const void *cfg, void *result, char *err, size_t errlen);
 int vers_phase_deprecation(const void *cfg, void *result, char *err, size_t errlen);
+/* the question --predict asks before each */
+extern const struct lab_question vers_q_direct, vers_q_cache, vers_q_deprecation;
 
 #endif

@@ -283,6 +283,27 @@ static int serve(struct lab *lab, struct versioning_config *cfg)
 	return LAB_EXIT_OK;
 }
 
+/*
+ * The key chart: per approach through the cache, the share of answers of the wrong version beside
+ * the hit ratio. Only header versioning without Vary has wrong ones, and they are its extra hits;
+ * Vary brings its hit ratio down to path's and query's with none wrong.
+ */
+static void chart(struct lab *lab, const struct versioning_result *r)
+{
+	json_t *labels = json_array(), *wrong = json_array(), *hits = json_array();
+	for (int i = 0; i < VERSIONING_ROWS; i++) {
+		const struct versioning_cache_row *w = &r->rows[i];
+		json_array_append_new(labels, json_string(versioning_row_name((enum versioning_row)i)));
+		json_array_append_new(wrong,
+		                      w->requests ? json_real(100.0 * w->wrong / w->requests) : json_null());
+		json_array_append_new(hits, w->requests ? json_real(100.0 * w->hit_ratio) : json_null());
+	}
+	lab_chart(lab, json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o}],s:b}", "title",
+	                         "answers of the wrong version and hit ratio through nginx, per approach",
+	                         "unit", "% of requests", "labels", labels, "series", "name", "wrong version",
+	                         "values", wrong, "name", "cache hits", "values", hits, "log", false));
+}
+
 static void header(struct lab *lab, const struct versioning_config *cfg)
 {
 	char url[256], version[32];
@@ -330,6 +351,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		versioning_judge(result, &verdict);
+		chart(&lab, result);
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

@@ -5,6 +5,7 @@
  * Nothing here prints.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,28 @@ int vers_phase_direct(const void *cfgv, void *result, char *err, size_t errlen)
 	return ret;
 }
 
+/* --predict: which v1 reader the added field broke; the answer's index */
+static double q_direct_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct versioning_added *ad = &((const struct versioning_result *)result)->added;
+	if (!ad->tolerant_before || !ad->strict_before)
+		return NAN; /* a reader that failed before the change says nothing of the change */
+	if (ad->tolerant_after)
+		return ad->strict_after ? 0 : 1;
+	return ad->strict_after ? NAN : 2;
+}
+
+const struct lab_question vers_q_direct = {
+        .text = "A field \"locale\" is added to v1's answers, nothing removed or renamed. Which v1 "
+                "client breaks?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"none: an added field breaks no one", "one whose parser refuses unknown fields",
+                    "every v1 client: any change to v1 needs a v2"},
+        .measured = q_direct_measured,
+        .why = "adding is non-breaking only for tolerant readers (ignore what you do not know): a "
+               "strict schema breaks on it, so say so in the contract; renaming or retyping needs v2"};
+
 /* ---- phase 2: through the cache ---- */
 
 static enum versioning_approach row_approach(enum versioning_row row)
@@ -272,6 +295,34 @@ int vers_phase_cache(const void *cfgv, void *result, char *err, size_t errlen)
 	return 0;
 }
 
+/* --predict: the share of answers of the wrong version through the cache without Vary, in % */
+static double q_cache_given(const void *cfgv, int i)
+{
+	const struct versioning_config *cfg = cfgv;
+	return i == 0 ? cfg->cache_requests : cfg->users;
+}
+
+static double q_cache_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct versioning_cache_row *w =
+	        &((const struct versioning_result *)result)->rows[ROW_HEADER_NO_VARY];
+	return w->requests > 0 ? 100.0 * w->wrong / w->requests : NAN;
+}
+
+const struct lab_question vers_q_cache = {
+        .text = "{} requests from v1 and v2 clients (a coin flip each) on {} users, the version in "
+                "the Accept header, through nginx's cache with no Vary: Accept. What share get the "
+                "other version's body?",
+        .given = q_cache_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "%",
+        .within = 10,
+        .measured = q_cache_measured,
+        .why = "the cache keys on the URL alone: a user's first answer is served to every later "
+               "client, half of whom asked the other version: about 50% of (requests - users); ±10 "
+               "points for the coin flips"};
+
 /* ---- phase 3: deprecation ---- */
 
 /* v1 answers per client in the cache's access log: lines "agent|uri|status|deprecation" with one. */
@@ -376,3 +427,31 @@ int vers_phase_deprecation(const void *cfgv, void *result, char *err, size_t err
 		ret = count_api(r->api_port, d, err, errlen);
 	return ret;
 }
+
+/* --predict: which count of the v1-only client's calls is whole; the answer's index */
+static double q_deprecation_given(const void *cfgv, int i)
+{
+	(void)i;
+	return ((const struct versioning_config *)cfgv)->client_requests;
+}
+
+static double q_deprecation_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct versioning_client *m =
+	        &((const struct versioning_result *)result)->deprecation.clients[0];
+	if (m->v1_sent == 0)
+		return NAN;
+	bool edge = m->v1_edge == m->v1_sent, api = m->v1_api == m->v1_sent;
+	return api && !edge ? 0 : edge && !api ? 1 : edge && api ? 2 : NAN;
+}
+
+const struct lab_question vers_q_deprecation = {
+        .text = "Before v1's sunset you count who still calls it. mobile-ios calls v1 {} times, "
+                "through the cache. Which count has all of its calls?",
+        .given = q_deprecation_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"the API's own count of v1 calls", "the cache's access log", "both, the same number"},
+        .measured = q_deprecation_measured,
+        .why = "a cache hit never reaches the API, which counts only the misses: count deprecated "
+               "calls at the edge, where every call passes"};

@@ -177,9 +177,9 @@ static bool pg_lost(const char *url)
 }
 
 static const struct lab_phase_def PHASES[VERSIONING_PHASES] = {
-        {"direct", vers_phase_direct, NULL},
-        {"cache", vers_phase_cache, NULL},
-        {"deprecation", vers_phase_deprecation, NULL},
+        {"direct", vers_phase_direct, &vers_q_direct},
+        {"cache", vers_phase_cache, &vers_q_cache},
+        {"deprecation", vers_phase_deprecation, &vers_q_deprecation},
 };
 
 static void env_stop(struct versioning_env *env)
