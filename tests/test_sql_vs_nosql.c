@@ -9,7 +9,8 @@
  * pattern 3 is one statement in SQL and a read of every order key in Redis; pattern 4 one row in
  * SQL and every copy rewritten in the documents; pattern 5's naive races oversold on both stores
  * and the guarded ones never did, stock never below zero, each item sold exactly once; the lines
- * of code the lab reports are the lines of patterns.c; and the judge refuses a run whose numbers
+ * of code the lab reports are the lines of patterns.c; every phase asks a --predict question
+ * whose answer this run measured as those counts; and the judge refuses a run whose numbers
  * disagree. Nothing asserts a time.
  *
  * Then the binary: Ctrl-C mid-run leaves no schema and no keys.
