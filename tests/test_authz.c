@@ -3,8 +3,8 @@
  * really behaves (alg none, key confusion, the clock-skew edges), the HTTP contract sent raw over a
  * socket (every 401 and its WWW-Authenticate, 403 with insufficient_scope, 404 for another user's
  * order, 400 and 405; nothing written by a refused request; the deny-list's key and TTL), the naive
- * routes absent unless asked for, the run's verdict and the counts behind it, --serve --vulnerable's
- * warning, and Ctrl-C.
+ * routes absent unless asked for, the run's verdict and the counts behind it (and the --predict
+ * question every phase asks, answered by those counts), --serve --vulnerable's warning, and Ctrl-C.
  *
  * needs: postgres redis
  */
@@ -470,6 +470,9 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	(void)state;
 	struct authz_config c = cfg;
 	struct authz_result *r = calloc(1, sizeof(*r));
+	assert_non_null(r);
+	struct lab_answers answers = {0};
+	c.hooks = lab_answers_hooks(&answers, &c, r);
 	char err[512];
 	if (authz_run(&c, r, err, sizeof(err)) < 0)
 		fail_msg("run failed: %s", err);
@@ -501,6 +504,17 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 		assert_int_equal(r->revocation.rows[i].naive, 200);
 		assert_int_equal(r->revocation.rows[i].fixed, 401);
 	}
+	/* what --predict asks before each phase, answered by this run: mallory's 401 like a wrong
+	 * password's, 4 forged tokens past the naive verifier, every id walked read, and the deny-list
+	 * key living what is left of the token's life (exp + skew, seconds after the login) */
+	lab_assert_every_phase_asks(&answers, AUTHZ_PHASES);
+	assert_true(lab_answer(&answers, "login") == 1);
+	assert_true(lab_answer(&answers, "authentication") == 4);
+	assert_true(lab_answer(&answers, "authorization") == b->walked);
+	assert_true(lab_answer(&answers, "authorization") == c.orders);
+	double ttl = lab_answer(&answers, "revocation");
+	assert_true(ttl <= c.token_ttl_s + c.skew_s && ttl > c.token_ttl_s);
+	assert_true(ttl == (double)r->revocation.rows[AUTHZ_REV_LOGOUT].key_ttl_s);
 	free(r);
 	/* the run tore down its own schema: put the group's back for what follows */
 	assert_int_equal(authz_setup(&cfg, err, sizeof(err)), 0);

@@ -13,7 +13,8 @@
  * - write-through: the failing second write leaves exactly its cell's writes inconsistent, the
  *   failing first write none; no client was told a failed write succeeded;
  * - write-behind: acknowledged writes lost without persistence, none with AOF, the new worker
- *   recovered the dead one's pending entries; coalescing wrote one row per key.
+ *   recovered the dead one's pending entries; coalescing wrote one row per key;
+ * - every phase asks a --predict question, and this run's answers are those counts.
  * Nothing asserts a time. Then the binary: Ctrl-C mid-run leaves no schema, no key, no
  * redis-server child and no temporary directory.
  */
@@ -33,10 +34,13 @@
 
 #include "cache_patterns.h"
 
-static struct cache_patterns_result *run_lab(const struct cache_patterns_config *cfg)
+/* The lab once; answers (may be NULL) records what each phase's --predict question measured. */
+static struct cache_patterns_result *run_lab(struct cache_patterns_config *cfg, struct lab_answers *answers)
 {
 	struct cache_patterns_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	if (answers)
+		cfg->hooks = lab_answers_hooks(answers, cfg, r);
 	char err[LAB_ERRLEN] = "";
 	if (cache_patterns_run(cfg, r, err, sizeof(err)) < 0)
 		fail_msg("cache_patterns_run: %s%s%s", err, r->lost_server[0] ? " (lost " : "",
@@ -117,7 +121,8 @@ static void test_quick_run_demonstrates_every_failure_and_fix(void **state)
 	(void)state;
 	struct cache_patterns_config cfg;
 	cache_patterns_config_default(&cfg, true);
-	struct cache_patterns_result *r = run_lab(&cfg);
+	struct lab_answers answers = {0};
+	struct cache_patterns_result *r = run_lab(&cfg, &answers);
 	struct lab_verdict v;
 	cache_patterns_judge(r, &v);
 	print_message("%s\n%s\n", v.claim, v.evidence);
@@ -125,6 +130,14 @@ static void test_quick_run_demonstrates_every_failure_and_fix(void **state)
 	assert_aside(r, &cfg);
 	assert_through(r);
 	assert_behind(r, &cfg);
+	/* what --predict asks before each phase, answered by this run: every scripted race stale for
+	 * good; the versioned set the one fix clean at once; cache first the order that can leave an
+	 * uncommitted price; only Redis without persistence loses acknowledged writes */
+	lab_assert_every_phase_asks(&answers, CP_PHASES);
+	assert_true(lab_answer(&answers, "aside") == cfg.scripted);
+	assert_true(lab_answer(&answers, "fixes") == 2);
+	assert_true(lab_answer(&answers, "through") == 0);
+	assert_true(lab_answer(&answers, "behind") == 0);
 	free(r);
 	lab_assert_nothing_left("lab_cache_patterns", "lab:cache-patterns:");
 }

@@ -11,7 +11,8 @@
  * - LISTEN/NOTIFY: one notification per write, no key left stale after the same crashes, the
  *   lag's p99 under the sweep's longest TTL;
  * - a reconnect without re-sync leaves exactly the missed writes stale; with re-sync none;
- * - versioned keys: no stale read, exactly one version lookup per read, old versions held.
+ * - versioned keys: no stale read, exactly one version lookup per read, old versions held;
+ * - every phase asks a --predict question, and this run's answers are those counts.
  * Then the binary: Ctrl-C leaves no schema and no keys.
  */
 #include <stdarg.h>
@@ -48,6 +49,8 @@ static void test_quick_run_demonstrates_every_method_and_its_failure(void **stat
 	small_config(&cfg);
 	struct invalidation_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	char err[LAB_ERRLEN] = "";
 	if (invalidation_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("invalidation_run: %s%s%s", err, r->lost_server[0] ? " (lost " : "", r->lost_server);
@@ -103,6 +106,13 @@ static void test_quick_run_demonstrates_every_method_and_its_failure(void **stat
 	assert_true(r->old_version_keys > 0 && r->old_version_bytes > 0);
 	assert_int_equal(r->gen_misses, (uint64_t)cfg.products);
 	assert_true(r->gen_old_keys > 0);
+	/* what --predict asks before each phase, answered by this run with the counts above */
+	lab_assert_every_phase_asks(&answers, INV_PHASES);
+	assert_true(lab_answer(&answers, "ttl") == 1); /* up to about the TTL */
+	assert_true(lab_answer(&answers, "delete") == 100);
+	assert_true(lab_answer(&answers, "notify") == 0);
+	assert_true(lab_answer(&answers, "reconnect") == cfg.drop_writes);
+	assert_true(lab_answer(&answers, "versioned") == cfg.products);
 	free(r);
 	lab_assert_nothing_left("lab_invalidation", "lab:invalidation:");
 }

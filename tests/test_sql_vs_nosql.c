@@ -9,7 +9,8 @@
  * pattern 3 is one statement in SQL and a read of every order key in Redis; pattern 4 one row in
  * SQL and every copy rewritten in the documents; pattern 5's naive races oversold on both stores
  * and the guarded ones never did, stock never below zero, each item sold exactly once; the lines
- * of code the lab reports are the lines of patterns.c; and the judge refuses a run whose numbers
+ * of code the lab reports are the lines of patterns.c; every phase asks a --predict question
+ * whose answer this run measured as those counts; and the judge refuses a run whose numbers
  * disagree. Nothing asserts a time.
  *
  * Then the binary: Ctrl-C mid-run leaves no schema and no keys.
@@ -26,10 +27,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h" /* SVN_COPY_BATCH: the orders a pipeline of the copy carries */
 #include "sql_vs_nosql.h"
 
 static struct sql_vs_nosql_result *result;
 static struct sql_vs_nosql_config cfg;
+static struct lab_answers answers;
 
 /* The lab once, small: every test of the run reads the same result. */
 static int run_once(void **state)
@@ -51,6 +54,7 @@ static int run_once(void **state)
 	result = calloc(1, sizeof(*result));
 	if (!result)
 		return -1;
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, result);
 	char err[LAB_ERRLEN] = "";
 	if (sql_vs_nosql_run(&cfg, result, err, sizeof(err)) < 0) {
 		print_error("sql_vs_nosql_run: %s (lost: %s)\n", err,
@@ -79,6 +83,25 @@ static void test_the_judge_says_demonstrated(void **state)
 	assert_string_equal(d[0].winner, "Redis");
 	assert_string_equal(d[2].winner, "PostgreSQL");
 	assert_string_equal(d[3].winner, "PostgreSQL");
+}
+
+/* What --predict asks before each phase: the answers a person is scored against, from this run. */
+static void test_every_phase_asks_and_the_answers_are_the_counts(void **state)
+{
+	(void)state;
+	const struct sql_vs_nosql_result *r = result;
+	lab_assert_every_phase_asks(&answers, SVN_PHASES);
+	for (int i = 0; i < answers.n; i++)
+		print_message("%-10s %g\n", answers.a[i].phase, answers.a[i].measured);
+	/* a pipeline per batch of orders, one for the catalogue */
+	assert_true(lab_answer(&answers, "seed") == (cfg.orders + SVN_COPY_BATCH - 1) / SVN_COPY_BATCH + 1);
+	assert_true(lab_answer(&answers, "reads") == 2);
+	assert_true(lab_answer(&answers, "adhoc") == cfg.orders);
+	assert_true(lab_answer(&answers, "rename") == 1); /* a copy per order, and the hash */
+	assert_true(lab_answer(&answers, "race") == (double)r->p5[0][SVN_NAIVE].oversells);
+	assert_true(lab_answer(&answers, "race") > 0);
+	assert_true(lab_answer(&answers, "schema") >= cfg.products);
+	assert_true(lab_answer(&answers, "storage") == 0); /* the rows take the least room */
 }
 
 /* The judge says no when the numbers do, and says first what disagreed. */
@@ -301,6 +324,7 @@ int main(void)
 	const struct CMUnitTest run[] = {
 	        cmocka_unit_test(test_the_judge_says_demonstrated),
 	        cmocka_unit_test(test_the_judge_refuses_a_run_that_did_not_show_it),
+	        cmocka_unit_test(test_every_phase_asks_and_the_answers_are_the_counts),
 	        cmocka_unit_test(test_the_three_stores_hold_the_same_orders),
 	        cmocka_unit_test(test_round_trips_are_one_per_lookup_and_two_for_redis_last_ten),
 	        cmocka_unit_test(test_the_servers_counted_every_lookup),

@@ -3,6 +3,7 @@
  * orders, the run over the four phases (phases.c) and the judge that decides from their numbers.
  * The API is api.c and api_redis.c, the cryptography token.c. Nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,11 +159,117 @@ int az_lost(const struct authz_config *cfg, struct authz_result *r, char *err, s
 	return -1;
 }
 
+/* ---- what --predict asks before each phase (struct lab_question, lab.h) ---- */
+
+static const struct authz_config *config_of(const void *cfg)
+{
+	return cfg;
+}
+
+static const struct authz_result *result_of(const void *result)
+{
+	return result;
+}
+
+/* The status mallory's login got, as Q_LOGIN's choices name it (the login rows of phases.c:
+ * right password, wrong password, mallory, ...). */
+static double q_login_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct authz_login *l = &result_of(result)->login;
+	if (l->nrows < 3)
+		return NAN;
+	int wrong = l->rows[1].got, unknown = l->rows[2].got;
+	if (unknown == 401)
+		return wrong == 401 ? 1 : NAN;
+	return unknown == 404 ? 0 : unknown == 403 ? 2 : NAN;
+}
+
+static const struct lab_question Q_LOGIN = {
+        .text = "POST /v1/login for mallory, a user who does not exist: what does a careful API answer?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"404: no such user", "401, like a wrong password", "403: not allowed to log in"},
+        .measured = q_login_measured,
+        .why = "a different answer (or a faster one: the lab hashes a dummy for unknown names) tells an "
+               "attacker which names exist; 401 says only \"not authenticated\""};
+
+static double q_attacks_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct authz_attacks *a = &result_of(result)->attacks;
+	if (a->nrows < AUTHZ_ATTACKS)
+		return NAN;
+	int taken = 0;
+	for (int i = AUTHZ_ATK_ALG_NONE; i < AUTHZ_ATTACKS; i++)
+		taken += authz_accepted(a->rows[i].naive);
+	return taken;
+}
+
+static const struct lab_question Q_ATTACKS = {
+        .text = "Five forged tokens: alg none, HS256 keyed with the public key, expired, for another "
+                "audience, RS256 signed by another key. A naive verifier takes the algorithm from the "
+                "token's header and checks no claims: how many does it let in?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "tokens",
+        .measured = q_attacks_measured,
+        .why = "4: the token picks no key (none) or the public key as an HMAC secret, and nobody reads "
+               "exp or aud; only a wrong RSA signature fails. Pin RS256 and the key, check exp and aud"};
+
+static double q_access_given(const void *cfg, int i)
+{
+	(void)i;
+	return config_of(cfg)->orders;
+}
+
+static double q_access_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct authz_bola *b = &result_of(result)->access.bola;
+	return b->walked > 0 ? b->naive_ok : NAN;
+}
+
+static const struct lab_question Q_ACCESS = {
+        .text = "alice, logged in, walks GET /v1/orders/1..{}, orders of three users. The naive route "
+                "checks her token, then SELECTs WHERE id = $1: how many orders come back 200?",
+        .given = q_access_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "orders",
+        .measured = q_access_measured,
+        .why = "all of them, hers and everyone's (BOLA): a valid token says who she is, not what she "
+               "may read; the owner in the WHERE answers 404 for the others"};
+
+static double q_revocation_given(const void *cfg, int i)
+{
+	const struct authz_config *c = config_of(cfg);
+	return i == 0 ? c->token_ttl_s : c->skew_s;
+}
+
+static double q_revocation_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct authz_revocation *v = &result_of(result)->revocation;
+	return v->nrows > AUTHZ_REV_LOGOUT && v->rows[AUTHZ_REV_LOGOUT].key_ttl_s > 0
+	               ? (double)v->rows[AUTHZ_REV_LOGOUT].key_ttl_s
+	               : NAN;
+}
+
+static const struct lab_question Q_REVOCATION = {
+        .text = "alice logs out right after logging in. Her token lives {} s and the verifier allows {} s "
+                "of clock skew; its id goes on a deny-list in Redis. For how many seconds must the "
+                "deny-list key live?",
+        .given = q_revocation_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "s",
+        .within = 5,
+        .measured = q_revocation_measured,
+        .why = "as long as the token would still be accepted, exp + skew, and no longer: the list holds "
+               "only live tokens (±5 s: the seconds between login and logout)"};
+
 static const struct lab_phase_def PHASES[AUTHZ_PHASES] = {
-        {"login", authz_phase_login, NULL},
-        {"authentication", authz_phase_attacks, NULL},
-        {"authorization", authz_phase_access, NULL},
-        {"revocation", authz_phase_revocation, NULL},
+        {"login", authz_phase_login, &Q_LOGIN},
+        {"authentication", authz_phase_attacks, &Q_ATTACKS},
+        {"authorization", authz_phase_access, &Q_ACCESS},
+        {"revocation", authz_phase_revocation, &Q_REVOCATION},
 };
 
 int authz_run(const struct authz_config *cfgv, struct authz_result *result, char *err, size_t errlen)

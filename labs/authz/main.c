@@ -287,6 +287,34 @@ static void header(struct lab *lab, const struct authz_config *cfg)
 	           pg, redis, cfg->token_ttl_s, cfg->skew_s, cfg->orders);
 }
 
+/*
+ * The key chart: what each API let through, the naive one (the token names its alg, no claim
+ * checks, no owner check, stateless) beside the fixed one: forged tokens accepted, other users'
+ * orders read, revoked tokens still accepted, and as the control alice's own orders read. The
+ * naive bars stand in every group, the fixed ones only in the control: authentication and
+ * authorization each fail alone, and the fixed API is not refusing everything.
+ */
+static void key_chart(struct lab *lab, const struct authz_result *r)
+{
+	int forged[2] = {0, 0}, revoked[2] = {0, 0};
+	for (int i = AUTHZ_ATK_ALG_NONE; i < r->attacks.nrows; i++) {
+		forged[0] += authz_accepted(r->attacks.rows[i].naive);
+		forged[1] += authz_accepted(r->attacks.rows[i].fixed);
+	}
+	for (int i = 0; i < r->revocation.nrows; i++) {
+		revoked[0] += authz_accepted(r->revocation.rows[i].naive);
+		revoked[1] += authz_accepted(r->revocation.rows[i].fixed);
+	}
+	const struct authz_bola *b = &r->access.bola;
+	lab_chart(lab, json_pack("{s:s,s:s,s:[s,s,s,s],s:[{s:s,s:[i,i,i,i]},{s:s,s:[i,i,i,i]}],s:b}", "title",
+	                         "what each API let through (only the control should pass)", "unit",
+	                         "requests", "labels", "forged tokens accepted", "others' orders read",
+	                         "revoked tokens accepted", "own orders read (control)", "series", "name",
+	                         "naive", "values", forged[0], b->naive_foreign, revoked[0],
+	                         b->naive_ok - b->naive_foreign, "name", "fixed", "values", forged[1],
+	                         b->fixed_foreign, revoked[1], b->fixed_ok - b->fixed_foreign, "log", 0));
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -327,6 +355,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		authz_judge(result, &verdict);
+		key_chart(&lab, result);
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

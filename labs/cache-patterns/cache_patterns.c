@@ -3,6 +3,7 @@
  * teardown; then the claim and every threshold it is held to. The work is in aside.c (the
  * scripted races), clients.c (the loads), through.c and behind.c; nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -101,11 +102,127 @@ static int phase_behind(const void *ctx, void *result, char *err, size_t errlen)
 	return load_run(cp, CP_BEHIND, &r->load[CP_BEHIND], err, errlen);
 }
 
+/* ---- what --predict asks before each phase (struct lab_question, lab.h) ---- */
+
+static const struct cache_patterns_config *config_of(const void *cfg)
+{
+	return cfg;
+}
+
+static const struct cache_patterns_result *result_of(const void *result)
+{
+	return result;
+}
+
+static double q_aside_given(const void *cfg, int i)
+{
+	const struct cache_patterns_config *c = config_of(cfg);
+	return i == 0 ? c->scripted : c->ttl_ms + CP_TTL_MARGIN_MS;
+}
+
+static double q_aside_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cp_scripted *s = &result_of(result)->aside_race;
+	return s->races > 0 ? s->stale_later : NAN;
+}
+
+static const struct lab_question Q_ASIDE = {
+        .text = "Cache-aside, no TTL, {} keys: on each a reader misses and reads the old price, then is "
+                "held before its SET while a writer's UPDATE and DEL land. How many keys still serve the "
+                "old price {} ms later?",
+        .given = q_aside_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "keys",
+        .measured = q_aside_measured,
+        .why = "every one: the DEL came before the late SET, so nothing removes the old value; without "
+               "a TTL it is stale until the next write of that key"};
+
+/* The one fix of the three that left no key stale right after the race; NAN when not one alone. */
+static double q_fixes_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cp_scripted *f = result_of(result)->fix;
+	int clean = -1, n = 0;
+	for (int i = 0; i < 3; i++)
+		if (f[i].races > 0 && f[i].stale == 0)
+			clean = i, n++;
+	return n == 1 ? clean : NAN;
+}
+
+static double q_fixes_given(const void *cfg, int i)
+{
+	const struct cache_patterns_config *c = config_of(cfg);
+	return i == 0 ? c->ttl_ms : c->dd_delay_ms;
+}
+
+static const struct lab_question Q_FIXES = {
+        .text = "The same race with each fix: a TTL of {} ms on the SET, a second DEL {} ms after the "
+                "first, a versioned set (a script SETs only a newer version). Which leaves no key stale "
+                "even right after the race?",
+        .given = q_fixes_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"the short TTL", "the second DEL", "the versioned set"},
+        .measured = q_fixes_measured,
+        .why = "the TTL bounds the staleness and the second DEL ends it later; only the versioned set "
+               "refuses the late SET of an older version, so it never lands"};
+
+/* Which order of write-through's two writes left a price never committed when PostgreSQL refused. */
+static double q_through_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cp_through_cell(*t)[CP_FAULTS] = result_of(result)->through;
+	bool cache_first = t[CP_CACHE_FIRST][CP_DB_REFUSES].inconsistent > 0,
+	     db_first = t[CP_DB_FIRST][CP_DB_REFUSES].inconsistent > 0;
+	if (cache_first && db_first)
+		return 2;
+	return cache_first ? 0 : db_first ? 1 : NAN;
+}
+
+static const struct lab_question Q_THROUGH = {
+        .text = "Write-through writes the cache and the database in the request. Which order can leave "
+                "the cache serving a price the database never committed?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"cache first, then the database", "database first, then the cache", "either order"},
+        .measured = q_through_measured,
+        .why = "a cache written first holds the value the database then refuses; database first can "
+               "only leave the cache old (a failed SET), which a TTL or the next write repairs"};
+
+/* Which of the two restarts lost acknowledged writes, as Q_BEHIND's choices name them. */
+static double q_behind_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cp_crash *c = result_of(result)->crash;
+	if (c[0].acked == 0 || c[1].acked == 0)
+		return NAN;
+	if (c[0].lost > 0)
+		return c[1].lost > 0 ? 1 : 0;
+	return c[1].lost > 0 ? NAN : 2;
+}
+
+static double q_behind_given(const void *cfg, int i)
+{
+	(void)i;
+	return config_of(cfg)->wb_writes;
+}
+
+static const struct lab_question Q_BEHIND = {
+        .text = "Write-behind: {} writes acknowledged once Redis holds them; the worker flushed one batch "
+                "to PostgreSQL, then Redis is killed (SIGKILL) and restarted. Which loses acknowledged "
+                "writes?",
+        .given = q_behind_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"Redis without persistence only", "also Redis with AOF (appendfsync always)",
+                    "neither: the stream is replayed"},
+        .measured = q_behind_measured,
+        .why = "without persistence the queue not yet flushed dies with the process; AOF logs each "
+               "write before Redis replies, so the restarted server replays every acknowledged one"};
+
 static const struct lab_phase_def PHASES[CP_PHASES] = {
-        [CP_PHASE_ASIDE] = {"aside", phase_aside, NULL},
-        [CP_PHASE_FIXES] = {"fixes", phase_fixes, NULL},
-        [CP_PHASE_THROUGH] = {"through", phase_through, NULL},
-        [CP_PHASE_BEHIND] = {"behind", phase_behind, NULL},
+        [CP_PHASE_ASIDE] = {"aside", phase_aside, &Q_ASIDE},
+        [CP_PHASE_FIXES] = {"fixes", phase_fixes, &Q_FIXES},
+        [CP_PHASE_THROUGH] = {"through", phase_through, &Q_THROUGH},
+        [CP_PHASE_BEHIND] = {"behind", phase_behind, &Q_BEHIND},
 };
 
 int cache_patterns_run(const struct cache_patterns_config *cfg, struct cache_patterns_result *res, char *err,

@@ -299,6 +299,26 @@ static void config_json(struct lab *lab, const struct cache_patterns_config *cfg
 	lab_config_set(lab, "seed", json_integer((json_int_t)cfg->seed));
 }
 
+/*
+ * The key chart: keys the scripted cache-aside race left stale, of the races played, right after
+ * it and a moment later (the TTL expired, the second DEL came), per variant. Plain cache-aside
+ * stays stale for good, update-on-write leaves the older value, the TTL and the second DEL bring
+ * it to 0 later, the versioned set never lets it in: the claim's first and most asked part at a
+ * glance (write-through's and write-behind's failures are counts of other things: their tables).
+ */
+static void key_chart(struct lab *lab, const struct cache_patterns_result *r)
+{
+	const struct cp_scripted *a = &r->aside_race, *u = &r->update_race, *f = r->fix;
+	/* update-on-write is counted once: no TTL and no second write follow its race */
+	lab_chart(lab, json_pack("{s:s,s:s,s:[s,s,s,s,s],s:[{s:s,s:[i,i,i,i,i]},{s:s,s:[i,n,i,i,i]}],s:b}",
+	                         "title", "keys left stale by the scripted race, per variant", "unit", "keys",
+	                         "labels", "cache-aside (DEL)", "update-on-write (SET)", "+ short TTL",
+	                         "+ delayed 2nd DEL", "+ versioned set", "series", "name", "right after",
+	                         "values", a->stale, u->stale, f[0].stale, f[1].stale, f[2].stale, "name",
+	                         "a moment later", "values", a->stale_later, f[0].stale_later,
+	                         f[1].stale_later, f[2].stale_later, "log", 0));
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -335,6 +355,7 @@ int main(int argc, char **argv)
 	}
 	struct lab_verdict verdict;
 	cache_patterns_judge(res, &verdict);
+	key_chart(&lab, res);
 	free(res);
 	return lab_finish(&lab, &verdict);
 }

@@ -1,6 +1,7 @@
 /*
  * invalidation.c — lab-invalidation's run and judge (the experiment is in invalidation.h).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,12 +161,146 @@ static int phase_versioned(const void *cfg_, void *result, char *err, size_t err
 	return 0;
 }
 
+/* ---- what --predict asks before each phase (struct lab_question, lab.h) ---- */
+
+static const struct invalidation_config *config_of(const void *cfg)
+{
+	return cfg;
+}
+
+static const struct invalidation_result *result_of(const void *result)
+{
+	return result;
+}
+
+static double q_ttl_given(const void *cfg, int i)
+{
+	const struct invalidation_config *c = config_of(cfg);
+	return c->ttls_ms[i == 0 ? 0 : c->nttls - 1];
+}
+
+/* How far behind a read was under TTL only, as Q_TTL's choices name it: none stale, every stale
+ * read within its TTL (+ the fill, the judge's bound), or one past it. */
+static double q_ttl_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct invalidation_result *r = result_of(result);
+	if (r->nttl < 1)
+		return NAN;
+	uint64_t stale = 0;
+	for (int i = 0; i < r->nttl; i++) {
+		const struct inv_ttl_run *t = &r->ttl[i];
+		if (t->r.worst_stale_us >
+		    (uint64_t)t->ttl_ms * 1000 + t->r.longest_fill_us + INV_TTL_SLACK_US)
+			return 2;
+		stale += t->r.stale;
+	}
+	return stale > 0 ? 1 : 0;
+}
+
+static const struct lab_question Q_TTL = {
+        .text = "Cache-aside with a TTL only (from {} to {} ms), a write every few ms: how far behind the "
+                "database can a read be?",
+        .given = q_ttl_given,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"never behind: the TTL expires it in time", "up to about the TTL",
+                    "unbounded: until the next write of that key"},
+        .measured = q_ttl_measured,
+        .why = "a value lives TTL from its SET, read just before a write: at worst TTL (plus the fill) "
+               "behind; a longer TTL buys hits with staleness"};
+
+/* Keys left stale after the load, per write that crashed between its COMMIT and its DEL. */
+static double q_delete_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct inv_reads *d = &result_of(result)->del;
+	return d->crashed > 0 ? 100.0 * (double)d->stale_keys_after / (double)d->crashed : NAN;
+}
+
+static double q_delete_given(const void *cfg, int i)
+{
+	const struct invalidation_config *c = config_of(cfg);
+	return i == 0 ? c->crash_every : c->long_ttl_ms / 1000.0;
+}
+
+static const struct lab_question Q_DELETE = {
+        .text = "The writer deletes the key after COMMIT; every {}th write crashes between the two. With "
+                "a TTL of {} s, what share of the crashed writes leave their key stale after the load?",
+        .given = q_delete_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "%",
+        .measured = q_delete_measured,
+        .why = "all of them: the DEL was the only thing that would remove the old value, so each key "
+               "stays stale until its TTL"};
+
+static double q_notify_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct inv_reads *n = &result_of(result)->notify;
+	return n->crashed > 0 ? (double)n->stale_keys_after : NAN;
+}
+
+static const struct lab_question Q_NOTIFY = {
+        .text = "The same crashes right after COMMIT, but an AFTER UPDATE trigger NOTIFYs and a listener "
+                "deletes the keys: how many keys are left stale?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "keys",
+        .measured = q_notify_measured,
+        .why = "none: the notification is part of the commit, sent whatever the writer does next; what "
+               "is left is the lag from COMMIT to the listener's DEL"};
+
+static double q_reconnect_given(const void *cfg, int i)
+{
+	(void)i;
+	return config_of(cfg)->drop_writes;
+}
+
+static double q_reconnect_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct inv_drop_run *d = &result_of(result)->drop[0];
+	return d->missed > 0 ? (double)d->r.stale_keys_after : NAN;
+}
+
+static const struct lab_question Q_RECONNECT = {
+        .text = "The listener's connection is ended; {} writes commit while it is away; it reconnects "
+                "and LISTENs again, no re-sync. How many keys are left stale?",
+        .given = q_reconnect_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "keys",
+        .measured = q_reconnect_measured,
+        .why = "one per write it missed: NOTIFY reaches only sessions listening at COMMIT and is never "
+               "replayed; a re-sync from a change sequence brings it to 0"};
+
+static double q_versioned_given(const void *cfg, int i)
+{
+	(void)i;
+	return config_of(cfg)->products;
+}
+
+static double q_versioned_measured(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct invalidation_result *r = result_of(result);
+	return r->versioned.reads > 0 ? (double)r->gen_misses : NAN;
+}
+
+static const struct lab_question Q_VERSIONED = {
+        .text = "Versioned keys under a namespace generation, {} products cached; one UPDATE bumps the "
+                "generation, then each product is read once. How many reads miss the cache?",
+        .given = q_versioned_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "reads",
+        .measured = q_versioned_measured,
+        .why = "every one: each read names a key under the new generation, so one write invalidates "
+               "the whole set; the old keys wait for their TTL, and every read pays a version lookup"};
+
 static const struct lab_phase_def PHASES[INV_PHASES] = {
-        [INV_PHASE_TTL] = {"ttl", phase_ttl, NULL},
-        [INV_PHASE_DELETE] = {"delete", phase_delete, NULL},
-        [INV_PHASE_NOTIFY] = {"notify", phase_notify, NULL},
-        [INV_PHASE_RECONNECT] = {"reconnect", phase_reconnect, NULL},
-        [INV_PHASE_VERSIONED] = {"versioned", phase_versioned, NULL},
+        [INV_PHASE_TTL] = {"ttl", phase_ttl, &Q_TTL},
+        [INV_PHASE_DELETE] = {"delete", phase_delete, &Q_DELETE},
+        [INV_PHASE_NOTIFY] = {"notify", phase_notify, &Q_NOTIFY},
+        [INV_PHASE_RECONNECT] = {"reconnect", phase_reconnect, &Q_RECONNECT},
+        [INV_PHASE_VERSIONED] = {"versioned", phase_versioned, &Q_VERSIONED},
 };
 
 int invalidation_run(const struct invalidation_config *cfg, struct invalidation_result *res, char *err,

@@ -30,6 +30,8 @@
  * SPAN), so no two orders share a time and "the last 10" is the same on every store. */
 #define SVN_SPAN_S 7776000LL
 #define SVN_WEEK_S 604800LL
+/* Rows of documents copied to Redis per pipeline: about 1.5 MB of writes, 20,000 commands. */
+#define SVN_COPY_BATCH 5000
 /* Redis commands time out after 2 s: far above a loopback round trip, short enough to notice */
 #define SVN_REDIS_TIMEOUT_MS 2000
 
@@ -178,7 +180,8 @@ int p1_redis(struct svn_worker *w, int64_t id, struct svn_order *o, char *err, s
 int p2_sql(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
 int p2_jsonb(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
 int p2_redis(struct svn_worker *w, int64_t customer, struct svn_order *o, char *err, size_t errlen);
-/* Pattern 3: revenue per category (the order of CATEGORIES in patterns.c) of orders placed at or after since. */
+/* Pattern 3: revenue per category (the order of CATEGORIES in patterns.c) of orders placed at or after since.
+ */
 int p3_sql(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);
 int p3_jsonb(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);
 int p3_redis(struct svn_worker *w, int64_t since, int64_t *revenue, char *err, size_t errlen);

@@ -470,6 +470,30 @@ static void config_json(struct lab *lab, const struct sql_vs_nosql_config *c)
 	lab_config_set(lab, "seed", json_integer((json_int_t)c->seed));
 }
 
+/*
+ * The key chart: each store's time on four access patterns, on a log scale. Redis' bar is the
+ * shortest on the lookup it was designed for and the longest, by decades, on the questions
+ * nobody planned (the revenue scan, the rename's copies, the attribute search): the claim "choose
+ * by access pattern" at a glance. Pattern 1 is the servers' own time per lookup (what the judge
+ * holds), the others a whole operation's median as the client saw it.
+ */
+static void key_chart(struct lab *lab, const struct sql_vs_nosql_result *r)
+{
+	json_t *series = json_array();
+	for (int s = 0; s < SVN_STORES; s++)
+		/* the attribute designs line up with the stores: EAV rows, jsonb + GIN, Redis hash */
+		json_array_append_new(series,
+		                      json_pack("{s:s,s:[f,f,f,f]}", "name", svn_store_name(s), "values",
+		                                r->p1[s].server_us, (double)r->p3[s].median_us,
+		                                (double)r->p4[s].us, (double)r->attrs[s].median_us));
+	lab_chart(lab,
+	          json_pack("{s:s,s:s,s:[s,s,s,s],s:o,s:b}", "title",
+	                    "time per access pattern: Redis wins the lookup, SQL the unplanned "
+	                    "questions",
+	                    "unit", "µs", "labels", "order by id (server)", "revenue last week",
+	                    "rename a product", "color = red (EAV, GIN, hash)", "series", series, "log", 1));
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -505,6 +529,7 @@ int main(int argc, char **argv)
 	}
 	struct lab_verdict verdict;
 	sql_vs_nosql_judge(res, &verdict);
+	key_chart(&lab, res);
 	free(res);
 	return lab_finish(&lab, &verdict);
 }

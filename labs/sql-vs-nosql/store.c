@@ -133,9 +133,6 @@ static int create_documents(struct svn_ctx *x, double *secs, char *err, size_t e
 	return rc;
 }
 
-/* Rows of documents copied to Redis per pipeline: about 1.5 MB of writes, 20,000 commands. */
-#define COPY_BATCH 5000
-
 /*
  * One batch of orders after id *after into Redis: for each, MULTI, SET order:<id> <doc>, ZADD
  * customer:<id>:orders <ts> <id>, EXEC, so an order and its index entry are written together
@@ -147,7 +144,7 @@ static int copy_batch(struct svn_ctx *x, struct svn_worker *w, int64_t *after, i
 {
 	char b[24], lim[24];
 	snprintf(b, sizeof(b), "%lld", (long long)*after);
-	snprintf(lim, sizeof(lim), "%d", COPY_BATCH);
+	snprintf(lim, sizeof(lim), "%d", SVN_COPY_BATCH);
 	const char *params[] = {b, lim};
 	PGresult *res = pg_query(x->conn,
 	                         "SELECT id, customer_id, ts, doc FROM " SCHEMA ".orders_doc WHERE id > $1 "
