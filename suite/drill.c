@@ -162,7 +162,8 @@ static void drill_ask(const struct term *t, int width, const char *lab, const ch
 	fflush(t->out);
 	char *line = NULL;
 	size_t cap = 0;
-	if (getline(&line, &cap, stdin) < 0)
+	/* a terminal echoes the Enter; a pipe or end of input does not */
+	if (getline(&line, &cap, stdin) < 0 || !isatty(STDIN_FILENO))
 		term_printf(t, "\n");
 	free(line);
 }
