@@ -236,8 +236,11 @@ static void test_drill_runs_the_lab(void **state)
 	assert_int_equal(docs_load(DOCS_DIR, FAST_LAB, &page, why, sizeof why), 0);
 	const char *args[] = {"--bin", LAB_BIN_DIR, "--docs", DOCS_DIR, FAST_LAB, NULL};
 	int rc = labsuite(args, "\n", out, sizeof out, err, sizeof err);
-	if (rc != 0)
-		fail_msg("exit %d\n%s\n%s", rc, out, err);
+	if (rc != 0) {
+		size_t ol = strlen(out);
+		fail_msg("exit %d; stderr:\n%s\nthe end of stdout:\n%s", rc, err,
+		         out + (ol > 1200 ? ol - 1200 : 0));
+	}
 	const char *marks[] = {page.question,
 	                       "Answer it out loud",
 	                       "Key points of the model answer",
