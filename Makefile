@@ -4,6 +4,7 @@
 #
 #   make lab-<name> [ARGS="--step"]   build and run one lab against the servers
 #   make labs                         every lab with --quick, stopping at the first failure
+#   make drill [LAB=name]             one interview question, your answer out loud, the lab's proof
 #   make test                         unit + integration tests, normal and ASan/UBSan builds
 #   make up | down | status           the local PostgreSQL and Redis (scripts/labenv)
 #   make bench                        every benchmark (built, servers up)
@@ -37,7 +38,7 @@ MAKEFLAGS += --no-print-directory
 	bench clean format
 
 help:
-	@sed -n '5,11p' Makefile | sed 's/^# //'
+	@sed -n '5,12p' Makefile | sed 's/^# //'
 	@echo "labs: $(or $(LABS),(none yet))"
 
 bootstrap:
@@ -85,6 +86,14 @@ labs: build up
 		$(BUILD)/lab-$$lab --quick $(ARGS) || { echo "lab-$$lab failed (exit $$?)" >&2; exit 1; }; \
 	done; \
 	echo "== all $(words $(LABS)) labs demonstrated their concept"
+
+# A drill (suite/drill.c): LAB's docs page, or a random lab's, then its --quick run. A random
+# pick can land on a lab of REPLICA_LABS, so without LAB their replica set is started too.
+LAB ?=
+.PHONY: drill
+drill: build up
+	@if [ -n "$(filter $(or $(LAB),$(LABS)),$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
+	@$(BUILD)/labsuite drill --bin $(BUILD) --docs docs $(LAB)
 
 # Both suites always run, so one report shows every failure; the target fails if either did.
 test: build build-asan up
