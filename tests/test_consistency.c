@@ -71,6 +71,9 @@ static void test_consistency_is_a_knob_and_the_judge_says_so(void **state)
 	/* static: a failed assertion must not leak it under LeakSanitizer */
 	static struct consistency_result result;
 	struct consistency_result *res = &result;
+	/* each phase's --predict question, answered from what the phase measured */
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, res);
 	char err[LAB_ERRLEN];
 	if (consistency_run(&cfg, res, err, sizeof(err)) < 0)
 		fail_msg("consistency_run: %s", err);
@@ -105,6 +108,13 @@ static void test_consistency_is_a_knob_and_the_judge_says_so(void **state)
 		else
 			assert_true(q->stale > 0);
 	}
+	/* the questions: every phase asks one, and their answers are the counts above */
+	lab_assert_every_phase_asks(&answers, CONS_PHASES);
+	assert_true(lab_answer(&answers, "read_your_writes") == 1); /* b: sometimes stale */
+	assert_true(lab_answer(&answers, "knob") == res->knob[CONS_OFF].stale);
+	assert_true(lab_answer(&answers, "redis_wait") == 0);
+	assert_true(lab_answer(&answers, "redis_cut") == 0); /* WAIT says 0 replicas */
+	assert_true(lab_answer(&answers, "quorum") == 2);    /* c: W=2 R=2, R + W > N */
 	assert_primary_clean(0);
 	lab_assert_nothing_left("lab_consistency", "lab:consistency:");
 }

@@ -193,6 +193,9 @@ static void test_run_the_browser_decides_and_the_log_agrees(void **state)
 	assert_non_null(r);
 	const char *tmp = getenv("TMPDIR");
 	tmp = tmp && *tmp ? tmp : "/tmp";
+	/* each phase's --predict question, answered from what the phase measured */
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	if (cors_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("cors_run: %s", err);
 	struct lab_verdict v;
@@ -237,6 +240,12 @@ static void test_run_the_browser_decides_and_the_log_agrees(void **state)
 	assert_int_equal(r->client[1].status, 200);
 	assert_int_equal(r->client[1].bytes, r->stolen_reflect);
 	assert_int_equal(r->client[2].status, 401);
+	/* the questions: every phase asks one, and their answers are the counts above */
+	lab_assert_every_phase_asks(&answers, CORS_PHASES);
+	assert_true(lab_answer(&answers, "browser") == 1);  /* b: sent, answered, withheld */
+	assert_true(lab_answer(&answers, "attack") == 0);   /* a: the reflecting policy */
+	assert_true(lab_answer(&answers, "max_age") == 1);  /* one preflight for every PUT */
+	assert_true(lab_answer(&answers, "client") == 200); /* the session decides */
 	/* one browser start, gone now, its directory too */
 	assert_int_equal(r->browser_starts, 1);
 	assert_true(r->browser_pid > 0);

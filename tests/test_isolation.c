@@ -26,7 +26,7 @@
 #include "pg.h"
 #include "lab_run.h"
 
-static struct isolation_result *run_small(void)
+static struct isolation_result *run_small(struct lab_answers *answers, struct isolation_config *out)
 {
 	struct isolation_config cfg;
 	isolation_config_default(&cfg, true);
@@ -36,6 +36,9 @@ static struct isolation_result *run_small(void)
 	cfg.dur_load_ms = 100;
 	struct isolation_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	/* each phase's --predict question, answered from what the phase measured */
+	cfg.hooks = lab_answers_hooks(answers, out, r);
+	*out = cfg;
 	char err[LAB_ERRLEN];
 	if (isolation_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("isolation_run: %s", err);
@@ -45,7 +48,9 @@ static struct isolation_result *run_small(void)
 static void test_matrix_counts_and_judge_agree_with_the_published_table(void **state)
 {
 	(void)state;
-	struct isolation_result *r = run_small();
+	struct lab_answers answers = {0};
+	struct isolation_config cfg;
+	struct isolation_result *r = run_small(&answers, &cfg);
 	struct lab_verdict v;
 	isolation_judge(r, &v);
 	print_message("%s\n", v.evidence);
@@ -96,6 +101,13 @@ static void test_matrix_counts_and_judge_agree_with_the_published_table(void **s
 	print_message("kill -9: off lost %llu of %llu, on lost %llu of %llu\n",
 	              (unsigned long long)r->dur[0].lost, (unsigned long long)r->dur[0].acked,
 	              (unsigned long long)r->dur[1].lost, (unsigned long long)r->dur[1].acked);
+
+	/* the questions: every phase asks one, and their answers are the counts above */
+	lab_assert_every_phase_asks(&answers, ISOLATION_PHASES);
+	assert_true(lab_answer(&answers, "matrix") == 2); /* c: write skew */
+	assert_true(lab_answer(&answers, "write_skew") == cfg.ws_pairs * cfg.ws_rounds);
+	assert_true(lab_answer(&answers, "atomicity") == 100);
+	assert_true(lab_answer(&answers, "durability") == 0);
 
 	/* one shift spared under REPEATABLE READ: the judge says so (every shift is a race) */
 	r->ws[0].violated--;

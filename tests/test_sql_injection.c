@@ -231,6 +231,9 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	struct sqli_result *r = calloc(1, sizeof(*r));
 	char err[512];
 	assert_non_null(r);
+	/* each phase's --predict question, answered from what the phase measured */
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	int rc = sql_injection_run(&cfg, r, err, sizeof(err));
 	if (rc < 0)
 		fail_msg("run: %s", err);
@@ -280,6 +283,13 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	assert_non_null(strstr(l[SQLI_UNION_HASHES].said, "permission denied for table users"));
 	assert_int_equal(l[SQLI_TAUTOLOGY].leaked, r->setup.foreign_notes);
 	assert_int_equal(l[SQLI_UNION_CATALOG].leaked, r->setup.tables);
+	/* the questions: every phase asks one, and their answers are the counts above */
+	lab_assert_every_phase_asks(&answers, SQLI_PHASES);
+	assert_true(lab_answer(&answers, "setup") == (cfg.users - 1) * cfg.notes_per_user);
+	assert_true(lab_answer(&answers, "naive") == 7 * (cfg.secret_len + 1));
+	assert_true(lab_answer(&answers, "parameterized") == 1);
+	assert_true(lab_answer(&answers, "order_by") == 7 * cfg.order_chars);
+	assert_true(lab_answer(&answers, "least_privilege") == 1); /* b: the tautology */
 	free(r);
 	lab_assert_nothing_left(SQLI_SCHEMA, NULL);
 }

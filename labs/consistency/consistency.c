@@ -8,6 +8,7 @@
  * schema and deletes the keys there as well as on LAB_PG_URL's and LAB_REDIS_URL's.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,13 +121,142 @@ void cons_nodes_stop(struct cons_ctx *x)
 
 /* ---- setup, the walk, teardown ---- */
 
+/* ---- what --predict asks before each phase (data beside the phase: common/lab.h) ---- */
+
+#define QCFG(c) ((const struct consistency_config *)(c))
+#define QRES(r) ((const struct consistency_result *)(r))
+
+static double q_ryw_stale(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cons_rw *rw = QRES(result)->ryw;
+	if (rw[0].pairs + rw[1].pairs == 0)
+		return NAN;
+	return rw[0].stale + rw[1].stale > 0 ? 1 : 0;
+}
+static const struct lab_question Q_RYW = {
+        .text = "Asynchronous replication (synchronous_commit = local): INSERT on the primary, then at "
+                "once SELECT it on the replica. What does the read see?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"the row, every time", "sometimes nothing: a stale read",
+                    "it waits until the row arrives"},
+        .measured = q_ryw_stale,
+        .why = "the commit returns before the replica has even received the WAL, and a hot standby "
+               "never waits: a read there runs ahead of the replay (more often under load)"};
+
+static double q_slow_commit(const void *cfg, const void *result)
+{
+	(void)cfg;
+	int slowest = 0;
+	for (int f = 1; f < CONS_FIXES_N; f++)
+		if (hist_percentile(&QRES(result)->fixes[f].commit_us, 50) >
+		    hist_percentile(&QRES(result)->fixes[slowest].commit_us, 50))
+			slowest = f;
+	return QRES(result)->fixes[slowest].pairs > 0 ? slowest : NAN;
+}
+static const struct lab_question Q_FIXES = {
+        .text = "Three fixes, each reads its own write. Which one makes the COMMIT itself slow?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"read from the primary after a write",
+                    "wait until the replica's replay LSN passes the commit, then read it",
+                    "synchronous_commit = remote_apply"},
+        .measured = q_slow_commit,
+        .why = "remote_apply holds every COMMIT until the standby has replayed it (a round trip and "
+               "a replay, every write); the LSN wait makes only the read that needs it wait"};
+
+static double q_pairs(const void *cfg, int i)
+{
+	(void)i;
+	return QCFG(cfg)->pairs;
+}
+static double q_off_stale(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return QRES(result)->knob[CONS_OFF].pairs > 0 ? QRES(result)->knob[CONS_OFF].stale : NAN;
+}
+static const struct lab_question Q_KNOB = {
+        .text = "synchronous_commit = off under the heavy load: of {} reads on the replica right "
+                "after each commit, how many are stale?",
+        .given = q_pairs,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "stale reads",
+        .within_pct = 10,
+        .measured = q_off_stale,
+        .why = "off returns before its WAL is even flushed, and a walsender ships only flushed WAL "
+               "(the WAL writer flushes every 200 ms): nearly all (±10%: another commit's flush can "
+               "land in between)"};
+
+static double q_redis_pairs(const void *cfg, int i)
+{
+	return i == 0 ? QCFG(cfg)->wait_timeout_ms : QCFG(cfg)->redis_pairs;
+}
+static double q_wait_stale(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return QRES(result)->redis[1].pairs > 0 ? QRES(result)->redis[1].stale : NAN;
+}
+static const struct lab_question Q_WAIT = {
+        .text = "Redis: SET on the primary, WAIT 1 {} (ms), then GET on its replica, {} times: how "
+                "many reads miss the write (of those WAIT said reached the replica)?",
+        .given = q_redis_pairs,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "stale reads",
+        .measured = q_wait_stale,
+        .why = "WAIT returns once the replica acknowledged the write's offset, so a GET there after it "
+               "finds the write; it makes the writer wait, it is not a transaction (a failover can "
+               "still lose what WAIT counted)"};
+
+static double q_cut_wait(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cons_cut *c = &QRES(result)->cut;
+	if (c->writes == 0)
+		return NAN;
+	return c->wait_zero == c->writes ? 0 : c->wait_zero == 0 ? 1 : NAN;
+}
+static double q_cut_given(const void *cfg, int i)
+{
+	return i == 0 ? QCFG(cfg)->cut_writes : QCFG(cfg)->wait_timeout_ms;
+}
+static const struct lab_question Q_CUT = {
+        .text = "The replica is cut off from its primary. {} writes, each followed by WAIT 1 {} (ms): "
+                "what does each WAIT return?",
+        .given = q_cut_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "replicas",
+        .measured = q_cut_wait,
+        .why = "WAIT neither fails nor undoes the write: after its timeout it says how many replicas "
+               "acknowledged, 0. The write is on the primary only; the client must act on that 0"};
+
+static double q_quorum_fresh(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cons_quorum_rw rows[] = {{1, 1}, {2, 1}, {2, 2}};
+	int fresh = -1, n = 0;
+	for (int c = 0; c < 3; c++)
+		for (int i = 0; i < CONS_QUORUMS; i++) {
+			const struct cons_quorum *q = &QRES(result)->quorum[i];
+			if (q->w == rows[c].w && q->r == rows[c].r && q->pairs > 0 && q->stale == 0)
+				fresh = c, n++;
+		}
+	return n == 1 ? fresh : NAN;
+}
+static const struct lab_question Q_QUORUM = {
+        .text = "N = 3 nodes; each write reaches W of them, each read asks R and keeps the newest. "
+                "Which never reads a stale value?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"W=1 R=1", "W=2 R=1", "W=2 R=2"},
+        .measured = q_quorum_fresh,
+        .why = "R + W > N: every read set meets every write set in at least one node (2 + 2 > 3); "
+               "with R + W <= N some reads ask only nodes the write missed"};
+
 static const struct lab_phase_def PHASES[CONS_PHASES] = {
-        [CONS_RYW] = {"read_your_writes", cons_phase_ryw, NULL},
-        [CONS_FIXES] = {"fixes", cons_phase_fixes, NULL},
-        [CONS_KNOB] = {"knob", cons_phase_knob, NULL},
-        [CONS_WAIT] = {"redis_wait", cons_phase_wait, NULL},
-        [CONS_CUT] = {"redis_cut", cons_phase_cut, NULL},
-        [CONS_QUORUM] = {"quorum", cons_phase_quorum, NULL},
+        [CONS_RYW] = {"read_your_writes", cons_phase_ryw, &Q_RYW},
+        [CONS_FIXES] = {"fixes", cons_phase_fixes, &Q_FIXES},
+        [CONS_KNOB] = {"knob", cons_phase_knob, &Q_KNOB},
+        [CONS_WAIT] = {"redis_wait", cons_phase_wait, &Q_WAIT},
+        [CONS_CUT] = {"redis_cut", cons_phase_cut, &Q_CUT},
+        [CONS_QUORUM] = {"quorum", cons_phase_quorum, &Q_QUORUM},
 };
 
 /* The primary has the replica as its synchronous standby, streaming: else `on` would hang. */

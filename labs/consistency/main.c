@@ -10,6 +10,7 @@
  * Run it: make lab-consistency (ARGS="--quick", "--json", "--step", "--seed 7"); the replica set
  * comes from scripts/labenv up --replicas (the make target starts it).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,36 @@ static void quorum_after(struct lab *lab, const void *c, const void *result)
 	lab_phase_metrics(lab, "quorum", json_pack("{s:o}", "rows", m));
 }
 
+/* stale reads as a share of the pairs, one decimal; null when the row did not run */
+static json_t *stale_pct(int stale, int pairs)
+{
+	return pairs > 0 ? json_real(round(1000.0 * stale / pairs) / 10.0) : json_null();
+}
+
+/*
+ * The key chart: the share of reads that missed the write just made, per way of reading, weakest
+ * first in each store. The claim at a glance: the eventual ones (async, on, Redis alone, R+W<=N)
+ * have bars, the strong ones (remote_apply, the LSN wait, WAIT, R+W>N) none. Shares, since the
+ * rows ran different numbers of pairs.
+ */
+static json_t *stale_chart(const struct consistency_result *r)
+{
+	const struct cons_rw *k = r->knob;
+	json_t *values = json_pack("[o,o,o,o,o,o,o,o]", stale_pct(k[CONS_LOCAL].stale, k[CONS_LOCAL].pairs),
+	                           stale_pct(k[CONS_ON].stale, k[CONS_ON].pairs),
+	                           stale_pct(k[CONS_REMOTE_APPLY].stale, k[CONS_REMOTE_APPLY].pairs),
+	                           stale_pct(r->fixes[CONS_LSN_WAIT].stale, r->fixes[CONS_LSN_WAIT].pairs),
+	                           stale_pct(r->redis[0].stale, r->redis[0].pairs),
+	                           stale_pct(r->redis[1].stale, r->redis[1].pairs),
+	                           stale_pct(r->quorum[0].stale, r->quorum[0].pairs),
+	                           stale_pct(r->quorum[2].stale, r->quorum[2].pairs));
+	return json_pack("{s:s,s:s,s:[s,s,s,s,s,s,s,s],s:[{s:s,s:o}],s:b}", "title",
+	                 "reads that missed the write just made", "unit", "% stale", "labels",
+	                 "PG async (local)", "PG on", "PG remote_apply", "PG LSN wait", "Redis replica",
+	                 "Redis + WAIT 1", "quorum W=1 R=1", "quorum W=2 R=2", "series", "name",
+	                 "stale reads, % of pairs", "values", values, "log", false);
+}
+
 static const struct lab_phase_tell TELLS[CONS_PHASES] = {
         [CONS_RYW] = {ryw_before, ryw_after},    [CONS_FIXES] = {fixes_before, fixes_after},
         [CONS_KNOB] = {knob_before, knob_after}, [CONS_WAIT] = {wait_before, wait_after},
@@ -230,6 +261,7 @@ int main(int argc, char **argv)
 	}
 	struct lab_verdict verdict;
 	consistency_judge(res, &verdict);
+	lab_chart(&lab, stale_chart(res));
 	free(res);
 	return lab_finish(&lab, &verdict);
 }

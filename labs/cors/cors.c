@@ -117,8 +117,9 @@ int cors_teardown(const struct cors_config *cfg, char *err, size_t errlen)
 
 /* ---- the phases ---- */
 
-#define CFG(c) ((const struct cors_config *)(c))
-#define RES(r) ((struct cors_result *)(r))
+#define CFG(c)   ((const struct cors_config *)(c))
+#define RES(r)   ((struct cors_result *)(r))
+#define RES_C(r) ((const struct cors_result *)(r))
 
 /* The case a logged request belongs to: its ?case=<i>; -1 for none (the login). */
 static int case_of(const char *target)
@@ -237,11 +238,83 @@ static int phase_client(const void *cfg, void *result, char *err, size_t errlen)
 	return 0;
 }
 
+/* ---- what --predict asks before each phase (data beside the phase: common/lab.h) ---- */
+
+static double q_no_cors(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cors_case_result *c = &RES_C(result)->cases[CASE_NO_CORS];
+	return c->requests == 0 ? 0 : c->readable ? 2 : 1;
+}
+static const struct lab_question Q_BROWSER = {
+        .text = "A's page fetches GET /api/none/me from B (another origin) with the victim's cookie; "
+                "B sends no CORS header. What happens?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"the browser never sends the request",
+                    "it arrives, B answers 200 with the account, the browser hides it from the page",
+                    "it arrives and the page reads the answer"},
+        .measured = q_no_cors,
+        .why = "CORS guards reading, not sending: the request and its cookie reach the server (a "
+               "side effect happens), only the answer is withheld from the page"};
+
+static double q_stolen(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const struct cors_result *r = RES_C(result);
+	bool reflect = r->stolen_reflect > 0, allow = r->stolen_allowlist > 0;
+	return reflect && allow ? 2 : reflect ? 0 : allow ? 1 : 3;
+}
+static const struct lab_question Q_ATTACK = {
+        .text = "An evil page on origin E, open in the victim's browser, fetches her account from B "
+                "with her cookie. Through which policy does it read it?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"Origin reflected back + Allow-Credentials: true",
+                    "an allow-list of A's origin + Vary: Origin", "both",
+                    "neither: the cookie is "
+                    "SameSite=Lax"},
+        .measured = q_stolen,
+        .why = "reflecting any Origin with credentials trusts every site; SameSite=Lax does not "
+               "help, since E and B are the same site (127.0.0.1) on other ports"};
+
+static double q_repeats(const void *cfg, int i)
+{
+	(void)i;
+	return CFG(cfg)->repeats;
+}
+static double q_preflights_600(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return RES_C(result)->preflights_max_age_600;
+}
+static const struct lab_question Q_MAX_AGE = {
+        .text = "{} PUTs with a JSON body (each needs a preflight) to a route whose preflight answers "
+                "Access-Control-Max-Age: 600: how many OPTIONS reach the server?",
+        .given = q_repeats,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "OPTIONS",
+        .measured = q_preflights_600,
+        .why = "the browser caches the preflight's answer for Max-Age seconds: one OPTIONS, then "
+               "the PUTs alone (Max-Age 0: one per PUT)"};
+
+static double q_client_status(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return RES_C(result)->client[1].status;
+}
+static const struct lab_question Q_CLIENT = {
+        .text = "No browser: curl sends Origin: E (not on the allow-list) with the victim's session "
+                "cookie to /api/allowlist/me. What status does it get?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "HTTP status",
+        .measured = q_client_status,
+        .why = "CORS is not authentication: the server answers the session, 200 with the account; "
+               "only a browser withholds it, and curl is not one"};
+
 static const struct lab_phase_def PHASES[CORS_PHASES] = {
-        {"browser", phase_browser, NULL},
-        {"attack", phase_attack, NULL},
-        {"max_age", phase_max_age, NULL},
-        {"client", phase_client, NULL},
+        {"browser", phase_browser, &Q_BROWSER},
+        {"attack", phase_attack, &Q_ATTACK},
+        {"max_age", phase_max_age, &Q_MAX_AGE},
+        {"client", phase_client, &Q_CLIENT},
 };
 
 /* ---- the run ---- */

@@ -282,6 +282,35 @@ static int serve(struct lab *lab, struct cors_config *cfg, bool vulnerable)
 	return LAB_EXIT_OK;
 }
 
+/*
+ * The key chart: the victim's account as the API sent it and as the reader could read it, for
+ * the credentialed GETs (A's own page, the evil page E, then curl with her cookie). The claim at
+ * a glance: the server sends it every time; the browser withholds it unless the policy allows the
+ * origin; reflect lets E read it; without a browser nothing is withheld.
+ */
+static json_t *read_chart(const struct cors_result *r)
+{
+	static const enum cors_case cases[] = {CASE_NO_CORS, CASE_STAR_CRED, CASE_APP_ME, CASE_EVIL_REFLECT,
+	                                       CASE_EVIL_ALLOW};
+	static const char *const labels[] = {"A: no CORS headers",         "A: ACAO * + credentials",
+	                                     "A: allow-list, its own app", "E: reflect Origin + creds",
+	                                     "E: allow-list + Vary",       "curl: Origin E + cookie"};
+	json_t *l = json_array(), *sent = json_array(), *read = json_array();
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct cors_case_result *c = &r->cases[cases[i]];
+		json_array_append_new(l, json_string(labels[i]));
+		json_array_append_new(sent, json_integer(c->bytes_sent));
+		json_array_append_new(read, json_integer(c->readable ? c->bytes_read : 0));
+	}
+	json_array_append_new(l, json_string(labels[5]));
+	json_array_append_new(sent, json_integer(r->client[1].bytes));
+	json_array_append_new(read, json_integer(r->client[1].bytes));
+	return json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o}],s:b}", "title",
+	                 "the victim's account: sent by the API, read by the caller", "unit", "bytes",
+	                 "labels", l, "series", "name", "the API sent", "values", sent, "name",
+	                 "the page (or curl) read", "values", read, "log", false);
+}
+
 static void header(struct lab *lab, const struct cors_config *cfg)
 {
 	char url[256], version[64];
@@ -329,6 +358,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		cors_judge(result, &verdict);
+		lab_chart(&lab, read_chart(result));
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

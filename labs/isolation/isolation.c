@@ -3,6 +3,7 @@
  * (phases.c, durability.c; the driver in driver.c, the scripts in scripts.c) and the judge. The
  * telling is in main.c; nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +30,87 @@ void isolation_config_default(struct isolation_config *cfg, bool quick)
 	cfg->os_user = u && *u ? u : "postgres";
 }
 
+/* ---- what --predict asks before each phase (data beside the phase: common/lab.h) ---- */
+
+#define QCFG(c) ((const struct isolation_config *)(c))
+#define QRES(r) ((const struct isolation_result *)(r))
+
+/* the matrix's rows the choices name: G1a (aborted read), P4 (lost update), G2-item (write skew) */
+enum { Q_ROW_DIRTY = 1, Q_ROW_LOST_UPDATE = 6, Q_ROW_WRITE_SKEW = 8, Q_LEVEL_RR = 1 };
+
+static double q_rr_allows(const void *cfg, const void *result)
+{
+	(void)cfg;
+	const int rows[] = {Q_ROW_DIRTY, Q_ROW_LOST_UPDATE, Q_ROW_WRITE_SKEW};
+	int seen = -1, n = 0;
+	for (int i = 0; i < 3; i++)
+		if (QRES(result)->cells[rows[i]][Q_LEVEL_RR].outcome == ISO_ANOMALY)
+			seen = i, n++;
+	return n == 1 ? seen : NAN; /* none or several: no one answer among the choices */
+}
+static const struct lab_question Q_MATRIX = {
+        .text = "PostgreSQL's REPEATABLE READ (snapshot isolation): which of these does it still "
+                "allow?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"a dirty read (of an aborted write)", "a lost update (two read-modify-writes of one row)",
+                    "write skew (two writers each check, then update different rows)"},
+        .measured = q_rr_allows,
+        .why = "a snapshot sees no uncommitted row, and a concurrent update of the same row fails "
+               "with 40001; but two transactions writing DIFFERENT rows never conflict: only "
+               "SERIALIZABLE sees the cycle (MySQL's REPEATABLE READ does lose updates)"};
+
+static double q_shifts(const void *cfg, int i)
+{
+	return i == 0 ? QCFG(cfg)->ws_pairs : QCFG(cfg)->ws_rounds;
+}
+static double q_ws_violated(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return QRES(result)->nws > 0 ? (double)QRES(result)->ws[0].violated : NAN;
+}
+static const struct lab_question Q_WRITE_SKEW = {
+        .text = "{} pairs of doctors × {} shifts; each shift has 2 on call and needs 1. Under "
+                "REPEATABLE READ both doctors of a shift check \"is someone else on call?\" at "
+                "once, then go off call. How many shifts end with nobody on call?",
+        .given = q_shifts,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "shifts",
+        .measured = q_ws_violated,
+        .why = "both read the same snapshot (2 on call), both update their own row: no conflict, "
+               "so every shift the two race on is left empty: pairs × shifts"};
+
+static double q_balance_after(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return QRES(result)->atom_ran ? (double)QRES(result)->atom_balance_after : NAN;
+}
+static const struct lab_question Q_ATOMICITY = {
+        .text = "Account 1 holds 100. A transfer debits 50 from it, then its backend is terminated "
+                "before the credit. Account 1's balance after?",
+        .kind = LAB_ANSWER_NUMBER,
+        .measured = q_balance_after,
+        .why = "atomicity: the transaction never committed, so its debit (and its ledger line) "
+               "are rolled back: 100, as if it never ran"};
+
+static double q_lost_sync_on(const void *cfg, const void *result)
+{
+	(void)cfg;
+	return QRES(result)->ndur == ISO_DUR_MODES ? (double)QRES(result)->dur[1].lost : NAN;
+}
+static const struct lab_question Q_DURABILITY = {
+        .text = "synchronous_commit = on, then kill -9 of every process of the cluster mid-load and "
+                "a restart: how many commits the clients were told succeeded are lost?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "commits lost",
+        .measured = q_lost_sync_on,
+        .why = "on: COMMIT returns after its WAL is flushed, so the restart replays it. off returns "
+               "before the flush (the WAL writer's next round): those can be lost, see the table"};
+
 static const struct lab_phase_def PHASES[ISOLATION_PHASES] = {
-        {"matrix", iso_phase_matrix, NULL},
-        {"write_skew", iso_phase_write_skew, NULL},
-        {"atomicity", iso_phase_atomicity, NULL},
-        {"durability", iso_phase_durability, NULL},
+        {"matrix", iso_phase_matrix, &Q_MATRIX},
+        {"write_skew", iso_phase_write_skew, &Q_WRITE_SKEW},
+        {"atomicity", iso_phase_atomicity, &Q_ATOMICITY},
+        {"durability", iso_phase_durability, &Q_DURABILITY},
 };
 
 static int lost(const struct isolation_config *cfg, struct isolation_result *r, char *err, size_t errlen)

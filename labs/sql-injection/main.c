@@ -245,6 +245,28 @@ static const struct lab_phase_tell TELLS[SQLI_PHASES] = {
         {before_order, after_order}, {before_least, after_least},
 };
 
+/*
+ * The key chart: what each payload leaked through the naive route, the parameterized one and the
+ * naive one as a least-privilege role. It is the claim at a glance: bars everywhere, none, some.
+ */
+static json_t *leak_chart(const struct sqli_result *r)
+{
+	const struct sqli_route_run *runs[] = {&r->naive, &r->param, &r->least};
+	const char *names[] = {"naive (concatenated)", "parameterized", "naive, least privilege"};
+	json_t *labels = json_array(), *series = json_array();
+	for (int i = SQLI_TAUTOLOGY; i < SQLI_ATTACKS; i++)
+		json_array_append_new(labels, json_string(sqli_attack_name((enum sqli_attack)i)));
+	for (int s = 0; s < 3; s++) {
+		json_t *values = json_array();
+		for (int i = SQLI_TAUTOLOGY; i < SQLI_ATTACKS; i++)
+			json_array_append_new(values, json_integer(runs[s]->a[i].leaked));
+		json_array_append_new(series, json_pack("{s:s,s:o}", "name", names[s], "values", values));
+	}
+	return json_pack("{s:s,s:s,s:o,s:o,s:b}", "title", "what each payload leaked, per route", "unit",
+	                 "rows · hashes · names · chars · tables", "labels", labels, "series", series, "log",
+	                 false);
+}
+
 static int serve(struct lab *lab, struct sqli_config *cfg, bool vulnerable)
 {
 	char err[LAB_ERRLEN], help[1400];
@@ -322,6 +344,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		sql_injection_judge(result, &verdict);
+		lab_chart(&lab, leak_chart(result));
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

@@ -3,6 +3,7 @@
  * data, role lab_api's rights in it, what the server counted (pg_stat_statements), the run over
  * the five phases (phases.c) and the judge. The telling is in main.c; nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,11 +402,110 @@ int sqli_lost(const struct sqli_config *cfg, struct sqli_result *r, char *err, s
 	return -1;
 }
 
+/* ---- what --predict asks before each phase (data beside the phase: common/lab.h) ---- */
+
+#define QCFG(c) ((const struct sqli_config *)(c))
+#define QRES(r) ((const struct sqli_result *)(r))
+
+static double q_users_notes(const void *cfg, int i)
+{
+	return i == 0 ? QCFG(cfg)->users : QCFG(cfg)->notes_per_user;
+}
+static double q_foreign_notes(const void *cfg, const void *r)
+{
+	(void)cfg;
+	return QRES(r)->setup.foreign_notes;
+}
+static const struct lab_question Q_SETUP = {
+        .text = "{} users, {} notes each; the search shows the caller (user 1) only their own. How "
+                "many notes could it show if its owner filter were lost?",
+        .given = q_users_notes,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "notes of other users",
+        .measured = q_foreign_notes,
+        .why = "(users − 1) × notes: what the role may read is what an injection can show; the "
+               "tautology in [2/5] leaks exactly these"};
+
+static double q_secret_len(const void *cfg, int i)
+{
+	(void)i;
+	return QCFG(cfg)->secret_len;
+}
+static double q_bool_requests(const void *cfg, const void *r)
+{
+	(void)cfg;
+	return QRES(r)->naive.a[SQLI_BLIND_BOOL].requests;
+}
+static const struct lab_question Q_NAIVE = {
+        .text = "Boolean-blind on the naive route: rows or none, a yes/no per request, a bisection of "
+                "each character's code (0..127) until the one after the end reads 0. A {}-character "
+                "secret: how many requests?",
+        .given = q_secret_len,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "requests",
+        .measured = q_bool_requests,
+        .why = "7 yes/no answers pin one of 128 codes (2^7): (length + 1) × 7. Rows or no rows is "
+               "all a blind attack needs to read any value"};
+
+static double q_param_shapes(const void *cfg, const void *r)
+{
+	(void)cfg;
+	return QRES(r)->param.stmts.shapes;
+}
+static const struct lab_question Q_PARAM = {
+        .text = "The same payloads as $2 of PQsendQueryParams: how many distinct statements "
+                "(pg_stat_statements shapes) does the server run for them all?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "statement shapes",
+        .measured = q_param_shapes,
+        .why = "the SQL text never changes, only the value beside it: one statement whatever q "
+               "holds; each naive payload was new SQL"};
+
+static double q_order_chars(const void *cfg, int i)
+{
+	(void)i;
+	return QCFG(cfg)->order_chars;
+}
+static double q_order_requests(const void *cfg, const void *r)
+{
+	(void)cfg;
+	return QRES(r)->order.naive_requests;
+}
+static const struct lab_question Q_ORDER = {
+        .text = "?sort= concatenated: ORDER BY CASE WHEN <a bit of the secret> THEN title ELSE id. "
+                "{} characters of 7 bits: how many requests to read them?",
+        .given = q_order_chars,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "requests",
+        .measured = q_order_requests,
+        .why = "the order of the rows is one bit per request: chars × 7. A column name cannot be a "
+               "parameter, so only an allow-list shuts it (400 before any SQL)"};
+
+static double q_least_leaks(const void *cfg, const void *r)
+{
+	(void)cfg;
+	const struct sqli_outcome *a = QRES(r)->least.a;
+	bool rows = a[SQLI_TAUTOLOGY].leaked > 0, hashes = a[SQLI_UNION_HASHES].leaked > 0,
+	     dropped = QRES(r)->least.table_dropped;
+	if (rows + hashes + dropped > 1)
+		return NAN; /* more than one leaked: no one answer among the choices */
+	return rows ? 1 : hashes ? 0 : dropped ? 2 : 3;
+}
+static const struct lab_question Q_LEAST = {
+        .text = "lab_api may now read only (id, owner_id, title) of notes. The naive route again: "
+                "which attack still leaks?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"UNION of the password hashes", "the tautology: other users' notes",
+                    "the stacked DROP TABLE", "none: least privilege closes the hole"},
+        .measured = q_least_leaks,
+        .why = "the role must read notes, so a WHERE that loses its owner filter still shows them "
+               "all: least privilege limits the damage, only parameters close the hole"};
+
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[SQLI_PHASES] = {
-        {"setup", sqli_phase_setup, NULL},           {"naive", sqli_phase_naive, NULL},
-        {"parameterized", sqli_phase_param, NULL},   {"order_by", sqli_phase_order, NULL},
-        {"least_privilege", sqli_phase_least, NULL},
+        {"setup", sqli_phase_setup, &Q_SETUP},           {"naive", sqli_phase_naive, &Q_NAIVE},
+        {"parameterized", sqli_phase_param, &Q_PARAM},   {"order_by", sqli_phase_order, &Q_ORDER},
+        {"least_privilege", sqli_phase_least, &Q_LEAST},
 };
 
 int sql_injection_run(const struct sqli_config *cfg, struct sqli_result *result, char *err, size_t errlen)
