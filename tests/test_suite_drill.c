@@ -1,6 +1,7 @@
 /*
  * test_suite_drill — `labsuite drill` (suite/drill.c) and the docs pages it reads (suite/docs.h).
  * needs: postgres redis (the drill runs a lab; the parsing tests need neither)
+ * runs: lab-pagination (so it never overlaps test_pagination: one schema per lab)
  *
  * Every docs page parses into a question, key points, at least three follow-ups and a production
  * story, none running into the next section; a bad lab name is exit 2 naming the labs; a drill
