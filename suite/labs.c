@@ -84,7 +84,7 @@ static int terminal_width(void)
 	return n >= MIN_WIDTH ? n : DEFAULT_WIDTH;
 }
 
-static void screen(const struct suite_batch *b, struct term *t)
+void suite_screen(const struct suite_batch *b, struct term *t)
 {
 	int name_w = 4, width = terminal_width();
 	for (int i = 0; i < b->n; i++) {
@@ -159,7 +159,7 @@ int suite_labs(int argc, char **argv)
 		suite_batch_free(&b);
 		return SUITE_EXIT_USAGE;
 	}
-	screen(&b, &t);
+	suite_screen(&b, &t);
 	ret = suite_batch_exit(&b);
 	suite_batch_free(&b);
 	return ret;

@@ -129,4 +129,7 @@ char *suite_row(const struct suite_run *r, int name_w, int width, char *out, siz
 /* The total line: "16 labs · 15 ✔ · 1 ✘ · wall 1 m 32 s · labs' time 2 m 07 s". Returns out. */
 char *suite_total(const struct suite_batch *b, char *out, size_t outlen);
 
+/* The screen: a row per run (the mark in colour on a terminal), then the total line. */
+void suite_screen(const struct suite_batch *b, struct term *t);
+
 #endif
