@@ -13,7 +13,11 @@
 #include "report.h"
 
 #define STDERR_TAIL 1500 /* bytes of a lab's stderr shown when it left no document */
-#define MAX_DEPTH   3    /* nesting of metrics shown as sub-lists before they become JSON text */
+#define MAX_DEPTH   3
+#define WIDE_TEXT                                                                                            \
+	30 /* columns past which a text value gets a row of its own */ /* nesting of metrics shown as        \
+	                                                                  sub-lists before they become JSON  \
+	                                                                  text */
 
 void suite_esc(FILE *f, const char *s)
 {
@@ -185,7 +189,9 @@ static void object_metrics(FILE *f, const json_t *m, int depth)
 			continue;
 		fputs(list ? "" : "<dl class=\"kv\">", f);
 		list = true;
-		fputs("<div><dt>", f);
+		/* a long text takes the whole row instead of a narrow column */
+		bool wide = json_is_string(v) && term_width(json_string_value(v)) > WIDE_TEXT;
+		fputs(wide ? "<div class=\"wide\"><dt>" : "<div><dt>", f);
 		key_text(f, k);
 		fputs("</dt><dd>", f);
 		if (array_of_scalars(v)) {
@@ -403,9 +409,11 @@ static const char STYLE[] =
         "18px;margin:4px 0}"
         "dl.kv div{display:flex;justify-content:space-between;gap:10px;border-bottom:1px dotted var(--line);"
         "padding:2px 0}"
-        "dl.kv dt{color:var(--dim);font-size:13px}dl.kv dd{margin:0;font-variant-numeric:tabular-nums;"
+        "dl.kv div.wide{grid-column:1/-1}dl.kv div.wide dd{text-align:left}"
+        "dl.kv dt{color:var(--dim);font-size:13px;white-space:nowrap}dl.kv "
+        "dd{margin:0;font-variant-numeric:tabular-nums;"
         "text-align:right;overflow-wrap:anywhere}"
-        ".scroll{overflow-x:auto}table.metrics{font-size:13px}table.metrics td{white-space:nowrap}"
+        ".scroll{overflow-x:auto}table.metrics{font-size:13px}table.metrics td{min-width:40px}"
         ".phase{margin:0 0 8px}.step{color:var(--dim);font-weight:400;margin-right:4px;font-size:13px}"
         "code{font-size:12px;white-space:normal;overflow-wrap:anywhere}"
         "details.questions{margin-top:18px;background:var(--soft);border-radius:8px;padding:10px 14px}"
