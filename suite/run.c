@@ -36,6 +36,9 @@ static const struct {
 } ALONE[] = {
         {"consistency", "its replica set (labenv up --replicas: a second PostgreSQL cluster, its "
                         "standby, a Redis pair) on fixed ports, and the replication lag it times"},
+        {"idempotency", "its crash story times retries against a 1 s lock timeout (one at once must "
+                        "find the lock held, the next one past it must not), which a neighbour's CPU "
+                        "load shifts: it failed so beside cors and indexing"},
         {"isolation", "a throwaway PostgreSQL cluster of its own (initdb, a crash by kill -9: a "
                       "burst of CPU and fsyncs), and its pairs of transactions timed to interleave"},
         {"pooling", "opens app instances until PostgreSQL refuses max_connections, so a "
