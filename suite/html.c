@@ -154,7 +154,10 @@ static void object_table(FILE *f, const json_t *rows)
 	fputs("<div class=\"scroll\"><table class=\"metrics\"><thead><tr>", f);
 	json_object_foreach(cols, k, v)
 	{
-		fputs("<th>", f);
+		/* a column of numbers is right-aligned under a right-aligned title */
+		fputs(json_is_number(json_object_get(json_array_get(rows, 0), k)) ? "<th class=\"num\">"
+		                                                                  : "<th>",
+		      f);
 		key_text(f, k);
 		fputs("</th>", f);
 	}
@@ -382,7 +385,9 @@ static const char STYLE[] =
         "table{border-collapse:collapse;width:100%}"
         "th,td{text-align:left;padding:6px 10px;border-bottom:1px solid var(--line);vertical-align:top}"
         "th{background:var(--soft);font-weight:600;font-size:13px}"
-        "table.summary td.mark{font-weight:700;text-align:center}"
+        "table.summary td.mark{font-weight:700;text-align:center}table.summary "
+        "td:first-child{white-space:nowrap}"
+        "table.summary tr.bad td{background:#fff5f5}"
         "table.summary td.time,td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}"
         "table.summary td.evidence{font-size:13.5px;color:#333}"
         ".ok .mark,td.mark.ok{color:var(--ok)}.bad .mark,td.mark.bad{color:var(--bad)}"
@@ -413,7 +418,8 @@ static const char STYLE[] =
         "dl.kv dt{color:var(--dim);font-size:13px;white-space:nowrap}dl.kv "
         "dd{margin:0;font-variant-numeric:tabular-nums;"
         "text-align:right;overflow-wrap:anywhere}"
-        ".scroll{overflow-x:auto}table.metrics{font-size:13px}table.metrics td{min-width:40px}"
+        ".scroll{overflow-x:auto}table.metrics{font-size:13px;width:auto;min-width:60%}th.num{text-align:"
+        "right}table.metrics td{min-width:40px}"
         ".phase{margin:0 0 8px}.step{color:var(--dim);font-weight:400;margin-right:4px;font-size:13px}"
         "code{font-size:12px;white-space:normal;overflow-wrap:anywhere}"
         "details.questions{margin-top:18px;background:var(--soft);border-radius:8px;padding:10px 14px}"
@@ -430,7 +436,7 @@ static void summary(FILE *f, const struct suite_batch *b)
 		const struct suite_run *r = &b->runs[i];
 		char t[32], s[SUITE_SUMMARY_LEN];
 		bool ok = suite_run_ok(r);
-		fputs("<tr><td><a href=\"#lab-", f);
+		fprintf(f, "<tr%s><td><a href=\"#lab-", ok ? "" : " class=\"bad\"");
 		suite_esc(f, r->name);
 		fputs("\">", f);
 		suite_esc(f, r->name);
