@@ -3,7 +3,8 @@
 # servers, run.
 #
 #   make lab-<name> [ARGS="--step"]   build and run one lab against the servers
-#   make labs                         every lab with --quick, stopping at the first failure
+#   make labs                         every lab with --quick --json: one screen of verdicts
+#   make report                       one HTML page of every lab's proofs: build/report/index.html
 #   make drill [LAB=name]             one interview question, your answer out loud, the lab's proof
 #   make test                         unit + integration tests, normal and ASan/UBSan builds
 #   make up | down | status           the local PostgreSQL and Redis (scripts/labenv)
@@ -34,11 +35,11 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on
 # cmake --build runs make too: without this, every line of it says which directory it entered.
 MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap configure build configure-asan build-asan up down status labs test \
+.PHONY: help bootstrap configure build configure-asan build-asan up down status labs report test \
 	bench clean format
 
 help:
-	@sed -n '5,12p' Makefile | sed 's/^# //'
+	@sed -n '5,13p' Makefile | sed 's/^# //'
 	@echo "labs: $(or $(LABS),(none yet))"
 
 bootstrap:
@@ -77,15 +78,17 @@ lab-%:
 	@if [ -n "$(filter $*,$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
 	$(BUILD)/lab-$* $(ARGS)
 
+# labsuite (suite/) runs the labs, in parallel where they share no fixed resource (labsuite
+# labs --help lists the ones that run alone, and why); exit 1 when a verdict failed.
 labs: build up
 	@if [ -n "$(filter $(LABS),$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
-	@set -e; \
-	if [ -z "$(LABS)" ]; then echo "no labs yet (labs/<name>/main.c)"; exit 0; fi; \
-	for lab in $(LABS); do \
-		echo "== lab-$$lab --quick"; \
-		$(BUILD)/lab-$$lab --quick $(ARGS) || { echo "lab-$$lab failed (exit $$?)" >&2; exit 1; }; \
-	done; \
-	echo "== all $(words $(LABS)) labs demonstrated their concept"
+	$(BUILD)/labsuite labs --bin $(BUILD) $(LABS)
+
+# The page is written even when a verdict failed (it shows which); it is then checked in headless
+# Chromium (scripts/bootstrap installs it), which also saves $(BUILD)/report/screenshot.png.
+report: build up
+	@if [ -n "$(filter $(LABS),$(REPLICA_LABS))" ]; then scripts/labenv up --replicas; fi
+	$(BUILD)/labsuite report --bin $(BUILD) --out $(BUILD)/report $(LABS)
 
 # A drill (suite/drill.c): LAB's docs page, or a random lab's, then its --quick run. A random
 # pick can land on a lab of REPLICA_LABS, so without LAB their replica set is started too.

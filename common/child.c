@@ -328,6 +328,22 @@ int child_find_program(const char *name, const char *env_var, const char *const 
 	return -1;
 }
 
+/* Debian's chromium, Ubuntu's chromium-browser, or a snap: where each puts the program */
+static const char *const CHROMIUM_DIRS[] = {"/usr/bin", "/usr/lib/chromium", "/snap/bin", NULL};
+
+int child_find_chromium(char *out, size_t outlen, char *err, size_t errlen)
+{
+	char tried[512], tried2[512];
+	if (child_find_program("chromium", "LAB_CHROMIUM", CHROMIUM_DIRS, out, outlen, tried,
+	                       sizeof(tried)) == 0)
+		return 0;
+	if (!getenv("LAB_CHROMIUM") && child_find_program("chromium-browser", NULL, CHROMIUM_DIRS, out,
+	                                                  outlen, tried2, sizeof(tried2)) == 0)
+		return 0;
+	snprintf(err, errlen, "Chromium not found (tried %s; and chromium-browser)", tried);
+	return -1;
+}
+
 /* ---- starting and stopping ---- */
 
 void child_log_tail(const struct child *c, char *out, size_t outlen)

@@ -107,6 +107,14 @@ int child_find_program(const char *name, const char *env_var, const char *const 
                        size_t outlen, char *err, size_t errlen);
 
 /*
+ * Finds the headless browser the suite uses (lab-cors, labsuite report): $LAB_CHROMIUM when set,
+ * else chromium, then chromium-browser, in $PATH, /usr/bin, /usr/lib/chromium and /snap/bin.
+ * The path into out and 0; or -1 with "Chromium not found (tried ...)" in err, to which the
+ * caller adds why it needs one and how to install it (scripts/bootstrap).
+ */
+int child_find_chromium(char *out, size_t outlen, char *err, size_t errlen);
+
+/*
  * Starts spec->argv in spec->dir (see the header comment for what the child inherits) and, when
  * spec->port is set, waits until 127.0.0.1:port accepts a connection. Fails, with the last lines
  * of the child's log in err, when the child exits before that (at once, say, when exec fails: the

@@ -36,20 +36,14 @@
 /* what a run usually takes here (the progress line's scale only) */
 #define EXPECTED_MS 3000.0
 
-static const char *const DIRS[] = {"/usr/bin", "/usr/lib/chromium", "/snap/bin", NULL};
-
 int cors_find_chromium(char *out, size_t outlen, char *err, size_t errlen)
 {
-	char tried[512], tried2[512];
-	if (child_find_program("chromium", "LAB_CHROMIUM", DIRS, out, outlen, tried, sizeof(tried)) == 0)
-		return 0;
-	if (!getenv("LAB_CHROMIUM") &&
-	    child_find_program("chromium-browser", NULL, DIRS, out, outlen, tried2, sizeof(tried2)) == 0)
+	char tried[512];
+	if (child_find_chromium(out, outlen, tried, sizeof(tried)) == 0)
 		return 0;
 	snprintf(err, errlen,
-	         "Chromium not found (tried %s; and chromium-browser): lab-cors needs a real browser, since "
-	         "CORS is enforced by browsers; install it with scripts/bootstrap (or apt-get install "
-	         "chromium), or point LAB_CHROMIUM at it",
+	         "%s: lab-cors needs a real browser, since CORS is enforced by browsers; install it with "
+	         "scripts/bootstrap (or apt-get install chromium), or point LAB_CHROMIUM at it",
 	         tried);
 	return -1;
 }

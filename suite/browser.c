@@ -1,0 +1,199 @@
+/*
+ * browser.c — the report's page checked in a real browser (report.h): Debian's headless Chromium,
+ * the one lab-cors runs, started once as a child of common/child.h (its own process group, killed
+ * if labsuite dies) with everything it writes in a private directory. One run both dumps the DOM
+ * (--dump-dom, to stdout) and saves the screenshot; --enable-logging=stderr --v=0 puts the console
+ * messages in the same log ("...:INFO:CONSOLE:1] "message", source: ..."), which child.h collects.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "hist.h"
+#include "report.h"
+
+/* Chromium's start costs 2 to 10 s on this busy 2-core machine; this is never the limit */
+#define BROWSER_TIMEOUT_MS 60000
+#define STOP_MS            2000
+#define POLL_US            20000
+#define LOG_READ_MAX       (8 << 20)
+#define WINDOW_SIZE        "--window-size=1280,1800"
+
+static const char PNG_MAGIC[8] = {'\x89', 'P', 'N', 'G', '\r', '\n', '\x1a', '\n'};
+
+/*
+ * The first of Chromium's own log lines ("[pid:tid:time:LEVEL:source] ...", not the page's text in
+ * the DOM dump) that holds what, cut to outlen, into out; false when there is none.
+ */
+static bool log_line_with(const char *log, const char *what, char *out, size_t outlen)
+{
+	for (const char *line = log; *line; line += strcspn(line, "\n"), line += *line == '\n') {
+		size_t n = strcspn(line, "\n");
+		const char *hit = line[0] == '[' ? strstr(line, what) : NULL;
+		if (hit && hit < line + n) {
+			snprintf(out, outlen, "%.*s", (int)n, line);
+			return true;
+		}
+	}
+	return false;
+}
+
+int suite_browser_verify(const char *log, const struct suite_batch *b, char *err, size_t errlen)
+{
+	if (!strstr(log, "<html") || !strstr(log, "</html>")) {
+		snprintf(err, errlen, "the page did not render: Chromium dumped no DOM");
+		return 1;
+	}
+	char line[400];
+	/* a page with no script gets console messages only from the browser: a CSP block, a failed load */
+	if (log_line_with(log, ":CONSOLE", line, sizeof(line)) ||
+	    log_line_with(log, "Refused to", line, sizeof(line))) {
+		snprintf(err, errlen, "a console message in Chromium: %s", line);
+		return 1;
+	}
+	for (int i = 0; i < b->n; i++) {
+		const struct suite_run *r = &b->runs[i];
+		char want[SUITE_NAME_LEN + 64];
+		snprintf(want, sizeof(want), "id=\"lab-%s\" data-verdict=\"%s\"", r->name,
+		         suite_run_ok(r) ? "demonstrated" : "not-demonstrated");
+		if (!strstr(log, want)) {
+			snprintf(err, errlen, "the DOM Chromium dumped has no section %s", want);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = f ? malloc(LOG_READ_MAX + 1) : NULL;
+	size_t n = buf ? fread(buf, 1, LOG_READ_MAX, f) : 0;
+	if (f)
+		fclose(f);
+	if (buf)
+		buf[n] = '\0';
+	return buf;
+}
+
+/* Starts Chromium on url and waits for it to exit; -1 with err. */
+static int run_browser(const char *chromium, const char *tmp, const char *url, const char *shot,
+                       struct child *c, char *err, size_t errlen)
+{
+	char home[PATH_MAX + 16], tmpdir[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32],
+	        profile[PATH_MAX + 32], screenshot[PATH_MAX + 64];
+	snprintf(home, sizeof(home), "HOME=%s", tmp);
+	snprintf(tmpdir, sizeof(tmpdir), "TMPDIR=%s", tmp);
+	snprintf(xdg_c, sizeof(xdg_c), "XDG_CONFIG_HOME=%s/config", tmp);
+	snprintf(xdg_k, sizeof(xdg_k), "XDG_CACHE_HOME=%s/cache", tmp);
+	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", tmp);
+	snprintf(screenshot, sizeof(screenshot), "--screenshot=%s", shot);
+	/* env sets where Chromium writes and execs it in its place (the pid and group stay its own) */
+	const char *argv[32] = {access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env",
+	                        home,
+	                        tmpdir,
+	                        xdg_c,
+	                        xdg_k,
+	                        chromium};
+	int n = 6;
+	static const char *const FLAGS[] = {"--headless=new",
+	                                    "--disable-gpu",
+	                                    "--no-first-run",
+	                                    "--no-default-browser-check",
+	                                    "--disable-extensions",
+	                                    "--disable-background-networking",
+	                                    "--disable-component-update",
+	                                    "--disable-sync",
+	                                    "--disable-default-apps",
+	                                    "--mute-audio",
+	                                    "--hide-scrollbars",
+	                                    "--enable-logging=stderr",
+	                                    "--v=0",
+	                                    WINDOW_SIZE,
+	                                    "--dump-dom"};
+	for (size_t i = 0; i < sizeof(FLAGS) / sizeof(FLAGS[0]); i++)
+		argv[n++] = FLAGS[i];
+	/* as root only (Chromium's sandbox needs an unprivileged user): the page is our own file */
+	if (geteuid() == 0)
+		argv[n++] = "--no-sandbox";
+	argv[n++] = profile;
+	argv[n++] = screenshot;
+	argv[n++] = url;
+	argv[n] = NULL;
+	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = tmp};
+	if (child_start(c, &spec, err, errlen) < 0)
+		return -1;
+	double t0 = hist_now_ms();
+	while (child_running(c)) {
+		if (hist_now_ms() - t0 > BROWSER_TIMEOUT_MS) {
+			char tail[300];
+			child_log_tail(c, tail, sizeof(tail));
+			child_stop(c, STOP_MS);
+			snprintf(err, errlen, "Chromium did not finish within %d s (stopped); its log: %s",
+			         BROWSER_TIMEOUT_MS / 1000, tail);
+			return -1;
+		}
+		hist_sleep_us(POLL_US);
+	}
+	return 0;
+}
+
+static bool is_png(const char *path)
+{
+	char head[8];
+	FILE *f = fopen(path, "rb");
+	bool ok = f && fread(head, 1, 8, f) == 8 && !memcmp(head, PNG_MAGIC, 8);
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+int suite_browser_check(const char *dir, const struct suite_batch *b, char *err, size_t errlen)
+{
+	char chromium[PATH_MAX], tried[512], abs[PATH_MAX], tmp[PATH_MAX];
+	if (child_find_chromium(chromium, sizeof(chromium), tried, sizeof(tried)) < 0) {
+		snprintf(err, errlen,
+		         "%s: the report is checked in a real browser; install it with scripts/bootstrap "
+		         "(or apt-get install chromium), or point LAB_CHROMIUM at it",
+		         tried);
+		return 2;
+	}
+	if (!realpath(dir, abs)) {
+		snprintf(err, errlen, "cannot resolve %s: %s", dir, strerror(errno));
+		return 1;
+	}
+	char url[PATH_MAX + 32], shot[PATH_MAX + 32];
+	snprintf(url, sizeof(url), "file://%s/index.html", abs);
+	snprintf(shot, sizeof(shot), "%s/screenshot.png", abs);
+	unlink(shot);
+	if (child_tmpdir("report", tmp, sizeof(tmp), err, errlen) < 0)
+		return 1;
+	struct child c = {0};
+	int ret = run_browser(chromium, tmp, url, shot, &c, err, errlen) < 0 ? 1 : 0;
+	char *log = ret == 0 ? slurp(c.log_path) : NULL;
+	if (ret == 0 && !log) {
+		snprintf(err, errlen, "cannot read Chromium's output %s", c.log_path);
+		ret = 1;
+	}
+	if (ret == 0 && suite_browser_verify(log, b, err, errlen) != 0) {
+		size_t n = strlen(err);
+		snprintf(err + n, errlen - n, " (Chromium %s %d)",
+		         WIFSIGNALED(c.exit_status) ? "killed by signal" : "exit",
+		         WIFSIGNALED(c.exit_status) ? WTERMSIG(c.exit_status) : WEXITSTATUS(c.exit_status));
+		ret = 1;
+	}
+	if (ret == 0 && !is_png(shot)) {
+		snprintf(err, errlen, "Chromium saved no screenshot (%s is missing or not a PNG)", shot);
+		ret = 1;
+	}
+	free(log);
+	char rerr[256];
+	child_rmtree(tmp, rerr, sizeof(rerr));
+	return ret;
+}
