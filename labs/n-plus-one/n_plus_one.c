@@ -279,7 +279,7 @@ static const struct lab_question Q_DETECT = {
                 "the {} loads (loop, JOIN, batched, and both for two relations), how many does it flag?",
         .given = q_detect_given,
         .kind = LAB_ANSWER_NUMBER,
-        .unit = "loads",
+        .unit = "flagged",
         .measured = q_detect_measured,
         .why = "only the loop repeats a statement shape (N times); a fix runs each shape once, so the "
                "server's counts alone find N+1 in tests or production"};
