@@ -1,6 +1,7 @@
 /*
  * n_plus_one.c — lab-n-plus-one's experiment as a whole (the phases are in n_plus_one.h): its
- * config, its list of phases, n_plus_one_run, and n_plus_one_judge, where every threshold of the
+ * config, its list of phases with the question --predict asks before each, n_plus_one_run, and
+ * n_plus_one_judge, where every threshold of the
  * claim is written once with its reason. The telling is in main.c; nothing here prints.
  */
 #include "n_plus_one.h"

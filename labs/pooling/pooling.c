@@ -1,6 +1,7 @@
 /*
  * pooling.c — the experiment of lab-pooling (see pooling.h for the phases) and its judge. The
- * API is in api.c, the telling in main.c; nothing here prints.
+ * API is in api.c, what --predict asks before each phase in questions.c, the telling in main.c;
+ * nothing here prints.
  *
  * The API and its pools run on one event loop in a thread of their own; the load generator
  * runs in the caller's thread. The lab reads the pool's state while the load runs through

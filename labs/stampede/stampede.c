@@ -1,7 +1,8 @@
 /*
- * stampede.c — lab-stampede's run and judge: setup, the four phases in order, teardown; then the
- * claim and every threshold it is held to. The phases' work is in hot.c (the hot key's clients)
- * and jitter.c (many keys); the schema and the server's log in store.c. Nothing here prints.
+ * stampede.c — lab-stampede's run and judge: setup, the four phases in order (each with the
+ * question --predict asks before it), teardown; then the claim and every threshold it is held
+ * to. The phases' work is in hot.c (the hot key's clients) and jitter.c (many keys); the schema
+ * and the server's log in store.c. Nothing here prints.
  */
 #include <errno.h>
 #include <math.h>
