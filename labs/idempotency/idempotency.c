@@ -1,8 +1,9 @@
 /*
  * idempotency.c — lab-idempotency's experiment as a whole: its config, the schema, the request
  * fingerprint, the run over the six phases (phases.c) with the question --predict asks before
- * each, and the judge that decides from their numbers. The API is in api.c, api_redis.c and jobs.c, the client in client.c (internal.h says
- * which file holds what). The telling is in main.c; nothing here prints.
+ * each, and the judge that decides from their numbers. The API is in api.c, api_redis.c and
+ * jobs.c, the client in client.c (internal.h says which file holds what). The telling is in
+ * main.c; nothing here prints.
  */
 #include <jansson.h>
 #include <math.h>
