@@ -11,11 +11,14 @@
 #include <math.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h> /* openpty: glibc; the suite is Linux only (docs/architecture.md) */
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -154,6 +157,78 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 	if (!exited)
 		fail_msg("lab-%s was still running %d ms after the signal; it printed:\n%s\n%s", lab,
 		         LAB_INTERRUPT_BOUND_MS, out, errout);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * lab_run_pty's bound on a whole run: a --quick run takes under 10 s, the sanitizer build about
+ * 3x that on a busy machine; a lab that waits for input nobody typed is what it catches.
+ */
+#define LAB_PTY_BOUND_MS 120000
+
+/*
+ * Runs LAB_BIN_DIR/lab-<lab> <args> (through /bin/sh) with stdin, stdout and stderr on a
+ * pseudo-terminal of its own, as a person at a terminal runs it (its controlling terminal, in a
+ * session of its own), with TERM=dumb so the screen holds no colour codes. typed is written to
+ * the terminal first, as a person typing ahead: the terminal's line discipline hands the program
+ * one line per read, and "\004" at the start of a line is Ctrl-D. out gets the screen until the
+ * program exits (the terminal's echo of typed included), NUL-terminated and cut to outlen (what
+ * follows is read and dropped, so the program never blocks on a full terminal). Returns the exit
+ * code, -1 when a signal ended it. The test fails if it cannot be started, or is still running
+ * LAB_PTY_BOUND_MS later (it is then killed).
+ */
+__attribute__((unused)) static int lab_run_pty(const char *lab, const char *args, const char *typed,
+                                               char *out, size_t outlen)
+{
+	int master, slave;
+	assert_int_equal(openpty(&master, &slave, NULL, NULL, NULL), 0);
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "exec %s/lab-%s %s", LAB_BIN_DIR, lab, args);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		setsid();
+		ioctl(slave, TIOCSCTTY, 0);
+		dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
+		close(master), close(slave);
+		setenv("TERM", "dumb", 1);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	close(slave);
+	size_t len = strlen(typed);
+	assert_int_equal(write(master, typed, len), (ssize_t)len);
+	size_t n = 0;
+	out[0] = '\0';
+	double start = lab_run_now_ms();
+	bool timed_out = false;
+	for (;;) {
+		if (lab_run_now_ms() - start > LAB_PTY_BOUND_MS) {
+			timed_out = true;
+			break;
+		}
+		struct pollfd p = {master, POLLIN, 0};
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		/* once out is full, what follows is read and dropped */
+		char scratch[4096];
+		bool full = n + 1 >= outlen;
+		ssize_t r =
+		        full ? read(master, scratch, sizeof(scratch)) : read(master, out + n, outlen - 1 - n);
+		if (r > 0 && !full)
+			n += (size_t)r, out[n] = '\0';
+		else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			break; /* EIO: the program and all it started closed the terminal */
+	}
+	int status = 0;
+	if (timed_out)
+		kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	close(master);
+	if (timed_out)
+		fail_msg("lab-%s %s was still running %d ms later; the screen:\n%s", lab, args,
+		         LAB_PTY_BOUND_MS, out);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 

@@ -672,6 +672,8 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	cfg.slow_ms = 300; /* still past the client's 200 ms */
 	struct idempotency_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	if (idempotency_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("the run failed: %s", err);
 	struct lab_verdict v;
@@ -707,6 +709,15 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	assert_int_equal(r->guard.rows[1].charges, 0);
 	assert_int_equal(r->guard.rows[5].charges, 2);
 	assert_true(r->guard.redis_keys_deleted > 0);
+	/* every phase asked its --predict question, answered by these very numbers: 2 charges, then 1;
+	 * the 409s of the duplicates; 422 (b); charge_created (b); the key in PostgreSQL (c) */
+	lab_assert_every_phase_asks(&answers, IDEMPOTENCY_PHASES);
+	assert_true(lab_answer(&answers, "no_key") == 2);
+	assert_true(lab_answer(&answers, "with_key") == 1);
+	assert_true(lab_answer(&answers, "duplicates") == (double)s->conflict);
+	assert_true(lab_answer(&answers, "mismatch") == 1);
+	assert_true(lab_answer(&answers, "crash") == 1);
+	assert_true(lab_answer(&answers, "redis_guard") == 2);
 	free(r);
 	/* the run tore down what it made */
 	lab_assert_nothing_left("lab_idempotency", "lab:idempotency:");

@@ -53,6 +53,8 @@ static void test_a_small_run_demonstrates_the_claim_with_the_counts_behind_it(vo
 	struct pooling_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
 	char err[LAB_ERRLEN];
+	struct lab_answers answers = {0};
+	cfg.hooks = lab_answers_hooks(&answers, &cfg, r);
 	if (pooling_run(&cfg, r, err, sizeof(err)) < 0)
 		fail_msg("pooling_run: %s", err);
 	struct lab_verdict v;
@@ -85,6 +87,17 @@ static void test_a_small_run_demonstrates_the_claim_with_the_counts_behind_it(vo
 	assert_int_equal(r->maxconn.instances_ready, r->maxconn.failed_instance - 1);
 	assert_true(r->maxconn.opened_total <= r->maxconn.max_connections - r->maxconn.reserved);
 	assert_int_equal(r->maxconn.nsizes, 1);
+	/* every phase asked its --predict question, answered by these very numbers: the pool 10x or
+	 * more (c, as the verdict says), the ceiling the levels reached, a 404 per connection of the
+	 * pool, and the instances before the refused one */
+	lab_assert_every_phase_asks(&answers, POOLING_PHASES);
+	assert_true(lab_answer(&answers, "compare") == 2);
+	double most = 0;
+	for (int i = 0; i < r->exhaust.nlevels; i++)
+		most = r->exhaust.levels[i].rps > most ? r->exhaust.levels[i].rps : most;
+	assert_true(lab_answer(&answers, "exhaustion") == most);
+	assert_true(lab_answer(&answers, "leak") == cfg.pool_size);
+	assert_true(lab_answer(&answers, "max_connections") == r->maxconn.failed_instance - 1);
 	free(r);
 	lab_assert_nothing_left("lab_pooling", NULL);
 }

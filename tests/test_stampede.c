@@ -37,11 +37,15 @@
 #include "redis.h"
 #include "stampede.h"
 
-/* Runs the lab with cfg; fails the test, saying why, when the run fails. */
-static struct stampede_result *run_lab(const struct stampede_config *cfg)
+/*
+ * Runs the lab with cfg, recording what each phase's --predict question measured in answers;
+ * fails the test, saying why, when the run fails.
+ */
+static struct stampede_result *run_lab(struct stampede_config *cfg, struct lab_answers *answers)
 {
 	struct stampede_result *r = calloc(1, sizeof(*r));
 	assert_non_null(r);
+	cfg->hooks = lab_answers_hooks(answers, cfg, r);
 	char err[LAB_ERRLEN] = "";
 	if (stampede_run(cfg, r, err, sizeof(err)) < 0)
 		fail_msg("stampede_run: %s%s%s", err, r->lost_server[0] ? " (lost " : "",
@@ -125,7 +129,8 @@ static void test_quick_run_demonstrates_the_claim_on_the_servers_counts(void **s
 	char redis_url[512];
 	redis_url_with_password(redis_url, sizeof(redis_url));
 	cfg.redis_url = redis_url;
-	struct stampede_result *r = run_lab(&cfg);
+	struct lab_answers answers = {0};
+	struct stampede_result *r = run_lab(&cfg, &answers);
 	struct lab_verdict v;
 	stampede_judge(r, &v);
 	print_message("%s: %s\n", v.demonstrated ? "demonstrated" : "NOT demonstrated", v.evidence);
@@ -152,6 +157,13 @@ static void test_quick_run_demonstrates_the_claim_on_the_servers_counts(void **s
 	assert_true(strlen(o->redis_error) > 0);
 	assert_int_equal(o->lost, 0);
 	assert_true(o->degraded_queries > 0);
+	/* every phase asked its --predict question, answered by these very counts: the herd's
+	 * recomputes per expiry, exactly 1 under the lock, each key once with jitter, no read lost */
+	lab_assert_every_phase_asks(&answers, STAMPEDE_PHASES);
+	assert_true(lab_answer(&answers, "herd") == r->hot[STAMPEDE_NONE].recomputes_per_expiry);
+	assert_true(lab_answer(&answers, "defences") == 1);
+	assert_true(lab_answer(&answers, "jitter") == cfg.keys);
+	assert_true(lab_answer(&answers, "outage") == 0);
 	/* only the proxy went away: the shared Redis still answers */
 	assert_shared_redis_answers();
 	lab_assert_nothing_left("lab_stampede", "lab:stampede:");

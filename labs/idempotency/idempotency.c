@@ -1,10 +1,12 @@
 /*
  * idempotency.c — lab-idempotency's experiment as a whole: its config, the schema, the request
- * fingerprint, the run over the six phases (phases.c) and the judge that decides from their
- * numbers. The API is in api.c, api_redis.c and jobs.c, the client in client.c (internal.h says
- * which file holds what). The telling is in main.c; nothing here prints.
+ * fingerprint, the run over the six phases (phases.c) with the question --predict asks before
+ * each, and the judge that decides from their numbers. The API is in api.c, api_redis.c and
+ * jobs.c, the client in client.c (internal.h says which file holds what). The telling is in
+ * main.c; nothing here prints.
  */
 #include <jansson.h>
+#include <math.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,11 +178,167 @@ int idem_lost(const struct idempotency_config *cfg, struct idempotency_result *r
 	return -1;
 }
 
+/*
+ * ---- what --predict asks before each phase (struct lab_question), and what answers it ----
+ * Each reads struct idempotency_config and struct idempotency_result.
+ */
+
+#define CFG(p) ((const struct idempotency_config *)(p))
+#define RES(p) ((const struct idempotency_result *)(p))
+
+static double q_flaky_given(const void *cfg, int i)
+{
+	return i == 0 ? CFG(cfg)->client_timeout_ms : CFG(cfg)->slow_ms;
+}
+
+static double q_no_key_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->no_key.charges;
+}
+
+static const struct lab_question Q_NO_KEY = {
+        .text = "A client gives up after {} ms on a charge the server answers after {} ms, and retries "
+                "with no Idempotency-Key: how many charges for the one order?",
+        .given = q_flaky_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "charges",
+        .measured = q_no_key_measured,
+        .why = "a timeout says nothing about the server: it had committed the charge before the "
+               "client gave up, and the retry is a new request"};
+
+static double q_with_key_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->with_key.charges;
+}
+
+static const struct lab_question Q_WITH_KEY = {
+        .text = "The same slow charge sent three times (the first, the retry, and one more) with the "
+                "same Idempotency-Key: how many charges?",
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "charges",
+        .measured = q_with_key_measured,
+        .why = "the key is stored with the charge: a retry finds it and gets the stored response, byte "
+               "for byte (Idempotent-Replayed: true), and nothing runs twice"};
+
+static double q_duplicates_given(const void *cfg, int i)
+{
+	return i == 0 ? CFG(cfg)->duplicates : CFG(cfg)->bank_ms;
+}
+
+static double q_duplicates_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->duplicates.same_instant.conflict;
+}
+
+/* ±2: the duplicates are sent at once, but on a busy machine one may reach the API after the
+ * first charge's bank_ms and get the stored answer instead of a 409 */
+static const struct lab_question Q_DUPLICATES = {
+        .text = "{} clients send the same Idempotency-Key at the same instant; a charge spends {} ms "
+                "at the card network: how many of them get 409 Conflict?",
+        .given = q_duplicates_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "409s",
+        .within = 2,
+        .measured = q_duplicates_measured,
+        .why = "the first takes the key (unique on client and key) and charges; the others find it in "
+               "flight and get 409 with Retry-After, not a wait and not a second charge (±2)"};
+
+/* What the second request of phase 4 (another payload, the same key) got, as a choice. */
+static double q_mismatch_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const struct idempotency_story *st = &RES(res)->mismatch;
+	if (st->nattempts < 2)
+		return NAN;
+	const struct idempotency_response *rs = &st->attempts[1].rs;
+	return rs->status == 201 && rs->replayed ? 0 : rs->status == 422 ? 1 : rs->status == 201 ? 2 : NAN;
+}
+
+static const struct lab_question Q_MISMATCH = {
+        .text = "A $10.00 charge succeeded with Idempotency-Key order-7-pay. Then a $50.00 charge comes "
+                "with the same key: the API answers",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"201: the stored $10.00 charge, replayed", "422: this key was used with another payload",
+                    "201: a new $50.00 charge"},
+        .measured = q_mismatch_measured,
+        .why = "the key is stored with a fingerprint of the request (SHA-256 of method, path, canonical "
+               "body): the same key on another payload is a client bug, refused (the IETF draft, Stripe)"};
+
+/* Where the kill left the key: gone with the charge, beside it, or finished. */
+static double q_crash_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const char *rp = RES(res)->crash.recovery_point;
+	return !strcmp(rp, "(no key)")         ? 0
+	       : !strcmp(rp, "charge_created") ? 1
+	       : !strcmp(rp, "finished")       ? 2
+	                                       : NAN;
+}
+
+static const struct lab_question Q_CRASH = {
+        .text = "A keyed request is two transactions: (1) the key and the charge, (2) the stored "
+                "response. Its connection is killed between them: the key stands at",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"nothing: the key went with the rollback",
+                    "charge_created: the charge is there, no response", "finished: the response is stored"},
+        .measured = q_crash_measured,
+        .why = "(1) committed, (2) never ran: the key records how far the request got, so a retry after "
+               "the lock timeout resumes from charge_created instead of charging again"};
+
+/*
+ * Phase 6's designs as the choices list them: the Redis guard keeping its key, deleting it, and
+ * the key in PostgreSQL (rows are told apart by key_in_pg and the design's text, phases.c).
+ */
+static int guard_choice(const struct idempotency_guard_row *row)
+{
+	return row->key_in_pg ? 2 : strstr(row->design, "kept") ? 0 : strstr(row->design, "deleted") ? 1 : -1;
+}
+
+/* The one design whose every row charged once and answered; NAN when none or several did. */
+static double q_guard_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const struct idempotency_guard *g = &RES(res)->guard;
+	bool seen[3] = {false}, failed[3] = {false};
+	for (int i = 0; i < g->nrows; i++) {
+		int c = guard_choice(&g->rows[i]);
+		if (c < 0)
+			return NAN;
+		seen[c] = true;
+		failed[c] |= strcmp(idempotency_guard_outcome(&g->rows[i]), "once") != 0;
+	}
+	int once = -1;
+	for (int c = 0; c < 3; c++)
+		if (seen[c] && !failed[c]) {
+			if (once >= 0)
+				return NAN;
+			once = c;
+		}
+	return once >= 0 ? once : NAN;
+}
+
+static const struct lab_question Q_GUARD = {
+        .text = "Two faults: the database refuses the charge's write, or the connection dies after the "
+                "charge. Which guard charges exactly once, and answers, under both?",
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"Redis SET NX, the key kept when the write fails",
+                    "Redis SET NX, the key deleted when the write fails",
+                    "the key in PostgreSQL, in the charge's own transaction"},
+        .measured = q_guard_measured,
+        .why = "Redis and PostgreSQL share no transaction, so the guard must guess whether a failed write "
+               "wrote: kept loses a refused charge, deleted doubles a landed one"};
+
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[IDEMPOTENCY_PHASES] = {
-        {"no_key", idempotency_phase_no_key, NULL},         {"with_key", idempotency_phase_with_key, NULL},
-        {"duplicates", idempotency_phase_duplicates, NULL}, {"mismatch", idempotency_phase_mismatch, NULL},
-        {"crash", idempotency_phase_crash, NULL},           {"redis_guard", idempotency_phase_guard, NULL},
+        {"no_key", idempotency_phase_no_key, &Q_NO_KEY},
+        {"with_key", idempotency_phase_with_key, &Q_WITH_KEY},
+        {"duplicates", idempotency_phase_duplicates, &Q_DUPLICATES},
+        {"mismatch", idempotency_phase_mismatch, &Q_MISMATCH},
+        {"crash", idempotency_phase_crash, &Q_CRASH},
+        {"redis_guard", idempotency_phase_guard, &Q_GUARD},
 };
 
 int idempotency_run(const struct idempotency_config *cfg, struct idempotency_result *result, char *err,

@@ -7,7 +7,8 @@
  *   jobs.c       the reaper and the completer, on the API's loop and as blocking calls
  *   client.c     the blocking client, the load driver, the counts in PostgreSQL
  *   phases.c     the six phases
- *   idempotency.c  config, setup, teardown, the fingerprint, the run and the judge
+ *   idempotency.c  config, setup, teardown, the fingerprint, the phase list and its --predict
+ *                  questions, the run and the judge
  */
 #ifndef LAB_IDEMPOTENCY_INTERNAL_H
 #define LAB_IDEMPOTENCY_INTERNAL_H

@@ -326,6 +326,42 @@ static void header(struct lab *lab, const struct idempotency_config *cfg)
 	           url, rurl, cfg->client_timeout_ms, cfg->key_window_s / 3600);
 }
 
+/* Charges of phase 6's row for the design and the fault whose texts hold these words; -1: none. */
+static int64_t guard_charges(const struct idempotency_guard *g, const char *design, const char *fault)
+{
+	for (int i = 0; i < g->nrows; i++)
+		if (strstr(g->rows[i].design, design) && strstr(g->rows[i].fault, fault))
+			return g->rows[i].charges;
+	return -1;
+}
+
+/*
+ * The key chart: charges for one order in each story, against the one it should be. The claim at
+ * a glance: every bar at the line with the key in the charge's transaction; without a key, and
+ * with a Redis guard under the fault that defeats it, off it (2, 0, 2).
+ */
+static json_t *charges_chart(const struct idempotency_config *cfg, const struct idempotency_result *r)
+{
+	const struct idempotency_load *m = &r->duplicates.mixed;
+	char at_once[48], per_key[48];
+	snprintf(at_once, sizeof(at_once), "%d at once, one key", cfg->duplicates);
+	snprintf(per_key, sizeof(per_key), "%d keys, %d requests (per key)", m->keys, m->requests);
+	int64_t kept = guard_charges(&r->guard, "kept", "refuses");
+	int64_t deleted = guard_charges(&r->guard, "deleted", "killed");
+	json_t *charges = json_pack(
+	        "[I,I,I,f,I,o,o]", (json_int_t)r->no_key.charges, (json_int_t)r->with_key.charges,
+	        (json_int_t)r->duplicates.same_instant.charges, m->keys ? (double)m->charges / m->keys : 0.0,
+	        (json_int_t)r->crash.charges, kept < 0 ? json_null() : json_integer(kept),
+	        deleted < 0 ? json_null() : json_integer(deleted));
+	return json_pack("{s:s,s:s,s:[s,s,s,s,s,s,s],s:[{s:s,s:o},{s:s,s:[i,i,i,i,i,i,i],s:b}],s:b}", "title",
+	                 "charges for one order, retried, duplicated or cut off", "unit", "charges", "labels",
+	                 "no key, retried", "with a key, retried", at_once, per_key,
+	                 "killed mid-request, retried", "Redis guard, key kept: write refused",
+	                 "Redis guard, key deleted: killed after charge", "series", "name",
+	                 "charges (PostgreSQL)", "values", charges, "name", "one order, one charge", "values",
+	                 1, 1, 1, 1, 1, 1, 1, "line", 1, "log", 0);
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -355,6 +391,7 @@ int main(int argc, char **argv)
 	} else {
 		struct lab_verdict verdict;
 		idempotency_judge(result, &verdict);
+		lab_chart(&lab, charges_chart(&cfg, result));
 		ret = lab_finish(&lab, &verdict);
 	}
 	free(result);

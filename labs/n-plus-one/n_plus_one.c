@@ -1,10 +1,12 @@
 /*
  * n_plus_one.c — lab-n-plus-one's experiment as a whole (the phases are in n_plus_one.h): its
- * config, its list of phases, n_plus_one_run, and n_plus_one_judge, where every threshold of the
+ * config, its list of phases with the question --predict asks before each, n_plus_one_run, and
+ * n_plus_one_judge, where every threshold of the
  * claim is written once with its reason. The telling is in main.c; nothing here prints.
  */
 #include "n_plus_one.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -128,9 +130,165 @@ static int phase_detect(const void *cfg, void *result, char *err, size_t errlen)
 	return n_plus_one_detect_run(cfg, &((struct n_plus_one_result *)result)->detect, err, errlen);
 }
 
+/* ---- what --predict asks before each phase (struct lab_question), and what answers it ---- */
+
+#define CFG(p) ((const struct n_plus_one_config *)(p))
+#define RES(p) ((const struct n_plus_one_result *)(p))
+
+static double q_users(const void *cfg, int i)
+{
+	(void)i;
+	return CFG(cfg)->users;
+}
+
+static double q_loop_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->loads[NPO_LOOP].statements;
+}
+
+static const struct lab_question Q_LOOP = {
+        .text = "{} users, then each user's orders in its own query (an ORM's lazy loop): how many "
+                "statements will the server run?",
+        .given = q_users,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "statements",
+        .measured = q_loop_measured,
+        .why = "one for the list of users, then one per user: 1 + N, whatever the data"};
+
+/*
+ * The JOIN's bytes against the loop's, as a choice: "about the same" within a quarter either way
+ * (the protocol's framing differs: 101 results against one), fewer or more past it. The seed's
+ * data makes it 3.9x (277 kB against 71 kB): each user's 200-byte bio again on every order row.
+ */
+#define SAME_BYTES_BAND 0.25
+
+static double q_join_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	double loop = (double)n_plus_one_received(&RES(res)->loads[NPO_LOOP]);
+	double join = (double)n_plus_one_received(&RES(res)->loads[NPO_JOIN]);
+	if (loop <= 0 || join <= 0)
+		return NAN;
+	return join < loop * (1 - SAME_BYTES_BAND) ? 0 : join > loop * (1 + SAME_BYTES_BAND) ? 2 : 1;
+}
+
+static const struct lab_question Q_JOIN = {
+        .text = "The same {} users and their orders in one LEFT JOIN, one statement instead of 1 + N: "
+                "compared with the loop, the bytes it receives are",
+        .given = q_users,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"fewer: one result instead of 1 + N", "about the same: the same data",
+                    "more: the user's columns again on every order row"},
+        .measured = q_join_measured,
+        .why = "a JOIN's row is the user AND one order: the user's name, email and bio travel once per "
+               "order, not once per user"};
+
+static double q_batched_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->loads[NPO_BATCHED].statements;
+}
+
+static const struct lab_question Q_BATCHED = {
+        .text = "{} users, then all their orders at once with WHERE user_id = ANY($1) (Django's "
+                "prefetch_related, Rails' includes): how many statements?",
+        .given = q_users,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "statements",
+        .measured = q_batched_measured,
+        .why = "one per relation, not per row: users, then every user's orders in one list; 2 for any N"};
+
+/* phase 4 asks about its largest N at its largest added round trip: what the judge compares */
+static double q_network_given(const void *cfg, int i)
+{
+	const struct n_plus_one_config *c = CFG(cfg);
+	if (i == 0)
+		return c->nsizes > 0 ? c->sizes[c->nsizes - 1] : 0;
+	return c->nrtts > 0 ? c->rtts_us[c->nrtts - 1] / 1000.0 : 0;
+}
+
+/* What the largest round trip added to the loop at the largest N, in ms (as the judge's gains). */
+static double q_network_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const struct n_plus_one_network *n = &RES(res)->network;
+	if (n->nsizes < 1 || n->nrtts < 2)
+		return NAN;
+	const struct n_plus_one_cell *row = n->cells[n->nsizes - 1];
+	return ((double)row[n->nrtts - 1].load[NPO_LOOP].wall_us - (double)row[0].load[NPO_LOOP].wall_us) /
+	       1000.0;
+}
+
+/*
+ * ±50%: (N + 1) x the added delay is the reasoning, and what this shared 2-core machine measures
+ * around it is 0.9 to 2 times that (the proxy and the scheduler add to every round trip: see
+ * MIN_LOOP_TRIPS_SHARE below), so 101 x 2 ms = 202 ms must score against 400 ms as well.
+ */
+static const struct lab_question Q_NETWORK = {
+        .text = "{} users through a link that adds {} ms to every round trip: how much longer does the "
+                "N+1 loop take than with no delay?",
+        .given = q_network_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "ms",
+        .within_pct = 50,
+        .measured = q_network_measured,
+        .why = "each of the N + 1 statements waits out its own round trip: (N + 1) x RTT; ±50% "
+               "because this busy 2-core machine stretches every round trip (the JOIN pays one)"};
+
+/* Which rows the two-relation JOIN returned: users + orders + addresses, the product, or a row per user. */
+static double q_width_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const struct n_plus_one_result *r = RES(res);
+	int64_t rows = r->width.direct[2].rows;
+	if (rows == r->page.users + r->page.orders + r->page.addresses)
+		return 0;
+	if (rows == r->page.join2_rows)
+		return 1;
+	if (rows == r->page.users)
+		return 2;
+	return NAN;
+}
+
+static const struct lab_question Q_WIDTH = {
+        .text = "{} users LEFT JOIN orders LEFT JOIN addresses (two has-many relations) in one statement: "
+                "how many rows come back?",
+        .given = q_users,
+        .kind = LAB_ANSWER_CHOICE,
+        .choices = {"users + orders + addresses", "per user, its orders x its addresses", "one per user"},
+        .measured = q_width_measured,
+        .why = "a JOIN pairs every order of a user with every address of that user: the relations "
+               "multiply; the batched load (3 statements) gets each row once"};
+
+static double q_detect_given(const void *cfg, int i)
+{
+	return i == 0 ? CFG(cfg)->threshold : NPO_STRATEGIES;
+}
+
+static double q_detect_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	int flagged = 0;
+	for (int s = 0; s < NPO_STRATEGIES; s++)
+		flagged += RES(res)->detect.units[s].flagged > 0;
+	return flagged;
+}
+
+static const struct lab_question Q_DETECT = {
+        .text = "A detector flags a statement the server ran more than {} times in one unit of work: of "
+                "the {} loads (loop, JOIN, batched, and both for two relations), how many does it flag?",
+        .given = q_detect_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "flagged",
+        .measured = q_detect_measured,
+        .why = "only the loop repeats a statement shape (N times); a fix runs each shape once, so the "
+               "server's counts alone find N+1 in tests or production"};
+
 static const struct lab_phase_def PHASES[N_PLUS_ONE_PHASES] = {
-        {"loop", phase_loop, NULL},       {"join", phase_join, NULL},   {"batched", phase_batched, NULL},
-        {"network", phase_network, NULL}, {"width", phase_width, NULL}, {"detector", phase_detect, NULL},
+        {"loop", phase_loop, &Q_LOOP},          {"join", phase_join, &Q_JOIN},
+        {"batched", phase_batched, &Q_BATCHED}, {"network", phase_network, &Q_NETWORK},
+        {"width", phase_width, &Q_WIDTH},       {"detector", phase_detect, &Q_DETECT},
 };
 
 /* After a failure: does PostgreSQL still answer? When not, the failure was losing it. */

@@ -3,7 +3,7 @@
  * uses: the schema's name, the statements the loads send, a growing text buffer, and the
  * measuring loop the phases call with a time budget.
  *
- *   n_plus_one.c         the config, the phase list, n_plus_one_run and n_plus_one_judge
+ *   n_plus_one.c         the config, the phase list and its questions, n_plus_one_run and the judge
  *   n_plus_one_data.c    the data: schema, generated rows, COPY, the server's counts of them
  *   n_plus_one_load.c    one load per strategy, its objects and digest, its bytes, measuring
  *   n_plus_one_watch.c   the detector: pg_stat_statements diffed around a unit of work

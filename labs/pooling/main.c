@@ -14,6 +14,7 @@
  *
  * This file tells; pooling.c measures and judges, api.c is the API.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +281,30 @@ static void maxconn_after(struct lab *lab, const void *cfgp, const void *resultp
 	lab_phase_metrics(lab, "max_connections", maxconn_json(m));
 }
 
+/*
+ * The key chart: throughput at each concurrency of phase 2 against Little's law, min(clients,
+ * pool) / hold. The claim at a glance: the bars follow the line up to the pool size, then stay flat.
+ */
+static json_t *throughput_chart(const struct pooling_result *r)
+{
+	const struct pooling_exhaust *e = &r->exhaust;
+	json_t *labels = json_array(), *measured = json_array(), *law = json_array();
+	for (int i = 0; i < e->nlevels; i++) {
+		char label[32];
+		snprintf(label, sizeof(label), "%d clients", e->levels[i].clients);
+		json_array_append_new(labels, json_string(label));
+		json_array_append_new(measured, json_real(round(e->levels[i].rps)));
+		json_array_append_new(law, json_real(e->levels[i].predicted_rps));
+	}
+	char title[96];
+	snprintf(title, sizeof(title), "throughput against concurrency, pool of %d, %d ms a request",
+	         r->pool_size, r->hold_ms);
+	return json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o,s:b}],s:b}", "title", title, "unit",
+	                 "requests/s", "labels", labels, "series", "name", "measured", "values", measured,
+	                 "name", "Little's law: min(clients, pool) / hold", "values", law, "line", 1, "log",
+	                 0);
+}
+
 static const struct lab_phase_tell TELLS[POOLING_PHASES] = {
         {compare_before, compare_after},
         {exhaust_before, exhaust_after},
@@ -355,6 +380,7 @@ int main(int argc, char **argv)
 	}
 	struct lab_verdict verdict;
 	pooling_judge(result, &verdict);
+	lab_chart(&lab, throughput_chart(result));
 	free(result);
 	return lab_finish(&lab, &verdict);
 }

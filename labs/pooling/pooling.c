@@ -1,6 +1,7 @@
 /*
  * pooling.c — the experiment of lab-pooling (see pooling.h for the phases) and its judge. The
- * API is in api.c, the telling in main.c; nothing here prints.
+ * API is in api.c, what --predict asks before each phase in questions.c, the telling in main.c;
+ * nothing here prints.
  *
  * The API and its pools run on one event loop in a thread of their own; the load generator
  * runs in the caller's thread. The lab reads the pool's state while the load runs through
@@ -16,6 +17,7 @@
 
 #include "api.h"
 #include "pg.h"
+#include "questions.h"
 
 #define SCHEMA "lab_pooling"
 /* 100 orders; ids above ORDERS are missing, and a missing id is the leaky handler's 404 path. */
@@ -553,10 +555,10 @@ static int maxconn_phase(const void *cfgp, void *resultp, char *err, size_t errl
 /* ---- the run ---- */
 
 static const struct lab_phase_def PHASES[POOLING_PHASES] = {
-        {"compare", compare_phase, NULL},
-        {"exhaustion", exhaust_phase, NULL},
-        {"leak", leak_phase, NULL},
-        {"max_connections", maxconn_phase, NULL},
+        {"compare", compare_phase, &POOLING_Q_COMPARE},
+        {"exhaustion", exhaust_phase, &POOLING_Q_EXHAUSTION},
+        {"leak", leak_phase, &POOLING_Q_LEAK},
+        {"max_connections", maxconn_phase, &POOLING_Q_MAX_CONNECTIONS},
 };
 
 /* After a failure: true, and err = what PostgreSQL says now, when it no longer answers. */

@@ -368,6 +368,28 @@ static void config_json(struct lab *lab, const struct stampede_config *cfg)
 	lab_config_set(lab, "seed", json_integer((json_int_t)cfg->seed));
 }
 
+/*
+ * The key chart: recomputes at each expiry of the hot key, per defence, beside what each
+ * predicts (every client, 1, e^(1/beta), 1). The claim at a glance: one tall bar, three at ~1.
+ */
+static json_t *recomputes_chart(const struct stampede_config *cfg, const struct stampede_result *r)
+{
+	json_t *labels = json_array(), *measured = json_array(), *predicted = json_array();
+	for (int d = 0; d < STAMPEDE_DEFENCES; d++) {
+		json_array_append_new(labels, json_string(stampede_defence_name((enum stampede_defence)d)));
+		json_array_append_new(measured, json_real(round(r->hot[d].recomputes_per_expiry * 10) / 10));
+		double p = d == STAMPEDE_NONE     ? cfg->clients
+		           : d == STAMPEDE_XFETCH ? exp(1.0 / cfg->beta)
+		                                  : 1;
+		json_array_append_new(predicted, json_real(round(p * 10) / 10));
+	}
+	char title[96];
+	snprintf(title, sizeof(title), "recomputes at each expiry of one hot key, %d clients", cfg->clients);
+	return json_pack("{s:s,s:s,s:o,s:[{s:s,s:o},{s:s,s:o,s:b}],s:b}", "title", title, "unit",
+	                 "recomputes per expiry", "labels", labels, "series", "name", "measured (server log)",
+	                 "values", measured, "name", "predicted", "values", predicted, "line", 1, "log", 0);
+}
+
 int main(int argc, char **argv)
 {
 	struct lab lab;
@@ -410,6 +432,7 @@ int main(int argc, char **argv)
 	lab_config_set(&lab, "think_ms", json_integer(res->think_ms));
 	struct lab_verdict verdict;
 	stampede_judge(res, &verdict);
+	lab_chart(&lab, recomputes_chart(&cfg, res));
 	free(res);
 	return lab_finish(&lab, &verdict);
 }

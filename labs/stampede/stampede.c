@@ -1,9 +1,11 @@
 /*
- * stampede.c — lab-stampede's run and judge: setup, the four phases in order, teardown; then the
- * claim and every threshold it is held to. The phases' work is in hot.c (the hot key's clients)
- * and jitter.c (many keys); the schema and the server's log in store.c. Nothing here prints.
+ * stampede.c — lab-stampede's run and judge: setup, the four phases in order (each with the
+ * question --predict asks before it), teardown; then the claim and every threshold it is held
+ * to. The phases' work is in hot.c (the hot key's clients) and jitter.c (many keys); the schema
+ * and the server's log in store.c. Nothing here prints.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,11 +227,115 @@ static int phase_outage(const void *ctx, void *result, char *err, size_t errlen)
 	return outage_run(x->s, x->cfg, &r->outage, &r->connections_cut, err, errlen);
 }
 
+/*
+ * ---- what --predict asks before each phase (struct lab_question), and what answers it ----
+ * Each reads struct stampede_config (what main.c and the tests hold) and struct stampede_result.
+ */
+
+#define CFG(p) ((const struct stampede_config *)(p))
+#define RES(p) ((const struct stampede_result *)(p))
+
+static double q_clients(const void *cfg, int i)
+{
+	(void)i;
+	return CFG(cfg)->clients;
+}
+
+/* recomputes per expiry of one defence, NAN when its run saw no expiry */
+static double per_expiry(const void *res, enum stampede_defence d)
+{
+	const struct stampede_hot_result *h = &RES(res)->hot[d];
+	return h->expiries >= 1 ? h->recomputes_per_expiry : NAN;
+}
+
+static double q_herd_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return per_expiry(res, STAMPEDE_NONE);
+}
+
+/*
+ * ±25%: the herd is the reads that arrive during the first recompute, clients x recompute /
+ * pause, and a client pauses about one recompute: nearly every client (all 40 of 40 measured
+ * with --quick). A faster recompute than usual lets a few clients through on the new value.
+ */
+static const struct lab_question Q_HERD = {
+        .text = "{} clients read one hot key through cache-aside, and it expires, with no protection: "
+                "how many of them recompute it at that expiry?",
+        .given = q_clients,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "recomputes",
+        .within_pct = 25,
+        .measured = q_herd_measured,
+        .why = "every client that reads while the first recompute runs misses too, and a recompute "
+               "here lasts about a client's pause: nearly all of them (±25%)"};
+
+static double q_lock_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return per_expiry(res, STAMPEDE_LOCK);
+}
+
+static const struct lab_question Q_LOCK = {
+        .text = "The same {} clients with a lock around the recompute (SET NX PX with a token; the "
+                "others wait for the value): how many recomputes at each expiry?",
+        .given = q_clients,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "recomputes",
+        .measured = q_lock_measured,
+        .why = "one client wins SET NX and recomputes; the others poll the cache and get its value. "
+               "The price: they all wait for it (stale-while-revalidate does not)"};
+
+static double q_jitter_given(const void *cfg, int i)
+{
+	const struct stampede_config *c = CFG(cfg);
+	return i == 0 ? c->keys : i == 1 ? c->key_ttl_ms : c->jitter_ms;
+}
+
+static double q_jitter_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	return (double)RES(res)->jitter[1].recomputes;
+}
+
+static const struct lab_question Q_JITTER = {
+        .text = "{} keys warmed at the same moment, each with a TTL of {} ms plus a random 0 to {} ms: "
+                "how many recomputes in all when they expire?",
+        .given = q_jitter_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "recomputes",
+        .measured = q_jitter_measured,
+        .why = "jitter spreads the expiries, it removes none: each key is recomputed once, as without "
+               "it; what falls is the peak per 100 ms"};
+
+static double q_outage_given(const void *cfg, int i)
+{
+	return i == 0 ? CFG(cfg)->outage_at_ms : CFG(cfg)->pg_pool;
+}
+
+/* undecided when Redis never went away: nothing was asked of the fallback */
+static double q_outage_measured(const void *cfg, const void *res)
+{
+	(void)cfg;
+	const struct stampede_hot_result *o = &RES(res)->outage;
+	return o->redis_lost ? (double)o->lost : NAN;
+}
+
+static const struct lab_question Q_OUTAGE = {
+        .text = "Redis goes away {} ms into a run; on a Redis error the app reads PostgreSQL through its "
+                "pool of {} connections instead: how many reads are lost?",
+        .given = q_outage_given,
+        .kind = LAB_ANSWER_NUMBER,
+        .unit = "reads",
+        .measured = q_outage_measured,
+        .why = "a cache is an optimisation, not the source: every read becomes a query, slower, and the "
+               "app's small pool keeps the herd from becoming a backend per client"};
+
 static const struct lab_phase_def PHASES[STAMPEDE_PHASES] = {
-        [STAMPEDE_PHASE_HERD] = {"herd", phase_herd, NULL},
-        [STAMPEDE_PHASE_DEFENCES] = {"defences", phase_defences, NULL},
-        [STAMPEDE_PHASE_JITTER] = {"jitter", phase_jitter, NULL},
-        [STAMPEDE_PHASE_OUTAGE] = {"outage", phase_outage, NULL},
+        [STAMPEDE_PHASE_HERD] = {"herd", phase_herd, &Q_HERD},
+        [STAMPEDE_PHASE_DEFENCES] = {"defences", phase_defences, &Q_LOCK},
+        [STAMPEDE_PHASE_JITTER] = {"jitter", phase_jitter, &Q_JITTER},
+        [STAMPEDE_PHASE_OUTAGE] = {"outage", phase_outage, &Q_OUTAGE},
 };
 
 int stampede_run(const struct stampede_config *cfg, struct stampede_result *res, char *err, size_t errlen)

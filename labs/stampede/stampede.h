@@ -34,9 +34,10 @@
  * Redis keys: lab:stampede:*. Schema: lab_stampede. Errors: -1 and one line in err; a server
  * that went away mid-run (outside phase 4's deliberate outage) is named in the result.
  *
- * The files: stampede.c runs the phases and judges; store.c owns the schema and reads the
- * server's log; cache.c is one client of the hot key and its defences; hot.c runs the clients
- * (phases 1, 2 and 4); jitter.c runs the many keys of phase 3.
+ * The files: stampede.c runs the phases (and holds their --predict questions) and judges;
+ * store.c owns the schema and reads the server's log; cache.c is one client of the hot key and
+ * its defences; hot.c runs the clients (phases 1, 2 and 4); jitter.c runs the many keys of
+ * phase 3.
  */
 #ifndef LAB_STAMPEDE_H
 #define LAB_STAMPEDE_H
