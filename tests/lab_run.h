@@ -331,6 +331,15 @@ __attribute__((unused)) static void lab_private_tmpdir(char *dir, size_t len, co
 	setenv("TMPDIR", dir, 1);
 }
 
+/* Whether a screen (lab_run_pty's) shows text; when not, prints the screen, for the failure. */
+__attribute__((unused)) static bool lab_screen_shows(const char *screen, const char *text)
+{
+	if (strstr(screen, text))
+		return true;
+	print_message("not on the screen: \"%s\"\n--- screen ---\n%s\n---\n", text, screen);
+	return false;
+}
+
 /*
  * What each phase's --predict question (struct lab_question) measured in one <lab>_run, for the
  * lab's test to assert beside its verdict: the answers a person is scored against are numbers

@@ -460,54 +460,6 @@ static void test_ctrl_c_drops_the_schema_and_exits_130(void **state)
 	lab_assert_nothing_left(N_PLUS_ONE_SCHEMA, NULL);
 }
 
-/* Whether the screen shows text; when not, says so with the screen. */
-static bool screen_shows(const char *screen, const char *text)
-{
-	if (strstr(screen, text))
-		return true;
-	print_message("not on the screen: \"%s\"\n--- screen ---\n%s\n---\n", text, screen);
-	return false;
-}
-
-/*
- * --predict on a real terminal, against the real server: the lab asks each phase's question, the
- * test types the answers ahead (one right, one wrong, one skipped, then wrong ones), and the
- * reveals and the score are on the screen beside a demonstrated verdict.
- */
-static void test_predict_on_a_terminal_scores_right_wrong_and_skipped(void **state)
-{
-	(void)state;
-	struct n_plus_one_config cfg;
-	n_plus_one_config_default(&cfg, true);
-	/* 1 + N: right, known from the config; "a" for the JOIN's bytes: wrong (it receives more);
-	 * Enter on the batched load: skipped; then 1 ms for the loop's +2 ms RTT (101 round trips),
-	 * "c" for the two-relation JOIN's rows (they multiply) and 4 loads flagged (1): wrong */
-	char typed[128], expect[160];
-	snprintf(typed, sizeof(typed), "%d\na\n\n1\nc\n4\n", cfg.users + 1);
-	static char screen[65536];
-	int rc = lab_run_pty("n-plus-one", "--quick --predict", typed, screen, sizeof(screen));
-	if (rc != LAB_EXIT_OK)
-		fail_msg("exit %d, not 0; the screen:\n%s", rc, screen);
-	snprintf(expect, sizeof(expect), "? %d users, then each user's orders in its own query", cfg.users);
-	assert_true(screen_shows(screen, expect));
-	snprintf(expect, sizeof(expect), "✔ you said %d statements · measured %d statements · within exactly",
-	         cfg.users + 1, cfg.users + 1);
-	assert_true(screen_shows(screen, expect));
-	assert_true(screen_shows(screen,
-	                         "✘ you said a (fewer: one result instead of 1 + N) · measured c (more: "
-	                         "the user's columns again on every order row) · wrong"));
-	assert_true(screen_shows(screen, "– skipped · measured 2 statements"));
-	assert_true(screen_shows(screen, "✘ you said 1 ms · measured"));
-	assert_true(screen_shows(screen, "prediction score: 1 of 6 within tolerance (1 skipped)"));
-	assert_true(screen_shows(screen, "✔ demonstrated: N+1 runs a statement per parent row"));
-	/* the question after the phase's title, the reveal after its table */
-	const char *title = strstr(screen, "[1/6]"), *ask = strstr(screen, "? 100 users, then");
-	const char *table = strstr(screen, "statements  predicted"), *reveal = strstr(screen, "✔ you said");
-	assert_true(title && ask && table && reveal);
-	assert_true(title < ask && ask < table && table < reveal);
-	lab_assert_nothing_left(N_PLUS_ONE_SCHEMA, NULL);
-}
-
 /* bad flags and a missing server: test_labs_cli, for every lab */
 static void test_serve_is_refused_there_is_no_api(void **state)
 {
@@ -538,7 +490,6 @@ int main(void)
 	};
 	const struct CMUnitTest binary[] = {
 	        cmocka_unit_test(test_ctrl_c_drops_the_schema_and_exits_130),
-	        cmocka_unit_test(test_predict_on_a_terminal_scores_right_wrong_and_skipped),
 	        cmocka_unit_test(test_serve_is_refused_there_is_no_api),
 	};
 	int failed = cmocka_run_group_tests(parts, parts_setup, parts_teardown);

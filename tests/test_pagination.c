@@ -584,6 +584,38 @@ static void test_judge_says_which_claim_failed(void **state)
 	judged_not_shown(&r, "the API's pages did not continue");
 }
 
+/*
+ * --predict on a real terminal, against the real servers: the lab asks each phase's question, the
+ * test types the answers ahead (right, wrong, skipped, right), and the reveals and the score are
+ * on the screen beside a demonstrated verdict. (lab-pagination is the quickest lab whose answers
+ * the test knows from the concept alone.)
+ */
+static void test_predict_on_a_terminal_scores_right_wrong_and_skipped(void **state)
+{
+	(void)state;
+	static char screen[65536];
+	/* b: ties, the tie-breaker's reason (right); 5 rows for a deep OFFSET page (wrong); Enter on
+	 * the walk (skipped); b: a changed cursor is refused with 400 (right) */
+	int rc = lab_run_pty("pagination", "--quick --predict", "b\n5\n\nb\n", screen, sizeof(screen));
+	if (rc != LAB_EXIT_OK)
+		fail_msg("exit %d, not 0; the screen:\n%s", rc, screen);
+	assert_true(lab_screen_shows(screen, "Why the id?"));
+	assert_true(lab_screen_shows(screen, "✔ you said b (ties: several rows share a created_at"));
+	assert_true(lab_screen_shows(screen, "✘ you said 5 rows · measured"));
+	assert_true(lab_screen_shows(screen, "outside ±1%"));
+	assert_true(lab_screen_shows(screen, "– skipped · it was a (OFFSET)"));
+	assert_true(
+	        lab_screen_shows(screen, "✔ you said b (400: the cursor fails its signature check) · right"));
+	assert_true(lab_screen_shows(screen, "prediction score: 2 of 4 within tolerance (1 skipped)"));
+	assert_true(lab_screen_shows(screen, "✔ demonstrated:"));
+	/* the question after the phase's title, the reveal after its table */
+	const char *title = strstr(screen, "[2/4]"), *ask = strstr(screen, "? Page ");
+	const char *reveal = strstr(screen, "✘ you said 5 rows");
+	assert_true(title && ask && reveal);
+	assert_true(title < ask && ask < reveal);
+	lab_assert_nothing_left("lab_pagination", "lab:pagination:");
+}
+
 static void test_ctrl_c_drops_the_schema(void **state)
 {
 	(void)state;
@@ -609,6 +641,7 @@ int main(void)
 	        cmocka_unit_test(test_judge_says_which_claim_failed),
 	        /* drops the group's schema: the tests above need it */
 	        cmocka_unit_test(test_run_demonstrates_the_claim_and_the_counts_agree),
+	        cmocka_unit_test(test_predict_on_a_terminal_scores_right_wrong_and_skipped),
 	        cmocka_unit_test(test_ctrl_c_drops_the_schema),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
