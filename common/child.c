@@ -337,10 +337,16 @@ int child_find_chromium(char *out, size_t outlen, char *err, size_t errlen)
 	if (child_find_program("chromium", "LAB_CHROMIUM", CHROMIUM_DIRS, out, outlen, tried,
 	                       sizeof(tried)) == 0)
 		return 0;
-	if (!getenv("LAB_CHROMIUM") && child_find_program("chromium-browser", NULL, CHROMIUM_DIRS, out,
-	                                                  outlen, tried2, sizeof(tried2)) == 0)
+	/* $LAB_CHROMIUM set is the only place looked at: say that, not a search that did not happen */
+	const char *env = getenv("LAB_CHROMIUM");
+	if (env && *env) {
+		snprintf(err, errlen, "Chromium not found (%s)", tried);
+		return -1;
+	}
+	if (child_find_program("chromium-browser", NULL, CHROMIUM_DIRS, out, outlen, tried2,
+	                       sizeof(tried2)) == 0)
 		return 0;
-	snprintf(err, errlen, "Chromium not found (tried %s; and chromium-browser)", tried);
+	snprintf(err, errlen, "Chromium not found (tried %s; and chromium-browser there)", tried);
 	return -1;
 }
 

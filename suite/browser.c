@@ -3,7 +3,8 @@
  * the one lab-cors runs, started once as a child of common/child.h (its own process group, killed
  * if labsuite dies) with everything it writes in a private directory. One run both dumps the DOM
  * (--dump-dom, to stdout) and saves the screenshot; --enable-logging=stderr --v=0 puts the console
- * messages in the same log ("...:INFO:CONSOLE:1] "message", source: ..."), which child.h collects.
+ * messages in the same log ("...:INFO:CONSOLE:1] "message", source: ..."), which child.h collects;
+ * it is kept as DIR/chromium.log, so what the check read can be read again.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,10 +21,11 @@
 
 /* Chromium's start costs 2 to 10 s on this busy 2-core machine; this is never the limit */
 #define BROWSER_TIMEOUT_MS 60000
-#define STOP_MS            2000
-#define POLL_US            20000
-#define LOG_READ_MAX       (8 << 20)
-#define WINDOW_SIZE        "--window-size=1280,1800"
+/* Chromium ends on SIGTERM at once; a Ctrl-C must leave labsuite within 2 s */
+#define STOP_MS      500
+#define POLL_US      20000
+#define LOG_READ_MAX (8 << 20)
+#define WINDOW_SIZE  "--window-size=1280,1800"
 
 static const char PNG_MAGIC[8] = {'\x89', 'P', 'N', 'G', '\r', '\n', '\x1a', '\n'};
 
@@ -60,8 +62,9 @@ int suite_browser_verify(const char *log, const struct suite_batch *b, char *err
 	for (int i = 0; i < b->n; i++) {
 		const struct suite_run *r = &b->runs[i];
 		char want[SUITE_NAME_LEN + 64];
-		snprintf(want, sizeof(want), "id=\"lab-%s\" data-verdict=\"%s\"", r->name,
-		         suite_run_ok(r) ? "demonstrated" : "not-demonstrated");
+		/* the element itself, "<" and all: a text of the page cannot hold it unescaped */
+		snprintf(want, sizeof(want), "<section class=\"lab\" id=\"lab-%s\" data-verdict=\"%s\">",
+		         r->name, suite_run_ok(r) ? "demonstrated" : "not-demonstrated");
 		if (!strstr(log, want)) {
 			snprintf(err, errlen, "the DOM Chromium dumped has no section %s", want);
 			return 1;
@@ -82,7 +85,7 @@ static char *slurp(const char *path)
 	return buf;
 }
 
-/* Starts Chromium on url and waits for it to exit; -1 with err. */
+/* Starts Chromium on url and waits for it to exit; -1 with err, SUITE_INTERRUPTED on Ctrl-C. */
 static int run_browser(const char *chromium, const char *tmp, const char *url, const char *shot,
                        struct child *c, char *err, size_t errlen)
 {
@@ -131,6 +134,11 @@ static int run_browser(const char *chromium, const char *tmp, const char *url, c
 		return -1;
 	double t0 = hist_now_ms();
 	while (child_running(c)) {
+		if (suite_interrupted()) {
+			child_stop(c, STOP_MS);
+			snprintf(err, errlen, "interrupted; Chromium was stopped");
+			return SUITE_INTERRUPTED;
+		}
 		if (hist_now_ms() - t0 > BROWSER_TIMEOUT_MS) {
 			char tail[300];
 			child_log_tail(c, tail, sizeof(tail));
@@ -154,6 +162,46 @@ static bool is_png(const char *path)
 	return ok;
 }
 
+/* What Chromium printed, kept as path; false when it cannot be written. */
+static bool keep(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return false;
+	fputs(text, f);
+	bool ok = !ferror(f);
+	return fclose(f) == 0 && ok;
+}
+
+/* The checks on what Chromium left: its output (kept as dir/chromium.log) and the screenshot. */
+static int check_output(const struct child *c, const char *abs, const char *shot, const struct suite_batch *b,
+                        char *err, size_t errlen)
+{
+	char *log = slurp(c->log_path), kept[PATH_MAX + 32];
+	if (!log) {
+		snprintf(err, errlen, "cannot read Chromium's output %s", c->log_path);
+		return 1;
+	}
+	snprintf(kept, sizeof(kept), "%s/chromium.log", abs);
+	int ret = 0;
+	if (!keep(kept, log)) {
+		snprintf(err, errlen, "cannot write %s: %s", kept, strerror(errno));
+		ret = 1;
+	} else if (suite_browser_verify(log, b, err, errlen) != 0) {
+		size_t n = strlen(err);
+		snprintf(err + n, errlen - n, " (Chromium %s %d; its output: %s)",
+		         WIFSIGNALED(c->exit_status) ? "killed by signal" : "exit",
+		         WIFSIGNALED(c->exit_status) ? WTERMSIG(c->exit_status) : WEXITSTATUS(c->exit_status),
+		         kept);
+		ret = 1;
+	} else if (!is_png(shot)) {
+		snprintf(err, errlen, "Chromium saved no screenshot (%s is missing or not a PNG)", shot);
+		ret = 1;
+	}
+	free(log);
+	return ret;
+}
+
 int suite_browser_check(const char *dir, const struct suite_batch *b, char *err, size_t errlen)
 {
 	char chromium[PATH_MAX], tried[512], abs[PATH_MAX], tmp[PATH_MAX];
@@ -175,24 +223,11 @@ int suite_browser_check(const char *dir, const struct suite_batch *b, char *err,
 	if (child_tmpdir("report", tmp, sizeof(tmp), err, errlen) < 0)
 		return 1;
 	struct child c = {0};
-	int ret = run_browser(chromium, tmp, url, shot, &c, err, errlen) < 0 ? 1 : 0;
-	char *log = ret == 0 ? slurp(c.log_path) : NULL;
-	if (ret == 0 && !log) {
-		snprintf(err, errlen, "cannot read Chromium's output %s", c.log_path);
+	int ret = run_browser(chromium, tmp, url, shot, &c, err, errlen);
+	if (ret == 0)
+		ret = check_output(&c, abs, shot, b, err, errlen);
+	else if (ret != SUITE_INTERRUPTED)
 		ret = 1;
-	}
-	if (ret == 0 && suite_browser_verify(log, b, err, errlen) != 0) {
-		size_t n = strlen(err);
-		snprintf(err + n, errlen - n, " (Chromium %s %d)",
-		         WIFSIGNALED(c.exit_status) ? "killed by signal" : "exit",
-		         WIFSIGNALED(c.exit_status) ? WTERMSIG(c.exit_status) : WEXITSTATUS(c.exit_status));
-		ret = 1;
-	}
-	if (ret == 0 && !is_png(shot)) {
-		snprintf(err, errlen, "Chromium saved no screenshot (%s is missing or not a PNG)", shot);
-		ret = 1;
-	}
-	free(log);
 	char rerr[256];
 	child_rmtree(tmp, rerr, sizeof(rerr));
 	return ret;
