@@ -454,8 +454,7 @@ static int next_to_start(const struct suite_batch *b, int running, bool alone_ru
 
 static int batch_loop(struct suite_batch *b, char *err, size_t errlen)
 {
-	int done = 0;
-	while (done < b->n) {
+	for (int done = 0; done < b->n;) {
 		if (interrupted) {
 			stop_runs(b, -1);
 			return SUITE_INTERRUPTED;
@@ -463,14 +462,15 @@ static int batch_loop(struct suite_batch *b, char *err, size_t errlen)
 		stop_late(b);
 		int running = 0;
 		bool alone = false;
+		done = 0;
+		/* counted afresh each time: stop_late reaps the labs it stops, not this loop */
 		for (int i = 0; i < b->n; i++) {
 			struct suite_run *r = &b->runs[i];
-			if (r->pid > 0 && run_reap(b, r, false))
-				done++;
-			else if (r->pid > 0) {
+			if (r->pid > 0 && !run_reap(b, r, false)) {
 				running++;
 				alone = alone || suite_alone_reason(r->name);
 			}
+			done += r->done;
 		}
 		int next;
 		while ((next = next_to_start(b, running, alone)) >= 0) {
