@@ -121,11 +121,14 @@ static void question_answer(FILE *f, const json_t *q)
 	fputs("<p class=\"answer\">measured: <strong>", f);
 	if (!json_is_number(m))
 		fputs("not decided by this run", f);
-	else if (json_is_array(choices)) {
+	else if (json_is_array(choices) && json_number_value(m) >= 0 &&
+	         json_number_value(m) < (double)json_array_size(choices) && json_array_size(choices) <= 26) {
 		long c = lround(json_number_value(m));
-		fprintf(f, "%c) ", (char)('a' + (c >= 0 && c < 26 ? c : 0)));
+		fprintf(f, "%c) ", (char)('a' + c));
 		suite_esc(f, json_string_value(json_array_get(choices, (size_t)c)));
-	} else {
+	} else if (json_is_array(choices))
+		fprintf(f, "choice %g, which is none of these", json_number_value(m));
+	else {
 		suite_esc(f, suite_fmt_num(buf, sizeof(buf), json_number_value(m)));
 		fputs(" ", f);
 		suite_esc(f, json_string_value(json_object_get(q, "unit")));
