@@ -89,48 +89,17 @@ static char *slurp(const char *path)
 static int run_browser(const char *chromium, const char *tmp, const char *url, const char *shot,
                        struct child *c, char *err, size_t errlen)
 {
-	char home[PATH_MAX + 16], tmpdir[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32],
-	        profile[PATH_MAX + 32], screenshot[PATH_MAX + 64];
-	snprintf(home, sizeof(home), "HOME=%s", tmp);
-	snprintf(tmpdir, sizeof(tmpdir), "TMPDIR=%s", tmp);
-	snprintf(xdg_c, sizeof(xdg_c), "XDG_CONFIG_HOME=%s/config", tmp);
-	snprintf(xdg_k, sizeof(xdg_k), "XDG_CACHE_HOME=%s/cache", tmp);
-	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", tmp);
+	char screenshot[PATH_MAX + 64];
 	snprintf(screenshot, sizeof(screenshot), "--screenshot=%s", shot);
-	/* env sets where Chromium writes and execs it in its place (the pid and group stay its own) */
-	const char *argv[32] = {access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env",
-	                        home,
-	                        tmpdir,
-	                        xdg_c,
-	                        xdg_k,
-	                        chromium};
-	int n = 6;
-	static const char *const FLAGS[] = {"--headless=new",
-	                                    "--disable-gpu",
-	                                    "--no-first-run",
-	                                    "--no-default-browser-check",
-	                                    "--disable-extensions",
-	                                    "--disable-background-networking",
-	                                    "--disable-component-update",
-	                                    "--disable-sync",
-	                                    "--disable-default-apps",
-	                                    "--mute-audio",
-	                                    "--hide-scrollbars",
-	                                    "--enable-logging=stderr",
-	                                    "--v=0",
-	                                    WINDOW_SIZE,
-	                                    "--dump-dom"};
-	for (size_t i = 0; i < sizeof(FLAGS) / sizeof(FLAGS[0]); i++)
-		argv[n++] = FLAGS[i];
-	/* as root only (Chromium's sandbox needs an unprivileged user): the page is our own file */
-	if (geteuid() == 0)
-		argv[n++] = "--no-sandbox";
-	argv[n++] = profile;
-	argv[n++] = screenshot;
-	argv[n++] = url;
-	argv[n] = NULL;
-	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = tmp};
-	if (child_start(c, &spec, err, errlen) < 0)
+	/* console messages into the log; the DOM to stdout and the screenshot, from one load */
+	const char *const extra[] = {"--hide-scrollbars",
+	                             "--enable-logging=stderr",
+	                             "--v=0",
+	                             WINDOW_SIZE,
+	                             "--dump-dom",
+	                             screenshot,
+	                             NULL};
+	if (child_start_chromium(c, chromium, tmp, extra, url, err, errlen) < 0)
 		return -1;
 	double t0 = hist_now_ms();
 	while (child_running(c)) {
