@@ -21,6 +21,7 @@
 
 #include "lab_run.h"
 #include "run.h"
+#include "suite_cmd.h"
 
 #define LABSUITE LAB_BIN_DIR "/labsuite"
 /* the Ctrl-C test's lab: about 2 s with --quick, a schema, keys and an nginx of its own */
@@ -28,25 +29,10 @@
 
 static char out[1 << 16];
 
-/* Runs cmd (stderr into stdout), its output into out; the exit code, -1 when a signal ended it. */
+/* cmd's exit code, what it printed into out */
 static int run(const char *cmd)
 {
-	char full[2048];
-	snprintf(full, sizeof(full), "%s 2>&1 </dev/null", cmd);
-	FILE *p = popen(full, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, sizeof(out) - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int count(const char *hay, const char *needle)
-{
-	int n = 0;
-	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	return n;
+	return suite_cmd(cmd, out, sizeof(out));
 }
 
 static void test_labs_end_to_end(void **state)
@@ -59,7 +45,7 @@ static void test_labs_end_to_end(void **state)
 	if (code != 0)
 		print_error("labsuite labs said:\n%s\n", out);
 	assert_int_equal(code, 0);
-	assert_int_equal(count(out, "\n"), 3); /* one row each, the total */
+	assert_int_equal(suite_count(out, "\n"), 3); /* one row each, the total */
 	assert_int_equal(strncmp(out, "✔ versioning ", strlen("✔ versioning ")), 0);
 	assert_non_null(strstr(out, "\n✔ pagination "));
 	assert_non_null(strstr(out, "\n2 labs · 2 ✔ · 0 ✘ · wall "));

@@ -25,22 +25,16 @@
 #include "child.h"
 #include "report.h"
 #include "run.h"
+#include "suite_cmd.h"
 
 static char dir[PATH_MAX]; /* the report's output, shared with the tests that read its documents */
 static char out[1 << 16];  /* a command's stdout */
 static char page[1 << 20]; /* index.html */
 
-/* Runs cmd (stderr into stdout), its output into out; the exit code, -1 when a signal ended it. */
+/* cmd's exit code, what it printed into out */
 static int run(const char *cmd)
 {
-	char full[2048];
-	snprintf(full, sizeof(full), "%s 2>&1 </dev/null", cmd);
-	FILE *p = popen(full, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, sizeof(out) - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return suite_cmd(cmd, out, sizeof(out));
 }
 
 static size_t read_file(const char *path, char *buf, size_t len)
@@ -50,14 +44,6 @@ static size_t read_file(const char *path, char *buf, size_t len)
 	size_t n = fread(buf, 1, len - 1, f);
 	buf[n] = '\0';
 	fclose(f);
-	return n;
-}
-
-static int count(const char *hay, const char *needle)
-{
-	int n = 0;
-	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-		n++;
 	return n;
 }
 
@@ -307,7 +293,7 @@ static void test_escaping_hostile_strings(void **state)
 	char *html = capture_close(&c);
 	assert_null(strstr(html, "<img"));
 	assert_null(strstr(html, "onerror=alert(1)>"));
-	assert_true(count(html, "&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;") >= 10);
+	assert_true(suite_count(html, "&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;") >= 10);
 	free(html);
 	json_decref(r.doc);
 }
@@ -338,8 +324,8 @@ static void test_nested_metrics_for_a_person(void **state)
 	assert_null(strstr(html, "{&quot;"));
 	assert_null(strstr(html, "&quot;sends&quot;"));
 	/* an array of objects in a cell: a small table; a sha256 cut to 8 digits, whole in a tooltip */
-	assert_int_equal(count(html, "<table class=\"metrics mini\">"), 2);
-	assert_int_equal(count(html, ">fbca8906…</span>"), 2);
+	assert_int_equal(suite_count(html, "<table class=\"metrics mini\">"), 2);
+	assert_int_equal(suite_count(html, ">fbca8906…</span>"), 2);
 	assert_non_null(strstr(html, "title=\"fbca8906fbf7547e"));
 	/* a list joined, a few fields on a line, a long list cut */
 	assert_non_null(strstr(html, "500, 201, 201"));
@@ -377,11 +363,11 @@ static void test_svg_bars_and_line(void **state)
 	        " \"log\": false}",
 	        &drew);
 	assert_true(drew);
-	assert_int_equal(count(svg, "<svg"), 1);
+	assert_int_equal(suite_count(svg, "<svg"), 1);
 	/* four bars (two nulls draw none), each with its value; one line of three points */
-	assert_int_equal(count(svg, "rx=\"2\"><title>"), 4);
-	assert_int_equal(count(svg, "<polyline"), 1);
-	assert_int_equal(count(svg, "<circle"), 3);
+	assert_int_equal(suite_count(svg, "rx=\"2\"><title>"), 4);
+	assert_int_equal(suite_count(svg, "<polyline"), 1);
+	assert_int_equal(suite_count(svg, "<circle"), 3);
 	assert_non_null(strstr(svg, "class=\"value\">227</text>"));
 	/* round ticks from 0 to 250 in steps of 50 */
 	assert_non_null(strstr(svg, "class=\"tick\">0</text>"));
@@ -412,9 +398,9 @@ static void test_svg_log_scale_and_nulls(void **state)
 		snprintf(want, sizeof(want), "class=\"tick\"%s/text>", *t);
 		assert_non_null(strstr(svg, want));
 	}
-	assert_int_equal(count(svg, "rx=\"2\"><title>"), 3);
+	assert_int_equal(suite_count(svg, "rx=\"2\"><title>"), 3);
 	/* a null breaks the line: two pieces of one point each */
-	assert_int_equal(count(svg, "<polyline"), 2);
+	assert_int_equal(suite_count(svg, "<polyline"), 2);
 	free(svg);
 
 	svg = svg_of("null", &drew);
@@ -427,7 +413,7 @@ static void test_svg_log_scale_and_nulls(void **state)
 	/* every value null: the axis and the legend, no bar */
 	svg = svg_of("{\"labels\": [\"a\"], \"series\": [{\"name\": \"s\", \"values\": [null]}]}", &drew);
 	assert_true(drew);
-	assert_int_equal(count(svg, "rx=\"2\"><title>"), 0);
+	assert_int_equal(suite_count(svg, "rx=\"2\"><title>"), 0);
 	free(svg);
 }
 
