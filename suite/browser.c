@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +23,12 @@
 /* Chromium's start costs 2 to 10 s on this busy 2-core machine; this is never the limit */
 #define BROWSER_TIMEOUT_MS 60000
 /* Chromium ends on SIGTERM at once; a Ctrl-C must leave labsuite within 2 s */
-#define STOP_MS      500
-#define POLL_US      20000
-#define LOG_READ_MAX (8 << 20)
-#define WINDOW_SIZE  "--window-size=1280,1800"
+#define STOP_MS 500
+/* how long Chromium's helpers get to follow it out (see wait_group_gone) */
+#define GROUP_GONE_MS 300
+#define POLL_US       20000
+#define LOG_READ_MAX  (8 << 20)
+#define WINDOW_SIZE   "--window-size=1280,1800"
 
 static const char PNG_MAGIC[8] = {'\x89', 'P', 'N', 'G', '\r', '\n', '\x1a', '\n'};
 
@@ -85,9 +88,10 @@ static char *slurp(const char *path)
 	return buf;
 }
 
-/* Starts Chromium on url and waits for it to exit; -1 with err, SUITE_INTERRUPTED on Ctrl-C. */
+/* Starts Chromium on url (*pgid: its group) and waits for it to exit; -1 with err, SUITE_INTERRUPTED
+ * on Ctrl-C. */
 static int run_browser(const char *chromium, const char *tmp, const char *url, const char *shot,
-                       struct child *c, char *err, size_t errlen)
+                       struct child *c, pid_t *pgid, char *err, size_t errlen)
 {
 	char screenshot[PATH_MAX + 64];
 	snprintf(screenshot, sizeof(screenshot), "--screenshot=%s", shot);
@@ -101,6 +105,7 @@ static int run_browser(const char *chromium, const char *tmp, const char *url, c
 	                             NULL};
 	if (child_start_chromium(c, chromium, tmp, extra, url, err, errlen) < 0)
 		return -1;
+	*pgid = c->pid; /* its group's id: child.h starts it in a group of its own */
 	double t0 = hist_now_ms();
 	while (child_running(c)) {
 		if (suite_interrupted()) {
@@ -119,6 +124,25 @@ static int run_browser(const char *chromium, const char *tmp, const char *url, c
 		hist_sleep_us(POLL_US);
 	}
 	return 0;
+}
+
+/*
+ * Chromium's helpers (zygote, renderer, GPU process) share its process group and may outlive the
+ * main process by a moment, still writing in its profile: removing its directory then leaves a
+ * profile/ behind. Waits until the group is empty (at most GROUP_GONE_MS, then SIGKILL to it).
+ */
+static void wait_group_gone(pid_t pgid)
+{
+	if (pgid <= 0)
+		return;
+	double t0 = hist_now_ms();
+	while (kill(-pgid, 0) == 0 && hist_now_ms() - t0 < GROUP_GONE_MS)
+		hist_sleep_us(POLL_US / 4);
+	if (kill(-pgid, 0) == 0) {
+		kill(-pgid, SIGKILL);
+		for (int i = 0; i < GROUP_GONE_MS / 5 && kill(-pgid, 0) == 0; i++)
+			hist_sleep_us(5000);
+	}
 }
 
 static bool is_png(const char *path)
@@ -192,7 +216,9 @@ int suite_browser_check(const char *dir, const struct suite_batch *b, char *err,
 	if (child_tmpdir("report", tmp, sizeof(tmp), err, errlen) < 0)
 		return 1;
 	struct child c = {0};
-	int ret = run_browser(chromium, tmp, url, shot, &c, err, errlen);
+	pid_t pgid = 0;
+	int ret = run_browser(chromium, tmp, url, shot, &c, &pgid, err, errlen);
+	wait_group_gone(pgid);
 	if (ret == 0)
 		ret = check_output(&c, abs, shot, b, err, errlen);
 	else if (ret != SUITE_INTERRUPTED)
