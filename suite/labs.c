@@ -12,7 +12,6 @@
 #include "run.h"
 #include "suite.h"
 
-#define DEFAULT_JOBS  2 /* this machine's cores */
 #define MAX_JOBS      16
 #define DEFAULT_WIDTH 100
 #define MIN_WIDTH     40
@@ -129,13 +128,13 @@ static void help(FILE *f)
 	        "  --jobs N      labs run at once, 1 to %d (default %d: this machine's cores)\n"
 	        "  --timeout S   a lab still running after S seconds is stopped, its row says so\n"
 	        "                (default %d)\n\n",
-	        MAX_JOBS, DEFAULT_JOBS, SUITE_TIMEOUT_S);
+	        MAX_JOBS, SUITE_JOBS, SUITE_TIMEOUT_S);
 	suite_alone_help(f);
 }
 
 int suite_labs(int argc, char **argv)
 {
-	int jobs = DEFAULT_JOBS;
+	int jobs = SUITE_JOBS;
 	struct suite_flags fl = {.help = help, .extra = take_jobs, .arg = &jobs};
 	struct suite_batch b;
 	int ret = suite_parse("labs", argc, argv, &fl, &b);

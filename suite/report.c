@@ -17,8 +17,7 @@
 #include "report.h"
 #include "suite.h"
 
-#define DEFAULT_OUT  "build/report"
-#define DEFAULT_JOBS 2
+#define DEFAULT_OUT "build/report"
 
 static int take_out(const char *flag, const char *value, void *arg)
 {
@@ -146,7 +145,7 @@ int suite_report(int argc, char **argv)
 		suite_batch_free(&b);
 		return ret > 0 ? SUITE_EXIT_OK : SUITE_EXIT_USAGE;
 	}
-	b.jobs = DEFAULT_JOBS;
+	b.jobs = SUITE_JOBS;
 	suite_signals_catch();
 	struct term t;
 	term_init(&t, stdout);

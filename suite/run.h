@@ -44,6 +44,9 @@
 #define SUITE_TIMEOUT_S     120
 #define SUITE_TIMEOUT_S_MAX 3600
 
+/* labs run at once by default, by labs and report alike: this machine's cores */
+#define SUITE_JOBS 2
+
 #define SUITE_NAME_LEN 64
 #define SUITE_LINE_LEN 512
 /* a run's one line: the evidence (LAB_EVIDENCELEN) or an ending and a stderr line */
