@@ -337,11 +337,63 @@ int child_find_chromium(char *out, size_t outlen, char *err, size_t errlen)
 	if (child_find_program("chromium", "LAB_CHROMIUM", CHROMIUM_DIRS, out, outlen, tried,
 	                       sizeof(tried)) == 0)
 		return 0;
-	if (!getenv("LAB_CHROMIUM") && child_find_program("chromium-browser", NULL, CHROMIUM_DIRS, out,
-	                                                  outlen, tried2, sizeof(tried2)) == 0)
+	/* $LAB_CHROMIUM set is the only place looked at: say that, not a search that did not happen */
+	const char *env = getenv("LAB_CHROMIUM");
+	if (env && *env) {
+		snprintf(err, errlen, "Chromium not found (%s)", tried);
+		return -1;
+	}
+	if (child_find_program("chromium-browser", NULL, CHROMIUM_DIRS, out, outlen, tried2,
+	                       sizeof(tried2)) == 0)
 		return 0;
-	snprintf(err, errlen, "Chromium not found (tried %s; and chromium-browser)", tried);
+	snprintf(err, errlen, "Chromium not found (tried %s; and chromium-browser there)", tried);
 	return -1;
+}
+
+static const char *const CHROMIUM_FLAGS[] = {"--headless=new",
+                                             "--disable-gpu",
+                                             "--no-first-run",
+                                             "--no-default-browser-check",
+                                             "--disable-extensions",
+                                             "--disable-background-networking",
+                                             "--disable-component-update",
+                                             "--disable-sync",
+                                             "--disable-default-apps",
+                                             "--mute-audio"};
+
+int child_start_chromium(struct child *c, const char *chromium, const char *dir, const char *const *extra,
+                         const char *url, char *err, size_t errlen)
+{
+	char env[4][PATH_MAX + 32], profile[PATH_MAX + 32];
+	snprintf(env[0], sizeof(env[0]), "HOME=%s", dir);
+	snprintf(env[1], sizeof(env[1]), "TMPDIR=%s", dir);
+	snprintf(env[2], sizeof(env[2]), "XDG_CONFIG_HOME=%s/config", dir);
+	snprintf(env[3], sizeof(env[3]), "XDG_CACHE_HOME=%s/cache", dir);
+	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", dir);
+	const char *argv[8 + sizeof(CHROMIUM_FLAGS) / sizeof(CHROMIUM_FLAGS[0]) + CHILD_CHROMIUM_EXTRA + 4] =
+	        {access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env",
+	         env[0],
+	         env[1],
+	         env[2],
+	         env[3],
+	         chromium};
+	int n = 6;
+	for (size_t i = 0; i < sizeof(CHROMIUM_FLAGS) / sizeof(CHROMIUM_FLAGS[0]); i++)
+		argv[n++] = CHROMIUM_FLAGS[i];
+	if (geteuid() == 0)
+		argv[n++] = "--no-sandbox";
+	for (int i = 0; extra && extra[i]; i++) {
+		if (i == CHILD_CHROMIUM_EXTRA) {
+			snprintf(err, errlen, "more than %d extra Chromium flags", CHILD_CHROMIUM_EXTRA);
+			return -1;
+		}
+		argv[n++] = extra[i];
+	}
+	argv[n++] = profile;
+	argv[n++] = url;
+	argv[n] = NULL;
+	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = dir};
+	return child_start(c, &spec, err, errlen);
 }
 
 /* ---- starting and stopping ---- */

@@ -115,6 +115,20 @@ int child_find_program(const char *name, const char *env_var, const char *const 
 int child_find_chromium(char *out, size_t outlen, char *err, size_t errlen);
 
 /*
+ * Starts headless Chromium (a path from child_find_chromium) as a child in dir, with everything it
+ * writes kept there: HOME, TMPDIR, XDG_CONFIG_HOME and XDG_CACHE_HOME set through /usr/bin/env
+ * (which execs Chromium in its place: the pid, the group and the death signal stay its own) and
+ * its profile in dir/profile; the flags every headless run of the suite wants (--headless=new, no
+ * GPU, no first run, no extensions, no background networking or sync; --no-sandbox as root only,
+ * since the sandbox needs an unprivileged user and the pages are the suite's own); then extra
+ * (NULL-terminated, at most CHILD_CHROMIUM_EXTRA), then url. Its stdout (a --dump-dom) and stderr
+ * go to c->log_path. child_start's contract otherwise: -1 and err when it cannot start.
+ */
+#define CHILD_CHROMIUM_EXTRA 12
+int child_start_chromium(struct child *c, const char *chromium, const char *dir, const char *const *extra,
+                         const char *url, char *err, size_t errlen);
+
+/*
  * Starts spec->argv in spec->dir (see the header comment for what the child inherits) and, when
  * spec->port is set, waits until 127.0.0.1:port accepts a connection. Fails, with the last lines
  * of the child's log in err, when the child exits before that (at once, say, when exec fails: the

@@ -209,16 +209,25 @@ static int drill_run(const struct drill_opts *o, const char *lab)
 	sigemptyset(&pass.sa_mask);
 	sigaction(SIGINT, &pass, &oint);
 	sigaction(SIGTERM, &pass, &oterm);
+	/* held from the fork until drill_child is set: a signal in between is passed on, not lost */
+	sigset_t hold, old;
+	sigemptyset(&hold);
+	sigaddset(&hold, SIGINT);
+	sigaddset(&hold, SIGTERM);
+	sigprocmask(SIG_BLOCK, &hold, &old);
 	pid_t pid = fork();
 	if (pid == 0) {
 		signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
+		sigprocmask(SIG_SETMASK, &old, NULL);
 		execl(prog, prog, "--quick", (char *)NULL);
 		fprintf(stderr, "labsuite drill: cannot run %s: %s\n", prog, strerror(errno));
 		_exit(LAB_EXIT_ENV);
 	}
+	if (pid > 0)
+		drill_child = pid;
+	sigprocmask(SIG_SETMASK, &old, NULL);
 	int status = 0, rc = LAB_EXIT_ENV;
 	if (pid > 0) {
-		drill_child = pid;
 		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 			;
 		drill_child = 0;

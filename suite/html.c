@@ -2,7 +2,7 @@
  * html.c — the page of `labsuite report` (report.h): one self-contained file, no script, no
  * fetch (its Content-Security-Policy forbids both), every string from a document escaped.
  * A summary table at the top, then a section per lab: the question, the verdict, the key chart
- * (svg.c), each phase's metrics rendered generically, and the lab's questions in <details>.
+ * (svg.c), each phase's metrics (metrics.c), and the lab's questions in <details>.
  */
 #include <math.h>
 #include <stdio.h>
@@ -13,11 +13,8 @@
 #include "report.h"
 
 #define STDERR_TAIL 1500 /* bytes of a lab's stderr shown when it left no document */
-#define MAX_DEPTH   3
-#define WIDE_TEXT                                                                                            \
-	30 /* columns past which a text value gets a row of its own */ /* nesting of metrics shown as        \
-	                                                                  sub-lists before they become JSON  \
-	                                                                  text */
+/* integers from here on are identifiers (2^53: past it a double, and grouping, lose digits) */
+#define ID_DIGITS_FROM 9007199254740992LL
 
 void suite_esc(FILE *f, const char *s)
 {
@@ -77,14 +74,19 @@ char *suite_fmt_value(char *buf, size_t len, const char *key, const json_t *v)
 		snprintf(buf, len, "%s", json_is_true(v) ? "yes" : json_is_false(v) ? "no" : "–");
 		return buf;
 	}
+	/* an integer past a double's exact range is an identifier (a queryid): its digits, ungrouped */
+	if (json_is_integer(v) && llabs(json_integer_value(v)) >= ID_DIGITS_FROM) {
+		snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+		return buf;
+	}
 	double x = json_number_value(v);
 	key = key ? key : "";
 	if (ends_with(key, "_per_s")) {
 		suite_fmt_num(buf, len, x);
 		strncat(buf, "/s", len - strlen(buf) - 1);
-	} else if (ends_with(key, "_us"))
+	} else if (ends_with(key, "_us") || !strcmp(key, "us"))
 		term_fmt_us(buf, len, x);
-	else if (ends_with(key, "_ms"))
+	else if (ends_with(key, "_ms") || !strcmp(key, "ms"))
 		term_fmt_us(buf, len, x * 1000);
 	else if (ends_with(key, "_s"))
 		term_fmt_us(buf, len, x * 1e6);
@@ -93,146 +95,6 @@ char *suite_fmt_value(char *buf, size_t len, const char *key, const json_t *v)
 	else
 		suite_fmt_num(buf, len, x);
 	return buf;
-}
-
-static bool scalar(const json_t *v)
-{
-	return !json_is_object(v) && !json_is_array(v);
-}
-
-/* A key for a person: "p99_ms" -> "p99 ms". */
-static void key_text(FILE *f, const char *key)
-{
-	for (const char *k = key; *k; k++) {
-		char one[2] = {*k == '_' ? ' ' : *k, 0};
-		suite_esc(f, one);
-	}
-}
-
-static void value_cell(FILE *f, const char *key, const json_t *v)
-{
-	char buf[256];
-	if (scalar(v)) {
-		suite_esc(f, suite_fmt_value(buf, sizeof(buf), key, v));
-		return;
-	}
-	/* nested past what a table shows: compact JSON, escaped */
-	char *text = json_dumps(v, JSON_COMPACT);
-	fputs("<code>", f);
-	suite_esc(f, text);
-	fputs("</code>", f);
-	free(text);
-}
-
-static bool array_of_objects(const json_t *a)
-{
-	if (!json_is_array(a) || json_array_size(a) == 0)
-		return false;
-	size_t i;
-	const json_t *e;
-	json_array_foreach(a, i, e) if (!json_is_object(e)) return false;
-	return true;
-}
-
-static bool array_of_scalars(const json_t *a)
-{
-	size_t i;
-	const json_t *e;
-	json_array_foreach(a, i, e) if (!scalar(e)) return false;
-	return json_is_array(a);
-}
-
-/* An array of objects as a table: the keys of its rows, in first-seen order, as columns. */
-static void object_table(FILE *f, const json_t *rows)
-{
-	json_t *cols = json_object();
-	size_t i;
-	const char *k;
-	json_t *row, *v;
-	json_array_foreach(rows, i, row) json_object_foreach(row, k, v)
-	        json_object_set_new(cols, k, json_null());
-	fputs("<div class=\"scroll\"><table class=\"metrics\"><thead><tr>", f);
-	json_object_foreach(cols, k, v)
-	{
-		/* a column of numbers is right-aligned under a right-aligned title */
-		fputs(json_is_number(json_object_get(json_array_get(rows, 0), k)) ? "<th class=\"num\">"
-		                                                                  : "<th>",
-		      f);
-		key_text(f, k);
-		fputs("</th>", f);
-	}
-	fputs("</tr></thead><tbody>", f);
-	json_array_foreach(rows, i, row)
-	{
-		fputs("<tr>", f);
-		json_object_foreach(cols, k, v)
-		{
-			const json_t *cell = json_object_get(row, k);
-			fprintf(f, "<td%s>", json_is_number(cell) ? " class=\"num\"" : "");
-			value_cell(f, k, cell);
-			fputs("</td>", f);
-		}
-		fputs("</tr>", f);
-	}
-	fputs("</tbody></table></div>\n", f);
-	json_decref(cols);
-}
-
-static void metrics(FILE *f, const json_t *m, int depth);
-
-/* Scalars (and arrays of them) as a key/value list; then each nested part under its key. */
-static void object_metrics(FILE *f, const json_t *m, int depth)
-{
-	const char *k;
-	const json_t *v;
-	bool list = false;
-	json_object_foreach((json_t *)m, k, v)
-	{
-		if (!scalar(v) && !array_of_scalars(v) && depth < MAX_DEPTH)
-			continue;
-		fputs(list ? "" : "<dl class=\"kv\">", f);
-		list = true;
-		/* a long text takes the whole row instead of a narrow column */
-		bool wide = json_is_string(v) && term_width(json_string_value(v)) > WIDE_TEXT;
-		fputs(wide ? "<div class=\"wide\"><dt>" : "<div><dt>", f);
-		key_text(f, k);
-		fputs("</dt><dd>", f);
-		if (array_of_scalars(v)) {
-			size_t i;
-			const json_t *e;
-			json_array_foreach(v, i, e)
-			{
-				fputs(i ? ", " : "", f);
-				value_cell(f, k, e);
-			}
-		} else
-			value_cell(f, k, v);
-		fputs("</dd></div>", f);
-	}
-	fputs(list ? "</dl>\n" : "", f);
-	json_object_foreach((json_t *)m, k, v)
-	{
-		if (scalar(v) || array_of_scalars(v) || depth >= MAX_DEPTH)
-			continue;
-		fprintf(f, "<div class=\"sub\"><h5>");
-		key_text(f, k);
-		fputs("</h5>", f);
-		metrics(f, v, depth + 1);
-		fputs("</div>\n", f);
-	}
-}
-
-static void metrics(FILE *f, const json_t *m, int depth)
-{
-	if (json_is_object(m))
-		object_metrics(f, m, depth);
-	else if (array_of_objects(m))
-		object_table(f, m);
-	else {
-		fputs("<p>", f);
-		value_cell(f, "", m);
-		fputs("</p>\n", f);
-	}
 }
 
 static void phases(FILE *f, const json_t *doc)
@@ -245,11 +107,9 @@ static void phases(FILE *f, const json_t *doc)
 	json_array_foreach(ps, i, p)
 	{
 		fprintf(f, "<div class=\"phase\"><h4><span class=\"step\">%zu/%zu</span> ", i + 1, n);
-		key_text(f, json_string_value(json_object_get(p, "name"))
-		                    ? json_string_value(json_object_get(p, "name"))
-		                    : "");
+		suite_key_text(f, json_string_value(json_object_get(p, "name")));
 		fputs("</h4>\n", f);
-		metrics(f, json_object_get(p, "metrics"), 0);
+		suite_html_metrics(f, json_object_get(p, "metrics"));
 		fputs("</div>\n", f);
 	}
 }
@@ -261,11 +121,14 @@ static void question_answer(FILE *f, const json_t *q)
 	fputs("<p class=\"answer\">measured: <strong>", f);
 	if (!json_is_number(m))
 		fputs("not decided by this run", f);
-	else if (json_is_array(choices)) {
+	else if (json_is_array(choices) && json_number_value(m) >= 0 &&
+	         json_number_value(m) < (double)json_array_size(choices) && json_array_size(choices) <= 26) {
 		long c = lround(json_number_value(m));
-		fprintf(f, "%c) ", (char)('a' + (c >= 0 && c < 26 ? c : 0)));
+		fprintf(f, "%c) ", (char)('a' + c));
 		suite_esc(f, json_string_value(json_array_get(choices, (size_t)c)));
-	} else {
+	} else if (json_is_array(choices))
+		fprintf(f, "choice %g, which is none of these", json_number_value(m));
+	else {
 		suite_esc(f, suite_fmt_num(buf, sizeof(buf), json_number_value(m)));
 		fputs(" ", f);
 		suite_esc(f, json_string_value(json_object_get(q, "unit")));
@@ -293,9 +156,7 @@ static void questions(FILE *f, const json_t *doc)
 	json_array_foreach(qs, i, q)
 	{
 		fputs("<li><p><span class=\"step\">", f);
-		key_text(f, json_string_value(json_object_get(q, "phase"))
-		                    ? json_string_value(json_object_get(q, "phase"))
-		                    : "");
+		suite_key_text(f, json_string_value(json_object_get(q, "phase")));
 		fputs("</span> ", f);
 		suite_esc(f, json_string_value(json_object_get(q, "question")));
 		fputs("</p>", f);
@@ -415,11 +276,15 @@ static const char STYLE[] =
         "dl.kv div{display:flex;justify-content:space-between;gap:10px;border-bottom:1px dotted var(--line);"
         "padding:2px 0}"
         "dl.kv div.wide{grid-column:1/-1}dl.kv div.wide dd{text-align:left}"
-        "dl.kv dt{color:var(--dim);font-size:13px;white-space:nowrap}dl.kv "
-        "dd{margin:0;font-variant-numeric:tabular-nums;"
-        "text-align:right;overflow-wrap:anywhere}"
+        "dl.kv dt{color:var(--dim);font-size:13px}dl.kv "
+        "dd{margin:0;font-variant-numeric:tabular-nums;text-align:right;white-space:nowrap}"
+        "dl.kv div.wide dd{white-space:normal;overflow-wrap:anywhere}"
         ".scroll{overflow-x:auto}table.metrics{font-size:13px;width:auto;min-width:60%}th.num{text-align:"
         "right}table.metrics td{min-width:40px}"
+        "table.mini{font-size:12px;width:auto;min-width:0;margin:2px 0;background:#fff}"
+        "table.mini th,table.mini td{padding:2px 6px}table.mini th{font-weight:600}"
+        "details.cell summary{cursor:pointer;color:#0969da;font-size:12.5px;white-space:nowrap}"
+        ".field{white-space:nowrap;margin-right:2px}.hex{font-family:monospace;font-size:12px}"
         ".phase{margin:0 0 8px}.step{color:var(--dim);font-weight:400;margin-right:4px;font-size:13px}"
         "code{font-size:12px;white-space:normal;overflow-wrap:anywhere}"
         "details.questions{margin-top:18px;background:var(--soft);border-radius:8px;padding:10px 14px}"

@@ -12,7 +12,6 @@
 #include "run.h"
 #include "suite.h"
 
-#define DEFAULT_JOBS  2 /* this machine's cores */
 #define MAX_JOBS      16
 #define DEFAULT_WIDTH 100
 #define MIN_WIDTH     40
@@ -120,47 +119,38 @@ static int take_jobs(const char *flag, const char *value, void *arg)
 static void help(FILE *f)
 {
 	fprintf(f,
-	        "usage: labsuite labs [--bin DIR] [--jobs N] LAB...\n"
+	        "usage: labsuite labs [--bin DIR] [--jobs N] [--timeout S] LAB...\n"
 	        "  runs each DIR/lab-<LAB> --quick --json and prints one screen: a row per lab (its\n"
 	        "  verdict, time and evidence) and the total. Exit 0 when every lab demonstrated its\n"
 	        "  claim, 1 when one did not or ended without a document, 2 for bad usage or a missing\n"
 	        "  program, 130 after Ctrl-C (forwarded to the running labs, which clean up).\n"
-	        "  --bin DIR   where the lab programs are (default build)\n"
-	        "  --jobs N    labs run at once, 1 to %d (default %d: this machine's cores)\n\n",
-	        MAX_JOBS, DEFAULT_JOBS);
+	        "  --bin DIR     where the lab programs are (default build)\n"
+	        "  --jobs N      labs run at once, 1 to %d (default %d: this machine's cores)\n"
+	        "  --timeout S   a lab still running after S seconds is stopped, its row says so\n"
+	        "                (default %d)\n\n",
+	        MAX_JOBS, SUITE_JOBS, SUITE_TIMEOUT_S);
 	suite_alone_help(f);
 }
 
 int suite_labs(int argc, char **argv)
 {
-	int jobs = DEFAULT_JOBS;
-	struct suite_flags fl = {.extra = take_jobs, .arg = &jobs};
+	int jobs = SUITE_JOBS;
+	struct suite_flags fl = {.help = help, .extra = take_jobs, .arg = &jobs};
 	struct suite_batch b;
-	int p = suite_parse("labs", argc, argv, &fl, &b);
-	if (p != 0) {
-		if (fl.help)
-			help(stdout);
+	int ret = suite_parse("labs", argc, argv, &fl, &b);
+	if (ret != 0) {
 		suite_batch_free(&b);
-		return p > 0 ? SUITE_EXIT_OK : SUITE_EXIT_USAGE;
+		return ret > 0 ? SUITE_EXIT_OK : SUITE_EXIT_USAGE;
 	}
 	b.jobs = jobs;
+	suite_signals_catch();
 	struct term t;
 	term_init(&t, stdout);
-	b.progress = t.tty ? &t : NULL;
-	char err[512];
-	int ret = suite_batch_run(&b, err, sizeof(err));
-	if (ret == SUITE_INTERRUPTED) {
-		fprintf(stderr, "labsuite labs: interrupted; the running labs were stopped\n");
-		suite_batch_free(&b);
-		return SUITE_EXIT_INTERRUPTED;
+	ret = suite_batch_command("labs", &b, &t);
+	if (ret == 0) {
+		suite_screen(&b, &t);
+		ret = suite_batch_exit(&b);
 	}
-	if (ret < 0) {
-		fprintf(stderr, "labsuite labs: %s\n", err);
-		suite_batch_free(&b);
-		return SUITE_EXIT_USAGE;
-	}
-	suite_screen(&b, &t);
-	ret = suite_batch_exit(&b);
 	suite_batch_free(&b);
 	return ret;
 }

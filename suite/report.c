@@ -1,11 +1,13 @@
 /*
  * report.c — labsuite report (suite.h): runs the labs as `labsuite labs` does (run.h), writes each
  * document as DIR/<lab>.json and one self-contained page DIR/index.html (html.c, svg.c), then
- * opens the page in headless Chromium and checks it (browser.c), saving DIR/screenshot.png.
+ * opens the page in headless Chromium and checks it (browser.c), saving DIR/screenshot.png and
+ * DIR/chromium.log.
  * Exit 1 when a verdict failed (the page is still written, showing it) or the page failed its
  * check; 2 for usage or a missing part (a lab program, Chromium).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +17,7 @@
 #include "report.h"
 #include "suite.h"
 
-#define DEFAULT_OUT  "build/report"
-#define DEFAULT_JOBS 2
+#define DEFAULT_OUT "build/report"
 
 static int take_out(const char *flag, const char *value, void *arg)
 {
@@ -30,15 +31,19 @@ static int take_out(const char *flag, const char *value, void *arg)
 
 static void help(FILE *f)
 {
-	fprintf(f, "usage: labsuite report [--bin DIR] [--out DIR] LAB...\n"
-	           "  runs each DIR/lab-<LAB> --quick --json (as labsuite labs does), writes each document\n"
-	           "  as OUT/<lab>.json and one self-contained page OUT/index.html (no script, no fetch:\n"
-	           "  inline SVG charts), then opens it in headless Chromium: the page renders, every\n"
-	           "  lab's verdict is in its DOM, no console error; it saves OUT/screenshot.png.\n"
-	           "  Exit 0 when all is well, 1 when a verdict failed (the page shows it) or the page\n"
-	           "  failed its check, 2 for bad usage or a missing program or browser, 130 on Ctrl-C.\n"
-	           "  --bin DIR   where the lab programs are (default build)\n"
-	           "  --out DIR   where the page goes (default " DEFAULT_OUT ")\n\n");
+	fprintf(f,
+	        "usage: labsuite report [--bin DIR] [--out DIR] [--timeout S] LAB...\n"
+	        "  runs each DIR/lab-<LAB> --quick --json (as labsuite labs does), writes each document\n"
+	        "  as OUT/<lab>.json and one self-contained page OUT/index.html (no script, no fetch:\n"
+	        "  inline SVG charts), then opens it in headless Chromium: the page renders, every\n"
+	        "  lab's verdict is in its DOM, no console error; it saves OUT/screenshot.png and\n"
+	        "  what Chromium printed (its DOM dump and log) as OUT/chromium.log.\n"
+	        "  Exit 0 when all is well, 1 when a verdict failed (the page shows it) or the page\n"
+	        "  failed its check, 2 for bad usage or a missing program or browser, 130 on Ctrl-C.\n"
+	        "  --bin DIR     where the lab programs are (default build)\n"
+	        "  --out DIR     where the page goes (default " DEFAULT_OUT ")\n"
+	        "  --timeout S   a lab still running after S seconds is stopped (default %d)\n\n",
+	        SUITE_TIMEOUT_S);
 	suite_alone_help(f);
 }
 
@@ -81,7 +86,8 @@ static int write_files(const char *out, const struct suite_batch *b, char *err, 
 		return -1;
 	}
 	suite_html_page(f, b);
-	if (fclose(f) != 0 || rename(tmp, path) < 0) {
+	bool written = !ferror(f);
+	if (fclose(f) != 0 || !written || rename(tmp, path) < 0) {
 		snprintf(err, errlen, "cannot write %.512s: %s", path, strerror(errno));
 		unlink(tmp);
 		return -1;
@@ -113,7 +119,9 @@ static int publish(const char *out, struct suite_batch *b, struct term *t)
 	int check = suite_browser_check(out, b, err, sizeof(err));
 	if (check != 0) {
 		fprintf(stderr, "labsuite report: %s\n", err);
-		return check == 2 ? SUITE_EXIT_USAGE : SUITE_EXIT_FAILED;
+		return check == SUITE_INTERRUPTED ? SUITE_EXIT_INTERRUPTED
+		       : check == 2               ? SUITE_EXIT_USAGE
+		                                  : SUITE_EXIT_FAILED;
 	}
 	term_printf(t,
 	            "checked in headless Chromium: the page renders, %d verdicts in its DOM, no console "
@@ -125,33 +133,24 @@ static int publish(const char *out, struct suite_batch *b, struct term *t)
 int suite_report(int argc, char **argv)
 {
 	const char *out = DEFAULT_OUT;
-	struct suite_flags fl = {.extra = take_out, .arg = &out};
+	struct suite_flags fl = {.help = help, .extra = take_out, .arg = &out};
 	struct suite_batch b;
-	int p = suite_parse("report", argc, argv, &fl, &b);
+	int ret = suite_parse("report", argc, argv, &fl, &b);
 	char err[1024];
-	if (p == 0 && make_dir(out, err, sizeof(err)) < 0) {
+	if (ret == 0 && make_dir(out, err, sizeof(err)) < 0) {
 		fprintf(stderr, "labsuite report: %s\n", err);
-		p = -1;
+		ret = -1;
 	}
-	if (p != 0) {
-		if (fl.help)
-			help(stdout);
+	if (ret != 0) {
 		suite_batch_free(&b);
-		return p > 0 ? SUITE_EXIT_OK : SUITE_EXIT_USAGE;
+		return ret > 0 ? SUITE_EXIT_OK : SUITE_EXIT_USAGE;
 	}
-	b.jobs = DEFAULT_JOBS;
+	b.jobs = SUITE_JOBS;
+	suite_signals_catch();
 	struct term t;
 	term_init(&t, stdout);
-	b.progress = t.tty ? &t : NULL;
-	int ret = suite_batch_run(&b, err, sizeof(err));
-	if (ret == SUITE_INTERRUPTED) {
-		fprintf(stderr,
-		        "labsuite report: interrupted; the running labs were stopped, no page written\n");
-		ret = SUITE_EXIT_INTERRUPTED;
-	} else if (ret < 0) {
-		fprintf(stderr, "labsuite report: %s\n", err);
-		ret = SUITE_EXIT_USAGE;
-	} else {
+	ret = suite_batch_command("report", &b, &t);
+	if (ret == 0) {
 		suite_screen(&b, &t);
 		ret = publish(out, &b, &t);
 	}

@@ -1,7 +1,7 @@
 /*
- * report.h — the parts of `labsuite report` (report.c): the page (html.c), its charts (svg.c) and
- * the check of the page in headless Chromium (browser.c). Each writes to a FILE * so tests can
- * read what it wrote (open_memstream).
+ * report.h — the parts of `labsuite report` (report.c): the page (html.c), a phase's metrics on it
+ * (metrics.c), its charts (svg.c) and the check of the page in headless Chromium (browser.c). Each
+ * writes to a FILE * so tests can read what it wrote (open_memstream).
  */
 #ifndef SUITE_REPORT_H
 #define SUITE_REPORT_H
@@ -33,6 +33,18 @@ char *suite_fmt_num(char *buf, size_t len, double v);
  */
 char *suite_fmt_value(char *buf, size_t len, const char *key, const json_t *v);
 
+/* A key for a person, escaped: "p99_ms" -> "p99 ms". */
+void suite_key_text(FILE *f, const char *key);
+
+/* ---- metrics.c ---- */
+
+/*
+ * A phase's "metrics" for a person: scalars as a key/value list, an array of objects or an object
+ * of like objects as a table, nested values in a cell drawn small (a list, a line of fields, a
+ * small table folded in <details>), a long hex string cut to its first digits. Never raw JSON.
+ */
+void suite_html_metrics(FILE *f, const json_t *m);
+
 /* One lab's section: <section id="lab-<name>" data-verdict="demonstrated|not-demonstrated">. */
 void suite_html_section(FILE *f, const struct suite_run *r);
 
@@ -54,8 +66,10 @@ bool suite_svg_chart(FILE *f, const json_t *chart);
  * Opens dir/index.html in headless Chromium (a child of common/child.h) and checks it: the DOM
  * comes back whole, every lab of b has its section with its verdict in it, and the browser logged
  * no console message (a page with no script only gets them for errors: a CSP block, a failed
- * load). Saves dir/screenshot.png. Returns 0; 1 with one line in err when a check failed; 2 with
- * err naming what was tried when there is no Chromium; SUITE_INTERRUPTED on Ctrl-C.
+ * load). Saves dir/screenshot.png, and what Chromium printed (the DOM dump, then or among its
+ * log lines) as dir/chromium.log. Returns 0; 1 with one line in err when a check failed; 2 with
+ * err naming what was tried when there is no Chromium; SUITE_INTERRUPTED after a Ctrl-C caught by
+ * suite_signals_catch (Chromium stopped).
  */
 int suite_browser_check(const char *dir, const struct suite_batch *b, char *err, size_t errlen);
 

@@ -131,6 +131,24 @@ static int add_run(const char *cmd, const char *bin, const char *name, struct su
 	return 0;
 }
 
+/* --timeout S: a whole number of seconds, 1 to SUITE_TIMEOUT_S_MAX; -1 when it is not one. */
+static int parse_timeout(const char *v)
+{
+	char *end;
+	long n = v ? strtol(v, &end, 10) : 0;
+	return v && *v && !*end && n >= 1 && n <= SUITE_TIMEOUT_S_MAX ? (int)n : -1;
+}
+
+/* One flag at argv[i] (value: the next argument or NULL): how many arguments after it it took. */
+static int parse_flag(struct suite_flags *fl, struct suite_batch *b, const char *f, const char *v)
+{
+	if (!strcmp(f, "--bin"))
+		return v ? (fl->bin = v, 1) : -2;
+	if (!strcmp(f, "--timeout"))
+		return (b->timeout_s = parse_timeout(v)) > 0 ? 1 : -2;
+	return fl->extra ? fl->extra(f, v, fl->arg) : -1;
+}
+
 int suite_parse(const char *cmd, int argc, char **argv, struct suite_flags *fl, struct suite_batch *b)
 {
 	memset(b, 0, sizeof(*b));
@@ -144,15 +162,15 @@ int suite_parse(const char *cmd, int argc, char **argv, struct suite_flags *fl, 
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
-			fl->help = true;
+			if (fl->help)
+				fl->help(stdout);
 			return 1;
 		}
 		if (!strcmp(f, "--")) {
 			i++;
 			break;
 		}
-		int took = !strcmp(f, "--bin") ? (v ? (fl->bin = v, 1) : -2)
-		                               : (fl->extra ? fl->extra(f, v, fl->arg) : -1);
+		int took = parse_flag(fl, b, f, v);
 		if (took < 0) {
 			fprintf(stderr, "labsuite %s: %s \"%s\" (--help for the flags)\n", cmd,
 			        took == -1 ? "unknown flag" : "a value is missing or wrong after", f);
@@ -225,8 +243,11 @@ bool suite_run_ok(const struct suite_run *r)
 
 void suite_run_ending(const struct suite_run *r, char *out, size_t outlen)
 {
+	char t[32];
 	if (!r->done)
 		snprintf(out, outlen, "not run");
+	else if (r->timed_out)
+		snprintf(out, outlen, "stopped after %s (--timeout)", suite_fmt_ms(t, sizeof(t), r->ms));
 	else if (WIFSIGNALED(r->status))
 		snprintf(out, outlen, "killed by signal %d (%s)", WTERMSIG(r->status),
 		         strsignal(WTERMSIG(r->status)));
@@ -264,6 +285,20 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	interrupted = 1;
+}
+
+void suite_signals_catch(void)
+{
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	interrupted = 0;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+bool suite_interrupted(void)
+{
+	return interrupted != 0;
 }
 
 static void paths_of(const struct suite_batch *b, const struct suite_run *r, char *out, char *err)
@@ -337,17 +372,29 @@ static bool run_reap(struct suite_batch *b, struct suite_run *r, bool wait)
 	return true;
 }
 
-/* Ctrl-C: SIGINT to every running lab, SUITE_STOP_MS for them to clean up, then SIGKILL. */
-static void stop_all(struct suite_batch *b)
+/*
+ * Stops the running lab `which` (-1: every running lab): SIGINT, which its guard answers by
+ * dropping its schema and keys; SUITE_STOP_MS for all of them to exit; then SIGKILL to the groups
+ * of those that did not. Each is reaped.
+ */
+static void stop_runs(struct suite_batch *b, int which)
 {
 	for (int i = 0; i < b->n; i++)
-		if (b->runs[i].pid > 0)
+		if (b->runs[i].pid > 0 && (which < 0 || i == which))
 			kill(b->runs[i].pid, SIGINT);
 	double t0 = hist_now_ms();
 	for (;;) {
+		if (which >= 0 && interrupted) {
+			/* a Ctrl-C while one late lab stops: the others too, within the same bound */
+			which = -1;
+			for (int i = 0; i < b->n; i++)
+				if (b->runs[i].pid > 0)
+					kill(b->runs[i].pid, SIGINT);
+		}
 		int left = 0;
 		for (int i = 0; i < b->n; i++)
-			if (b->runs[i].pid > 0 && !run_reap(b, &b->runs[i], false))
+			if (b->runs[i].pid > 0 && (which < 0 || i == which) &&
+			    !run_reap(b, &b->runs[i], false))
 				left++;
 		if (!left)
 			return;
@@ -356,9 +403,20 @@ static void stop_all(struct suite_batch *b)
 		hist_sleep_us(POLL_US / 4);
 	}
 	for (int i = 0; i < b->n; i++)
-		if (b->runs[i].pid > 0) {
+		if (b->runs[i].pid > 0 && (which < 0 || i == which)) {
 			kill(-b->runs[i].pid, SIGKILL);
 			run_reap(b, &b->runs[i], true);
+		}
+}
+
+/* Stops, as stop_runs does, each lab running past the deadline; its row says it was stopped. */
+static void stop_late(struct suite_batch *b)
+{
+	double limit = 1000.0 * (b->timeout_s > 0 ? b->timeout_s : SUITE_TIMEOUT_S);
+	for (int i = 0; i < b->n; i++)
+		if (b->runs[i].pid > 0 && hist_now_ms() - b->runs[i].start_ms > limit) {
+			b->runs[i].timed_out = true;
+			stop_runs(b, i);
 		}
 }
 
@@ -396,27 +454,28 @@ static int next_to_start(const struct suite_batch *b, int running, bool alone_ru
 
 static int batch_loop(struct suite_batch *b, char *err, size_t errlen)
 {
-	int done = 0;
-	while (done < b->n) {
+	for (int done = 0; done < b->n;) {
 		if (interrupted) {
-			stop_all(b);
+			stop_runs(b, -1);
 			return SUITE_INTERRUPTED;
 		}
+		stop_late(b);
 		int running = 0;
 		bool alone = false;
+		done = 0;
+		/* counted afresh each time: stop_late reaps the labs it stops, not this loop */
 		for (int i = 0; i < b->n; i++) {
 			struct suite_run *r = &b->runs[i];
-			if (r->pid > 0 && run_reap(b, r, false))
-				done++;
-			else if (r->pid > 0) {
+			if (r->pid > 0 && !run_reap(b, r, false)) {
 				running++;
 				alone = alone || suite_alone_reason(r->name);
 			}
+			done += r->done;
 		}
 		int next;
 		while ((next = next_to_start(b, running, alone)) >= 0) {
 			if (run_start(b, &b->runs[next], err, errlen) < 0) {
-				stop_all(b);
+				stop_runs(b, -1);
 				return -1;
 			}
 			running++;
@@ -435,19 +494,28 @@ int suite_batch_run(struct suite_batch *b, char *err, size_t errlen)
 		b->jobs = 1;
 	if (child_tmpdir("suite", b->dir, sizeof(b->dir), err, errlen) < 0)
 		return -1;
-	struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term;
-	sigemptyset(&sa.sa_mask);
-	interrupted = 0;
-	sigaction(SIGINT, &sa, &old_int);
-	sigaction(SIGTERM, &sa, &old_term);
 	double t0 = hist_now_ms();
 	int ret = batch_loop(b, err, errlen);
 	b->wall_ms = hist_now_ms() - t0;
 	if (b->progress)
 		term_progress_clear(b->progress);
-	sigaction(SIGINT, &old_int, NULL);
-	sigaction(SIGTERM, &old_term, NULL);
 	return ret;
+}
+
+int suite_batch_command(const char *cmd, struct suite_batch *b, struct term *t)
+{
+	b->progress = t->tty ? t : NULL;
+	char err[512];
+	int ret = suite_batch_run(b, err, sizeof(err));
+	if (ret == SUITE_INTERRUPTED) {
+		fprintf(stderr, "labsuite %s: interrupted; the running labs were stopped\n", cmd);
+		return SUITE_EXIT_INTERRUPTED;
+	}
+	if (ret < 0) {
+		fprintf(stderr, "labsuite %s: %s\n", cmd, err);
+		return SUITE_EXIT_USAGE;
+	}
+	return 0;
 }
 
 void suite_batch_free(struct suite_batch *b)

@@ -9,7 +9,8 @@
  * Each lab runs in a process group of its own (so a Ctrl-C at the terminal reaches labsuite only)
  * and gets SIGTERM if labsuite dies (PR_SET_PDEATHSIG); on Ctrl-C labsuite forwards SIGINT to
  * every running lab, which drops its schema and keys and exits, waits for them (at most
- * SUITE_STOP_MS) and returns SUITE_INTERRUPTED.
+ * SUITE_STOP_MS, then SIGKILL to the lab's group) and returns SUITE_INTERRUPTED. A lab still
+ * running past the batch's deadline (--timeout) is stopped the same way and its row says so.
  */
 #ifndef SUITE_RUN_H
 #define SUITE_RUN_H
@@ -28,8 +29,23 @@
 #define SUITE_EXIT_INTERRUPTED 130
 #define SUITE_INTERRUPTED      (-2)
 
-/* what a lab gets between SIGINT and SIGKILL: labs are out within ~1.5 s (lab.h) */
-#define SUITE_STOP_MS 1700
+/*
+ * What a lab gets between SIGINT and SIGKILL: its guard's cleanup takes at most 1.7 s (common/
+ * lab.c's GUARD_CLEANUP_MS) from the signal; a little more, so a lab that is dropping its schema
+ * is not killed in the middle, and labsuite is still gone within 2 s of Ctrl-C.
+ */
+#define SUITE_STOP_MS 1900
+
+/*
+ * A lab's --quick run takes under 10 s (docs/architecture.md); one still running after this many
+ * seconds hangs (a server that stopped answering, a lock never released) and is stopped, so that
+ * `make labs` in CI ends with a row that says which lab hung instead of never ending.
+ */
+#define SUITE_TIMEOUT_S     120
+#define SUITE_TIMEOUT_S_MAX 3600
+
+/* labs run at once by default, by labs and report alike: this machine's cores */
+#define SUITE_JOBS 2
 
 #define SUITE_NAME_LEN 64
 #define SUITE_LINE_LEN 512
@@ -42,6 +58,7 @@ struct suite_run {
 	char program[PATH_MAX];        /* DIR/lab-pooling */
 	pid_t pid;                     /* while it runs */
 	bool started, done;            /* done: reaped */
+	bool timed_out;                /* stopped by labsuite past the batch's deadline */
 	int status;                    /* the wait status */
 	double start_ms, ms;           /* when it started (hist_now_ms), how long it took */
 	json_t *doc;                   /* its --json document, NULL when it ended without one */
@@ -54,6 +71,7 @@ struct suite_batch {
 	struct suite_run *runs;
 	int n;
 	int jobs;
+	int timeout_s;  /* a lab's deadline (0: SUITE_TIMEOUT_S) */
 	double wall_ms; /* from the first start to the last end */
 	char dir[PATH_MAX];
 	struct term *progress; /* a progress line on a terminal (NULL: none) */
@@ -66,19 +84,27 @@ const char *suite_alone_reason(const char *name);
 void suite_alone_help(FILE *f);
 
 /*
- * Parses the flags shared by labs and report from argv[1..): --bin DIR, and the lab names left.
- * Fills b (runs, one per name, programs checked executable); extra (may be NULL) is called for
- * any other flag with its value (next argument): it returns 1 when it took the value, 0 when it
- * took the flag alone, -1 for an unknown flag. Returns 0, 1 after --help (help printed by the
- * caller), or -1 with one line printed on stderr (usage error, missing program: exit 2).
+ * Parses the flags shared by labs and report from argv[1..): --bin DIR, --timeout S, and the lab
+ * names left. Fills b (runs, one per name, programs checked executable); extra (may be NULL) is
+ * called for any other flag with its value (next argument): it returns 1 when it took the value,
+ * 0 when it took the flag alone, -1 for an unknown flag, -2 for a wrong value. Returns 0; 1 after
+ * --help (help() printed it on stdout); or -1 with one line printed on stderr (usage error,
+ * missing program: exit 2). b is to be freed (suite_batch_free) whatever it returns.
  */
 struct suite_flags {
 	const char *bin;
-	bool help;
+	void (*help)(FILE *f);
 	int (*extra)(const char *flag, const char *value, void *arg);
 	void *arg;
 };
 int suite_parse(const char *cmd, int argc, char **argv, struct suite_flags *fl, struct suite_batch *b);
+
+/*
+ * From here on SIGINT and SIGTERM only set a flag (suite_interrupted) that the batch and the
+ * browser's check poll: call it once the flags are read, before anything starts.
+ */
+void suite_signals_catch(void);
+bool suite_interrupted(void);
 
 /*
  * Runs every lab of b, `jobs` at a time (SUITE_ALONE ones alone). 0 when every lab ran (whatever
@@ -86,6 +112,13 @@ int suite_parse(const char *cmd, int argc, char **argv, struct suite_flags *fl, 
  * after a Ctrl-C (the running labs were sent SIGINT and reaped).
  */
 int suite_batch_run(struct suite_batch *b, char *err, size_t errlen);
+
+/*
+ * What labs and report both do: suite_batch_run with a progress line on t when it is a terminal.
+ * 0 when every lab ran; else the command's exit code (SUITE_EXIT_INTERRUPTED, SUITE_EXIT_USAGE)
+ * with one line "labsuite <cmd>: ..." printed on stderr.
+ */
+int suite_batch_command(const char *cmd, struct suite_batch *b, struct term *t);
 
 /* Frees what the runs hold and removes the batch's directory. */
 void suite_batch_free(struct suite_batch *b);
@@ -103,7 +136,7 @@ bool suite_run_ok(const struct suite_run *r);
 /* A run's one line: the document's evidence, or how it ended without one and its last stderr line. */
 void suite_run_summary(const struct suite_run *r, char *out, size_t outlen);
 
-/* How the run ended, as words: "exit 2", "killed by signal 9". */
+/* How the run ended, as words: "exit 2", "killed by signal 9", "stopped after 2 m 00 s (--timeout)". */
 void suite_run_ending(const struct suite_run *r, char *out, size_t outlen);
 
 /* The suite's exit code for a batch that ran: 1 when any run is not ok, else 0. */

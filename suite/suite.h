@@ -1,8 +1,9 @@
 /*
  * suite.h — the suite's runner, one program (`build/labsuite`) for what spans every lab:
  *
- *   labsuite labs   [--bin DIR] [--jobs N] LAB...   each lab with --quick --json, one screen
- *   labsuite report [--bin DIR] [--out DIR] LAB...  one HTML page of every lab's proofs
+ *   labsuite labs   [--bin DIR] [--jobs N] [--timeout S] LAB...   each lab with --quick --json,
+ *                                                                 one screen
+ *   labsuite report [--bin DIR] [--out DIR] [--timeout S] LAB...  one HTML page of every lab's proofs
  *   labsuite drill  [--bin DIR] [--docs DIR] [LAB]  one interview question, your answer, the proof
  *
  * The Makefile's `make labs`, `make report` and `make drill` call it with the labs it found.

@@ -135,7 +135,7 @@ static void axis(FILE *f, const struct chart *c, const char *unit)
 	if (unit && *unit) {
 		char u[160];
 		snprintf(u, sizeof(u), "%s%s", unit, c->log ? " (log scale)" : "");
-		text(f, LEFT, TOP - 12, "start", "unit", u);
+		text(f, LEFT, TOP - 8, "start", "unit", u);
 	}
 	for (int i = 0; i < c->nlabels; i++) {
 		const json_t *l = json_array_get(c->labels, (size_t)i);
@@ -249,7 +249,7 @@ bool suite_svg_chart(FILE *f, const json_t *chart)
 	suite_esc(f, title ? title : "chart");
 	fputs("\">", f);
 	if (title)
-		text(f, W / 2, 20, "middle", "title", title);
+		text(f, W / 2, 16, "middle", "title", title);
 	axis(f, &c, json_string_value(json_object_get(chart, "unit")));
 	bars(f, &c);
 	lines(f, &c);

@@ -6,7 +6,10 @@
  * Every docs page parses into a question, key points, at least three follow-ups and a production
  * story, none running into the next section; a bad lab name is exit 2 naming the labs; a drill
  * of a fast lab (lab-pagination, about 1 s) shows its parts in order and exits 0; --no-run shows
- * no lab output.
+ * no lab output; a SIGINT sent to the drill alone while the lab runs is passed on: the lab cleans
+ * up, the drill exits 130 within lab_run.h's bound. (A Ctrl-C at a terminal reaches both at once:
+ * the lab, in the drill's process group, cleans up and the drill exits with it; checked by hand
+ * on a pseudo-terminal.)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +27,7 @@
 #include <unistd.h>
 
 #include "docs.h"
+#include "lab_run.h"
 
 #define DOCS_DIR LAB_SOURCE_DIR "/docs"
 /* The fastest lab with its verdict: about 1 s with --quick, PostgreSQL only. */
@@ -263,6 +267,53 @@ static void test_drill_runs_the_lab(void **state)
 	docs_free(&page);
 }
 
+static void test_sigint_is_passed_to_the_lab(void **state)
+{
+	(void)state;
+	int in[2], outp[2];
+	assert_int_equal(pipe(in), 0);
+	assert_int_equal(pipe(outp), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(in[0], 0), dup2(outp[1], 1), dup2(null, 2);
+		close(in[1]), close(outp[0]);
+		execl(LAB_BIN_DIR "/labsuite", "labsuite", "drill", "--bin", LAB_BIN_DIR, "--docs", DOCS_DIR,
+		      FAST_LAB, (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]), close(outp[1]);
+	assert_int_equal(write(in[1], "\n", 1), 1);
+	close(in[1]);
+	/* the lab's first phase title: it runs, its schema is being made */
+	static char out[1 << 16];
+	size_t n = 0;
+	ssize_t r;
+	while (!strstr(out, "[1/") && n + 1 < sizeof(out) &&
+	       (r = read(outp[0], out + n, sizeof(out) - 1 - n)) > 0)
+		n += (size_t)r, out[n] = '\0';
+	if (!strstr(out, "[1/"))
+		fail_msg("the drill never ran the lab; it printed:\n%s", out);
+	kill(pid, SIGINT);
+	double sent = lab_run_now_ms();
+	int status = 0;
+	bool exited = false;
+	while (!(exited = waitpid(pid, &status, WNOHANG) == pid) &&
+	       lab_run_now_ms() - sent < LAB_INTERRUPT_BOUND_MS)
+		usleep(5000);
+	if (!exited) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	close(outp[0]);
+	if (!exited)
+		fail_msg("the drill was still running %d ms after SIGINT", LAB_INTERRUPT_BOUND_MS);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), LAB_EXIT_INTERRUPTED);
+	lab_assert_nothing_left("lab_pagination", "lab:pagination:");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -270,6 +321,7 @@ int main(void)
 	        cmocka_unit_test(test_key_points),
 	        cmocka_unit_test(test_bad_lab),
 	        cmocka_unit_test(test_drill_runs_the_lab),
+	        cmocka_unit_test(test_sigint_is_passed_to_the_lab),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,10 +10,9 @@
  * to the child's log with stderr; --log-level=3 keeps stderr to fatal errors, and the page's
  * results are one block of plain lines between <pre id="lab-results"> and END.
  *
- * Everything Chromium writes stays in a private temporary directory: the profile
- * (--user-data-dir), and HOME, TMPDIR, XDG_CONFIG_HOME and XDG_CACHE_HOME set through /usr/bin/env (which
- * execs Chromium in its place, so the pid, the group and the death signal stay its own), where
- * Chromium would otherwise keep its crash reports, dconf cache and scratch files.
+ * Everything Chromium writes stays in a private temporary directory (child_start_chromium, shared
+ * with labsuite report: the profile, HOME, TMPDIR and XDG dirs there), where Chromium would
+ * otherwise keep its crash reports, dconf cache and scratch files.
  */
 #include <errno.h>
 #include <event2/http.h>
@@ -146,41 +145,10 @@ static char *slurp(const char *path)
 static int run_child(const struct cors_config *cfg, const char *dir, const char *url, struct child *c,
                      struct cors_result *r, char *err, size_t errlen)
 {
-	char home[PATH_MAX + 16], xdg_c[PATH_MAX + 32], xdg_k[PATH_MAX + 32], profile[PATH_MAX + 32],
-	        tmp[PATH_MAX + 16];
-	snprintf(home, sizeof(home), "HOME=%s", dir);
-	snprintf(tmp, sizeof(tmp), "TMPDIR=%s", dir);
-	snprintf(xdg_c, sizeof(xdg_c), "XDG_CONFIG_HOME=%s/config", dir);
-	snprintf(xdg_k, sizeof(xdg_k), "XDG_CACHE_HOME=%s/cache", dir);
-	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile", dir);
-	const char *env = access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env";
-	const char *argv[32] = {env, home, tmp, xdg_c, xdg_k, cfg->chromium};
-	int n = 6;
-	static const char *const FLAGS[] = {"--headless=new",
-	                                    "--disable-gpu",
-	                                    "--no-first-run",
-	                                    "--no-default-browser-check",
-	                                    "--disable-extensions",
-	                                    "--disable-background-networking",
-	                                    "--disable-component-update",
-	                                    "--disable-sync",
-	                                    "--disable-default-apps",
-	                                    "--mute-audio",
-	                                    "--log-level=3",
-	                                    "--virtual-time-budget=" VIRTUAL_BUDGET_MS,
-	                                    "--dump-dom"};
-	for (size_t i = 0; i < sizeof(FLAGS) / sizeof(FLAGS[0]); i++)
-		argv[n++] = FLAGS[i];
-	/* Chromium refuses to run as root with its sandbox (which needs an unprivileged user): as root
-	 * only, it runs without; the pages it loads are the lab's own, on 127.0.0.1 */
-	if (geteuid() == 0)
-		argv[n++] = "--no-sandbox";
-	argv[n++] = profile;
-	argv[n++] = url;
-	argv[n] = NULL;
-	struct child_spec spec = {.name = "chromium", .argv = argv, .dir = dir};
+	const char *const extra[] = {"--log-level=3", "--virtual-time-budget=" VIRTUAL_BUDGET_MS,
+	                             "--dump-dom", NULL};
 	double t0 = hist_now_ms();
-	if (child_start(c, &spec, err, errlen) < 0)
+	if (child_start_chromium(c, cfg->chromium, dir, extra, url, err, errlen) < 0)
 		return -1;
 	r->browser_pid = (int)c->pid;
 	r->browser_starts++;
