@@ -4,6 +4,7 @@
  * judge. The API is in api.c, the pages in pages.c, the browser in browser.c, the client in
  * client.c. The telling is in main.c; nothing here prints.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,7 +245,12 @@ static double q_no_cors(const void *cfg, const void *result)
 {
 	(void)cfg;
 	const struct cors_case_result *c = &RES_C(result)->cases[CASE_NO_CORS];
-	return c->requests == 0 ? 0 : c->readable ? 2 : 1;
+	if (c->requests == 0)
+		return 0;
+	if (c->readable)
+		return 2;
+	/* b as it says: the request arrived with the cookie and B answered the account */
+	return c->with_cookie > 0 && c->server_status == 200 && c->bytes_sent > 0 ? 1 : NAN;
 }
 static const struct lab_question Q_BROWSER = {
         .text = "A's page fetches GET /api/none/me from B (another origin) with the victim's cookie; "

@@ -1,12 +1,12 @@
 /*
- * durability.c — phase 4: a throwaway PostgreSQL cluster (initdb into a child_tmpdir directory
- * before phase 1, postgres started through child.h on a free port, 127.0.0.1 and a unix socket in
- * that directory only, fsync on), loaded by clients that count the commits acknowledged to them,
- * then every one of its processes killed with SIGKILL at once (the postmaster's process group:
- * WAL still in its shared buffers dies with them), restarted (crash recovery), and the
- * acknowledged rows counted. First with synchronous_commit = off in the clients' sessions, then on.
- * As root, initdb and postgres run as cfg->os_user (they refuse root), the user scripts/labenv
- * runs its own cluster as.
+ * durability.c — phase 4: a throwaway PostgreSQL cluster (initdb into a child_tmpdir directory,
+ * started before phase 1 in a thread that phase 4 joins; postgres started through child.h on a
+ * free port, 127.0.0.1 and a unix socket in that directory only, fsync on), loaded by clients that
+ * count the commits acknowledged to them, then every one of its processes killed with SIGKILL at
+ * once (the postmaster's process group: WAL still in its shared buffers dies with them), restarted
+ * (crash recovery), and the acknowledged rows counted. First with synchronous_commit = off in the
+ * clients' sessions, then on. As root, initdb and postgres run as cfg->os_user (they refuse root),
+ * the user scripts/labenv runs its own cluster as.
  */
 #include <dirent.h>
 #include <glob.h>
@@ -79,6 +79,45 @@ static int run_to_end(const char *name, const char *const *argv, const char *use
 	return -1;
 }
 
+/*
+ * initdb runs in a thread of its own while phases 1 to 3 run, and phase 4 waits for it: it costs
+ * a second or two of CPU (more wall time on a loaded machine) that phases 1 to 3, which mostly wait
+ * on PostgreSQL's round trips and locks, would otherwise wait for first. Nothing they measure
+ * depends on time: a blocked step is one pg_stat_activity shows waiting on a lock (driver.c), the
+ * doctors meet at barriers.
+ */
+static pthread_t initdb_thread;
+static bool initdb_running; /* started, not joined yet */
+static const char *initdb_user;
+static int initdb_ret;
+static char initdb_err[LAB_ERRLEN];
+
+static void *initdb_main(void *arg)
+{
+	(void)arg;
+	char initdb[PATH_MAX + 16], data[PATH_MAX + 16];
+	snprintf(initdb, sizeof(initdb), "%s/initdb", bindir);
+	snprintf(data, sizeof(data), "%s/data", dir);
+	/* --no-sync: the files initdb writes reach the page cache, which a process kill keeps */
+	const char *argv[] = {initdb,         "-D", data,   "-U",        "lab",
+	                      "--auth=trust", "-E", "UTF8", "--no-sync", NULL};
+	initdb_ret = run_to_end("initdb", argv, initdb_user, initdb_err, sizeof(initdb_err));
+	return NULL;
+}
+
+/* Waits for the initdb iso_dur_prepare started: 0 when it made the cluster, else -1 and err. */
+static int initdb_wait(char *err, size_t errlen)
+{
+	if (!initdb_running)
+		return 0;
+	pthread_join(initdb_thread, NULL);
+	initdb_running = false;
+	if (initdb_ret == 0)
+		return 0;
+	snprintf(err, errlen, "%s", initdb_err);
+	return -1;
+}
+
 int iso_dur_prepare(const struct isolation_config *cfg, struct isolation_result *r, char *err, size_t errlen)
 {
 	if (geteuid() == 0 && !getpwnam(cfg->os_user)) {
@@ -92,18 +131,24 @@ int iso_dur_prepare(const struct isolation_config *cfg, struct isolation_result 
 	if (find_bindir(err, errlen) < 0 || child_tmpdir("isolation", dir, sizeof(dir), err, errlen) < 0)
 		return -1;
 	snprintf(r->pg_bindir, sizeof(r->pg_bindir), "%s", bindir);
-	char initdb[PATH_MAX + 16], data[PATH_MAX + 16];
-	snprintf(initdb, sizeof(initdb), "%s/initdb", bindir);
-	snprintf(data, sizeof(data), "%s/data", dir);
-	/* --no-sync: the files initdb writes reach the page cache, which a process kill keeps */
-	const char *argv[] = {initdb,         "-D", data,   "-U",        "lab",
-	                      "--auth=trust", "-E", "UTF8", "--no-sync", NULL};
-	return run_to_end("initdb", argv, cfg->os_user, err, errlen);
+	initdb_user = cfg->os_user;
+	initdb_ret = -1;
+	initdb_err[0] = '\0';
+	if (pthread_create(&initdb_thread, NULL, initdb_main, NULL) == 0) {
+		initdb_running = true;
+		return 0;
+	}
+	/* no thread: initdb now, as phase 4 would have waited for it anyway */
+	initdb_main(NULL);
+	if (initdb_ret < 0)
+		snprintf(err, errlen, "%s", initdb_err);
+	return initdb_ret;
 }
 
 void iso_dur_cleanup(void)
 {
 	char e[LAB_ERRLEN];
+	initdb_wait(e, sizeof(e)); /* its directory is removed below: never under a running initdb */
 	if (dir[0])
 		child_rmtree(dir, e, sizeof(e));
 	dir[0] = '\0';
@@ -338,7 +383,7 @@ int iso_phase_durability(const void *cfgv, void *result, char *err, size_t errle
 	struct dur_client c[2 * ISO_MAX_CLIENTS];
 	PGconn *conn = NULL;
 	int ret = -1;
-	if (start_pg(cfg, &pg, url, sizeof(url), err, errlen) < 0)
+	if (initdb_wait(err, errlen) < 0 || start_pg(cfg, &pg, url, sizeof(url), err, errlen) < 0)
 		return -1;
 	if (!(conn = connect_recovered(url, err, errlen)) ||
 	    pg_exec(conn,

@@ -54,7 +54,8 @@ int iso_phase_write_skew(const void *cfg, void *result, char *err, size_t errlen
 int iso_phase_atomicity(const void *cfg, void *result, char *err, size_t errlen);
 int iso_phase_durability(const void *cfg, void *result, char *err, size_t errlen);
 
-/* the throwaway cluster's data directory, made before phase 1 (durability.c) */
+/* the throwaway cluster's data directory, made before phase 1; its initdb runs in a thread until
+ * phase 4 (or iso_dur_cleanup) waits for it (durability.c) */
 int iso_dur_prepare(const struct isolation_config *cfg, struct isolation_result *r, char *err, size_t errlen);
 void iso_dur_cleanup(void);
 

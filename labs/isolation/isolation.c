@@ -137,8 +137,9 @@ int isolation_run(const struct isolation_config *cfg, struct isolation_result *r
 	PQfinish(conn);
 	if (ret < 0)
 		return lost(cfg, r, err, errlen);
-	/* the throwaway cluster's directory and initdb before phase 1: its cost is paid once, and an
-	 * interrupted run has a directory (and later a server) for the guard to remove */
+	/* the throwaway cluster's directory before phase 1, and its initdb started in a thread beside
+	 * phases 1 to 3 (phase 4 waits for it): an interrupted run has a directory (and later a
+	 * server) for the guard to remove */
 	if (iso_dur_prepare(cfg, r, err, errlen) < 0) {
 		char terr[LAB_ERRLEN];
 		iso_dur_cleanup();

@@ -493,13 +493,14 @@ static double q_least_leaks(const void *cfg, const void *r)
 }
 static const struct lab_question Q_LEAST = {
         .text = "lab_api may now read only (id, owner_id, title) of notes. The naive route again: "
-                "which attack still leaks?",
+                "of these, which still leaks?",
         .kind = LAB_ANSWER_CHOICE,
         .choices = {"UNION of the password hashes", "the tautology: other users' notes",
                     "the stacked DROP TABLE", "none: least privilege closes the hole"},
         .measured = q_least_leaks,
         .why = "the role must read notes, so a WHERE that loses its owner filter still shows them "
-               "all: least privilege limits the damage, only parameters close the hole"};
+               "all (and any role reads the catalogue): least privilege limits the damage, only "
+               "parameters close the hole"};
 
 /* The phases, in the order main.c tells them. */
 static const struct lab_phase_def PHASES[SQLI_PHASES] = {

@@ -245,7 +245,7 @@ static const struct lab_question Q_RACE = {
         .within_pct = 20,
         .measured = q_race_measured,
         .why = "every buyer reads stock 1 inside the others' pause and sells: (buyers - 1) x rounds "
-               "(±20%: a buyer this busy machine starts late). FOR UPDATE and WATCH make it 0"};
+               "(±20%: on a busy machine a buyer can start late). FOR UPDATE and WATCH make it 0"};
 
 static double q_schema_given(const void *cfg, int i)
 {

@@ -320,8 +320,8 @@ const struct lab_question vers_q_cache = {
         .within = 10,
         .measured = q_cache_measured,
         .why = "the cache keys on the URL alone: a user's first answer is served to every later "
-               "client, half of whom asked the other version: about 50% of (requests - users); ±10 "
-               "points for the coin flips"};
+               "client, half of whom asked the other version: 50% x (requests - users) / requests; "
+               "±10 points for the coin flips"};
 
 /* ---- phase 3: deprecation ---- */
 
