@@ -24,6 +24,9 @@
  * max_size. Released connections go to the oldest waiter first. When the timeout fires, the
  * waiter's callback gets NULL and an error, and the pool is otherwise unchanged.
  *
+ * Named statements (struct pool_stmt, pool_query_prepared) are prepared on a connection once, on
+ * their first use there, and stay with it across holders until it closes.
+ *
  * A housekeeping timer (every 500 ms) closes idle connections past max_lifetime_ms or, above
  * min_idle, past idle_timeout_ms, and opens connections to get back to min_idle.
  *

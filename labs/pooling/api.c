@@ -150,11 +150,15 @@ static const struct pool_stmt SQL_ORDER = {
 static const struct pool_stmt SQL_CPU = {"pooling_cpu", "SELECT sum(i) FROM generate_series(1, $1::int) i",
                                          1};
 
-/* The route's statement: prepared, or sent whole (parsed and planned every time) for the bench. */
+/*
+ * The route's statement: prepared, or sent whole (parsed and planned every time). Whole for
+ * /direct, whose connection serves one request (a prepare would add a round trip to each), and
+ * for every route when the bench asks (pooling_api_set_prepared).
+ */
 static int run_stmt(struct request_ctx *ctx, const struct pool_stmt *s, const char *const *params,
                     pool_query_cb cb)
 {
-	if (__atomic_load_n(&ctx->api->unprepared, __ATOMIC_RELAXED))
+	if (ctx->route == POOLING_ROUTE_DIRECT || __atomic_load_n(&ctx->api->unprepared, __ATOMIC_RELAXED))
 		return pool_query(ctx->conn, s->sql, s->nparams, params, cb, ctx);
 	return pool_query_prepared(ctx->conn, s, params, cb, ctx);
 }
