@@ -13,6 +13,10 @@
  *      per connection (pool_query_prepared), and again sent whole (pool_query): the prepared
  *      statements' gain. Driven by wrk (a dedicated load generator, as pgbench is one) when it is
  *      installed (scripts/bootstrap --with-bench), else by common/load.h in this process.
+ *   5. the prepared statements' gain on the pool alone, no HTTP: 16 connections running SELECT 1
+ *      (the API's) and pgbench -S's SELECT back to back, prepared and sent whole in turn, with
+ *      the rate and the backends' CPU per statement (from /proc: steadier than a rate on a
+ *      loaded machine, since the server's work per statement is what a prepare saves).
  * Each figure is taken ROUNDS times, the four interleaved, so a noisy machine hits all of them;
  * the medians are compared. Targets (issue 15): the API at TARGET_DIRECT_SHARE of direct
  * pgbench or more, AND above pgbench through PgBouncer. A benchmark, not a test: it prints each
@@ -61,6 +65,20 @@ struct bouncer {
 	int port;
 };
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double median(const double *v, int n)
+{
+	double s[ROUNDS];
+	memcpy(s, v, (size_t)n * sizeof(*s));
+	qsort(s, (size_t)n, sizeof(*s), cmp_double);
+	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 static void pair_cb(struct pool_conn *conn, const char *err, void *arg)
 {
 	long *left = arg;
@@ -93,10 +111,152 @@ out:
 	return ns;
 }
 
+/* ---- prepared vs sent whole on the pool alone: rate, and the server's CPU per statement ---- */
+
+static const struct pool_stmt STMT_SELECT1 = {"bench_select1", "SELECT 1", 0};
+static const struct pool_stmt STMT_PGBENCH = {
+        "bench_pgbench_s", "SELECT abalance FROM " SCHEMA ".pgbench_accounts WHERE aid = $1", 1};
+
+struct drive {
+	const struct pool_stmt *stmt;
+	bool prepared;
+	long left; /* statements still to send */
+	long sent;
+	int chains; /* connections still running statements */
+	int failed;
+};
+
+static void drive_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg);
+
+static void drive_send(struct drive *d, struct pool_conn *c)
+{
+	char aid[24];
+	snprintf(aid, sizeof(aid), "%ld", 1 + d->sent++ % 100000); /* pgbench -i -s 1: 100,000 rows */
+	const char *params[] = {aid};
+	d->left--;
+	int rc = d->prepared ? pool_query_prepared(c, d->stmt, params, drive_cb, d)
+	                     : pool_query(c, d->stmt->sql, d->stmt->nparams, params, drive_cb, d);
+	if (rc < 0) {
+		d->failed++;
+		d->chains--;
+	}
+}
+
+static void drive_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	struct drive *d = arg;
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		if (!d->failed++)
+			fprintf(stderr, "bench_pooling: %s: %s\n", d->stmt->name,
+			        res ? PQresultErrorMessage(res) : err);
+		d->left = 0;
+	}
+	if (d->left > 0)
+		drive_send(d, c);
+	else
+		d->chains--;
+}
+
+/* CPU time (user + system) of a process so far, in µs; 0 when /proc cannot say. */
+static double cpu_us(int pid)
+{
+	char path[64], line[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	char *ok = fgets(line, sizeof(line), f);
+	fclose(f);
+	char *rest = ok ? strrchr(line, ')') : NULL;
+	unsigned long long ut = 0, st = 0;
+	/* after "pid (comm)": state, then 10 fields, then utime and stime (proc(5)) */
+	if (!rest || sscanf(rest + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* n statements on all CLIENTS connections at once: rate (/s), and the backends' CPU per one. */
+static int drive_run(struct event_base *base, struct pool_conn **conns, struct drive *d, long n, double *rate,
+                     double *cpu_per)
+{
+	double cpu0 = 0, cpu1 = 0;
+	for (int i = 0; i < CLIENTS; i++)
+		cpu0 += cpu_us(pool_conn_pid(conns[i]));
+	d->left = n;
+	d->chains = CLIENTS;
+	uint64_t t0 = hist_now_us();
+	for (int i = 0; i < CLIENTS; i++)
+		drive_send(d, conns[i]);
+	while (d->chains > 0)
+		if (event_base_loop(base, EVLOOP_ONCE) < 0)
+			return -1;
+	uint64_t us = hist_now_us() - t0;
+	for (int i = 0; i < CLIENTS; i++)
+		cpu1 += cpu_us(pool_conn_pid(conns[i]));
+	*rate = (double)n * 1e6 / (double)(us ? us : 1);
+	*cpu_per = (cpu1 - cpu0) / (double)n;
+	return d->failed ? -1 : 0;
+}
+
+static void grab_cb(struct pool_conn *conn, const char *err, void *arg)
+{
+	(void)err;
+	*(struct pool_conn **)arg = conn;
+}
+
+/* The rounds, interleaved: for each statement, prepared then whole. Prints the medians. */
+static void prepared_gain(const char *url)
+{
+	enum { N_PER_RUN = 16000 };
+	char err[LAB_ERRLEN];
+	struct event_base *base = event_base_new();
+	struct pool_config pc = {
+	        .conninfo = url, .min_idle = CLIENTS, .max_size = CLIENTS, .acquire_timeout_ms = 5000};
+	struct pool *pool = base ? pool_new(base, &pc, err, sizeof(err)) : NULL;
+	struct pool_conn *conns[CLIENTS] = {0};
+	if (!pool || pool_wait_ready(pool, 10000, err, sizeof(err)) < 0) {
+		printf("  prepared vs whole on the pool: cannot open the pool: %s\n",
+		       pool ? err : "event base");
+		goto out;
+	}
+	for (int i = 0; i < CLIENTS; i++)
+		pool_acquire(pool, "bench_prepared", grab_cb, &conns[i]);
+	printf("  statements on the pool alone (16 connections, %d a run, medians of %d interleaved runs):\n"
+	       "  %-26s %12s %14s %12s %14s %18s\n",
+	       N_PER_RUN, ROUNDS, "", "prepared /s", "server CPU", "whole /s", "server CPU",
+	       "prepared gains");
+	const struct pool_stmt *stmts[] = {&STMT_SELECT1, &STMT_PGBENCH};
+	const char *labels[] = {"SELECT 1 (the API's)", "pgbench -S's SELECT"};
+	for (int k = 0; k < 2; k++) {
+		double rate[2][ROUNDS], cpu[2][ROUNDS];
+		for (int i = 0; i < ROUNDS * 2; i++) {
+			struct drive d = {.stmt = stmts[k], .prepared = i % 2 == 0};
+			if (!conns[CLIENTS - 1] || drive_run(base, conns, &d, N_PER_RUN, &rate[i % 2][i / 2],
+			                                     &cpu[i % 2][i / 2]) < 0) {
+				printf("  %s: failed\n", labels[k]);
+				goto out;
+			}
+		}
+		double r0 = median(rate[0], ROUNDS), r1 = median(rate[1], ROUNDS);
+		double c0 = median(cpu[0], ROUNDS), c1 = median(cpu[1], ROUNDS);
+		printf("  %-26s %12s %11.1f µs %12s %11.1f µs %+6.0f%% /s, %+4.0f%% CPU\n", labels[k],
+		       TERM_NUM(r0, 0), c0, TERM_NUM(r1, 0), c1, 100 * (r0 / r1 - 1), 100 * (c0 / c1 - 1));
+	}
+	printf("  (server CPU: the 16 backends' user + system time per statement, from /proc)\n\n");
+out:
+	for (int i = 0; i < CLIENTS; i++)
+		pool_release(conns[i]);
+	pool_free(pool);
+	if (base)
+		event_base_free(base);
+}
+
 /*
  * Runs a shell command line whose target goes through the environment (LAB_BENCH_TARGET), not
  * the command line: a URL may hold a password. Returns the number after prefix in its output.
  */
+static char last_line[256]; /* the last line a command printed: why it failed */
+
 static double run_for_number(const char *cmd, const char *target, const char *prefix)
 {
 	setenv("LAB_BENCH_TARGET", target, 1);
@@ -106,9 +266,13 @@ static double run_for_number(const char *cmd, const char *target, const char *pr
 	double v = -1;
 	char line[512];
 	size_t n = strlen(prefix);
-	while (fgets(line, sizeof(line), p))
+	last_line[0] = '\0';
+	while (fgets(line, sizeof(line), p)) {
 		if (strncmp(line, prefix, n) == 0)
 			v = atof(line + n);
+		if (line[0] != '\n')
+			snprintf(last_line, sizeof(last_line), "%.*s", (int)strcspn(line, "\n"), line);
+	}
 	if (pclose(p) != 0)
 		return -1;
 	return v;
@@ -266,20 +430,6 @@ static double api_rps(int port, int seconds, bool *by_wrk)
 	return rps;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n)
-{
-	double s[ROUNDS];
-	memcpy(s, v, (size_t)n * sizeof(*s));
-	qsort(s, (size_t)n, sizeof(*s), cmp_double);
-	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
 struct run {
 	const char *url;
 	int seconds;
@@ -364,7 +514,8 @@ static int bench_peers(struct run *r)
 	}
 	for (int i = 0; rc == 0 && i < ROUNDS; i++)
 		if (round_run(r, i) < 0) {
-			fprintf(stderr, "bench_pooling: pgbench -S failed (round %d)\n", i + 1);
+			fprintf(stderr, "bench_pooling: pgbench -S failed (round %d): %s\n", i + 1,
+			        last_line);
 			rc = 2;
 		}
 	if (r->api)
@@ -385,8 +536,9 @@ static double load_average(void)
 int main(int argc, char **argv)
 {
 	int seconds = argc > 1 ? atoi(argv[1]) : 3;
-	if (argc > 2 || seconds < 1 || seconds > 600) {
-		fprintf(stderr, "usage: bench_pooling [seconds per run, 1..600]\n");
+	if (argc > 2 || seconds < 2 || seconds > 600) {
+		fprintf(stderr, "usage: bench_pooling [seconds per run, 2..600: pgbench needs a second or so "
+		                "to connect its 16 clients on a busy machine]\n");
 		return 2;
 	}
 	/* the lab guard: Ctrl-C ends PgBouncer, drops schema lab_bench, removes the temp dir */
@@ -413,8 +565,10 @@ int main(int argc, char **argv)
 	int rc = 2;
 	if (pgbench_init(conn, r.url, err, sizeof(err)) < 0)
 		fprintf(stderr, "bench_pooling: %s\n", err);
-	else
+	else {
+		prepared_gain(r.url);
 		rc = bench_peers(&r);
+	}
 	pg_schema_drop(conn, SCHEMA, err, sizeof(err));
 	PQfinish(conn);
 	printf("  load average at the end: %.2f\n", load_average());
