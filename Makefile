@@ -108,7 +108,9 @@ test: build build-asan up
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see above)" >&2; fi; \
 	exit $$rc
 
+# The benchmarks' own tools (PgBouncer, wrk) are installed here only: make test never needs them.
 bench: build up
+	@scripts/bootstrap --with-bench
 	@set -e; ran=0; \
 	for b in $(BUILD)/bench_* scripts/bench-*; do \
 		if [ -f "$$b" ] && [ -x "$$b" ]; then echo "== $$b"; "$$b" $(ARGS); ran=1; fi; \

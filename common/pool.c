@@ -468,6 +468,7 @@ static void pool_fail_queries(struct pool *p)
 		c->query_arg = NULL;
 		PQclear(c->query_last);
 		c->query_last = NULL;
+		conn_query_clear(c);
 		conn_mark_broken(c); /* its statement was cut off: never reused */
 		cb(c, NULL, "pool closed", arg);
 	}

@@ -24,6 +24,9 @@
  * max_size. Released connections go to the oldest waiter first. When the timeout fires, the
  * waiter's callback gets NULL and an error, and the pool is otherwise unchanged.
  *
+ * Named statements (struct pool_stmt, pool_query_prepared) are prepared on a connection once, on
+ * their first use there, and stay with it across holders until it closes.
+ *
  * A housekeeping timer (every 500 ms) closes idle connections past max_lifetime_ms or, above
  * min_idle, past idle_timeout_ms, and opens connections to get back to min_idle.
  *
@@ -85,6 +88,8 @@ struct pool_stats {
 	uint64_t closed_idle;
 	uint64_t closed_discarded;    /* pool_discard */
 	uint64_t leaks;               /* leak reports */
+	uint64_t prepared;            /* pool_stmt prepared on a connection (once per connection) */
+	uint64_t prepare_errors;      /* prepares the server refused (the caller got the error) */
 	uint64_t max_wait_us;         /* longest wait of any acquire, served or timed out */
 	struct hist wait;             /* wait of every acquire, served or timed out */
 	char last_error[POOL_ERRLEN]; /* the last connect or query error, "" if none */
@@ -146,6 +151,34 @@ void pool_discard(struct pool_conn *c, const char *reason);
 typedef void (*pool_query_cb)(struct pool_conn *c, PGresult *res, const char *err, void *arg);
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
                void *arg);
+
+/*
+ * A named statement, prepared on each pooled connection once, on its first use there (and again on
+ * the connection that replaces it): later uses send only Bind and Execute, and the server skips
+ * parsing and planning. name must be unique in the program (a lab prefixes its own, e.g.
+ * "pooling_select1"); sql takes nparams text parameters $1..$n. Define it static const: the pool
+ * keeps a pointer to it for as long as a connection lives.
+ */
+struct pool_stmt {
+	const char *name;
+	const char *sql;
+	int nparams;
+};
+
+/*
+ * pool_query of a named statement (PQsendQueryPrepared), preparing it first (PQsendPrepare, one
+ * more round trip) when this connection has not yet. params are copied when that happens, so
+ * the caller's array may be a local. When the prepare fails (bad SQL), cb gets its PGresult, as
+ * pool_query's caller gets a failed statement's, the connection stays usable, and the next use
+ * tries to prepare it again. A statement the session lost is prepared again on its next use: a
+ * DISCARD ALL or DEALLOCATE run through the pool makes the connection forget them all, and so
+ * does an execute the server refused with 26000 (dropped behind the pool's back: that call gets
+ * the error).
+ * Same rules, callback and failures as pool_query; -1 also when s is NULL or has no name or sql,
+ * or another statement of that name, with other SQL, is prepared on this connection.
+ */
+int pool_query_prepared(struct pool_conn *c, const struct pool_stmt *s, const char *const *params,
+                        pool_query_cb cb, void *arg);
 
 /*
  * pool_query through the simple query protocol (PQsendQuery): sql may hold several statements,

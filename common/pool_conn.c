@@ -46,6 +46,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_connect_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_query_fail_cb(evutil_socket_t fd, short what, void *arg);
+static void query_fail(struct pool_conn *c, const char *msg, bool broken);
 
 static int pool_total(const struct pool *p)
 {
@@ -141,6 +142,8 @@ static void conn_free(struct pool_conn *c)
 		event_free(c->leak_timer);
 	if (c->query_fail_ev)
 		event_free(c->query_fail_ev);
+	conn_query_clear(c);
+	free(c->stmts);
 	PQclear(c->query_last);
 	PQfinish(c->pg);
 	free(c);
@@ -376,10 +379,62 @@ static void conn_active_readable(struct pool_conn *c)
 		conn_mark_broken(c);
 }
 
+static int query_send(struct pool_conn *c, const char *sql, int nparams, const char *const *params,
+                      bool simple);
+
+/* Frees what a pool_query_prepared keeps while it runs; its connection's statements stay. */
+void conn_query_clear(struct pool_conn *c)
+{
+	free(c->query_params);
+	c->query_params = NULL;
+	c->query_stmt = NULL;
+	c->query_preparing = false;
+}
+
+/*
+ * The prepare of a pool_query_prepared is over: when it succeeded (or the statement was there
+ * already, 42P05) the statement is remembered and executed, and true says the query goes on.
+ * False when query_done must report: a failed prepare (its result goes to the caller), an
+ * execute that ended, or a send that failed. An execute the server refused with 26000 (the
+ * session lost its statement) makes the connection forget them all.
+ */
+static bool query_next_step(struct pool_conn *c)
+{
+	const struct pool_stmt *s = c->query_stmt;
+	PGresult *res = c->query_last;
+	if (!s || c->query_failed || c->broken || !res)
+		return false;
+	if (!c->query_preparing) {
+		if (PQresultStatus(res) == PGRES_FATAL_ERROR && stmt_sqlstate_is(res, "26000"))
+			c->nstmts = 0;
+		return false;
+	}
+	bool there = PQresultStatus(res) == PGRES_FATAL_ERROR && stmt_sqlstate_is(res, "42P05");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && !there) {
+		c->pool->stats.prepare_errors++;
+		return false;
+	}
+	PQclear(res);
+	c->query_last = NULL;
+	if (stmt_remember(c, s) < 0) {
+		query_fail(c, "out of memory", false);
+		return false;
+	}
+	if (!there)
+		c->pool->stats.prepared++;
+	c->query_preparing = false;
+	c->query_err[0] = '\0';
+	return query_send(c, NULL, s->nparams, (const char *const *)c->query_params, false) == 0;
+}
+
 /* The query is over: the callback gets the last result, or NULL and an error. Last thing done. */
 static void query_done(struct pool_conn *c)
 {
 	struct pool *p = c->pool;
+	if (query_next_step(c))
+		return;
+	bool prepared = c->query_stmt != NULL;
+	conn_query_clear(c);
 	PGresult *res = c->query_last;
 	pool_query_cb cb = c->query_cb;
 	void *arg = c->query_arg;
@@ -407,6 +462,8 @@ static void query_done(struct pool_conn *c)
 	}
 	if (PQresultStatus(res) == PGRES_FATAL_ERROR)
 		pool_set_error(p, PQresultErrorMessage(res));
+	else if (!prepared)
+		stmts_after(c, res);
 	cb(c, res, NULL, arg);
 	PQclear(res);
 }
@@ -553,18 +610,75 @@ int pool_conn_pid(const struct pool_conn *c)
 	return c ? c->backend_pid : 0;
 }
 
-/* pool_query and pool_query_simple: simple sends sql with PQsendQuery (no parameters). */
-static int query_start(struct pool_conn *c, const char *sql, int nparams, const char *const *params,
-                       bool simple, pool_query_cb cb, void *arg)
+/*
+ * Sends the query's next statement (a pool_stmt's prepare or execute, or sql), flushes, and
+ * watches for the rest. 0, or -1 after query_fail: the caller has the failure reported.
+ */
+static int query_send(struct pool_conn *c, const char *sql, int nparams, const char *const *params,
+                      bool simple)
 {
-	if (!c || !sql || !cb || c->state != POOL_CONN_ACTIVE || c->query_running || c->pool->closing)
+	const struct pool_stmt *s = c->query_stmt;
+	int sent;
+	if (s && c->query_preparing)
+		sent = PQsendPrepare(c->pg, s->name, s->sql, s->nparams, NULL);
+	else if (s)
+		sent = PQsendQueryPrepared(c->pg, s->name, s->nparams, params, NULL, NULL, 0);
+	else if (simple)
+		sent = PQsendQuery(c->pg, sql);
+	else
+		sent = PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (!sent) {
+		query_fail(c, PQerrorMessage(c->pg), PQstatus(c->pg) != CONNECTION_OK);
 		return -1;
+	}
+	int r = PQflush(c->pg);
+	if (r < 0) {
+		query_fail(c, PQerrorMessage(c->pg), true);
+		return -1;
+	}
+	c->query_flushing = r > 0;
+	/* read_ev is registered already (no system call); only unsent output needs a wait */
+	if (conn_watch_reads(c) < 0 || (c->query_flushing && conn_watch(c, EV_WRITE) < 0)) {
+		query_fail(c, "cannot watch the socket of a running query", true);
+		return -1;
+	}
+	return 0;
+}
+
+/* pool_query, pool_query_simple (PQsendQuery, no parameters) and pool_query_prepared (stmt). */
+static int query_start(struct pool_conn *c, const char *sql, int nparams, const char *const *params,
+                       bool simple, const struct pool_stmt *stmt, pool_query_cb cb, void *arg)
+{
+	if (!c || !cb || c->state != POOL_CONN_ACTIVE || c->query_running || c->pool->closing)
+		return -1;
+	int known = 0;
+	if (stmt) {
+		if (!stmt->name || !stmt->name[0] || !stmt->sql || stmt->nparams < 0 ||
+		    (stmt->nparams && !params))
+			return -1;
+		known = stmt_find(c, stmt);
+		if (known < 0)
+			return -1;
+		nparams = stmt->nparams;
+	} else if (!sql) {
+		return -1;
+	}
 	c->query_running = true;
 	c->query_flushing = false;
 	c->query_failed = false;
 	c->query_cb = cb;
 	c->query_arg = arg;
 	c->query_err[0] = '\0';
+	c->query_stmt = stmt;
+	c->query_preparing = stmt && !known;
+	if (c->query_preparing && nparams > 0) {
+		/* the execute goes after the prepare's round trip, when the caller's array is gone */
+		c->query_params = params_copy(params, nparams);
+		if (!c->query_params) {
+			query_fail(c, "out of memory", false);
+			goto fail_later;
+		}
+	}
 	if (c->broken || c->server_fatal[0]) {
 		/* seen dying already: say why instead of trying */
 		const char *why = "the connection broke in an earlier statement";
@@ -575,22 +689,8 @@ static int query_start(struct pool_conn *c, const char *sql, int nparams, const 
 		query_fail(c, why, true);
 		goto fail_later;
 	}
-	if (simple ? !PQsendQuery(c->pg, sql)
-	           : !PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)) {
-		query_fail(c, PQerrorMessage(c->pg), PQstatus(c->pg) != CONNECTION_OK);
+	if (query_send(c, sql, nparams, params, simple) < 0)
 		goto fail_later;
-	}
-	int r = PQflush(c->pg);
-	if (r < 0) {
-		query_fail(c, PQerrorMessage(c->pg), true);
-		goto fail_later;
-	}
-	c->query_flushing = r > 0;
-	/* read_ev is registered already (no system call); only unsent output needs a wait */
-	if (conn_watch_reads(c) < 0 || (c->query_flushing && conn_watch(c, EV_WRITE) < 0)) {
-		query_fail(c, "cannot watch the socket of a running query", true);
-		goto fail_later;
-	}
 	return 0;
 fail_later:
 	/* the callback runs on the loop, never before pool_query returns */
@@ -601,10 +701,16 @@ fail_later:
 int pool_query(struct pool_conn *c, const char *sql, int nparams, const char *const *params, pool_query_cb cb,
                void *arg)
 {
-	return query_start(c, sql, nparams, params, false, cb, arg);
+	return query_start(c, sql, nparams, params, false, NULL, cb, arg);
 }
 
 int pool_query_simple(struct pool_conn *c, const char *sql, pool_query_cb cb, void *arg)
 {
-	return query_start(c, sql, 0, NULL, true, cb, arg);
+	return query_start(c, sql, 0, NULL, true, NULL, cb, arg);
+}
+
+int pool_query_prepared(struct pool_conn *c, const struct pool_stmt *s, const char *const *params,
+                        pool_query_cb cb, void *arg)
+{
+	return query_start(c, NULL, 0, params, false, s, cb, arg);
 }

@@ -65,6 +65,19 @@ struct pool_conn {
 	PGresult *query_last;
 	char query_err[POOL_ERRLEN];
 	/*
+	 * pool_query_prepared: the statement running (NULL for pool_query), whether its prepare is
+	 * the step in flight, whether it was prepared again after the server lost it, and the
+	 * parameters, copied when a prepare goes first (one block, freed when the query ends).
+	 * stmts: the statements prepared on this connection (pointers to the callers' static ones).
+	 */
+	const struct pool_stmt *query_stmt;
+	bool query_preparing;
+	bool query_reprepared;
+	char **query_params;
+	const struct pool_stmt **stmts;
+	int nstmts;
+	int stmts_cap;
+	/*
 	 * A terminated backend's FATAL reaches an idle connection as a notice: kept here as the
 	 * reason it closes. Other notices go to libpq's own receiver (stderr), as without a pool.
 	 */
@@ -194,6 +207,14 @@ void conn_mark_broken(struct pool_conn *c);
 void conn_close(struct pool_conn *c, const char *reason, uint64_t *counter);
 void conn_close_broken(struct pool_conn *c, const char *what);
 void conn_drop_notifies(struct pool_conn *c);
+void conn_query_clear(struct pool_conn *c);
+
+/* pool_stmt.c: the statements a connection has prepared (each is commented where it is defined) */
+bool stmt_sqlstate_is(const PGresult *res, const char *code);
+int stmt_find(const struct pool_conn *c, const struct pool_stmt *s);
+int stmt_remember(struct pool_conn *c, const struct pool_stmt *s);
+void stmts_after(struct pool_conn *c, const PGresult *res);
+char **params_copy(const char *const *params, int n);
 int conn_idle_check(struct pool_conn *c);
 void pool_replace(struct pool *p);
 void pool_fill(struct pool *p);

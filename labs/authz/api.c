@@ -119,6 +119,28 @@ void az_no_content(struct az_ctx *ctx)
 
 /* ---- the database: acquire, one statement, release; done gets PGRES_TUPLES_OK only ---- */
 
+/* Each prepared once per pooled connection, on its first use there (pool_query_prepared). */
+static const struct pool_stmt SQL_LOGIN = {"authz_login",
+                                           "SELECT id, role, salt, hash, iterations FROM " SCHEMA
+                                           ".users WHERE name = $1 AND deleted_at IS NULL",
+                                           1};
+static const struct pool_stmt SQL_USERS = {
+        "authz_users", "SELECT id, name, role FROM " SCHEMA ".users WHERE deleted_at IS NULL ORDER BY id", 0};
+static const struct pool_stmt SQL_DELETE_USER = {
+        "authz_delete_user",
+        "UPDATE " SCHEMA ".users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+        1};
+/* the naive route trusts the id; the fixed one asks for the caller's order with that id */
+static const struct pool_stmt SQL_ORDER_NAIVE = {
+        "authz_order_naive", "SELECT id, owner_id, item, amount_cents FROM " SCHEMA ".orders WHERE id = $1",
+        1};
+static const struct pool_stmt SQL_ORDER = {
+        "authz_order",
+        "SELECT id, owner_id, item, amount_cents FROM " SCHEMA ".orders WHERE id = $1 AND owner_id = $2", 2};
+static const struct pool_stmt SQL_ORDER_NEW = {
+        "authz_order_new",
+        "INSERT INTO " SCHEMA ".orders (owner_id, item, amount_cents) VALUES ($1, $2, $3) RETURNING id", 3};
+
 static void query_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
 	(void)c;
@@ -143,14 +165,13 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 	ctx->conn = conn;
 	const char *p[] = {ctx->p[0], ctx->p[1], ctx->p[2]};
-	if (pool_query(conn, ctx->sql, ctx->np, p, query_cb, ctx) < 0)
+	if (pool_query_prepared(conn, ctx->stmt, p, query_cb, ctx) < 0)
 		az_fail(ctx, 500, "could not send the query");
 }
 
-static void db(struct az_ctx *ctx, const char *sql, int np, void (*done)(struct az_ctx *, PGresult *))
+static void db(struct az_ctx *ctx, const struct pool_stmt *stmt, void (*done)(struct az_ctx *, PGresult *))
 {
-	ctx->sql = sql;
-	ctx->np = np;
+	ctx->stmt = stmt;
 	ctx->done = done;
 	pool_acquire(ctx->api->pool, "authz_handler", acquired_cb, ctx);
 }
@@ -222,10 +243,7 @@ static void login(struct az_ctx *ctx)
 	snprintf(ctx->p[0], sizeof(ctx->p[0]), "%s", name);
 	snprintf(ctx->password, sizeof(ctx->password), "%s", pw);
 	json_decref(body);
-	db(ctx,
-	   "SELECT id, role, salt, hash, iterations FROM " SCHEMA
-	   ".users WHERE name = $1 AND deleted_at IS NULL",
-	   1, login_cb);
+	db(ctx, &SQL_LOGIN, login_cb);
 }
 
 /* ---- the routes behind a token ---- */
@@ -272,9 +290,7 @@ static void deleted_cb(struct az_ctx *ctx, PGresult *res)
 /* After the deny-list holds the user's tokens: the row. */
 static void delete_user(struct az_ctx *ctx)
 {
-	db(ctx,
-	   "UPDATE " SCHEMA ".users SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id",
-	   1, deleted_cb);
+	db(ctx, &SQL_DELETE_USER, deleted_cb);
 }
 
 /*
@@ -309,9 +325,7 @@ static void new_order(struct az_ctx *ctx)
 	snprintf(ctx->p[1], sizeof(ctx->p[1]), "%s", item);
 	snprintf(ctx->p[2], sizeof(ctx->p[2]), "%lld", (long long)json_integer_value(amount));
 	json_decref(body);
-	db(ctx,
-	   "INSERT INTO " SCHEMA ".orders (owner_id, item, amount_cents) VALUES ($1, $2, $3) RETURNING id", 3,
-	   created_cb);
+	db(ctx, &SQL_ORDER_NEW, created_cb);
 }
 
 void az_dispatch(struct az_ctx *ctx)
@@ -331,9 +345,7 @@ void az_dispatch(struct az_ctx *ctx)
 		if (!admin)
 			forbidden(ctx, "admin role required");
 		else
-			db(ctx,
-			   "SELECT id, name, role FROM " SCHEMA ".users WHERE deleted_at IS NULL ORDER BY id",
-			   0, users_cb);
+			db(ctx, &SQL_USERS, users_cb);
 		return;
 	case R_USER:
 		if (!admin)
@@ -342,13 +354,7 @@ void az_dispatch(struct az_ctx *ctx)
 			delete_user_start(ctx);
 		return;
 	case R_ORDER:
-		/* the naive route trusts the id; the fixed one asks for the caller's order with that id */
-		db(ctx,
-		   ctx->rt->naive ? "SELECT id, owner_id, item, amount_cents FROM " SCHEMA
-		                    ".orders WHERE id = $1"
-		                  : "SELECT id, owner_id, item, amount_cents FROM " SCHEMA
-		                    ".orders WHERE id = $1 AND owner_id = $2",
-		   ctx->rt->naive ? 1 : 2, order_cb);
+		db(ctx, ctx->rt->naive ? &SQL_ORDER_NAIVE : &SQL_ORDER, order_cb);
 		return;
 	case R_ORDERS_NEW:
 		new_order(ctx);

@@ -48,8 +48,7 @@ struct az_ctx {
 	struct authz_claims claims;
 	long long id; /* the path's id (R_ORDER, R_USER) */
 	char p[3][256];
-	int np;
-	const char *sql;
+	const struct pool_stmt *stmt; /* the statement db() runs, prepared once per connection */
 	void (*done)(struct az_ctx *ctx, PGresult *res);
 	void (*then)(struct az_ctx *ctx); /* after a deny-list SET (az_redis_deny) */
 	char password[256];               /* login only, cleansed when the context is freed */

@@ -58,10 +58,15 @@ struct req_ctx {
 	struct req_ctx *prev, *next;
 };
 
-static const char SQL_ME[] = "SELECT a.name, a.email, a.iban, a.balance_cents, a.address FROM " SCHEMA
-                             ".sessions s JOIN " SCHEMA ".accounts a ON a.id = s.account_id"
-                             " WHERE s.token = $1";
-static const char SQL_LOGIN[] = "INSERT INTO " SCHEMA ".sessions (token, account_id) VALUES ($1, 1)";
+/* Each prepared once per pooled connection, on its first use there (pool_query_prepared). */
+static const struct pool_stmt SQL_ME = {
+        "cors_me",
+        "SELECT a.name, a.email, a.iban, a.balance_cents, a.address FROM " SCHEMA ".sessions s JOIN " SCHEMA
+        ".accounts a ON a.id = s.account_id"
+        " WHERE s.token = $1",
+        1};
+static const struct pool_stmt SQL_LOGIN = {
+        "cors_login", "INSERT INTO " SCHEMA ".sessions (token, account_id) VALUES ($1, 1)", 1};
 
 static const char *const POLICY_PATHS[CORS_POLICIES] = {"none", "star", "reflect", "allowlist",
                                                         "allowlist-0"};
@@ -317,7 +322,7 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 	ctx->conn = conn;
 	const char *p[] = {ctx->token};
-	if (pool_query(conn, ctx->login ? SQL_LOGIN : SQL_ME, 1, p, query_cb, ctx) < 0)
+	if (pool_query_prepared(conn, ctx->login ? &SQL_LOGIN : &SQL_ME, p, query_cb, ctx) < 0)
 		ctx_fail(ctx, 500, "could not send the query");
 }
 

@@ -2,9 +2,9 @@
  * api.c — lab-pagination's HTTP API (pagination.h lists its routes and answers). Every handler
  * runs on the API's loop thread: it checks the request (nothing reaches PostgreSQL before the
  * parameters and the cursor are good), borrows a connection from common/pool.h, runs one
- * statement with pool_query, replies and gives the connection back. When the API stops, pool_free
- * calls back every request still waiting or running ("pool closed"), which replies 503 and frees
- * its context, before the server and its requests are freed (http_app_stop's order).
+ * statement with pool_query_prepared (prepared once per connection), replies and gives the connection back.
+ * When the API stops, pool_free calls back every request still waiting or running ("pool closed"), which
+ * replies 503 and frees its context, before the server and its requests are freed (http_app_stop's order).
  */
 #include <sys/queue.h>
 
@@ -32,13 +32,19 @@
 	"SELECT id, (extract(epoch FROM created_at) * 1000000)::bigint,"                                     \
 	" to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), author, body "        \
 	"FROM " SCHEMA ".feed"
-static const char SQL_FIRST[] = ITEM_COLUMNS " " FEED_ORDER " LIMIT $1";
+/* Each prepared once per pooled connection, on its first use there (pool_query_prepared). */
+static const struct pool_stmt SQL_FIRST = {"pagination_first", ITEM_COLUMNS " " FEED_ORDER " LIMIT $1", 1};
 /* the cursor's created_at is µs since the epoch: integer arithmetic, no rounding through a float */
-static const char SQL_AFTER[] = ITEM_COLUMNS " WHERE (created_at, id) < (timestamptz 'epoch' + $2::bigint *"
-                                             " interval '1 microsecond', $3::bigint) " FEED_ORDER " LIMIT $1";
-static const char SQL_COUNT[] =
+static const struct pool_stmt SQL_AFTER = {"pagination_after",
+                                           ITEM_COLUMNS
+                                           " WHERE (created_at, id) < (timestamptz 'epoch' + $2::bigint *"
+                                           " interval '1 microsecond', $3::bigint) " FEED_ORDER " LIMIT $1",
+                                           3};
+static const struct pool_stmt SQL_COUNT = {
+        "pagination_count",
         "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = '" SCHEMA
-        ".feed'::regclass), (SELECT count(*) FROM (SELECT 1 FROM " SCHEMA ".feed LIMIT $1) t)";
+        ".feed'::regclass), (SELECT count(*) FROM (SELECT 1 FROM " SCHEMA ".feed LIMIT $1) t)",
+        1};
 
 struct pagination_api {
 	struct pagination_config cfg;
@@ -163,9 +169,8 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	snprintf(at, sizeof(at), "%lld", (long long)ctx->cursor.created_us);
 	snprintf(id, sizeof(id), "%lld", (long long)ctx->cursor.id);
 	const char *p[] = {limit, at, id};
-	int rc = ctx->count        ? pool_query(conn, SQL_COUNT, 1, p, query_cb, ctx)
-	         : ctx->has_cursor ? pool_query(conn, SQL_AFTER, 3, p, query_cb, ctx)
-	                           : pool_query(conn, SQL_FIRST, 1, p, query_cb, ctx);
+	const struct pool_stmt *s = ctx->count ? &SQL_COUNT : ctx->has_cursor ? &SQL_AFTER : &SQL_FIRST;
+	int rc = pool_query_prepared(conn, s, p, query_cb, ctx);
 	if (rc < 0)
 		fail(ctx, "could not send the query");
 }

@@ -1,7 +1,8 @@
 /*
  * api.c — lab-pooling's HTTP API (see api.h for its routes). Every handler runs on the API's
  * loop thread: it parses, acquires (pool.h calls back when a connection is free, or with an
- * error after the acquire timeout), runs one statement with pool_query, replies, releases.
+ * error after the acquire timeout), runs one statement with pool_query_prepared (prepared once
+ * per pooled connection, on its first use there), replies, releases.
  *
  * A request's context lives from route_cb to the callback that replies: acquired_cb when the
  * acquire fails, the query callback otherwise. When the API stops, pool_free calls those
@@ -58,6 +59,7 @@ struct pooling_api {
 	uint64_t leaked;         /* connections the leaky handler kept (its bug, counted at the bug) */
 	uint64_t last_leaked_us; /* hist_now_us() of the last of them */
 	struct pooling_api_totals *totals_out; /* where api_release_cb copies them, or NULL */
+	bool unprepared; /* pooling_api_set_prepared(false): statements sent whole (atomic) */
 };
 
 /* One request in a handler, from acquire to reply. */
@@ -136,6 +138,31 @@ static void orders_query_cb(struct pool_conn *c, PGresult *res, const char *err,
 	finish(ctx);
 }
 
+/*
+ * The handlers' statements, each prepared once per pooled connection on its first use (pool.h):
+ * a request then costs the server a Bind and an Execute, no parse, no plan.
+ */
+static const struct pool_stmt SQL_SELECT1 = {"pooling_select1", "SELECT 1", 0};
+static const struct pool_stmt SQL_HOLD = {"pooling_hold", "SELECT pg_sleep($1::float8 / 1000)", 1};
+static const struct pool_stmt SQL_ORDER = {
+        "pooling_order",
+        "SELECT id, total_cents, pg_sleep($2::float8 / 1000) FROM " SCHEMA ".orders WHERE id = $1", 2};
+static const struct pool_stmt SQL_CPU = {"pooling_cpu", "SELECT sum(i) FROM generate_series(1, $1::int) i",
+                                         1};
+
+/*
+ * The route's statement: prepared, or sent whole (parsed and planned every time). Whole for
+ * /direct, whose connection serves one request (a prepare would add a round trip to each), and
+ * for every route when the bench asks (pooling_api_set_prepared).
+ */
+static int run_stmt(struct request_ctx *ctx, const struct pool_stmt *s, const char *const *params,
+                    pool_query_cb cb)
+{
+	if (ctx->route == POOLING_ROUTE_DIRECT || __atomic_load_n(&ctx->api->unprepared, __ATOMIC_RELAXED))
+		return pool_query(ctx->conn, s->sql, s->nparams, params, cb, ctx);
+	return pool_query_prepared(ctx->conn, s, params, cb, ctx);
+}
+
 /* Sends the route's one statement on the connection just acquired. */
 static int send_query(struct request_ctx *ctx)
 {
@@ -146,19 +173,19 @@ static int send_query(struct request_ctx *ctx)
 	case POOLING_ROUTE_POOLED:
 	case POOLING_ROUTE_DIRECT:
 		if (strcmp(ctx->hold_ms, "0") == 0)
-			return pool_query(ctx->conn, "SELECT 1", 0, NULL, simple_query_cb, ctx);
-		return pool_query(ctx->conn, "SELECT pg_sleep($1::float8 / 1000)", 1, hold, simple_query_cb,
-		                  ctx);
+			return run_stmt(ctx, &SQL_SELECT1, NULL, simple_query_cb);
+		return run_stmt(ctx, &SQL_HOLD, hold, simple_query_cb);
 	case POOLING_ROUTE_ORDERS:
 	case POOLING_ROUTE_ORDERS_LEAKY:
-		return pool_query(ctx->conn,
-		                  "SELECT id, total_cents, pg_sleep($2::float8 / 1000) FROM " SCHEMA
-		                  ".orders WHERE id = $1",
-		                  2, order, orders_query_cb, ctx);
+		return run_stmt(ctx, &SQL_ORDER, order, orders_query_cb);
 	default:
-		return pool_query(ctx->conn, "SELECT sum(i) FROM generate_series(1, $1::int) i", 1, rows,
-		                  simple_query_cb, ctx);
+		return run_stmt(ctx, &SQL_CPU, rows, simple_query_cb);
 	}
+}
+
+void pooling_api_set_prepared(struct pooling_api *api, bool prepared)
+{
+	__atomic_store_n(&api->unprepared, !prepared, __ATOMIC_RELAXED);
 }
 
 static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)

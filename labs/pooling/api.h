@@ -19,6 +19,7 @@
 #ifndef LAB_POOLING_API_H
 #define LAB_POOLING_API_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,6 +60,13 @@ struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool
                                       size_t errlen);
 
 int pooling_api_port(const struct pooling_api *api);
+
+/*
+ * Whether the handlers run their statements prepared once per connection (the default,
+ * pool_query_prepared) or send them whole every time (pool_query): bench_pooling measures both
+ * in one run. Takes effect from the next request; any thread.
+ */
+void pooling_api_set_prepared(struct pooling_api *api, bool prepared);
 
 /* The pool under test as the loop sees it now. */
 struct pooling_snapshot {

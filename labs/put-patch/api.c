@@ -57,14 +57,22 @@ struct pp_ctx {
 	char msg[512];
 };
 
-static const char SQL_GET[] = "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1";
-static const char SQL_LOCK[] =
-        "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1 FOR UPDATE";
-static const char SQL_WRITE[] =
+/*
+ * Each prepared once per pooled connection, on its first use there (pool_query_prepared). BEGIN,
+ * COMMIT and ROLLBACK go as they are: the server has nothing to plan in them.
+ */
+static const struct pool_stmt SQL_GET = {
+        "put_patch_get", "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1", 1};
+static const struct pool_stmt SQL_LOCK = {
+        "put_patch_lock", "SELECT " SQL_REP ", " SQL_ETAG " FROM " SCHEMA ".users u WHERE id = $1 FOR UPDATE",
+        1};
+static const struct pool_stmt SQL_WRITE = {
+        "put_patch_write",
         "UPDATE " SCHEMA ".users u SET name = d->>'name', email = d->>'email', bio = d->>'bio',"
         " tags = d->'tags', visits = (d->>'visits')::bigint,"
         " counters = coalesce(nullif(d->'counters', 'null'::jsonb), '{}'::jsonb)"
-        " FROM (SELECT $2::jsonb AS d) s WHERE u.id = $1 RETURNING " SQL_REP ", " SQL_ETAG;
+        " FROM (SELECT $2::jsonb AS d) s WHERE u.id = $1 RETURNING " SQL_REP ", " SQL_ETAG,
+        2};
 
 static struct pp_ctx *ctx_new(struct put_patch_api *api, struct evhttp_request *req)
 {
@@ -269,7 +277,7 @@ static void lock_cb(struct pool_conn *c, PGresult *res, const char *err, void *a
 	char *text = json_dumps(next, JSON_COMPACT);
 	json_decref(next);
 	const char *p[] = {ctx->id, text};
-	int rc = text ? pool_query(c, SQL_WRITE, 2, p, write_cb, ctx) : -1;
+	int rc = text ? pool_query_prepared(c, &SQL_WRITE, p, write_cb, ctx) : -1;
 	free(text);
 	if (rc < 0)
 		txn_refuse(ctx, 500, "%s", "could not send the write");
@@ -283,7 +291,7 @@ static void begin_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 		return;
 	}
 	const char *p[] = {ctx->id};
-	if (pool_query(c, SQL_LOCK, 1, p, lock_cb, ctx) < 0)
+	if (pool_query_prepared(c, &SQL_LOCK, p, lock_cb, ctx) < 0)
 		txn_refuse(ctx, 500, "%s", "could not send the query");
 }
 
@@ -323,7 +331,7 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 	ctx->conn = conn;
 	const char *p[] = {ctx->id};
-	int rc = ctx->kind == K_GET ? pool_query(conn, SQL_GET, 1, p, get_cb, ctx)
+	int rc = ctx->kind == K_GET ? pool_query_prepared(conn, &SQL_GET, p, get_cb, ctx)
 	                            : pool_query(conn, "BEGIN", 0, NULL, begin_cb, ctx);
 	if (rc < 0)
 		ctx_fail(ctx, 500, "could not send the query");

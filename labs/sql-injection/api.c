@@ -6,15 +6,17 @@
  *   /v1/vulnerable/notes  puts q, sort and dir into the SQL with snprintf and sends the string with
  *                         pool_query_simple (PQsendQuery: the simple protocol, where a string of
  *                         several statements runs them all), and passes the server's error on;
- *   /v1/notes             sends q as a parameter (pool_query: PQsendQueryParams, the extended
- *                         protocol), LIKE wildcards escaped, sort and dir from an allow-list.
+ *   /v1/notes             sends q as a parameter (pool_query_prepared: a named statement per
+ *                         allowed sort and dir, prepared once per connection, then Bind and
+ *                         Execute of the extended protocol), LIKE wildcards escaped.
  *
  * Both connect as the API's role (lab_api), search_path lab_sql_injection, statement_timeout 5 s.
  * A payload changes its session without any ';' (' AND set_config('statement_timeout', '0',
  * false) ... turns the timeout off for every later statement on that connection; pg_advisory_lock
  * holds a lock of the whole database), so after every naive request, replied to, the connection
  * runs DISCARD ALL (what a pooler such as PgBouncer runs between clients: settings back to the
- * connection's own, session locks, temporary tables and prepared statements gone) and goes back
+ * connection's own, session locks, temporary tables and prepared statements gone: the pool sees
+ * the DISCARD ALL and prepares /v1/notes' statement again on that connection) and goes back
  * to the pool only when that succeeded; a string that left a transaction open is discarded by
  * pool_release.
  */
@@ -69,24 +71,28 @@ int sqli_naive_sql(char *out, size_t len, long user, const char *q)
 	return naive_sql(out, len, user, q, "id", "asc");
 }
 
-/* The parameterized route's statements: one per allowed sort and direction, none built at run time. */
+/*
+ * The parameterized route's statements: one per allowed sort and direction, none built at run
+ * time, each prepared once per pooled connection on its first use (pool_query_prepared).
+ */
 #define SAFE_SQL(order)                                                                                      \
 	"SELECT " NOTE_COLUMNS " FROM " SCHEMA ".notes WHERE owner_id = $1 AND title ILIKE '%' || $2 || '%'" \
 	" ESCAPE '\\' ORDER BY " order ", id LIMIT 100"
 static const struct {
-	const char *sort, *dir, *sql;
+	const char *sort, *dir;
+	struct pool_stmt stmt;
 } ALLOWED[] = {
-        {"id", "asc", SAFE_SQL("id ASC")},
-        {"id", "desc", SAFE_SQL("id DESC")},
-        {"title", "asc", SAFE_SQL("title ASC")},
-        {"title", "desc", SAFE_SQL("title DESC")},
+        {"id", "asc", {"sqli_notes_id_asc", SAFE_SQL("id ASC"), 2}},
+        {"id", "desc", {"sqli_notes_id_desc", SAFE_SQL("id DESC"), 2}},
+        {"title", "asc", {"sqli_notes_title_asc", SAFE_SQL("title ASC"), 2}},
+        {"title", "desc", {"sqli_notes_title_desc", SAFE_SQL("title DESC"), 2}},
 };
 
-static const char *safe_sql(const char *sort, const char *dir)
+static const struct pool_stmt *safe_sql(const char *sort, const char *dir)
 {
 	for (size_t i = 0; i < sizeof(ALLOWED) / sizeof(ALLOWED[0]); i++)
 		if (!strcmp(ALLOWED[i].sort, sort) && !strcmp(ALLOWED[i].dir, dir))
-			return ALLOWED[i].sql;
+			return &ALLOWED[i].stmt;
 	return NULL;
 }
 
@@ -182,7 +188,7 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 		snprintf(user, sizeof(user), "%ld", ctx->user);
 		like_escape(ctx->q, pattern, sizeof(pattern));
 		const char *p[] = {user, pattern};
-		rc = pool_query(conn, safe_sql(ctx->sort, ctx->dir), 2, p, query_cb, ctx);
+		rc = pool_query_prepared(conn, safe_sql(ctx->sort, ctx->dir), p, query_cb, ctx);
 	}
 	if (rc < 0)
 		fail(ctx, "could not send the query");

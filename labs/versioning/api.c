@@ -68,8 +68,10 @@ struct req_ctx {
 	struct req_ctx *prev, *next;
 };
 
-static const char SQL_USER[] =
-        "SELECT given_name, family_name, email, price_cents, locale FROM " SCHEMA ".users WHERE id = $1";
+/* prepared once per pooled connection, on its first use there (pool_query_prepared) */
+static const struct pool_stmt SQL_USER = {
+        "versioning_user",
+        "SELECT given_name, family_name, email, price_cents, locale FROM " SCHEMA ".users WHERE id = $1", 1};
 
 /* ---- request contexts ---- */
 
@@ -226,7 +228,7 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	char id[24];
 	snprintf(id, sizeof(id), "%ld", ctx->id);
 	const char *p[] = {id};
-	if (pool_query(conn, SQL_USER, 1, p, user_cb, ctx) < 0)
+	if (pool_query_prepared(conn, &SQL_USER, p, user_cb, ctx) < 0)
 		ctx_fail(ctx, 500, "could not send the query");
 }
 
