@@ -159,8 +159,9 @@ static void report_server(const struct term *t, const struct side *sides, bool h
 	}
 	term_printf(
 	        t,
-	        "  round trips: top-level statements; statements: with those a function runs; server time:\n"
-	        "  top-level execution, planning not included\n");
+	        "  round trips: top-level statements; statements: with those run inside them (the "
+	        "function's\n"
+	        "  INSERTs, the foreign-key check); server time: their execution, planning not included\n");
 }
 
 /* The table and the targets; every 201 checked against the charges PostgreSQL holds. */

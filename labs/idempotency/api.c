@@ -501,12 +501,13 @@ static void fresh_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 			fail_locked(ctx, NULL);
 			return;
 		}
+		/* the card network, then the response in a transaction of its own */
 		if (ctx->pause_ms > 0) {
-			after_charge(
-			        ctx); /* the card network, then the response in a transaction of its own */
+			after_charge(ctx);
 			return;
 		}
-		ctx->code = 201; /* committed finished, with its response, in the charge's transaction */
+		/* committed finished, with its response, in the charge's transaction */
+		ctx->code = 201;
 		idem_send_stored(ctx);
 		return;
 	}
