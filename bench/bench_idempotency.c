@@ -4,8 +4,11 @@
  *
  * POST /v1/charges of lab-idempotency at 16 closed-loop clients (common/load.h), alternating
  * unkeyed and keyed runs (two of each, so a noisy neighbour hits both). Without a key a charge is
- * one INSERT; with one it is the key and the charge in one statement plus the stored response in
- * a second, and a SHA-256 of the request. Every 201 is checked against the charges PostgreSQL holds.
+ * one INSERT; with one (a new key, no card network) it is one call of the schema's function that
+ * inserts the key, finished with its response, and the charge in one transaction, and a SHA-256 of
+ * the request. Every 201 is checked against the charges PostgreSQL holds, and pg_stat_statements
+ * (when the server has it) says what each charge cost the server: round trips (top-level
+ * statements), statements run (the function's included) and server time.
  * Targets: the key costs at most 25% of throughput, and at least 2,000 keyed charges/s on this
  * 2-core machine (load generator, API and PostgreSQL share the two cores).
  * A benchmark, not a test: it reports, and exits 0 whether or not the targets are met (2 when a
@@ -54,16 +57,46 @@ static void request_cb(struct load_request *r, struct evhttp_request *req, int c
 	}
 }
 
+/* pg_stat_statements on this bench's schema: calls and time of top-level statements, all calls */
+struct server_cost {
+	double toplevel, calls, ms;
+};
+
 struct side {
 	double rps_sum;
 	uint64_t created, other;
 	struct hist latency;
+	struct server_cost server; /* summed over the side's runs */
 };
+
+#define SQL_SERVER_COST                                                                                      \
+	"SELECT coalesce(sum(calls) FILTER (WHERE toplevel), 0), coalesce(sum(calls), 0),"                   \
+	" coalesce(sum(total_exec_time) FILTER (WHERE toplevel), 0) FROM pg_stat_statements"                 \
+	" WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"                     \
+	" AND (query LIKE '%lab_idempotency.%' OR query LIKE '%\"lab_idempotency\"%')"
+
+/* The server's counters now; false when pg_stat_statements cannot be read (the bench goes on). */
+static bool server_cost(PGconn *conn, struct server_cost *out)
+{
+	if (!conn)
+		return false;
+	PGresult *res = PQexec(conn, SQL_SERVER_COST);
+	bool ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+	if (ok)
+		*out = (struct server_cost){atof(PQgetvalue(res, 0, 0)), atof(PQgetvalue(res, 0, 1)),
+		                            atof(PQgetvalue(res, 0, 2))};
+	PQclear(res);
+	return ok;
+}
 
 static const char *const CLIENT_IDS[2] = {"bench-unkeyed", "bench-keyed"};
 
-/* ROUNDS rounds of an unkeyed run then a keyed one, into sides[0] and sides[1]. */
-static int run_rounds(struct idempotency_api *api, int seconds, struct side *sides, char *err, size_t errlen)
+/*
+ * ROUNDS rounds of an unkeyed run then a keyed one, into sides[0] and sides[1]; stats: a connection
+ * that reads pg_stat_statements around each run, or NULL (*have_stats false when it cannot).
+ */
+static int run_rounds(struct idempotency_api *api, int seconds, struct side *sides, PGconn *stats,
+                      bool *have_stats, char *err, size_t errlen)
 {
 	struct load_result *res = malloc(sizeof(*res));
 	if (!res) {
@@ -82,10 +115,16 @@ static int run_rounds(struct idempotency_api *api, int seconds, struct side *sid
 			                         .timeout_ms = 10000,
 			                         .request_cb = request_cb,
 			                         .arg = &bc};
+			struct server_cost before, after;
+			*have_stats = *have_stats && server_cost(stats, &before);
 			ret = load_run(&lc, res, err, errlen);
 			if (ret < 0)
 				break;
 			struct side *s = &sides[keyed];
+			*have_stats = *have_stats && server_cost(stats, &after);
+			s->server.toplevel += after.toplevel - before.toplevel;
+			s->server.calls += after.calls - before.calls;
+			s->server.ms += after.ms - before.ms;
 			s->rps_sum += res->rps_2xx;
 			s->created += res->status_2xx;
 			s->other += res->completed - res->status_2xx + res->errors;
@@ -96,9 +135,38 @@ static int run_rounds(struct idempotency_api *api, int seconds, struct side *sid
 	return ret;
 }
 
+/* What a charge cost the server on each side, from pg_stat_statements, or why it is not shown. */
+static void report_server(const struct term *t, const struct side *sides, bool have_stats)
+{
+	if (!have_stats) {
+		term_printf(
+		        t,
+		        "\n  per charge on the server: not shown (pg_stat_statements cannot be read here)\n");
+		return;
+	}
+	term_printf(t, "\n");
+	struct term_col cols[] = {{"per charge (pg_stat_statements)", 32, 'l'},
+	                          {"round trips", 11, 'r'},
+	                          {"statements", 10, 'r'},
+	                          {"server time", 11, 'r'}};
+	term_table_header(t, 2, cols, 4);
+	for (int k = 0; k < 2; k++) {
+		double n = sides[k].created ? (double)sides[k].created : 1;
+		const char *row[] = {
+		        k ? "with a key" : "without a key", TERM_NUM(sides[k].server.toplevel / n, 2),
+		        TERM_NUM(sides[k].server.calls / n, 2), TERM_US(sides[k].server.ms * 1000 / n)};
+		term_table_row(t, 2, cols, 4, row);
+	}
+	term_printf(
+	        t,
+	        "  round trips: top-level statements; statements: with those run inside them (the "
+	        "function's\n"
+	        "  INSERTs, the foreign-key check); server time: their execution, planning not included\n");
+}
+
 /* The table and the targets; every 201 checked against the charges PostgreSQL holds. */
 static int report(const struct term *t, const struct idempotency_config *cfg, const struct side *sides,
-                  char *err, size_t errlen)
+                  bool have_stats, char *err, size_t errlen)
 {
 	struct term_col cols[] = {{"", 16, 'l'},      {"charges/s", 10, 'r'}, {"p50", 9, 'r'},
 	                          {"p99", 9, 'r'},    {"201s", 8, 'r'},       {"in PostgreSQL", 13, 'r'},
@@ -131,6 +199,7 @@ static int report(const struct term *t, const struct idempotency_config *cfg, co
 	            TERM_NUM(TARGET_KEYED_RPS, 0), rps_ok ? term_green(t) : term_red(t),
 	            rps_ok ? "met" : "NOT met", term_reset(t));
 	term_printf(t, "  every 201 is a charge in PostgreSQL: %s\n", counted_ok ? "yes" : "NO");
+	report_server(t, sides, have_stats);
 	return 0;
 }
 
@@ -172,10 +241,15 @@ int main(int argc, char **argv)
 	memset(sides, 0, sizeof(sides));
 	hist_init(&sides[0].latency);
 	hist_init(&sides[1].latency);
-	int ret = run_rounds(api, seconds, sides, err, sizeof(err)) < 0 ||
-	                          report(&t, &cfg, sides, err, sizeof(err)) < 0
+	char serr[LAB_ERRLEN];
+	PGconn *stats = pg_connect(cfg.pg_url, serr, sizeof(serr));
+	bool have_stats = stats != NULL;
+	int ret = run_rounds(api, seconds, sides, stats, &have_stats, err, sizeof(err)) < 0 ||
+	                          report(&t, &cfg, sides, have_stats, err, sizeof(err)) < 0
 	                  ? 2
 	                  : 0;
+	if (stats)
+		PQfinish(stats);
 	if (ret)
 		fprintf(stderr, "bench_idempotency: %s\n", err);
 	idempotency_api_stop(api);

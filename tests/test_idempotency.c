@@ -220,6 +220,60 @@ static void test_status_codes_replay_header_and_byte_identical_body(void **state
 	assert_int_equal(cents, 2 * 1999);
 }
 
+/*
+ * A new key with nothing between the charge and its response is one transaction: the key row's
+ * xmin (the transaction that wrote its version) is its charge's, and it holds, finished and
+ * unlocked, the response the client got. With the card network in between (the pause knob) the
+ * recovery point stays: the response is stored by a transaction of its own. Both bodies are the
+ * compact JSON jansson writes (PostgreSQL builds them now).
+ */
+static void test_a_new_key_without_the_card_network_is_one_transaction(void **state)
+{
+	struct idempotency_config cfg = *(struct idempotency_config *)*state;
+	char err[512], client[64];
+	cfg.redis_url = NULL;
+	cfg.test_knobs = true;
+	unique_client(client, sizeof(client), "onetx");
+	struct idempotency_api *api = idempotency_api_start(&cfg, 0, err, sizeof(err));
+	if (!api)
+		fail_msg("%s", err);
+	const char *keys[2] = {"fast", "paused"};
+	struct idempotency_response rs[2];
+	for (int i = 0; i < 2; i++) {
+		struct idempotency_request rq = {
+		        .client = client, .key = keys[i], .body = BODY, .pause_ms = 50 * i};
+		assert_int_equal(idempotency_call(idempotency_api_port(api), &rq, &rs[i], err, sizeof(err)),
+		                 0);
+		assert_int_equal(rs[i].status, 201);
+	}
+	idempotency_api_stop(api);
+	PGconn *conn = pg_connect(pg_url_default(), err, sizeof(err));
+	if (!conn)
+		fail_msg("%s", err);
+	for (int i = 0; i < 2; i++) {
+		const char *p[] = {client, keys[i]};
+		PGresult *res = pg_query(
+		        conn,
+		        "SELECT k.xmin = c.xmin, k.response_body FROM lab_idempotency.idempotency_keys k"
+		        " JOIN lab_idempotency.charges c ON c.idempotency_key_id = k.id WHERE k.client = $1"
+		        " AND k.key = $2 AND k.recovery_point = 'finished' AND k.locked_at IS NULL",
+		        2, p, err, sizeof(err));
+		if (!res || PQntuples(res) != 1)
+			fail_msg("key %s: %s", keys[i],
+			         res ? "not one finished, unlocked key with its charge" : err);
+		assert_string_equal(PQgetvalue(res, 0, 0), i == 0 ? "t" : "f");
+		assert_string_equal(PQgetvalue(res, 0, 1), rs[i].body);
+		json_t *doc = json_loads(rs[i].body, 0, NULL);
+		char *compact = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+		assert_non_null(compact);
+		assert_string_equal(compact, rs[i].body);
+		free(compact);
+		json_decref(doc);
+		PQclear(res);
+	}
+	PQfinish(conn);
+}
+
 static void test_bad_input_gets_400_and_writes_nothing(void **state)
 {
 	struct idempotency_config cfg = *(struct idempotency_config *)*state;
@@ -765,6 +819,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_fingerprint_is_sha256_of_the_canonical_request),
 	        cmocka_unit_test(test_status_codes_replay_header_and_byte_identical_body),
+	        cmocka_unit_test(test_a_new_key_without_the_card_network_is_one_transaction),
 	        cmocka_unit_test(test_bad_input_gets_400_and_writes_nothing),
 	        cmocka_unit_test(test_two_idempotency_keys_get_400_and_charge_nothing),
 	        cmocka_unit_test(test_a_nul_in_the_key_never_makes_two_keys_one),

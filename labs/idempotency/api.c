@@ -123,10 +123,10 @@ void idem_send_stored(struct charge_ctx *ctx)
 	send_now(ctx);
 }
 
-int idem_build_body(struct charge_ctx *ctx)
+int idem_take_body(struct charge_ctx *ctx, PGresult *res, int col)
 {
 	free(ctx->body);
-	ctx->body = idem_charge_body(ctx->charge_id, ctx->amount, ctx->currency, ctx->customer, ctx->created);
+	ctx->body = PQgetisnull(res, 0, col) ? NULL : strdup(PQgetvalue(res, 0, col));
 	return ctx->body ? 0 : -1;
 }
 
@@ -273,9 +273,10 @@ static int parse_request(struct charge_ctx *ctx, char *err, size_t errlen)
 		return 400;
 	code = parse_fields(ctx, doc, err, errlen);
 	if (!code && ctx->has_key) {
+		/* canonical already: hashed as it is, not parsed and dumped again */
 		char *canon = json_dumps(doc, JSON_SORT_KEYS | JSON_COMPACT);
-		if (!canon || idempotency_fingerprint("POST", idem_route_paths[ctx->route], canon,
-		                                      ctx->fingerprint, err, errlen) < 0)
+		if (!canon || idem_fingerprint_canonical("POST", idem_route_paths[ctx->route], canon,
+		                                         ctx->fingerprint, err, errlen) < 0)
 			code = 500;
 		free(canon);
 	}
@@ -283,31 +284,64 @@ static int parse_request(struct charge_ctx *ctx, char *err, size_t errlen)
 	return code;
 }
 
-/* ---- the PostgreSQL route: key and charge in one transaction, the response in the next ---- */
+/*
+ * ---- the PostgreSQL route ----
+ * A new key with nothing outside the database between the charge and its response (the fast
+ * path): the key, the charge and the stored response in one statement, one transaction, one
+ * round trip. A new key whose charge goes to the "card network" (X-Lab-Pause-Ms): the key and the
+ * charge in one transaction (recovery point charge_created), the response in the next.
+ */
 
-/* expires: created_at + the window, as an HTTP-date */
-#define SQL_EXPIRES(created)                                                                                 \
-	"to_char((" created " + make_interval(secs => $7::float8)) AT TIME ZONE 'UTC', "                     \
+/* expires: created_at + the window (seconds), as an HTTP-date */
+#define SQL_EXPIRES(created, window)                                                                         \
+	"to_char((" created " + make_interval(secs => " window ")) AT TIME ZONE 'UTC', "                     \
 	"'Dy, DD Mon YYYY HH24:MI:SS \"GMT\"')"
 
-/* A new key: the key row (locked, at charge_created) and the charge, one statement, one transaction. */
-static const char SQL_FRESH[] =
-        "WITH k AS ("
-        " INSERT INTO " SCHEMA ".idempotency_keys (client, key, fingerprint, recovery_point, locked_at)"
-        " VALUES ($1, $2, $3, 'charge_created', now())"
-        " ON CONFLICT (client, key) DO NOTHING RETURNING id, created_at),"
-        " c AS ("
-        " INSERT INTO " SCHEMA
-        ".charges (idempotency_key_id, client, idempotency_key, customer, amount_cents, currency)"
-        " SELECT id, $1, $2, $4, $5::bigint, $6 FROM k RETURNING id, extract(epoch FROM created_at)::bigint "
-        "AS created)"
-        " SELECT k.id, c.id, c.created, " SQL_EXPIRES("k.created_at") " FROM k, c";
+/*
+ * A new key: the key row and the charge in one transaction, as a function created with the schema
+ * (idempotency_setup). The charge's id is taken from its sequence first, so that its response can
+ * be built before either row is written and, when p_finished, stored in the key row as it is
+ * inserted: the key goes in finished and unlocked, with its response. Otherwise it goes in locked
+ * at charge_created, and the response is stored after the card network. A key that exists
+ * inserts nothing (key_id NULL; the sequence number is spent, as a failed INSERT spends one).
+ * Why a function: PL/pgSQL keeps the plans of its statements for the life of the connection, so
+ * a pooled connection parses and plans these INSERTs once, not on every charge; as one statement
+ * with three CTEs, planning it cost more server time than running it.
+ */
+#define FINISHED(then, otherwise) "CASE WHEN p_finished THEN " then " ELSE " otherwise " END"
+#define FN_BODY                   SQL_CHARGE_BODY("v_id", "p_amount", "p_currency", "p_customer", "v_at")
+#define FN_KEY_STATE                                                                                         \
+	FINISHED("'finished'", "'charge_created'")                                                           \
+	", " FINISHED("NULL", "v_at") ", " FINISHED("201", "NULL") ", " FINISHED("body", "NULL")
+#define FN_EXPIRES SQL_EXPIRES("v_at", "p_window")
+const char IDEM_SQL_FRESH_FUNCTION[] =
+        "CREATE FUNCTION " SCHEMA ".charge_new_key(p_client text, p_key text, p_fingerprint text,"
+        " p_customer text, p_amount bigint, p_currency text, p_window float8, p_finished bool,"
+        " OUT key_id bigint, OUT body text, OUT expires text) LANGUAGE plpgsql AS $$"
+        " DECLARE v_id bigint := nextval('" SCHEMA ".charges_id_seq'); v_at timestamptz := now();"
+        " BEGIN"
+        " body := " FN_BODY ";"
+        " INSERT INTO " SCHEMA ".idempotency_keys"
+        " (client, key, fingerprint, recovery_point, locked_at, response_code, response_body, created_at)"
+        " VALUES (p_client, p_key, p_fingerprint, " FN_KEY_STATE ", v_at)"
+        " ON CONFLICT (client, key) DO NOTHING RETURNING id INTO key_id;"
+        " IF key_id IS NULL THEN body := NULL; RETURN; END IF;"
+        " INSERT INTO " SCHEMA ".charges"
+        " (id, idempotency_key_id, client, idempotency_key, customer, amount_cents, currency, created_at)"
+        " VALUES (v_id, key_id, p_client, p_key, p_customer, p_amount, p_currency, v_at);"
+        " expires := " FN_EXPIRES ";"
+        " END $$";
+
+/* key_id NULL: the key exists. p_finished: no card network between the charge and its response. */
+static const char SQL_FRESH[] = "SELECT key_id, body, expires FROM " SCHEMA
+                                ".charge_new_key($1, $2, $3, $4, $5::bigint, $6, $7::float8, $8::bool)";
 
 /*
  * The key exists: lock its row, and take the request's lock when the fingerprint matches, it is
  * not finished, and nobody holds it (or its holder died: locked longer than the lock timeout).
  * The charge comes along, for a request that resumes from charge_created.
  */
+#define EXISTING_EXPIRES SQL_EXPIRES("k.created_at", "$5::float8")
 static const char SQL_EXISTING[] =
         "WITH k AS ("
         " SELECT id, fingerprint, recovery_point, locked_at, response_code, response_body, created_at"
@@ -318,19 +352,17 @@ static const char SQL_EXISTING[] =
         " AND (k.locked_at IS NULL OR k.locked_at < now() - make_interval(secs => $4::float8 / 1000))"
         " RETURNING i.id)"
         " SELECT k.id, k.fingerprint = $3, k.recovery_point, EXISTS (SELECT 1 FROM took), k.response_code,"
-        " k.response_body, to_char((k.created_at + make_interval(secs => $5::float8)) AT TIME ZONE 'UTC',"
-        " 'Dy, DD Mon YYYY HH24:MI:SS \"GMT\"'), c.id, extract(epoch FROM c.created_at)::bigint, "
-        "c.amount_cents,"
-        " c.currency, c.customer"
-        " FROM k LEFT JOIN " SCHEMA ".charges c ON c.idempotency_key_id = k.id";
+        " k.response_body, " EXISTING_EXPIRES ", " SQL_CHARGE_BODY_C " FROM k LEFT JOIN " SCHEMA
+        ".charges c ON c.idempotency_key_id = k.id";
 
 static const char SQL_UNLOCK[] = "UPDATE " SCHEMA ".idempotency_keys SET locked_at = NULL WHERE id = $1";
 
 const char IDEM_SQL_PAUSE[] = "SELECT pg_sleep($1::float8 / 1000) /* " PAUSE_MARK " */";
 
+#define UNKEYED_BODY SQL_CHARGE_BODY("id", "amount_cents", "currency", "customer", "created_at")
 const char IDEM_SQL_UNKEYED[] =
         "INSERT INTO " SCHEMA ".charges (client, idempotency_key, customer, amount_cents, currency)"
-        " VALUES ($1, $2, $3, $4::bigint, $5) RETURNING id, extract(epoch FROM created_at)::bigint";
+        " VALUES ($1, $2, $3, $4::bigint, $5) RETURNING " UNKEYED_BODY;
 
 #define STORE_FAILED "the charge was made but its response could not be stored; retry with the same key"
 
@@ -369,12 +401,9 @@ static void store_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 	idem_send_stored(ctx);
 }
 
+/* ctx->body is the response built with the charge (SQL_FRESH) or from it (SQL_EXISTING). */
 static void store_response(struct charge_ctx *ctx)
 {
-	if (idem_build_body(ctx) < 0) {
-		fail_locked(ctx, NULL);
-		return;
-	}
 	ctx->code = 201;
 	const char *p[] = {ctx->key_id, "201", ctx->body};
 	if (pool_query(ctx->conn, IDEM_SQL_STORE, 3, p, store_cb, ctx) < 0)
@@ -449,16 +478,11 @@ static void existing_cb(struct pool_conn *c, PGresult *res, const char *err, voi
 		idem_ctx_fail(ctx, 409, "a request with this Idempotency-Key is in progress; retry later");
 		return;
 	}
-	/* the lock is ours and the charge exists: resume from charge_created */
-	if (PQgetisnull(res, 0, 7)) {
+	/* the lock is ours and the charge exists (its response built from it): resume from charge_created */
+	if (idem_take_body(ctx, res, 7) < 0) {
 		fail_locked(ctx, NULL);
 		return;
 	}
-	idem_copy_value(ctx->charge_id, sizeof(ctx->charge_id), res, 7);
-	idem_copy_value(ctx->created, sizeof(ctx->created), res, 8);
-	idem_copy_value(ctx->amount, sizeof(ctx->amount), res, 9);
-	idem_copy_value(ctx->currency, sizeof(ctx->currency), res, 10);
-	idem_copy_value(ctx->customer, sizeof(ctx->customer), res, 11);
 	after_charge(ctx);
 }
 
@@ -470,12 +494,21 @@ static void fresh_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 		fail_query(ctx, res, err);
 		return;
 	}
-	if (PQntuples(res) == 1) {
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 		idem_copy_value(ctx->key_id, sizeof(ctx->key_id), res, 0);
-		idem_copy_value(ctx->charge_id, sizeof(ctx->charge_id), res, 1);
-		idem_copy_value(ctx->created, sizeof(ctx->created), res, 2);
-		idem_copy_value(ctx->expires, sizeof(ctx->expires), res, 3);
-		after_charge(ctx);
+		idem_copy_value(ctx->expires, sizeof(ctx->expires), res, 2);
+		if (idem_take_body(ctx, res, 1) < 0) {
+			fail_locked(ctx, NULL);
+			return;
+		}
+		/* the card network, then the response in a transaction of its own */
+		if (ctx->pause_ms > 0) {
+			after_charge(ctx);
+			return;
+		}
+		/* committed finished, with its response, in the charge's transaction */
+		ctx->code = 201;
+		idem_send_stored(ctx);
 		return;
 	}
 	char lock_ms[24], window[24];
@@ -494,9 +527,7 @@ static void unkeyed_cb(struct pool_conn *c, PGresult *res, const char *err, void
 		fail_query(ctx, res, err);
 		return;
 	}
-	idem_copy_value(ctx->charge_id, sizeof(ctx->charge_id), res, 0);
-	idem_copy_value(ctx->created, sizeof(ctx->created), res, 1);
-	if (idem_build_body(ctx) < 0) {
+	if (idem_take_body(ctx, res, 0) < 0) {
 		idem_ctx_fail(ctx, 500, "out of memory");
 		return;
 	}
@@ -519,9 +550,10 @@ static void pg_acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	} else {
 		char window[24];
 		snprintf(window, sizeof(window), "%d", ctx->api->cfg.key_window_s);
-		const char *p[] = {ctx->client,   ctx->key, ctx->fingerprint, ctx->customer, ctx->amount,
-		                   ctx->currency, window};
-		rc = pool_query(conn, SQL_FRESH, 7, p, fresh_cb, ctx);
+		const char *p[] = {
+		        ctx->client, ctx->key,      ctx->fingerprint, ctx->customer,
+		        ctx->amount, ctx->currency, window,           ctx->pause_ms > 0 ? "f" : "t"};
+		rc = pool_query(conn, SQL_FRESH, 8, p, fresh_cb, ctx);
 	}
 	if (rc < 0)
 		idem_ctx_fail(ctx, 500, "could not send the query");

@@ -67,12 +67,9 @@ static void redis_stored_cb(redisAsyncContext *ac, void *r, void *privdata)
 	idem_send_stored(ctx);
 }
 
+/* ctx->body is the charge's response, built by the INSERT that made it (IDEM_SQL_UNKEYED). */
 static void redis_store(struct charge_ctx *ctx)
 {
-	if (idem_build_body(ctx) < 0) {
-		redis_db_failed(ctx, NULL, "out of memory");
-		return;
-	}
 	ctx->code = 201;
 	idem_ctx_release(ctx);
 	if (!ctx->api->redis.ready ||
@@ -99,8 +96,10 @@ static void redis_charge_cb(struct pool_conn *c, PGresult *res, const char *err,
 		redis_db_failed(ctx, res, err);
 		return;
 	}
-	idem_copy_value(ctx->charge_id, sizeof(ctx->charge_id), res, 0);
-	idem_copy_value(ctx->created, sizeof(ctx->created), res, 1);
+	if (idem_take_body(ctx, res, 0) < 0) {
+		redis_db_failed(ctx, NULL, "out of memory");
+		return;
+	}
 	if (ctx->pause_ms > 0) {
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%d", ctx->pause_ms);

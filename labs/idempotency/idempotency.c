@@ -88,7 +88,8 @@ int idempotency_setup(const struct idempotency_config *cfg, char *err, size_t er
 	            " created_at timestamptz NOT NULL DEFAULT now());"
 	            "CREATE INDEX ON " SCHEMA ".charges (idempotency_key_id);"
 	            "CREATE INDEX ON " SCHEMA ".charges (client)",
-	            err, errlen) < 0)
+	            err, errlen) < 0 ||
+	    pg_exec(conn, IDEM_SQL_FRESH_FUNCTION, err, errlen) < 0)
 		goto out;
 	ret = 0;
 out:
@@ -126,23 +127,37 @@ int idempotency_fingerprint(const char *method, const char *path, const char *js
 	/* canonical: keys sorted, no whitespace, so {"a":1, "b":2} and {"b":2,"a":1} match */
 	char *canon = json_dumps(doc, JSON_SORT_KEYS | JSON_COMPACT | JSON_ENCODE_ANY);
 	json_decref(doc);
-	char *text = NULL;
-	int n = canon ? asprintf(&text, "%s %s\n%s", method, path, canon) : -1;
-	free(canon);
-	if (n < 0) {
+	if (!canon) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
+	int ret = idem_fingerprint_canonical(method, path, canon, out, err, errlen);
+	free(canon);
+	return ret;
+}
+
+int idem_fingerprint_canonical(const char *method, const char *path, const char *canon, char out[65],
+                               char *err, size_t errlen)
+{
+	/* "METHOD PATH\n" and the body, fed to one digest: no copy of the body */
+	EVP_MD_CTX *md_ctx = EVP_MD_CTX_new();
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
-	int ok = EVP_Digest(text, (size_t)n, md, &mdlen, EVP_sha256(), NULL);
-	free(text);
+	int ok = md_ctx && EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) &&
+	         EVP_DigestUpdate(md_ctx, method, strlen(method)) && EVP_DigestUpdate(md_ctx, " ", 1) &&
+	         EVP_DigestUpdate(md_ctx, path, strlen(path)) && EVP_DigestUpdate(md_ctx, "\n", 1) &&
+	         EVP_DigestUpdate(md_ctx, canon, strlen(canon)) && EVP_DigestFinal_ex(md_ctx, md, &mdlen);
+	EVP_MD_CTX_free(md_ctx);
 	if (!ok || mdlen != 32) {
 		snprintf(err, errlen, "SHA-256 failed (libcrypto)");
 		return -1;
 	}
-	for (unsigned i = 0; i < mdlen; i++)
-		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	static const char hex[] = "0123456789abcdef";
+	for (unsigned i = 0; i < mdlen; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[64] = '\0';
 	return 0;
 }
 

@@ -37,6 +37,23 @@
 	"state = 'active' AND query LIKE '%" PAUSE_MARK "%' AND pid <> pg_backend_pid()"                     \
 	" AND datname = current_database() AND ($1 = '' OR application_name = $1)"
 
+/*
+ * The charge as the API answers it, built by PostgreSQL from the charge's columns (or the values
+ * that become them) in the statement that writes or reads them: one builder for every path (a new
+ * key's single statement, the unkeyed charge, a resumed request, the completer), so a replay and
+ * a resumed answer are the same bytes. The same compact JSON jansson's JSON_COMPACT writes:
+ * to_json() quotes the two strings (customer and currency are printable ASCII, checked at parse).
+ */
+#define SQL_CHARGE_BODY(id, amount, currency, customer, created_at)                                          \
+	"('{\"id\":\"ch_' || " id " || '\",\"object\":\"charge\",\"amount\":' || " amount                    \
+	" || ',\"currency\":' || to_json(" currency "::text) || ',\"customer\":' || to_json(" customer       \
+	"::text) || ',\"created\":' || extract(epoch FROM " created_at                                       \
+	")::bigint || ',\"livemode\":false}')"
+
+/* the same, for a charges row named c */
+#define SQL_CHARGE_BODY_C                                                                                    \
+	SQL_CHARGE_BODY("c.id", "c.amount_cents", "c.currency", "c.customer", "c.created_at")
+
 enum route { ROUTE_PG, ROUTE_REDIS_KEEP, ROUTE_REDIS_RELEASE, ROUTE_COUNT };
 
 extern const char *const idem_route_paths[ROUTE_COUNT];
@@ -76,8 +93,6 @@ struct charge_ctx {
 	char amount[24];
 	int delay_ms, pause_ms;
 	char key_id[24];
-	char charge_id[24];
-	char created[24];
 	char expires[64];
 	char *body; /* the response body, once built */
 	int code;
@@ -90,9 +105,12 @@ struct charge_ctx {
 void idem_ctx_release(struct charge_ctx *ctx);
 void idem_ctx_fail(struct charge_ctx *ctx, int code, const char *msg);
 void idem_send_stored(struct charge_ctx *ctx);
-int idem_build_body(struct charge_ctx *ctx);
+/* ctx->body from a column of a result (SQL_CHARGE_BODY); -1 when it is NULL or out of memory */
+int idem_take_body(struct charge_ctx *ctx, PGresult *res, int col);
 void idem_copy_value(char *out, size_t outlen, PGresult *res, int col);
 extern const char IDEM_SQL_UNKEYED[];
+/* the function of a new key's statement, created by idempotency_setup with the schema */
+extern const char IDEM_SQL_FRESH_FUNCTION[];
 extern const char IDEM_SQL_PAUSE[];
 
 /* api_redis.c */
@@ -103,9 +121,6 @@ void idem_redis_charge(struct charge_ctx *ctx);
 void idem_redis_free(struct idempotency_api *api);
 
 /* jobs.c */
-/* The charge as the API answers it, from the charges row: a resumed request builds the same bytes. */
-char *idem_charge_body(const char *charge_id, const char *amount, const char *currency, const char *customer,
-                       const char *created);
 extern const char IDEM_SQL_STORE[];
 int idem_jobs_start(struct idempotency_api *api, char *err, size_t errlen);
 void idem_jobs_free(struct idempotency_api *api);
@@ -117,6 +132,13 @@ void idem_jobs_free(struct idempotency_api *api);
  * Nothing is probed when r->lost is already set or the lab was interrupted.
  */
 int idem_lost(const struct idempotency_config *cfg, struct idempotency_result *r, char *err, size_t errlen);
+
+/*
+ * idempotency.c: the fingerprint of a request whose body is already canonical (jansson's
+ * JSON_SORT_KEYS | JSON_COMPACT): what idempotency_fingerprint hashes once it has canonicalised.
+ */
+int idem_fingerprint_canonical(const char *method, const char *path, const char *canon, char out[65],
+                               char *err, size_t errlen);
 
 /* client.c, for the phases */
 /* idempotency_count on a connection of the caller's */

@@ -29,8 +29,8 @@ static const char SQL_REAP[] = "DELETE FROM " SCHEMA ".idempotency_keys"
 	"(" k ".locked_at IS NULL OR " k ".locked_at < now() - make_interval(secs => $1::float8 / 1000))"
 
 static const char SQL_COMPLETE_PICK[] =
-        "SELECT k.id, c.id, extract(epoch FROM c.created_at)::bigint, c.amount_cents, c.currency, c.customer"
-        " FROM " SCHEMA ".idempotency_keys k JOIN " SCHEMA ".charges c ON c.idempotency_key_id = k.id"
+        "SELECT k.id, " SQL_CHARGE_BODY_C " FROM " SCHEMA ".idempotency_keys k JOIN " SCHEMA
+        ".charges c ON c.idempotency_key_id = k.id"
         " WHERE k.recovery_point = 'charge_created' AND " STALE("k") " ORDER BY k.id LIMIT " COMPLETE_BATCH;
 
 /*
@@ -43,31 +43,14 @@ static const char SQL_COMPLETE_STORE[] =
         " FROM jsonb_to_recordset($2::jsonb) AS u(id bigint, body text)"
         " WHERE k.id = u.id AND k.recovery_point = 'charge_created' AND " STALE("k");
 
-char *idem_charge_body(const char *charge_id, const char *amount, const char *currency, const char *customer,
-                       const char *created)
-{
-	json_t *doc = json_pack("{s:s+,s:s,s:I,s:s,s:s,s:I,s:b}", "id", "ch_", charge_id, "object", "charge",
-	                        "amount", (json_int_t)atoll(amount), "currency", currency, "customer",
-	                        customer, "created", (json_int_t)atoll(created), "livemode", 0);
-	if (!doc)
-		return NULL;
-	char *body = json_dumps(doc, JSON_COMPACT);
-	json_decref(doc);
-	return body;
-}
-
 /* [{"id": key id, "body": the response}] for the rows of SQL_COMPLETE_PICK; NULL when out of memory. */
 static char *complete_rows(PGresult *res)
 {
 	json_t *rows = json_array();
 	for (int i = 0; rows && i < PQntuples(res); i++) {
-		char *body =
-		        idem_charge_body(PQgetvalue(res, i, 1), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-		                         PQgetvalue(res, i, 5), PQgetvalue(res, i, 2));
-		json_t *row = body ? json_pack("{s:I,s:s}", "id", (json_int_t)atoll(PQgetvalue(res, i, 0)),
-		                               "body", body)
-		                   : NULL;
-		free(body);
+		/* the response as the API answers it, built from the charge by the pick (SQL_CHARGE_BODY) */
+		json_t *row = json_pack("{s:I,s:s}", "id", (json_int_t)atoll(PQgetvalue(res, i, 0)), "body",
+		                        PQgetvalue(res, i, 1));
 		if (!row || json_array_append_new(rows, row) < 0) {
 			json_decref(rows);
 			return NULL;
