@@ -53,6 +53,8 @@ static void proxy_accept_error_cb(struct evconnlistener *l, void *arg)
 static void *proxy_thread_main(void *arg)
 {
 	struct proxy *p = arg;
+	/* by name in top -H, perf and bench_proxy's count of the thread's wake-ups */
+	pthread_setname_np(pthread_self(), PROXY_THREAD_NAME);
 	event_base_loop(p->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	return NULL;
 }

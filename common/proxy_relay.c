@@ -199,6 +199,53 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		proxy_conn_close(c);
 }
 
+/*
+ * Writes what was just read straight from the read buffer when nothing waits before it (zero
+ * delay, nothing held or ready): no copy into an evbuffer, no second wake-up. What the
+ * destination does not take now goes to ready, and *direct turns false so the next read queues
+ * behind it. -1 when the destination went away.
+ */
+static int proxy_pipe_forward(struct proxy_pipe *pp, const char *buf, size_t n, bool *direct)
+{
+	ssize_t w = 0;
+	if (*direct) {
+		do
+			w = send(pp->dst, buf, n, MSG_NOSIGNAL);
+		while (w < 0 && errno == EINTR);
+		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1; /* EPIPE, ECONNRESET: the caller closes both sides */
+		if (w < 0)
+			w = 0;
+		*pp->bytes += (uint64_t)w;
+		if ((size_t)w == n)
+			return 0;
+		*direct = false;
+	}
+	return evbuffer_add(pp->ready, buf + w, n - (size_t)w);
+}
+
+/* What this wake-up may read: the queue's room, and the bucket's tokens under a limit. */
+static size_t proxy_read_budget(struct proxy_pipe *pp, int64_t bps, uint64_t now)
+{
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	size_t budget = PROXY_READ_BUDGET;
+
+	if (queued >= PROXY_QUEUE_MAX)
+		budget = 0;
+	else if (budget > PROXY_QUEUE_MAX - queued)
+		budget = PROXY_QUEUE_MAX - queued;
+	if (bps > 0) {
+		proxy_pipe_refill(pp, bps, now);
+		if (pp->tokens < 1.0) {
+			budget = 0;
+			pp->bw_paused = true;
+		} else if (pp->tokens < (double)budget) {
+			budget = (size_t)pp->tokens;
+		}
+	}
+	return budget;
+}
+
 static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)what;
@@ -208,30 +255,19 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 	char buf[PROXY_READ_CHUNK];
 	uint64_t now = hist_now_us();
 	int delay = pp == &c->up ? p->delay_up_us : p->delay_down_us;
-	/* zero delay and nothing waiting: straight to ready, the proxy's fastest path */
-	struct evbuffer *into = delay == 0 && pp->seg_count == 0 ? pp->ready : pp->held;
-	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
-	size_t budget = PROXY_READ_BUDGET;
+	/* zero delay and nothing waiting: written at once, the proxy's fastest path */
+	bool at_once = delay == 0 && pp->seg_count == 0;
+	bool direct = at_once && evbuffer_get_length(pp->ready) == 0;
+	size_t budget = proxy_read_budget(pp, p->bandwidth_bps, now);
 	size_t total = 0;
 
-	if (queued >= PROXY_QUEUE_MAX)
-		budget = 0;
-	else if (budget > PROXY_QUEUE_MAX - queued)
-		budget = PROXY_QUEUE_MAX - queued;
-	if (p->bandwidth_bps > 0) {
-		proxy_pipe_refill(pp, p->bandwidth_bps, now);
-		if (pp->tokens < 1.0) {
-			budget = 0;
-			pp->bw_paused = true;
-		} else if (pp->tokens < (double)budget) {
-			budget = (size_t)pp->tokens;
-		}
-	}
 	while (total < budget) {
 		size_t want = budget - total < sizeof(buf) ? budget - total : sizeof(buf);
 		ssize_t n = read(fd, buf, want);
 		if (n > 0) {
-			if (evbuffer_add(into, buf, (size_t)n) != 0) {
+			int rc = at_once ? proxy_pipe_forward(pp, buf, (size_t)n, &direct)
+			                 : evbuffer_add(pp->held, buf, (size_t)n);
+			if (rc != 0) {
 				proxy_conn_close(c);
 				return;
 			}
@@ -256,7 +292,7 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 		if (pp->tokens < 1.0)
 			pp->bw_paused = true;
 	}
-	if (total > 0 && into == pp->held && proxy_pipe_push_seg(pp, now + (uint64_t)delay, total) != 0) {
+	if (total > 0 && !at_once && proxy_pipe_push_seg(pp, now + (uint64_t)delay, total) != 0) {
 		proxy_conn_close(c);
 		return;
 	}
