@@ -5,9 +5,12 @@
  * Each accepted connection is a struct proxy_conn with two pipes, up (client to upstream) and
  * down (upstream to client). A pipe reads what its source sends, stamps each read with a due
  * time (arrival + the delay in force when it was read) and writes the bytes to its destination,
- * in order, once they are due: one queue and one timer per pipe, so a delay adds latency and
- * costs no throughput. The bandwidth limit is a token bucket on the reading side, so a slow link
- * pushes back on the sender through TCP as a real one does.
+ * in order, once they are due: one queue per pipe, so a delay adds latency and costs no
+ * throughput, and one timerfd for the whole proxy, due at the earliest pipe's wake. At zero
+ * delay with nothing queued a read is sent on from the read buffer in the same callback: a
+ * round trip costs epoll_wait, read and send twice, no timer and no copy into an evbuffer.
+ * The bandwidth limit is a token bucket on the reading side, so a slow link pushes back on
+ * the sender through TCP as a real one does.
  *
  * Counting: accepted counts every connection accept() returned, refused ones included; active
  * is what is open now (connecting to the upstream or forwarding).
