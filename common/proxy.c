@@ -170,7 +170,7 @@ static int proxy_check_config(const struct proxy_config *cfg, char *err, size_t 
 	return 0;
 }
 
-/* p's base (precise timers) and its listener on 127.0.0.1:listen_port; -1 and err. */
+/* p's base, its timerfd (proxy_timer_open) and its listener on 127.0.0.1:listen_port; -1 and err. */
 static int proxy_listen(struct proxy *p, int listen_port, char *err, size_t errlen)
 {
 	/*
