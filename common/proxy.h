@@ -10,8 +10,10 @@
  * each direction's bandwidth, refuse new connections, and cut every open connection at once
  * (both sides closed: the client sees its server go away).
  *
- * It runs its own libevent loop in a thread of its own (timers precise to the microsecond:
- * EVENT_BASE_FLAG_PRECISE_TIMER), so it works beside any lab and any blocking client.
+ * It runs its own libevent loop in a thread of its own (its delays precise to the microsecond:
+ * a timerfd of its own), so it works beside any lab and any blocking client. That
+ * thread is named PROXY_THREAD_NAME. At zero delay a read is written on at once, from the read
+ * itself: a round trip costs the proxy's thread two wake-ups and no timer.
  *
  * Threads: every function but proxy_free may be called from any thread, several at once; each
  * runs on the proxy's loop and returns after it took effect there (stats are a consistent
@@ -27,6 +29,9 @@
 #include <stdint.h>
 
 struct proxy;
+
+/* The name of every proxy's loop thread (/proc/self/task/TID/comm). */
+#define PROXY_THREAD_NAME "lab-proxy"
 
 struct proxy_config {
 	/*

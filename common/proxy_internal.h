@@ -4,8 +4,8 @@
  *
  * proxy.c holds the public API of proxy.h (start, the control functions, free), the loop thread
  * and the calls onto it, the upstream's resolution and the listener. proxy_relay.c holds one
- * accepted connection's relay: its two pipes, their delay queue and bandwidth bucket, and its
- * close. Nothing here is part of proxy.h's API.
+ * accepted connection's relay: its two pipes, their delay queue and bandwidth bucket, the
+ * proxy's one timer, and a connection's close. Nothing here is part of proxy.h's API.
  */
 #ifndef LAB_PROXY_INTERNAL_H
 #define LAB_PROXY_INTERNAL_H
@@ -42,18 +42,18 @@ struct proxy_pipe {
 	evutil_socket_t src, dst;
 	struct event *read_ev;  /* src readable */
 	struct event *write_ev; /* dst writable, added while ready does not fit in the socket */
-	struct event *timer_ev; /* the head segment is due, or the bucket has refilled */
 	struct evbuffer *held;
 	struct evbuffer *ready;
 	struct proxy_seg *segs;
 	size_t seg_cap, seg_head, seg_count;
-	bool reading;     /* read_ev is added */
-	bool writing;     /* write_ev is added */
-	bool timer_armed; /* timer_ev is pending */
-	bool bw_paused;   /* not reading until the bucket refills */
-	bool src_eof;     /* the source sent FIN: flush, then shut the destination's write side */
-	bool dst_shut;    /* shutdown(dst, SHUT_WR) done: this direction is finished */
-	uint64_t *bytes;  /* the proxy's bytes_up or bytes_down */
+	bool reading;    /* read_ev is added */
+	bool writing;    /* write_ev is added */
+	bool bw_paused;  /* not reading until the bucket refills */
+	bool src_eof;    /* the source sent FIN: flush, then shut the destination's write side */
+	bool dst_shut;   /* shutdown(dst, SHUT_WR) done: this direction is finished */
+	uint64_t *bytes; /* the proxy's bytes_up or bytes_down */
+	/* when the head segment is due or the bucket has refilled (the proxy's timer); 0 = never */
+	uint64_t wake_us;
 	double tokens;
 	uint64_t tokens_at_us;
 };
@@ -70,6 +70,11 @@ struct proxy {
 	struct event_base *base;
 	struct evconnlistener *listener;
 	struct event *accept_resume_ev; /* re-enables the listener after an accept error */
+	/* one timerfd for every pipe's wake, due at timer_at_us (0 = not set) */
+	evutil_socket_t timer_fd;
+	struct event *timer_ev;
+	uint64_t timer_at_us;
+	bool timer_scanning; /* proxy_timer_cb is pumping: it sets the timer when done */
 	pthread_t tid;
 	bool thread_started;
 	int port;
@@ -92,6 +97,8 @@ struct proxy_call {
 };
 
 int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now);
+/* The timerfd and its event on p->base; -1 when either could not be made. */
+int proxy_timer_open(struct proxy *p);
 void proxy_conn_close(struct proxy_conn *c);
 void proxy_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int addrlen,
                      void *arg);

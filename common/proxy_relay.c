@@ -5,9 +5,12 @@
  * Each accepted connection is a struct proxy_conn with two pipes, up (client to upstream) and
  * down (upstream to client). A pipe reads what its source sends, stamps each read with a due
  * time (arrival + the delay in force when it was read) and writes the bytes to its destination,
- * in order, once they are due: one queue and one timer per pipe, so a delay adds latency and
- * costs no throughput. The bandwidth limit is a token bucket on the reading side, so a slow link
- * pushes back on the sender through TCP as a real one does.
+ * in order, once they are due: one queue per pipe, so a delay adds latency and costs no
+ * throughput, and one timerfd for the whole proxy, due at the earliest pipe's wake. At zero
+ * delay with nothing queued a read is sent on from the read buffer in the same callback: a
+ * round trip costs epoll_wait, read and send twice, no timer and no copy into an evbuffer.
+ * The bandwidth limit is a token bucket on the reading side, so a slow link pushes back on
+ * the sender through TCP as a real one does.
  *
  * Counting: accepted counts every connection accept() returned, refused ones included; active
  * is what is open now (connecting to the upstream or forwarding).
@@ -21,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,7 +52,7 @@ static double proxy_bucket_cap(int64_t bps)
 	return cap < 1.0 ? 1.0 : cap;
 }
 
-static void proxy_pipe_pump(struct proxy_pipe *pp);
+static int proxy_pipe_pump(struct proxy_pipe *pp);
 
 /*
  * Adds or deletes ev as on says; *state tracks it. -1 when libevent could not add it (no
@@ -109,8 +113,26 @@ static void proxy_pipe_refill(struct proxy_pipe *pp, int64_t bps, uint64_t now)
 	pp->tokens_at_us = now;
 }
 
-/* Arms the pipe's timer for the earliest of: the head segment due, the bucket full again. -1
- * when the timer could not be armed. */
+/*
+ * The proxy's timer (one timerfd for every pipe, absolute CLOCK_MONOTONIC, hist_now_us's clock)
+ * due at `at` us, unless it is already due sooner or the timer callback is scanning (it sets
+ * the earliest when done). A pipe's later or cancelled wake leaves it as it is: the callback
+ * then finds nothing due and sets the next. -1 when the timerfd refused.
+ */
+static int proxy_timer_want(struct proxy *p, uint64_t at)
+{
+	if (p->timer_scanning || (p->timer_at_us != 0 && p->timer_at_us <= at))
+		return 0;
+	struct itimerspec its = {
+	        .it_value = {.tv_sec = (time_t)(at / 1000000u), .tv_nsec = (long)(at % 1000000u) * 1000}};
+	if (timerfd_settime(p->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0)
+		return -1;
+	p->timer_at_us = at;
+	return 0;
+}
+
+/* Sets the pipe's wake for the earliest of: the head segment due, the bucket full again. -1
+ * when the timer could not be set. */
 static int proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 {
 	uint64_t wake = UINT64_MAX;
@@ -124,18 +146,8 @@ static int proxy_pipe_arm(struct proxy_pipe *pp, uint64_t now)
 		if (refill < wake)
 			wake = refill;
 	}
-	if (wake == UINT64_MAX) {
-		if (pp->timer_armed)
-			event_del(pp->timer_ev);
-		pp->timer_armed = false;
-		return 0;
-	}
-	uint64_t wait = wake > now ? wake - now : 0;
-	struct timeval tv = {.tv_sec = (time_t)(wait / 1000000u), .tv_usec = (suseconds_t)(wait % 1000000u)};
-	if (event_add(pp->timer_ev, &tv) != 0)
-		return -1;
-	pp->timer_armed = true;
-	return 0;
+	pp->wake_us = wake == UINT64_MAX ? 0 : wake;
+	return pp->wake_us ? proxy_timer_want(pp->conn->proxy, pp->wake_us) : 0;
 }
 
 /* Reading on src as the pipe's state allows, and the timer armed; -1 on failure. */
@@ -149,9 +161,9 @@ int proxy_pipe_rearm(struct proxy_pipe *pp, uint64_t now)
 /*
  * Moves what is due from held to ready, writes ready, shuts the destination when the source
  * has finished and everything is out, and decides whether to read more. May close the whole
- * connection (then pp is gone): callers return right after.
+ * connection: then pp is gone and it returns -1 (callers return right after), else 0.
  */
-static void proxy_pipe_pump(struct proxy_pipe *pp)
+static int proxy_pipe_pump(struct proxy_pipe *pp)
 {
 	struct proxy_conn *c = pp->conn;
 	uint64_t now = hist_now_us();
@@ -172,11 +184,11 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 			break;
 		/* the destination went away (EPIPE, ECONNRESET): both sides close */
 		proxy_conn_close(c);
-		return;
+		return -1;
 	}
 	if (proxy_pipe_set_writing(pp, evbuffer_get_length(pp->ready) > 0) != 0) {
 		proxy_conn_close(c);
-		return;
+		return -1;
 	}
 
 	if (pp->src_eof && !pp->dst_shut && pp->seg_count == 0 && evbuffer_get_length(pp->ready) == 0) {
@@ -185,7 +197,7 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		struct proxy_pipe *other = pp == &c->up ? &c->down : &c->up;
 		if (other->dst_shut) {
 			proxy_conn_close(c);
-			return;
+			return -1;
 		}
 	}
 
@@ -195,8 +207,57 @@ static void proxy_pipe_pump(struct proxy_pipe *pp)
 		if (bps <= 0 || pp->tokens >= proxy_bucket_cap(bps))
 			pp->bw_paused = false;
 	}
-	if (proxy_pipe_rearm(pp, now) != 0)
-		proxy_conn_close(c);
+	if (proxy_pipe_rearm(pp, now) == 0)
+		return 0;
+	proxy_conn_close(c);
+	return -1;
+}
+
+/*
+ * Writes what was just read straight from the read buffer when nothing waits before it (zero
+ * delay, nothing held or ready): no copy into an evbuffer, no second wake-up. What the
+ * destination does not take now goes to ready, and *direct turns false so the next read queues
+ * behind it. -1 when the destination went away.
+ */
+static int proxy_pipe_forward(struct proxy_pipe *pp, const char *buf, size_t n, bool *direct)
+{
+	ssize_t w = 0;
+	if (*direct) {
+		do
+			w = send(pp->dst, buf, n, MSG_NOSIGNAL);
+		while (w < 0 && errno == EINTR);
+		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1; /* EPIPE, ECONNRESET: the caller closes both sides */
+		if (w < 0)
+			w = 0;
+		*pp->bytes += (uint64_t)w;
+		if ((size_t)w == n)
+			return 0;
+		*direct = false;
+	}
+	return evbuffer_add(pp->ready, buf + w, n - (size_t)w);
+}
+
+/* What this wake-up may read: the queue's room, and the bucket's tokens under a limit. */
+static size_t proxy_read_budget(struct proxy_pipe *pp, int64_t bps, uint64_t now)
+{
+	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
+	size_t budget = PROXY_READ_BUDGET;
+
+	if (queued >= PROXY_QUEUE_MAX)
+		budget = 0;
+	else if (budget > PROXY_QUEUE_MAX - queued)
+		budget = PROXY_QUEUE_MAX - queued;
+	if (bps > 0) {
+		proxy_pipe_refill(pp, bps, now);
+		if (pp->tokens < 1.0) {
+			budget = 0;
+			pp->bw_paused = true;
+		} else if (pp->tokens < (double)budget) {
+			budget = (size_t)pp->tokens;
+		}
+	}
+	return budget;
 }
 
 static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -208,30 +269,19 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 	char buf[PROXY_READ_CHUNK];
 	uint64_t now = hist_now_us();
 	int delay = pp == &c->up ? p->delay_up_us : p->delay_down_us;
-	/* zero delay and nothing waiting: straight to ready, the proxy's fastest path */
-	struct evbuffer *into = delay == 0 && pp->seg_count == 0 ? pp->ready : pp->held;
-	size_t queued = evbuffer_get_length(pp->held) + evbuffer_get_length(pp->ready);
-	size_t budget = PROXY_READ_BUDGET;
+	/* zero delay and nothing waiting: written at once, the proxy's fastest path */
+	bool at_once = delay == 0 && pp->seg_count == 0;
+	bool direct = at_once && evbuffer_get_length(pp->ready) == 0;
+	size_t budget = proxy_read_budget(pp, p->bandwidth_bps, now);
 	size_t total = 0;
 
-	if (queued >= PROXY_QUEUE_MAX)
-		budget = 0;
-	else if (budget > PROXY_QUEUE_MAX - queued)
-		budget = PROXY_QUEUE_MAX - queued;
-	if (p->bandwidth_bps > 0) {
-		proxy_pipe_refill(pp, p->bandwidth_bps, now);
-		if (pp->tokens < 1.0) {
-			budget = 0;
-			pp->bw_paused = true;
-		} else if (pp->tokens < (double)budget) {
-			budget = (size_t)pp->tokens;
-		}
-	}
 	while (total < budget) {
 		size_t want = budget - total < sizeof(buf) ? budget - total : sizeof(buf);
 		ssize_t n = read(fd, buf, want);
 		if (n > 0) {
-			if (evbuffer_add(into, buf, (size_t)n) != 0) {
+			int rc = at_once ? proxy_pipe_forward(pp, buf, (size_t)n, &direct)
+			                 : evbuffer_add(pp->held, buf, (size_t)n);
+			if (rc != 0) {
 				proxy_conn_close(c);
 				return;
 			}
@@ -256,27 +306,67 @@ static void proxy_read_cb(evutil_socket_t fd, short what, void *arg)
 		if (pp->tokens < 1.0)
 			pp->bw_paused = true;
 	}
-	if (total > 0 && into == pp->held && proxy_pipe_push_seg(pp, now + (uint64_t)delay, total) != 0) {
+	if (total > 0 && !at_once && proxy_pipe_push_seg(pp, now + (uint64_t)delay, total) != 0) {
 		proxy_conn_close(c);
 		return;
 	}
-	proxy_pipe_pump(pp);
+	(void)proxy_pipe_pump(pp);
 }
 
 static void proxy_write_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	proxy_pipe_pump(arg);
+	(void)proxy_pipe_pump(arg);
 }
 
+/* The earliest wake of every pipe, 0 when none; a connection still connecting has none. */
+static uint64_t proxy_next_wake(const struct proxy *p)
+{
+	uint64_t next = 0;
+	for (const struct proxy_conn *c = p->conns; c; c = c->next)
+		for (const struct proxy_pipe *pp = &c->up; pp; pp = pp == &c->up ? &c->down : NULL)
+			if (pp->wake_us && (!next || pp->wake_us < next))
+				next = pp->wake_us;
+	return next;
+}
+
+/*
+ * The timerfd fired: pumps every pipe whose wake is due (a scan of the open connections, a few
+ * in a lab), then sets the timer for the earliest wake left. A proxy at zero delay never sets
+ * it, so its round trip has no timer syscall at all (libevent's precise timers would call
+ * timerfd_settime on every turn of the loop).
+ */
 static void proxy_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-	(void)fd;
 	(void)what;
-	struct proxy_pipe *pp = arg;
-	pp->timer_armed = false;
-	proxy_pipe_pump(pp);
+	struct proxy *p = arg;
+	uint64_t expirations, now = hist_now_us();
+	if (read(fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+		return; /* cannot happen on a timerfd; it stays readable and comes back */
+	p->timer_at_us = 0;
+	p->timer_scanning = true;
+	for (struct proxy_conn *c = p->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->up.wake_us && c->up.wake_us <= now && proxy_pipe_pump(&c->up) != 0)
+			continue; /* closed */
+		if (c->down.wake_us && c->down.wake_us <= now)
+			(void)proxy_pipe_pump(&c->down);
+	}
+	p->timer_scanning = false;
+	uint64_t next = proxy_next_wake(p);
+	if (next && proxy_timer_want(p, next) != 0)
+		while (p->conns) /* nothing due would ever be sent: close rather than hang */
+			proxy_conn_close(p->conns);
+}
+
+int proxy_timer_open(struct proxy *p)
+{
+	p->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (p->timer_fd < 0)
+		return -1;
+	p->timer_ev = event_new(p->base, p->timer_fd, EV_READ | EV_PERSIST, proxy_timer_cb, p);
+	return p->timer_ev && event_add(p->timer_ev, NULL) == 0 ? 0 : -1;
 }
 
 static void proxy_pipe_clear(struct proxy_pipe *pp)
@@ -285,8 +375,6 @@ static void proxy_pipe_clear(struct proxy_pipe *pp)
 		event_free(pp->read_ev);
 	if (pp->write_ev)
 		event_free(pp->write_ev);
-	if (pp->timer_ev)
-		event_free(pp->timer_ev);
 	if (pp->held)
 		evbuffer_free(pp->held);
 	if (pp->ready)
@@ -305,10 +393,9 @@ static int proxy_pipe_init(struct proxy_pipe *pp, struct proxy_conn *c, evutil_s
 	pp->tokens_at_us = hist_now_us();
 	pp->read_ev = event_new(base, src, EV_READ | EV_PERSIST, proxy_read_cb, pp);
 	pp->write_ev = event_new(base, dst, EV_WRITE | EV_PERSIST, proxy_write_cb, pp);
-	pp->timer_ev = evtimer_new(base, proxy_timer_cb, pp);
 	pp->held = evbuffer_new();
 	pp->ready = evbuffer_new();
-	if (!pp->read_ev || !pp->write_ev || !pp->timer_ev || !pp->held || !pp->ready)
+	if (!pp->read_ev || !pp->write_ev || !pp->held || !pp->ready)
 		return -1;
 	return 0;
 }

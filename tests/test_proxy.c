@@ -1,6 +1,7 @@
 /*
  * test_proxy.c — the latency and fault proxy of proxy.h relaying bytes, end to end over real
- * sockets: bytes pass intact both ways, delays add at least what they promise and per direction,
+ * sockets: bytes pass intact both ways, delays add at least what they promise and per direction
+ * (a shorter one on another connection is not held behind a longer one: one timer serves all),
  * the bandwidth limit holds (also when set mid-connection), a delay costs latency and not
  * throughput, a half close and an upstream's hang-up pass what was queued and the EOF.
  * test_proxy_faults.c tests the faults it injects (cut, refuse) and its control API.
@@ -16,6 +17,7 @@
 #define PROXY_TEST "test_proxy"
 #include "proxy_fixture.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +171,81 @@ static void test_a_new_delay_takes_effect_on_an_open_connection(void **state)
 	assert_int_equal(proxy_set_delay(p, -1, 0), -1);
 	close(direct);
 	close(proxied);
+	proxy_free(p);
+}
+
+/* A listening socket on 127.0.0.1 that the test accepts from itself; its port in *port. */
+static int listen_loopback(int *port)
+{
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sin);
+	assert_true(ls >= 0);
+	assert_int_equal(bind(ls, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(ls, 4), 0);
+	assert_int_equal(getsockname(ls, (struct sockaddr *)&sin, &len), 0);
+	*port = ntohs(sin.sin_port);
+	return ls;
+}
+
+/* The proxy's next connection upstream, as the test's server sees it (a receive timeout on it). */
+static int accept_upstream(int ls)
+{
+	struct timeval tv = {.tv_sec = RECV_TIMEOUT_S};
+	int fd = accept(ls, NULL, NULL);
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* round trips on the fast connection while the slow one's byte is held */
+#define FAST_TRIPS 5
+
+/*
+ * The proxy has one timer for every connection: a byte due sooner on another connection (here
+ * 1 ms down legs after a 400 ms up leg) must move it earlier, not wait behind the one set. Were
+ * it held, a would be released with b's first byte, long before b's FAST_TRIPS are done.
+ */
+static void test_an_earlier_wake_on_another_connection_is_not_held_behind_a_later_one(void **state)
+{
+	(void)state;
+	const int slow_us = 400000, fast_us = 1000;
+	int port = 0, ls = listen_loopback(&port);
+	struct proxy *p = start_proxy(port, slow_us, fast_us, 0);
+	int a = client_connect(proxy_port(p));
+	assert_true(a >= 0);
+	int up_a = accept_upstream(ls);
+	int b = client_connect(proxy_port(p));
+	assert_true(b >= 0);
+	int up_b = accept_upstream(ls);
+	char got = 0;
+
+	uint64_t t0 = hist_now_us(), rt_b = UINT64_MAX;
+	assert_true(write_full(a, "a", 1)); /* held 400 ms on its way up */
+	for (int i = 0; i < FAST_TRIPS; i++) {
+		uint64_t t1 = hist_now_us();
+		assert_true(write_full(up_b, "b", 1)); /* held 1 ms on its way down */
+		assert_true(read_full(b, &got, 1));
+		assert_int_equal(got, 'b');
+		uint64_t rt = hist_now_us() - t1;
+		rt_b = rt < rt_b ? rt : rt_b;
+	}
+	/* b went through FAST_TRIPS times while a is still held: nothing has reached a's server */
+	struct pollfd pfd = {.fd = up_a, .events = POLLIN};
+	assert_int_equal(poll(&pfd, 1, 0), 0);
+	assert_true(read_full(up_a, &got, 1));
+	uint64_t rt_a = hist_now_us() - t0;
+	assert_int_equal(got, 'a');
+	print_message("one timer, two connections: %llu us for a %d us leg (fastest of %d), then %llu us for "
+	              "a %d us one\n",
+	              (unsigned long long)rt_b, fast_us, FAST_TRIPS, (unsigned long long)rt_a, slow_us);
+	assert_true(rt_b >= (uint64_t)fast_us);
+	assert_true(rt_a >= (uint64_t)slow_us);
+	close(a);
+	close(b);
+	close(up_a);
+	close(up_b);
+	close(ls);
 	proxy_free(p);
 }
 
@@ -343,19 +420,12 @@ static void test_a_half_close_flushes_what_is_queued_before_the_fin(void **state
 static void test_an_upstream_that_hangs_up_passes_its_last_bytes_and_eof_to_the_client(void **state)
 {
 	(void)state;
-	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(sin);
-	assert_true(ls >= 0);
-	assert_int_equal(bind(ls, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(listen(ls, 4), 0);
-	assert_int_equal(getsockname(ls, (struct sockaddr *)&sin, &len), 0);
-	struct proxy *p = start_proxy(ntohs(sin.sin_port), 0, 5000, 0);
+	int port = 0, ls = listen_loopback(&port);
+	struct proxy *p = start_proxy(port, 0, 5000, 0);
 
 	int fd = client_connect(proxy_port(p));
 	assert_true(fd >= 0);
-	int up = accept(ls, NULL, NULL); /* the proxy's own connection upstream */
-	assert_true(up >= 0);
+	int up = accept_upstream(ls); /* the proxy's own connection upstream */
 	assert_true(write_full(up, "bye", 3));
 	close(up); /* a server that says goodbye and goes: its FIN follows its bytes */
 	char buf[4] = "";
@@ -374,6 +444,7 @@ int main(void)
 	        cmocka_unit_test(test_bytes_pass_intact_both_ways),
 	        cmocka_unit_test(test_round_trip_takes_at_least_delay_up_plus_delay_down),
 	        cmocka_unit_test(test_a_new_delay_takes_effect_on_an_open_connection),
+	        cmocka_unit_test(test_an_earlier_wake_on_another_connection_is_not_held_behind_a_later_one),
 	        cmocka_unit_test(test_delays_apply_per_direction),
 	        cmocka_unit_test(test_bandwidth_limit_holds_a_transfer_to_at_least_n_over_b),
 	        cmocka_unit_test(test_a_bandwidth_limit_set_mid_connection_holds_for_the_bytes_after_it),
