@@ -364,6 +364,17 @@ const char IDEM_SQL_UNKEYED[] =
         "INSERT INTO " SCHEMA ".charges (client, idempotency_key, customer, amount_cents, currency)"
         " VALUES ($1, $2, $3, $4::bigint, $5) RETURNING " UNKEYED_BODY;
 
+/*
+ * The request path's statements, each prepared once per pooled connection on its first use
+ * (pool_query_prepared): the server parses and plans them once, not on every charge.
+ */
+static const struct pool_stmt STMT_FRESH = {"idem_fresh", SQL_FRESH, 8};
+static const struct pool_stmt STMT_EXISTING = {"idem_existing", SQL_EXISTING, 5};
+static const struct pool_stmt STMT_UNLOCK = {"idem_unlock", SQL_UNLOCK, 1};
+static const struct pool_stmt STMT_STORE = {"idem_store", IDEM_SQL_STORE, 3};
+const struct pool_stmt IDEM_STMT_PAUSE = {"idem_pause", IDEM_SQL_PAUSE, 1};
+const struct pool_stmt IDEM_STMT_UNKEYED = {"idem_unkeyed", IDEM_SQL_UNKEYED, 5};
+
 #define STORE_FAILED "the charge was made but its response could not be stored; retry with the same key"
 
 static void unlock_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
@@ -383,7 +394,7 @@ static void fail_locked(struct charge_ctx *ctx, PGresult *res)
 {
 	if (res && ctx->conn && PQstatus(pool_conn_pg(ctx->conn)) == CONNECTION_OK) {
 		const char *p[] = {ctx->key_id};
-		if (pool_query(ctx->conn, SQL_UNLOCK, 1, p, unlock_cb, ctx) == 0)
+		if (pool_query_prepared(ctx->conn, &STMT_UNLOCK, p, unlock_cb, ctx) == 0)
 			return;
 	}
 	idem_ctx_fail(ctx, 500, STORE_FAILED);
@@ -406,7 +417,7 @@ static void store_response(struct charge_ctx *ctx)
 {
 	ctx->code = 201;
 	const char *p[] = {ctx->key_id, "201", ctx->body};
-	if (pool_query(ctx->conn, IDEM_SQL_STORE, 3, p, store_cb, ctx) < 0)
+	if (pool_query_prepared(ctx->conn, &STMT_STORE, p, store_cb, ctx) < 0)
 		fail_locked(ctx, NULL);
 }
 
@@ -429,7 +440,7 @@ static void after_charge(struct charge_ctx *ctx)
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%d", ctx->pause_ms);
 		const char *p[] = {ms};
-		if (pool_query(ctx->conn, IDEM_SQL_PAUSE, 1, p, pause_cb, ctx) < 0)
+		if (pool_query_prepared(ctx->conn, &IDEM_STMT_PAUSE, p, pause_cb, ctx) < 0)
 			fail_locked(ctx, NULL);
 		return;
 	}
@@ -515,7 +526,7 @@ static void fresh_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 	snprintf(lock_ms, sizeof(lock_ms), "%d", ctx->api->cfg.lock_timeout_ms);
 	snprintf(window, sizeof(window), "%d", ctx->api->cfg.key_window_s);
 	const char *p[] = {ctx->client, ctx->key, ctx->fingerprint, lock_ms, window};
-	if (pool_query(c, SQL_EXISTING, 5, p, existing_cb, ctx) < 0)
+	if (pool_query_prepared(c, &STMT_EXISTING, p, existing_cb, ctx) < 0)
 		idem_ctx_fail(ctx, 500, "could not send the query");
 }
 
@@ -546,14 +557,14 @@ static void pg_acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	int rc;
 	if (!ctx->has_key) {
 		const char *p[] = {ctx->client, NULL, ctx->customer, ctx->amount, ctx->currency};
-		rc = pool_query(conn, IDEM_SQL_UNKEYED, 5, p, unkeyed_cb, ctx);
+		rc = pool_query_prepared(conn, &IDEM_STMT_UNKEYED, p, unkeyed_cb, ctx);
 	} else {
 		char window[24];
 		snprintf(window, sizeof(window), "%d", ctx->api->cfg.key_window_s);
 		const char *p[] = {
 		        ctx->client, ctx->key,      ctx->fingerprint, ctx->customer,
 		        ctx->amount, ctx->currency, window,           ctx->pause_ms > 0 ? "f" : "t"};
-		rc = pool_query(conn, SQL_FRESH, 8, p, fresh_cb, ctx);
+		rc = pool_query_prepared(conn, &STMT_FRESH, p, fresh_cb, ctx);
 	}
 	if (rc < 0)
 		idem_ctx_fail(ctx, 500, "could not send the query");

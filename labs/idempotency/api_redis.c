@@ -104,7 +104,7 @@ static void redis_charge_cb(struct pool_conn *c, PGresult *res, const char *err,
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%d", ctx->pause_ms);
 		const char *p[] = {ms};
-		if (pool_query(c, IDEM_SQL_PAUSE, 1, p, redis_pause_cb, ctx) < 0)
+		if (pool_query_prepared(c, &IDEM_STMT_PAUSE, p, redis_pause_cb, ctx) < 0)
 			redis_db_failed(ctx, NULL, "could not send the query");
 		return;
 	}
@@ -120,7 +120,7 @@ static void redis_acquired_cb(struct pool_conn *conn, const char *err, void *arg
 	}
 	ctx->conn = conn;
 	const char *p[] = {ctx->client, ctx->key, ctx->customer, ctx->amount, ctx->currency};
-	if (pool_query(conn, IDEM_SQL_UNKEYED, 5, p, redis_charge_cb, ctx) < 0)
+	if (pool_query_prepared(conn, &IDEM_STMT_UNKEYED, p, redis_charge_cb, ctx) < 0)
 		redis_db_failed(ctx, NULL, "could not send the query");
 }
 

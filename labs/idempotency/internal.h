@@ -112,6 +112,8 @@ extern const char IDEM_SQL_UNKEYED[];
 /* the function of a new key's statement, created by idempotency_setup with the schema */
 extern const char IDEM_SQL_FRESH_FUNCTION[];
 extern const char IDEM_SQL_PAUSE[];
+/* IDEM_SQL_PAUSE and IDEM_SQL_UNKEYED as statements prepared once per pooled connection (api.c) */
+extern const struct pool_stmt IDEM_STMT_PAUSE, IDEM_STMT_UNKEYED;
 
 /* api_redis.c */
 int idem_redis_start(struct idempotency_api *api, char *err, size_t errlen);
