@@ -88,8 +88,7 @@ int idempotency_setup(const struct idempotency_config *cfg, char *err, size_t er
 	            " created_at timestamptz NOT NULL DEFAULT now());"
 	            "CREATE INDEX ON " SCHEMA ".charges (idempotency_key_id);"
 	            "CREATE INDEX ON " SCHEMA ".charges (client)",
-	            err, errlen) < 0 ||
-	    pg_exec(conn, IDEM_SQL_FRESH_FUNCTION, err, errlen) < 0)
+	            err, errlen) < 0)
 		goto out;
 	ret = 0;
 out:
