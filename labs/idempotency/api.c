@@ -298,20 +298,27 @@ static int parse_request(struct charge_ctx *ctx, char *err, size_t errlen)
 	"'Dy, DD Mon YYYY HH24:MI:SS \"GMT\"')"
 
 /*
- * The same as one statement, prepared once per pooled connection ($8: no card network). The
- * charge's id and time first (v, materialized: nextval runs once), the response built from them
- * once; the key goes in (finished with that response, or locked at charge_created), and the
- * charge joins the key that went in: a key that exists inserts nothing, so no charge and no row.
+ * A new key: the key row and the charge in one statement, one transaction, prepared once per
+ * pooled connection ($8: no card network between the charge and its response). The charge's id
+ * and time come first (v, materialized: nextval runs once), and its response is built from them
+ * once, so that the key can go in finished and unlocked with it; with the card network it goes
+ * in locked at charge_created and the response is stored after. The charge joins the key that
+ * went in: a key that exists inserts nothing, so no charge and no row (the sequence number is
+ * spent, as a failed INSERT spends one). It replaced a PL/pgSQL function (charge_new_key): the
+ * same two INSERTs, run through SPI as two executor runs with the function call around them.
  */
-#define CTE_BODY SQL_CHARGE_BODY("n.id", "$5::bigint", "$6::text", "$4::text", "n.at")
+#define RECOVERY_POINT(p)         "'" p "'::" SCHEMA ".recovery_point"
+#define FINISHED(then, otherwise) "CASE WHEN $8::bool THEN " then " ELSE " otherwise " END"
+#define FRESH_KEY_STATE                                                                                      \
+	FINISHED(RECOVERY_POINT("finished"), RECOVERY_POINT("charge_created"))                               \
+	", " FINISHED("NULL", "v.at") ", " FINISHED("201", "NULL") ", " FINISHED("v.body", "NULL")
+#define FRESH_BODY SQL_CHARGE_BODY("n.id", "$5::bigint", "$6::text", "$4::text", "n.at")
 static const char SQL_FRESH[] =
-        "WITH v AS MATERIALIZED (SELECT n.id, n.at, " CTE_BODY " AS body FROM"
+        "WITH v AS MATERIALIZED (SELECT n.id, n.at, " FRESH_BODY " AS body FROM"
         " (SELECT nextval('" SCHEMA ".charges_id_seq') AS id, now() AS at) n),"
         " k AS (INSERT INTO " SCHEMA ".idempotency_keys"
         " (client, key, fingerprint, recovery_point, locked_at, response_code, response_body, created_at)"
-        " SELECT $1::text, $2::text, $3::text, CASE WHEN $8::bool THEN 'finished' ELSE 'charge_created' END,"
-        " CASE WHEN $8::bool THEN NULL ELSE v.at END, CASE WHEN $8::bool THEN 201 END,"
-        " CASE WHEN $8::bool THEN v.body END, v.at FROM v"
+        " SELECT $1::text, $2::text, $3::text, " FRESH_KEY_STATE ", v.at FROM v"
         " ON CONFLICT (client, key) DO NOTHING RETURNING id),"
         " c AS (INSERT INTO " SCHEMA ".charges"
         " (id, idempotency_key_id, client, idempotency_key, customer, amount_cents, currency, created_at)"
