@@ -4,11 +4,11 @@
  *
  * POST /v1/charges of lab-idempotency at 16 closed-loop clients (common/load.h), alternating
  * unkeyed and keyed runs (two of each, so a noisy neighbour hits both). Without a key a charge is
- * one INSERT; with one (a new key, no card network) it is one call of the schema's function that
- * inserts the key, finished with its response, and the charge in one transaction, and a SHA-256 of
- * the request. Every 201 is checked against the charges PostgreSQL holds, and pg_stat_statements
+ * one INSERT; with one (a new key, no card network) it is one prepared statement that inserts the
+ * key, finished with its response, and the charge in one transaction, and a SHA-256 of the
+ * request. Every 201 is checked against the charges PostgreSQL holds, and pg_stat_statements
  * (when the server has it) says what each charge cost the server: round trips (top-level
- * statements), statements run (the function's included) and server time.
+ * statements), statements run (the foreign-key check's included) and server time.
  * Targets: the key costs at most 25% of throughput, and at least 2,000 keyed charges/s on this
  * 2-core machine (load generator, API and PostgreSQL share the two cores).
  * A benchmark, not a test: it reports, and exits 0 whether or not the targets are met (2 when a
@@ -157,11 +157,9 @@ static void report_server(const struct term *t, const struct side *sides, bool h
 		        TERM_NUM(sides[k].server.calls / n, 2), TERM_US(sides[k].server.ms * 1000 / n)};
 		term_table_row(t, 2, cols, 4, row);
 	}
-	term_printf(
-	        t,
-	        "  round trips: top-level statements; statements: with those run inside them (the "
-	        "function's\n"
-	        "  INSERTs, the foreign-key check); server time: their execution, planning not included\n");
+	term_printf(t, "  round trips: top-level statements; statements: with those run inside them (the "
+	               "foreign-key\n"
+	               "  check); server time: their execution, planning not included\n");
 }
 
 /* The table and the targets; every 201 checked against the charges PostgreSQL holds. */

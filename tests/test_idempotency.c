@@ -6,7 +6,8 @@
  * it: charges and cents in PostgreSQL, status codes, bodies byte for byte. The API's edges (raw
  * header bytes, test knobs, the stop order, the Redis URL, Redis lost mid-phase) have tests of
  * their own. Nothing asserts how fast anything is: the bounds only catch a hang. The run test
- * drops schema lab_idempotency: the tests that need it come before, the Ctrl-C test after.
+ * drops schema lab_idempotency: the tests that need it come before. The program run as a user
+ * runs it (Ctrl-C, Redis unreachable) is test_idempotency_program.c's.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -127,29 +128,21 @@ static void test_fingerprint_is_sha256_of_the_canonical_request(void **state)
 {
 	(void)state;
 	char a[65], b[65], c[65], err[256];
-	assert_int_equal(idempotency_fingerprint(
-	                         "POST", "/v1/charges",
-	                         "{\"amount\": 1000, \"currency\": \"usd\", \"customer\": \"cus_bob\"}", a,
-	                         err, sizeof(err)),
-	                 0);
+#define FINGERPRINT(body, out) idempotency_fingerprint("POST", "/v1/charges", body, out, err, sizeof(err))
+	assert_int_equal(
+	        FINGERPRINT("{\"amount\": 1000, \"currency\": \"usd\", \"customer\": \"cus_bob\"}", a), 0);
 	/* sha256("POST /v1/charges\n{\"amount\":1000,\"currency\":\"usd\",\"customer\":\"cus_bob\"}") */
 	assert_string_equal(a, "a8ffea6ea16be9e1f539c8b6ade60ee899f7b9cab9e49c8e2117fd23e059b1e8");
 	/* the same request, fields reordered and spaced otherwise: the same fingerprint */
-	assert_int_equal(
-	        idempotency_fingerprint("POST", "/v1/charges",
-	                                "{\"customer\":\"cus_bob\",  \"currency\":\"usd\",\"amount\":1000}",
-	                                b, err, sizeof(err)),
-	        0);
+	assert_int_equal(FINGERPRINT("{\"customer\":\"cus_bob\",  \"currency\":\"usd\",\"amount\":1000}", b),
+	                 0);
 	assert_string_equal(a, b);
 	/* another amount is another request */
-	assert_int_equal(idempotency_fingerprint(
-	                         "POST", "/v1/charges",
-	                         "{\"amount\": 5000, \"currency\": \"usd\", \"customer\": \"cus_bob\"}", c,
-	                         err, sizeof(err)),
-	                 0);
+	assert_int_equal(
+	        FINGERPRINT("{\"amount\": 5000, \"currency\": \"usd\", \"customer\": \"cus_bob\"}", c), 0);
 	assert_string_not_equal(a, c);
-	assert_int_equal(idempotency_fingerprint("POST", "/v1/charges", "{\"amount\": ", c, err, sizeof(err)),
-	                 -1);
+	assert_int_equal(FINGERPRINT("{\"amount\": ", c), -1);
+#undef FINGERPRINT
 }
 
 static void test_status_codes_replay_header_and_byte_identical_body(void **state)
@@ -777,43 +770,6 @@ static void test_run_demonstrates_the_claim_and_the_counts_agree(void **state)
 	lab_assert_nothing_left("lab_idempotency", "lab:idempotency:");
 }
 
-/* a missing PostgreSQL and bad flags: test_labs_cli, for every lab */
-static void test_unreachable_redis_exits_2_naming_it_without_the_password(void **state)
-{
-	(void)state;
-	static char out[4096], err[4096];
-	int rc = lab_run("idempotency", "LAB_REDIS_URL=redis://:secret@127.0.0.1:1/0", "--quick", out,
-	                 sizeof(out), err, sizeof(err));
-	assert_int_equal(rc, LAB_EXIT_ENV);
-	assert_non_null(strstr(err, "cannot connect to Redis at redis://127.0.0.1:1/0"));
-	assert_null(strstr(err, "secret"));
-	assert_string_equal(out, "");
-}
-
-static void test_ctrl_c_drops_the_schema_and_the_keys(void **state)
-{
-	(void)state;
-	static char out[8192], errout[4096];
-	char err[512];
-	/* a key as phase 6 leaves one: under the lab's prefix, kept for the 24 h window */
-	redisContext *c = redis_connect_url(redis_url_default(), 2000, err, sizeof(err));
-	assert_non_null(c);
-	redisReply *r = redis_cmd(c, err, sizeof(err), "SET lab:idempotency:ctrl-c:order-1 pending EX 86400");
-	assert_non_null(r);
-	freeReplyObject(r);
-	r = redis_cmd(c, err, sizeof(err), "TTL lab:idempotency:ctrl-c:order-1");
-	assert_non_null(r);
-	assert_true(r->integer > 86000);
-	freeReplyObject(r);
-	redisFree(c);
-	double stop_ms = 0;
-	int rc = lab_interrupt("idempotency", "--quick", "[1/", SIGINT, 15000, &stop_ms, out, sizeof(out),
-	                       errout, sizeof(errout));
-	print_message("exit %d, %.0f ms after SIGINT; stderr: %s\n", rc, stop_ms, errout);
-	assert_int_equal(rc, LAB_EXIT_INTERRUPTED);
-	lab_assert_nothing_left("lab_idempotency", "lab:idempotency:");
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -829,10 +785,8 @@ int main(void)
 	        cmocka_unit_test(test_stop_with_requests_in_flight_frees_them_and_charges_no_more),
 	        cmocka_unit_test(test_redis_url_user_password_and_database_reach_redis),
 	        cmocka_unit_test(test_redis_lost_mid_phase_ends_it_at_once_naming_redis),
-	        /* drops the group's schema: the tests above need it, the one below needs it gone */
+	        /* drops the group's schema: the tests above need it */
 	        cmocka_unit_test(test_run_demonstrates_the_claim_and_the_counts_agree),
-	        cmocka_unit_test(test_ctrl_c_drops_the_schema_and_the_keys),
-	        cmocka_unit_test(test_unreachable_redis_exits_2_naming_it_without_the_password),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -298,43 +298,32 @@ static int parse_request(struct charge_ctx *ctx, char *err, size_t errlen)
 	"'Dy, DD Mon YYYY HH24:MI:SS \"GMT\"')"
 
 /*
- * A new key: the key row and the charge in one transaction, as a function created with the schema
- * (idempotency_setup). The charge's id is taken from its sequence first, so that its response can
- * be built before either row is written and, when p_finished, stored in the key row as it is
- * inserted: the key goes in finished and unlocked, with its response. Otherwise it goes in locked
- * at charge_created, and the response is stored after the card network. A key that exists
- * inserts nothing (key_id NULL; the sequence number is spent, as a failed INSERT spends one).
- * Why a function: PL/pgSQL keeps the plans of its statements for the life of the connection, so
- * a pooled connection parses and plans these INSERTs once, not on every charge; as one statement
- * with three CTEs, planning it cost more server time than running it.
+ * A new key: the key row and the charge in one statement, one transaction, prepared once per
+ * pooled connection ($8: no card network between the charge and its response). The charge's id
+ * and time come first (v, materialized: nextval runs once), and its response is built from them
+ * once, so that the key can go in finished and unlocked with it; with the card network it goes
+ * in locked at charge_created and the response is stored after. The charge joins the key that
+ * went in: a key that exists inserts nothing, so no charge and no row (the sequence number is
+ * spent, as a failed INSERT spends one). It replaced a PL/pgSQL function (charge_new_key): the
+ * same two INSERTs, run through SPI as two executor runs with the function call around them.
  */
-#define FINISHED(then, otherwise) "CASE WHEN p_finished THEN " then " ELSE " otherwise " END"
-#define FN_BODY                   SQL_CHARGE_BODY("v_id", "p_amount", "p_currency", "p_customer", "v_at")
-#define FN_KEY_STATE                                                                                         \
-	FINISHED("'finished'", "'charge_created'")                                                           \
-	", " FINISHED("NULL", "v_at") ", " FINISHED("201", "NULL") ", " FINISHED("body", "NULL")
-#define FN_EXPIRES SQL_EXPIRES("v_at", "p_window")
-const char IDEM_SQL_FRESH_FUNCTION[] =
-        "CREATE FUNCTION " SCHEMA ".charge_new_key(p_client text, p_key text, p_fingerprint text,"
-        " p_customer text, p_amount bigint, p_currency text, p_window float8, p_finished bool,"
-        " OUT key_id bigint, OUT body text, OUT expires text) LANGUAGE plpgsql AS $$"
-        " DECLARE v_id bigint := nextval('" SCHEMA ".charges_id_seq'); v_at timestamptz := now();"
-        " BEGIN"
-        " body := " FN_BODY ";"
-        " INSERT INTO " SCHEMA ".idempotency_keys"
+#define RECOVERY_POINT(p)         "'" p "'::" SCHEMA ".recovery_point"
+#define FINISHED(then, otherwise) "CASE WHEN $8::bool THEN " then " ELSE " otherwise " END"
+#define FRESH_KEY_STATE                                                                                      \
+	FINISHED(RECOVERY_POINT("finished"), RECOVERY_POINT("charge_created"))                               \
+	", " FINISHED("NULL", "v.at") ", " FINISHED("201", "NULL") ", " FINISHED("v.body", "NULL")
+#define FRESH_BODY SQL_CHARGE_BODY("n.id", "$5::bigint", "$6::text", "$4::text", "n.at")
+static const char SQL_FRESH[] =
+        "WITH v AS MATERIALIZED (SELECT n.id, n.at, " FRESH_BODY " AS body FROM"
+        " (SELECT nextval('" SCHEMA ".charges_id_seq') AS id, now() AS at) n),"
+        " k AS (INSERT INTO " SCHEMA ".idempotency_keys"
         " (client, key, fingerprint, recovery_point, locked_at, response_code, response_body, created_at)"
-        " VALUES (p_client, p_key, p_fingerprint, " FN_KEY_STATE ", v_at)"
-        " ON CONFLICT (client, key) DO NOTHING RETURNING id INTO key_id;"
-        " IF key_id IS NULL THEN body := NULL; RETURN; END IF;"
-        " INSERT INTO " SCHEMA ".charges"
+        " SELECT $1::text, $2::text, $3::text, " FRESH_KEY_STATE ", v.at FROM v"
+        " ON CONFLICT (client, key) DO NOTHING RETURNING id),"
+        " c AS (INSERT INTO " SCHEMA ".charges"
         " (id, idempotency_key_id, client, idempotency_key, customer, amount_cents, currency, created_at)"
-        " VALUES (v_id, key_id, p_client, p_key, p_customer, p_amount, p_currency, v_at);"
-        " expires := " FN_EXPIRES ";"
-        " END $$";
-
-/* key_id NULL: the key exists. p_finished: no card network between the charge and its response. */
-static const char SQL_FRESH[] = "SELECT key_id, body, expires FROM " SCHEMA
-                                ".charge_new_key($1, $2, $3, $4, $5::bigint, $6, $7::float8, $8::bool)";
+        " SELECT v.id, k.id, $1, $2, $4, $5::bigint, $6, v.at FROM v, k)"
+        " SELECT k.id, v.body, " SQL_EXPIRES("v.at", "$7::float8") " FROM k, v";
 
 /*
  * The key exists: lock its row, and take the request's lock when the fingerprint matches, it is

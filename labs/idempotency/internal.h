@@ -109,8 +109,6 @@ void idem_send_stored(struct charge_ctx *ctx);
 int idem_take_body(struct charge_ctx *ctx, PGresult *res, int col);
 void idem_copy_value(char *out, size_t outlen, PGresult *res, int col);
 extern const char IDEM_SQL_UNKEYED[];
-/* the function of a new key's statement, created by idempotency_setup with the schema */
-extern const char IDEM_SQL_FRESH_FUNCTION[];
 extern const char IDEM_SQL_PAUSE[];
 /* IDEM_SQL_PAUSE and IDEM_SQL_UNKEYED as statements prepared once per pooled connection (api.c) */
 extern const struct pool_stmt IDEM_STMT_PAUSE, IDEM_STMT_UNKEYED;
