@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 void term_init(struct term *t, FILE *out)
@@ -314,4 +315,14 @@ void term_progress_clear(const struct term *t)
 		return;
 	fputs("\r\033[K", t->out);
 	fflush(t->out);
+}
+
+int term_columns(FILE *f)
+{
+	struct winsize ws;
+	if (f && ioctl(fileno(f), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+		return ws.ws_col;
+	const char *c = getenv("COLUMNS");
+	int n = c ? atoi(c) : 0;
+	return n > 0 ? n : 0;
 }

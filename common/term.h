@@ -38,6 +38,12 @@ void term_printf(const struct term *t, const char *fmt, ...) __attribute__((form
 int term_width(const char *s);
 
 /*
+ * Columns of the terminal f writes to (TIOCGWINSZ), else $COLUMNS, else 0 when neither says: the
+ * caller picks its fallback and bounds.
+ */
+int term_columns(FILE *f);
+
+/*
  * Tables. A column has a title, a width in display columns and an alignment ('l' or 'r').
  * term_table_header prints the titles, term_table_row one row of already formatted cells;
  * both indent by `indent` spaces and separate columns by two spaces. A cell wider than its

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "run.h"
@@ -75,11 +74,7 @@ char *suite_total(const struct suite_batch *b, char *out, size_t outlen)
 
 static int terminal_width(void)
 {
-	struct winsize ws;
-	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= MIN_WIDTH)
-		return ws.ws_col;
-	const char *c = getenv("COLUMNS");
-	int n = c ? atoi(c) : 0;
+	int n = term_columns(stdout);
 	return n >= MIN_WIDTH ? n : DEFAULT_WIDTH;
 }
 

@@ -1,10 +1,11 @@
 /* render.c — markdown of a docs page on a terminal (render.h). */
 #include "render.h"
 
+#include "term.h"
+
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #define RENDER_MAX_WIDTH 100
@@ -12,12 +13,7 @@
 
 int render_width(FILE *f)
 {
-	struct winsize ws;
-	int w = 0;
-	if (ioctl(fileno(f), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
-		w = ws.ws_col;
-	else if (getenv("COLUMNS"))
-		w = atoi(getenv("COLUMNS"));
+	int w = term_columns(f);
 	if (w <= 0)
 		w = 80;
 	if (w > RENDER_MAX_WIDTH)

@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <pty.h> /* openpty: glibc; the suite is Linux only (docs/architecture.md) */
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -274,6 +275,24 @@ static size_t pty_read(struct pty *p, char *buf, size_t len)
 	return got;
 }
 
+static void test_columns_from_the_terminal_else_columns_else_zero(void **state)
+{
+	(void)state;
+	struct pty p;
+	pty_open(&p);
+	struct winsize ws = {.ws_row = 24, .ws_col = 123};
+	assert_int_equal(ioctl(fileno(p.slave), TIOCSWINSZ, &ws), 0);
+	setenv("COLUMNS", "77", 1);
+	assert_int_equal(term_columns(p.slave), 123); /* the terminal's own size wins */
+	FILE *f = tmpfile();
+	assert_non_null(f);
+	assert_int_equal(term_columns(f), 77); /* not a terminal: $COLUMNS */
+	unsetenv("COLUMNS");
+	assert_int_equal(term_columns(f), 0); /* neither says: the caller's fallback */
+	fclose(f);
+	pty_close(&p);
+}
+
 static void test_colour_on_a_terminal_unless_no_color_or_dumb(void **state)
 {
 	(void)state;
@@ -345,6 +364,7 @@ int main(void)
 	        cmocka_unit_test(test_sparkline_maps_values_onto_eight_levels),
 	        cmocka_unit_test(test_no_escape_codes_off_a_terminal),
 	        cmocka_unit_test(test_colour_on_a_terminal_unless_no_color_or_dumb),
+	        cmocka_unit_test(test_columns_from_the_terminal_else_columns_else_zero),
 	        cmocka_unit_test(test_progress_redraws_one_line_on_a_terminal_and_clear_erases_it),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
