@@ -161,44 +161,53 @@ __attribute__((unused)) static int lab_interrupt(const char *lab, const char *ar
 }
 
 /*
- * lab_run_pty's bound on a whole run: a --quick run takes under 10 s, the sanitizer build about
+ * lab_pty_finish's bound on a whole run: a --quick run takes under 10 s, the sanitizer build about
  * 3x that on a busy machine; a lab that waits for input nobody typed is what it catches.
  */
 #define LAB_PTY_BOUND_MS 120000
 
 /*
- * Runs LAB_BIN_DIR/lab-<lab> <args> (through /bin/sh) with stdin, stdout and stderr on a
- * pseudo-terminal of its own, as a person at a terminal runs it (its controlling terminal, in a
- * session of its own), with TERM=dumb so the screen holds no colour codes. typed is written to
- * the terminal first, as a person typing ahead: the terminal's line discipline hands the program
- * one line per read, and "\004" at the start of a line is Ctrl-D. out gets the screen until the
- * program exits (the terminal's echo of typed included), NUL-terminated and cut to outlen (what
- * follows is read and dropped, so the program never blocks on a full terminal). Returns the exit
- * code, -1 when a signal ended it. The test fails if it cannot be started, or is still running
- * LAB_PTY_BOUND_MS later (it is then killed).
+ * A child on a pseudo-terminal of its own, as a person at a terminal runs a program: its
+ * controlling terminal, in a session of its own, TERM=dumb so the screen holds no colour codes.
+ * stdin and stderr are the terminal, stdout too unless stdout_fd >= 0 (then that fd: a pipe for a
+ * --json document). The child runs body(arg) and exits with what it returns. typed is written to
+ * the terminal at once, as a person typing ahead: the line discipline hands the program one line
+ * per read, and "\004" at the start of a line is Ctrl-D. Returns the pid; *master is the
+ * terminal's other end, for lab_pty_finish.
  */
-__attribute__((unused)) static int lab_run_pty(const char *lab, const char *args, const char *typed,
-                                               char *out, size_t outlen)
+__attribute__((unused)) static pid_t lab_pty_start(int (*body)(void *), void *arg, int stdout_fd,
+                                                   const char *typed, int *master)
 {
-	int master, slave;
-	assert_int_equal(openpty(&master, &slave, NULL, NULL, NULL), 0);
-	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "exec %s/lab-%s %s", LAB_BIN_DIR, lab, args);
+	int slave;
+	assert_int_equal(openpty(master, &slave, NULL, NULL, NULL), 0);
 	fflush(NULL);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		setsid();
 		ioctl(slave, TIOCSCTTY, 0);
-		dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
-		close(master), close(slave);
+		dup2(slave, 0), dup2(stdout_fd >= 0 ? stdout_fd : slave, 1), dup2(slave, 2);
+		close(*master), close(slave);
+		if (stdout_fd > 2)
+			close(stdout_fd);
 		setenv("TERM", "dumb", 1);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
+		_exit(body(arg));
 	}
 	close(slave);
 	size_t len = strlen(typed);
-	assert_int_equal(write(master, typed, len), (ssize_t)len);
+	assert_int_equal(write(*master, typed, len), (ssize_t)len);
+	return pid;
+}
+
+/*
+ * Reads the screen of lab_pty_start's child into out until it closes the terminal (NUL-terminated,
+ * cut to outlen: what follows is read and dropped, so the child never blocks on a full terminal),
+ * reaps it and closes master. Returns its exit code, -1 when a signal ended it. The test fails if
+ * it is still running LAB_PTY_BOUND_MS later (it is then killed); what names it in that message.
+ */
+__attribute__((unused)) static int lab_pty_finish(pid_t pid, int master, const char *what, char *out,
+                                                  size_t outlen)
+{
 	size_t n = 0;
 	out[0] = '\0';
 	double start = lab_run_now_ms();
@@ -211,7 +220,6 @@ __attribute__((unused)) static int lab_run_pty(const char *lab, const char *args
 		struct pollfd p = {master, POLLIN, 0};
 		if (poll(&p, 1, 100) <= 0)
 			continue;
-		/* once out is full, what follows is read and dropped */
 		char scratch[4096];
 		bool full = n + 1 >= outlen;
 		ssize_t r =
@@ -227,9 +235,30 @@ __attribute__((unused)) static int lab_run_pty(const char *lab, const char *args
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	close(master);
 	if (timed_out)
-		fail_msg("lab-%s %s was still running %d ms later; the screen:\n%s", lab, args,
-		         LAB_PTY_BOUND_MS, out);
+		fail_msg("%s was still running %d ms later; the screen:\n%s", what, LAB_PTY_BOUND_MS, out);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int lab_pty_exec_cb(void *cmd)
+{
+	execl("/bin/sh", "sh", "-c", (const char *)cmd, (char *)NULL);
+	return 127;
+}
+
+/*
+ * Runs LAB_BIN_DIR/lab-<lab> <args> (through /bin/sh) on a pseudo-terminal of its own
+ * (lab_pty_start) after typing `typed` into it; out gets the screen until it exits, the terminal's
+ * echo of typed included (lab_pty_finish). Returns the exit code, -1 when a signal ended it.
+ */
+__attribute__((unused)) static int lab_run_pty(const char *lab, const char *args, const char *typed,
+                                               char *out, size_t outlen)
+{
+	char cmd[1024], what[1200];
+	snprintf(cmd, sizeof(cmd), "exec %s/lab-%s %s", LAB_BIN_DIR, lab, args);
+	snprintf(what, sizeof(what), "lab-%s %s", lab, args);
+	int master;
+	pid_t pid = lab_pty_start(lab_pty_exec_cb, cmd, -1, typed, &master);
+	return lab_pty_finish(pid, master, what, out, outlen);
 }
 
 /*

@@ -2,7 +2,7 @@
  * test_predict.c — --predict asks each phase's question on a terminal before the phase, shows the
  * guess beside the measurement after it, and scores. Pure: no servers. A small lab of four phases
  * (fixed numbers, so the right answers are known) runs in a child on a real pseudo-terminal
- * (openpty, as test_term does), and the test types scripted answers: right, wrong, skipped, bad
+ * (lab_pty_start of tests/lab_run.h), and the test types scripted answers: right, wrong, skipped, bad
  * input asked again, Ctrl-D. Off a terminal --predict is refused with exit 2.
  */
 #include <stdarg.h>
@@ -13,17 +13,15 @@
 
 #include <fcntl.h>
 #include <math.h>
-#include <poll.h>
-#include <pty.h> /* openpty: glibc; the suite is Linux only (docs/architecture.md) */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lab.h"
+#include "lab_run.h"
 
 #define NAME    "predict_test"
 #define OUT_MAX 16384
@@ -172,74 +170,47 @@ static void read_all(int fd, char *buf, size_t len)
 	buf[got] = '\0';
 }
 
+/* mini_main with the test's flags after the program's name, as lab_pty_start's body */
+static int mini_main_cb(void *args)
+{
+	const char *const *a = args;
+	char *argv[16] = {"lab-" NAME};
+	int argc = 1;
+	for (; a[argc - 1] && argc < 15; argc++)
+		argv[argc] = (char *)a[argc - 1];
+	return mini_main(argc, argv);
+}
+
 /*
- * Runs mini_main(args) with stdin and stderr on a pseudo-terminal (stdout too, unless
- * stdout_pipe) after typing `typed` into it: the terminal's line discipline hands the program one
- * line per read, as a person typing ahead would. With sigint_after_ms > 0, SIGINT is sent then.
+ * Runs mini_main(args) on a pseudo-terminal of its own (lab_pty_start: stdin and stderr on it,
+ * stdout too unless stdout_pipe) after typing `typed` into it. With sigint_after_ms > 0, SIGINT
+ * is sent then.
  */
 static void run_on_pty(struct run *r, const char *const *args, const char *typed, bool stdout_pipe,
                        int sigint_after_ms)
 {
 	memset(r, 0, sizeof(*r));
-	int master, slave, outp[2] = {-1, -1};
-	assert_int_equal(openpty(&master, &slave, NULL, NULL, NULL), 0);
+	int master, outp[2] = {-1, -1};
 	if (stdout_pipe)
 		assert_int_equal(pipe(outp), 0);
-	fflush(NULL);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		setsid();
-		ioctl(slave, TIOCSCTTY, 0);
-		dup2(slave, 0);
-		dup2(stdout_pipe ? outp[1] : slave, 1);
-		dup2(slave, 2);
-		close(master);
-		close(slave);
-		if (stdout_pipe)
-			close(outp[0]), close(outp[1]);
-		char *argv[16] = {"lab-" NAME};
-		int argc = 1;
-		for (; args[argc - 1] && argc < 15; argc++)
-			argv[argc] = (char *)args[argc - 1];
-		_exit(mini_main(argc, argv));
-	}
-	close(slave);
+	pid_t pid = lab_pty_start(mini_main_cb, (void *)args, outp[1], typed, &master);
 	if (stdout_pipe)
 		close(outp[1]);
-	size_t len = strlen(typed);
-	assert_int_equal(write(master, typed, len), (ssize_t)len);
 	if (sigint_after_ms > 0) {
 		usleep((useconds_t)sigint_after_ms * 1000);
 		kill(pid, SIGINT);
 	}
-	/* the screen until the child closes the terminal: read() then fails with EIO */
-	size_t got = 0;
-	struct pollfd pfd = {.fd = master, .events = POLLIN};
-	while (got + 1 < sizeof(r->screen) && poll(&pfd, 1, 10000) > 0) {
-		ssize_t n = read(master, r->screen + got, sizeof(r->screen) - 1 - got);
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	r->screen[got] = '\0';
+	/* the document is read after the screen: it is one line, far below a pipe's buffer */
+	r->exit_code = lab_pty_finish(pid, master, "the little lab", r->screen, sizeof(r->screen));
 	if (stdout_pipe) {
 		read_all(outp[0], r->out, sizeof(r->out));
 		close(outp[0]);
 	}
-	int status;
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	close(master);
-	r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 static bool shows(const struct run *r, const char *text)
 {
-	if (!strstr(r->screen, text)) {
-		print_message("not on the screen: \"%s\"\n--- screen ---\n%s\n---\n", text, r->screen);
-		return false;
-	}
-	return true;
+	return lab_screen_shows(r->screen, text);
 }
 
 /* ---- the tests ---- */
@@ -284,7 +255,7 @@ static void test_json_carries_questions_guesses_and_score_and_ctrl_d_skips(void 
 	assert_true(shows(&r, "✔ you said 260 requests/s"));
 	assert_true(shows(&r, "✔ you said b (the JOIN) · right"));
 	assert_null(strstr(r.screen, "· it was b")); /* a right choice is said once */
-	assert_true(shows(&r, "[3/5] choice")); /* the phase named on stderr: its title went nowhere */
+	assert_true(shows(&r, "[3/5] choice"));      /* the phase named on stderr: its title went nowhere */
 	assert_true(shows(&r, "prediction score: 2 of 3 within tolerance (1 skipped)"));
 
 	json_error_t jerr;
