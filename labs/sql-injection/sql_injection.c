@@ -216,22 +216,31 @@ int sqli_grant(const struct sqli_config *cfg, enum sqli_grants g, char *err, siz
  * What a payload running as lab_api can leave OUTSIDE the schema, undone (lab may: it is a member
  * of lab_api): large objects (lo_create / lo_from_bytea are open to PUBLIC, and a DROP SCHEMA does
  * not see them) and anything else it owns in this database, by DROP OWNED; and its own role's
- * defaults (an ordinary role may ALTER ROLE itself SET ...), reset as lab_api. Run after the
- * schema is dropped, and before it is made (a Ctrl-C'd run's leftovers: the guard drops only the
- * schema). What it cannot undo: a payload's ALTER ROLE ... PASSWORD (docs/sql-injection.md).
+ * defaults (an ordinary role may ALTER ROLE itself SET ...) and its password (a stacked payload's
+ * ALTER ROLE ... PASSWORD), both reset as lab_api, the password sent as the verifier libpq
+ * computes (never the plain text on the wire or in pg_stat_statements). Run after the schema is
+ * dropped, and before it is made (a Ctrl-C'd run's leftovers: the guard drops only the schema).
  */
 static int role_clean(PGconn *conn, const struct sqli_config *cfg, char *err, size_t errlen)
 {
 	char *role = PQescapeIdentifier(conn, cfg->api_user, strlen(cfg->api_user));
-	if (!role) {
+	char *verifier = PQencryptPasswordConn(conn, cfg->api_password, cfg->api_user, NULL);
+	char *secret = verifier ? PQescapeLiteral(conn, verifier, strlen(verifier)) : NULL;
+	int ret = -1;
+	if (!role || !secret) {
 		pg_conn_error(conn, err, errlen);
-		return -1;
+	} else {
+		char sql[1024];
+		snprintf(sql, sizeof(sql),
+		         "DROP OWNED BY %s; SET ROLE %s; ALTER ROLE %s RESET ALL; ALTER ROLE %s PASSWORD %s; "
+		         "RESET ROLE",
+		         role, role, role, role, secret);
+		ret = pg_exec(conn, sql, err, errlen);
 	}
-	char sql[512];
-	snprintf(sql, sizeof(sql), "DROP OWNED BY %s; SET ROLE %s; ALTER ROLE %s RESET ALL; RESET ROLE", role,
-	         role, role);
 	PQfreemem(role);
-	return pg_exec(conn, sql, err, errlen);
+	PQfreemem(verifier);
+	PQfreemem(secret);
+	return ret;
 }
 
 int sql_injection_setup(const struct sqli_config *cfg, char *err, size_t errlen)
