@@ -100,12 +100,13 @@ static int labenv(struct faults_env *e, const char *what, char *err, size_t errl
 	return run_argv(argv, env, log, 60000, err, errlen);
 }
 
-int faults_env_up(struct faults_env *e, const char *labenv_path, const char *state_dir, char *err, size_t errlen)
+int faults_env_up(struct faults_env *e, const char *labenv_path, const char *state_dir, char *err,
+                  size_t errlen)
 {
 	memset(e, 0, sizeof(*e));
 	snprintf(e->labenv, sizeof(e->labenv), "%s", labenv_path);
-	snprintf(e->state_dir, sizeof(e->state_dir), "%s", state_dir);
-	if (mkdir(state_dir, 0755) < 0 && errno != EEXIST) {
+	/* absolute: labenv hands it to redis-server, which opens its log after a chdir */
+	if ((mkdir(state_dir, 0755) < 0 && errno != EEXIST) || !realpath(state_dir, e->state_dir)) {
 		snprintf(err, errlen, "cannot make %s: %s", state_dir, strerror(errno));
 		return -1;
 	}
@@ -184,8 +185,22 @@ int faults_pg_restart(struct faults_env *e, char *err, size_t errlen)
 	snprintf(log, sizeof(log), "%s/pg-restart.log", e->state_dir);
 	/* as labenv: the cluster's owner, an unprivileged user, when we are root */
 	const char *user = getenv("LAB_PG_OS_USER") ? getenv("LAB_PG_OS_USER") : "postgres";
-	const char *as_root[] = {"/usr/sbin/runuser", "-u", user, "--", pg_ctl, "-D", data, "-l", logf,
-	                         "-m",                "fast", "-w", "-t", "30", "restart", NULL};
+	const char *as_root[] = {"/usr/sbin/runuser",
+	                         "-u",
+	                         user,
+	                         "--",
+	                         pg_ctl,
+	                         "-D",
+	                         data,
+	                         "-l",
+	                         logf,
+	                         "-m",
+	                         "fast",
+	                         "-w",
+	                         "-t",
+	                         "30",
+	                         "restart",
+	                         NULL};
 	const char **argv = geteuid() == 0 ? as_root : as_root + 4;
 	return run_argv(argv, NULL, log, 40000, err, errlen);
 }
@@ -367,13 +382,13 @@ int faults_lab_wait_port(struct faults_lab *l, int timeout_ms, char *err, size_t
 		char tail[400];
 		if (!faults_lab_alive(l, &status)) {
 			faults_lab_stderr_tail(l, tail, sizeof(tail));
-			snprintf(err, errlen, "lab-%s --serve exited (status %d) before listening: %s", l->name, status,
-			         tail);
+			snprintf(err, errlen, "lab-%s --serve exited (status %d) before listening: %s",
+			         l->name, status, tail);
 			return -1;
 		}
 		if (hist_now_ms() - start > timeout_ms) {
-			snprintf(err, errlen, "lab-%s --serve did not say where it listens within %d ms", l->name,
-			         timeout_ms);
+			snprintf(err, errlen, "lab-%s --serve did not say where it listens within %d ms",
+			         l->name, timeout_ms);
 			return -1;
 		}
 		hist_sleep_us(20000);
@@ -442,25 +457,27 @@ bool faults_lab_sanitizer_report(const struct faults_lab *l)
 	return found;
 }
 
-int faults_lab_stop(struct faults_lab *l, int sig, int bound_ms, double *stop_ms)
+void faults_lab_signal(struct faults_lab *l, int sig)
 {
-	if (!l)
-		return 0;
-	int status = 0;
-	double start = hist_now_ms();
+	l->signalled_ms = hist_now_ms();
 	if (!l->reaped)
 		kill(l->pid, sig);
+}
+
+int faults_lab_wait(struct faults_lab *l, int bound_ms, double *stop_ms)
+{
+	int status = 0;
 	while (faults_lab_alive(l, &status)) {
-		if (hist_now_ms() - start > bound_ms) {
+		if (hist_now_ms() - l->signalled_ms > bound_ms) {
 			kill(l->pid, SIGKILL);
 			waitpid(l->pid, &status, 0);
 			l->reaped = true;
-			*stop_ms = hist_now_ms() - start;
+			*stop_ms = hist_now_ms() - l->signalled_ms;
 			return -1;
 		}
 		hist_sleep_us(5000);
 	}
-	*stop_ms = hist_now_ms() - start;
+	*stop_ms = hist_now_ms() - l->signalled_ms;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 

@@ -54,7 +54,7 @@ struct faults_env {
 	char labenv[PATH_MAX];    /* scripts/labenv */
 	char state_dir[PATH_MAX]; /* its LAB_STATE_DIR */
 	int pg_port, redis_port;
-	char pg_url[128];    /* the private PostgreSQL, directly */
+	char pg_url[128];      /* the private PostgreSQL, directly */
 	char labs_pg_url[128]; /* the same through the proxy: what the labs get */
 	char redis_url[128];
 	struct proxy *proxy;
@@ -154,10 +154,12 @@ int faults_lab_count_writes(struct faults_lab *l, const char *pg_url, struct fau
                             size_t errlen);
 
 /*
- * Sends sig and waits (bound_ms at most, then SIGKILL): the exit code (-1: killed by a signal,
- * or SIGKILL'd), how long it took. Free l after. NULL: 0.
+ * Sends sig (once: a second SIGINT makes a lab's guard take the hard way); then waits until the
+ * exit, bound_ms at most from the signal (then SIGKILL): the exit code (-1: killed by a signal, or
+ * SIGKILL'd) and how long after the signal it came. Free l after.
  */
-int faults_lab_stop(struct faults_lab *l, int sig, int bound_ms, double *stop_ms);
+void faults_lab_signal(struct faults_lab *l, int sig);
+int faults_lab_wait(struct faults_lab *l, int bound_ms, double *stop_ms);
 /* Frees l (SIGKILL and reap if still running). */
 void faults_lab_free(struct faults_lab *l);
 
@@ -172,7 +174,8 @@ extern const char *const faults_fault_names[FAULTS_N];
 
 struct faults_cell {
 	uint64_t answers, ok, clear, bad, none; /* in the fault's window: its start to the next's */
-	double recovered_ms; /* fault's end to the first of FAULTS_STEADY 2xx after the last error; -1: never */
+	double recovered_ms; /* fault's end to the first of FAULTS_STEADY 2xx after the last error; -1: never
+	                      */
 	char first_bad[160]; /* the first BAD or NONE answer: status and time */
 };
 
@@ -184,11 +187,11 @@ struct faults_row {
 	bool writes;
 	struct faults_writes w;
 	char count_err[256];
-	bool died;             /* exited before SIGINT */
-	int exit_code;         /* after SIGINT (-1: signal or killed) */
+	bool died;     /* exited before SIGINT */
+	int exit_code; /* after SIGINT (-1: signal or killed) */
 	double stop_ms;
 	int schemas_left, keys_left;
-	bool sanitizer;        /* a report on its stderr */
+	bool sanitizer; /* a report on its stderr */
 	char stderr_tail[400];
 };
 

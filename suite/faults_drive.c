@@ -48,7 +48,8 @@ static void grow(void **p, size_t *cap, size_t need, size_t size)
 	*cap = n;
 }
 
-static void request_cb(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq, void *arg)
+static void request_cb(struct load_request *r, struct evhttp_request *req, int client, uint64_t seq,
+                       void *arg)
 {
 	(void)client;
 	(void)seq;

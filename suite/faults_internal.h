@@ -39,19 +39,20 @@ struct faults_lab {
 	bool reaped;
 	int port;
 	char out_path[PATH_MAX], err_path[PATH_MAX];
+	double signalled_ms; /* when faults_lab_signal sent its signal */
 
 	/* what the recipe prepared */
-	char header[512]; /* "Bearer ...", "sid=...": a header value its requests carry */
+	char header[2048]; /* "Bearer <a JWT>", "sid=...": a header value its requests carry */
 	char body[256];
-	int64_t base;     /* a value read before the load (put-patch: the visits) */
+	int64_t base; /* a value read before the load (put-patch: the visits) */
 
 	/* the load thread (faults_drive.c) */
 	pthread_t thread;
 	bool driving;
 	atomic_bool stop;
 	int think_ms;
-	uint64_t next_n;     /* the next request's number (the load thread's) */
-	uint64_t current_n;  /* the number of the request in flight (one client) */
+	uint64_t next_n;    /* the next request's number (the load thread's) */
+	uint64_t current_n; /* the number of the request in flight (one client) */
 
 	pthread_mutex_t mu; /* what follows, shared with the controller's thread */
 	struct faults_event *events;

@@ -46,7 +46,7 @@ static bool window_cell(struct faults_lab *l, size_t first, double from, double 
 	size_t n = faults_events_count(l);
 	struct faults_event *ev = n > first ? malloc((n - first) * sizeof(*ev)) : NULL;
 	n = ev ? faults_events(l, first, ev, n - first) : 0;
-	double last_err = -1, first_ok_after = -1;
+	double first_ok_after = -1;
 	int steady = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (ev[i].at_ms < from || ev[i].at_ms >= to)
@@ -62,22 +62,24 @@ static bool window_cell(struct faults_lab *l, size_t first, double from, double 
 		c->clear += ev[i].kind == FAULTS_CLEAR;
 		c->bad += ev[i].kind == FAULTS_BAD;
 		c->none += ev[i].kind == FAULTS_NONE;
-		if (ev[i].kind != FAULTS_CLEAR && !c->first_bad[0])
-			snprintf(c->first_bad, sizeof(c->first_bad), "%s %.0f ms into the fault",
-			         ev[i].kind == FAULTS_NONE ? "no answer (reset, refused or timed out)" : "a status",
+		if (ev[i].kind == FAULTS_NONE && !c->first_bad[0])
+			snprintf(c->first_bad, sizeof(c->first_bad),
+			         "no answer (reset, refused or timed out) %.0f ms into the fault",
 			         ev[i].at_ms - from);
-		if (ev[i].kind == FAULTS_BAD)
-			snprintf(c->first_bad + strlen(c->first_bad), sizeof(c->first_bad) - strlen(c->first_bad),
-			         ": %u", ev[i].status);
-		last_err = ev[i].at_ms;
+		else if (ev[i].kind == FAULTS_BAD && !c->first_bad[0])
+			snprintf(c->first_bad, sizeof(c->first_bad),
+			         "%u (or a 5xx without {\"error\"}) %.0f ms into the fault", ev[i].status,
+			         ev[i].at_ms - from);
 		first_ok_after = -1;
 		steady = 0;
 	}
 	free(ev);
 	bool errors = c->clear + c->bad + c->none > 0;
 	bool recovered = steady >= FAULTS_STEADY;
-	c->recovered_ms = !recovered ? -1 : !errors ? 0 : first_ok_after > lifted ? first_ok_after - lifted : 0;
-	(void)last_err;
+	c->recovered_ms = !recovered                ? -1
+	                  : !errors                 ? 0
+	                  : first_ok_after > lifted ? first_ok_after - lifted
+	                                            : 0;
 	return recovered;
 }
 
@@ -119,13 +121,14 @@ static void labs_start(const struct faults_options *o, struct faults_env *e, str
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[m->nrows++];
 		snprintf(r->name, sizeof(r->name), "%s", faults_lab_names[i]);
-		labs[i] = faults_lab_spawn(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir, r->start_err,
-		                           sizeof(r->start_err));
+		labs[i] = faults_lab_spawn(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
+		                           r->start_err, sizeof(r->start_err));
 	}
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[i];
-		if (labs[i] && (faults_lab_ready(labs[i], FAULTS_START_MS, r->start_err, sizeof(r->start_err)) < 0 ||
-		                faults_drive_start(labs[i], FAULTS_THINK_MS, r->start_err, sizeof(r->start_err)) < 0)) {
+		if (labs[i] &&
+		    (faults_lab_ready(labs[i], FAULTS_START_MS, r->start_err, sizeof(r->start_err)) < 0 ||
+		     faults_drive_start(labs[i], FAULTS_THINK_MS, r->start_err, sizeof(r->start_err)) < 0)) {
 			faults_lab_free(labs[i]);
 			labs[i] = NULL;
 		}
@@ -164,18 +167,36 @@ static void labs_finish(struct faults_env *e, struct faults_lab **labs, struct f
 		if (labs[i] && !faults_lab_alive(labs[i], &status))
 			r->died = true;
 		if (labs[i] && r->writes &&
-		    faults_lab_count_writes(labs[i], e->pg_url, &r->w, r->count_err, sizeof(r->count_err)) < 0 &&
+		    faults_lab_count_writes(labs[i], e->pg_url, &r->w, r->count_err, sizeof(r->count_err)) <
+		            0 &&
 		    !r->count_err[0])
 			snprintf(r->count_err, sizeof(r->count_err), "could not count");
 	}
+	/* all at once, as a machine's shutdown would; each exit timed as it comes */
+	double signalled = hist_now_ms();
 	for (int i = 0; i < FAULTS_LABS; i++)
-		if (labs[i] && !m->rows[i].died)
-			kill(faults_lab_pid(labs[i]), SIGINT);
+		if (labs[i])
+			faults_lab_signal(labs[i], SIGINT);
+	for (bool waiting = true; waiting;) {
+		waiting = false;
+		for (int i = 0; i < FAULTS_LABS; i++) {
+			int status;
+			if (labs[i] && !m->rows[i].stop_ms && !faults_lab_alive(labs[i], &status))
+				m->rows[i].exit_code =
+				        faults_lab_wait(labs[i], FAULTS_STOP_BOUND_MS, &m->rows[i].stop_ms);
+			waiting |= labs[i] && !m->rows[i].stop_ms;
+		}
+		if (waiting)
+			hist_sleep_us(5000);
+		if (waiting && hist_now_ms() - signalled > FAULTS_STOP_BOUND_MS)
+			break;
+	}
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[i];
 		if (!labs[i])
 			continue;
-		r->exit_code = faults_lab_stop(labs[i], SIGINT, FAULTS_STOP_BOUND_MS, &r->stop_ms);
+		if (!r->stop_ms) /* past the bound: SIGKILL */
+			r->exit_code = faults_lab_wait(labs[i], FAULTS_STOP_BOUND_MS, &r->stop_ms);
 		r->sanitizer = faults_lab_sanitizer_report(labs[i]);
 		faults_lab_stderr_tail(labs[i], r->stderr_tail, sizeof(r->stderr_tail));
 		char err[256];
@@ -235,19 +256,22 @@ bool faults_row_ok(const struct faults_matrix *m, const struct faults_row *r, ch
 	for (int f = 0; f < FAULTS_N; f++) {
 		const struct faults_cell *c = &r->cells[f];
 		if (c->bad + c->none)
-			return snprintf(why, whylen, "%s: %llu answers that were not a 2xx nor a clear 500/503, first %s",
-			                faults_fault_names[f], (unsigned long long)(c->bad + c->none), c->first_bad),
+			return snprintf(why, whylen,
+			                "%s: %llu answers that were not a 2xx nor a clear 500/503, first %s",
+			                faults_fault_names[f], (unsigned long long)(c->bad + c->none),
+			                c->first_bad),
 			       false;
 		if (c->recovered_ms < 0 || c->recovered_ms > FAULTS_RECOVER_BOUND_MS)
-			return snprintf(why, whylen, "%s: not answering %d 2xx in a row within %d ms of the fault's end",
+			return snprintf(why, whylen,
+			                "%s: not answering %d 2xx in a row within %d ms of the fault's end",
 			                faults_fault_names[f], FAULTS_STEADY, FAULTS_RECOVER_BOUND_MS),
 			       false;
 	}
 	if (r->writes && r->count_err[0])
 		return snprintf(why, whylen, "writes not counted: %s", r->count_err), false;
 	if (r->writes && (r->w.lost || r->w.doubled))
-		return snprintf(why, whylen, "%lld writes lost and %lld doubled of %lld acknowledged", (long long)r->w.lost,
-		                (long long)r->w.doubled, (long long)r->w.acknowledged),
+		return snprintf(why, whylen, "%lld writes lost and %lld doubled of %lld acknowledged",
+		                (long long)r->w.lost, (long long)r->w.doubled, (long long)r->w.acknowledged),
 		       false;
 	if (r->exit_code != 0)
 		return snprintf(why, whylen, "exit %d after SIGINT (%.0f ms): %s", r->exit_code, r->stop_ms,
@@ -273,7 +297,8 @@ static void cell_text(const struct faults_cell *c, char *out, size_t outlen)
 	if (!errors)
 		snprintf(out, outlen, "%s0 err", c->recovered_ms < 0 ? "✘ hung · " : "");
 	else
-		snprintf(out, outlen, "%s%llu err · %s", c->bad + c->none ? "✘ " : "", (unsigned long long)errors, rec);
+		snprintf(out, outlen, "%s%llu err · %s", c->bad + c->none ? "✘ " : "",
+		         (unsigned long long)errors, rec);
 }
 
 void faults_matrix_print(const struct faults_matrix *m, FILE *f)
@@ -283,14 +308,17 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 	char d[FAULTS_N][32];
 	for (int i = 0; i < FAULTS_N; i++)
 		term_fmt_us(d[i], sizeof(d[i]), m->fault_ms[i] * 1000);
-	term_printf(&t, "fault matrix: %d API labs under steady load, one fault at a time; recovered = fault's end "
-	            "to %d 2xx in a row (bound %d ms)\n",
-	            m->nrows, FAULTS_STEADY, FAULTS_RECOVER_BOUND_MS);
-	term_printf(&t, "  pg restart took %s · backends killed %s · redis down %s · network cut %s\n", d[0], d[1],
-	            d[2], d[3]);
-	struct term_col cols[] = {{"lab", 13, 'l'},        {"pg restart", 16, 'l'}, {"backends killed", 16, 'l'},
-	                          {"redis restart", 16, 'l'}, {"pg network cut", 16, 'l'}, {"lost / doubled", 18, 'l'},
-	                          {"SIGINT", 18, 'l'}};
+	term_printf(
+	        &t,
+	        "fault matrix: %d API labs under steady load, one fault at a time; recovered = fault's end "
+	        "to %d 2xx in a row (bound %d ms)\n",
+	        m->nrows, FAULTS_STEADY, FAULTS_RECOVER_BOUND_MS);
+	term_printf(&t, "  pg restart took %s · backends killed %s · redis down %s · network cut %s\n", d[0],
+	            d[1], d[2], d[3]);
+	struct term_col cols[] = {
+	        {"lab", 13, 'l'},           {"pg restart", 16, 'l'},     {"backends killed", 16, 'l'},
+	        {"redis restart", 16, 'l'}, {"pg network cut", 16, 'l'}, {"lost / doubled", 18, 'l'},
+	        {"SIGINT", 18, 'l'}};
 	int ncols = (int)(sizeof(cols) / sizeof(cols[0]));
 	term_table_header(&t, 2, cols, ncols);
 	int failed = 0;
@@ -302,18 +330,20 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 		if (!r->writes)
 			snprintf(w, sizeof(w), "n/a (reads)");
 		else
-			snprintf(w, sizeof(w), "%lld / %lld of %lld", (long long)r->w.lost, (long long)r->w.doubled,
-			         (long long)r->w.acknowledged);
+			snprintf(w, sizeof(w), "%lld / %lld of %lld", (long long)r->w.lost,
+			         (long long)r->w.doubled, (long long)r->w.acknowledged);
 		snprintf(s, sizeof(s), "exit %d · %.0f ms%s", r->exit_code, r->stop_ms,
 		         r->schemas_left || r->keys_left || r->sanitizer ? " ✘" : "");
-		const char *row[] = {r->name, cells[0], cells[1], cells[2], cells[3], w, r->started ? s : "-"};
+		const char *row[] = {
+		        r->name, cells[0], cells[1], cells[2], cells[3], w, r->started ? s : "-"};
 		term_table_row(&t, 2, cols, ncols, row);
 	}
 	for (int i = 0; i < m->nrows; i++) {
 		char why[700];
 		if (!faults_row_ok(m, &m->rows[i], why, sizeof(why))) {
 			failed++;
-			term_printf(&t, "  %s✘ lab-%s%s: %s\n", term_red(&t), m->rows[i].name, term_reset(&t), why);
+			term_printf(&t, "  %s✘ lab-%s%s: %s\n", term_red(&t), m->rows[i].name, term_reset(&t),
+			            why);
 		}
 	}
 	char total[32];
@@ -322,9 +352,11 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 		term_printf(&t, "%s✘ %d of %d labs failed a fault%s (%s)\n", term_red(&t), failed, m->nrows,
 		            term_reset(&t), total);
 	else
-		term_printf(&t, "%s✔ every lab answered clear errors during each fault, recovered within %d ms, lost "
-		            "and doubled nothing, and stopped cleanly on SIGINT%s (%s)\n",
-		            term_green(&t), FAULTS_RECOVER_BOUND_MS, term_reset(&t), total);
+		term_printf(
+		        &t,
+		        "%s✔ every lab answered clear errors during each fault, recovered within %d ms, lost "
+		        "and doubled nothing, and stopped cleanly on SIGINT%s (%s)\n",
+		        term_green(&t), FAULTS_RECOVER_BOUND_MS, term_reset(&t), total);
 }
 
 static int faults_usage(FILE *f, int code)
@@ -351,7 +383,8 @@ int suite_faults(int argc, char **argv)
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
 			return faults_usage(stdout, 0);
 		if (!slot || i + 1 >= argc || !argv[i + 1][0]) {
-			fprintf(stderr, "labsuite faults: %s \"%s\"\n", slot ? "no value for" : "unknown flag", argv[i]);
+			fprintf(stderr, "labsuite faults: %s \"%s\"\n",
+			        slot ? "no value for" : "unknown flag", argv[i]);
 			return faults_usage(stderr, 2);
 		}
 		*slot = argv[++i];

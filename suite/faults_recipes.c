@@ -34,14 +34,60 @@ static int call(struct faults_lab *l, const struct http_call *c, int want, struc
 	if (rc < 0)
 		return -1;
 	if (a->status != want) {
-		snprintf(err, errlen, "lab-%s: %s %s answered %d, not %d: %.200s", l->name, c->method, c->target,
-		         a->status, want, a->body ? a->body : "");
+		snprintf(err, errlen, "lab-%s: %s %s answered %d, not %d: %.200s", l->name, c->method,
+		         c->target, a->status, want, a->body ? a->body : "");
 		return -1;
 	}
 	return 0;
 }
 
-/* ---- authz: GET /v1/me with a bearer token (the deny-list in Redis is checked on every call) ---- */
+/*
+ * Writes counted one by one: the n-th request wrote what carries "faults-<n>"; sql lists
+ * (n, how many) for those found. A 2xx without its row is lost; two rows for one n doubled.
+ */
+static int keyed_count(struct faults_lab *l, const char *pg_url, const char *sql, struct faults_writes *w,
+                       char *err, size_t errlen)
+{
+	PGconn *c = pg_connect(pg_url, err, errlen);
+	if (!c)
+		return -1;
+	PGresult *res = PQexec(c, sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		snprintf(err, errlen, "counting the writes of lab-%s: %s", l->name, PQerrorMessage(c));
+		PQclear(res);
+		PQfinish(c);
+		return -1;
+	}
+	pthread_mutex_lock(&l->mu);
+	size_t sent = l->next_n;
+	int64_t *found = calloc(sent + 1, sizeof(*found));
+	for (int i = 0; found && i < PQntuples(res); i++) {
+		long long k = strtoll(PQgetvalue(res, i, 0), NULL, 10),
+		          cnt = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+		w->found += cnt;
+		if (k >= 0 && (size_t)k < sent)
+			found[k] = cnt;
+		else
+			w->doubled += cnt; /* a write for a request never sent */
+	}
+	for (size_t k = 0; found && k < sent; k++) {
+		uint8_t o = k < l->capoutcomes ? l->outcomes[k] : OUTCOME_SENT;
+		w->acknowledged += o == OUTCOME_OK;
+		w->ambiguous += o != OUTCOME_OK;
+		w->lost += o == OUTCOME_OK && found[k] == 0;
+		w->doubled += found[k] > 1 ? found[k] - 1 : 0;
+	}
+	pthread_mutex_unlock(&l->mu);
+	int rc = found ? 0 : -1;
+	if (!found)
+		snprintf(err, errlen, "out of memory");
+	free(found);
+	PQclear(res);
+	PQfinish(c);
+	return rc;
+}
+
+/* ---- authz: POST /v1/orders with a bearer token: the deny-list in Redis, then PostgreSQL ---- */
 
 static int authz_prepare(struct faults_lab *l, char *err, size_t errlen)
 {
@@ -60,7 +106,8 @@ static int authz_prepare(struct faults_lab *l, char *err, size_t errlen)
 	json_t *body = json_pack("{s:s,s:s}", "name", "alice", "password", password);
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
-	struct http_call c = {.method = "POST", .target = "/v1/login", .body = text, .body_len = strlen(text)};
+	struct http_call c = {
+	        .method = "POST", .target = "/v1/login", .body = text, .body_len = strlen(text)};
 	struct http_answer a;
 	int rc = call(l, &c, 200, &a, err, errlen);
 	free(text);
@@ -75,11 +122,26 @@ static int authz_prepare(struct faults_lab *l, char *err, size_t errlen)
 	return token ? 0 : -1;
 }
 
-static void authz_request(struct faults_lab *l, struct load_request *r, struct evhttp_request *req, uint64_t n)
+static void authz_request(struct faults_lab *l, struct load_request *r, struct evhttp_request *req,
+                          uint64_t n)
 {
-	(void)n;
-	snprintf(r->path, sizeof(r->path), "/v1/me");
+	snprintf(r->path, sizeof(r->path), "/v1/orders");
+	snprintf(l->body, sizeof(l->body), "{\"item\":\"faults-%llu\",\"amount_cents\":100}",
+	         (unsigned long long)n);
+	r->method = EVHTTP_REQ_POST;
+	r->body = l->body;
+	r->body_len = strlen(l->body);
 	header(req, "Authorization", l->header);
+	header(req, "Content-Type", "application/json");
+}
+
+static int authz_count(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err,
+                       size_t errlen)
+{
+	return keyed_count(l, pg_url,
+	                   "SELECT substr(item, 8)::bigint, count(*) FROM lab_authz.orders"
+	                   " WHERE item LIKE 'faults-%' GROUP BY 1",
+	                   w, err, errlen);
 }
 
 /* ---- cors: GET /api/allowlist/me with the session cookie, from the app's origin ---- */
@@ -95,7 +157,8 @@ static int cors_prepare(struct faults_lab *l, char *err, size_t errlen)
 		snprintf(err, errlen, "lab-cors: /login set no cookie or no Location");
 	else if (cookie) {
 		snprintf(l->header, sizeof(l->header), "%.*s", (int)strcspn(cookie, ";"), cookie);
-		snprintf(l->body, sizeof(l->body), "%.*s", (int)(strstr(location, "/app") - location), location);
+		snprintf(l->body, sizeof(l->body), "%.*s", (int)(strstr(location, "/app") - location),
+		         location);
 	}
 	bool ok = cookie && location && strstr(location, "/app");
 	http_answer_free(&a);
@@ -129,44 +192,14 @@ static void idem_request(struct faults_lab *l, struct load_request *r, struct ev
 	header(req, "Content-Type", "application/json");
 }
 
-/* Each key's charges, against the key's answer: a 2xx without its charge is lost, two charges doubled. */
-static int idem_count(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err, size_t errlen)
+/* Each key's charges, against the key's answer. */
+static int idem_count(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err,
+                      size_t errlen)
 {
-	PGconn *c = pg_connect(pg_url, err, errlen);
-	if (!c)
-		return -1;
-	PGresult *res = PQexec(c, "SELECT substr(idempotency_key, 8)::bigint, count(*) FROM lab_idempotency.charges"
-	                          " WHERE client = '" IDEM_CLIENT "' AND idempotency_key LIKE 'faults-%'"
-	                          " GROUP BY 1");
-	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		snprintf(err, errlen, "counting lab_idempotency.charges: %s", PQerrorMessage(c));
-		PQclear(res);
-		PQfinish(c);
-		return -1;
-	}
-	pthread_mutex_lock(&l->mu);
-	size_t sent = l->next_n;
-	int64_t *found = calloc(sent + 1, sizeof(*found));
-	for (int i = 0; found && i < PQntuples(res); i++) {
-		long long k = strtoll(PQgetvalue(res, i, 0), NULL, 10), cnt = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-		w->found += cnt;
-		if (k >= 0 && (size_t)k < sent)
-			found[k] = cnt;
-		else
-			w->doubled += cnt; /* a charge for a key never sent */
-	}
-	for (size_t k = 0; found && k < sent; k++) {
-		uint8_t o = k < l->capoutcomes ? l->outcomes[k] : OUTCOME_SENT;
-		w->acknowledged += o == OUTCOME_OK;
-		w->ambiguous += o != OUTCOME_OK;
-		w->lost += o == OUTCOME_OK && found[k] == 0;
-		w->doubled += found[k] > 1 ? found[k] - 1 : 0;
-	}
-	pthread_mutex_unlock(&l->mu);
-	free(found);
-	PQclear(res);
-	PQfinish(c);
-	return 0;
+	return keyed_count(l, pg_url,
+	                   "SELECT substr(idempotency_key, 8)::bigint, count(*) FROM lab_idempotency.charges"
+	                   " WHERE client = '" IDEM_CLIENT "' AND idempotency_key LIKE 'faults-%' GROUP BY 1",
+	                   w, err, errlen);
 }
 
 /* ---- put-patch: PATCH /v1/users/1 incrementing visits by 1 ---- */
@@ -202,14 +235,15 @@ static void pp_request(struct faults_lab *l, struct load_request *r, struct evht
 
 /* The increments found (visits now - before) against the 2xx answers, in bulk: an error answer may
  * or may not have incremented, so only more than acknowledged + ambiguous is doubled. */
-static int pp_count(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err, size_t errlen)
+static int pp_count(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err,
+                    size_t errlen)
 {
 	PGconn *c = pg_connect(pg_url, err, errlen);
 	if (!c)
 		return -1;
 	int64_t visits = 0;
-	int rc = pg_query_int64(c, "SELECT visits FROM lab_put_patch.users WHERE id = 1", 0, NULL, &visits, err,
-	                        errlen);
+	int rc = pg_query_int64(c, "SELECT visits FROM lab_put_patch.users WHERE id = 1", 0, NULL, &visits,
+	                        err, errlen);
 	PQfinish(c);
 	if (rc < 0)
 		return -1;
@@ -233,7 +267,8 @@ static void pagination_request(struct faults_lab *l, struct load_request *r, str
 	snprintf(r->path, sizeof(r->path), "/v1/items?limit=20");
 }
 
-static void pooling_request(struct faults_lab *l, struct load_request *r, struct evhttp_request *req, uint64_t n)
+static void pooling_request(struct faults_lab *l, struct load_request *r, struct evhttp_request *req,
+                            uint64_t n)
 {
 	(void)l, (void)req;
 	snprintf(r->path, sizeof(r->path), "/orders?id=%llu", (unsigned long long)(n % 100 + 1));
@@ -253,7 +288,7 @@ static void versioning_request(struct faults_lab *l, struct load_request *r, str
 }
 
 static const struct faults_recipe RECIPES[] = {
-        {"authz", authz_prepare, authz_request, NULL},
+        {"authz", authz_prepare, authz_request, authz_count},
         {"cors", cors_prepare, cors_request, NULL},
         {"idempotency", NULL, idem_request, idem_count},
         {"pagination", NULL, pagination_request, NULL},

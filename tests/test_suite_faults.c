@@ -9,7 +9,8 @@
  * lost nor doubled, and SIGINT ended each lab with exit 0, nothing left and no sanitizer report
  * (the programs are this build's: under the sanitizer build a report fails the test).
  * needs: postgres redis
- * runs: lab-authz lab-cors lab-idempotency lab-pagination lab-pooling lab-put-patch lab-sql-injection lab-versioning
+ * runs: lab-authz lab-cors lab-idempotency lab-pagination lab-pooling lab-put-patch lab-sql-injection
+ * lab-versioning
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -47,8 +48,6 @@ static void test_every_api_lab_survives_each_fault_and_stops_cleanly(void **stat
 			assert_true(r->cells[f].ok >= FAULTS_STEADY);
 			assert_int_equal(r->cells[f].bad + r->cells[f].none, 0);
 		}
-		/* ... a PostgreSQL that restarts or is cut off is seen by every lab, since each reads it */
-		assert_true(r->cells[FAULT_PG_RESTART].clear + r->cells[FAULT_NET_CUT].clear > 0);
 		if (r->writes) {
 			writers++;
 			assert_true(r->w.acknowledged > 0);
@@ -60,7 +59,17 @@ static void test_every_api_lab_survives_each_fault_and_stops_cleanly(void **stat
 		assert_int_equal(r->schemas_left + r->keys_left, 0);
 		assert_false(r->sanitizer);
 	}
-	assert_true(writers >= 2); /* idempotency's charges and put-patch's increments */
+	assert_int_equal(writers, 3); /* authz's orders, idempotency's charges, put-patch's increments */
+	/* ... and each fault really happened: some lab served errors through it (a lab whose pool
+	 * waits out a short fault may serve none, so not every lab) */
+	for (int f = 0; f < FAULTS_N; f++) {
+		uint64_t clear = 0;
+		for (int i = 0; i < m->nrows; i++)
+			clear += m->rows[i].cells[f].clear;
+		if (clear == 0)
+			fail_msg("%s: no lab served an error: was the fault injected?",
+			         faults_fault_names[f]);
+	}
 	free(m);
 }
 
