@@ -115,7 +115,9 @@ bench: build up
 	for b in $(BUILD)/bench_* scripts/bench-*; do \
 		if [ -f "$$b" ] && [ -x "$$b" ]; then echo "== $$b"; "$$b" $(ARGS); ran=1; fi; \
 	done; \
-	[ $$ran -eq 1 ] || echo "no benchmarks yet (bench/bench_*.c, scripts/bench-*)"
+	[ $$ran -eq 1 ] || echo "no benchmarks yet (bench/bench_*.c, scripts/bench-*)"; \
+	echo "== $(BUILD)/labsuite faults (the fault matrix, on private servers)"; \
+	$(BUILD)/labsuite faults --bin $(BUILD)
 
 # down first: the embedded servers keep their data under $(BUILD)/labenv.
 clean: down

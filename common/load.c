@@ -57,6 +57,7 @@ struct load_state {
 	char host_header[300];
 	enum evhttp_cmd_type method;
 	struct timeval timeout;
+	struct timeval think; /* cfg->think_ms */
 	uint64_t timeout_us;
 	uint64_t interval_us;
 	int stopping; /* no request is sent once this is set */
@@ -113,7 +114,7 @@ static void load_fail(struct load_client *c, uint64_t now, int timed_out)
 	if (cfg->response_cb)
 		cfg->response_cb(NULL, c->id, c->seq, now - c->sent_us, cfg->arg);
 	c->failed = 1;
-	if (evtimer_add(c->kick_ev, &now_tv) != 0) {
+	if (evtimer_add(c->kick_ev, cfg->think_ms > 0 ? &st->think : &now_tv) != 0) {
 		load_retire(c);
 		load_break(st, "cannot schedule the next request");
 	}
@@ -182,6 +183,13 @@ static void load_response_cb(struct evhttp_request *req, void *arg)
 	load_count_series(st, now);
 	if (cfg->response_cb)
 		cfg->response_cb(req, c->id, c->seq, latency, cfg->arg);
+	if (cfg->think_ms > 0 && !st->stopping) {
+		if (evtimer_add(c->kick_ev, &st->think) != 0) {
+			load_retire(c);
+			load_break(st, "cannot schedule the next request");
+		}
+		return;
+	}
 	load_send(c);
 }
 
@@ -311,9 +319,9 @@ static int load_check_config(const struct load_config *cfg, char *err, size_t er
 		         LOAD_PATH_LEN);
 		return -1;
 	}
-	if (cfg->duration_ms < 0 || cfg->timeout_ms < 0 || cfg->series_interval_ms < 0) {
+	if (cfg->duration_ms < 0 || cfg->timeout_ms < 0 || cfg->series_interval_ms < 0 || cfg->think_ms < 0) {
 		snprintf(err, errlen,
-		         "load: duration_ms, timeout_ms and series_interval_ms cannot be negative");
+		         "load: duration_ms, timeout_ms, series_interval_ms and think_ms cannot be negative");
 		return -1;
 	}
 	if (cfg->duration_ms == 0 && cfg->max_requests == 0) {
@@ -422,6 +430,8 @@ int load_run(const struct load_config *cfg, struct load_result *res, char *err, 
 	st.timeout.tv_sec = timeout_ms / 1000;
 	st.timeout.tv_usec = (timeout_ms % 1000) * 1000;
 	st.timeout_us = (uint64_t)timeout_ms * 1000;
+	st.think.tv_sec = cfg->think_ms / 1000;
+	st.think.tv_usec = (cfg->think_ms % 1000) * 1000;
 	res->series_interval_ms =
 	        cfg->series_interval_ms ? cfg->series_interval_ms : LOAD_DEFAULT_INTERVAL_MS;
 	st.interval_us = (uint64_t)res->series_interval_ms * 1000;

@@ -52,6 +52,12 @@ struct load_config {
 	int timeout_ms;
 	int series_interval_ms; /* 0 = 1000 */
 	/*
+	 * A pause of each client between an answer (or a failure) and its next send; 0 = none. A
+	 * steady, bounded load (a client sends at most 1000/think_ms requests a second) for a run
+	 * that watches a server over time rather than measures its ceiling (suite/faults.c).
+	 */
+	int think_ms;
+	/*
 	 * Optional hooks, called on the generator's thread. request_cb may edit r and add headers
 	 * to req (evhttp_request_get_output_headers). response_cb sees every outcome: req is NULL
 	 * when no response came (refused, reset, timeout).

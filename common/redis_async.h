@@ -1,8 +1,10 @@
 /*
  * redis_async.h — one asynchronous hiredis context on an API's libevent loop, connected from the
  * lab's redis:// URL (redis.h's redis_url_parse: user, decoded password, database): AUTH and
- * SELECT sent first, and the routes may use it once a PING was answered. A lost connection is
- * not reopened: ready turns false and error says why, and a route answers 503 with it.
+ * SELECT sent first, and the routes may use it once a PING was answered. A lost connection (Redis
+ * restarted, say) is reopened by itself: ready turns false and error says why (a route answers
+ * 503 with it meanwhile), and every REDIS_ASYNC_RETRY_MS a new connection is tried on the loop,
+ * AUTH, SELECT and PING again; ready turns true once its PING is answered.
  *
  * Errors: functions that can fail return -1 and write one line into err (errlen bytes).
  */
@@ -13,10 +15,24 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/*
+ * How long after a loss the connection is tried again, and again after each failed try: a Redis
+ * that restarts answers within a second, and an API that tries 4 times a second costs the server
+ * nothing while it is down.
+ */
+#define REDIS_ASYNC_RETRY_MS 250
+
 struct redis_async {
 	redisAsyncContext *ctx; /* NULL when there is none or it was lost (hiredis freed it) */
 	bool ready;             /* connected, and AUTH, SELECT and a PING answered OK */
 	char error[256];        /* why it is not ready; "" while it is fine */
+	/* for the reconnection (redis_async.c) */
+	struct event_base *base;
+	struct event *retry;
+	char url[512];
+	bool opened;  /* the first connection was ready: a loss from now on is retried */
+	bool closing; /* redis_async_close began: no retry */
+	bool failed;  /* the current try's AUTH, SELECT or PING failed */
 };
 
 /*

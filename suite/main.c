@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "faults.h"
 #include "suite.h"
 
 static int usage(FILE *f, int code)
@@ -13,6 +14,7 @@ static int usage(FILE *f, int code)
 	           "       labsuite report [--bin DIR] [--out DIR] LAB...    one HTML page of the proofs\n"
 	           "       labsuite drill  [--bin DIR] [--docs DIR] [LAB]    a question, your answer, the "
 	           "proof\n"
+	           "       labsuite faults [--bin DIR] [--labenv PATH]        every API lab through faults\n"
 	           "  labsuite <command> --help for its flags\n");
 	return code;
 }
@@ -28,6 +30,8 @@ int main(int argc, char **argv)
 		return suite_report(argc - 1, argv + 1);
 	if (!strcmp(cmd, "drill"))
 		return suite_drill(argc - 1, argv + 1);
+	if (!strcmp(cmd, "faults"))
+		return suite_faults(argc - 1, argv + 1);
 	if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h"))
 		return usage(stdout, 0);
 	fprintf(stderr, "labsuite: unknown command \"%s\"\n", cmd);

@@ -114,11 +114,51 @@ static void test_the_same_trickle_within_its_deadline_completes(void **state)
 	assert_true(res.latency.max_us >= (uint64_t)10 * TRICKLE_GAP_MS * 1000);
 }
 
+/* Answers every request at once, empty: a server as fast as loopback allows. */
+static void quick_serve(struct upstream *u, int fd)
+{
+	const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+	while (!atomic_load(&u->stop) && read_head(fd)) {
+		atomic_fetch_add(&u->requests, 1);
+		if (!write_full(fd, head, sizeof(head) - 1))
+			return;
+	}
+}
+
+/* think_ms paces a client: at most one request per pause, where the same client unpaced sends many */
+static void test_think_ms_paces_each_client(void **state)
+{
+	(void)state;
+	struct upstream *u = upstream_start(quick_serve);
+	assert_non_null(u);
+	char err[ERRLEN];
+	struct load_result paced, free_run;
+	struct load_config cfg = {
+	        .port = u->port, .path = "/", .clients = 1, .duration_ms = 500, .think_ms = 50};
+	assert_int_equal(load_run(&cfg, &paced, err, sizeof(err)), 0);
+	cfg.think_ms = 0;
+	assert_int_equal(load_run(&cfg, &free_run, err, sizeof(err)), 0);
+	upstream_stop(u);
+	print_message("500 ms, one client: %llu answers with 50 ms between, %llu without\n",
+	              (unsigned long long)paced.completed, (unsigned long long)free_run.completed);
+	assert_int_equal(paced.errors + free_run.errors, 0);
+	/* a send at 0 ms and one after each pause: 500 / 50 + 1 at most, and not far under */
+	assert_true(paced.completed <= 500 / 50 + 1);
+	assert_true(paced.completed >= 500 / 50 / 2);
+	assert_true(free_run.completed > 4 * paced.completed);
+	cfg.think_ms = -1;
+	assert_int_equal(load_run(&cfg, &paced, err, sizeof(err)), -1);
+}
+
 int main(void)
 {
+	const struct CMUnitTest solo[] = {
+	        cmocka_unit_test(test_think_ms_paces_each_client),
+	};
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_a_trickled_response_misses_a_per_request_deadline),
 	        cmocka_unit_test(test_the_same_trickle_within_its_deadline_completes),
 	};
-	return cmocka_run_group_tests(tests, setup, teardown);
+	int failed = cmocka_run_group_tests(solo, NULL, NULL);
+	return failed + cmocka_run_group_tests(tests, setup, teardown);
 }
