@@ -114,7 +114,12 @@ static int inject(struct faults_env *e, enum faults_fault f, double *lifted, cha
 	return rc;
 }
 
-/* Every lab started, ready and driven, or the row says why not. */
+/*
+ * Every lab started, ready and driven, or the row says why not. All eight start at once, which on
+ * a loaded 2-core machine can keep one's first connect past libpq's 2 s timeout (seen under
+ * ctest -j2 at load 11): a lab that failed to start is started once more, alone, and only a
+ * second failure counts. Starting is not what the matrix proves; recovering is.
+ */
 static void labs_start(const struct faults_options *o, struct faults_env *e, struct faults_lab **labs,
                        struct faults_matrix *m, const char *dir)
 {
@@ -124,11 +129,21 @@ static void labs_start(const struct faults_options *o, struct faults_env *e, str
 		labs[i] = faults_lab_spawn(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
 		                           r->start_err, sizeof(r->start_err));
 	}
+	for (int i = 0; i < FAULTS_LABS; i++)
+		if (labs[i] && faults_lab_ready(labs[i], FAULTS_START_MS, m->rows[i].start_err,
+		                                sizeof(m->rows[i].start_err)) < 0) {
+			struct faults_row *r = &m->rows[i];
+			faults_lab_free(labs[i]);
+			say(o, "  lab-%s starts again, alone (the first start: %s)\n", r->name, r->start_err);
+			labs[i] = faults_lab_start(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
+			                           r->start_err, sizeof(r->start_err));
+			if (labs[i])
+				r->start_err[0] = '\0';
+		}
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[i];
 		if (labs[i] &&
-		    (faults_lab_ready(labs[i], FAULTS_START_MS, r->start_err, sizeof(r->start_err)) < 0 ||
-		     faults_drive_start(labs[i], FAULTS_THINK_MS, r->start_err, sizeof(r->start_err)) < 0)) {
+		    faults_drive_start(labs[i], FAULTS_THINK_MS, r->start_err, sizeof(r->start_err)) < 0) {
 			faults_lab_free(labs[i]);
 			labs[i] = NULL;
 		}
