@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "faults.h"
 #include "term.h"
@@ -141,6 +142,7 @@ static void soak(struct faults_lab **labs, int seconds, int interval_s, struct s
                  int *n)
 {
 	double start = hist_now_ms();
+	bool tty = isatty(STDERR_FILENO); /* the progress line only on a terminal, not in a log */
 	for (int k = 1; *n < SOAK_MAX_SAMPLES; k++) {
 		double due = start + k * interval_s * 1000.0;
 		while (hist_now_ms() < due)
@@ -155,11 +157,13 @@ static void soak(struct faults_lab **labs, int seconds, int interval_s, struct s
 			x->p99_ms = h.count ? (double)hist_percentile(&h, 99) / 1000.0 : 0;
 		}
 		(*n)++;
-		fprintf(stderr, "\r  %.0f / %d s", (hist_now_ms() - start) / 1000.0, seconds);
+		if (tty)
+			fprintf(stderr, "\r  %.0f / %d s", (hist_now_ms() - start) / 1000.0, seconds);
 		if (k * interval_s >= seconds)
 			break;
 	}
-	fprintf(stderr, "\r\033[K");
+	if (tty)
+		fprintf(stderr, "\r\033[K");
 }
 
 int main(int argc, char **argv)
