@@ -65,7 +65,21 @@ struct event_base *http_base_new(void)
 	if (loop_threads_init() != 0)
 		return NULL;
 	loop_sigpipe_ignore();
-	return event_base_new();
+	/*
+	 * epoll's changelist: the changes a pass of the loop makes to one socket's events are
+	 * applied once, before epoll_wait, and those that cancel out cost nothing. evhttp turns a
+	 * connection's read and write events off and on around every request (4 epoll_ctl a
+	 * request under wrk, 11% of the API's cycles); the pool's sockets live on this base too.
+	 * Its one hazard, a descriptor shared through dup(), does not arise: evhttp and libpq
+	 * each own theirs. Other backends ignore the flag.
+	 */
+	struct event_config *cfg = event_config_new();
+	if (!cfg)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	struct event_base *base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
 }
 
 /*
