@@ -13,6 +13,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <limits.h>
@@ -282,7 +284,19 @@ void http_send_reply(struct evhttp_request *req, int code, struct evbuffer *out)
 {
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
 		evbuffer_drain(out, evbuffer_get_length(out));
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 	evhttp_send_reply(req, code, NULL, out);
+	/*
+	 * evhttp leaves the reply in the connection's output and turns its write event on: one
+	 * epoll_ctl to watch for writable, an epoll_wait that says so, one more epoll_ctl to stop.
+	 * A socket that has just read a request is writable, so the write event runs now, on this
+	 * pass of the loop (the same writev, and evhttp's own completion after it): with the
+	 * changelist the on and off cancel out. A full socket buffer makes it wait as before.
+	 * Later in this pass, not inside this call: the caller may still use req.
+	 */
+	if (bev)
+		event_active(&bev->ev_write, EV_WRITE, 1);
 }
 
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
