@@ -27,6 +27,10 @@
  * Named statements (struct pool_stmt, pool_query_prepared) are prepared on a connection once, on
  * their first use there, and stay with it across holders until it closes.
  *
+ * A pipelined pool (cfg.pipeline, off by default; pool_pipe.c) lends nothing: pool_pipe_query
+ * puts many callers' statements, each its own transaction, in flight at once on its few
+ * connections, in libpq's pipeline mode. See pool_pipe_query for what that buys and costs.
+ *
  * A housekeeping timer (every 500 ms) closes idle connections past max_lifetime_ms or, above
  * min_idle, past idle_timeout_ms, and opens connections to get back to min_idle.
  *
