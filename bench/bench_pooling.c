@@ -521,6 +521,7 @@ static int bench_peers(struct run *r)
 	pooling_config_default(&cfg, true);
 	cfg.pg_url = r->url;
 	cfg.acquire_timeout_ms = 10000;
+	cfg.pipe_conns = POOLING_PIPE_CONNS; /* GET /pipelined, for its own row */
 	r->api = pooling_api_start(&cfg, CLIENTS, 0, err, sizeof(err));
 	int rc = 0;
 	if (!r->api) {

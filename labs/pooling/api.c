@@ -49,7 +49,7 @@ struct pooling_api {
 	struct http_app app;
 	struct pool *pool;   /* the pool under test */
 	struct pool *direct; /* connection per request: every connection discarded after one use */
-	struct pool *piped;  /* /pipelined: POOLING_PIPE_CONNS connections in libpq's pipeline mode */
+	struct pool *piped;  /* /pipelined: cfg->pipe_conns connections in pipeline mode, or NULL */
 	struct route_ctx routes[POOLING_ROUTE_COUNT];
 	uint64_t started_us;
 	/* owned by the loop thread; read through http_thread_call or after the loop stopped */
@@ -370,10 +370,12 @@ static int api_pools_open(struct pooling_api *api, char *err, size_t errlen)
 	api->direct = pool_new(api->app.base, &dc, err, errlen);
 	if (!api->direct)
 		return -1;
+	if (cfg->pipe_conns <= 0)
+		return 0;
 	struct pool_config pp = {
 	        .conninfo = cfg->pg_url,
-	        .min_idle = POOLING_PIPE_CONNS,
-	        .max_size = POOLING_PIPE_CONNS,
+	        .min_idle = cfg->pipe_conns,
+	        .max_size = cfg->pipe_conns,
 	        .pipeline = true,
 	};
 	api->piped = pool_new(api->app.base, &pp, err, errlen);
@@ -400,7 +402,8 @@ struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool
 		http_server_route(api->app.server, route_paths[r], route_cb, &api->routes[r]);
 	}
 	http_server_route(api->app.server, "/stats", stats_cb, api);
-	http_server_route(api->app.server, "/pipelined", pipelined_cb, api);
+	if (api->piped)
+		http_server_route(api->app.server, "/pipelined", pipelined_cb, api);
 	if (http_app_run(&api->app, err, errlen) < 0)
 		goto err;
 	return api;
@@ -471,6 +474,8 @@ static void api_release_cb(void *arg)
 			pool_stats(api->pool, &t->pool);
 		if (api->direct)
 			pool_stats(api->direct, &t->direct);
+		if (api->piped)
+			pool_stats(api->piped, &t->piped);
 		t->hold = api->hold;
 		t->leaks = api->leaks;
 		t->first_leak = api->first_leak;
