@@ -177,6 +177,13 @@ static bool reopened(void *arg)
 	return s.opened == 2 && s.idle == 1;
 }
 
+static bool reopened_again(void *arg)
+{
+	struct pool_stats s;
+	pool_stats(arg, &s);
+	return s.opened == 3 && s.idle == 1;
+}
+
 static void test_a_backend_killed_mid_pipeline_fails_exactly_the_statements_in_flight(void **state)
 {
 	struct fixture *f = *state;
@@ -216,6 +223,16 @@ static void test_a_backend_killed_mid_pipeline_fails_exactly_the_statements_in_f
 	/* ECHO prepared once on the new connection for its two statements (without it, they would
 	 * fail with 26000); whether SLEEP's Parse was confirmed before the kill is the server's race */
 	assert_int_equal(s.prepared - prepared_before, 1);
+
+	/* killed while nothing is in flight: the death watch replaces it, no caller sees an error */
+	terminate_backend(f, calls.at[5].pid);
+	if (!run_until(f->base, reopened_again, p, DEADLINE_MS))
+		fail_msg("the idle connection killed was not replaced");
+	pipe_send(p, &ECHO, "12", 6);
+	wait_calls(f, 7);
+	assert_int_equal(calls.at[6].status, PGRES_TUPLES_OK);
+	assert_int_equal(calls.at[6].value, 12);
+	assert_int_equal(stats_of(p).closed_broken, 2);
 	pool_free(p);
 }
 
