@@ -13,6 +13,10 @@
  *      per connection (pool_query_prepared), and again sent whole (pool_query): the prepared
  *      statements' gain. Driven by wrk (a dedicated load generator, as pgbench is one) when it is
  *      installed (scripts/bootstrap --with-bench), else by common/load.h in this process.
+ *   4b. the same SELECT 1 through lab-pooling's /pipelined: a second pool, of POOLING_PIPE_CONNS
+ *      connections in libpq's pipeline mode (pool_pipe_query), several requests' statements in
+ *      flight on each, every statement its own transaction. Its own row, named for what it is:
+ *      the targets are judged on the unpipelined row, and the pipelined one is told beside.
  *   5. the prepared statements' gain on the pool alone, no HTTP: 16 connections running SELECT 1
  *      (the API's) and pgbench -S's SELECT back to back, prepared and sent whole in turn, with
  *      the rate and the backends' CPU per statement (from /proc: steadier than a rate on a
@@ -48,13 +52,12 @@
 #define ACQUIRE_PAIRS 1000000
 #define SCHEMA        "lab_bench" /* the schema the Ctrl-C guard of lab "bench" drops */
 
-enum peer { P_DIRECT, P_BOUNCER, P_PREPARED, P_WHOLE, P_COUNT };
+enum peer { P_DIRECT, P_BOUNCER, P_PREPARED, P_WHOLE, P_PIPELINED, P_COUNT };
 
 static const char *const PEER_NAMES[P_COUNT] = {
-        "pgbench -S -c 16, direct (TCP)",
-        "pgbench -S -c 16, through PgBouncer",
-        "HTTP API + pool, prepared statements",
-        "HTTP API + pool, statements sent whole",
+        "pgbench -S -c 16, direct (TCP)",       "pgbench -S -c 16, through PgBouncer",
+        "HTTP API + pool, prepared statements", "HTTP API + pool, statements sent whole",
+        "HTTP API + pool, pipelined",
 };
 
 struct bouncer {
@@ -408,11 +411,11 @@ static void bouncer_stop(struct bouncer *b)
 		child_rmtree(b->dir, err, sizeof(err));
 }
 
-/* req/s of the API's /pooled?hold_ms=0 at 16 clients: wrk when installed, else load.h. */
-static double api_rps(int port, int seconds, bool *by_wrk)
+/* req/s of the API's path (/pooled?hold_ms=0, ...) at 16 clients: wrk when installed, else load.h. */
+static double api_rps(int port, const char *path, int seconds, bool *by_wrk)
 {
 	char cmd[256], url[96];
-	snprintf(url, sizeof(url), "http://127.0.0.1:%d/pooled?hold_ms=0", port);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
 	snprintf(cmd, sizeof(cmd),
 	         "command -v wrk >/dev/null 2>&1 && wrk -t2 -c%d -d%ds \"$LAB_BENCH_TARGET\" 2>&1", CLIENTS,
 	         seconds);
@@ -422,7 +425,7 @@ static double api_rps(int port, int seconds, bool *by_wrk)
 		return rps;
 	struct load_result *res = calloc(1, sizeof(*res));
 	struct load_config lc = {
-	        .port = port, .path = "/pooled?hold_ms=0", .clients = CLIENTS, .duration_ms = seconds * 1000};
+	        .port = port, .path = path, .clients = CLIENTS, .duration_ms = seconds * 1000};
 	char err[256];
 	if (res && load_run(&lc, res, err, sizeof(err)) == 0 && res->errors == 0)
 		rps = res->rps_2xx;
@@ -452,10 +455,12 @@ static int round_run(struct run *r, int i)
 		         r->bouncer->port, r->bouncer->user);
 		r->v[P_BOUNCER][i] = pgbench_tps(target, false, r->seconds);
 	}
+	int port = pooling_api_port(r->api);
 	pooling_api_set_prepared(r->api, true);
-	r->v[P_PREPARED][i] = api_rps(pooling_api_port(r->api), r->seconds, &r->by_wrk);
+	r->v[P_PREPARED][i] = api_rps(port, "/pooled?hold_ms=0", r->seconds, &r->by_wrk);
+	r->v[P_PIPELINED][i] = api_rps(port, "/pipelined?hold_ms=0", r->seconds, &r->by_wrk);
 	pooling_api_set_prepared(r->api, false);
-	r->v[P_WHOLE][i] = api_rps(pooling_api_port(r->api), r->seconds, &r->by_wrk);
+	r->v[P_WHOLE][i] = api_rps(port, "/pooled?hold_ms=0", r->seconds, &r->by_wrk);
 	return 0;
 }
 
@@ -475,10 +480,11 @@ static void report(const struct run *r, const char *bouncer_err)
 		printf(" %9s %6.0f%%\n", TERM_NUM(med[p], 0), 100.0 * med[p] / med[P_DIRECT]);
 	}
 	printf("  (req/s or tps; the API driven by %s, 16 connections; PgBouncer: transaction pooling, "
-	       "pool of %d)\n\n",
+	       "pool of %d;\n   pipelined: libpq's pipeline mode on %d connections, each statement its "
+	       "own transaction)\n\n",
 	       r->by_wrk ? "wrk -t2 -c16"
 	                 : "common/load.h (wrk is not installed: scripts/bootstrap --with-bench)",
-	       BOUNCER_POOL);
+	       BOUNCER_POOL, POOLING_PIPE_CONNS);
 	double share = med[P_PREPARED] / med[P_DIRECT];
 	printf("  prepared statements: %+.0f%% req/s over statements sent whole (medians, same run)\n",
 	       100.0 * (med[P_PREPARED] / med[P_WHOLE] - 1));
@@ -491,6 +497,15 @@ static void report(const struct run *r, const char *bouncer_err)
 	else
 		printf("  target: lab API + pool above pgbench through PgBouncer — not measured (PgBouncer "
 		       "missing)\n");
+	/* the same two targets on the pipelined row, said as what they are: not the row judged above */
+	double pshare = med[P_PIPELINED] / med[P_DIRECT];
+	printf("  pipelined row (libpq pipeline mode, not the row judged above): %.0f%% of direct pgbench "
+	       "— %s",
+	       pshare * 100, pshare >= TARGET_DIRECT_SHARE ? "met" : "not met");
+	if (r->bouncer)
+		printf("; above PgBouncer: %s vs %s — %s", TERM_NUM(med[P_PIPELINED], 0),
+		       TERM_NUM(med[P_BOUNCER], 0), med[P_PIPELINED] > med[P_BOUNCER] ? "met" : "not met");
+	printf("\n");
 }
 
 /* Starts PgBouncer (or says why not) and the API, runs the rounds, reports. 0, or 2. */
@@ -506,6 +521,7 @@ static int bench_peers(struct run *r)
 	pooling_config_default(&cfg, true);
 	cfg.pg_url = r->url;
 	cfg.acquire_timeout_ms = 10000;
+	cfg.pipe_conns = POOLING_PIPE_CONNS; /* GET /pipelined, for its own row */
 	r->api = pooling_api_start(&cfg, CLIENTS, 0, err, sizeof(err));
 	int rc = 0;
 	if (!r->api) {

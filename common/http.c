@@ -13,6 +13,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <limits.h>
@@ -65,7 +67,21 @@ struct event_base *http_base_new(void)
 	if (loop_threads_init() != 0)
 		return NULL;
 	loop_sigpipe_ignore();
-	return event_base_new();
+	/*
+	 * epoll's changelist: the changes a pass of the loop makes to one socket's events are
+	 * applied once, before epoll_wait, and those that cancel out cost nothing. evhttp turns a
+	 * connection's read and write events off and on around every request (4 epoll_ctl a
+	 * request under wrk, 11% of the API's cycles); the pool's sockets live on this base too.
+	 * Its one hazard, a descriptor shared through dup(), does not arise: evhttp and libpq
+	 * each own theirs. Other backends ignore the flag.
+	 */
+	struct event_config *cfg = event_config_new();
+	if (!cfg)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	struct event_base *base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
 }
 
 /*
@@ -268,7 +284,19 @@ void http_send_reply(struct evhttp_request *req, int code, struct evbuffer *out)
 {
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
 		evbuffer_drain(out, evbuffer_get_length(out));
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 	evhttp_send_reply(req, code, NULL, out);
+	/*
+	 * evhttp leaves the reply in the connection's output and turns its write event on: one
+	 * epoll_ctl to watch for writable, an epoll_wait that says so, one more epoll_ctl to stop.
+	 * A socket that has just read a request is writable, so the write event runs now, on this
+	 * pass of the loop (the same writev, and evhttp's own completion after it): with the
+	 * changelist the on and off cancel out. A full socket buffer makes it wait as before.
+	 * Later in this pass, not inside this call: the caller may still use req.
+	 */
+	if (bev)
+		event_active(&bev->ev_write, EV_WRITE, 1);
 }
 
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)

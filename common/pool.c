@@ -316,6 +316,10 @@ void pool_acquire(struct pool *p, const char *holder, pool_acquire_cb cb, void *
 		cb(NULL, "pool closed", arg);
 		return;
 	}
+	if (p->cfg.pipeline) {
+		cb(NULL, "a pipelined pool lends no connection: use pool_pipe_query", arg);
+		return;
+	}
 	uint64_t now = hist_now_us();
 	while (p->idle.head) {
 		struct pool_conn *c = p->idle.head;
@@ -495,6 +499,7 @@ void pool_free(struct pool *p)
 	event_free(p->housekeeping_ev);
 	p->housekeeping_ev = NULL;
 	pool_fail_queries(p);
+	pipe_fail_all(p, "pool closed");
 	pool_fail_waiters(p);
 	/* what is left: opening, idle, and active connections whose holders run no query */
 	struct pool_conn_list *lists[] = {&p->opening, &p->idle, &p->active};

@@ -54,7 +54,7 @@ static int pool_total(const struct pool *p)
 }
 
 /* Waits once for what on the connection's current socket (libpq may have replaced it). */
-static int conn_watch(struct pool_conn *c, short what)
+int conn_watch(struct pool_conn *c, short what)
 {
 	int fd = PQsocket(c->pg);
 	if (fd < 0)
@@ -74,7 +74,7 @@ static int conn_watch(struct pool_conn *c, short what)
 }
 
 /* Cancels the one-shot wait, if any (no system call when none is pending). */
-static void conn_unwatch(struct pool_conn *c)
+void conn_unwatch(struct pool_conn *c)
 {
 	if (c->io_ev)
 		event_del(c->io_ev);
@@ -143,6 +143,12 @@ static void conn_free(struct pool_conn *c)
 	if (c->query_fail_ev)
 		event_free(c->query_fail_ev);
 	conn_query_clear(c);
+	while (c->pipe_head) { /* none by now: pipe_lost and pool_free call them back first */
+		struct pool_pipe_item *it = c->pipe_head;
+		c->pipe_head = it->next;
+		PQclear(it->res);
+		free(it);
+	}
 	free(c->stmts);
 	PQclear(c->query_last);
 	PQfinish(c->pg);
@@ -285,7 +291,7 @@ static void conn_ready(struct pool_conn *c)
 {
 	struct pool *p = c->pool;
 	evtimer_del(c->connect_timer);
-	if (PQsetnonblocking(c->pg, 1) != 0) {
+	if (PQsetnonblocking(c->pg, 1) != 0 || (p->cfg.pipeline && PQenterPipelineMode(c->pg) != 1)) {
 		conn_connect_failed(c, PQerrorMessage(c->pg));
 		return;
 	}
@@ -532,7 +538,11 @@ static void conn_query_fail_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	query_done(arg);
+	struct pool_conn *c = arg;
+	if (c->pool->cfg.pipeline)
+		pipe_lost(c, "sending a pipelined statement failed"); /* pool_pipe_query could not send */
+	else
+		query_done(c);
 }
 
 /* The one-shot event: PQconnectPoll while opening, writable for a query's output while active. */
@@ -545,6 +555,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 		conn_connect_step(c);
 		break;
 	case POOL_CONN_IDLE:
+		if (c->pool->cfg.pipeline)
+			pipe_read(c); /* a pipelined connection's output, flushed */
 		break;
 	case POOL_CONN_ACTIVE:
 		if (c->query_running && !c->query_failed)
@@ -563,7 +575,10 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	case POOL_CONN_OPENING:
 		break; /* registered only once the connection is ready */
 	case POOL_CONN_IDLE:
-		conn_idle_check(c);
+		if (c->pool->cfg.pipeline)
+			pipe_read(c); /* its statements' results, or its death */
+		else
+			conn_idle_check(c);
 		break;
 	case POOL_CONN_ACTIVE:
 		if (!c->query_running)
@@ -587,6 +602,8 @@ void pool_housekeeping_cb(evutil_socket_t fd, short what, void *arg)
 	struct pool_conn *prev;
 	for (struct pool_conn *c = p->idle.tail; c; c = prev) {
 		prev = c->prev;
+		if (c->pipe_count > 0)
+			continue; /* statements in flight: retired once they are answered */
 		if (lifetime_us && now - c->opened_at_us >= lifetime_us) {
 			conn_close(c, "max lifetime reached while idle", &p->stats.closed_lifetime);
 			retired++;

@@ -83,6 +83,21 @@ struct pool_conn {
 	 */
 	char server_fatal[POOL_ERRLEN];
 	PQnoticeReceiver default_notice;
+	/* a pipelined pool's connection: its statements in flight, oldest first (pool_pipe.c) */
+	struct pool_pipe_item *pipe_head;
+	struct pool_pipe_item *pipe_tail;
+	int pipe_count;
+	bool pipe_flushing; /* output left to write: io_ev waits for writable */
+};
+
+/* One pool_pipe_query statement in flight on a connection. */
+struct pool_pipe_item {
+	struct pool_pipe_item *next;
+	const struct pool_stmt *stmt;
+	bool preparing; /* its Parse went first: the first result is the prepare's */
+	PGresult *res;  /* the result the callback gets: the first error, else the last */
+	pool_query_cb cb;
+	void *arg;
 };
 
 struct pool_conn_list {
@@ -209,11 +224,20 @@ void conn_close_broken(struct pool_conn *c, const char *what);
 void conn_drop_notifies(struct pool_conn *c);
 void conn_query_clear(struct pool_conn *c);
 
+int conn_watch(struct pool_conn *c, short what);
+void conn_unwatch(struct pool_conn *c);
+
+/* pool_pipe.c: a pipelined pool's connections (each is commented where it is defined) */
+void pipe_read(struct pool_conn *c);
+void pipe_lost(struct pool_conn *c, const char *what);
+void pipe_fail_all(struct pool *p, const char *err);
+
 /* pool_stmt.c: the statements a connection has prepared (each is commented where it is defined) */
 bool stmt_sqlstate_is(const PGresult *res, const char *code);
 int stmt_find(const struct pool_conn *c, const struct pool_stmt *s);
 int stmt_remember(struct pool_conn *c, const struct pool_stmt *s);
 void stmts_after(struct pool_conn *c, const PGresult *res);
+void stmt_forget(struct pool_conn *c, const struct pool_stmt *s);
 char **params_copy(const char *const *params, int n);
 int conn_idle_check(struct pool_conn *c);
 void pool_replace(struct pool *p);

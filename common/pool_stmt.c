@@ -42,6 +42,16 @@ int stmt_remember(struct pool_conn *c, const struct pool_stmt *s)
 	return 0;
 }
 
+/* s is not (or no longer) prepared on c: its next use prepares it again. */
+void stmt_forget(struct pool_conn *c, const struct pool_stmt *s)
+{
+	for (int i = 0; i < c->nstmts; i++)
+		if (c->stmts[i] == s || strcmp(c->stmts[i]->name, s->name) == 0) {
+			c->stmts[i] = c->stmts[--c->nstmts];
+			return;
+		}
+}
+
 /*
  * What a statement that succeeded tells about the session's prepared statements: DISCARD ALL
  * and DEALLOCATE drop them (sql-injection's reset runs the first), so all are forgotten and

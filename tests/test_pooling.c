@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "load.h"
 #include "pg.h"
 #include "pooling.h"
 
@@ -276,12 +277,48 @@ static void test_serve_stops_cleanly_on_ctrl_c_with_requests_in_flight_and_queue
 	lab_assert_nothing_left("lab_pooling", NULL);
 }
 
+/* bench_pooling's /pipelined: every request answered, on the pipelined pool's few connections */
+static void test_the_pipelined_route_answers_every_request_on_its_few_connections(void **state)
+{
+	(void)state;
+	enum { CONNS = 2, CLIENTS = 8, REQUESTS = 200 };
+	struct pooling_config cfg;
+	pooling_config_default(&cfg, true);
+	cfg.pipe_conns = CONNS;
+	char err[LAB_ERRLEN];
+	struct pooling_api *api = pooling_api_start(&cfg, 1, 0, err, sizeof(err));
+	if (!api)
+		fail_msg("pooling_api_start: %s", err);
+	struct load_result *res = calloc(1, sizeof(*res));
+	assert_non_null(res);
+	struct load_config lc = {.port = pooling_api_port(api),
+	                         .path = "/pipelined?hold_ms=0",
+	                         .clients = CLIENTS,
+	                         .max_requests = REQUESTS};
+	int rc = load_run(&lc, res, err, sizeof(err));
+	struct pooling_api_totals *t = calloc(1, sizeof(*t));
+	assert_non_null(t);
+	pooling_api_stop(api, t);
+	if (rc < 0)
+		fail_msg("load_run: %s", err);
+	assert_int_equal(res->errors, 0);
+	assert_int_equal(res->status_2xx, REQUESTS);
+	assert_int_equal(t->piped.pipelined, REQUESTS); /* each through pool_pipe_query */
+	assert_int_equal(t->piped.opened, CONNS);       /* on CONNS connections, none lost */
+	assert_int_equal(t->piped.closed_broken, 0);
+	assert_int_equal(t->piped.prepared, CONNS); /* SELECT 1 prepared once on each */
+	assert_int_equal(t->pool.acquired, 0);      /* the pool under test was not used */
+	free(t);
+	free(res);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_a_small_run_demonstrates_the_claim_with_the_counts_behind_it),
 	        cmocka_unit_test(test_ctrl_c_mid_run_exits_130_and_leaves_nothing),
 	        cmocka_unit_test(test_serve_stops_cleanly_on_ctrl_c_with_requests_in_flight_and_queued),
+	        cmocka_unit_test(test_the_pipelined_route_answers_every_request_on_its_few_connections),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,6 +49,7 @@ struct pooling_api {
 	struct http_app app;
 	struct pool *pool;   /* the pool under test */
 	struct pool *direct; /* connection per request: every connection discarded after one use */
+	struct pool *piped;  /* /pipelined: cfg->pipe_conns connections in pipeline mode, or NULL */
 	struct route_ctx routes[POOLING_ROUTE_COUNT];
 	uint64_t started_us;
 	/* owned by the loop thread; read through http_thread_call or after the loop stopped */
@@ -230,6 +231,54 @@ static int parse_request(struct request_ctx *ctx, struct evhttp_request *req, ch
 	return 0;
 }
 
+/* /pipelined's statement is answered: the reply; no connection to give back. */
+static void piped_query_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
+{
+	(void)c;
+	struct request_ctx *ctx = arg;
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+		http_reply_error(ctx->req, 500, "query failed: %s", res ? PQresultErrorMessage(res) : err);
+	else
+		http_reply_json(ctx->req, 200, json_pack("{s:b}", "ok", 1));
+	free(ctx);
+}
+
+/*
+ * GET /pipelined?hold_ms=0: /pooled's statement through the pipelined pool (pool_pipe_query):
+ * no acquire; several requests' statements in flight on each of its few connections, each
+ * statement its own transaction. A hold delays every statement behind it on its connection.
+ */
+static void pipelined_cb(struct evhttp_request *req, void *arg)
+{
+	struct pooling_api *api = arg;
+	char err[256];
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		http_reply_error(req, 405, "only GET here");
+		return;
+	}
+	struct request_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx) {
+		http_reply_error(req, 500, "out of memory");
+		return;
+	}
+	ctx->api = api;
+	ctx->req = req;
+	ctx->route = POOLING_ROUTE_POOLED;
+	if (parse_request(ctx, req, err, sizeof(err)) < 0) {
+		http_reply_error(req, 400, "%s", err);
+		free(ctx);
+		return;
+	}
+	const char *hold[] = {ctx->hold_ms};
+	bool zero = strcmp(ctx->hold_ms, "0") == 0;
+	if (pool_pipe_query(api->piped, zero ? &SQL_SELECT1 : &SQL_HOLD, zero ? NULL : hold, piped_query_cb,
+	                    ctx) < 0) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+		http_reply_error(req, 503, "no pipelined connection is open now");
+		free(ctx);
+	}
+}
+
 static void route_cb(struct evhttp_request *req, void *arg)
 {
 	struct route_ctx *rc = arg;
@@ -319,7 +368,18 @@ static int api_pools_open(struct pooling_api *api, char *err, size_t errlen)
 	        .acquire_timeout_ms = DIRECT_ACQUIRE_TIMEOUT_MS,
 	};
 	api->direct = pool_new(api->app.base, &dc, err, errlen);
-	return api->direct ? 0 : -1;
+	if (!api->direct)
+		return -1;
+	if (cfg->pipe_conns <= 0)
+		return 0;
+	struct pool_config pp = {
+	        .conninfo = cfg->pg_url,
+	        .min_idle = cfg->pipe_conns,
+	        .max_size = cfg->pipe_conns,
+	        .pipeline = true,
+	};
+	api->piped = pool_new(api->app.base, &pp, err, errlen);
+	return api->piped && pool_wait_ready(api->piped, POOL_READY_TIMEOUT_MS, err, errlen) == 0 ? 0 : -1;
 }
 
 struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool_size, int port, char *err,
@@ -342,6 +402,8 @@ struct pooling_api *pooling_api_start(const struct pooling_config *cfg, int pool
 		http_server_route(api->app.server, route_paths[r], route_cb, &api->routes[r]);
 	}
 	http_server_route(api->app.server, "/stats", stats_cb, api);
+	if (api->piped)
+		http_server_route(api->app.server, "/pipelined", pipelined_cb, api);
 	if (http_app_run(&api->app, err, errlen) < 0)
 		goto err;
 	return api;
@@ -412,6 +474,8 @@ static void api_release_cb(void *arg)
 			pool_stats(api->pool, &t->pool);
 		if (api->direct)
 			pool_stats(api->direct, &t->direct);
+		if (api->piped)
+			pool_stats(api->piped, &t->piped);
 		t->hold = api->hold;
 		t->leaks = api->leaks;
 		t->first_leak = api->first_leak;
@@ -421,7 +485,8 @@ static void api_release_cb(void *arg)
 	/* each request still waiting or running gets its reply here, and its context is freed */
 	pool_free(api->direct);
 	pool_free(api->pool);
-	api->direct = api->pool = NULL;
+	pool_free(api->piped);
+	api->direct = api->pool = api->piped = NULL;
 }
 
 void pooling_api_stop(struct pooling_api *api, struct pooling_api_totals *totals)

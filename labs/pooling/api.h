@@ -10,6 +10,12 @@
  *   GET /orders-leaky?id=42  the same, with the bug the lab shows: the 404 path never releases
  *   GET /cpu                 a CPU-bound query (sum over cfg->cpu_rows rows)
  *   GET /stats               the pool as PgBouncer's SHOW POOLS shows it, and who holds too long
+ *   GET /pipelined?hold_ms=0 when cfg->pipe_conns > 0 (bench_pooling's API; not the phases' nor
+ *                            --serve's): /pooled's statement through a second, pipelined pool
+ *                            (pool.h's pool_pipe_query: libpq's pipeline mode, pipe_conns
+ *                            connections, several requests' statements in flight on each, every
+ *                            statement its own transaction). Not the pool under test: what the
+ *                            bench shows beside it, on its own row, as what it is
  *
  * Bad input gets 400 and changes nothing: a hold_ms outside 0..POOLING_HOLD_MS_MAX, an id
  * outside 1..10^9 or missing. Other methods get 405.
@@ -33,6 +39,13 @@
  * waiting on their locks, past the 2 s a Ctrl-C allows the API to stop in.
  */
 #define POOLING_HOLD_MS_MAX 1000
+
+/*
+ * The pipelined pool's connections when bench_pooling asks for one (cfg->pipe_conns): few, since
+ * each carries many requests' statements at once; enough that the server works on them in
+ * parallel on a machine of a few cores.
+ */
+#define POOLING_PIPE_CONNS 4
 
 /* The holder a leak report names for /orders-leaky: the handler that acquired. */
 #define POOLING_LEAKY_HOLDER "leaky_orders_handler"
@@ -90,6 +103,7 @@ int pooling_api_window(struct pooling_api *api, struct hist *waits, char *err, s
 struct pooling_api_totals {
 	struct pool_stats pool;      /* the pool under test */
 	struct pool_stats direct;    /* the connection-per-request path: opened = connections made */
+	struct pool_stats piped;     /* /pipelined's pool (zeros when cfg->pipe_conns was 0) */
 	struct hist hold;            /* acquire to release, for the handlers that released */
 	uint64_t leaks;              /* leak reports */
 	struct pool_leak first_leak; /* acquired_at_us counted from the API's start */

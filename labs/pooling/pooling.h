@@ -51,6 +51,11 @@ struct pooling_config {
 	int size_clients;
 	int size_ms;
 	int cpu_rows; /* the CPU-bound query sums generate_series(1, cpu_rows) */
+	/*
+	 * The API's GET /pipelined (api.h) and its pipelined pool of this many connections; 0 (the
+	 * default): neither, so the phases and --serve open nothing more. bench_pooling sets it.
+	 */
+	int pipe_conns;
 	/* Called from the lab's thread about every 250 ms while a phase runs; may be NULL. */
 	void (*progress_cb)(const char *what, double done_fraction, void *arg);
 	void *progress_arg;
