@@ -19,16 +19,20 @@
  */
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http_guard.h"
 
-static void check(int ok)
-{
-	if (!ok)
-		abort();
-}
+/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
+#define check(ok)                                                                                            \
+	do {                                                                                                 \
+		if (!(ok)) {                                                                                 \
+			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
+			abort();                                                                             \
+		}                                                                                            \
+	} while (0)
 
 struct verdict {
 	bool done;

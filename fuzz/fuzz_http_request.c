@@ -32,11 +32,14 @@
 #define MAX_BODY    1024
 #define MAX_HEADERS 16
 
-static void check(int ok)
-{
-	if (!ok)
-		abort();
-}
+/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
+#define check(ok)                                                                                            \
+	do {                                                                                                 \
+		if (!(ok)) {                                                                                 \
+			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
+			abort();                                                                             \
+		}                                                                                            \
+	} while (0)
 
 static void query(const char *q)
 {

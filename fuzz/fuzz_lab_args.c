@@ -41,11 +41,14 @@ static const struct lab_flag FLAGS[] = {
         {"--fix", "serve the fixed variant", &fix, true},
 };
 
-static void check(int ok)
-{
-	if (!ok)
-		abort();
-}
+/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
+#define check(ok)                                                                                            \
+	do {                                                                                                 \
+		if (!(ok)) {                                                                                 \
+			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
+			abort();                                                                             \
+		}                                                                                            \
+	} while (0)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

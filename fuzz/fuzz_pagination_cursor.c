@@ -19,6 +19,7 @@
  * links: lab_pagination
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,15 @@ static const unsigned char OTHER_KEY[PAGINATION_CURSOR_KEY_LEN] = {1};
 #define TTL_S 86400
 static const char ALPHABET[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
+#define check(ok)                                                                                            \
+	do {                                                                                                 \
+		if (!(ok)) {                                                                                 \
+			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
+			abort();                                                                             \
+		}                                                                                            \
+	} while (0)
+
 static int64_t be64(const uint8_t *p)
 {
 	uint64_t u = 0;
@@ -48,16 +58,15 @@ static void as_cursor_text(const char *text)
 	if (pagination_cursor_decode(KEY, text, NOW_S, TTL_S, &c) != PAGINATION_CURSOR_OK)
 		return;
 	char again[PAGINATION_CURSOR_TEXT_MAX];
-	if (pagination_cursor_encode(KEY, &c, again, sizeof(again)) < 0 || strcmp(again, text) != 0)
-		abort(); /* accepted, yet not the one spelling of its position */
+	/* accepted, so it is the one spelling of its position */
+	check(pagination_cursor_encode(KEY, &c, again, sizeof(again)) == 0 && strcmp(again, text) == 0);
 	/* any one character changed: refused (57 bytes are exactly 76 characters, no spare bits) */
 	char edit[PAGINATION_CURSOR_TEXT_MAX];
 	for (size_t i = 0; i < PAGINATION_CURSOR_TEXT_LEN; i += 7) {
 		memcpy(edit, text, sizeof(edit));
 		edit[i] = ALPHABET[(strchr(ALPHABET, edit[i]) - ALPHABET + 1) % 64];
 		struct pagination_cursor d;
-		if (pagination_cursor_decode(KEY, edit, NOW_S, TTL_S, &d) == PAGINATION_CURSOR_OK)
-			abort();
+		check(pagination_cursor_decode(KEY, edit, NOW_S, TTL_S, &d) != PAGINATION_CURSOR_OK);
 	}
 }
 
@@ -67,11 +76,11 @@ static void as_b64_text(const char *text)
 	int n = pagination_b64url_decode(text, bytes, sizeof(bytes));
 	if (n < 0)
 		return;
-	if ((size_t)n > sizeof(bytes))
-		abort();
+	check((size_t)n <= sizeof(bytes));
 	char again[300];
-	if (pagination_b64url_encode(bytes, (size_t)n, again, sizeof(again)) < 0 || strcmp(again, text) != 0)
-		abort(); /* decoded, yet the text is not the encoding of its bytes */
+	/* decoded, so the text is the encoding of its bytes */
+	check(pagination_b64url_encode(bytes, (size_t)n, again, sizeof(again)) >= 0 &&
+	      strcmp(again, text) == 0);
 }
 
 static void as_cursor_fields(const uint8_t *data, size_t size)
@@ -80,19 +89,14 @@ static void as_cursor_fields(const uint8_t *data, size_t size)
 	memcpy(raw, data, size < sizeof(raw) ? size : sizeof(raw));
 	struct pagination_cursor c = {be64(raw), be64(raw + 8), be64(raw + 16)}, d;
 	char text[PAGINATION_CURSOR_TEXT_MAX];
-	if (pagination_cursor_encode(KEY, &c, text, sizeof(text)) < 0)
-		abort();
-	if (strlen(text) != PAGINATION_CURSOR_TEXT_LEN ||
-	    strspn(text, ALPHABET) != PAGINATION_CURSOR_TEXT_LEN)
-		abort();
-	if (pagination_cursor_decode(KEY, text, c.issued_s, TTL_S, &d) != PAGINATION_CURSOR_OK ||
-	    d.created_us != c.created_us || d.id != c.id || d.issued_s != c.issued_s)
-		abort();
-	if (pagination_cursor_decode(OTHER_KEY, text, c.issued_s, TTL_S, &d) != PAGINATION_CURSOR_TAMPERED)
-		abort();
+	check(pagination_cursor_encode(KEY, &c, text, sizeof(text)) == 0);
+	check(strlen(text) == PAGINATION_CURSOR_TEXT_LEN &&
+	      strspn(text, ALPHABET) == PAGINATION_CURSOR_TEXT_LEN);
+	check(pagination_cursor_decode(KEY, text, c.issued_s, TTL_S, &d) == PAGINATION_CURSOR_OK &&
+	      d.created_us == c.created_us && d.id == c.id && d.issued_s == c.issued_s);
+	check(pagination_cursor_decode(OTHER_KEY, text, c.issued_s, TTL_S, &d) == PAGINATION_CURSOR_TAMPERED);
 	/* a too small buffer is refused, never overrun */
-	if (pagination_cursor_encode(KEY, &c, text, PAGINATION_CURSOR_TEXT_LEN) != -1)
-		abort();
+	check(pagination_cursor_encode(KEY, &c, text, PAGINATION_CURSOR_TEXT_LEN) == -1);
 }
 
 static void b64_roundtrip(const uint8_t *data, size_t size)
@@ -101,10 +105,8 @@ static void b64_roundtrip(const uint8_t *data, size_t size)
 	char text[260];
 	unsigned char back[200];
 	int len = pagination_b64url_encode(data, n, text, sizeof(text));
-	if (len < 0 || (size_t)len != strlen(text))
-		abort();
-	if (pagination_b64url_decode(text, back, sizeof(back)) != (int)n || memcmp(back, data, n) != 0)
-		abort();
+	check(len >= 0 && (size_t)len == strlen(text));
+	check(pagination_b64url_decode(text, back, sizeof(back)) == (int)n && memcmp(back, data, n) == 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -30,11 +30,14 @@ static const unsigned char KEY[PAGINATION_CURSOR_KEY_LEN] = {0,  1,  2,  3,  4, 
 #define NOW_S 1700000100
 #define TTL_S 3600
 
-static void check(int ok)
-{
-	if (!ok)
-		abort();
-}
+/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
+#define check(ok)                                                                                            \
+	do {                                                                                                 \
+		if (!(ok)) {                                                                                 \
+			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
+			abort();                                                                             \
+		}                                                                                            \
+	} while (0)
 
 /* name= at the start of the query or after an &. */
 static int names(const char *q, const char *name)
