@@ -9,6 +9,8 @@
 #   make test                         unit + integration tests, normal and ASan/UBSan builds
 #   make up | down | status           the local PostgreSQL and Redis (scripts/labenv)
 #   make bench                        every benchmark (built, servers up)
+#   make fuzz [FUZZ_SECONDS=60]       every libFuzzer harness (fuzz/), FUZZ_SECONDS each (clang)
+#   make fuzz-smoke                   the same, all of them within about 60 s (what CI runs)
 #   make format                       clang-format -i every .c/.h
 #   make clean                        stop the servers, remove the build trees
 #
@@ -17,6 +19,8 @@
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 JOBS       ?= 2
 ARGS       ?=
 CMAKE      ?= cmake
@@ -36,10 +40,10 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on
 MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
 .PHONY: help bootstrap configure build configure-asan build-asan up down status labs report test \
-	bench clean format
+	bench clean format configure-fuzz build-fuzz fuzz fuzz-smoke
 
 help:
-	@sed -n '5,13p' Makefile | sed 's/^# //'
+	@sed -n '5,15p' Makefile | sed 's/^# //'
 	@echo "labs: $(or $(LABS),(none yet))"
 
 bootstrap:
@@ -119,9 +123,34 @@ bench: build up
 	echo "== $(BUILD)/labsuite faults (the fault matrix, on private servers)"; \
 	$(BUILD)/labsuite faults --bin $(BUILD)
 
+# The fuzz tree: clang (scripts/bootstrap --with-fuzz installs it and libFuzzer; make test never
+# needs them), every object with -fsanitize=fuzzer-no-link,address,undefined, and only the
+# harnesses fuzz/fuzz_<name>.c built, each as fuzz_<name>.
+configure-fuzz:
+	@scripts/bootstrap --with-fuzz
+	@test -f $(FUZZ_BUILD)/CMakeCache.txt || \
+		CC=clang $(CMAKE) -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAB_FUZZ=ON
+
+build-fuzz: configure-fuzz
+	$(CMAKE) --build $(FUZZ_BUILD) -j$(JOBS)
+
+# scripts/fuzz runs each harness on a scratch copy of its corpus ($(FUZZ_BUILD)/fuzz-work/), one
+# line per harness (exec/s, cov, ft, crashes); a crash prints its reproducer and fails the target.
+# No servers: a harness is pure.
+fuzz: build-fuzz
+	@scripts/fuzz --build $(FUZZ_BUILD) --seconds $(FUZZ_SECONDS)
+
+# CI's bound (issue 16: the fuzz smoke at most 2 minutes in all, its build included): the runs
+# share a budget of 60 s, two harnesses at a time on CI's 2 cores, so each gets 60 / ceil(n / 2)
+# seconds less one for its start (14 s each for 8 harnesses, 7 s for 14, never under 5); each run
+# costs about 2 s more (start, final stats), and the fuzz tree's build about 35 s from nothing
+# (measured on 2 shared cores): about 1m45 in all.
+fuzz-smoke: build-fuzz
+	@scripts/fuzz --build $(FUZZ_BUILD) --budget 60 --jobs 2
+
 # down first: the embedded servers keep their data under $(BUILD)/labenv.
 clean: down
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
 
 format:
 	@command -v clang-format >/dev/null || \

@@ -342,11 +342,17 @@ void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...
 int http_query_long(struct evhttp_request *req, const char *name, long min, long max, long *out, char *err,
                     size_t errlen)
 {
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	return http_query_str_long(query, name, min, max, out, err, errlen);
+}
+
+int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,
+                        size_t errlen)
+{
 	struct evkeyvalq params;
 	int ret = -1;
 
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
 	if (!query)
 		return 0;
 	/* initialises params, and empties it again when it fails */

@@ -130,6 +130,9 @@ void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...
  */
 int http_query_long(struct evhttp_request *req, const char *name, long min, long max, long *out, char *err,
                     size_t errlen);
+/* http_query_long on a query string as the URI carries it ("limit=5&cursor=..."; NULL: none). */
+int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,
+                        size_t errlen);
 
 /*
  * Request header name (case-insensitive) when it appears exactly once: 1 and *value (borrowed

@@ -40,15 +40,9 @@ struct http_conn {
 	struct event *adopt_ev;    /* next loop turn: learn evhttp's connection */
 	struct event *deadline_ev; /* request_timeout after a head's first byte, until dispatch */
 	bool guard_ref;            /* our bufferevent_incref, held until adopted */
-	/* the lexer, over the head of the request evhttp reads next */
-	bool in_head;       /* false from the head's blank line until dispatch: bytes are not ours */
-	bool head_started;  /* a byte of this head arrived: the deadline runs */
-	bool first_line;    /* on the request line */
-	bool line_empty;    /* no byte on this line yet (a pending CR is not one) */
-	bool pending_cr;    /* the last byte was CR: LF ends the line, anything else is a fault */
-	const char *fault;  /* the head's first fault, NULL while none */
-	bool head_done;     /* the head's blank line came */
-	const char *result; /* its fault, read at dispatch */
+	/* the lexer, over the head of the request evhttp reads next (its fault read at dispatch) */
+	struct http_head_lex lex;
+	bool head_started; /* a byte of this head arrived: the deadline runs */
 };
 
 struct http_guard {
@@ -127,59 +121,64 @@ static void conn_drop(struct http_conn *c, short what)
 	bufferevent_trigger_event(c->bev, BEV_EVENT_READING | what, BEV_TRIG_DEFER_CALLBACKS);
 }
 
-static void lex_fault(struct http_conn *c, const char *fault)
+static void lex_fault(struct http_head_lex *l, const char *fault)
 {
-	if (!c->fault)
-		c->fault = fault;
+	if (!l->fault)
+		l->fault = fault;
 }
 
 /* A line ended: true when it was the blank line that ends the head. */
-static bool lex_line_end(struct http_conn *c)
+static bool lex_line_end(struct http_head_lex *l)
 {
-	if (c->line_empty && !c->first_line) {
-		c->in_head = false;
-		c->head_done = true;
-		c->result = c->fault;
+	if (l->line_empty && !l->first_line) {
+		l->in_head = false;
+		l->head_done = true;
 		return true;
 	}
-	if (c->line_empty)
-		lex_fault(c, FAULT_EMPTY); /* evhttp refuses it too, and closes */
-	c->first_line = false;
-	c->line_empty = true;
+	if (l->line_empty)
+		lex_fault(l, FAULT_EMPTY); /* evhttp refuses it too, and closes */
+	l->first_line = false;
+	l->line_empty = true;
 	return false;
 }
 
-/* Walks n bytes of the head; returns how many belong to it (it stops after the blank line). */
-static size_t lex(struct http_conn *c, const unsigned char *p, size_t n)
+void http_head_lex_start(struct http_head_lex *l)
 {
+	*l = (struct http_head_lex){.in_head = true, .first_line = true, .line_empty = true};
+}
+
+size_t http_head_lex(struct http_head_lex *l, const unsigned char *p, size_t n)
+{
+	if (!l->in_head)
+		return 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char ch = p[i];
-		if (c->pending_cr) {
-			c->pending_cr = false;
+		if (l->pending_cr) {
+			l->pending_cr = false;
 			if (ch == '\n') {
-				if (lex_line_end(c))
+				if (lex_line_end(l))
 					return i + 1;
 				continue;
 			}
-			lex_fault(c, FAULT_CR);
-			c->line_empty = false;
+			lex_fault(l, FAULT_CR);
+			l->line_empty = false;
 		}
 		if (ch == '\r') {
-			c->pending_cr = true;
+			l->pending_cr = true;
 			continue;
 		}
 		if (ch == '\n') {
-			if (lex_line_end(c))
+			if (lex_line_end(l))
 				return i + 1;
 			continue;
 		}
-		if (c->line_empty && !c->first_line && (ch == ' ' || ch == '\t'))
-			lex_fault(c, FAULT_FOLD);
+		if (l->line_empty && !l->first_line && (ch == ' ' || ch == '\t'))
+			lex_fault(l, FAULT_FOLD);
 		else if (ch == 0)
-			lex_fault(c, FAULT_NUL);
+			lex_fault(l, FAULT_NUL);
 		else if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-			lex_fault(c, FAULT_CTL);
-		c->line_empty = false;
+			lex_fault(l, FAULT_CTL);
+		l->line_empty = false;
 	}
 	return n;
 }
@@ -190,19 +189,19 @@ static void lex_buffer(struct http_conn *c, struct evbuffer *buf, size_t offset,
 	struct evbuffer_ptr pos;
 	struct evbuffer_iovec vec[8];
 
-	if (!c->in_head || len == 0 || evbuffer_ptr_set(buf, &pos, offset, EVBUFFER_PTR_SET) != 0)
+	if (!c->lex.in_head || len == 0 || evbuffer_ptr_set(buf, &pos, offset, EVBUFFER_PTR_SET) != 0)
 		return;
 	if (!c->head_started) {
 		c->head_started = true;
 		if (evtimer_add(c->deadline_ev, &c->g->request_tv) != 0)
 			conn_drop(c, BEV_EVENT_ERROR);
 	}
-	while (len > 0 && c->in_head) {
+	while (len > 0 && c->lex.in_head) {
 		int n = evbuffer_peek(buf, (ev_ssize_t)len, &pos, vec, 8);
 		size_t seen = 0;
-		for (int i = 0; i < n && i < 8 && c->in_head && seen < len; i++) {
+		for (int i = 0; i < n && i < 8 && c->lex.in_head && seen < len; i++) {
 			size_t take = vec[i].iov_len < len - seen ? vec[i].iov_len : len - seen;
-			seen += lex(c, vec[i].iov_base, take);
+			seen += http_head_lex(&c->lex, vec[i].iov_base, take);
 		}
 		if (n <= 0 || seen == 0 || evbuffer_ptr_set(buf, &pos, seen, EVBUFFER_PTR_ADD) != 0)
 			break;
@@ -222,9 +221,8 @@ static void conn_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
 static void conn_next_head(struct http_conn *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
-	c->in_head = c->first_line = c->line_empty = true;
-	c->head_started = c->pending_cr = c->head_done = false;
-	c->fault = c->result = NULL;
+	http_head_lex_start(&c->lex);
+	c->head_started = false;
 	lex_buffer(c, in, 0, evbuffer_get_length(in));
 	/* a pipelined head already here is not late: its clock starts when more of it arrives */
 	evtimer_del(c->deadline_ev);
@@ -317,7 +315,7 @@ static struct bufferevent *guard_bev_cb(struct event_base *base, void *arg)
 	}
 	bufferevent_incref(c->bev); /* alive until adopted, even if evhttp frees it first */
 	c->guard_ref = true;
-	c->in_head = c->first_line = c->line_empty = true;
+	http_head_lex_start(&c->lex);
 	/* at the cap, accept no more: the next connections wait in the kernel's backlog */
 	if (atomic_fetch_add(&g->nconns, 1) + 1 >= g->max_conns && !g->paused) {
 		evconnlistener_disable(g->listener);
@@ -391,7 +389,7 @@ const char *http_guard_check(struct http_guard *g, struct evhttp_request *req, i
 		return "the server could not check this connection (out of memory)";
 	}
 	/* evhttp saw the blank line, so the lexer did: if not, it refuses rather than guess */
-	const char *fault = c->head_done ? c->result : "the request head could not be checked";
+	const char *fault = c->lex.head_done ? c->lex.fault : "the request head could not be checked";
 	evtimer_del(c->deadline_ev);
 	conn_next_head(c);
 	*code = 400;

@@ -30,10 +30,32 @@
 
 #include <event2/http.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 #include "http.h"
 
 struct http_guard;
+
+/*
+ * The request-head lexer above, on its own so that it runs without a connection (its fuzz
+ * harness, fuzz/fuzz_http_head.c, drives it with any bytes in any chunks): http_head_lex_start
+ * before a head, then http_head_lex on its bytes as they arrive.
+ */
+struct http_head_lex {
+	bool in_head;      /* false once the head's blank line came: later bytes are not the head's */
+	bool first_line;   /* on the request line */
+	bool line_empty;   /* no byte on this line yet (a pending CR is not one) */
+	bool pending_cr;   /* the last byte was CR: LF ends the line, anything else is a fault */
+	bool head_done;    /* the head's blank line came */
+	const char *fault; /* the head's first fault, NULL while none: the 400's message */
+};
+
+void http_head_lex_start(struct http_head_lex *l);
+
+/* Walks n more bytes of the head; returns how many belong to it (none once it is done; it stops
+ * after the blank line). Any split of the same bytes gives the same lexer state. */
+size_t http_head_lex(struct http_head_lex *l, const unsigned char *p, size_t n);
 
 /* Guards every connection http accepts on sock from now on, with the default limits. */
 struct http_guard *http_guard_new(struct evhttp *http, struct evhttp_bound_socket *sock);

@@ -352,8 +352,8 @@ int lab_init(struct lab *lab, const char *name, const char *question, int phase_
 	return lab_init_flags(lab, name, question, phase_count, NULL, 0, argc, argv);
 }
 
-int lab_init_flags(struct lab *lab, const char *name, const char *question, int phase_count,
-                   const struct lab_flag *flags, int nflags, int argc, char **argv)
+void lab_init_defaults(struct lab *lab, const char *name, const char *question, int phase_count,
+                       const struct lab_flag *flags, int nflags)
 {
 	memset(lab, 0, sizeof(*lab));
 	lab->flags = flags;
@@ -365,7 +365,12 @@ int lab_init_flags(struct lab *lab, const char *name, const char *question, int 
 	lab->opts.pg_url = pg_url_default();
 	lab->opts.redis_url = redis_url_default();
 	term_init(&lab->term, stdout);
+}
 
+int lab_init_flags(struct lab *lab, const char *name, const char *question, int phase_count,
+                   const struct lab_flag *flags, int nflags, int argc, char **argv)
+{
+	lab_init_defaults(lab, name, question, phase_count, flags, nflags);
 	if (lab_parse_args(lab, argc, argv) < 0)
 		return -1;
 	if (guard_start(lab) < 0) {

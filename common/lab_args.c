@@ -56,17 +56,18 @@ void lab_usage(const struct lab *lab, FILE *f)
 	        getenv("LAB_REDIS_URL") && *getenv("LAB_REDIS_URL") ? "now" : "default", redis);
 }
 
-/* A bad command line: one line that names what is wrong, then the usage, all on stderr. */
-static int usage_error(struct lab *lab, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int usage_error(struct lab *lab, const char *fmt, ...)
+/* A bad command line: one line that names what is wrong, then the usage, all on err (stderr). */
+static int usage_error(struct lab *lab, FILE *err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+static int usage_error(struct lab *lab, FILE *err, const char *fmt, ...)
 {
 	va_list ap;
-	fprintf(stderr, "lab-%s: ", lab_name(lab));
+	fprintf(err, "lab-%s: ", lab_name(lab));
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vfprintf(err, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	lab_usage(lab, stderr);
+	fputc('\n', err);
+	lab_usage(lab, err);
 	lab->exit_code = LAB_EXIT_ENV;
 	return -1;
 }
@@ -117,6 +118,11 @@ static bool lab_flag_set(const struct lab *lab, const char *arg)
 
 int lab_parse_args(struct lab *lab, int argc, char **argv)
 {
+	return lab_parse_args_to(lab, argc, argv, stdout, stderr);
+}
+
+int lab_parse_args_to(struct lab *lab, int argc, char **argv, FILE *out, FILE *err)
+{
 	struct lab_opts *o = &lab->opts;
 	for (int k = 0; k < lab->nflags; k++)
 		*lab->flags[k].value = false;
@@ -124,7 +130,7 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 		const char *arg = argv[i];
 		uint64_t v;
 		if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
-			lab_usage(lab, stdout);
+			lab_usage(lab, out);
 			lab->exit_code = LAB_EXIT_OK;
 			return -1;
 		} else if (!strcmp(arg, "--quick")) {
@@ -140,34 +146,37 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 		} else if (is_flag(arg, "--seed", true)) {
 			const char *val = flag_value(arg, strlen("--seed"), argc, argv, &i);
 			if (!val)
-				return usage_error(lab, "--seed needs a value: --seed N");
+				return usage_error(lab, err, "--seed needs a value: --seed N");
 			/* up to INT64_MAX: the --json document carries the seed as a JSON integer */
 			if (parse_u64(val, INT64_MAX, &v) < 0)
-				return usage_error(lab,
+				return usage_error(lab, err,
 				                   "--seed wants a whole number from 0 to %lld, got \"%s\"",
 				                   (long long)INT64_MAX, val);
 			o->seed = v;
 		} else if (is_flag(arg, "--port", true)) {
 			const char *val = flag_value(arg, strlen("--port"), argc, argv, &i);
 			if (!val)
-				return usage_error(lab, "--port needs a value: --port N");
+				return usage_error(lab, err, "--port needs a value: --port N");
 			if (parse_u64(val, LAB_PORT_MAX, &v) < 0)
-				return usage_error(lab, "--port wants a port number from 0 to %d, got \"%s\"",
+				return usage_error(lab, err,
+				                   "--port wants a port number from 0 to %d, got \"%s\"",
 				                   LAB_PORT_MAX, val);
 			o->port = (int)v;
 		} else if (lab_flag_set(lab, arg)) {
 			continue;
 		} else if (arg[0] == '-') {
-			return usage_error(lab, "unknown flag \"%s\"", arg);
+			return usage_error(lab, err, "unknown flag \"%s\"", arg);
 		} else {
-			return usage_error(lab, "unexpected argument \"%s\" (a lab takes flags only)", arg);
+			return usage_error(lab, err, "unexpected argument \"%s\" (a lab takes flags only)",
+			                   arg);
 		}
 	}
 	if (o->predict && o->serve)
-		return usage_error(lab, "--predict goes with a run, not --serve (there is nothing to guess)");
+		return usage_error(lab, err,
+		                   "--predict goes with a run, not --serve (there is nothing to guess)");
 	/* the questions are asked on the terminal: a pipe or a file cannot answer them */
 	if (o->predict && !isatty(STDIN_FILENO)) {
-		fprintf(stderr,
+		fprintf(err,
 		        "lab-%s: --predict asks its questions on a terminal, and stdin is not one\n"
 		        "  run it in a terminal (no < or |), or drop --predict\n",
 		        lab_name(lab));
@@ -176,7 +185,7 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 	}
 	for (int k = 0; k < lab->nflags; k++)
 		if (lab->flags[k].serve_only && *lab->flags[k].value && !o->serve)
-			return usage_error(lab,
+			return usage_error(lab, err,
 			                   "%s goes with --serve (the lab's own run needs no flag for it)",
 			                   lab->flags[k].name);
 	return 0;

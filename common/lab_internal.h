@@ -3,6 +3,8 @@
  */
 #ifndef LAB_INTERNAL_H
 #define LAB_INTERNAL_H
+#include <stdio.h>
+
 #include "lab.h"
 
 /* Seed when --seed is not given: the same numbers on every run, so two runs compare. */
@@ -20,6 +22,14 @@ static inline const char *lab_name(const struct lab *lab)
  * naming it and the usage on stderr).
  */
 int lab_parse_args(struct lab *lab, int argc, char **argv);
+/* The same, with the usage (--help) written to out and every complaint to err instead of stdout
+ * and stderr: the flag parser's fuzz harness (fuzz/fuzz_lab_args.c) keeps them off its output. */
+int lab_parse_args_to(struct lab *lab, int argc, char **argv, FILE *out, FILE *err);
+
+/* What lab_init_flags sets before it parses argv: *lab zeroed, then the name, question, phase
+ * count, flags and the default options (seed, server URLs); narration on stdout. */
+void lab_init_defaults(struct lab *lab, const char *name, const char *question, int phase_count,
+                       const struct lab_flag *flags, int nflags);
 
 /* --predict (lab_predict.c), called by the teller's hooks around phase def. */
 void lab_question_ask(struct lab *lab, const struct lab_phase_def *def, const void *cfg);

@@ -148,8 +148,15 @@ void redis_url_redact(const char *url, char *out, size_t outlen)
 		return;
 	}
 	bool v6 = strchr(u.host, ':') != NULL;
-	snprintf(out, outlen, "redis://%s%s%s%s%s:%d/%d", u.user ? u.user : "", u.user ? "@" : "",
-	         v6 ? "[" : "", u.host, v6 ? "]" : "", u.port, u.db);
+	/* the user percent-encoded again, as the parse decoded it: "p%40x" printed as "p@x" would
+	 * read as user "p" at host "x" (and not parse back) */
+	char *user = u.user ? evhttp_uriencode(u.user, -1, 0) : NULL;
+	if (u.user && !user)
+		snprintf(out, outlen, "(out of memory)");
+	else
+		snprintf(out, outlen, "redis://%s%s%s%s%s:%d/%d", user ? user : "", user ? "@" : "",
+		         v6 ? "[" : "", u.host, v6 ? "]" : "", u.port, u.db);
+	free(user);
 	redis_url_free(&u);
 }
 

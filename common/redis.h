@@ -47,7 +47,8 @@ void redis_url_free(struct redis_url *u);
 int redis_url_with_endpoint(const char *url, const char *host, int port, char *out, size_t outlen, char *err,
                             size_t errlen);
 
-/* url without its password ("redis://127.0.0.1:56379/0"); "(unparsable URL)" if it is not one. */
+/* url without its password ("redis://127.0.0.1:56379/0"), the user percent-encoded as in a URL;
+ * "(unparsable URL)" if it is not one. */
 void redis_url_redact(const char *url, char *out, size_t outlen);
 
 /*

@@ -342,6 +342,10 @@ static void test_redact_drops_the_password_and_keeps_the_rest(void **state)
 	assert_string_equal(out, "redis://127.0.0.1:6379/0");
 	redis_url_redact("redis://[::1]:56379/0", out, sizeof(out));
 	assert_string_equal(out, "redis://[::1]:56379/0");
+	/* a user that needs encoding stays encoded: printed raw, "redis://p@sr:w0rd@cache.example"
+	 * would not parse back, and reads as user "p" with a password (found by fuzz/fuzz_url.c) */
+	redis_url_redact("redis://p%40sr%3Aw0rd@cache.example", out, sizeof(out));
+	assert_string_equal(out, "redis://p%40sr%3Aw0rd@cache.example:6379/0");
 	redis_url_redact("postgres://a:b@h/x", out, sizeof(out));
 	assert_string_equal(out, "(unparsable URL)");
 	redis_url_redact("redis:// nonsense", out, sizeof(out));

@@ -6,10 +6,7 @@
  * When the API stops, pool_free calls back every request still waiting or running ("pool closed"), which
  * replies 503 and frees its context, before the server and its requests are freed (http_app_stop's order).
  */
-#include <sys/queue.h>
-
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <jansson.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -22,7 +19,6 @@
 #include "internal.h"
 #include "pool.h"
 
-#define DEFAULT_LIMIT 20
 /* the API's connections open before it answers; a server this slow is not coming */
 #define POOL_READY_MS 10000
 /* a request waits this long for a connection, then gets 503 */
@@ -197,79 +193,24 @@ static void cursor_refused(struct evhttp_request *req, enum pagination_cursor_st
 	                json_pack("{s:s,s:s}", "error", msg, "reason", pagination_cursor_status_name(s)));
 }
 
-/*
- * The query's names into q (the caller clears it): limit and cursor at most once each, nothing
- * else. The cursor's text (in q) or NULL into *cursor. 0, or -1 having replied 400.
- */
-static int check_names(struct evhttp_request *req, struct evkeyvalq *q, const char **cursor)
-{
-	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-	/* a decoded value is a C string: "cursor=<good>%00junk" or "limit=5%00x" would be read up to
-	 * the NUL and the rest ignored. "%00" in the raw text is always a NUL (a literal "%00" is
-	 * sent as "%2500"), so refuse it before decoding */
-	if (query && strstr(query, "%00")) {
-		http_reply_error(req, 400, "the query string holds a NUL byte (%%00)");
-		return -1;
-	}
-	if (query && evhttp_parse_query_str(query, q) < 0) {
-		http_reply_error(req, 400, "the query string is not valid: key=value pairs joined by &");
-		return -1;
-	}
-	int cursors = 0, limits = 0;
-	struct evkeyval *kv;
-	TAILQ_FOREACH(kv, q, next)
-	{
-		if (!strcmp(kv->key, "page") || !strcmp(kv->key, "offset")) {
-			http_reply_error(
-			        req, 400,
-			        "%s= is not supported: this API pages with a cursor, which cannot jump to a "
-			        "page; follow next_cursor from the first page (GET /v1/items/count gives "
-			        "an estimate of the total)",
-			        kv->key);
-			return -1;
-		}
-		if (strcmp(kv->key, "limit") && strcmp(kv->key, "cursor")) {
-			http_reply_error(req, 400, "unknown parameter \"%.40s\" (limit, cursor)", kv->key);
-			return -1;
-		}
-		if (!strcmp(kv->key, "cursor") && cursors++ == 0)
-			*cursor = kv->value;
-		limits += !strcmp(kv->key, "limit");
-	}
-	/* which of two the client meant is not ours to guess (http_query_long would take the first) */
-	if (cursors > 1 || limits > 1) {
-		http_reply_error(req, 400, "%s appears %d times; send one", cursors > 1 ? "cursor" : "limit",
-		                 cursors > 1 ? cursors : limits);
-		return -1;
-	}
-	return 0;
-}
-
 /* Everything a request must get right before it costs a query. 0, or -1 having replied 400. */
 static int parse_items(struct pagination_api *api, struct evhttp_request *req, struct request_ctx *ctx)
 {
 	char err[256];
-	const char *cursor = NULL;
-	struct evkeyvalq q;
-	TAILQ_INIT(&q);
-	int ret = check_names(req, &q, &cursor);
-	ctx->limit = DEFAULT_LIMIT;
-	if (ret == 0 &&
-	    http_query_long(req, "limit", 1, PAGINATION_LIMIT_MAX, &ctx->limit, err, sizeof(err)) < 0) {
-		http_reply_error(req, 400, "%s", err);
-		ret = -1;
+	struct pagination_items_query q;
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	int ttl = api->cfg.cursor_ttl_s;
+	if (pagination_parse_items(query, api->key, (int64_t)time(NULL), ttl, &q, err, sizeof(err)) < 0) {
+		if (q.cursor_status != PAGINATION_CURSOR_OK)
+			cursor_refused(req, q.cursor_status, ttl);
+		else
+			http_reply_error(req, 400, "%s", err);
+		return -1;
 	}
-	if (ret == 0 && cursor) {
-		enum pagination_cursor_status s = pagination_cursor_decode(
-		        api->key, cursor, (int64_t)time(NULL), api->cfg.cursor_ttl_s, &ctx->cursor);
-		if (s != PAGINATION_CURSOR_OK) {
-			cursor_refused(req, s, api->cfg.cursor_ttl_s);
-			ret = -1;
-		}
-		ctx->has_cursor = true;
-	}
-	evhttp_clear_headers(&q);
-	return ret;
+	ctx->limit = q.limit;
+	ctx->has_cursor = q.has_cursor;
+	ctx->cursor = q.cursor;
+	return 0;
 }
 
 static void route_cb(struct evhttp_request *req, void *arg, bool count)

@@ -24,13 +24,6 @@
 
 /* the lab's APIs open their pool's first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
-/* a delta of the increment type: a person's "add one", not a way to overflow the counter */
-#define MAX_DELTA    1000000
-#define ACCEPT_PATCH PP_MERGE_PATCH ", " PP_JSON_PATCH ", " PP_INCREMENT
-/* HEAD with GET: every general-purpose server supports both (RFC 9110 section 9.1) */
-#define ALLOW "GET, HEAD, PUT, PATCH"
-
-enum kind { K_GET, K_PUT, K_MERGE, K_JSON, K_INCREMENT };
 
 struct pp_ctx;
 
@@ -48,7 +41,7 @@ struct pp_ctx {
 	struct evhttp_request *req;
 	struct pp_ctx *prev, *next;
 	struct pool_conn *conn;
-	enum kind kind;
+	enum pp_kind kind;
 	char id[24];
 	long long idv;
 	json_t *body;   /* the parsed request body */
@@ -122,8 +115,8 @@ static void ctx_fail(struct pp_ctx *ctx, int code, const char *msg)
 	/* a 415 says what would have been taken: Accept-Patch for PATCH (RFC 5789 section 3.1),
 	 * Accept for PUT (RFC 9110 section 15.5.16) */
 	if (code == PP_STATUS_UNSUPPORTED)
-		evhttp_add_header(h, ctx->kind == K_PUT ? "Accept" : "Accept-Patch",
-		                  ctx->kind == K_PUT ? "application/json" : ACCEPT_PATCH);
+		evhttp_add_header(h, ctx->kind == PP_KIND_PUT ? "Accept" : "Accept-Patch",
+		                  ctx->kind == PP_KIND_PUT ? "application/json" : ACCEPT_PATCH);
 	if (code == 405)
 		evhttp_add_header(h, "Allow", ALLOW);
 	if (code == 503)
@@ -210,42 +203,6 @@ static void write_cb(struct pool_conn *c, PGresult *res, const char *err, void *
 		ctx_fail(ctx, 500, "could not commit");
 }
 
-/* The user after the change: 0 and *out, or the status to answer and err. */
-static int next_user(struct pp_ctx *ctx, const json_t *cur, json_t **out, char *err, size_t errlen)
-{
-	enum patch_status s = PATCH_OK;
-	*out = NULL;
-	if (ctx->kind == K_PUT) {
-		*out = json_deep_copy(ctx->body);
-	} else if (ctx->kind == K_MERGE) {
-		s = merge_patch_apply(cur, ctx->body, out, err, errlen);
-	} else if (ctx->kind == K_JSON) {
-		s = json_patch_apply(cur, ctx->body, out, err, errlen);
-	} else {
-		json_int_t v = json_integer_value(json_object_get(cur, "visits")) +
-		               json_integer_value(json_object_get(ctx->body, "visits"));
-		*out = json_deep_copy(cur);
-		if (*out)
-			json_object_set_new(*out, "visits", json_integer(v));
-	}
-	if (s != PATCH_OK)
-		return s == PATCH_MALFORMED  ? PP_STATUS_MALFORMED
-		       : s == PATCH_CONFLICT ? PP_STATUS_CONFLICT
-		                             : PP_STATUS_INVALID;
-	if (!*out) {
-		snprintf(err, errlen, "out of memory");
-		return 500;
-	}
-	char why[400];
-	if (pp_user_check(*out, ctx->idv, why, sizeof(why)) < 0) {
-		snprintf(err, errlen, "the patched user would be invalid: %s", why);
-		json_decref(*out);
-		*out = NULL;
-		return PP_STATUS_INVALID;
-	}
-	return 0;
-}
-
 static void lock_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
 	struct pp_ctx *ctx = arg;
@@ -268,7 +225,7 @@ static void lock_cb(struct pool_conn *c, PGresult *res, const char *err, void *a
 	}
 	char why[512];
 	json_t *cur = json_loads(PQgetvalue(res, 0, 0), 0, NULL), *next = NULL;
-	int code = cur ? next_user(ctx, cur, &next, why, sizeof(why)) : 500;
+	int code = cur ? pp_next_user(ctx->kind, ctx->body, ctx->idv, cur, &next, why, sizeof(why)) : 500;
 	json_decref(cur);
 	if (code) {
 		txn_refuse(ctx, code, "%s", cur ? why : "the stored user could not be read");
@@ -331,137 +288,24 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 	ctx->conn = conn;
 	const char *p[] = {ctx->id};
-	int rc = ctx->kind == K_GET ? pool_query_prepared(conn, &SQL_GET, p, get_cb, ctx)
-	                            : pool_query(conn, "BEGIN", 0, NULL, begin_cb, ctx);
+	int rc = ctx->kind == PP_KIND_GET ? pool_query_prepared(conn, &SQL_GET, p, get_cb, ctx)
+	                                  : pool_query(conn, "BEGIN", 0, NULL, begin_cb, ctx);
 	if (rc < 0)
 		ctx_fail(ctx, 500, "could not send the query");
 }
 
-/* ---- parsing: everything a request must get right before the database is touched ---- */
-
-/* The media type says which kind of write; 0 or the status with err. */
-static int parse_type(struct pp_ctx *ctx, bool put, char *err, size_t errlen)
+/* What pp_parse_request needs, read off evhttp; bad1 and bad2 hold http_header_one's messages. */
+static struct pp_request read_request(struct evhttp_request *req, char bad1[160], char bad2[160])
 {
-	const char *value;
-	char mt[96];
-	int found = http_header_one(ctx->req, "Content-Type", &value, err, errlen);
-	if (found < 0)
-		return PP_STATUS_MALFORMED;
-	if (put)
-		ctx->kind = K_PUT;
-	if (pp_media_type(found ? value : "", mt, sizeof(mt)) < 0) {
-		snprintf(err, errlen,
-		         "Content-Type \"%.60s\" is not a media type (type/subtype, then ;parameters)",
-		         value);
-		return PP_STATUS_MALFORMED;
-	}
-	if (put) {
-		if (strcmp(mt, "application/json") == 0)
-			return 0;
-		snprintf(err, errlen, "PUT takes the whole user as application/json, not \"%.60s\"", mt);
-		return PP_STATUS_UNSUPPORTED;
-	}
-	if (strcmp(mt, PP_MERGE_PATCH) == 0)
-		ctx->kind = K_MERGE;
-	else if (strcmp(mt, PP_JSON_PATCH) == 0)
-		ctx->kind = K_JSON;
-	else if (strcmp(mt, PP_INCREMENT) == 0)
-		ctx->kind = K_INCREMENT;
-	else {
-		snprintf(err, errlen, "PATCH takes %s, not \"%.60s\"", ACCEPT_PATCH, mt);
-		return PP_STATUS_UNSUPPORTED;
-	}
-	return 0;
-}
-
-/* If-Match on any method; required (428) on writes when the API says so. */
-static int parse_if_match(struct pp_ctx *ctx, bool write, char *err, size_t errlen)
-{
-	const char *value;
-	int found = http_header_one(ctx->req, "If-Match", &value, err, errlen);
-	if (found < 0)
-		return PP_STATUS_MALFORMED;
-	if (!found && write && ctx->api->cfg.require_if_match) {
-		snprintf(err, errlen,
-		         "this API requires If-Match on PUT and PATCH: GET the user and send its ETag");
-		return PP_STATUS_PRECONDITION_REQUIRED;
-	}
-	if (found && pp_if_match(value, NULL) < 0) {
-		snprintf(err, errlen, "If-Match must be * or a list of quoted entity tags (\"...\")");
-		return PP_STATUS_MALFORMED;
-	}
-	if (found && !(ctx->if_match = strdup(value))) {
-		snprintf(err, errlen, "out of memory");
-		return 500;
-	}
-	return 0;
-}
-
-/* The body as the kind requires it. */
-static int parse_body(struct pp_ctx *ctx, char *err, size_t errlen)
-{
-	struct evbuffer *in = evhttp_request_get_input_buffer(ctx->req);
-	size_t len = evbuffer_get_length(in);
-	if (len == 0 || len > (size_t)ctx->api->cfg.max_body) {
-		snprintf(err, errlen, "the body must hold 1..%d bytes, got %zu", ctx->api->cfg.max_body, len);
-		return len ? 413 : PP_STATUS_MALFORMED;
-	}
-	json_error_t jerr;
-	const char *text = (const char *)evbuffer_pullup(in, -1);
-	ctx->body = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr) : NULL;
-	if (!ctx->body) {
-		snprintf(err, errlen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-		         jerr.text);
-		return PP_STATUS_MALFORMED;
-	}
-	if (ctx->kind == K_PUT && pp_user_check(ctx->body, ctx->idv, err, errlen) < 0)
-		return PP_STATUS_MALFORMED;
-	if (ctx->kind == K_JSON && json_patch_check(ctx->body, err, errlen) != PATCH_OK)
-		return PP_STATUS_MALFORMED;
-	if (ctx->kind == K_INCREMENT) {
-		json_t *d = json_object_get(ctx->body, "visits");
-		if (!json_is_object(ctx->body) || json_object_size(ctx->body) != 1 || !json_is_integer(d) ||
-		    json_integer_value(d) < -MAX_DELTA || json_integer_value(d) > MAX_DELTA) {
-			snprintf(err, errlen, "an increment is {\"visits\": n}, n a whole number in -%d..%d",
-			         MAX_DELTA, MAX_DELTA);
-			return PP_STATUS_MALFORMED;
-		}
-	}
-	return 0;
-}
-
-/* "/v1/users/42": 42, digits only, no leading zero, at most 18 of them. -1 otherwise. */
-static long long parse_id(const char *path, char *out, size_t outlen)
-{
-	const char *s = path + strlen(USERS_PREFIX);
-	size_t n = strlen(s);
-	if (n == 0 || n > 18 || (s[0] == '0' && n > 1) || strspn(s, "0123456789") != n)
-		return -1;
-	snprintf(out, outlen, "%s", s);
-	return strtoll(s, NULL, 10);
-}
-
-static int parse_request(struct pp_ctx *ctx, char *err, size_t errlen)
-{
-	enum evhttp_cmd_type m = evhttp_request_get_command(ctx->req);
-	if ((ctx->idv = parse_id(http_request_path(ctx->req), ctx->id, sizeof(ctx->id))) < 0) {
-		snprintf(err, errlen, "no such resource: users are /v1/users/{id}, id a whole number");
-		return 404;
-	}
-	if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD) {
-		ctx->kind = K_GET; /* evhttp sends HEAD's answer without its body */
-		return parse_if_match(ctx, false, err, errlen);
-	}
-	if (m != EVHTTP_REQ_PUT && m != EVHTTP_REQ_PATCH) {
-		snprintf(err, errlen, "a user takes %s", ALLOW);
-		return 405;
-	}
-	int code = parse_type(ctx, m == EVHTTP_REQ_PUT, err, errlen);
-	if (!code)
-		code = parse_if_match(ctx, true, err, errlen);
-	if (!code)
-		code = parse_body(ctx, err, errlen);
-	return code;
+	struct pp_request rq = {.method = evhttp_request_get_command(req), .path = http_request_path(req)};
+	if (http_header_one(req, "Content-Type", &rq.content_type, bad1, 160) < 0)
+		rq.content_type_bad = bad1;
+	if (http_header_one(req, "If-Match", &rq.if_match, bad2, 160) < 0)
+		rq.if_match_bad = bad2;
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	rq.body_len = evbuffer_get_length(in);
+	rq.body = rq.body_len ? (const char *)evbuffer_pullup(in, -1) : "";
+	return rq;
 }
 
 static void users_cb(struct evhttp_request *req, void *arg)
@@ -476,12 +320,21 @@ static void users_cb(struct evhttp_request *req, void *arg)
 		http_reply_error(req, 500, "out of memory");
 		return;
 	}
-	char err[512];
-	int code = parse_request(ctx, err, sizeof(err));
-	if (code)
+	char err[512], bad1[160], bad2[160];
+	struct pp_request rq = read_request(req, bad1, bad2);
+	struct pp_parsed p;
+	int code = pp_parse_request(&rq, api->cfg.max_body, api->cfg.require_if_match, &p, err, sizeof(err));
+	/* the kind first: a 415 says what would have been taken */
+	ctx->kind = p.kind;
+	if (code) {
 		ctx_fail(ctx, code, err);
-	else
-		pool_acquire(api->pool, "users_handler", acquired_cb, ctx);
+		return;
+	}
+	snprintf(ctx->id, sizeof(ctx->id), "%s", p.id);
+	ctx->idv = p.idv;
+	ctx->body = p.body;
+	ctx->if_match = p.if_match;
+	pool_acquire(api->pool, "users_handler", acquired_cb, ctx);
 }
 
 /* ---- starting and stopping ---- */
