@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "http.h"
@@ -414,7 +415,10 @@ static void unknown_path_cb(struct evhttp_request *req, void *arg)
 		                 "no route %.80s; try /v1/users/{id}, /v2/users/{id} or /users/{id}", path);
 }
 
-/* How many times the query string names name (http_query_long reads the first only). */
+/*
+ * How many times the query string names name, in any case: http_query_long reads the first one
+ * evhttp_find_header finds, and that lookup ignores case (?Version=1&version=2 is two).
+ */
 static int query_count(struct evhttp_request *req, const char *name)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -425,7 +429,7 @@ static int query_count(struct evhttp_request *req, const char *name)
 	int n = 0;
 	struct evkeyval *kv;
 	for (kv = params.tqh_first; kv; kv = kv->next.tqe_next)
-		n += strcmp(kv->key, name) == 0;
+		n += strcasecmp(kv->key, name) == 0;
 	evhttp_clear_headers(&params);
 	return n;
 }
