@@ -287,6 +287,23 @@ static bool media_range(char *item, char *type, size_t typelen, double *q)
 }
 
 /*
+ * Which version a media type names, exactly: 1 or 2 for the two this API serves, -1 for another
+ * application/vnd.backendlabs.v<digits>+json, 0 for anything else. Compared as text, not scanned
+ * with %d, which read "v+1", "v 1" and "v01" as version 1.
+ */
+static int media_version(const char *type)
+{
+	static const char prefix[] = "application/vnd.backendlabs.v";
+	if (strncmp(type, prefix, sizeof(prefix) - 1) != 0)
+		return 0;
+	const char *d = type + sizeof(prefix) - 1;
+	size_t digits = strspn(d, "0123456789");
+	if (!digits || strcmp(d + digits, "+json") != 0)
+		return 0;
+	return digits == 1 && (d[0] == '1' || d[0] == '2') ? d[0] - '0' : -1;
+}
+
+/*
  * The version Accept asks for: the known vnd.backendlabs type with the highest q; else, when
  * application/json, application/ * or * / * is acceptable, v1 as application/json; else 406.
  * 0, or 406 with err (unknown is set when a vnd.backendlabs version we do not serve was asked).
@@ -301,14 +318,12 @@ static int negotiate(const char *accept, struct vers_request *r, char *err, size
 		double q;
 		if (!media_range(item, type, sizeof(type), &q))
 			continue;
-		int v = 0;
-		char tail[8] = "";
-		if (sscanf(type, "application/vnd.backendlabs.v%d+%7s", &v, tail) == 2 &&
-		    strcmp(tail, "json") == 0) {
-			if ((v == 1 || v == 2) && q > best_q) {
+		int v = media_version(type);
+		if (v) {
+			if (v > 0 && q > best_q) {
 				best_q = q;
 				r->version = v;
-			} else if (v != 1 && v != 2)
+			} else if (v < 0)
 				snprintf(unknown, sizeof(unknown), "%s", type);
 		} else if (!strcmp(type, "application/json") || !strcmp(type, "application/*") ||
 		           !strcmp(type, "*/*"))
