@@ -32,11 +32,9 @@
 
 /* the pool opens its first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
-/* a JWT of this API is under 1 KiB; a header ten times that is not one */
-#define MAX_TOKEN 8192
-#define MAX_BODY  4096
-#define MAX_NAME  64
-#define MAX_ITEM  100
+#define MAX_BODY      4096
+#define MAX_NAME      64
+#define MAX_ITEM      100
 /* amounts in cents up to ten million units: an order, not an overflow */
 #define MAX_AMOUNT 1000000000LL
 #define ORDERS     "/v1/orders/"
@@ -380,10 +378,25 @@ static bool b64token(const char *t)
 	return n > 0 && n < MAX_TOKEN && strspn(t + n, "=") == strlen(t + n);
 }
 
+int authz_parse_bearer(const char *auth, const char **token)
+{
+	*token = NULL;
+	/* no credentials, or not a bearer's (Basic...): RFC 6750 3.1, the challenge with no error */
+	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+		return 0;
+	const char *t = auth + 7;
+	while (*t == ' ')
+		t++;
+	if (!b64token(t))
+		return -1;
+	*token = t;
+	return 1;
+}
+
 /* Verifies the bearer token; on success goes on (fixed: past the deny-list), else answers. */
 static void authenticate(struct az_ctx *ctx)
 {
-	const char *auth;
+	const char *auth, *token;
 	char err[256];
 	int found = http_header_one(ctx->req, "Authorization", &auth, err, sizeof(err));
 	if (found < 0) {
@@ -391,15 +404,12 @@ static void authenticate(struct az_ctx *ctx)
 		az_fail(ctx, 400, err);
 		return;
 	}
-	/* no credentials, or not a bearer's (Basic...): RFC 6750 3.1, the challenge with no error */
-	if (!found || strncasecmp(auth, "Bearer ", 7) != 0) {
+	int bearer = authz_parse_bearer(found ? auth : NULL, &token);
+	if (bearer == 0) {
 		az_unauthorized(ctx, NULL);
 		return;
 	}
-	const char *token = auth + 7;
-	while (*token == ' ')
-		token++;
-	int rc = !b64token(token) ? (snprintf(err, sizeof(err), "malformed token"), -1)
+	int rc = bearer < 0       ? (snprintf(err, sizeof(err), "malformed token"), -1)
 	         : ctx->rt->naive ? az_verify_naive(&ctx->api->keys, token, &ctx->claims, err, sizeof(err))
 	                          : az_verify_fixed(&ctx->api->keys, token, az_now(), ctx->api->cfg.skew_s,
 	                                            &ctx->claims, err, sizeof(err));

@@ -62,6 +62,17 @@ int az_verify_naive(const struct authz_keys *k, const char *token, struct authz_
 int az_verify_fixed(const struct authz_keys *k, const char *token, long long now, int skew_s,
                     struct authz_claims *out, char *why, size_t whylen);
 
+/* api.c */
+/* a JWT of this API is under 1 KiB; a header ten times that is not one */
+#define MAX_TOKEN 8192
+/*
+ * The bearer token of an Authorization header's value (auth NULL: none came), as every route
+ * behind a token reads it: 1 and *token (inside auth) for a b64token (RFC 6750 2.1, under
+ * MAX_TOKEN) after "Bearer " in any case and any spaces; 0 when the request carries no bearer
+ * credential (none, or Basic ...: the bare challenge); -1 when what follows is not a b64token.
+ */
+int authz_parse_bearer(const char *auth, const char **token);
+
 /* client.c */
 struct az_client;
 struct az_response {

@@ -203,10 +203,19 @@ int az_header_alg(const char *token, char *alg, size_t len)
 	return a ? 0 : -1;
 }
 
-static const char *str_claim(const json_t *g, const char *name)
+/*
+ * A string claim into out, whole or not at all: one that does not fit (or holds a NUL) stays
+ * empty, which the fixed verifier refuses, never cut to a prefix: a jti cut to 47 characters
+ * would be another token's jti on the deny-list.
+ */
+static void str_claim(const json_t *g, const char *name, char *out, size_t len)
 {
-	const char *v = json_string_value(json_object_get(g, name));
-	return v ? v : "";
+	const json_t *v = json_object_get(g, name);
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v);
+	out[0] = '\0';
+	if (s && n < len && strlen(s) == n)
+		memcpy(out, s, n + 1);
 }
 
 /* The claims of a decoded token, whatever their types (a missing or mistyped one stays empty). */
@@ -221,9 +230,9 @@ static void read_claims(jwt_t *jwt, struct authz_claims *c)
 	if (sub && sub[0] >= '1' && sub[0] <= '9' && strlen(sub) <= 18 &&
 	    strspn(sub, "0123456789") == strlen(sub))
 		c->sub = strtoll(sub, NULL, 10);
-	snprintf(c->role, sizeof(c->role), "%s", str_claim(g, "role"));
-	snprintf(c->aud, sizeof(c->aud), "%s", str_claim(g, "aud"));
-	snprintf(c->jti, sizeof(c->jti), "%s", str_claim(g, "jti"));
+	str_claim(g, "role", c->role, sizeof(c->role));
+	str_claim(g, "aud", c->aud, sizeof(c->aud));
+	str_claim(g, "jti", c->jti, sizeof(c->jti));
 	json_t *iat = json_object_get(g, "iat"), *exp = json_object_get(g, "exp"),
 	       *nbf = json_object_get(g, "nbf");
 	c->iat = json_is_integer(iat) ? (long long)json_integer_value(iat) : 0;

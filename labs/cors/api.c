@@ -30,9 +30,6 @@
 /* how long the browser may cache an allowed preflight (Chromium caps it at 7200 s, Firefox at
  * 86400 s): a client making many calls pays one preflight, not one per call */
 #define MAX_AGE_S "600"
-/* an Origin is scheme://host[:port]: a host name is at most 253 bytes, so a longer one is no origin
- * (and is never echoed back, not even by the reflecting policy) */
-#define ORIGIN_MAX 300
 
 struct req_ctx;
 
@@ -168,60 +165,71 @@ static void reply_error(struct cors_api *api, struct evhttp_request *req, int co
 	reply(api, req, code, json_pack("{s:s}", "error", msg));
 }
 
-/* Whether origin is on the allow-list: exactly the app's origin, compared whole. */
-static bool allowed(const struct cors_api *api, const char *origin)
+/* out[n++] = {name, value}, while there is room */
+static void put(struct cors_header *out, int max, int *n, const char *name, const char *value)
 {
-	return origin && strcmp(origin, api->app_origin) == 0;
+	if (*n < max)
+		out[(*n)++] = (struct cors_header){name, value};
 }
 
-/* The CORS headers of policy p on an answer (preflight: the answer to an OPTIONS). */
-static void cors_headers(struct cors_api *api, struct evhttp_request *req, enum cors_policy p, bool preflight)
+int cors_decide(struct evhttp_request *req, enum cors_policy p, const char *app_origin, bool preflight,
+                struct cors_header *out, int max)
 {
-	struct evkeyvalq *in = evhttp_request_get_input_headers(req),
-	                 *h = evhttp_request_get_output_headers(req);
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	const char *origin = evhttp_find_header(in, "Origin");
+	int n = 0;
 	switch (p) {
 	case CORS_NONE:
-		return;
+		return 0;
 	case CORS_STAR:
 		/* the tempting one: "everyone, with credentials"; the standard forbids the pair */
-		evhttp_add_header(h, "Access-Control-Allow-Origin", "*");
-		evhttp_add_header(h, "Access-Control-Allow-Credentials", "true");
+		put(out, max, &n, "Access-Control-Allow-Origin", "*");
+		put(out, max, &n, "Access-Control-Allow-Credentials", "true");
 		if (preflight) {
-			evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, PUT");
-			evhttp_add_header(h, "Access-Control-Allow-Headers", "Content-Type");
+			put(out, max, &n, "Access-Control-Allow-Methods", "GET, PUT");
+			put(out, max, &n, "Access-Control-Allow-Headers", "Content-Type");
 		}
-		return;
+		return n;
 	case CORS_REFLECT: {
 		/* the common mistake: whatever Origin came is allowed, with the cookie, and no Vary */
 		if (!origin)
-			return;
-		evhttp_add_header(h, "Access-Control-Allow-Origin", origin);
-		evhttp_add_header(h, "Access-Control-Allow-Credentials", "true");
+			return 0;
+		put(out, max, &n, "Access-Control-Allow-Origin", origin);
+		put(out, max, &n, "Access-Control-Allow-Credentials", "true");
 		const char *m = evhttp_find_header(in, "Access-Control-Request-Method");
 		const char *hd = evhttp_find_header(in, "Access-Control-Request-Headers");
 		if (preflight && m)
-			evhttp_add_header(h, "Access-Control-Allow-Methods", m);
+			put(out, max, &n, "Access-Control-Allow-Methods", m);
 		if (preflight && hd)
-			evhttp_add_header(h, "Access-Control-Allow-Headers", hd);
-		return;
+			put(out, max, &n, "Access-Control-Allow-Headers", hd);
+		return n;
 	}
 	case CORS_ALLOWLIST:
 	case CORS_ALLOWLIST_0:
 	default:
 		/* the answer depends on Origin: a cache in between must keep one per Origin */
-		evhttp_add_header(h, "Vary", "Origin");
-		if (!allowed(api, origin))
-			return;
-		evhttp_add_header(h, "Access-Control-Allow-Origin", origin);
-		evhttp_add_header(h, "Access-Control-Allow-Credentials", "true");
+		put(out, max, &n, "Vary", "Origin");
+		/* on the allow-list: exactly the app's origin, compared whole */
+		if (!origin || strcmp(origin, app_origin) != 0)
+			return n;
+		put(out, max, &n, "Access-Control-Allow-Origin", origin);
+		put(out, max, &n, "Access-Control-Allow-Credentials", "true");
 		if (preflight) {
-			evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, PUT");
-			evhttp_add_header(h, "Access-Control-Allow-Headers", "Content-Type");
-			evhttp_add_header(h, "Access-Control-Max-Age", p == CORS_ALLOWLIST ? MAX_AGE_S : "0");
+			put(out, max, &n, "Access-Control-Allow-Methods", "GET, PUT");
+			put(out, max, &n, "Access-Control-Allow-Headers", "Content-Type");
+			put(out, max, &n, "Access-Control-Max-Age", p == CORS_ALLOWLIST ? MAX_AGE_S : "0");
 		}
-		return;
+		return n;
 	}
+}
+
+/* The CORS headers of policy p on an answer (preflight: the answer to an OPTIONS). */
+static void cors_headers(struct cors_api *api, struct evhttp_request *req, enum cors_policy p, bool preflight)
+{
+	struct cors_header hs[CORS_HEADERS_MAX];
+	int n = cors_decide(req, p, api->app_origin, preflight, hs, CORS_HEADERS_MAX);
+	for (int i = 0; i < n; i++)
+		evhttp_add_header(evhttp_request_get_output_headers(req), hs[i].name, hs[i].value);
 }
 
 /* ---- request contexts (requests waiting for PostgreSQL) ---- */
@@ -385,49 +393,67 @@ static void note(struct cors_api *api, struct evhttp_request *req, enum cors_pol
 	reply(api, req, 200, json_pack("{s:i,s:b,s:o}", "id", (int)n, "saved", 1, "note", body));
 }
 
-/* /api/<policy>/<resource> */
-static void api_cb(struct evhttp_request *req, void *arg)
+int cors_parse_request(struct evhttp_request *req, bool vulnerable, struct cors_request *out, char *err,
+                       size_t errlen)
 {
-	struct cors_api *api = arg;
-	const char *path = http_request_path(req) + strlen("/api/");
+	memset(out, 0, sizeof(*out));
+	const char *path = http_request_path(req);
+	path += strncmp(path, "/api/", 5) == 0 ? 5 : strlen(path);
 	int p = 0;
 	size_t len = strcspn(path, "/");
 	while (p < CORS_POLICIES && !(strlen(POLICY_PATHS[p]) == len && !strncmp(path, POLICY_PATHS[p], len)))
 		p++;
-	if (p == CORS_POLICIES || (p == CORS_REFLECT && !api->vulnerable) || path[len] != '/') {
-		reply_error(api, req, 404, "no such policy: /api/{none,star,allowlist,allowlist-0}/...");
-		return;
+	if (p == CORS_POLICIES || (p == CORS_REFLECT && !vulnerable) || path[len] != '/') {
+		snprintf(err, errlen, "no such policy: /api/{none,star,allowlist,allowlist-0}/...");
+		return 404;
 	}
 	/* one Origin, short, no control characters: two would leave "which one is allowed" to whoever
 	 * reads the first, so such a request gets 400 and no CORS header at all */
 	const char *origin, *res = path + len + 1;
-	char err[128];
-	if (http_header_one(req, "Origin", &origin, err, sizeof(err)) < 0 ||
-	    (origin && strlen(origin) > ORIGIN_MAX)) {
-		reply_error(api, req, 400, origin ? "Origin is longer than any origin" : err);
+	if (http_header_one(req, "Origin", &origin, err, errlen) < 0)
+		return 400;
+	if (origin && strlen(origin) > ORIGIN_MAX) {
+		snprintf(err, errlen, "Origin is longer than any origin");
+		return 400;
+	}
+	out->policy = (enum cors_policy)p;
+	out->origin = origin;
+	out->is_note = strncmp(res, "notes/", 6) == 0;
+	out->resource = out->is_note ? res + 6 : res;
+	if (!out->is_note && strcmp(res, "public") && strcmp(res, "me")) {
+		snprintf(err, errlen, "resources: public, me, notes/<id>");
+		return 404;
+	}
+	return 0;
+}
+
+/* /api/<policy>/<resource> */
+static void api_cb(struct evhttp_request *req, void *arg)
+{
+	struct cors_api *api = arg;
+	struct cors_request r;
+	char err[256];
+	int code = cors_parse_request(req, api->vulnerable, &r, err, sizeof(err));
+	if (code) {
+		reply_error(api, req, code, err);
 		return;
 	}
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
-	bool is_note = strncmp(res, "notes/", 6) == 0;
-	if (!is_note && strcmp(res, "public") && strcmp(res, "me")) {
-		reply_error(api, req, 404, "resources: public, me, notes/<id>");
-		return;
-	}
 	if (m == EVHTTP_REQ_OPTIONS) {
-		cors_headers(api, req, (enum cors_policy)p, true);
+		cors_headers(api, req, r.policy, true);
 		reply(api, req, 204, NULL);
-	} else if (is_note && m == EVHTTP_REQ_PUT)
-		note(api, req, (enum cors_policy)p, res + 6);
-	else if (!is_note && m == EVHTTP_REQ_GET && !strcmp(res, "me"))
-		me(api, req, (enum cors_policy)p);
-	else if (!is_note && m == EVHTTP_REQ_GET) {
-		cors_headers(api, req, (enum cors_policy)p, false);
+	} else if (r.is_note && m == EVHTTP_REQ_PUT)
+		note(api, req, r.policy, r.resource);
+	else if (!r.is_note && m == EVHTTP_REQ_GET && !strcmp(r.resource, "me"))
+		me(api, req, r.policy);
+	else if (!r.is_note && m == EVHTTP_REQ_GET) {
+		cors_headers(api, req, r.policy, false);
 		reply(api, req, 200,
 		      json_pack("{s:s,s:s}", "status", "ok", "motd", "public data: anyone may read it"));
 	} else {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
-		                  is_note ? "PUT, OPTIONS" : "GET, OPTIONS");
-		reply_error(api, req, 405, is_note ? "notes take PUT" : "GET only");
+		                  r.is_note ? "PUT, OPTIONS" : "GET, OPTIONS");
+		reply_error(api, req, 405, r.is_note ? "notes take PUT" : "GET only");
 	}
 }
 

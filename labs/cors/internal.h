@@ -36,6 +36,42 @@ struct case_def {
 
 extern const struct case_def CASES[CORS_CASES];
 
+/* ---- api.c ---- */
+
+/* an Origin is scheme://host[:port]: a host name is at most 253 bytes, so a longer one is no origin
+ * (and is never echoed back, not even by the reflecting policy) */
+#define ORIGIN_MAX 300
+/* the most CORS headers one answer carries (an allow-list preflight: five) */
+#define CORS_HEADERS_MAX 8
+
+struct evhttp_request;
+
+/* A request to /api/<policy>/<resource>, as the route reads it before the method. */
+struct cors_request {
+	enum cors_policy policy;
+	const char *origin;   /* the one Origin header, NULL when none; the request's own */
+	bool is_note;         /* notes/<id>: resource is then the id's text */
+	const char *resource; /* "public", "me" or the note's id */
+};
+/*
+ * 0, or the status to answer with err: 404 no such policy (reflect only when vulnerable) or
+ * resource, 400 Origin twice, with a control character or longer than ORIGIN_MAX.
+ */
+int cors_parse_request(struct evhttp_request *req, bool vulnerable, struct cors_request *out, char *err,
+                       size_t errlen);
+
+/* One response header; name and value are literals or the request's own header values. */
+struct cors_header {
+	const char *name, *value;
+};
+/*
+ * The CORS headers policy p puts on an answer to req (preflight: to its OPTIONS), from its
+ * Origin and Access-Control-Request-* headers; app_origin is the allow-list. Fills at most max
+ * into out, returns how many.
+ */
+int cors_decide(struct evhttp_request *req, enum cors_policy p, const char *app_origin, bool preflight,
+                struct cors_header *out, int max);
+
 /* ---- browser.c ---- */
 
 /*

@@ -20,10 +20,6 @@
 #include "internal.h"
 #include "pg.h"
 
-/* Stripe's limit on amounts: 8 digits of the smallest unit */
-#define MAX_AMOUNT 99999999LL
-/* the knobs are for a lab, not a denial of service: at most a minute */
-#define MAX_KNOB_MS 60000
 /* the lab's APIs open their pool's first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
 
@@ -259,11 +255,7 @@ static int parse_fields(struct charge_ctx *ctx, json_t *doc, char *err, size_t e
 	return 0;
 }
 
-/*
- * Everything a request must get right before anything is written (Stripe: nothing is stored when
- * validation fails). Returns the HTTP status to answer with, 0 when the request is good.
- */
-static int parse_request(struct charge_ctx *ctx, char *err, size_t errlen)
+int idempotency_parse_charge(struct charge_ctx *ctx, char *err, size_t errlen)
 {
 	int code = parse_headers(ctx, err, errlen);
 	if (code)
@@ -573,7 +565,7 @@ static void charges_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	char err[256];
-	int code = parse_request(ctx, err, sizeof(err));
+	int code = idempotency_parse_charge(ctx, err, sizeof(err));
 	if (code) {
 		idem_ctx_fail(ctx, code, err);
 		return;

@@ -101,6 +101,19 @@ struct charge_ctx {
 	struct event *timer;
 };
 
+/* Stripe's limit on amounts: 8 digits of the smallest unit */
+#define MAX_AMOUNT 99999999LL
+/* the knobs are for a lab, not a denial of service: at most a minute */
+#define MAX_KNOB_MS 60000
+
+/*
+ * api.c: everything a POST must get right before anything is written (Stripe: nothing is stored
+ * when validation fails), read from ctx->req into ctx: the method, X-Client-Id, Idempotency-Key,
+ * the knobs (when cfg.test_knobs), the body's three fields and, with a key, the fingerprint.
+ * Returns the HTTP status to answer with and err, 0 when the request is good.
+ */
+int idempotency_parse_charge(struct charge_ctx *ctx, char *err, size_t errlen);
+
 /* api.c, for the Redis routes */
 void idem_ctx_release(struct charge_ctx *ctx);
 void idem_ctx_fail(struct charge_ctx *ctx, int code, const char *msg);

@@ -71,10 +71,7 @@ struct request_ctx {
 	struct pool_conn *conn;
 	uint64_t asked_us;
 	uint64_t acquired_us;
-	long order_id;
-	char hold_ms[24];
-	char order[24];
-	char rows[24];
+	struct pooling_params p;
 };
 
 const char *pooling_route_path(enum pooling_route route)
@@ -123,7 +120,7 @@ static void orders_query_cb(struct pool_conn *c, PGresult *res, const char *err,
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
 		http_reply_error(ctx->req, 500, "query failed: %s", res ? PQresultErrorMessage(res) : err);
 	} else if (PQntuples(res) == 0) {
-		http_reply_error(ctx->req, 404, "no order %ld", ctx->order_id);
+		http_reply_error(ctx->req, 404, "no order %ld", ctx->p.order_id);
 		if (ctx->route == POOLING_ROUTE_ORDERS_LEAKY) {
 			/* THE BUG this lab shows: an early return on the error path skips the release. */
 			ctx->api->leaked++;
@@ -167,13 +164,13 @@ static int run_stmt(struct request_ctx *ctx, const struct pool_stmt *s, const ch
 /* Sends the route's one statement on the connection just acquired. */
 static int send_query(struct request_ctx *ctx)
 {
-	const char *hold[] = {ctx->hold_ms};
-	const char *order[] = {ctx->order, ctx->hold_ms};
-	const char *rows[] = {ctx->rows};
+	const char *hold[] = {ctx->p.hold_ms};
+	const char *order[] = {ctx->p.order, ctx->p.hold_ms};
+	const char *rows[] = {ctx->p.rows};
 	switch (ctx->route) {
 	case POOLING_ROUTE_POOLED:
 	case POOLING_ROUTE_DIRECT:
-		if (strcmp(ctx->hold_ms, "0") == 0)
+		if (strcmp(ctx->p.hold_ms, "0") == 0)
 			return run_stmt(ctx, &SQL_SELECT1, NULL, simple_query_cb);
 		return run_stmt(ctx, &SQL_HOLD, hold, simple_query_cb);
 	case POOLING_ROUTE_ORDERS:
@@ -209,25 +206,25 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 }
 
-/* Reads the request's parameters into ctx: 0, or -1 and err (the caller replies 400). */
-static int parse_request(struct request_ctx *ctx, struct evhttp_request *req, char *err, size_t errlen)
+int pooling_parse_request(const struct pooling_config *cfg, enum pooling_route route,
+                          struct evhttp_request *req, struct pooling_params *out, char *err, size_t errlen)
 {
-	const struct pooling_config *cfg = ctx->api->cfg;
+	memset(out, 0, sizeof(*out));
 	long hold = cfg->hold_ms;
 	if (http_query_long(req, "hold_ms", 0, POOLING_HOLD_MS_MAX, &hold, err, errlen) < 0)
 		return -1;
-	snprintf(ctx->hold_ms, sizeof(ctx->hold_ms), "%ld", hold);
-	snprintf(ctx->rows, sizeof(ctx->rows), "%d", cfg->cpu_rows);
-	if (ctx->route != POOLING_ROUTE_ORDERS && ctx->route != POOLING_ROUTE_ORDERS_LEAKY)
+	snprintf(out->hold_ms, sizeof(out->hold_ms), "%ld", hold);
+	snprintf(out->rows, sizeof(out->rows), "%d", cfg->cpu_rows);
+	if (route != POOLING_ROUTE_ORDERS && route != POOLING_ROUTE_ORDERS_LEAKY)
 		return 0;
-	int found = http_query_long(req, "id", 1, 1000000000, &ctx->order_id, err, errlen);
+	int found = http_query_long(req, "id", 1, 1000000000, &out->order_id, err, errlen);
 	if (found < 0)
 		return -1;
 	if (found == 0) {
-		snprintf(err, errlen, "id is required (%s?id=42)", route_paths[ctx->route]);
+		snprintf(err, errlen, "id is required (%s?id=42)", route_paths[route]);
 		return -1;
 	}
-	snprintf(ctx->order, sizeof(ctx->order), "%ld", ctx->order_id);
+	snprintf(out->order, sizeof(out->order), "%ld", out->order_id);
 	return 0;
 }
 
@@ -296,7 +293,7 @@ static void route_cb(struct evhttp_request *req, void *arg)
 	ctx->api = api;
 	ctx->req = req;
 	ctx->route = rc->route;
-	if (parse_request(ctx, req, err, sizeof(err)) < 0) {
+	if (pooling_parse_request(api->cfg, rc->route, req, &ctx->p, err, sizeof(err)) < 0) {
 		http_reply_error(req, 400, "%s", err);
 		free(ctx);
 		return;

@@ -62,6 +62,23 @@ enum pooling_route {
 /* "/pooled", "/direct", ... */
 const char *pooling_route_path(enum pooling_route route);
 
+struct evhttp_request;
+
+/* A request's parameters, as its route reads them from the query string. */
+struct pooling_params {
+	long order_id;    /* /orders and /orders-leaky: ?id=, 1..10^9, required there */
+	char hold_ms[24]; /* ?hold_ms=, 0..POOLING_HOLD_MS_MAX; cfg->hold_ms when absent */
+	char order[24];   /* order_id as text, "" on the other routes */
+	char rows[24];    /* cfg->cpu_rows as text (/cpu) */
+};
+
+/*
+ * What a route reads before it asks the pool for anything (the method is the route's check):
+ * 0, or -1 and err (the route answers 400 with it).
+ */
+int pooling_parse_request(const struct pooling_config *cfg, enum pooling_route route,
+                          struct evhttp_request *req, struct pooling_params *out, char *err, size_t errlen);
+
 struct pooling_api;
 
 /*

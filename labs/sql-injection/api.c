@@ -39,7 +39,6 @@
 /* a request waits this long for a connection, then gets 503 */
 #define ACQUIRE_TIMEOUT_MS 2000
 #define USER_MAX           1000000000L
-#define SQL_MAX            1024
 
 struct sqli_api {
 	struct http_app app;
@@ -51,9 +50,7 @@ struct request_ctx {
 	struct evhttp_request *req;
 	struct pool_conn *conn;
 	bool naive;
-	long user;
-	char q[Q_MAX + 1], sort[Q_MAX + 1], dir[Q_MAX + 1];
-	char sql[SQL_MAX];
+	struct sqli_search s;
 };
 
 /* The naive route's statement: what string concatenation builds. */
@@ -96,8 +93,7 @@ static const struct pool_stmt *safe_sql(const char *sort, const char *dir)
 	return NULL;
 }
 
-/* q with LIKE's wildcards and the escape character escaped: '%' matches a '%', nothing more. */
-static void like_escape(const char *q, char *out, size_t len)
+void sqli_like_escape(const char *q, char *out, size_t len)
 {
 	size_t n = 0;
 	for (; *q && n + 2 < len; q++) {
@@ -182,44 +178,45 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	ctx->conn = conn;
 	int rc;
 	if (ctx->naive) {
-		rc = pool_query_simple(conn, ctx->sql, query_cb, ctx);
+		rc = pool_query_simple(conn, ctx->s.sql, query_cb, ctx);
 	} else {
 		char user[24], pattern[2 * Q_MAX + 1];
-		snprintf(user, sizeof(user), "%ld", ctx->user);
-		like_escape(ctx->q, pattern, sizeof(pattern));
+		snprintf(user, sizeof(user), "%ld", ctx->s.user);
+		sqli_like_escape(ctx->s.q, pattern, sizeof(pattern));
 		const char *p[] = {user, pattern};
-		rc = pool_query_prepared(conn, safe_sql(ctx->sort, ctx->dir), p, query_cb, ctx);
+		rc = pool_query_prepared(conn, safe_sql(ctx->s.sort, ctx->s.dir), p, query_cb, ctx);
 	}
 	if (rc < 0)
 		fail(ctx, "could not send the query");
 }
 
-/* Copies one decoded parameter: at most once, at most Q_MAX bytes. 0, or -1 having replied 400. */
-static int take(struct evhttp_request *req, const struct evkeyval *kv, char *dst, int *seen)
+/* Copies one decoded parameter: at most once, at most Q_MAX bytes. 0, or -1 and err. */
+static int take(const struct evkeyval *kv, char *dst, int *seen, char *err, size_t errlen)
 {
 	if ((*seen)++) {
-		http_reply_error(req, 400, "%s appears more than once; send one", kv->key);
+		snprintf(err, errlen, "%s appears more than once; send one", kv->key);
 		return -1;
 	}
 	if (strlen(kv->value) > Q_MAX) {
-		http_reply_error(req, 400, "%s is longer than %d bytes", kv->key, Q_MAX);
+		snprintf(err, errlen, "%s is longer than %d bytes", kv->key, Q_MAX);
 		return -1;
 	}
 	snprintf(dst, Q_MAX + 1, "%s", kv->value);
 	return 0;
 }
 
-/* The names and values of the query into ctx. 0, or -1 having replied 400. */
-static int parse_names(struct evhttp_request *req, struct request_ctx *ctx, struct evkeyvalq *q)
+/* The names and values of the query into s. 0, or -1 and err. */
+static int parse_names(struct evhttp_request *req, struct sqli_search *s, struct evkeyvalq *q, char *err,
+                       size_t errlen)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
 	/* a decoded value is a C string: what follows a %00 would be dropped silently */
 	if (query && strstr(query, "%00")) {
-		http_reply_error(req, 400, "the query string holds a NUL byte (%%00)");
+		snprintf(err, errlen, "the query string holds a NUL byte (%%00)");
 		return -1;
 	}
 	if (query && evhttp_parse_query_str(query, q) < 0) {
-		http_reply_error(req, 400, "the query string is not valid: key=value pairs joined by &");
+		snprintf(err, errlen, "the query string is not valid: key=value pairs joined by &");
 		return -1;
 	}
 	int users = 0, qs = 0, sorts = 0, dirs = 0;
@@ -229,16 +226,15 @@ static int parse_names(struct evhttp_request *req, struct request_ctx *ctx, stru
 	{
 		int rc;
 		if (!strcmp(kv->key, "q"))
-			rc = take(req, kv, ctx->q, &qs);
+			rc = take(kv, s->q, &qs, err, errlen);
 		else if (!strcmp(kv->key, "sort"))
-			rc = take(req, kv, ctx->sort, &sorts);
+			rc = take(kv, s->sort, &sorts, err, errlen);
 		else if (!strcmp(kv->key, "dir"))
-			rc = take(req, kv, ctx->dir, &dirs);
+			rc = take(kv, s->dir, &dirs, err, errlen);
 		else if (!strcmp(kv->key, "user"))
-			rc = take(req, kv, ignored, &users);
+			rc = take(kv, ignored, &users, err, errlen);
 		else {
-			http_reply_error(req, 400, "unknown parameter \"%.40s\" (user, q, sort, dir)",
-			                 kv->key);
+			snprintf(err, errlen, "unknown parameter \"%.40s\" (user, q, sort, dir)", kv->key);
 			rc = -1;
 		}
 		if (rc < 0)
@@ -247,33 +243,37 @@ static int parse_names(struct evhttp_request *req, struct request_ctx *ctx, stru
 	return 0;
 }
 
-/* Everything a request must get right before it costs a query. 0, or -1 having replied 400. */
-static int parse(struct evhttp_request *req, struct request_ctx *ctx)
+int sqli_parse_search(struct evhttp_request *req, bool naive, struct sqli_search *s, char *err, size_t errlen)
 {
-	char err[256];
 	struct evkeyvalq q;
 	TAILQ_INIT(&q);
-	snprintf(ctx->sort, sizeof(ctx->sort), "id");
-	snprintf(ctx->dir, sizeof(ctx->dir), "asc");
-	int ret = parse_names(req, ctx, &q);
+	memset(s, 0, sizeof(*s));
+	snprintf(s->sort, sizeof(s->sort), "id");
+	snprintf(s->dir, sizeof(s->dir), "asc");
+	int ret = parse_names(req, s, &q, err, errlen);
 	evhttp_clear_headers(&q);
 	if (ret < 0)
 		return -1;
-	int got = http_query_long(req, "user", 1, USER_MAX, &ctx->user, err, sizeof(err));
+	int got = http_query_long(req, "user", 1, USER_MAX, &s->user, err, errlen);
 	if (got <= 0) {
-		http_reply_error(req, 400, "%s", got < 0 ? err : "user is required: user=ID (1..1000000000)");
+		if (got == 0)
+			snprintf(err, errlen, "user is required: user=ID (1..1000000000)");
 		return -1;
 	}
-	if (ctx->naive)
-		return naive_sql(ctx->sql, sizeof(ctx->sql), ctx->user, ctx->q, ctx->sort, ctx->dir) < 0 ? -1
-		                                                                                         : 0;
-	if (strcmp(ctx->sort, "id") && strcmp(ctx->sort, "title")) {
+	if (naive) {
+		if (naive_sql(s->sql, sizeof(s->sql), s->user, s->q, s->sort, s->dir) < 0) {
+			snprintf(err, errlen, "the search does not fit the statement");
+			return -1;
+		}
+		return 0;
+	}
+	if (strcmp(s->sort, "id") && strcmp(s->sort, "title")) {
 		/* an identifier cannot be a parameter: the allow-list is the fix */
-		http_reply_error(req, 400, "sort must be one of: id, title");
+		snprintf(err, errlen, "sort must be one of: id, title");
 		return -1;
 	}
-	if (strcmp(ctx->dir, "asc") && strcmp(ctx->dir, "desc")) {
-		http_reply_error(req, 400, "dir must be asc or desc");
+	if (strcmp(s->dir, "asc") && strcmp(s->dir, "desc")) {
+		snprintf(err, errlen, "dir must be asc or desc");
 		return -1;
 	}
 	return 0;
@@ -295,7 +295,9 @@ static void route_cb(struct evhttp_request *req, void *arg, bool naive)
 	}
 	ctx->req = req;
 	ctx->naive = naive;
-	if (parse(req, ctx) < 0) {
+	char err[256];
+	if (sqli_parse_search(req, naive, &ctx->s, err, sizeof(err)) < 0) {
+		http_reply_error(req, 400, "%s", err);
 		free(ctx);
 		return;
 	}

@@ -20,6 +20,27 @@
 #define Q_MAX 200
 /* the LIKE escape character the parameterized route declares (ESCAPE '\') */
 #define LIKE_ESCAPE '\\'
+/* the naive route's statement at most: q, sort and dir of Q_MAX bytes each and the rest fit */
+#define SQL_MAX 1024
+
+struct evhttp_request;
+
+/*
+ * A search as both routes read it from the query string: user (1..1000000000, required), q, sort
+ * and dir (each at most once, at most Q_MAX bytes, no %00), nothing else. sort and dir default to
+ * id and asc. The safe route (naive false) also holds sort to id|title and dir to asc|desc; the
+ * naive one builds its statement by string concatenation into sql ("" on the safe route).
+ */
+struct sqli_search {
+	long user;
+	char q[Q_MAX + 1], sort[Q_MAX + 1], dir[Q_MAX + 1];
+	char sql[SQL_MAX];
+};
+/* api.c: what the routes call before anything costs a query. 0, or -1 and err (the route: 400). */
+int sqli_parse_search(struct evhttp_request *req, bool naive, struct sqli_search *s, char *err,
+                      size_t errlen);
+/* q with LIKE's wildcards and the escape character escaped: '%' matches a '%', nothing more. */
+void sqli_like_escape(const char *q, char *out, size_t len);
 
 /* What lab_api may do in the schema: what an app owning it has, or only what the search needs. */
 enum sqli_grants { SQLI_WIDE, SQLI_LEAST };

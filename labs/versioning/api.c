@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "http.h"
@@ -23,9 +24,10 @@
 #define POOL_READY_MS 10000
 /* distinct v1 callers the API tells apart; the rest are counted together */
 #define MAX_CALLERS 32
-#define AGENT_LEN   64
 /* the largest id a path may hold (PostgreSQL bigint is larger; no user has one this high) */
-#define MAX_ID 1000000000000L
+#define MAX_ID       1000000000000L
+#define PATH_PREFIX  "/v1/users/" /* and "/v2/users/", as long */
+#define USERS_PREFIX "/users/"
 
 struct v1_caller {
 	char agent[AGENT_LEN + 1];
@@ -58,12 +60,7 @@ struct versioning_api {
 struct req_ctx {
 	struct versioning_api *api;
 	struct evhttp_request *req;
-	enum versioning_approach approach;
-	int version;
-	long id;
-	bool vary;             /* the representation was chosen by Accept */
-	char content_type[64]; /* of the answer */
-	char agent[AGENT_LEN + 1];
+	struct vers_request r; /* what it asks for, from versioning_parse_request */
 	struct pool_conn *conn;
 	struct req_ctx *prev, *next;
 };
@@ -138,14 +135,14 @@ static void deprecation_headers(struct req_ctx *ctx, struct evkeyvalq *h)
 	char link[256];
 	evhttp_add_header(h, "Deprecation", ctx->api->deprecation);
 	evhttp_add_header(h, "Sunset", ctx->api->sunset);
-	if (ctx->approach == VERSIONING_PATH)
-		snprintf(link, sizeof(link), "</v2/users/%ld>; rel=\"successor-version\"", ctx->id);
-	else if (ctx->approach == VERSIONING_HEADER)
+	if (ctx->r.approach == VERSIONING_PATH)
+		snprintf(link, sizeof(link), "</v2/users/%ld>; rel=\"successor-version\"", ctx->r.id);
+	else if (ctx->r.approach == VERSIONING_HEADER)
 		snprintf(link, sizeof(link),
 		         "</users/%ld>; rel=\"successor-version\"; type=\"" VERSIONING_MEDIA_V2 "\"",
-		         ctx->id);
+		         ctx->r.id);
 	else
-		snprintf(link, sizeof(link), "</users/%ld?version=2>; rel=\"successor-version\"", ctx->id);
+		snprintf(link, sizeof(link), "</users/%ld?version=2>; rel=\"successor-version\"", ctx->r.id);
 	evhttp_add_header(h, "Link", link);
 }
 
@@ -154,13 +151,13 @@ static json_t *representation(struct req_ctx *ctx, PGresult *res)
 	const char *given = PQgetvalue(res, 0, 0), *family = PQgetvalue(res, 0, 1);
 	long long cents = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 	json_t *doc;
-	if (ctx->version == 1) {
+	if (ctx->r.version == 1) {
 		char name[128];
 		snprintf(name, sizeof(name), "%s %s", given, family);
-		doc = json_pack("{s:I,s:s,s:s,s:f}", "id", (json_int_t)ctx->id, "name", name, "email",
+		doc = json_pack("{s:I,s:s,s:s,s:f}", "id", (json_int_t)ctx->r.id, "name", name, "email",
 		                PQgetvalue(res, 0, 2), "price", (double)cents / 100.0);
 	} else {
-		doc = json_pack("{s:I,s:s,s:s,s:s,s:I}", "id", (json_int_t)ctx->id, "given_name", given,
+		doc = json_pack("{s:I,s:s,s:s,s:s,s:I}", "id", (json_int_t)ctx->r.id, "given_name", given,
 		                "family_name", family, "email", PQgetvalue(res, 0, 2), "price_cents",
 		                (json_int_t)cents);
 	}
@@ -183,13 +180,13 @@ static void reply_user(struct req_ctx *ctx, PGresult *res)
 	struct evkeyvalq *h = evhttp_request_get_output_headers(ctx->req);
 	char cc[64];
 	snprintf(cc, sizeof(cc), "public, max-age=%d", ctx->api->cfg.max_age_s);
-	evhttp_add_header(h, "Content-Type", ctx->content_type);
+	evhttp_add_header(h, "Content-Type", ctx->r.content_type);
 	evhttp_add_header(h, "Cache-Control", cc);
-	if (ctx->vary && ctx->api->cfg.vary_accept)
+	if (ctx->r.vary && ctx->api->cfg.vary_accept)
 		evhttp_add_header(h, "Vary", "Accept");
-	if (ctx->version == 1) {
+	if (ctx->r.version == 1) {
 		deprecation_headers(ctx, h);
-		count_v1(ctx->api, ctx->agent);
+		count_v1(ctx->api, ctx->r.agent);
 	}
 	struct evbuffer *out = evhttp_request_get_output_buffer(ctx->req);
 	evbuffer_add(out, text, strlen(text));
@@ -210,7 +207,7 @@ static void user_cb(struct pool_conn *c, PGresult *res, const char *err, void *a
 	}
 	if (PQntuples(res) != 1) {
 		char msg[64];
-		snprintf(msg, sizeof(msg), "no user %ld", ctx->id);
+		snprintf(msg, sizeof(msg), "no user %ld", ctx->r.id);
 		ctx_fail(ctx, 404, msg);
 		return;
 	}
@@ -226,7 +223,7 @@ static void acquired_cb(struct pool_conn *conn, const char *err, void *arg)
 	}
 	ctx->conn = conn;
 	char id[24];
-	snprintf(id, sizeof(id), "%ld", ctx->id);
+	snprintf(id, sizeof(id), "%ld", ctx->r.id);
 	const char *p[] = {id};
 	if (pool_query_prepared(conn, &SQL_USER, p, user_cb, ctx) < 0)
 		ctx_fail(ctx, 500, "could not send the query");
@@ -247,14 +244,14 @@ static long parse_id(const char *s)
 }
 
 /* The caller, as the count names it: its User-Agent, printable and short, or "(none)". */
-static int parse_agent(struct req_ctx *ctx, char *err, size_t errlen)
+static int parse_agent(struct evhttp_request *req, struct vers_request *r, char *err, size_t errlen)
 {
 	const char *ua;
-	int found = http_header_one(ctx->req, "User-Agent", &ua, err, errlen);
+	int found = http_header_one(req, "User-Agent", &ua, err, errlen);
 	if (found < 0)
 		return -1;
-	snprintf(ctx->agent, sizeof(ctx->agent), "%s", found && *ua ? ua : "(none)");
-	for (char *p = ctx->agent; *p; p++)
+	snprintf(r->agent, sizeof(r->agent), "%s", found && *ua ? ua : "(none)");
+	for (char *p = r->agent; *p; p++)
 		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
 			*p = '?';
 	return 0;
@@ -290,11 +287,28 @@ static bool media_range(char *item, char *type, size_t typelen, double *q)
 }
 
 /*
+ * Which version a media type names, exactly: 1 or 2 for the two this API serves, -1 for another
+ * application/vnd.backendlabs.v<digits>+json, 0 for anything else. Compared as text, not scanned
+ * with %d, which read "v+1", "v 1" and "v01" as version 1.
+ */
+static int media_version(const char *type)
+{
+	static const char prefix[] = "application/vnd.backendlabs.v";
+	if (strncmp(type, prefix, sizeof(prefix) - 1) != 0)
+		return 0;
+	const char *d = type + sizeof(prefix) - 1;
+	size_t digits = strspn(d, "0123456789");
+	if (!digits || strcmp(d + digits, "+json") != 0)
+		return 0;
+	return digits == 1 && (d[0] == '1' || d[0] == '2') ? d[0] - '0' : -1;
+}
+
+/*
  * The version Accept asks for: the known vnd.backendlabs type with the highest q; else, when
  * application/json, application/ * or * / * is acceptable, v1 as application/json; else 406.
  * 0, or 406 with err (unknown is set when a vnd.backendlabs version we do not serve was asked).
  */
-static int negotiate(const char *accept, struct req_ctx *ctx, char *err, size_t errlen)
+static int negotiate(const char *accept, struct vers_request *r, char *err, size_t errlen)
 {
 	char list[512], type[128], unknown[128] = "";
 	snprintf(list, sizeof(list), "%s", accept ? accept : "*/*");
@@ -304,27 +318,25 @@ static int negotiate(const char *accept, struct req_ctx *ctx, char *err, size_t 
 		double q;
 		if (!media_range(item, type, sizeof(type), &q))
 			continue;
-		int v = 0;
-		char tail[8] = "";
-		if (sscanf(type, "application/vnd.backendlabs.v%d+%7s", &v, tail) == 2 &&
-		    strcmp(tail, "json") == 0) {
-			if ((v == 1 || v == 2) && q > best_q) {
+		int v = media_version(type);
+		if (v) {
+			if (v > 0 && q > best_q) {
 				best_q = q;
-				ctx->version = v;
-			} else if (v != 1 && v != 2)
+				r->version = v;
+			} else if (v < 0)
 				snprintf(unknown, sizeof(unknown), "%s", type);
 		} else if (!strcmp(type, "application/json") || !strcmp(type, "application/*") ||
 		           !strcmp(type, "*/*"))
 			generic = true;
 	}
 	if (best_q > 0) {
-		snprintf(ctx->content_type, sizeof(ctx->content_type), "application/vnd.backendlabs.v%d+json",
-		         ctx->version);
+		snprintf(r->content_type, sizeof(r->content_type), "application/vnd.backendlabs.v%d+json",
+		         r->version);
 		return 0;
 	}
 	if (generic) {
-		ctx->version = 1;
-		snprintf(ctx->content_type, sizeof(ctx->content_type), "application/json");
+		r->version = 1;
+		snprintf(r->content_type, sizeof(r->content_type), "application/json");
 		return 0;
 	}
 	if (unknown[0])
@@ -363,9 +375,8 @@ static void fetch(struct req_ctx *ctx)
 	pool_acquire(ctx->api->pool, "users_handler", acquired_cb, ctx);
 }
 
-/* A request arrives: the checks every route shares. NULL when it was answered already. */
-static struct req_ctx *admit(struct versioning_api *api, struct evhttp_request *req, const char *id_text,
-                             enum versioning_approach a)
+/* A request arrives: the method, then the API stopping. NULL when it was answered already. */
+static struct req_ctx *admit(struct versioning_api *api, struct evhttp_request *req)
 {
 	char err[256];
 	int code = only_get(req, err, sizeof(err));
@@ -375,35 +386,33 @@ static struct req_ctx *admit(struct versioning_api *api, struct evhttp_request *
 		return NULL;
 	}
 	struct req_ctx *ctx = ctx_new(api, req);
-	if (!ctx) {
+	if (!ctx)
 		http_reply_error(req, 500, "out of memory");
-		return NULL;
-	}
-	ctx->approach = a;
-	if (parse_agent(ctx, err, sizeof(err)) < 0) {
-		ctx_fail(ctx, 400, err);
-		return NULL;
-	}
-	ctx->id = parse_id(id_text);
-	if (!ctx->id) {
-		snprintf(err, sizeof(err), "no user \"%.40s\": ids are whole numbers from 1", id_text);
-		ctx_fail(ctx, 404, err);
-		return NULL;
-	}
 	return ctx;
 }
 
-/* /v1/users/{id}, /v2/users/{id} */
+/* /v1/users/{id}, /v2/users/{id} (arg: the version), /users/{id} (arg NULL): parse, then PostgreSQL */
+static void users_route(struct versioning_api *api, struct evhttp_request *req, int path_version)
+{
+	struct req_ctx *ctx = admit(api, req);
+	if (!ctx)
+		return;
+	char err[256];
+	int code = versioning_parse_request(req, path_version, &ctx->r, err, sizeof(err));
+	if (code == 406) {
+		reply_406(req, err);
+		ctx_free(ctx);
+	} else if (code) {
+		ctx_fail(ctx, code, err);
+	} else {
+		fetch(ctx);
+	}
+}
+
 static void path_cb(struct evhttp_request *req, void *arg)
 {
 	struct path_route *r = arg;
-	struct req_ctx *ctx =
-	        admit(r->api, req, http_request_path(req) + strlen("/v1/users/"), VERSIONING_PATH);
-	if (!ctx)
-		return;
-	ctx->version = r->version;
-	snprintf(ctx->content_type, sizeof(ctx->content_type), "application/json");
-	fetch(ctx);
+	users_route(r->api, req, r->version);
 }
 
 /* /v<anything else>...: a version the path names and this API does not serve. */
@@ -421,7 +430,10 @@ static void unknown_path_cb(struct evhttp_request *req, void *arg)
 		                 "no route %.80s; try /v1/users/{id}, /v2/users/{id} or /users/{id}", path);
 }
 
-/* How many times the query string names name (http_query_long reads the first only). */
+/*
+ * How many times the query string names name, in any case: http_query_long reads the first one
+ * evhttp_find_header finds, and that lookup ignores case (?Version=1&version=2 is two).
+ */
 static int query_count(struct evhttp_request *req, const char *name)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -432,52 +444,69 @@ static int query_count(struct evhttp_request *req, const char *name)
 	int n = 0;
 	struct evkeyval *kv;
 	for (kv = params.tqh_first; kv; kv = kv->next.tqe_next)
-		n += strcmp(kv->key, name) == 0;
+		n += strcasecmp(kv->key, name) == 0;
 	evhttp_clear_headers(&params);
 	return n;
 }
 
 /* /users/{id}: ?version= when present (query versioning), else Accept (header versioning). */
-static void users_cb(struct evhttp_request *req, void *arg)
+static int parse_query_or_accept(struct evhttp_request *req, long version, int has, struct vers_request *r,
+                                 char *err, size_t errlen)
 {
-	struct versioning_api *api = arg;
-	char err[256];
-	long version = 0;
-	/* ?version=1&version=2: which one did the client mean? A careful API does not guess */
-	int has = query_count(req, "version") > 1
-	                  ? -1
-	                  : http_query_long(req, "version", -1000000, 1000000, &version, err, sizeof(err));
-	struct req_ctx *ctx = admit(api, req, http_request_path(req) + strlen("/users/"),
-	                            has != 0 ? VERSIONING_QUERY : VERSIONING_HEADER);
-	if (!ctx)
-		return;
 	if (has < 0 || (has > 0 && version != 1 && version != 2)) {
 		if (has > 0)
-			snprintf(err, sizeof(err),
+			snprintf(err, errlen,
 			         "this API has no version=%ld; it serves version=1 and version=2", version);
 		else
-			snprintf(err, sizeof(err), "version must be 1 or 2, given once (?version=2)");
-		ctx_fail(ctx, 400, err);
-		return;
+			snprintf(err, errlen, "version must be 1 or 2, given once (?version=2)");
+		return 400;
 	}
 	if (has > 0) {
-		ctx->version = (int)version;
-		snprintf(ctx->content_type, sizeof(ctx->content_type), "application/json");
-		fetch(ctx);
-		return;
+		r->version = (int)version;
+		snprintf(r->content_type, sizeof(r->content_type), "application/json");
+		return 0;
 	}
 	const char *accept = NULL;
-	if (http_header_one(req, "Accept", &accept, err, sizeof(err)) < 0) {
-		ctx_fail(ctx, 400, err);
-		return;
+	if (http_header_one(req, "Accept", &accept, err, errlen) < 0)
+		return 400;
+	r->vary = true;
+	return negotiate(accept, r, err, errlen);
+}
+
+int versioning_parse_request(struct evhttp_request *req, int path_version, struct vers_request *r, char *err,
+                             size_t errlen)
+{
+	memset(r, 0, sizeof(*r));
+	char qerr[256] = "";
+	long version = 0;
+	/* ?version=1&version=2: which one did the client mean? A careful API does not guess */
+	int has = path_version ? 0
+	          : query_count(req, "version") > 1
+	                  ? -1
+	                  : http_query_long(req, "version", -1000000, 1000000, &version, qerr, sizeof(qerr));
+	r->approach = path_version ? VERSIONING_PATH : has != 0 ? VERSIONING_QUERY : VERSIONING_HEADER;
+	if (parse_agent(req, r, err, errlen) < 0)
+		return 400;
+	/* the route's prefix (http_server_route_prefix); "" when the path is not under it */
+	const char *path = http_request_path(req);
+	char prefix[16];
+	snprintf(prefix, sizeof(prefix), path_version ? "/v%d/users/" : "/users/", path_version);
+	const char *id_text = strncmp(path, prefix, strlen(prefix)) == 0 ? path + strlen(prefix) : "";
+	r->id = parse_id(id_text);
+	if (!r->id) {
+		snprintf(err, errlen, "no user \"%.40s\": ids are whole numbers from 1", id_text);
+		return 404;
 	}
-	ctx->vary = true;
-	if (negotiate(accept, ctx, err, sizeof(err)) != 0) {
-		reply_406(req, err);
-		ctx_free(ctx);
-		return;
-	}
-	fetch(ctx);
+	if (!path_version)
+		return parse_query_or_accept(req, version, has, r, err, errlen);
+	r->version = path_version;
+	snprintf(r->content_type, sizeof(r->content_type), "application/json");
+	return 0;
+}
+
+static void users_cb(struct evhttp_request *req, void *arg)
+{
+	users_route(arg, req, 0);
 }
 
 /* GET /stats/v1-calls: who still calls v1, as this API saw them (a cache hit never reaches it). */

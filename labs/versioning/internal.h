@@ -39,6 +39,32 @@ struct versioning_env {
 	int nrows;
 };
 
+/* ---- api.c ---- */
+
+/* a User-Agent is counted by its first this many bytes */
+#define AGENT_LEN 64
+
+struct evhttp_request;
+
+/* What a request to a users route asks for: which user, in which version, chosen how. */
+struct vers_request {
+	enum versioning_approach approach;
+	int version;               /* 1 or 2 */
+	long id;                   /* 1..10^12 */
+	bool vary;                 /* the representation was chosen by Accept */
+	char content_type[64];     /* of the answer */
+	char agent[AGENT_LEN + 1]; /* User-Agent, printable ("?" for anything else) or "(none)" */
+};
+
+/*
+ * The request to /v1/users/{id}, /v2/users/{id} (path_version 1 or 2) or /users/{id} (0: then
+ * ?version= when given, else Accept), as those routes read it once the method was allowed:
+ * 0, or the status to answer with err (400 bad User-Agent, Accept or ?version=, 404 not a user
+ * id, 406 no version Accept allows).
+ */
+int versioning_parse_request(struct evhttp_request *req, int path_version, struct vers_request *r, char *err,
+                             size_t errlen);
+
 /* ---- client.c ---- */
 
 struct http_client;
