@@ -241,6 +241,34 @@ static void piped_query_cb(struct pool_conn *c, PGresult *res, const char *err, 
 }
 
 /*
+ * What every route does first: GET only (405), its context, its parameters (400). The context, or
+ * NULL when the request was answered here.
+ */
+static struct request_ctx *request_begin(struct pooling_api *api, enum pooling_route route,
+                                         struct evhttp_request *req)
+{
+	char err[256];
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		http_reply_error(req, 405, "only GET here");
+		return NULL;
+	}
+	struct request_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx) {
+		http_reply_error(req, 500, "out of memory");
+		return NULL;
+	}
+	ctx->api = api;
+	ctx->req = req;
+	ctx->route = route;
+	if (pooling_parse_request(api->cfg, route, req, &ctx->p, err, sizeof(err)) < 0) {
+		http_reply_error(req, 400, "%s", err);
+		free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+/*
  * GET /pipelined?hold_ms=0: /pooled's statement through the pipelined pool (pool_pipe_query):
  * no acquire; several requests' statements in flight on each of its few connections, each
  * statement its own transaction. A hold delays every statement behind it on its connection.
@@ -248,26 +276,11 @@ static void piped_query_cb(struct pool_conn *c, PGresult *res, const char *err, 
 static void pipelined_cb(struct evhttp_request *req, void *arg)
 {
 	struct pooling_api *api = arg;
-	char err[256];
-	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-		http_reply_error(req, 405, "only GET here");
+	struct request_ctx *ctx = request_begin(api, POOLING_ROUTE_POOLED, req);
+	if (!ctx)
 		return;
-	}
-	struct request_ctx *ctx = calloc(1, sizeof(*ctx));
-	if (!ctx) {
-		http_reply_error(req, 500, "out of memory");
-		return;
-	}
-	ctx->api = api;
-	ctx->req = req;
-	ctx->route = POOLING_ROUTE_POOLED;
-	if (parse_request(ctx, req, err, sizeof(err)) < 0) {
-		http_reply_error(req, 400, "%s", err);
-		free(ctx);
-		return;
-	}
-	const char *hold[] = {ctx->hold_ms};
-	bool zero = strcmp(ctx->hold_ms, "0") == 0;
+	const char *hold[] = {ctx->p.hold_ms};
+	bool zero = strcmp(ctx->p.hold_ms, "0") == 0;
 	if (pool_pipe_query(api->piped, zero ? &SQL_SELECT1 : &SQL_HOLD, zero ? NULL : hold, piped_query_cb,
 	                    ctx) < 0) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
@@ -280,24 +293,9 @@ static void route_cb(struct evhttp_request *req, void *arg)
 {
 	struct route_ctx *rc = arg;
 	struct pooling_api *api = rc->api;
-	char err[256];
-	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-		http_reply_error(req, 405, "only GET here");
+	struct request_ctx *ctx = request_begin(api, rc->route, req);
+	if (!ctx)
 		return;
-	}
-	struct request_ctx *ctx = calloc(1, sizeof(*ctx));
-	if (!ctx) {
-		http_reply_error(req, 500, "out of memory");
-		return;
-	}
-	ctx->api = api;
-	ctx->req = req;
-	ctx->route = rc->route;
-	if (pooling_parse_request(api->cfg, rc->route, req, &ctx->p, err, sizeof(err)) < 0) {
-		http_reply_error(req, 400, "%s", err);
-		free(ctx);
-		return;
-	}
 	ctx->asked_us = hist_now_us();
 	pool_acquire(rc->route == POOLING_ROUTE_DIRECT ? api->direct : api->pool, route_holders[rc->route],
 	             acquired_cb, ctx);
