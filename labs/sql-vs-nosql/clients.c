@@ -353,6 +353,45 @@ bool svn_gate_wait(struct svn_gate *g)
 	return failed;
 }
 
+void svn_meet_init(struct svn_meet *m, int n)
+{
+	pthread_mutex_init(&m->mu, NULL);
+	pthread_cond_init(&m->cv, NULL);
+	m->n = n;
+	m->come = 0;
+	m->round = 0;
+}
+
+void svn_meet_destroy(struct svn_meet *m)
+{
+	pthread_mutex_destroy(&m->mu);
+	pthread_cond_destroy(&m->cv);
+}
+
+void svn_race_pause(struct svn_worker *w, int gap_us)
+{
+	struct svn_meet *m = w->meet;
+	if (m) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += SVN_MEET_WAIT_MS / 1000;
+		until.tv_nsec += (long)(SVN_MEET_WAIT_MS % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L)
+			until.tv_sec++, until.tv_nsec -= 1000000000L;
+		pthread_mutex_lock(&m->mu);
+		unsigned round = m->round;
+		if (++m->come >= m->n) {
+			m->come = 0;
+			m->round++;
+			pthread_cond_broadcast(&m->cv);
+		}
+		while (m->round == round && pthread_cond_timedwait(&m->cv, &m->mu, &until) == 0)
+			;
+		pthread_mutex_unlock(&m->mu);
+	}
+	hist_sleep_us(gap_us);
+}
+
 struct load_run {
 	struct svn_ctx *x;
 	const struct svn_load *l;

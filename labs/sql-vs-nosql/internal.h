@@ -60,6 +60,8 @@ struct svn_worker {
 	int64_t conflicts;
 	int64_t keys_read, bytes_moved, writes;
 	int pending; /* Redis commands appended and not yet read */
+	/* pattern 5's naive buyers: where they meet between the read and the write (svn_race_pause) */
+	struct svn_meet *meet;
 };
 
 /* An order decoded from rows or a document: enough to prove two stores hold the same one. */
@@ -162,6 +164,26 @@ void svn_gate_destroy(struct svn_gate *g);
 void svn_gate_open(struct svn_gate *g, bool failed);
 /* Waits for the gate; true when the threads must leave. */
 bool svn_gate_wait(struct svn_gate *g);
+
+/*
+ * Where n threads meet, once a round: each waits until all n have come (bounded by
+ * SVN_MEET_WAIT_MS, so a thread that failed before coming never hangs the others).
+ */
+struct svn_meet {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int n, come;
+	unsigned round;
+};
+#define SVN_MEET_WAIT_MS 2000
+void svn_meet_init(struct svn_meet *m, int n);
+void svn_meet_destroy(struct svn_meet *m);
+/*
+ * Pattern 5's pause between a buyer's read and its write: with w->meet, first waits until every
+ * buyer has read (the naive race scripted: every read before any write, whatever the machine's
+ * load does to the threads' start), then gap_us; without, gap_us alone.
+ */
+void svn_race_pause(struct svn_worker *w, int gap_us);
 
 /* A random order id of the data (1..orders), from the worker's stream. */
 int64_t svn_pick_order(struct svn_worker *w);

@@ -439,7 +439,7 @@ int p5_sql_naive(struct svn_worker *w, int round, int gap_us, int *sold, char *e
 	*sold = 0;
 	if (qty <= 0)
 		return 0;
-	hist_sleep_us(gap_us);
+	svn_race_pause(w, gap_us);
 	if (svn_pg_cmd(w,
 	               "UPDATE " SCHEMA
 	               ".race_stock SET qty = qty - 1 WHERE variant = 'naive' AND round = $1",
@@ -496,7 +496,7 @@ int p5_redis_naive(struct svn_worker *w, int round, int gap_us, int *sold, char 
 	*sold = 0;
 	if (qty <= 0)
 		return 0;
-	hist_sleep_us(gap_us);
+	svn_race_pause(w, gap_us);
 	if (svn_redis_append(w, err, errlen, "DECR " PREFIX "race:naive:%d:stock", round) < 0 ||
 	    svn_redis_append(w, err, errlen, "INCR " PREFIX "race:naive:%d:sold", round) < 0 ||
 	    svn_redis_flush(w, NULL, err, errlen) < 0)

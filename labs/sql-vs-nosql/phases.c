@@ -226,6 +226,7 @@ struct race {
 	int rounds, gap_us;
 	struct svn_gate go;      /* the clients start together, or leave when one could not start */
 	pthread_barrier_t start; /* every round begins when every client is at it */
+	struct svn_meet *read;   /* naive variants: every read before any write (svn_race_pause) */
 	pthread_mutex_t mu;
 	atomic_int failed;
 	char err[LAB_ERRLEN];
@@ -344,6 +345,7 @@ static int race_clients(struct race *rc, struct racer *cs, int n, int store, str
 		cs[i].w.id = i;
 		cs[i].w.rc = rc->x->rcs[i];
 		cs[i].race = rc;
+		cs[i].w.meet = rc->read;
 		cs[i].w.pg = store == 0 ? pgset_borrow(rc->x->pool, 5000, err, errlen) : NULL;
 		if (store == 0 && !cs[i].w.pg) {
 			for (int k = 0; k < i; k++)
@@ -384,14 +386,21 @@ static int race_one(struct svn_ctx *x, int store, int variant, struct svn_race *
 	out->clients = c->race_clients;
 	if (race_stock(x, store, name, c->race_rounds, err, errlen) < 0)
 		return -1;
-	struct race rc = {
-	        .x = x, .attempt = P5[store][variant], .rounds = c->race_rounds, .gap_us = c->race_gap_us};
+	struct svn_meet read;
+	svn_meet_init(&read, c->race_clients);
+	/* the guarded variants never meet: a buyer waiting on the row lock could not come */
+	struct race rc = {.x = x,
+	                  .attempt = P5[store][variant],
+	                  .rounds = c->race_rounds,
+	                  .gap_us = c->race_gap_us,
+	                  .read = variant == SVN_NAIVE ? &read : NULL};
 	pthread_barrier_init(&rc.start, NULL, (unsigned)c->race_clients);
 	pthread_mutex_init(&rc.mu, NULL);
 	svn_gate_init(&rc.go);
 	struct racer cs[SVN_MAX_CLIENTS];
 	int ret = race_clients(&rc, cs, c->race_clients, store, out, err, errlen);
 	pthread_barrier_destroy(&rc.start);
+	svn_meet_destroy(&read);
 	pthread_mutex_destroy(&rc.mu);
 	svn_gate_destroy(&rc.go);
 	if (ret == 0 && (rc.failed || lab_interrupted())) {

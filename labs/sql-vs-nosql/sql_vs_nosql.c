@@ -244,8 +244,9 @@ static const struct lab_question Q_RACE = {
         .unit = "oversold",
         .within_pct = 20,
         .measured = q_race_measured,
-        .why = "every buyer reads stock 1 inside the others' pause and sells: (buyers - 1) x rounds "
-               "(±20%: on a busy machine a buyer can start late). FOR UPDATE and WATCH make it 0"};
+        .why = "every buyer reads stock 1 before any of them writes (the lab has the reads meet, so a "
+               "late thread cannot dodge the race) and sells: (buyers - 1) x rounds. FOR UPDATE and "
+               "WATCH make it 0"};
 
 static double q_schema_given(const void *cfg, int i)
 {
