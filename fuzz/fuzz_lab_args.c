@@ -17,7 +17,10 @@
  *   - -1 after --help: the usage on stdout (starts "usage: lab-fuzz"), nothing on stderr, exit 0;
  *   - -1 after a bad flag: stderr starts "lab-fuzz: " and holds the usage, stdout is empty, exit 2;
  *   - the servers' password is never printed (the usage shows the URLs redacted), unless an
- *     argument held it (the message quotes a bad argument).
+ *     argument held it (the message quotes a bad argument);
+ *   - the complaint (stderr's first line) is printable ASCII only and short, whatever the
+ *     argument held: a bad argument is quoted escaped (\x1b, never the byte a terminal would act
+ *     on) and cut after 64 bytes.
  *
  * links: labcore
  */
@@ -89,6 +92,10 @@ static void check_result(int rc, const struct lab *lab, int argc, char **argv, c
 		return;
 	}
 	check(lab->exit_code == LAB_EXIT_ENV && !*out && !strncmp(err, "lab-fuzz: ", strlen("lab-fuzz: ")));
+	size_t line = strcspn(err, "\n");
+	check(err[line] == '\n' && line < 400);
+	for (size_t i = 0; i < line; i++)
+		check(err[i] >= 0x20 && err[i] <= 0x7e);
 	/* a complaint comes with the usage, except --predict's, which is about the terminal */
 	check(strstr(err, "usage: lab-fuzz") || strstr(err, "--predict asks"));
 }

@@ -32,13 +32,8 @@
 
 /* the pool opens its first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
-#define MAX_BODY      4096
-#define MAX_NAME      64
-#define MAX_ITEM      100
-/* amounts in cents up to ten million units: an order, not an overflow */
-#define MAX_AMOUNT 1000000000LL
-#define ORDERS     "/v1/orders/"
-#define USERS      "/v1/users/"
+#define ORDERS        "/v1/orders/"
+#define USERS         "/v1/users/"
 
 static struct az_ctx *ctx_new(struct authz_api *api, struct evhttp_request *req, const struct az_route *rt)
 {
@@ -214,33 +209,37 @@ static void login_cb(struct az_ctx *ctx, PGresult *res)
 	free(token);
 }
 
-/* The body as one JSON object of the listed string fields; NULL and a 400 answered otherwise. */
-static json_t *read_body(struct az_ctx *ctx)
+int authz_parse_login(struct evhttp_request *req, struct authz_login_body *out, char *err, size_t errlen)
 {
-	char err[256];
-	json_t *body = http_read_json(ctx->req, MAX_BODY, err, sizeof(err));
+	json_t *body = http_read_json(req, AUTHZ_MAX_BODY, err, errlen);
 	if (!body)
-		az_fail(ctx, 400, err);
-	return body;
+		return 400;
+	const char *name = json_string_value(json_object_get(body, "name"));
+	const char *pw = json_string_value(json_object_get(body, "password"));
+	if (!name || !pw || !*name || strlen(name) > AUTHZ_MAX_NAME || strlen(pw) > AUTHZ_MAX_PASSWORD) {
+		json_decref(body);
+		snprintf(err, errlen,
+		         "a login is {\"name\": \"...\", \"password\": \"...\"} (name up to 64 bytes, "
+		         "password 255)");
+		return 400;
+	}
+	snprintf(out->name, sizeof(out->name), "%s", name);
+	snprintf(out->password, sizeof(out->password), "%s", pw);
+	json_decref(body);
+	return 0;
 }
 
 static void login(struct az_ctx *ctx)
 {
-	json_t *body = read_body(ctx);
-	if (!body)
-		return;
-	const char *name = json_string_value(json_object_get(body, "name"));
-	const char *pw = json_string_value(json_object_get(body, "password"));
-	if (!name || !pw || !*name || strlen(name) > MAX_NAME || strlen(pw) >= sizeof(ctx->password)) {
-		json_decref(body);
-		az_fail(ctx, 400,
-		        "a login is {\"name\": \"...\", \"password\": \"...\"} (name up to 64 bytes, "
-		        "password 255)");
+	struct authz_login_body l;
+	char err[256];
+	if (authz_parse_login(ctx->req, &l, err, sizeof(err)) != 0) {
+		az_fail(ctx, 400, err);
 		return;
 	}
-	snprintf(ctx->p[0], sizeof(ctx->p[0]), "%s", name);
-	snprintf(ctx->password, sizeof(ctx->password), "%s", pw);
-	json_decref(body);
+	snprintf(ctx->p[0], sizeof(ctx->p[0]), "%s", l.name);
+	snprintf(ctx->password, sizeof(ctx->password), "%s", l.password);
+	OPENSSL_cleanse(&l, sizeof(l));
 	db(ctx, &SQL_LOGIN, login_cb);
 }
 
@@ -305,24 +304,37 @@ static void delete_user_start(struct az_ctx *ctx)
 	az_redis_deny(ctx, key, (long long)ctx->api->cfg.token_ttl_s + ctx->api->cfg.skew_s, delete_user);
 }
 
-static void new_order(struct az_ctx *ctx)
+int authz_parse_order(struct evhttp_request *req, struct authz_order_body *out, char *err, size_t errlen)
 {
-	json_t *body = read_body(ctx);
+	json_t *body = http_read_json(req, AUTHZ_MAX_BODY, err, errlen);
 	if (!body)
-		return;
+		return 400;
 	const char *item = json_string_value(json_object_get(body, "item"));
 	json_t *amount = json_object_get(body, "amount_cents");
-	if (!item || !*item || strlen(item) > MAX_ITEM || !json_is_integer(amount) ||
-	    json_integer_value(amount) < 1 || json_integer_value(amount) > MAX_AMOUNT) {
+	if (!item || !*item || strlen(item) > AUTHZ_MAX_ITEM || !json_is_integer(amount) ||
+	    json_integer_value(amount) < 1 || json_integer_value(amount) > AUTHZ_MAX_AMOUNT) {
 		json_decref(body);
-		az_fail(ctx, 400,
-		        "an order is {\"item\": \"1..100 bytes\", \"amount_cents\": 1..1000000000}");
+		snprintf(err, errlen,
+		         "an order is {\"item\": \"1..100 bytes\", \"amount_cents\": 1..1000000000}");
+		return 400;
+	}
+	snprintf(out->item, sizeof(out->item), "%s", item);
+	out->amount_cents = (long long)json_integer_value(amount);
+	json_decref(body);
+	return 0;
+}
+
+static void new_order(struct az_ctx *ctx)
+{
+	struct authz_order_body o;
+	char err[256];
+	if (authz_parse_order(ctx->req, &o, err, sizeof(err)) != 0) {
+		az_fail(ctx, 400, err);
 		return;
 	}
 	snprintf(ctx->p[0], sizeof(ctx->p[0]), "%lld", ctx->claims.sub);
-	snprintf(ctx->p[1], sizeof(ctx->p[1]), "%s", item);
-	snprintf(ctx->p[2], sizeof(ctx->p[2]), "%lld", (long long)json_integer_value(amount));
-	json_decref(body);
+	snprintf(ctx->p[1], sizeof(ctx->p[1]), "%s", o.item);
+	snprintf(ctx->p[2], sizeof(ctx->p[2]), "%lld", o.amount_cents);
 	db(ctx, &SQL_ORDER_NEW, created_cb);
 }
 
@@ -431,15 +443,17 @@ static const struct {
         [R_ORDER] = {EVHTTP_REQ_GET, "GET"},    [R_USER] = {EVHTTP_REQ_DELETE, "DELETE"},
 };
 
-/* "/v1/orders/42": 42, digits only, no leading zero, at most 18. -1 otherwise. */
-static long long path_id(struct evhttp_request *req, const char *prefix)
+int authz_parse_id(const char *path, const char *prefix, long long *id, char *err, size_t errlen)
 {
-	const char *p = strstr(http_request_path(req), prefix);
+	const char *p = strstr(path, prefix);
 	const char *s = p ? p + strlen(prefix) : "";
 	size_t n = strlen(s);
-	if (n == 0 || n > 18 || (s[0] == '0') || strspn(s, "0123456789") != n)
-		return -1;
-	return strtoll(s, NULL, 10);
+	if (n == 0 || n > AUTHZ_MAX_ID_DIGITS || (s[0] == '0') || strspn(s, "0123456789") != n) {
+		snprintf(err, errlen, "no such resource: the id is a whole number");
+		return 404;
+	}
+	*id = strtoll(s, NULL, 10);
+	return 0;
 }
 
 static void route_cb(struct evhttp_request *req, void *arg)
@@ -460,9 +474,11 @@ static void route_cb(struct evhttp_request *req, void *arg)
 		az_fail(ctx, 405, "method not allowed");
 		return;
 	}
+	char err[128];
 	if ((rt->kind == R_ORDER || rt->kind == R_USER) &&
-	    (ctx->id = path_id(req, rt->kind == R_ORDER ? ORDERS : USERS)) < 0) {
-		az_fail(ctx, 404, "no such resource: the id is a whole number");
+	    authz_parse_id(http_request_path(req), rt->kind == R_ORDER ? ORDERS : USERS, &ctx->id, err,
+	                   sizeof(err)) != 0) {
+		az_fail(ctx, 404, err);
 		return;
 	}
 	if (rt->kind == R_KEY) {

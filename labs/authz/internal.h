@@ -73,6 +73,41 @@ int az_verify_fixed(const struct authz_keys *k, const char *token, long long now
  */
 int authz_parse_bearer(const char *auth, const char **token);
 
+/* a body (login, new order) is one small JSON object */
+#define AUTHZ_MAX_BODY     4096
+#define AUTHZ_MAX_NAME     64
+#define AUTHZ_MAX_PASSWORD 255
+#define AUTHZ_MAX_ITEM     100
+/* amounts in cents up to ten million units: an order, not an overflow */
+#define AUTHZ_MAX_AMOUNT 1000000000LL
+/* an id in a path: digits, no leading zero, at most this many (fits a bigint) */
+#define AUTHZ_MAX_ID_DIGITS 18
+
+struct evhttp_request;
+/* POST /v1/login's body, {"name","password"}: the name 1..64 bytes, the password up to 255. */
+struct authz_login_body {
+	char name[AUTHZ_MAX_NAME + 1];
+	char password[AUTHZ_MAX_PASSWORD + 1]; /* the caller cleanses it */
+};
+/* POST /v1/orders's body, {"item","amount_cents"}: the item 1..100 bytes, 1..AUTHZ_MAX_AMOUNT. */
+struct authz_order_body {
+	char item[AUTHZ_MAX_ITEM + 1];
+	long long amount_cents;
+};
+/*
+ * The bodies as the routes read them (http_read_json: at most AUTHZ_MAX_BODY bytes, one JSON
+ * object, no duplicate key): 0 and *out filled; else 400 and err (*out untouched). The request's
+ * input buffer is read, not drained.
+ */
+int authz_parse_login(struct evhttp_request *req, struct authz_login_body *out, char *err, size_t errlen);
+int authz_parse_order(struct evhttp_request *req, struct authz_order_body *out, char *err, size_t errlen);
+/*
+ * The id after prefix in path ("/v1/orders/42" with "/v1/orders/": 42; the /vuln twins' paths
+ * too, the prefix being found where it first appears): 0 and *id for 1 to AUTHZ_MAX_ID_DIGITS
+ * digits with no leading zero and nothing after; else 404 and err (*id untouched).
+ */
+int authz_parse_id(const char *path, const char *prefix, long long *id, char *err, size_t errlen);
+
 /* client.c */
 struct az_client;
 struct az_response {
