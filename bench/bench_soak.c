@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "faults.h"
+#include "lab.h"
 #include "term.h"
 
 /*
@@ -179,8 +180,9 @@ int main(int argc, char **argv)
 			char *end;
 			long v = strtol(argv[++i], &end, 10);
 			if (*end || v < 3 || v > 86400) {
+				char shown[LAB_ARG_SHOWN_LEN];
 				fprintf(stderr, "bench_soak: --seconds takes 3..86400, got \"%s\"\n",
-				        argv[i]);
+				        lab_arg_shown(argv[i], shown));
 				return 2;
 			}
 			seconds = (int)v;

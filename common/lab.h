@@ -198,6 +198,17 @@ int lab_init_flags(struct lab *lab, const char *name, const char *question, int 
 /* Usage text for lab-<name> on f. */
 void lab_usage(const struct lab *lab, FILE *f);
 
+/* a bad argument is shown up to this many bytes, then "..." */
+#define LAB_ARG_SHOWN     64
+#define LAB_ARG_SHOWN_LEN (LAB_ARG_SHOWN * 4 + 4)
+/*
+ * arg as a message quotes it (a bad flag, a bad value), into buf: a byte outside printable ASCII
+ * as \xNN (an escape sequence typed into a flag is shown, never run by the terminal; a newline
+ * never splits the line), a backslash and a double quote escaped, cut after LAB_ARG_SHOWN bytes
+ * with "...". Returns buf.
+ */
+const char *lab_arg_shown(const char *arg, char buf[LAB_ARG_SHOWN_LEN]);
+
 /*
  * The title ("lab-pooling — "question"") and one line of context from fmt (servers, sizes).
  * Prints nothing with --json.

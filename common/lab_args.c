@@ -72,20 +72,12 @@ static int usage_error(struct lab *lab, FILE *err, const char *fmt, ...)
 	return -1;
 }
 
-/* a bad argument is shown up to this many bytes, then "...": one line, whatever was typed */
-#define ARG_SHOWN 64
-
-/*
- * arg as a message quotes it, into buf: a byte outside printable ASCII as \xNN (an escape
- * sequence in a flag is shown, never run by the terminal; a newline never splits the line), a
- * backslash and a double quote escaped, cut after ARG_SHOWN bytes with "...". Returns buf.
- */
-static const char *shown(const char *arg, char buf[ARG_SHOWN * 4 + 4])
+const char *lab_arg_shown(const char *arg, char buf[LAB_ARG_SHOWN_LEN])
 {
 	size_t n = 0;
 	for (size_t i = 0; arg[i]; i++) {
 		unsigned char c = (unsigned char)arg[i];
-		if (i == ARG_SHOWN) {
+		if (i == LAB_ARG_SHOWN) {
 			memcpy(buf + n, "...", 3);
 			n += 3;
 			break;
@@ -153,7 +145,7 @@ int lab_parse_args(struct lab *lab, int argc, char **argv)
 int lab_parse_args_to(struct lab *lab, int argc, char **argv, FILE *out, FILE *err)
 {
 	struct lab_opts *o = &lab->opts;
-	char buf[ARG_SHOWN * 4 + 4];
+	char buf[LAB_ARG_SHOWN_LEN];
 	for (int k = 0; k < lab->nflags; k++)
 		*lab->flags[k].value = false;
 	for (int i = 1; i < argc; i++) {
@@ -181,7 +173,7 @@ int lab_parse_args_to(struct lab *lab, int argc, char **argv, FILE *out, FILE *e
 			if (parse_u64(val, INT64_MAX, &v) < 0)
 				return usage_error(lab, err,
 				                   "--seed wants a whole number from 0 to %lld, got \"%s\"",
-				                   (long long)INT64_MAX, shown(val, buf));
+				                   (long long)INT64_MAX, lab_arg_shown(val, buf));
 			o->seed = v;
 		} else if (is_flag(arg, "--port", true)) {
 			const char *val = flag_value(arg, strlen("--port"), argc, argv, &i);
@@ -190,15 +182,15 @@ int lab_parse_args_to(struct lab *lab, int argc, char **argv, FILE *out, FILE *e
 			if (parse_u64(val, LAB_PORT_MAX, &v) < 0)
 				return usage_error(lab, err,
 				                   "--port wants a port number from 0 to %d, got \"%s\"",
-				                   LAB_PORT_MAX, shown(val, buf));
+				                   LAB_PORT_MAX, lab_arg_shown(val, buf));
 			o->port = (int)v;
 		} else if (lab_flag_set(lab, arg)) {
 			continue;
 		} else if (arg[0] == '-') {
-			return usage_error(lab, err, "unknown flag \"%s\"", shown(arg, buf));
+			return usage_error(lab, err, "unknown flag \"%s\"", lab_arg_shown(arg, buf));
 		} else {
 			return usage_error(lab, err, "unexpected argument \"%s\" (a lab takes flags only)",
-			                   shown(arg, buf));
+			                   lab_arg_shown(arg, buf));
 		}
 	}
 	if (o->predict && o->serve)

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "faults.h"
+#include "lab.h"
 #include "term.h"
 
 /* A lab's --serve stops in order within 2 s of SIGINT (docs/architecture.md, Ctrl-C); tests
@@ -398,8 +399,9 @@ int suite_faults(int argc, char **argv)
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
 			return faults_usage(stdout, 0);
 		if (!slot || i + 1 >= argc || !argv[i + 1][0]) {
+			char shown[LAB_ARG_SHOWN_LEN];
 			fprintf(stderr, "labsuite faults: %s \"%s\"\n",
-			        slot ? "no value for" : "unknown flag", argv[i]);
+			        slot ? "no value for" : "unknown flag", lab_arg_shown(argv[i], shown));
 			return faults_usage(stderr, 2);
 		}
 		*slot = argv[++i];

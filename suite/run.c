@@ -20,6 +20,7 @@
 
 #include "child.h"
 #include "hist.h"
+#include "lab.h"
 
 #define POLL_US      20000
 #define ERR_READ_MAX (1 << 20)
@@ -172,8 +173,10 @@ int suite_parse(const char *cmd, int argc, char **argv, struct suite_flags *fl, 
 		}
 		int took = parse_flag(fl, b, f, v);
 		if (took < 0) {
+			char shown[LAB_ARG_SHOWN_LEN];
 			fprintf(stderr, "labsuite %s: %s \"%s\" (--help for the flags)\n", cmd,
-			        took == -1 ? "unknown flag" : "a value is missing or wrong after", f);
+			        took == -1 ? "unknown flag" : "a value is missing or wrong after",
+			        lab_arg_shown(f, shown));
 			return -1;
 		}
 		i += took;
