@@ -31,21 +31,13 @@
 #include "fuzz_request.h"
 #include "http.h"
 #include "internal.h"
+#include "fuzz_check.h"
 
 #define ORDERS "/v1/orders/"
 #define USERS  "/v1/users/"
 /* twice the body limit: the "too large" refusal is reached too */
 #define INPUT_MAX (2 * AUTHZ_MAX_BODY + 512)
 #define SENTINEL  0x5a
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 /* whether the n bytes at p are all SENTINEL: what the parser was told not to touch */
 static bool untouched(const void *p, size_t n)

@@ -24,15 +24,7 @@
 #include <string.h>
 
 #include "http_guard.h"
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
+#include "fuzz_check.h"
 
 struct verdict {
 	bool done;

@@ -28,18 +28,10 @@
 #include <strings.h>
 
 #include "http.h"
+#include "fuzz_check.h"
 
 #define MAX_BODY    1024
 #define MAX_HEADERS 16
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 static void query(const char *q)
 {

@@ -24,17 +24,9 @@
 #include <string.h>
 
 #include "patch.h"
+#include "fuzz_check.h"
 
 #define SEPARATOR "\n---\n"
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 static json_t *parse(const char *text, size_t len)
 {

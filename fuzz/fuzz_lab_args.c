@@ -32,6 +32,7 @@
 
 #include "lab.h"
 #include "lab_internal.h"
+#include "fuzz_check.h"
 
 #define MAX_ARGS  64
 #define PASSWORD  "Fz1Secret"
@@ -43,15 +44,6 @@ static const struct lab_flag FLAGS[] = {
         {"--vulnerable", "run the vulnerable variant", &vulnerable, false},
         {"--fix", "serve the fixed variant", &fix, true},
 };
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "cursor.h"
+#include "fuzz_check.h"
 
 /* the harness's key: bytes 0..31 (a real API's is RAND_bytes) */
 static const unsigned char KEY[PAGINATION_CURSOR_KEY_LEN] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
@@ -34,15 +35,6 @@ static const unsigned char OTHER_KEY[PAGINATION_CURSOR_KEY_LEN] = {1};
 #define NOW_S 1700000100
 #define TTL_S 86400
 static const char ALPHABET[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 static int64_t be64(const uint8_t *p)
 {

@@ -22,6 +22,7 @@
 
 #include "cursor.h"
 #include "internal.h"
+#include "fuzz_check.h"
 
 /* the key of fuzz_pagination_cursor: bytes 0..31 */
 static const unsigned char KEY[PAGINATION_CURSOR_KEY_LEN] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
@@ -29,15 +30,6 @@ static const unsigned char KEY[PAGINATION_CURSOR_KEY_LEN] = {0,  1,  2,  3,  4, 
                                                              22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
 #define NOW_S 1700000100
 #define TTL_S 3600
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 /* name= at the start of the query or after an &. */
 static int names(const char *q, const char *name)

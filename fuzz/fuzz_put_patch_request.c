@@ -28,17 +28,9 @@
 
 #include "internal.h"
 #include "patch.h"
+#include "fuzz_check.h"
 
 #define MAX_BODY 2048
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
 
 static char *next_line(char **p, char *end)
 {

@@ -26,15 +26,7 @@
 
 #include "pg.h"
 #include "redis.h"
-
-/* A broken invariant: which one, then abort (libFuzzer keeps the input as a reproducer). */
-#define check(ok)                                                                                            \
-	do {                                                                                                 \
-		if (!(ok)) {                                                                                 \
-			fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #ok);                     \
-			abort();                                                                             \
-		}                                                                                            \
-	} while (0)
+#include "fuzz_check.h"
 
 static bool same_str(const char *a, const char *b)
 {

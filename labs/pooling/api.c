@@ -102,14 +102,20 @@ static void finish(struct request_ctx *ctx)
 	free(ctx);
 }
 
+/* The answer of a route whose statement returns nothing the client needs: {"ok": true}, or 500. */
+static void reply_ok(struct evhttp_request *req, PGresult *res, const char *err)
+{
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+		http_reply_error(req, 500, "query failed: %s", res ? PQresultErrorMessage(res) : err);
+	else
+		http_reply_json(req, 200, json_pack("{s:b}", "ok", 1));
+}
+
 static void simple_query_cb(struct pool_conn *c, PGresult *res, const char *err, void *arg)
 {
 	(void)c;
 	struct request_ctx *ctx = arg;
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-		http_reply_error(ctx->req, 500, "query failed: %s", res ? PQresultErrorMessage(res) : err);
-	else
-		http_reply_json(ctx->req, 200, json_pack("{s:b}", "ok", 1));
+	reply_ok(ctx->req, res, err);
 	finish(ctx);
 }
 
@@ -233,10 +239,7 @@ static void piped_query_cb(struct pool_conn *c, PGresult *res, const char *err, 
 {
 	(void)c;
 	struct request_ctx *ctx = arg;
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-		http_reply_error(ctx->req, 500, "query failed: %s", res ? PQresultErrorMessage(res) : err);
-	else
-		http_reply_json(ctx->req, 200, json_pack("{s:b}", "ok", 1));
+	reply_ok(ctx->req, res, err);
 	free(ctx);
 }
 
