@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 /* 1 MiB: the largest body an API lab accepts; evhttp itself answers 413 above it. */
@@ -345,6 +346,20 @@ int http_query_long(struct evhttp_request *req, const char *name, long min, long
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
 	return http_query_str_long(query, name, min, max, out, err, errlen);
+}
+
+int http_query_parse(const char *query, struct evkeyvalq *q, char *err, size_t errlen)
+{
+	TAILQ_INIT(q);
+	if (query && strstr(query, "%00")) {
+		snprintf(err, errlen, "the query string holds a NUL byte (%%00)");
+		return -1;
+	}
+	if (query && evhttp_parse_query_str(query, q) < 0) {
+		snprintf(err, errlen, "the query string is not valid: key=value pairs joined by &");
+		return -1;
+	}
+	return 0;
 }
 
 int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,

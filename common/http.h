@@ -135,6 +135,14 @@ int http_query_str_long(const char *query, const char *name, long min, long max,
                         size_t errlen);
 
 /*
+ * A query string as the URI carries it (NULL: none) decoded into q (initialised here; the caller
+ * clears it with evhttp_clear_headers whatever this returned). 0, or -1 and err (the caller
+ * replies 400) when it holds a %00 (a decoded value is a C string: what follows the NUL would be
+ * dropped silently; a literal "%00" is sent as "%2500") or is not key=value pairs joined by &.
+ */
+int http_query_parse(const char *query, struct evkeyvalq *q, char *err, size_t errlen);
+
+/*
  * Request header name (case-insensitive) when it appears exactly once: 1 and *value (borrowed
  * from req, valid while req lives); 0 when absent; -1 and err when it appears more than once or
  * its value holds a control character (the caller replies 400: a careful API does not guess

@@ -11,9 +11,11 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/queue.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -503,6 +505,28 @@ static void test_query_long_accepts_whole_numbers_in_range_only(void **state)
 	run_cases(*state, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
+static void test_query_parse_refuses_a_nul_and_broken_pairs_and_decodes_the_rest(void **state)
+{
+	(void)state;
+	char err[128];
+	struct evkeyvalq q;
+	assert_int_equal(http_query_parse("a=1&b=x%20y", &q, err, sizeof(err)), 0);
+	assert_string_equal(evhttp_find_header(&q, "b"), "x y");
+	evhttp_clear_headers(&q);
+	assert_int_equal(http_query_parse(NULL, &q, err, sizeof(err)), 0);
+	assert_null(TAILQ_FIRST(&q));
+	assert_int_equal(http_query_parse("cursor=abc%00junk", &q, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "%00"));
+	evhttp_clear_headers(&q);
+	/* a literal "%00" arrives as %2500 and is no NUL */
+	assert_int_equal(http_query_parse("t=%2500", &q, err, sizeof(err)), 0);
+	assert_string_equal(evhttp_find_header(&q, "t"), "%00");
+	evhttp_clear_headers(&q);
+	assert_int_equal(http_query_parse("a=1&&=", &q, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "key=value"));
+	evhttp_clear_headers(&q);
+}
+
 static void test_read_json_rejects_malformed_large_and_non_object_bodies(void **state)
 {
 	static char huge[1024 * 1024 + 16];
@@ -753,6 +777,7 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_query_long_accepts_whole_numbers_in_range_only, setup,
 	                                        teardown),
+	        cmocka_unit_test(test_query_parse_refuses_a_nul_and_broken_pairs_and_decodes_the_rest),
 	        cmocka_unit_test_setup_teardown(test_read_json_rejects_malformed_large_and_non_object_bodies,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_a_reply_that_cannot_be_built_is_a_500_with_a_fixed_body,

@@ -19,17 +19,9 @@
  */
 static int check_names(const char *query, struct evkeyvalq *q, const char **cursor, char *err, size_t errlen)
 {
-	/* a decoded value is a C string: "cursor=<good>%00junk" or "limit=5%00x" would be read up to
-	 * the NUL and the rest ignored. "%00" in the raw text is always a NUL (a literal "%00" is
-	 * sent as "%2500"), so refuse it before decoding */
-	if (query && strstr(query, "%00")) {
-		snprintf(err, errlen, "the query string holds a NUL byte (%%00)");
+	/* "cursor=<good>%00junk" or "limit=5%00x" would be read up to the NUL: refused there */
+	if (http_query_parse(query, q, err, errlen) < 0)
 		return -1;
-	}
-	if (query && evhttp_parse_query_str(query, q) < 0) {
-		snprintf(err, errlen, "the query string is not valid: key=value pairs joined by &");
-		return -1;
-	}
 	int cursors = 0, limits = 0;
 	struct evkeyval *kv;
 	TAILQ_FOREACH(kv, q, next)

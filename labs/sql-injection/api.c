@@ -210,15 +210,8 @@ static int parse_names(struct evhttp_request *req, struct sqli_search *s, struct
                        size_t errlen)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-	/* a decoded value is a C string: what follows a %00 would be dropped silently */
-	if (query && strstr(query, "%00")) {
-		snprintf(err, errlen, "the query string holds a NUL byte (%%00)");
+	if (http_query_parse(query, q, err, errlen) < 0)
 		return -1;
-	}
-	if (query && evhttp_parse_query_str(query, q) < 0) {
-		snprintf(err, errlen, "the query string is not valid: key=value pairs joined by &");
-		return -1;
-	}
 	int users = 0, qs = 0, sorts = 0, dirs = 0;
 	char ignored[Q_MAX + 1];
 	struct evkeyval *kv;
