@@ -9,8 +9,9 @@
  * lost nor doubled, and SIGINT ended each lab with exit 0, nothing left and no sanitizer report
  * (the programs are this build's: under the sanitizer build a report fails the test).
  * needs: postgres redis
- * runs: lab-authz lab-cors lab-idempotency lab-pagination lab-pooling lab-put-patch lab-sql-injection
- * lab-versioning
+ * builds: lab-authz lab-cors lab-idempotency lab-pagination
+ * builds: lab-pooling lab-put-patch lab-sql-injection lab-versioning
+ * (builds, not runs: the labs run on the private servers, so no lab's lock is held)
  */
 #include <stdarg.h>
 #include <stddef.h>
