@@ -45,6 +45,7 @@ struct faults_lab {
 	char header[2048]; /* "Bearer <a JWT>", "sid=...": a header value its requests carry */
 	char body[256];
 	int64_t base; /* a value read before the load (put-patch: the visits) */
+	double prepared_ms; /* when the recipe's prepare last ran (authz logs in again before exp) */
 
 	/* the load thread (faults_drive.c) */
 	pthread_t thread;
