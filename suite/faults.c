@@ -317,6 +317,18 @@ struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const
 	snprintf(bin, sizeof(bin), "%s/lab-%s", bin_dir, name);
 	snprintf(pg, sizeof(pg), "LAB_PG_URL=%s", pg_url);
 	snprintf(rd, sizeof(rd), "LAB_REDIS_URL=%s", redis_url);
+	/* emptied here, before the fork: a read of the last run's "listening on" (another port, a
+	 * lab long gone) before the child got to truncate them sent the first request nowhere */
+	for (int i = 0; i < 2; i++) {
+		int fd = open(i ? l->err_path : l->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			snprintf(err, errlen, "cannot write %s: %s", i ? l->err_path : l->out_path,
+			         strerror(errno));
+			free(l);
+			return NULL;
+		}
+		close(fd);
+	}
 	fflush(NULL);
 	l->pid = fork();
 	if (l->pid < 0) {
