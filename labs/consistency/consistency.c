@@ -144,15 +144,23 @@ static const struct lab_question Q_RYW = {
         .why = "the commit returns before the replica has even received the WAL, and a hot standby "
                "never waits: a read there runs ahead of the replay (more often under load)"};
 
+/*
+ * The fix whose fastest COMMIT is the slowest: a floor, what every commit of the fix pays, which a
+ * busy machine can only add to. The medians were compared at first, and a burst of load during
+ * one fix's 80 pairs (ctest -j2 in CI) once made a local commit's median the slowest.
+ */
 static double q_slow_commit(const void *cfg, const void *result)
 {
 	(void)cfg;
+	const struct cons_rw *fx = QRES(result)->fixes;
 	int slowest = 0;
-	for (int f = 1; f < CONS_FIXES_N; f++)
-		if (hist_percentile(&QRES(result)->fixes[f].commit_us, 50) >
-		    hist_percentile(&QRES(result)->fixes[slowest].commit_us, 50))
+	for (int f = 0; f < CONS_FIXES_N; f++) {
+		if (fx[f].pairs == 0)
+			return NAN;
+		if (fx[f].commit_us.min_us > fx[slowest].commit_us.min_us)
 			slowest = f;
-	return QRES(result)->fixes[slowest].pairs > 0 ? slowest : NAN;
+	}
+	return slowest;
 }
 static const struct lab_question Q_FIXES = {
         .text = "Three fixes, each reads its own write. Which one makes the COMMIT itself slow?",
@@ -162,7 +170,8 @@ static const struct lab_question Q_FIXES = {
                     "synchronous_commit = remote_apply"},
         .measured = q_slow_commit,
         .why = "remote_apply holds every COMMIT until the standby has replayed it (a round trip and "
-               "a replay, every write); the LSN wait makes only the read that needs it wait"};
+               "a replay, every write: its fastest commit is slower than the others' fastest); the "
+               "LSN wait makes only the read that needs it wait"};
 
 static double q_pairs(const void *cfg, int i)
 {
