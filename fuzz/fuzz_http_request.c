@@ -98,11 +98,9 @@ static void body(struct evhttp_request *req, const char *text, size_t len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *text = malloc(size + 1);
+	char *text = fuzz_text(data, size);
 	if (!text)
 		return 0;
-	memcpy(text, data, size);
-	text[size] = '\0';
 	struct evhttp_request *req = evhttp_request_new(NULL, NULL);
 	check(req != NULL);
 

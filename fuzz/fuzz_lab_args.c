@@ -94,11 +94,9 @@ static void check_result(int rc, const struct lab *lab, int argc, char **argv, c
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *text = malloc(size + 1), *argv[MAX_ARGS + 2];
+	char *text = fuzz_text(data, size), *argv[MAX_ARGS + 2];
 	if (!text)
 		return 0;
-	memcpy(text, data, size);
-	text[size] = '\0';
 	int argc = 0;
 	argv[argc++] = "lab-fuzz";
 	char *arg = text;

@@ -43,11 +43,9 @@ static int names(const char *q, const char *name)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *query = malloc(size + 1);
+	char *query = fuzz_text(data, size);
 	if (!query)
 		return 0;
-	memcpy(query, data, size);
-	query[size] = '\0';
 
 	struct pagination_items_query q;
 	char err[256] = "";

@@ -105,11 +105,9 @@ static void pg(const char *url)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *url = malloc(size + 1);
+	char *url = fuzz_text(data, size);
 	if (!url)
 		return 0;
-	memcpy(url, data, size);
-	url[size] = '\0';
 	redis(url);
 	pg(url);
 	free(url);
