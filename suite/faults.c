@@ -385,8 +385,10 @@ int faults_lab_wait_port(struct faults_lab *l, int timeout_ms, char *err, size_t
 		if (f)
 			fclose(f);
 		buf[n] = '\0';
+		/* ready when the whole of lab_serve_wait's text is there (its last line), so a recipe
+		 * may read the help printed after "listening on" (authz's password) */
 		const char *at = strstr(buf, said);
-		if (at && strchr(at, '\n')) {
+		if (at && strstr(at, "Ctrl-C to stop\n")) {
 			l->port = atoi(at + strlen(said));
 			return 0;
 		}
