@@ -115,19 +115,30 @@ int redis_url_parse(const char *url, struct redis_url *u, char *err, size_t errl
 			char *raw = strndup(userinfo, ulen);
 			if (!raw)
 				goto oom;
-			u->user = evhttp_uridecode(raw, 0, NULL);
+			size_t n = 0;
+			u->user = evhttp_uridecode(raw, 0, &n);
 			free(raw);
 			if (!u->user)
 				goto oom;
+			if (n != strlen(u->user))
+				goto nul;
 		}
 		if (colon && colon[1]) {
-			u->password = evhttp_uridecode(colon + 1, 0, NULL);
+			size_t n = 0;
+			u->password = evhttp_uridecode(colon + 1, 0, &n);
 			if (!u->password)
 				goto oom;
+			if (n != strlen(u->password))
+				goto nul;
 		}
 	}
 	ret = 0;
 	goto done;
+nul:
+	/* "%00" decodes to a NUL, where a C string (and so the AUTH sent) would end: the server
+	 * would get a shorter user or password than the one written */
+	set_errf(err, errlen, "not a Redis URL: %%00 (a NUL byte) in the user or password");
+	goto err;
 oom:
 	set_errf(err, errlen, "out of memory");
 err:

@@ -234,6 +234,8 @@ static void test_bad_urls_fail_with_a_clear_error(void **state)
 	static const char *const bad[] = {
 	        "http://127.0.0.1:56379/0",  "redis://", "not a url", "", "redis://127.0.0.1:56379/abc",
 	        "redis://127.0.0.1:99999/0",
+	        /* %00 would end the user or password early: AUTH with a shorter one than written */
+	        "redis://us%00er:pw@127.0.0.1:56379/0", "redis://:p%00w@127.0.0.1:56379/0",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char err[256] = "";
