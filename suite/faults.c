@@ -424,6 +424,11 @@ bool faults_lab_writes(const struct faults_lab *l)
 	return l->recipe->count != NULL;
 }
 
+bool faults_lab_uses_redis(const struct faults_lab *l)
+{
+	return l->recipe->redis;
+}
+
 bool faults_lab_alive(struct faults_lab *l, int *status)
 {
 	if (l->reaped) {

@@ -125,6 +125,9 @@ int faults_lab_ready(struct faults_lab *l, int timeout_ms, char *err, size_t err
 const char *faults_lab_name(const struct faults_lab *l);
 pid_t faults_lab_pid(const struct faults_lab *l);
 bool faults_lab_writes(const struct faults_lab *l);
+/* Whether the route under load talks to Redis: the matrix marks a Redis restart that cost a lab
+ * without it nothing as "(no Redis)", not as a recovery. */
+bool faults_lab_uses_redis(const struct faults_lab *l);
 /* True while the process runs; else its exit in *status (a wait status). */
 bool faults_lab_alive(struct faults_lab *l, int *status);
 /* The last lines of its stderr (one line, " | " between). */
@@ -190,6 +193,7 @@ struct faults_row {
 	char start_err[256];
 	struct faults_cell cells[FAULTS_N];
 	bool writes;
+	bool redis; /* its route under load talks to Redis */
 	struct faults_writes w;
 	char count_err[256];
 	bool died;     /* exited before SIGINT */

@@ -24,6 +24,7 @@ struct faults_recipe {
 	void (*request)(struct faults_lab *l, struct load_request *r, struct evhttp_request *req, uint64_t n);
 	int (*count)(struct faults_lab *l, const char *pg_url, struct faults_writes *w, char *err,
 	             size_t errlen);
+	bool redis; /* the route under load talks to Redis (else a Redis restart should cost it nothing) */
 };
 
 const struct faults_recipe *faults_recipe_find(const char *name);

@@ -150,6 +150,7 @@ static void labs_start(const struct faults_options *o, struct faults_env *e, str
 		}
 		r->started = labs[i] != NULL;
 		r->writes = labs[i] && faults_lab_writes(labs[i]);
+		r->redis = labs[i] && faults_lab_uses_redis(labs[i]);
 		say(o, "  lab-%s %s%s\n", r->name, r->started ? "serving" : "did not start: ", r->start_err);
 	}
 }
@@ -302,7 +303,7 @@ bool faults_row_ok(const struct faults_matrix *m, const struct faults_row *r, ch
 	return true;
 }
 
-static void cell_text(const struct faults_cell *c, char *out, size_t outlen)
+static void cell_text(const struct faults_cell *c, bool no_redis, char *out, size_t outlen)
 {
 	uint64_t errors = c->clear + c->bad + c->none;
 	char rec[32];
@@ -311,7 +312,8 @@ static void cell_text(const struct faults_cell *c, char *out, size_t outlen)
 	else
 		term_fmt_us(rec, sizeof(rec), c->recovered_ms * 1000);
 	if (!errors)
-		snprintf(out, outlen, "%s0 err", c->recovered_ms < 0 ? "✘ hung · " : "");
+		snprintf(out, outlen, "%s0 err%s", c->recovered_ms < 0 ? "✘ hung · " : "",
+		         no_redis ? " (no Redis)" : "");
 	else
 		snprintf(out, outlen, "%s%llu err · %s", c->bad + c->none ? "✘ " : "",
 		         (unsigned long long)errors, rec);
@@ -342,7 +344,7 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 		const struct faults_row *r = &m->rows[i];
 		char cells[FAULTS_N][64], w[48], s[48];
 		for (int k = 0; k < FAULTS_N; k++)
-			cell_text(&r->cells[k], cells[k], sizeof(cells[k]));
+			cell_text(&r->cells[k], k == FAULT_REDIS_RESTART && !r->redis, cells[k], sizeof(cells[k]));
 		if (!r->writes)
 			snprintf(w, sizeof(w), "n/a (reads)");
 		else

@@ -302,14 +302,14 @@ static void versioning_request(struct faults_lab *l, struct load_request *r, str
 }
 
 static const struct faults_recipe RECIPES[] = {
-        {"authz", authz_prepare, authz_request, authz_count},
-        {"cors", cors_prepare, cors_request, NULL},
-        {"idempotency", NULL, idem_request, idem_count},
-        {"pagination", NULL, pagination_request, NULL},
-        {"pooling", NULL, pooling_request, NULL},
-        {"put-patch", pp_prepare, pp_request, pp_count},
-        {"sql-injection", NULL, sqli_request, NULL},
-        {"versioning", NULL, versioning_request, NULL},
+        {"authz", authz_prepare, authz_request, authz_count, true},
+        {"cors", cors_prepare, cors_request, NULL, false},
+        {"idempotency", NULL, idem_request, idem_count, false}, /* POST /v1/charges: PostgreSQL alone */
+        {"pagination", NULL, pagination_request, NULL, false},
+        {"pooling", NULL, pooling_request, NULL, false},
+        {"put-patch", pp_prepare, pp_request, pp_count, false},
+        {"sql-injection", NULL, sqli_request, NULL, false},
+        {"versioning", NULL, versioning_request, NULL, false},
 };
 
 const struct faults_recipe *faults_recipe_find(const char *name)
