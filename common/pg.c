@@ -1,6 +1,7 @@
 #include "pg.h"
 
 #include <arpa/inet.h>
+#include <event2/http.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -74,37 +75,6 @@ static void result_error(PGconn *conn, PGresult *res, char *err, size_t errlen)
 		pg_conn_error(conn, err, errlen);
 }
 
-void pg_url_redact(const char *url, char *out, size_t outlen)
-{
-	char *perr = NULL;
-	PQconninfoOption *opts = PQconninfoParse(url, &perr);
-	if (!opts) {
-		PQfreemem(perr);
-		snprintf(out, outlen, "(unparsable URL)");
-		return;
-	}
-	const char *user = NULL, *host = NULL, *hostaddr = NULL, *port = NULL, *db = NULL;
-	for (PQconninfoOption *o = opts; o->keyword; o++) {
-		if (!o->val || !*o->val)
-			continue;
-		if (!strcmp(o->keyword, "user"))
-			user = o->val;
-		else if (!strcmp(o->keyword, "host"))
-			host = o->val;
-		else if (!strcmp(o->keyword, "hostaddr"))
-			hostaddr = o->val;
-		else if (!strcmp(o->keyword, "port"))
-			port = o->val;
-		else if (!strcmp(o->keyword, "dbname"))
-			db = o->val;
-	}
-	if (!host)
-		host = hostaddr ? hostaddr : "localhost";
-	snprintf(out, outlen, "postgres://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "", host,
-	         port ? ":" : "", port ? port : "", db ? db : "");
-	PQconninfoFree(opts);
-}
-
 /* The value of keyword in opts, NULL when unset or empty. */
 static const char *conninfo_value(const PQconninfoOption *opts, const char *keyword)
 {
@@ -112,6 +82,82 @@ static const char *conninfo_value(const PQconninfoOption *opts, const char *keyw
 		if (!strcmp(o->keyword, keyword))
 			return o->val && *o->val ? o->val : NULL;
 	return NULL;
+}
+
+/* Appends the len bytes of s to the n bytes of out, percent-encoded (evhttp_uriencode: all but
+ * A-Z a-z 0-9 - . _ ~) as libpq decodes them; a host that is an IPv6 address goes in brackets, as
+ * it is. false when out of memory or room. */
+static bool put_encoded(char *out, size_t outlen, size_t *n, const char *s, size_t len, bool host)
+{
+	bool v6 = host && memchr(s, ':', len) && strspn(s, "0123456789abcdefABCDEF:.") >= len;
+	char *enc = v6 ? NULL : evhttp_uriencode(s, (ev_ssize_t)len, 0);
+	if (!v6 && !enc)
+		return false;
+	int w = v6 ? snprintf(out + *n, outlen - *n, "[%.*s]", (int)len, s)
+	           : snprintf(out + *n, outlen - *n, "%s", enc);
+	free(enc);
+	if (w < 0 || (size_t)w >= outlen - *n)
+		return false;
+	*n += (size_t)w;
+	return true;
+}
+
+static bool put_char(char *out, size_t outlen, size_t *n, char c)
+{
+	if (*n + 1 >= outlen)
+		return false;
+	out[(*n)++] = c;
+	out[*n] = '\0';
+	return true;
+}
+
+/* host and port lists ("a,b" and "1,2", or one port for all) as a URL's netloc: "a:1,b:2" */
+static bool put_hosts(char *out, size_t outlen, size_t *n, const char *hosts, const char *ports)
+{
+	const char *h = hosts ? hosts : "", *p = ports ? ports : "";
+	bool one_port = !strchr(p, ',');
+	do {
+		size_t hl = strcspn(h, ","), pl = strcspn(p, ",");
+		if (!put_encoded(out, outlen, n, h, hl, true))
+			return false;
+		if (pl && !(put_char(out, outlen, n, ':') && put_encoded(out, outlen, n, p, pl, false)))
+			return false;
+		h += hl;
+		if (!one_port)
+			p += pl + (p[pl] == ',');
+		if (*h == ',' && !put_char(out, outlen, n, ','))
+			return false;
+	} while (*h++ == ',');
+	return true;
+}
+
+void pg_url_redact(const char *url, char *out, size_t outlen)
+{
+	if (!out || outlen == 0)
+		return;
+	char *perr = NULL;
+	PQconninfoOption *opts = PQconninfoParse(url ? url : "", &perr);
+	if (!opts) {
+		PQfreemem(perr);
+		snprintf(out, outlen, "(unparsable URL)");
+		return;
+	}
+	const char *user = conninfo_value(opts, "user"), *host = conninfo_value(opts, "host");
+	const char *port = conninfo_value(opts, "port"), *db = conninfo_value(opts, "dbname");
+	if (!host)
+		host = conninfo_value(opts, "hostaddr");
+	/* every part percent-encoded as libpq decodes it: a user "a@b" printed raw would read as
+	 * user "a" at host "b"; no host stays empty (libpq's default, a Unix socket), not "localhost" */
+	size_t n = (size_t)snprintf(out, outlen, "postgres://");
+	bool ok = n < outlen;
+	if (ok && user)
+		ok = put_encoded(out, outlen, &n, user, strlen(user), false) && put_char(out, outlen, &n, '@');
+	ok = ok && put_hosts(out, outlen, &n, host, port) && put_char(out, outlen, &n, '/');
+	if (ok && db)
+		ok = put_encoded(out, outlen, &n, db, strlen(db), false);
+	if (!ok)
+		snprintf(out, outlen, "(URL too long to show)");
+	PQconninfoFree(opts);
 }
 
 /* A port as libpq would take it, digits only, 1..65535; -1 otherwise. */

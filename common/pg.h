@@ -21,9 +21,11 @@
 const char *pg_url_default(void);
 
 /*
- * Writes url without its password into out: "postgres://lab@127.0.0.1:55432/lab". Accepts a
- * URI or a key=value conninfo; on a string libpq cannot parse, writes "(unparsable URL)".
- * This function can't fail.
+ * Writes url without its password into out: "postgres://lab@127.0.0.1:55432/lab", a URL that
+ * libpq reads back to the same user, host, port and database (each part percent-encoded, an IPv6
+ * host in brackets, no host left empty). Accepts a URI or a key=value conninfo; on a string
+ * libpq cannot parse, writes "(unparsable URL)", and "(URL too long to show)" when out is too
+ * small. This function can't fail.
  */
 void pg_url_redact(const char *url, char *out, size_t outlen);
 

@@ -13,7 +13,9 @@
  *     that host and port with the same user, password and database;
  *   - pg_url_redact: the password libpq reads from the URL (user:pw@, ?password=, password=)
  *     never appears in the redacted form, unless it could appear by accident (it is part of
- *     another field, "postgres", or holds a separator of the form: @ : /).
+ *     another field, "postgres", or holds a separator of the form: @ : /); the redacted form
+ *     parses back with no password, to the same user, database and host (the hostaddr when no
+ *     host), and the same port for one host; "(unparsable URL)" for exactly what libpq refuses.
  *
  * links: labcore
  */
@@ -76,9 +78,40 @@ static void redis(const char *url)
 	free(red);
 }
 
+/* libpq's value of keyword, NULL when unset or empty (as pg.c reads it) */
+static const char *pg_value(const PQconninfoOption *opts, const char *keyword)
+{
+	for (const PQconninfoOption *o = opts; o->keyword; o++)
+		if (!strcmp(o->keyword, keyword))
+			return o->val && *o->val ? o->val : NULL;
+	return NULL;
+}
+
+static void pg_round_trip(const PQconninfoOption *opts, const char *red)
+{
+	const char *host = pg_value(opts, "host") ? pg_value(opts, "host") : pg_value(opts, "hostaddr");
+	if (!strcmp(red, "(URL too long to show)")) {
+		/* one port written after each of many hosts may not fit; nothing else can't */
+		check(host && strchr(host, ','));
+		return;
+	}
+	char *perr = NULL;
+	PQconninfoOption *back = PQconninfoParse(red, &perr);
+	PQfreemem(perr);
+	check(back != NULL);
+	check(!strncmp(red, "postgres://", 11) && !pg_value(back, "password"));
+	check(same_str(pg_value(back, "user"), pg_value(opts, "user")));
+	check(same_str(pg_value(back, "dbname"), pg_value(opts, "dbname")));
+	check(same_str(pg_value(back, "host"), host));
+	if (!host || !strchr(host, ','))
+		check(same_str(pg_value(back, "port"), pg_value(opts, "port")));
+	PQconninfoFree(back);
+}
+
 static void pg(const char *url)
 {
-	size_t outlen = strlen(url) + 64;
+	/* every part percent-encoded may triple (user, host, port, database: each a part of url) */
+	size_t outlen = strlen(url) * 3 + 64;
 	char *red = malloc(outlen), *perr = NULL;
 	check(red != NULL);
 	pg_url_redact(url, red, outlen);
@@ -99,6 +132,7 @@ static void pg(const char *url)
 			in_field = true;
 	if (pw && !in_field && !strstr("postgres://localhost", pw) && !strpbrk(pw, "@:/"))
 		check(!strstr(red, pw));
+	pg_round_trip(opts, red);
 	PQconninfoFree(opts);
 	free(red);
 }

@@ -1,5 +1,6 @@
 /*
- * test_pg.c — the parts of common/pg.h that need no server: where a PostgreSQL URL points.
+ * test_pg.c — the parts of common/pg.h that need no server: where a PostgreSQL URL points, and how
+ * it is shown without its password.
  * needs: nothing (pure: no server is contacted; "localhost" resolves from /etc/hosts)
  */
 #include <stdarg.h>
@@ -122,6 +123,36 @@ static void test_message_line_of_nothing_is_unknown_error(void **state)
 	assert_string_equal(out, "");
 }
 
+static void test_redact_drops_the_password_and_writes_a_url_that_reads_back_the_same(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *url, *shown;
+	} cases[] = {
+	        {"postgres://lab:secret@127.0.0.1:55432/lab", "postgres://lab@127.0.0.1:55432/lab"},
+	        /* raw, "us@er" would read as user "us" at host "er" */
+	        {"postgres://us%40er:pw@[::1]:5432/d%2Fb", "postgres://us%40er@[::1]:5432/d%2Fb"},
+	        {"host=/tmp port=5433 user=x dbname=y password=z", "postgres://x@%2Ftmp:5433/y"},
+	        {"postgresql://%2Fvar%2Frun/lab?user=u&password=p", "postgres://u@%2Fvar%2Frun/lab"},
+	        /* one port for several hosts is each host's */
+	        {"host=a,b port=5432 dbname=q", "postgres://a:5432,b:5432/q"},
+	        {"postgres://a:1,b:2/db", "postgres://a:1,b:2/db"},
+	        /* no host is libpq's default (a Unix socket), not "localhost" */
+	        {"postgres:///lab", "postgres:///lab"},
+	        {"hostaddr=10.0.0.1 port=5", "postgres://10.0.0.1:5/"},
+	        {"host='unterminated", "(unparsable URL)"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char out[128];
+		pg_url_redact(cases[i].url, out, sizeof(out));
+		if (strcmp(out, cases[i].shown))
+			fail_msg("%s: shown as %s, not %s", cases[i].url, out, cases[i].shown);
+	}
+	char small[24];
+	pg_url_redact("postgres://a-rather-long-user@127.0.0.1:55432/lab", small, sizeof(small));
+	assert_string_equal(small, "(URL too long to show)");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -132,6 +163,7 @@ int main(void)
 	        cmocka_unit_test(test_message_line_cuts_on_a_character_boundary_never_inside_one),
 	        cmocka_unit_test(test_message_line_keeps_a_stray_byte_from_swallowing_the_newline),
 	        cmocka_unit_test(test_message_line_of_nothing_is_unknown_error),
+	        cmocka_unit_test(test_redact_drops_the_password_and_writes_a_url_that_reads_back_the_same),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
