@@ -284,6 +284,13 @@ bool faults_row_ok(const struct faults_matrix *m, const struct faults_row *r, ch
 			                faults_fault_names[f], FAULTS_STEADY, FAULTS_RECOVER_BOUND_MS),
 			       false;
 	}
+	const struct faults_cell *rc = &r->cells[FAULT_REDIS_RESTART];
+	if (!r->redis && rc->clear)
+		return snprintf(why, whylen,
+		                "served %llu errors while Redis restarted, though its route under load never "
+		                "talks to Redis",
+		                (unsigned long long)rc->clear),
+		       false;
 	if (r->writes && r->count_err[0])
 		return snprintf(why, whylen, "writes not counted: %s", r->count_err), false;
 	if (r->writes && (r->w.lost || r->w.doubled))
