@@ -41,6 +41,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fuzz_check.h"
 #include "internal.h"
 
 #define FUZZ_NOW  1700000000LL
@@ -74,12 +75,6 @@ static const char PUBLIC_PEM[] = "-----BEGIN PUBLIC KEY-----\n"
 
 static struct authz_keys keys;
 static EVP_PKEY *signer;
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

@@ -25,16 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "fuzz_request.h"
 #include "internal.h"
 
 #define APP_ORIGIN "http://127.0.0.1:8081"
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 static const char *find(const struct cors_header *hs, int n, const char *name)
 {

@@ -25,14 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "fuzz_request.h"
 #include "internal.h"
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 static bool printable(const char *s, size_t min, size_t max)
 {

@@ -23,13 +23,8 @@
 #include <string.h>
 
 #include "api.h"
+#include "fuzz_check.h"
 #include "fuzz_request.h"
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 static bool digits(const char *s)
 {

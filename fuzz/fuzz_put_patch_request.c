@@ -103,12 +103,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	uint8_t flags = data[0];
-	char *text = malloc(size), *p = text, *end;
+	char *text = fuzz_text(data + 1, size - 1);
 	if (!text)
 		return 0;
-	memcpy(text, data + 1, size - 1);
-	text[size - 1] = '\0';
-	end = text + size - 1;
+	char *p = text, *end = text + size - 1;
 
 	struct pp_request rq = {.method = METHODS[flags & 7]};
 	bool required = flags & 8;

@@ -24,16 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
 #include "fuzz_request.h"
 #include "internal.h"
 
 #define USER_MAX 1000000000L
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 static void check_pattern(const char *q)
 {

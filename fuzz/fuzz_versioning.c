@@ -23,14 +23,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fuzz_check.h"
 #include "fuzz_request.h"
 #include "internal.h"
-
-static void check(bool ok)
-{
-	if (!ok)
-		abort();
-}
 
 /* whether Accept (any of them, lower-cased) holds needle */
 static bool accept_holds(struct evhttp_request *req, const char *needle)
