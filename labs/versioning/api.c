@@ -25,9 +25,7 @@
 /* distinct v1 callers the API tells apart; the rest are counted together */
 #define MAX_CALLERS 32
 /* the largest id a path may hold (PostgreSQL bigint is larger; no user has one this high) */
-#define MAX_ID       1000000000000L
-#define PATH_PREFIX  "/v1/users/" /* and "/v2/users/", as long */
-#define USERS_PREFIX "/users/"
+#define MAX_ID 1000000000000L
 
 struct v1_caller {
 	char agent[AGENT_LEN + 1];
