@@ -362,40 +362,38 @@ int http_query_parse(const char *query, struct evkeyvalq *q, char *err, size_t e
 	return 0;
 }
 
-int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,
-                        size_t errlen)
+int http_kv_long(const struct evkeyvalq *q, const char *name, long min, long max, long *out, char *err,
+                 size_t errlen)
 {
-	struct evkeyvalq params;
-	int ret = -1;
-
-	if (!query)
+	const char *value = evhttp_find_header(q, name);
+	if (!value)
 		return 0;
-	/* initialises params, and empties it again when it fails */
-	if (evhttp_parse_query_str(query, &params) != 0) {
-		snprintf(err, errlen, "malformed query string");
-		return -1;
-	}
-	const char *value = evhttp_find_header(&params, name);
-	if (!value) {
-		ret = 0;
-		goto err;
-	}
 	/* strtol alone accepts " 12", "12x" and "": a parameter is a whole number or it is wrong */
 	char *end = NULL;
 	errno = 0;
 	long v = strtol(value, &end, 10);
 	if (*value == '\0' || isspace((unsigned char)*value) || end == value || *end != '\0') {
 		snprintf(err, errlen, "%s must be a whole number, got \"%.64s\"", name, value);
-		goto err;
+		return -1;
 	}
 	if (errno == ERANGE || v < min || v > max) {
 		snprintf(err, errlen, "%s must be in %ld..%ld, got %.64s", name, min, max, value);
-		goto err;
+		return -1;
 	}
 	*out = v;
-	ret = 1;
+	return 1;
+}
 
-err:
+int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,
+                        size_t errlen)
+{
+	if (!query)
+		return 0;
+	/* http_query_parse: "limit=5%00x" is refused, not read as 5 */
+	struct evkeyvalq params;
+	int ret = http_query_parse(query, &params, err, errlen);
+	if (ret == 0)
+		ret = http_kv_long(&params, name, min, max, out, err, errlen);
 	evhttp_clear_headers(&params);
 	return ret;
 }

@@ -130,9 +130,13 @@ void http_reply_error(struct evhttp_request *req, int code, const char *fmt, ...
  */
 int http_query_long(struct evhttp_request *req, const char *name, long min, long max, long *out, char *err,
                     size_t errlen);
-/* http_query_long on a query string as the URI carries it ("limit=5&cursor=..."; NULL: none). */
+/* http_query_long on a query string as the URI carries it ("limit=5&cursor=..."; NULL: none),
+ * read with http_query_parse (below): a %00 in it is an error. */
 int http_query_str_long(const char *query, const char *name, long min, long max, long *out, char *err,
                         size_t errlen);
+/* The same reading of name on a query http_query_parse already decoded into q. */
+int http_kv_long(const struct evkeyvalq *q, const char *name, long min, long max, long *out, char *err,
+                 size_t errlen);
 
 /*
  * A query string as the URI carries it (NULL: none) decoded into q (initialised here; the caller

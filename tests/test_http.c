@@ -501,6 +501,8 @@ static void test_query_long_accepts_whole_numbers_in_range_only(void **state)
 	        {.path = "/echo?n=%0A5", .want_code = 400, .want_in_body = "whole number"},
 	        {.path = "/echo?n=1001", .want_code = 400, .want_in_body = "-1000..1000"},
 	        {.path = "/echo?n=99999999999999999999999", .want_code = 400, .want_in_body = "-1000..1000"},
+	        /* read up to the NUL, "5%00x" would be 5 */
+	        {.path = "/echo?n=5%00x", .want_code = 400, .want_in_body = "NUL byte"},
 	};
 	run_cases(*state, cases, sizeof(cases) / sizeof(cases[0]));
 }

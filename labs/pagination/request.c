@@ -61,8 +61,7 @@ int pagination_parse_items(const char *query, const unsigned char *key, int64_t 
 	out->limit = PAGINATION_LIMIT_DEFAULT;
 	out->cursor_status = PAGINATION_CURSOR_OK;
 	int ret = check_names(query, &q, &cursor, err, errlen);
-	if (ret == 0 &&
-	    http_query_str_long(query, "limit", 1, PAGINATION_LIMIT_MAX, &out->limit, err, errlen) < 0)
+	if (ret == 0 && http_kv_long(&q, "limit", 1, PAGINATION_LIMIT_MAX, &out->limit, err, errlen) < 0)
 		ret = -1;
 	if (ret == 0 && cursor) {
 		out->has_cursor = true;

@@ -243,11 +243,10 @@ int sqli_parse_search(struct evhttp_request *req, bool naive, struct sqli_search
 	memset(s, 0, sizeof(*s));
 	snprintf(s->sort, sizeof(s->sort), "id");
 	snprintf(s->dir, sizeof(s->dir), "asc");
-	int ret = parse_names(req, s, &q, err, errlen);
+	int got = parse_names(req, s, &q, err, errlen) < 0
+	                  ? -1
+	                  : http_kv_long(&q, "user", 1, USER_MAX, &s->user, err, errlen);
 	evhttp_clear_headers(&q);
-	if (ret < 0)
-		return -1;
-	int got = http_query_long(req, "user", 1, USER_MAX, &s->user, err, errlen);
 	if (got <= 0) {
 		if (got == 0)
 			snprintf(err, errlen, "user is required: user=ID (1..1000000000)");
