@@ -37,7 +37,7 @@ struct load_client {
 	struct load_state *st;
 	int id;
 	struct evhttp_connection *conn;
-	struct event *kick_ev;     /* sends the next request from a fresh loop turn, after an error */
+	struct event *kick_ev;     /* sends the next request from a fresh loop turn: after an error, or think_ms */
 	struct event *deadline_ev; /* the request in flight has had timeout_ms: it fails */
 	uint64_t seq;              /* of the request in flight */
 	uint64_t sent_us;
@@ -97,6 +97,16 @@ static void load_count_series(struct load_state *st, uint64_t now)
 		res->series_len = (int)idx + 1;
 }
 
+/* The client's next request after tv (from the loop); a client that cannot be scheduled retires
+ * and ends the run. */
+static void load_kick(struct load_client *c, const struct timeval *tv)
+{
+	if (evtimer_add(c->kick_ev, tv) != 0) {
+		load_retire(c);
+		load_break(c->st, "cannot schedule the next request");
+	}
+}
+
 /*
  * The request in flight got no response (refused, reset, timed out, never sent): counted,
  * told to response_cb, and the next one sent from a fresh loop turn on a new connection.
@@ -114,10 +124,7 @@ static void load_fail(struct load_client *c, uint64_t now, int timed_out)
 	if (cfg->response_cb)
 		cfg->response_cb(NULL, c->id, c->seq, now - c->sent_us, cfg->arg);
 	c->failed = 1;
-	if (evtimer_add(c->kick_ev, cfg->think_ms > 0 ? &st->think : &now_tv) != 0) {
-		load_retire(c);
-		load_break(st, "cannot schedule the next request");
-	}
+	load_kick(c, cfg->think_ms > 0 ? &st->think : &now_tv);
 }
 
 /*
@@ -184,10 +191,7 @@ static void load_response_cb(struct evhttp_request *req, void *arg)
 	if (cfg->response_cb)
 		cfg->response_cb(req, c->id, c->seq, latency, cfg->arg);
 	if (cfg->think_ms > 0 && !st->stopping) {
-		if (evtimer_add(c->kick_ev, &st->think) != 0) {
-			load_retire(c);
-			load_break(st, "cannot schedule the next request");
-		}
+		load_kick(c, &st->think);
 		return;
 	}
 	load_send(c);
