@@ -221,7 +221,7 @@ struct faults_options {
 /* Runs the whole matrix. -1 and err when the servers could not start. */
 int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, char *err, size_t errlen);
 /* Whether a row passes every check; when not, why (its first failure) in why. */
-bool faults_row_ok(const struct faults_matrix *m, const struct faults_row *r, char *why, size_t whylen);
+bool faults_row_ok(const struct faults_row *r, char *why, size_t whylen);
 /* The table: a row per lab, a column per fault, then writes and SIGINT; a line per failure. */
 void faults_matrix_print(const struct faults_matrix *m, FILE *f);
 

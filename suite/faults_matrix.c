@@ -263,9 +263,8 @@ int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, c
 	return 0;
 }
 
-bool faults_row_ok(const struct faults_matrix *m, const struct faults_row *r, char *why, size_t whylen)
+bool faults_row_ok(const struct faults_row *r, char *why, size_t whylen)
 {
-	(void)m;
 	if (!r->started)
 		return snprintf(why, whylen, "did not start: %s", r->start_err), false;
 	if (r->died)
@@ -365,7 +364,7 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 	}
 	for (int i = 0; i < m->nrows; i++) {
 		char why[700];
-		if (!faults_row_ok(m, &m->rows[i], why, sizeof(why))) {
+		if (!faults_row_ok(&m->rows[i], why, sizeof(why))) {
 			failed++;
 			term_printf(&t, "  %s✘ lab-%s%s: %s\n", term_red(&t), m->rows[i].name, term_reset(&t),
 			            why);
@@ -432,7 +431,7 @@ int suite_faults(int argc, char **argv)
 		faults_matrix_print(m, stdout);
 		for (int i = 0; i < m->nrows && !code; i++) {
 			char why[700];
-			code = faults_row_ok(m, &m->rows[i], why, sizeof(why)) ? 0 : 1;
+			code = faults_row_ok(&m->rows[i], why, sizeof(why)) ? 0 : 1;
 		}
 	}
 	free(m);

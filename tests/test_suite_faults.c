@@ -44,7 +44,7 @@ static void test_every_api_lab_survives_each_fault_and_stops_cleanly(void **stat
 	for (int i = 0; i < m->nrows; i++) {
 		const struct faults_row *r = &m->rows[i];
 		char why[700];
-		if (!faults_row_ok(m, r, why, sizeof(why)))
+		if (!faults_row_ok(r, why, sizeof(why)))
 			fail_msg("lab-%s: %s", r->name, why);
 		/* the cells behind the verdict: the load really ran through every fault ... */
 		for (int f = 0; f < FAULTS_N; f++) {
