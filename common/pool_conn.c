@@ -266,21 +266,23 @@ void pool_fill(struct pool *p)
 			break;
 }
 
-/*
- * Closes c as found dead and replaces it. The reason is the server's own words when it said
- * any (a terminated backend's FATAL arrives as a notice while idle, or as a query's error),
- * else libpq's.
- */
+void conn_why(struct pool_conn *c, const char *fallback, char *out, size_t len)
+{
+	const char *pq = PQerrorMessage(c->pg);
+	if (c->server_fatal[0])
+		snprintf(out, len, "%s", c->server_fatal);
+	else if (c->query_err[0])
+		snprintf(out, len, "%s", c->query_err);
+	else
+		pg_message_line(out, len, *pq || !fallback ? pq : fallback);
+}
+
+/* Closes c as found dead and replaces it, saying why (conn_why). */
 void conn_close_broken(struct pool_conn *c, const char *what)
 {
 	struct pool *p = c->pool;
-	char reason[2 * POOL_ERRLEN];
-	const char *said = c->server_fatal[0] ? c->server_fatal : c->query_err[0] ? c->query_err : NULL;
-	char pq[POOL_ERRLEN];
-	if (!said) {
-		pg_message_line(pq, sizeof(pq), PQerrorMessage(c->pg));
-		said = pq;
-	}
+	char reason[2 * POOL_ERRLEN], said[POOL_ERRLEN];
+	conn_why(c, NULL, said, sizeof(said));
 	snprintf(reason, sizeof(reason), "%s: %s", what, said);
 	pool_set_error(p, reason);
 	conn_close(c, reason, &p->stats.closed_broken);

@@ -220,6 +220,10 @@ static inline void pool_set_error(struct pool *p, const char *msg)
 int conn_watch_reads(struct pool_conn *c);
 void conn_mark_broken(struct pool_conn *c);
 void conn_close(struct pool_conn *c, const char *reason, uint64_t *counter);
+/* Why c is lost, in one line: the server's own words when it said any (a terminated backend's
+ * FATAL arrives as a notice while idle, or as a query's error), else libpq's, else fallback
+ * (NULL: libpq's even when empty, "unknown error"). */
+void conn_why(struct pool_conn *c, const char *fallback, char *out, size_t len);
 void conn_close_broken(struct pool_conn *c, const char *what);
 void conn_drop_notifies(struct pool_conn *c);
 void conn_query_clear(struct pool_conn *c);

@@ -81,17 +81,6 @@ static void pipe_take_all(struct pool_conn *c, struct pipe_done *d)
 	}
 }
 
-/* Why c's statements in flight fail: the server's words when it said any, else libpq's. */
-static void pipe_why(struct pool_conn *c, const char *fallback, char *why, size_t len)
-{
-	if (c->server_fatal[0])
-		snprintf(why, len, "%s", c->server_fatal);
-	else if (c->query_err[0])
-		snprintf(why, len, "%s", c->query_err);
-	else
-		pg_message_line(why, len, *PQerrorMessage(c->pg) ? PQerrorMessage(c->pg) : fallback);
-}
-
 /*
  * c is lost (or could not send): its statements in flight fail, it is closed and replaced, then
  * the callers hear of it: first those in answered (their results in hand), then the lost.
@@ -100,7 +89,7 @@ static void pipe_close(struct pool_conn *c, struct pipe_done *answered, const ch
 {
 	struct pipe_done lost = {0};
 	char why[POOL_ERRLEN];
-	pipe_why(c, what, why, sizeof(why));
+	conn_why(c, what, why, sizeof(why));
 	pipe_take_all(c, &lost);
 	conn_close_broken(c, what);
 	done_run(answered, NULL);
