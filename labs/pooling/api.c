@@ -167,6 +167,12 @@ static int run_stmt(struct request_ctx *ctx, const struct pool_stmt *s, const ch
 	return pool_query_prepared(ctx->conn, s, params, cb, ctx);
 }
 
+/* /pooled's (and /pipelined's) statement: SELECT 1, or the hold, whose one parameter is hold_ms */
+static const struct pool_stmt *pooled_stmt(const struct request_ctx *ctx)
+{
+	return strcmp(ctx->p.hold_ms, "0") == 0 ? &SQL_SELECT1 : &SQL_HOLD;
+}
+
 /* Sends the route's one statement on the connection just acquired. */
 static int send_query(struct request_ctx *ctx)
 {
@@ -176,9 +182,7 @@ static int send_query(struct request_ctx *ctx)
 	switch (ctx->route) {
 	case POOLING_ROUTE_POOLED:
 	case POOLING_ROUTE_DIRECT:
-		if (strcmp(ctx->p.hold_ms, "0") == 0)
-			return run_stmt(ctx, &SQL_SELECT1, NULL, simple_query_cb);
-		return run_stmt(ctx, &SQL_HOLD, hold, simple_query_cb);
+		return run_stmt(ctx, pooled_stmt(ctx), hold, simple_query_cb);
 	case POOLING_ROUTE_ORDERS:
 	case POOLING_ROUTE_ORDERS_LEAKY:
 		return run_stmt(ctx, &SQL_ORDER, order, orders_query_cb);
@@ -283,9 +287,7 @@ static void pipelined_cb(struct evhttp_request *req, void *arg)
 	if (!ctx)
 		return;
 	const char *hold[] = {ctx->p.hold_ms};
-	bool zero = strcmp(ctx->p.hold_ms, "0") == 0;
-	if (pool_pipe_query(api->piped, zero ? &SQL_SELECT1 : &SQL_HOLD, zero ? NULL : hold, piped_query_cb,
-	                    ctx) < 0) {
+	if (pool_pipe_query(api->piped, pooled_stmt(ctx), hold, piped_query_cb, ctx) < 0) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
 		http_reply_error(req, 503, "no pipelined connection is open now");
 		free(ctx);
