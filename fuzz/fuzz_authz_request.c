@@ -33,8 +33,6 @@
 #include "internal.h"
 #include "fuzz_check.h"
 
-#define ORDERS "/v1/orders/"
-#define USERS  "/v1/users/"
 /* twice the body limit: the "too large" refusal is reached too */
 #define INPUT_MAX (2 * AUTHZ_MAX_BODY + 512)
 #define SENTINEL  0x5a
@@ -139,8 +137,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!req)
 		return 0;
 	const char *path = http_request_path(req);
-	check_id(path, ORDERS);
-	check_id(path, USERS);
+	check_id(path, AUTHZ_ORDERS_PREFIX);
+	check_id(path, AUTHZ_USERS_PREFIX);
 	check_login(req);
 	check_order(req);
 	evhttp_request_free(req);

@@ -28,8 +28,6 @@
 #include "fuzz_request.h"
 #include "internal.h"
 
-#define USER_MAX 1000000000L
-
 static void check_pattern(const char *q)
 {
 	char pattern[2 * Q_MAX + 1], back[Q_MAX + 1];
@@ -72,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check(rs == 0 || (rs == -1 && err[0]));
 	check(rn == 0 || (rn == -1 && nerr[0]));
 	if (rs == 0) {
-		check(safe.user >= 1 && safe.user <= USER_MAX);
+		check(safe.user >= 1 && safe.user <= SQLI_USER_MAX);
 		check(strlen(safe.q) <= Q_MAX && safe.sql[0] == '\0');
 		check(!strcmp(safe.sort, "id") || !strcmp(safe.sort, "title"));
 		check(!strcmp(safe.dir, "asc") || !strcmp(safe.dir, "desc"));
@@ -81,7 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_pattern(safe.q);
 	}
 	if (rn == 0) {
-		check(naive.user >= 1 && naive.user <= USER_MAX);
+		check(naive.user >= 1 && naive.user <= SQLI_USER_MAX);
 		check(strlen(naive.q) <= Q_MAX && strlen(naive.sort) <= Q_MAX && strlen(naive.dir) <= Q_MAX);
 		check_naive(&naive);
 		/* the safe route refuses only what its allow-list does not hold */

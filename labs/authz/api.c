@@ -32,8 +32,6 @@
 
 /* the pool opens its first connections within this, or the server is not there */
 #define POOL_READY_MS 10000
-#define ORDERS        "/v1/orders/"
-#define USERS         "/v1/users/"
 
 static struct az_ctx *ctx_new(struct authz_api *api, struct evhttp_request *req, const struct az_route *rt)
 {
@@ -476,7 +474,8 @@ static void route_cb(struct evhttp_request *req, void *arg)
 	}
 	char err[128];
 	if ((rt->kind == R_ORDER || rt->kind == R_USER) &&
-	    authz_parse_id(http_request_path(req), rt->kind == R_ORDER ? ORDERS : USERS, &ctx->id, err,
+	    authz_parse_id(http_request_path(req),
+	                   rt->kind == R_ORDER ? AUTHZ_ORDERS_PREFIX : AUTHZ_USERS_PREFIX, &ctx->id, err,
 	                   sizeof(err)) != 0) {
 		az_fail(ctx, 404, err);
 		return;
@@ -516,13 +515,13 @@ static void routes(struct authz_api *api)
 	route(api, R_ADMIN_USERS, R_ADMIN_USERS, false, "/v1/admin/users", false);
 	route(api, R_LOGOUT, R_LOGOUT, false, "/v1/logout", false);
 	route(api, R_ORDERS_NEW, R_ORDERS_NEW, false, "/v1/orders", false);
-	route(api, R_ORDER, R_ORDER, false, ORDERS, true);
-	route(api, R_USER, R_USER, false, USERS, true);
+	route(api, R_ORDER, R_ORDER, false, AUTHZ_ORDERS_PREFIX, true);
+	route(api, R_USER, R_USER, false, AUTHZ_USERS_PREFIX, true);
 	if (!api->cfg.vulnerable)
 		return;
 	route(api, R_KINDS + R_ME, R_ME, true, "/v1/me", false);
 	route(api, R_KINDS + R_ADMIN_USERS, R_ADMIN_USERS, true, "/v1/admin/users", false);
-	route(api, R_KINDS + R_ORDER, R_ORDER, true, ORDERS, true);
+	route(api, R_KINDS + R_ORDER, R_ORDER, true, AUTHZ_ORDERS_PREFIX, true);
 }
 
 /* http_app_stop's release, the loop stopped: the pool and Redis (their callbacks answer their

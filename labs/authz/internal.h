@@ -82,6 +82,9 @@ int authz_parse_bearer(const char *auth, const char **token);
 #define AUTHZ_MAX_AMOUNT 1000000000LL
 /* an id in a path: digits, no leading zero, at most this many (fits a bigint) */
 #define AUTHZ_MAX_ID_DIGITS 18
+/* the id routes' prefixes: /v1/orders/{id} and /v1/users/{id} */
+#define AUTHZ_ORDERS_PREFIX "/v1/orders/"
+#define AUTHZ_USERS_PREFIX  "/v1/users/"
 
 struct evhttp_request;
 /* POST /v1/login's body, {"name","password"}: the name 1..64 bytes, the password up to 255. */

@@ -38,7 +38,6 @@
 #define POOL_READY_MS 10000
 /* a request waits this long for a connection, then gets 503 */
 #define ACQUIRE_TIMEOUT_MS 2000
-#define USER_MAX           1000000000L
 
 struct sqli_api {
 	struct http_app app;
@@ -245,7 +244,7 @@ int sqli_parse_search(struct evhttp_request *req, bool naive, struct sqli_search
 	snprintf(s->dir, sizeof(s->dir), "asc");
 	int got = parse_names(req, s, &q, err, errlen) < 0
 	                  ? -1
-	                  : http_kv_long(&q, "user", 1, USER_MAX, &s->user, err, errlen);
+	                  : http_kv_long(&q, "user", 1, SQLI_USER_MAX, &s->user, err, errlen);
 	evhttp_clear_headers(&q);
 	if (got <= 0) {
 		if (got == 0)

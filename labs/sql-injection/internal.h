@@ -22,6 +22,8 @@
 #define LIKE_ESCAPE '\\'
 /* the naive route's statement at most: q, sort and dir of Q_MAX bytes each and the rest fit */
 #define SQL_MAX 1024
+/* user=ID: 1 to this */
+#define SQLI_USER_MAX 1000000000L
 
 struct evhttp_request;
 
