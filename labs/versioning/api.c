@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <time.h>
 
 #include "http.h"
@@ -429,22 +430,26 @@ static void unknown_path_cb(struct evhttp_request *req, void *arg)
 }
 
 /*
- * How many times the query string names name, in any case: http_query_long reads the first one
- * evhttp_find_header finds, and that lookup ignores case (?Version=1&version=2 is two).
+ * ?version= of the query: 1 and *version when given once, 0 when absent, -1 when the query is
+ * not valid (http_query_parse: a %00 too), the value no whole number, or the name given more than
+ * once in any case (evhttp_find_header ignores case: ?Version=1&version=2 is two, and which one
+ * the client meant a careful API does not guess).
  */
-static int query_count(struct evhttp_request *req, const char *name)
+static int query_version(struct evhttp_request *req, long *version, char *err, size_t errlen)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
-	struct evkeyvalq params;
-	if (!query || evhttp_parse_query_str(query, &params) != 0)
-		return 0;
-	int n = 0;
+	struct evkeyvalq q;
+	int ret = http_query_parse(query, &q, err, errlen), n = 0;
 	struct evkeyval *kv;
-	for (kv = params.tqh_first; kv; kv = kv->next.tqe_next)
-		n += strcasecmp(kv->key, name) == 0;
-	evhttp_clear_headers(&params);
-	return n;
+	TAILQ_FOREACH(kv, &q, next)
+	{
+		n += strcasecmp(kv->key, "version") == 0;
+	}
+	if (ret == 0)
+		ret = n > 1 ? -1 : http_kv_long(&q, "version", -1000000, 1000000, version, err, errlen);
+	evhttp_clear_headers(&q);
+	return ret;
 }
 
 /* /users/{id}: ?version= when present (query versioning), else Accept (header versioning). */
@@ -477,11 +482,7 @@ int versioning_parse_request(struct evhttp_request *req, int path_version, struc
 	memset(r, 0, sizeof(*r));
 	char qerr[256] = "";
 	long version = 0;
-	/* ?version=1&version=2: which one did the client mean? A careful API does not guess */
-	int has = path_version ? 0
-	          : query_count(req, "version") > 1
-	                  ? -1
-	                  : http_query_long(req, "version", -1000000, 1000000, &version, qerr, sizeof(qerr));
+	int has = path_version ? 0 : query_version(req, &version, qerr, sizeof(qerr));
 	r->approach = path_version ? VERSIONING_PATH : has != 0 ? VERSIONING_QUERY : VERSIONING_HEADER;
 	if (parse_agent(req, r, err, errlen) < 0)
 		return 400;
