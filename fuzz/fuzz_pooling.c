@@ -31,18 +31,6 @@ static bool digits(const char *s)
 	return *s && strspn(s, "0123456789") == strlen(s);
 }
 
-/* whether the query string names hold_ms at all (evhttp's parse: keys decoded) */
-static bool names_hold(struct evhttp_request *req)
-{
-	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-	struct evkeyvalq q;
-	if (!query || evhttp_parse_query_str(query, &q) != 0)
-		return false;
-	bool found = evhttp_find_header(&q, "hold_ms") != NULL;
-	evhttp_clear_headers(&q);
-	return found;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct evhttp_request *req = fuzz_request(data, size);
@@ -69,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check(p[r].order[0] == '\0' && p[r].order_id == 0);
 		}
 	}
-	bool named = names_hold(req);
+	bool named = fuzz_query_count(req, "hold_ms") > 0;
 	evhttp_request_free(req);
 	check(rc[POOLING_ROUTE_ORDERS] == rc[POOLING_ROUTE_ORDERS_LEAKY]);
 	if (rc[POOLING_ROUTE_ORDERS] == 0)

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* a header line longer than this is cut (libevent's own default limit is larger; no parser here
  * reads that far) */
@@ -117,6 +118,22 @@ static inline struct evhttp_request *fuzz_request(const uint8_t *data, size_t si
 	}
 	evbuffer_add(evhttp_request_get_input_buffer(req), p, (size_t)(end - p));
 	return req;
+}
+
+/* How many times req's query names name, in any case (evhttp_find_header's reading), decoded by
+ * libevent alone: a harness's own view, independent of the lab's parse. 0 when the query does not
+ * parse. */
+static inline int fuzz_query_count(struct evhttp_request *req, const char *name)
+{
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	struct evkeyvalq q;
+	if (!query || evhttp_parse_query_str(query, &q) != 0)
+		return 0;
+	int n = 0;
+	for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
+		n += strcasecmp(kv->key, name) == 0;
+	evhttp_clear_headers(&q);
+	return n;
 }
 
 #endif

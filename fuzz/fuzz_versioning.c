@@ -41,20 +41,6 @@ static bool accept_holds(struct evhttp_request *req, const char *needle)
 	return strstr(low, needle) != NULL;
 }
 
-/* how many parameters of the query are named version, in any case */
-static int version_params(struct evhttp_request *req)
-{
-	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-	struct evkeyvalq q;
-	if (!query || evhttp_parse_query_str(query, &q) != 0)
-		return 0;
-	int n = 0;
-	for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
-		n += strcasecmp(kv->key, "version") == 0;
-	evhttp_clear_headers(&q);
-	return n;
-}
-
 static void check_ok(struct evhttp_request *req, int path_version, const struct vers_request *r)
 {
 	check(r->id >= 1 && r->id <= 1000000000000L);
@@ -69,7 +55,7 @@ static void check_ok(struct evhttp_request *req, int path_version, const struct 
 		check(r->approach == VERSIONING_QUERY || r->approach == VERSIONING_HEADER);
 		/* ?version= chose only when the query names it exactly once (evhttp_find_header, which
 		 * http_query_long reads it with, matches names in any case) */
-		check(r->approach == VERSIONING_HEADER || version_params(req) == 1);
+		check(r->approach == VERSIONING_HEADER || fuzz_query_count(req, "version") == 1);
 	}
 	if (strcmp(r->content_type, "application/json") != 0) {
 		char want[64];
