@@ -216,8 +216,8 @@ int main(int argc, char **argv)
 		code = 2;
 	}
 	for (int i = 0; i < FAULTS_LABS && !code; i++) {
-		labs[i] = faults_lab_start(bin, faults_lab_names[i], env.labs_pg_url, env.redis_url, dir, err,
-		                           sizeof(err));
+		labs[i] = faults_lab_start(bin, faults_lab_name_at(i), env.labs_pg_url, env.redis_url, dir,
+		                           err, sizeof(err));
 		if (!labs[i] || faults_drive_start(labs[i], FAULTS_THINK_MS, err, sizeof(err)) < 0) {
 			fprintf(stderr, "bench_soak: %s\n", err);
 			code = 2;

@@ -20,9 +20,6 @@
 #include "proxy.h"
 #include "redis.h"
 
-const char *const faults_lab_names[FAULTS_LABS] = {"authz",   "cors",      "idempotency",   "pagination",
-                                                   "pooling", "put-patch", "sql-injection", "versioning"};
-
 /* The last line of file path that says something, into out. */
 static void file_tail(const char *path, char *out, size_t outlen)
 {

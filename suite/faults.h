@@ -28,9 +28,13 @@
 
 #include "hist.h"
 
-/* The API labs: each has --serve, which prints "listening on http://127.0.0.1:PORT". */
+/*
+ * The API labs: each has --serve, which prints "listening on http://127.0.0.1:PORT". Their names
+ * are their recipes' (faults_recipes.c), whose table is asserted to hold FAULTS_LABS.
+ */
 #define FAULTS_LABS 8
-extern const char *const faults_lab_names[FAULTS_LABS];
+/* The i-th lab's name (0 <= i < FAULTS_LABS), in the matrix's row order. */
+const char *faults_lab_name_at(int i);
 
 /*
  * After a fault ends, every lab answers 2xx again within this. The slowest path back is a pool

@@ -126,7 +126,7 @@ static void labs_start(const struct faults_options *o, struct faults_env *e, str
 {
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[m->nrows++];
-		snprintf(r->name, sizeof(r->name), "%s", faults_lab_names[i]);
+		snprintf(r->name, sizeof(r->name), "%s", faults_lab_name_at(i));
 		labs[i] = faults_lab_spawn(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
 		                           r->start_err, sizeof(r->start_err));
 	}
@@ -350,7 +350,8 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 		const struct faults_row *r = &m->rows[i];
 		char cells[FAULTS_N][64], w[48], s[48];
 		for (int k = 0; k < FAULTS_N; k++)
-			cell_text(&r->cells[k], k == FAULT_REDIS_RESTART && !r->redis, cells[k], sizeof(cells[k]));
+			cell_text(&r->cells[k], k == FAULT_REDIS_RESTART && !r->redis, cells[k],
+			          sizeof(cells[k]));
 		if (!r->writes)
 			snprintf(w, sizeof(w), "n/a (reads)");
 		else
