@@ -30,7 +30,8 @@ static void say(const struct faults_options *o, const char *fmt, ...)
 }
 
 /*
- * The cell of lab l for the window [from, to) of a fault lifted at lifted: what came back, and
+ * The cell of lab l for the window [from, to) of a fault lifted at lifted, read from its event
+ * first on (the timeline's length before from: events come in at_ms order): what came back, and
  * when the steady 2xx began. Returns whether the lab has recovered (FAULTS_STEADY 2xx in a row
  * after its last error and after the fault's end).
  */
@@ -125,9 +126,19 @@ static void labs_start(const struct faults_options *o, struct faults_env *e, str
 	}
 }
 
-/* Waits until every lab answers steadily after lifted, or the bound; fills the cells of fault f. */
-static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults_fault f, double from,
-                  double lifted)
+/* Each lab's timeline length now: taken just before a window's from, what watch reads from. */
+static void events_now(struct faults_lab **labs, size_t first[FAULTS_LABS])
+{
+	for (int i = 0; i < FAULTS_LABS; i++)
+		first[i] = labs[i] ? faults_events_count(labs[i]) : 0;
+}
+
+/*
+ * Waits until every lab answers steadily after lifted, or the bound; fills the cells of fault f
+ * (each lab's events read from first[i], its count before from, not its whole timeline each poll).
+ */
+static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults_fault f,
+                  const size_t first[FAULTS_LABS], double from, double lifted)
 {
 	double bound = lifted + FAULTS_RECOVER_BOUND_MS + FAULTS_STEADY * (FAULTS_THINK_MS + 20) + 500;
 	for (;;) {
@@ -135,7 +146,8 @@ static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults
 		bool all = true;
 		for (int i = 0; i < FAULTS_LABS; i++)
 			if (labs[i])
-				all &= window_cell(labs[i], 0, from, now, lifted, &m->rows[i].cells[f]);
+				all &= window_cell(labs[i], first[i], from, now, lifted,
+				                   &m->rows[i].cells[f]);
 		if (all || now > bound)
 			return;
 		hist_sleep_us(50000);
@@ -193,9 +205,12 @@ int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, c
 	struct faults_lab *labs[FAULTS_LABS] = {0};
 	labs_start(o, &env, labs, m);
 	/* warm: every lab answers steadily before the first fault */
+	size_t first[FAULTS_LABS];
+	events_now(labs, first);
 	double warm = hist_now_ms();
-	watch(labs, m, FAULT_PG_RESTART, warm, warm);
+	watch(labs, m, FAULT_PG_RESTART, first, warm, warm);
 	for (int f = 0; f < FAULTS_N; f++) {
+		events_now(labs, first);
 		double from = hist_now_ms(), lifted = from;
 		char ferr[512];
 		say(o, "  %s ...\n", faults_fault_names[f]);
@@ -206,7 +221,7 @@ int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, c
 			return -1;
 		}
 		m->fault_ms[f] = lifted - from;
-		watch(labs, m, (enum faults_fault)f, from, lifted);
+		watch(labs, m, (enum faults_fault)f, first, from, lifted);
 	}
 	say(o, "  SIGINT ...\n");
 	labs_finish(&env, labs, m);
