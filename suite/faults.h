@@ -28,9 +28,13 @@
 
 #include "hist.h"
 
-/* The API labs: each has --serve, which prints "listening on http://127.0.0.1:PORT". */
+/*
+ * The API labs: each has --serve, which prints "listening on http://127.0.0.1:PORT". Their names
+ * are their recipes' (faults_recipes.c), whose table is asserted to hold FAULTS_LABS.
+ */
 #define FAULTS_LABS 8
-extern const char *const faults_lab_names[FAULTS_LABS];
+/* The i-th lab's name (0 <= i < FAULTS_LABS), in the matrix's row order. */
+const char *faults_lab_name_at(int i);
 
 /*
  * After a fault ends, every lab answers 2xx again within this. The slowest path back is a pool
@@ -52,6 +56,11 @@ extern const char *const faults_lab_names[FAULTS_LABS];
 #define FAULTS_HOLD_MS 800
 /* each lab's load: one client, a pause between its requests (about 40 requests a second) */
 #define FAULTS_THINK_MS 25
+/* A lab's --serve stops in order within 2 s of SIGINT (docs/architecture.md, Ctrl-C); tests
+ * allow 4 s on a loaded machine (tests/lab_run.h's LAB_INTERRUPT_BOUND_MS): the same here. */
+#define FAULTS_STOP_BOUND_MS 4000
+/* the room for one lab's reason it did not start */
+#define FAULTS_ERR_LEN 256
 
 /* ---- faults.c: the private servers ---- */
 
@@ -62,14 +71,15 @@ struct faults_env {
 	char pg_url[128];      /* the private PostgreSQL, directly */
 	char labs_pg_url[128]; /* the same through the proxy: what the labs get */
 	char redis_url[128];
+	char run_dir[PATH_MAX + 8]; /* state_dir/run: the labs' stdout and stderr files */
 	struct proxy *proxy;
 	bool up;
 };
 
 /*
- * Starts the private servers (labenv up with LAB_STATE_DIR=state_dir and free ports) and the
- * proxy in front of PostgreSQL. -1 and err (what labenv said) when they cannot start; call
- * faults_env_down anyway.
+ * Makes state_dir and its run dir, starts the private servers (labenv up with
+ * LAB_STATE_DIR=state_dir and free ports) and the proxy in front of PostgreSQL. -1 and err (what labenv said)
+ * when they cannot start; call faults_env_down anyway.
  */
 int faults_env_up(struct faults_env *e, const char *labenv, const char *state_dir, char *err, size_t errlen);
 /* Stops the proxy and the private servers (labenv down; the template stays). */
@@ -171,6 +181,22 @@ int faults_lab_wait(struct faults_lab *l, int bound_ms, double *stop_ms);
 /* Frees l (SIGKILL and reap if still running). */
 void faults_lab_free(struct faults_lab *l);
 
+/*
+ * Every lab (faults_lab_name_at) started side by side on e's servers (outputs in e->run_dir),
+ * ready and driven (FAULTS_THINK_MS), or labs[i] NULL and errs[i] says why. A lab that failed to
+ * start is started once more, alone, before it counts as failed. log: a line per lab, or NULL.
+ * Returns how many run.
+ */
+int faults_labs_start(const char *bin_dir, const struct faults_env *e, FILE *log,
+                      struct faults_lab *labs[FAULTS_LABS], char errs[FAULTS_LABS][FAULTS_ERR_LEN]);
+/*
+ * SIGINT to every lab at once (NULL entries skipped), each exit timed as it comes: exit_code[i]
+ * and stop_ms[i] as faults_lab_wait gives them, SIGKILL past FAULTS_STOP_BOUND_MS. The labs are
+ * not freed (their stderr may still be read). Their load must be stopped first.
+ */
+void faults_labs_stop(struct faults_lab *labs[FAULTS_LABS], int exit_code[FAULTS_LABS],
+                      double stop_ms[FAULTS_LABS]);
+
 /* Whether schema lab_<name> or keys lab:<name>:* are left on the servers: -1 and err. */
 int faults_leftovers(const char *name, const char *pg_url, const char *redis_url, int *schemas, int *keys,
                      char *err, size_t errlen);
@@ -190,7 +216,7 @@ struct faults_cell {
 struct faults_row {
 	char name[32];
 	bool started;
-	char start_err[256];
+	char start_err[FAULTS_ERR_LEN];
 	struct faults_cell cells[FAULTS_N];
 	bool writes;
 	bool redis; /* its route under load talks to Redis */

@@ -3,20 +3,14 @@
  * the private servers, the faults one at a time, each lab's answers in each fault's window read
  * off its timeline, its writes counted, then SIGINT; the table; `labsuite faults`.
  */
-#include <errno.h>
 #include <stdarg.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "faults.h"
 #include "lab.h"
 #include "term.h"
 
-/* A lab's --serve stops in order within 2 s of SIGINT (docs/architecture.md, Ctrl-C); tests
- * allow 4 s on a loaded machine (tests/lab_run.h's LAB_INTERRUPT_BOUND_MS): the same here. */
-#define FAULTS_STOP_BOUND_MS 4000
 /* before the first fault, every lab answers FAULTS_STEADY 2xx in a row within this */
 #define FAULTS_WARM_MS 10000
 
@@ -36,7 +30,8 @@ static void say(const struct faults_options *o, const char *fmt, ...)
 }
 
 /*
- * The cell of lab l for the window [from, to) of a fault lifted at lifted: what came back, and
+ * The cell of lab l for the window [from, to) of a fault lifted at lifted, read from its event
+ * first on (the timeline's length before from: events come in at_ms order): what came back, and
  * when the steady 2xx began. Returns whether the lab has recovered (FAULTS_STEADY 2xx in a row
  * after its last error and after the fault's end).
  */
@@ -115,49 +110,35 @@ static int inject(struct faults_env *e, enum faults_fault f, double *lifted, cha
 	return rc;
 }
 
-/*
- * Every lab started, ready and driven, or the row says why not. All eight start at once, which on
- * a loaded 2-core machine can keep one's first connect past libpq's 2 s timeout (seen under
- * ctest -j2 at load 11): a lab that failed to start is started once more, alone, and only a
- * second failure counts. Starting is not what the matrix proves; recovering is.
- */
+/* Every lab started, ready and driven (faults_labs_start), or the row says why not. */
 static void labs_start(const struct faults_options *o, struct faults_env *e, struct faults_lab **labs,
-                       struct faults_matrix *m, const char *dir)
+                       struct faults_matrix *m)
 {
+	char errs[FAULTS_LABS][FAULTS_ERR_LEN];
+	faults_labs_start(o->bin_dir, e, o->log, labs, errs);
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[m->nrows++];
-		snprintf(r->name, sizeof(r->name), "%s", faults_lab_names[i]);
-		labs[i] = faults_lab_spawn(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
-		                           r->start_err, sizeof(r->start_err));
-	}
-	for (int i = 0; i < FAULTS_LABS; i++)
-		if (labs[i] && faults_lab_ready(labs[i], FAULTS_START_MS, m->rows[i].start_err,
-		                                sizeof(m->rows[i].start_err)) < 0) {
-			struct faults_row *r = &m->rows[i];
-			faults_lab_free(labs[i]);
-			say(o, "  lab-%s starts again, alone (the first start: %s)\n", r->name, r->start_err);
-			labs[i] = faults_lab_start(o->bin_dir, r->name, e->labs_pg_url, e->redis_url, dir,
-			                           r->start_err, sizeof(r->start_err));
-			if (labs[i])
-				r->start_err[0] = '\0';
-		}
-	for (int i = 0; i < FAULTS_LABS; i++) {
-		struct faults_row *r = &m->rows[i];
-		if (labs[i] &&
-		    faults_drive_start(labs[i], FAULTS_THINK_MS, r->start_err, sizeof(r->start_err)) < 0) {
-			faults_lab_free(labs[i]);
-			labs[i] = NULL;
-		}
+		snprintf(r->name, sizeof(r->name), "%s", faults_lab_name_at(i));
+		snprintf(r->start_err, sizeof(r->start_err), "%s", errs[i]);
 		r->started = labs[i] != NULL;
 		r->writes = labs[i] && faults_lab_writes(labs[i]);
 		r->redis = labs[i] && faults_lab_uses_redis(labs[i]);
-		say(o, "  lab-%s %s%s\n", r->name, r->started ? "serving" : "did not start: ", r->start_err);
 	}
 }
 
-/* Waits until every lab answers steadily after lifted, or the bound; fills the cells of fault f. */
-static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults_fault f, double from,
-                  double lifted)
+/* Each lab's timeline length now: taken just before a window's from, what watch reads from. */
+static void events_now(struct faults_lab **labs, size_t first[FAULTS_LABS])
+{
+	for (int i = 0; i < FAULTS_LABS; i++)
+		first[i] = labs[i] ? faults_events_count(labs[i]) : 0;
+}
+
+/*
+ * Waits until every lab answers steadily after lifted, or the bound; fills the cells of fault f
+ * (each lab's events read from first[i], its count before from, not its whole timeline each poll).
+ */
+static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults_fault f,
+                  const size_t first[FAULTS_LABS], double from, double lifted)
 {
 	double bound = lifted + FAULTS_RECOVER_BOUND_MS + FAULTS_STEADY * (FAULTS_THINK_MS + 20) + 500;
 	for (;;) {
@@ -165,14 +146,16 @@ static void watch(struct faults_lab **labs, struct faults_matrix *m, enum faults
 		bool all = true;
 		for (int i = 0; i < FAULTS_LABS; i++)
 			if (labs[i])
-				all &= window_cell(labs[i], 0, from, now, lifted, &m->rows[i].cells[f]);
+				all &= window_cell(labs[i], first[i], from, now, lifted,
+				                   &m->rows[i].cells[f]);
 		if (all || now > bound)
 			return;
 		hist_sleep_us(50000);
 	}
 }
 
-/* After the load: writes counted, SIGINT to all at once, each exit, what is left, sanitizers. */
+/* After the load: writes counted, SIGINT to all at once (faults_labs_stop), each exit, what is left,
+ * sanitizers. */
 static void labs_finish(struct faults_env *e, struct faults_lab **labs, struct faults_matrix *m)
 {
 	for (int i = 0; i < FAULTS_LABS; i++)
@@ -189,31 +172,15 @@ static void labs_finish(struct faults_env *e, struct faults_lab **labs, struct f
 		    !r->count_err[0])
 			snprintf(r->count_err, sizeof(r->count_err), "could not count");
 	}
-	/* all at once, as a machine's shutdown would; each exit timed as it comes */
-	double signalled = hist_now_ms();
-	for (int i = 0; i < FAULTS_LABS; i++)
-		if (labs[i])
-			faults_lab_signal(labs[i], SIGINT);
-	for (bool waiting = true; waiting;) {
-		waiting = false;
-		for (int i = 0; i < FAULTS_LABS; i++) {
-			int status;
-			if (labs[i] && !m->rows[i].stop_ms && !faults_lab_alive(labs[i], &status))
-				m->rows[i].exit_code =
-				        faults_lab_wait(labs[i], FAULTS_STOP_BOUND_MS, &m->rows[i].stop_ms);
-			waiting |= labs[i] && !m->rows[i].stop_ms;
-		}
-		if (waiting)
-			hist_sleep_us(5000);
-		if (waiting && hist_now_ms() - signalled > FAULTS_STOP_BOUND_MS)
-			break;
-	}
+	int exit_code[FAULTS_LABS] = {0};
+	double stop_ms[FAULTS_LABS] = {0};
+	faults_labs_stop(labs, exit_code, stop_ms);
 	for (int i = 0; i < FAULTS_LABS; i++) {
 		struct faults_row *r = &m->rows[i];
 		if (!labs[i])
 			continue;
-		if (!r->stop_ms) /* past the bound: SIGKILL */
-			r->exit_code = faults_lab_wait(labs[i], FAULTS_STOP_BOUND_MS, &r->stop_ms);
+		r->exit_code = exit_code[i];
+		r->stop_ms = stop_ms[i];
 		r->sanitizer = faults_lab_sanitizer_report(labs[i]);
 		faults_lab_stderr_tail(labs[i], r->stderr_tail, sizeof(r->stderr_tail));
 		char err[256];
@@ -230,20 +197,20 @@ int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, c
 	memset(m, 0, sizeof(*m));
 	double start = hist_now_ms();
 	struct faults_env env;
-	char dir[PATH_MAX + 8];
-	snprintf(dir, sizeof(dir), "%s/run", o->state_dir);
 	say(o, "fault matrix: private servers (%s)\n", o->state_dir);
-	if (faults_env_up(&env, o->labenv, o->state_dir, err, errlen) < 0 ||
-	    (mkdir(dir, 0700) < 0 && errno != EEXIST && snprintf(err, errlen, "cannot make %s", dir) > 0)) {
+	if (faults_env_up(&env, o->labenv, o->state_dir, err, errlen) < 0) {
 		faults_env_down(&env);
 		return -1;
 	}
 	struct faults_lab *labs[FAULTS_LABS] = {0};
-	labs_start(o, &env, labs, m, dir);
+	labs_start(o, &env, labs, m);
 	/* warm: every lab answers steadily before the first fault */
+	size_t first[FAULTS_LABS];
+	events_now(labs, first);
 	double warm = hist_now_ms();
-	watch(labs, m, FAULT_PG_RESTART, warm, warm);
+	watch(labs, m, FAULT_PG_RESTART, first, warm, warm);
 	for (int f = 0; f < FAULTS_N; f++) {
+		events_now(labs, first);
 		double from = hist_now_ms(), lifted = from;
 		char ferr[512];
 		say(o, "  %s ...\n", faults_fault_names[f]);
@@ -254,7 +221,7 @@ int faults_matrix_run(const struct faults_options *o, struct faults_matrix *m, c
 			return -1;
 		}
 		m->fault_ms[f] = lifted - from;
-		watch(labs, m, (enum faults_fault)f, from, lifted);
+		watch(labs, m, (enum faults_fault)f, first, from, lifted);
 	}
 	say(o, "  SIGINT ...\n");
 	labs_finish(&env, labs, m);
@@ -350,7 +317,8 @@ void faults_matrix_print(const struct faults_matrix *m, FILE *f)
 		const struct faults_row *r = &m->rows[i];
 		char cells[FAULTS_N][64], w[48], s[48];
 		for (int k = 0; k < FAULTS_N; k++)
-			cell_text(&r->cells[k], k == FAULT_REDIS_RESTART && !r->redis, cells[k], sizeof(cells[k]));
+			cell_text(&r->cells[k], k == FAULT_REDIS_RESTART && !r->redis, cells[k],
+			          sizeof(cells[k]));
 		if (!r->writes)
 			snprintf(w, sizeof(w), "n/a (reads)");
 		else

@@ -312,6 +312,14 @@ static const struct faults_recipe RECIPES[] = {
         {"versioning", NULL, versioning_request, NULL, false},
 };
 
+_Static_assert(sizeof(RECIPES) / sizeof(RECIPES[0]) == FAULTS_LABS,
+               "a recipe for each of the FAULTS_LABS labs");
+
+const char *faults_lab_name_at(int i)
+{
+	return RECIPES[i].name;
+}
+
 const struct faults_recipe *faults_recipe_find(const char *name)
 {
 	for (size_t i = 0; i < sizeof(RECIPES) / sizeof(RECIPES[0]); i++)
