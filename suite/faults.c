@@ -4,7 +4,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,13 +79,13 @@ static int run_argv(const char *const *argv, const char *const *env, const char 
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
-	char last[400];
+	char last[512];
 	file_tail(log, last, sizeof(last));
 	snprintf(err, errlen, "%s failed (status %d): %s", argv[0], status, last[0] ? last : "(no output)");
 	return -1;
 }
 
-/* labenv up or down with the private state dir and ports. */
+/* labenv up, down or pg-restart with the private state dir and ports. */
 static int labenv(struct faults_env *e, const char *what, char *err, size_t errlen)
 {
 	char st[PATH_MAX + 32], pg[48], rd[48], log[PATH_MAX + 32];
@@ -144,65 +143,10 @@ void faults_env_down(struct faults_env *e)
 	e->up = false;
 }
 
-/* pg_ctl as labenv finds it: beside initdb on PATH, else the newest /usr/lib/postgresql/N/bin. */
-static int pg_ctl_path(char *out, size_t outlen, char *err, size_t errlen)
-{
-	char initdb[PATH_MAX];
-	if (child_find_program("pg_ctl", "LAB_PG_CTL", NULL, out, outlen, err, errlen) == 0 &&
-	    child_find_program("initdb", NULL, NULL, initdb, sizeof(initdb), err, errlen) == 0)
-		return 0;
-	glob_t g;
-	int best = -1;
-	if (glob("/usr/lib/postgresql/*/bin/pg_ctl", 0, NULL, &g) == 0) {
-		for (size_t i = 0; i < g.gl_pathc; i++) {
-			int v = atoi(g.gl_pathv[i] + strlen("/usr/lib/postgresql/"));
-			if (v > best && access(g.gl_pathv[i], X_OK) == 0) {
-				best = v;
-				snprintf(out, outlen, "%s", g.gl_pathv[i]);
-			}
-		}
-		globfree(&g);
-	}
-	if (best < 0) {
-		snprintf(err, errlen, "no pg_ctl (PATH, /usr/lib/postgresql/*/bin): run scripts/bootstrap");
-		return -1;
-	}
-	return 0;
-}
-
 int faults_pg_restart(struct faults_env *e, char *err, size_t errlen)
 {
-	char started[PATH_MAX + 16], data[PATH_MAX], pg_ctl[PATH_MAX], logf[PATH_MAX + 8], log[PATH_MAX + 32];
-	snprintf(started, sizeof(started), "%s/pg.started", e->state_dir);
-	file_tail(started, data, sizeof(data));
-	if (!data[0]) {
-		snprintf(err, errlen, "%s does not name the private cluster's data directory", started);
-		return -1;
-	}
-	if (pg_ctl_path(pg_ctl, sizeof(pg_ctl), err, errlen) < 0)
-		return -1;
-	snprintf(logf, sizeof(logf), "%s.log", data);
-	snprintf(log, sizeof(log), "%s/pg-restart.log", e->state_dir);
-	/* as labenv: the cluster's owner, an unprivileged user, when we are root */
-	const char *user = getenv("LAB_PG_OS_USER") ? getenv("LAB_PG_OS_USER") : "postgres";
-	const char *as_root[] = {"/usr/sbin/runuser",
-	                         "-u",
-	                         user,
-	                         "--",
-	                         pg_ctl,
-	                         "-D",
-	                         data,
-	                         "-l",
-	                         logf,
-	                         "-m",
-	                         "fast",
-	                         "-w",
-	                         "-t",
-	                         "30",
-	                         "restart",
-	                         NULL};
-	const char **argv = geteuid() == 0 ? as_root : as_root + 4;
-	return run_argv(argv, NULL, log, 40000, err, errlen);
+	/* labenv knows the cluster it started (its state dir), its binaries and its owner */
+	return labenv(e, "pg-restart", err, errlen);
 }
 
 int faults_backends_kill(struct faults_env *e, char *err, size_t errlen)
