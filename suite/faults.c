@@ -238,6 +238,15 @@ int faults_leftovers(const char *name, const char *pg_url, const char *redis_url
 
 /* ---- a lab's process ---- */
 
+/* The descriptors of a lab's stdin, stdout and stderr, those that were opened. */
+static void faults_fds_close(int in, int out, int er)
+{
+	int fds[] = {in, out, er};
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
 struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const char *pg_url,
                                     const char *redis_url, const char *dir, char *err, size_t errlen)
 {
@@ -261,33 +270,33 @@ struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const
 	snprintf(bin, sizeof(bin), "%s/lab-%s", bin_dir, name);
 	snprintf(pg, sizeof(pg), "LAB_PG_URL=%s", pg_url);
 	snprintf(rd, sizeof(rd), "LAB_REDIS_URL=%s", redis_url);
-	/* emptied here, before the fork: a read of the last run's "listening on" (another port, a
-	 * lab long gone) before the child got to truncate them sent the first request nowhere */
-	for (int i = 0; i < 2; i++) {
-		int fd = open(i ? l->err_path : l->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0) {
-			snprintf(err, errlen, "cannot write %s: %s", i ? l->err_path : l->out_path,
-			         strerror(errno));
-			free(l);
-			return NULL;
-		}
-		close(fd);
+	/* opened (and emptied) once here, before the fork, as suite/run.c's run_start: a read of the
+	 * last run's "listening on" (another port, a lab long gone) before the child got to truncate
+	 * them sent the first request nowhere */
+	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out = open(l->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int er = open(l->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (in < 0 || out < 0 || er < 0) {
+		snprintf(err, errlen, "cannot open %s: %s",
+		         in < 0    ? "/dev/null"
+		         : out < 0 ? l->out_path
+		                   : l->err_path,
+		         strerror(errno));
+		faults_fds_close(in, out, er);
+		free(l);
+		return NULL;
 	}
 	fflush(NULL);
 	l->pid = fork();
 	if (l->pid < 0) {
 		snprintf(err, errlen, "fork: %s", strerror(errno));
+		faults_fds_close(in, out, er);
 		free(l);
 		return NULL;
 	}
 	if (l->pid == 0) {
 		/* it dies (and cleans up) with us: SIGINT is its Ctrl-C */
 		prctl(PR_SET_PDEATHSIG, SIGINT);
-		int out = open(l->out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int er = open(l->err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int in = open("/dev/null", O_RDONLY);
-		if (out < 0 || er < 0 || in < 0)
-			_exit(126);
 		dup2(in, 0), dup2(out, 1), dup2(er, 2);
 		sigset_t none;
 		sigemptyset(&none);
@@ -297,6 +306,7 @@ struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const
 		dprintf(2, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
+	faults_fds_close(in, out, er);
 	return l;
 }
 
