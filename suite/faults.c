@@ -18,25 +18,10 @@
 #include "pg.h"
 #include "proxy.h"
 #include "redis.h"
+#include "run.h"
 
 const char *const faults_lab_names[FAULTS_LABS] = {"authz",   "cors",      "idempotency",   "pagination",
                                                    "pooling", "put-patch", "sql-injection", "versioning"};
-
-/* The last line of file path that says something, into out. */
-static void file_tail(const char *path, char *out, size_t outlen)
-{
-	out[0] = '\0';
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	char line[512];
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (line[0])
-			snprintf(out, outlen, "%s", line);
-	}
-	fclose(f);
-}
 
 /*
  * Runs argv (no shell) with extra environment (NAME=value, NULL-terminated), its output in log,
@@ -80,7 +65,7 @@ static int run_argv(const char *const *argv, const char *const *env, const char 
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
 	char last[512];
-	file_tail(log, last, sizeof(last));
+	suite_file_last_line(log, last, sizeof(last));
 	snprintf(err, errlen, "%s failed (status %d): %s", argv[0], status, last[0] ? last : "(no output)");
 	return -1;
 }
@@ -399,21 +384,7 @@ bool faults_lab_alive(struct faults_lab *l, int *status)
 
 void faults_lab_stderr_tail(const struct faults_lab *l, char *out, size_t outlen)
 {
-	out[0] = '\0';
-	FILE *f = fopen(l->err_path, "r");
-	if (!f)
-		return;
-	char lines[3][256] = {"", "", ""}, line[256];
-	int n = 0;
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (line[0])
-			snprintf(lines[n++ % 3], sizeof(lines[0]), "%s", line);
-	}
-	fclose(f);
-	size_t used = 0;
-	for (int i = n > 3 ? n - 3 : 0; i < n && used < outlen; i++)
-		used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? " | " : "", lines[i % 3]);
+	child_file_tail(l->err_path, out, outlen);
 }
 
 bool faults_lab_sanitizer_report(const struct faults_lab *l)
