@@ -260,12 +260,12 @@ int child_tmpdir(const char *tag, char *out, size_t outlen, char *err, size_t er
 
 /* ---- starting and stopping ---- */
 
-void child_log_tail(const struct child *c, char *out, size_t outlen)
+void child_file_tail(const char *path, char *out, size_t outlen)
 {
 	out[0] = '\0';
-	int fd = open(c->log_path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(out, outlen, "(no log at %s)", c->log_path);
+		snprintf(out, outlen, "(no log at %s)", path);
 		return;
 	}
 	char buf[TAIL_BYTES + 1];
@@ -274,7 +274,7 @@ void child_log_tail(const struct child *c, char *out, size_t outlen)
 	ssize_t n = pread(fd, buf, TAIL_BYTES, from);
 	close(fd);
 	if (n <= 0) {
-		snprintf(out, outlen, "(its log %s is empty)", c->log_path);
+		snprintf(out, outlen, "(its log %s is empty)", path);
 		return;
 	}
 	buf[n] = '\0';
@@ -291,6 +291,11 @@ void child_log_tail(const struct child *c, char *out, size_t outlen)
 		int w = snprintf(out + used, outlen - used, "%s%s", used ? " | " : "", l);
 		used += w > 0 ? (size_t)w : 0;
 	}
+}
+
+void child_log_tail(const struct child *c, char *out, size_t outlen)
+{
+	child_file_tail(c->log_path, out, outlen);
 }
 
 /* "exited with status 1", "killed by signal 9" */

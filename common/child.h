@@ -157,7 +157,12 @@ int child_stop(struct child *c, int grace_ms);
  * about to start a browser) makes no directory and starts no child after the guard has looked.
  */
 void child_kill_and_remove_all(void);
-/* The last lines of the child's log (at most about outlen bytes, on one line, " | " between). */
+/*
+ * The last lines of the file at path, a log (at most about outlen bytes, on one line, " | "
+ * between); "(no log at PATH)" or "(its log PATH is empty)" when it has none.
+ */
+void child_file_tail(const char *path, char *out, size_t outlen);
+/* child_file_tail of the child's log. */
 void child_log_tail(const struct child *c, char *out, size_t outlen);
 
 #endif

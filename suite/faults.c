@@ -4,7 +4,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -20,22 +19,7 @@
 #include "pg.h"
 #include "proxy.h"
 #include "redis.h"
-
-/* The last line of file path that says something, into out. */
-static void file_tail(const char *path, char *out, size_t outlen)
-{
-	out[0] = '\0';
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return;
-	char line[512];
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (line[0])
-			snprintf(out, outlen, "%s", line);
-	}
-	fclose(f);
-}
+#include "run.h"
 
 /*
  * Runs argv (no shell) with extra environment (NAME=value, NULL-terminated), its output in log,
@@ -78,13 +62,13 @@ static int run_argv(const char *const *argv, const char *const *env, const char 
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
-	char last[400];
-	file_tail(log, last, sizeof(last));
+	char last[512];
+	suite_file_last_line(log, last, sizeof(last));
 	snprintf(err, errlen, "%s failed (status %d): %s", argv[0], status, last[0] ? last : "(no output)");
 	return -1;
 }
 
-/* labenv up or down with the private state dir and ports. */
+/* labenv up, down or pg-restart with the private state dir and ports. */
 static int labenv(struct faults_env *e, const char *what, char *err, size_t errlen)
 {
 	char st[PATH_MAX + 32], pg[48], rd[48], log[PATH_MAX + 32];
@@ -147,65 +131,10 @@ void faults_env_down(struct faults_env *e)
 	e->up = false;
 }
 
-/* pg_ctl as labenv finds it: beside initdb on PATH, else the newest /usr/lib/postgresql/N/bin. */
-static int pg_ctl_path(char *out, size_t outlen, char *err, size_t errlen)
-{
-	char initdb[PATH_MAX];
-	if (child_find_program("pg_ctl", "LAB_PG_CTL", NULL, out, outlen, err, errlen) == 0 &&
-	    child_find_program("initdb", NULL, NULL, initdb, sizeof(initdb), err, errlen) == 0)
-		return 0;
-	glob_t g;
-	int best = -1;
-	if (glob("/usr/lib/postgresql/*/bin/pg_ctl", 0, NULL, &g) == 0) {
-		for (size_t i = 0; i < g.gl_pathc; i++) {
-			int v = atoi(g.gl_pathv[i] + strlen("/usr/lib/postgresql/"));
-			if (v > best && access(g.gl_pathv[i], X_OK) == 0) {
-				best = v;
-				snprintf(out, outlen, "%s", g.gl_pathv[i]);
-			}
-		}
-		globfree(&g);
-	}
-	if (best < 0) {
-		snprintf(err, errlen, "no pg_ctl (PATH, /usr/lib/postgresql/*/bin): run scripts/bootstrap");
-		return -1;
-	}
-	return 0;
-}
-
 int faults_pg_restart(struct faults_env *e, char *err, size_t errlen)
 {
-	char started[PATH_MAX + 16], data[PATH_MAX], pg_ctl[PATH_MAX], logf[PATH_MAX + 8], log[PATH_MAX + 32];
-	snprintf(started, sizeof(started), "%s/pg.started", e->state_dir);
-	file_tail(started, data, sizeof(data));
-	if (!data[0]) {
-		snprintf(err, errlen, "%s does not name the private cluster's data directory", started);
-		return -1;
-	}
-	if (pg_ctl_path(pg_ctl, sizeof(pg_ctl), err, errlen) < 0)
-		return -1;
-	snprintf(logf, sizeof(logf), "%s.log", data);
-	snprintf(log, sizeof(log), "%s/pg-restart.log", e->state_dir);
-	/* as labenv: the cluster's owner, an unprivileged user, when we are root */
-	const char *user = getenv("LAB_PG_OS_USER") ? getenv("LAB_PG_OS_USER") : "postgres";
-	const char *as_root[] = {"/usr/sbin/runuser",
-	                         "-u",
-	                         user,
-	                         "--",
-	                         pg_ctl,
-	                         "-D",
-	                         data,
-	                         "-l",
-	                         logf,
-	                         "-m",
-	                         "fast",
-	                         "-w",
-	                         "-t",
-	                         "30",
-	                         "restart",
-	                         NULL};
-	const char **argv = geteuid() == 0 ? as_root : as_root + 4;
-	return run_argv(argv, NULL, log, 40000, err, errlen);
+	/* labenv knows the cluster it started (its state dir), its binaries and its owner */
+	return labenv(e, "pg-restart", err, errlen);
 }
 
 int faults_backends_kill(struct faults_env *e, char *err, size_t errlen)
@@ -297,6 +226,15 @@ int faults_leftovers(const char *name, const char *pg_url, const char *redis_url
 
 /* ---- a lab's process ---- */
 
+/* The descriptors of a lab's stdin, stdout and stderr, those that were opened. */
+static void faults_fds_close(int in, int out, int er)
+{
+	int fds[] = {in, out, er};
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
 struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const char *pg_url,
                                     const char *redis_url, const char *dir, char *err, size_t errlen)
 {
@@ -320,33 +258,33 @@ struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const
 	snprintf(bin, sizeof(bin), "%s/lab-%s", bin_dir, name);
 	snprintf(pg, sizeof(pg), "LAB_PG_URL=%s", pg_url);
 	snprintf(rd, sizeof(rd), "LAB_REDIS_URL=%s", redis_url);
-	/* emptied here, before the fork: a read of the last run's "listening on" (another port, a
-	 * lab long gone) before the child got to truncate them sent the first request nowhere */
-	for (int i = 0; i < 2; i++) {
-		int fd = open(i ? l->err_path : l->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0) {
-			snprintf(err, errlen, "cannot write %s: %s", i ? l->err_path : l->out_path,
-			         strerror(errno));
-			free(l);
-			return NULL;
-		}
-		close(fd);
+	/* opened (and emptied) once here, before the fork, as suite/run.c's run_start: a read of the
+	 * last run's "listening on" (another port, a lab long gone) before the child got to truncate
+	 * them sent the first request nowhere */
+	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out = open(l->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int er = open(l->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (in < 0 || out < 0 || er < 0) {
+		snprintf(err, errlen, "cannot open %s: %s",
+		         in < 0    ? "/dev/null"
+		         : out < 0 ? l->out_path
+		                   : l->err_path,
+		         strerror(errno));
+		faults_fds_close(in, out, er);
+		free(l);
+		return NULL;
 	}
 	fflush(NULL);
 	l->pid = fork();
 	if (l->pid < 0) {
 		snprintf(err, errlen, "fork: %s", strerror(errno));
+		faults_fds_close(in, out, er);
 		free(l);
 		return NULL;
 	}
 	if (l->pid == 0) {
 		/* it dies (and cleans up) with us: SIGINT is its Ctrl-C */
 		prctl(PR_SET_PDEATHSIG, SIGINT);
-		int out = open(l->out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int er = open(l->err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int in = open("/dev/null", O_RDONLY);
-		if (out < 0 || er < 0 || in < 0)
-			_exit(126);
 		dup2(in, 0), dup2(out, 1), dup2(er, 2);
 		sigset_t none;
 		sigemptyset(&none);
@@ -356,6 +294,7 @@ struct faults_lab *faults_lab_spawn(const char *bin_dir, const char *name, const
 		dprintf(2, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
+	faults_fds_close(in, out, er);
 	return l;
 }
 
@@ -448,21 +387,7 @@ bool faults_lab_alive(struct faults_lab *l, int *status)
 
 void faults_lab_stderr_tail(const struct faults_lab *l, char *out, size_t outlen)
 {
-	out[0] = '\0';
-	FILE *f = fopen(l->err_path, "r");
-	if (!f)
-		return;
-	char lines[3][256] = {"", "", ""}, line[256];
-	int n = 0;
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (line[0])
-			snprintf(lines[n++ % 3], sizeof(lines[0]), "%s", line);
-	}
-	fclose(f);
-	size_t used = 0;
-	for (int i = n > 3 ? n - 3 : 0; i < n && used < outlen; i++)
-		used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? " | " : "", lines[i % 3]);
+	child_file_tail(l->err_path, out, outlen);
 }
 
 bool faults_lab_sanitizer_report(const struct faults_lab *l)

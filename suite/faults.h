@@ -85,7 +85,7 @@ int faults_env_up(struct faults_env *e, const char *labenv, const char *state_di
 /* Stops the proxy and the private servers (labenv down; the template stays). */
 void faults_env_down(struct faults_env *e);
 
-/* PostgreSQL restarted by pg_ctl restart -m fast (as labenv's OS user when root); waits for it. */
+/* PostgreSQL restarted by labenv pg-restart (pg_ctl restart -m fast as its owner); waits for it. */
 int faults_pg_restart(struct faults_env *e, char *err, size_t errlen);
 /* pg_terminate_backend of every lab's backend (application_name lab-*), as role lab: how many. */
 int faults_backends_kill(struct faults_env *e, char *err, size_t errlen);

@@ -218,6 +218,13 @@ static void last_line(const char *text, char *out, size_t outlen)
 	snprintf(out, outlen, "%.*s", (int)(end - start), start);
 }
 
+void suite_file_last_line(const char *path, char *out, size_t outlen)
+{
+	char *text = slurp(path, ERR_READ_MAX);
+	last_line(text ? text : "", out, outlen);
+	free(text);
+}
+
 int suite_run_read(struct suite_run *r, const char *out_path, const char *err_path)
 {
 	json_error_t je;

@@ -129,6 +129,8 @@ void suite_batch_free(struct suite_batch *b);
  * exists cannot be read.
  */
 int suite_run_read(struct suite_run *r, const char *out_path, const char *err_path);
+/* The last non-empty line of the file at path (its first MiB), into out; "" when it has none. */
+void suite_file_last_line(const char *path, char *out, size_t outlen);
 
 /* The verdict of a run: true only when it left a document whose verdict is demonstrated. */
 bool suite_run_ok(const struct suite_run *r);

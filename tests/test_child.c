@@ -461,6 +461,24 @@ static void test_find_program_names_what_it_tried(void **state)
 	assert_non_null(strstr(out, "/sh"));
 }
 
+/* child_file_tail: a file's last three lines on one line; a missing or empty file says so. */
+static void test_file_tail_joins_the_last_three_lines(void **state)
+{
+	(void)state;
+	char path[] = "/tmp/lab-child-tail-XXXXXX", out[256];
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	child_file_tail(path, out, sizeof(out));
+	assert_non_null(strstr(out, "is empty"));
+	assert_true(dprintf(fd, "one\ntwo\nthree\nfour\nfive\n") > 0);
+	close(fd);
+	child_file_tail(path, out, sizeof(out));
+	assert_string_equal(out, "three | four | five");
+	assert_int_equal(unlink(path), 0);
+	child_file_tail(path, out, sizeof(out));
+	assert_non_null(strstr(out, "(no log at /tmp/lab-child-tail-"));
+}
+
 /*
  * The Ctrl-C guard (child_kill_and_remove_all) removes the directories it knows of and the process
  * exits: one made (or a child started) after it looked would be left behind, so none is any more.
@@ -497,6 +515,7 @@ int main(void)
 	        cmocka_unit_test(test_tmpdir_sweeps_the_directories_of_dead_labs_only),
 	        cmocka_unit_test(test_a_child_runs_as_the_user_the_spec_names_when_root),
 	        cmocka_unit_test(test_find_program_names_what_it_tried),
+	        cmocka_unit_test(test_file_tail_joins_the_last_three_lines),
 	        /* last: it ends the module's life in this process, as the Ctrl-C guard does */
 	        cmocka_unit_test(test_no_directory_is_made_once_the_guard_has_looked),
 	};
